@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints them without a traceback and exits with code 2."""
+
+
+class FslmError(Exception):
+    """A problem the user can fix (bad input, missing file, unknown name)."""
+
+
+class ConfigError(FslmError):
+    """A stack config that does not validate; the message names file and field."""
+
+
+class ModelNotFoundError(FslmError):
+    """A model reference that resolves to nothing on this machine."""
+
+
+class DataError(FslmError):
+    """A data file or record that cannot be read; the message names file and line."""
+
+
+class InputError(FslmError):
+    """A prompt or request that cannot be served (empty, too long)."""
