@@ -1,0 +1,25 @@
+"""The `fslm` command: a thin typer layer over the Python API (one module per verb)."""
+
+from __future__ import annotations
+
+import typer
+
+from fslm.cli import models as _models
+from fslm.cli import run as _run
+from fslm.cli import stack as _stack
+from fslm.cli.common import guarded
+
+app = typer.Typer(
+    name="fslm",
+    help="Build, distill, fine-tune, evaluate and serve stacks of small language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(guarded(_run.run_command))
+app.command("models")(guarded(_models.models_command))
+app.add_typer(_stack.app, name="stack")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,64 @@
+"""What every verb shares: user errors become a clean message and exit code 2, and one rich console."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import typer
+from rich.console import Console
+
+from fslm.errors import FslmError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/HF progress chatter out of user output; fslm shows its own spinner."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn FslmError into `error: ...` on stderr and exit 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except FslmError as err:
+            console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextmanager
+def status(message: str, enabled: bool = True) -> Iterator[None]:
+    if enabled and sys.stderr.isatty():
+        with console.status(message):
+            yield
+    else:
+        if enabled:
+            console.print(message, style="dim")
+        yield
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")

@@ -1,0 +1,42 @@
+"""`fslm run`: answer one prompt with a stack and show every stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.panel import Panel
+from rich.text import Text
+
+from fslm.cli.common import out, print_json, status
+from fslm.stack import Stack, StackResult
+
+
+def render_result(result: StackResult, show_inputs: bool = False) -> None:
+    for i, rec in enumerate(result.trace, 1):
+        body = Text()
+        if show_inputs:
+            body.append("input:\n", style="dim")
+            body.append(rec.input + "\n\n", style="dim")
+        body.append(rec.output or "(empty)")
+        subtitle = f"{rec.tokens_in} tok in · {rec.tokens_out} tok out · {rec.seconds:.2f}s" + (f" · adapter {rec.adapter}" if rec.adapter else "")
+        out.print(Panel(body, title=f"[bold]{i}. {rec.stage}[/]", subtitle=subtitle, title_align="left", subtitle_align="right", border_style="cyan"))
+    out.print(Panel(Text(result.answer or "(empty)", style="bold"), title="[bold green]answer[/]", title_align="left", border_style="green"))
+
+
+def run_command(
+    prompt: str = typer.Argument(..., help="The question or instruction to answer."),
+    stack: Optional[Path] = typer.Option(None, "--stack", "-s", help="Stack YAML (default: the packaged 4-stage stack)."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object {answer, trace} instead of panels."),
+    show_inputs: bool = typer.Option(False, "--inputs", help="Also show the exact text each stage was given."),
+) -> None:
+    """Answer PROMPT with a stack and print the answer and every stage's text."""
+    with status("loading stack and model…", enabled=True):
+        loaded = Stack.load(stack)
+    with status(f"running {len(loaded.config.stages)} stages…", enabled=not json_output):
+        result = loaded.run(prompt)
+    if json_output:
+        print_json(result.to_dict())
+    else:
+        render_result(result, show_inputs)

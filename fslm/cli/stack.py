@@ -1,0 +1,28 @@
+"""`fslm stack ...`: inspect and check stack files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fslm.cli.common import guarded, out
+from fslm.config import default_stack_path, load_stack_config, validate_stack
+
+app = typer.Typer(help="Check and inspect stack configs.", no_args_is_help=True)
+
+
+@app.command("validate")
+@guarded
+def validate_command(path: Path = typer.Argument(..., help="Stack YAML file to check.")) -> None:
+    """Validate a stack file: schema, stage references, templates and adapter folders."""
+    cfg = validate_stack(path)
+    out.print(f"[green]ok[/] {path}: stack {cfg.name!r}, {len(cfg.stages)} stages ({', '.join(s.name for s in cfg.stages)}) on {cfg.base_model}")
+
+
+@app.command("show")
+@guarded
+def show_command(path: Path = typer.Argument(None, help="Stack YAML (default: the packaged default stack).")) -> None:
+    """Print a stack config (the packaged default when no path is given)."""
+    cfg = load_stack_config(path or default_stack_path())
+    out.print(cfg.to_yaml(), highlight=False, markup=False)

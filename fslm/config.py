@@ -1,0 +1,175 @@
+"""Stack configuration: YAML on disk, validated with pydantic; errors name the file and the field path."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fslm.errors import ConfigError
+
+PROMPT = "prompt"
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class GenerationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=5.0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+class StageConfig(BaseModel):
+    """One small LM doing one sub-step of answering."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    instruction: str = Field(..., min_length=1, description="the stage's role, sent as the system message")
+    template: str | None = Field(
+        None,
+        description="user message; {prompt} and {<earlier stage>} placeholders. Default: one labelled block per seen text",
+    )
+    sees: list[str] = Field(default_factory=lambda: [PROMPT], description="'prompt' and/or names of earlier stages")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    adapter: str | None = Field(None, description="PEFT LoRA adapter folder, relative to the stack file")
+    label: str | None = Field(None, description="how later stages see this stage's text (default: its name, titled)")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        if not NAME.match(v) or v == PROMPT:
+            raise ValueError("expected a lowercase identifier like 'intent' (not 'prompt')")
+        return v
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+
+class StackConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1)
+    base_model: str = Field("smollm2-135m", min_length=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    chat_template: bool = Field(True, description="render stage inputs with the model's chat template")
+    max_prompt_tokens: int = Field(2048, ge=1, description="longer user prompts are rejected, never silently cut")
+    description: str = ""
+    stages: list[StageConfig] = Field(..., min_length=1)
+
+    # Where the file was read from; adapter paths are relative to it. Not part of the YAML.
+    source_path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _stages_see_only_the_past(self) -> "StackConfig":
+        seen: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            if stage.name in seen:
+                raise ValueError(f"stages.{i}.name: duplicate stage name {stage.name!r}")
+            for j, ref in enumerate(stage.sees):
+                if ref != PROMPT and ref not in seen:
+                    raise ValueError(
+                        f"stages.{i}.sees.{j}: {ref!r} is not 'prompt' or an EARLIER stage (earlier: {sorted(seen) or 'none'})"
+                    )
+            if stage.template is not None:
+                for name in PLACEHOLDER.findall(stage.template):
+                    if name not in stage.sees:
+                        raise ValueError(
+                            f"stages.{i}.template: placeholder {{{name}}} is not in this stage's sees {stage.sees}"
+                        )
+            seen.add(stage.name)
+        return self
+
+    @property
+    def answer_stage(self) -> StageConfig:
+        return self.stages[-1]
+
+    def adapter_path(self, stage: StageConfig) -> Path | None:
+        if stage.adapter is None:
+            return None
+        path = Path(stage.adapter).expanduser()
+        if not path.is_absolute() and self.source_path is not None:
+            path = self.source_path.parent / path
+        return path
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid stack config"]
+    for problem in err.errors():
+        loc = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        msg = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "value_error" and ":" in msg and not problem["loc"]:
+            lines.append(f"  {msg}")
+        else:
+            got = problem.get("input")
+            got_text = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            lines.append(f"  {loc}: {msg}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_stack_config(data: object, where: str = "<config>", source_path: Path | None = None) -> StackConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'name' and 'stages' at the top level, got {type(data).__name__}")
+    try:
+        cfg = StackConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, where)) from None
+    cfg.source_path = source_path
+    return cfg
+
+
+def load_stack_config(path: str | Path) -> StackConfig:
+    """Read and validate a stack YAML file (safe_load only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: stack file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        pos = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{pos}: malformed YAML: {getattr(err, 'problem', None) or err}") from None
+    return parse_stack_config(data, str(path), path.resolve())
+
+
+def check_adapters(cfg: StackConfig) -> None:
+    """Fail early, naming the stage, when an adapter folder is missing or incomplete."""
+    for i, stage in enumerate(cfg.stages):
+        path = cfg.adapter_path(stage)
+        if path is None:
+            continue
+        where = cfg.source_path or "<config>"
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"{where}: stages.{i}.adapter: no adapter_config.json in {path}")
+        if not any(path.glob("adapter_model.safetensors")):
+            raise ConfigError(f"{where}: stages.{i}.adapter: no adapter_model.safetensors in {path} (only safetensors are loaded)")
+
+
+def default_stack_path() -> Path:
+    return Path(str(resources.files("fslm") / "stacks" / "default.yaml"))
+
+
+def load_default_stack_config() -> StackConfig:
+    return load_stack_config(default_stack_path())
+
+
+def validate_stack(path: str | Path) -> StackConfig:
+    """Python twin of `fslm stack validate`: schema, references, templates and adapter folders."""
+    cfg = load_stack_config(path)
+    check_adapters(cfg)
+    return cfg

@@ -1,0 +1,91 @@
+"""The inference boundary: everything above it (stacks, eval, cascades, serving) speaks only this protocol.
+
+An engine holds ONE copy of a base model plus any number of named LoRA adapters, and can
+- render chat messages to the exact text the model sees,
+- generate continuations for a batch of texts under one adapter (or none),
+- score continuations (sum of log-probabilities) under one adapter (or none).
+
+A second backend (e.g. llama.cpp) implements the same protocol without touching stack logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    finish_reason: str  # "stop" (eos or stop string) or "length"
+
+
+@dataclass(frozen=True)
+class Score:
+    logprob: float  # sum of log-probabilities of the continuation tokens
+    n_tokens: int
+    is_greedy: bool  # every continuation token was the argmax
+    n_chars: int = 0  # length of the continuation text, for lm-eval's acc_norm
+
+
+@dataclass
+class EngineStats:
+    """Counters for cost accounting; engines add to them on every call."""
+
+    forward_tokens: int = 0
+    generated_tokens: int = 0
+    calls: int = 0
+    by_adapter: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    model_ref: str
+    context_window: int
+    stats: EngineStats
+
+    @property
+    def params(self) -> int: ...
+
+    def add_adapter(self, name: str, path: str) -> None: ...
+
+    def adapters(self) -> list[str]: ...
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(
+        self, texts: Sequence[str], params: GenerationParams, adapter: str | None = None
+    ) -> list[Generation]: ...
+
+    def score(
+        self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None
+    ) -> list[Score]: ...
+
+
+def load_engine(model_ref: str, *, dtype: str = "float32", backend: str = "hf", **kwargs) -> Engine:
+    """Build an engine for a model reference; the only place that picks a backend."""
+    if backend == "hf":
+        from fslm.engine.hf import HFEngine
+
+        return HFEngine.from_ref(model_ref, dtype=dtype, **kwargs)
+    from fslm.errors import FslmError
+
+    raise FslmError(f"unknown engine backend {backend!r}; available: hf")
+
+
+__all__ = ["Engine", "EngineStats", "Generation", "GenerationParams", "Score", "load_engine"]

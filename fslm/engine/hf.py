@@ -1,0 +1,290 @@
+"""transformers + PEFT backend: one base model in memory, LoRA adapters switched per call."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+import torch
+
+from fslm.engine import EngineStats, Generation, GenerationParams, Score
+from fslm.errors import ConfigError, InputError
+from fslm.models import LoadedModel, load_model
+from fslm.settings import get_settings
+
+
+class _PromptOnlyRepetitionPenalty:
+    """CTRL-style repetition penalty that ignores left padding.
+
+    transformers' processor also penalizes pad tokens, so a padded row would decode differently from the
+    same prompt run alone; this one looks only at each row's real tokens, keeping batch == one-by-one.
+    """
+
+    def __init__(self, penalty: float, pad_lengths: list[int]):
+        self.penalty = penalty
+        self.pad_lengths = pad_lengths
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, pad in enumerate(self.pad_lengths):
+            seen = input_ids[row, pad:].unique()
+            picked = scores[row, seen]
+            scores[row, seen] = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores
+
+
+def _apply_threads() -> None:
+    threads = get_settings().threads
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+class HFEngine:
+    def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, score_batch_tokens: int = 4096):
+        _apply_threads()
+        self.model_ref = loaded.source.ref
+        self.base = loaded.model
+        self.model = loaded.model  # becomes a PeftModel once an adapter is added
+        self.tokenizer = loaded.tokenizer
+        self.batch_size = batch_size
+        self.score_batch_tokens = score_batch_tokens
+        self.stats = EngineStats()
+        self._adapters: dict[str, str] = {}
+        self.context_window = int(getattr(self.base.config, "max_position_embeddings", 2048) or 2048)
+        self._params = sum(p.numel() for p in self.base.parameters())
+        eos = self.base.generation_config.eos_token_id if self.base.generation_config else None
+        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        self.eos_ids = sorted({i for i in ids if i is not None})
+
+    @classmethod
+    def from_ref(cls, model_ref: str, *, dtype: str = "float32", **kwargs) -> "HFEngine":
+        return cls(load_model(model_ref, dtype=dtype), **kwargs)
+
+    @property
+    def params(self) -> int:
+        return self._params
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    # ---- adapters -------------------------------------------------------------------------------------------------
+    def add_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        if name in self._adapters:
+            if self._adapters[name] == str(path):
+                return
+            raise ConfigError(f"adapter name {name!r} is already loaded from {self._adapters[name]}")
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name, is_trainable=False)
+        except (ValueError, OSError, KeyError, RuntimeError) as err:
+            raise ConfigError(f"cannot load LoRA adapter {name!r} from {path}: {err}") from None
+        self.model.eval()
+        self._adapters[name] = str(path)
+
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    @contextlib.contextmanager
+    def _active(self, adapter: str | None) -> Iterator[torch.nn.Module]:
+        if adapter is not None and adapter not in self._adapters:
+            raise ConfigError(f"adapter {adapter!r} is not loaded; loaded: {self.adapters() or 'none'}")
+        if not self._adapters:
+            yield self.model
+        elif adapter is None:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            self.model.set_adapter(adapter)
+            yield self.model
+
+    # ---- text -----------------------------------------------------------------------------------------------------
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            # Base models: a plain transcript the model can continue.
+            parts = [f"{m['content']}" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+            return "\n\n".join(parts) + "\n\nAssistant:"
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text: str) -> list[int]:
+        # Chat-rendered texts already carry their special tokens.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    # ---- generation -----------------------------------------------------------------------------------------------
+    def generate(self, texts: Sequence[str], params: GenerationParams, adapter: str | None = None) -> list[Generation]:
+        encoded = [self.encode(t) for t in texts]
+        for i, ids in enumerate(encoded):
+            if len(ids) + params.max_new_tokens > self.context_window:
+                raise InputError(
+                    f"input {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
+                    f"context window of {self.context_window} tokens of {self.model_ref}"
+                )
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        results: list[Generation | None] = [None] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            outs = self._generate_batch([encoded[i] for i in batch], params, adapter)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for i, (text, n_out, reason) in zip(batch, outs, strict=True):
+                results[i] = Generation(text, len(encoded[i]), n_out, seconds, reason)
+        return [r for r in results if r is not None]
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[list[int]], params: GenerationParams, adapter: str | None):
+        pad_id = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids in batch)
+        pad_lengths = [width - len(ids) for ids in batch]
+        input_ids = torch.tensor([[pad_id] * p + ids for p, ids in zip(pad_lengths, batch)], device=self.device)
+        attention = torch.tensor([[0] * p + [1] * len(ids) for p, ids in zip(pad_lengths, batch)], device=self.device)
+        sampling = params.temperature > 0
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampling,
+            pad_token_id=pad_id,
+            eos_token_id=self.eos_ids,
+            logits_processor=None,
+        )
+        if sampling:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.repetition_penalty != 1.0:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([_PromptOnlyRepetitionPenalty(params.repetition_penalty, pad_lengths)])
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        with self._active(adapter) as model:
+            out = model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        self.stats.calls += 1
+        self.stats.forward_tokens += int(attention.sum())
+        results = []
+        for row in range(len(batch)):
+            new = out[row, width:].tolist()
+            n_out, reason = len(new), "length"
+            for k, tok in enumerate(new):
+                if tok in self.eos_ids:
+                    n_out, reason = k, "stop"
+                    break
+            text = self.tokenizer.decode(new[:n_out], skip_special_tokens=True)
+            cut = _cut_at_stop(text, params.stop)
+            if cut is not None:
+                text, reason = cut, "stop"
+            results.append((text.strip(), n_out, reason))
+            self.stats.generated_tokens += n_out
+        return results
+
+    # ---- scoring --------------------------------------------------------------------------------------------------
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval-harness's split: trailing context spaces move to the continuation, tokens cut at len(enc(ctx))."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            continuation = context[-spaces:] + continuation
+            context = context[:-spaces]
+        whole = self.encode(context + continuation)
+        ctx = self.encode(context) if context else []
+        if not ctx:
+            prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
+            return [prefix], whole
+        return ctx, whole[len(ctx) :]
+
+    def score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None) -> list[Score]:
+        if len(contexts) != len(continuations):
+            raise ValueError("contexts and continuations must have the same length")
+        pairs = [self._encode_pair(c, x) for c, x in zip(contexts, continuations)]
+        for i, (ctx, cont) in enumerate(pairs):
+            if not cont:
+                raise InputError(f"continuation {i} is empty after tokenization")
+            if len(ctx) + len(cont) > self.context_window:
+                keep = self.context_window - len(cont)
+                if keep < 1:
+                    raise InputError(f"continuation {i} alone exceeds the context window of {self.context_window}")
+                pairs[i] = (ctx[-keep:], cont)  # lm-eval's left truncation of the context
+        results: list[Score | None] = [None] * len(pairs)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, (ctx, _) in enumerate(pairs):
+            groups[tuple(ctx)].append(i)
+        flat: list[int] = []
+        with self._active(adapter) as model:
+            for ctx, members in groups.items():
+                cont_tokens = sum(len(pairs[i][1]) for i in members)
+                if len(members) > 1 and len(ctx) > cont_tokens:
+                    self._score_shared_prefix(model, list(ctx), members, pairs, results)
+                else:
+                    flat.extend(members)
+            self._score_flat(model, flat, pairs, results)
+        for i, score in enumerate(results):
+            assert score is not None
+            results[i] = Score(score.logprob, score.n_tokens, score.is_greedy, len(continuations[i]))
+        return [r for r in results if r is not None]
+
+    @torch.inference_mode()
+    def _score_flat(self, model, indices: list[int], pairs, results) -> None:
+        order = sorted(indices, key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        start = 0
+        while start < len(order):
+            width = len(pairs[order[start]][0]) + len(pairs[order[start]][1])
+            size = max(1, min(self.batch_size * 4, self.score_batch_tokens // max(width, 1)))
+            batch = order[start : start + size]
+            start += size
+            seqs = [(pairs[i][0] + pairs[i][1])[:-1] for i in batch]  # the last token predicts nothing we need
+            width = max(len(s) for s in seqs)
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
+            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            self.stats.calls += 1
+            self.stats.forward_tokens += int(mask.sum())
+            for row, i in enumerate(batch):
+                ctx, cont = pairs[i]
+                first = len(ctx) - 1
+                rows = logprobs[row, first : first + len(cont)]
+                results[i] = _score_rows(rows, cont)
+
+    @torch.inference_mode()
+    def _score_shared_prefix(self, model, ctx: list[int], members: list[int], pairs, results) -> None:
+        """Run a long shared context once, then all its continuations against a copy of its KV cache."""
+        out = model(input_ids=torch.tensor([ctx], device=self.device), use_cache=True)
+        first_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        conts = [pairs[i][1] for i in members]
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(conts))
+        width = max(len(c) for c in conts)
+        pad = self.tokenizer.pad_token_id
+        # Right padding after real tokens is harmless under the causal mask; no attention mask needed.
+        ids = torch.tensor([c + [pad] * (width - len(c)) for c in conts], device=self.device)
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        self.stats.calls += 2
+        self.stats.forward_tokens += len(ctx) + sum(len(c) for c in conts)
+        for row, i in enumerate(members):
+            cont = pairs[i][1]
+            rows = torch.cat([first_logprobs[None], logprobs[row, : len(cont) - 1]], dim=0)
+            results[i] = _score_rows(rows, cont)
+
+
+def _score_rows(rows: torch.Tensor, cont: list[int]) -> Score:
+    target = torch.tensor(cont, device=rows.device)
+    picked = rows.gather(1, target[:, None]).squeeze(1)
+    greedy = bool((rows.argmax(dim=-1) == target).all())
+    return Score(float(picked.sum()), len(cont), greedy)
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
+    positions = [text.find(s) for s in stops if s and s in text]
+    if not positions:
+        return None
+    return text[: min(positions)]

