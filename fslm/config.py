@@ -26,6 +26,7 @@ class GenerationConfig(BaseModel):
     repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    no_repeat_ngram_size: int = Field(0, ge=0, le=64, description="ban repeating an n-gram of the generated text (0 = off)")
 
 
 class StageConfig(BaseModel):
@@ -43,6 +44,11 @@ class StageConfig(BaseModel):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     adapter: str | None = Field(None, description="PEFT LoRA adapter folder, relative to the stack file")
     label: str | None = Field(None, description="how later stages see this stage's text (default: its name, titled)")
+    teacher_prompt: str | None = Field(
+        None,
+        description="distillation only: the teacher's user message for this stage; placeholders {prompt}, {answer} (the "
+        "gold output, answer-hinted mode) and {<earlier stage>} (the teacher's text for it). None: the teacher plays the stage",
+    )
 
     @field_validator("name")
     @classmethod

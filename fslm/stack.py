@@ -80,7 +80,9 @@ def _raw_text(messages: Sequence[Mapping[str, str]]) -> str:
 
 def generation_params(stage: StageConfig) -> GenerationParams:
     g = stage.generation
-    return GenerationParams(g.max_new_tokens, g.temperature, g.top_p, g.repetition_penalty, tuple(g.stop), g.seed)
+    return GenerationParams(
+        g.max_new_tokens, g.temperature, g.top_p, g.repetition_penalty, tuple(g.stop), g.seed, g.no_repeat_ngram_size
+    )
 
 
 class Stack:

@@ -22,6 +22,7 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    no_repeat_ngram_size: int = 0  # 0 = off; counts generated tokens only
 
 
 @dataclass(frozen=True)

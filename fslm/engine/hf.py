@@ -34,6 +34,29 @@ class _PromptOnlyRepetitionPenalty:
         return scores
 
 
+class _GeneratedNoRepeatNGram:
+    """Ban a token that would repeat an n-gram of the text generated so far.
+
+    Unlike transformers' no_repeat_ngram_size this ignores the prompt, so a stage may still copy phrases from
+    earlier stages; it only breaks the loops small models fall into ("a fleeting sight, a fleeting sight, ...").
+    """
+
+    def __init__(self, n: int, prompt_width: int):
+        self.n = n
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_width :]
+        if generated.shape[1] < self.n:
+            return scores
+        for row, tokens in enumerate(generated.tolist()):
+            prefix = tokens[len(tokens) - self.n + 1 :]
+            banned = {tokens[i + self.n - 1] for i in range(len(tokens) - self.n + 1) if tokens[i : i + self.n - 1] == prefix}
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
+
 def _apply_threads() -> None:
     threads = get_settings().threads
     if threads > 0 and torch.get_num_threads() != threads:
@@ -161,10 +184,15 @@ class HFEngine:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        processors = []
         if params.repetition_penalty != 1.0:
+            processors.append(_PromptOnlyRepetitionPenalty(params.repetition_penalty, pad_lengths))
+        if params.no_repeat_ngram_size:
+            processors.append(_GeneratedNoRepeatNGram(params.no_repeat_ngram_size, width))
+        if processors:
             from transformers import LogitsProcessorList
 
-            kwargs["logits_processor"] = LogitsProcessorList([_PromptOnlyRepetitionPenalty(params.repetition_penalty, pad_lengths)])
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         with self._active(adapter) as model:
