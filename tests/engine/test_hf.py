@@ -93,3 +93,24 @@ def test_bad_adapter_folder(tiny_model_dir, tmp_path):
     engine = load_engine(str(tiny_model_dir))
     with pytest.raises(ConfigError, match="cannot load LoRA adapter"):
         engine.add_adapter("x", str(tmp_path))
+
+
+def test_loop_guard_bans_repeated_generated_ngrams_only():
+    from fslm.engine.hf import _GeneratedNoRepeatNGram
+
+    guard = _GeneratedNoRepeatNGram(3, prompt_width=4)
+    # prompt [5, 6, 1, 2] then generated [1, 2, 3, 1, 2]: "1 2 -> 3" already happened in the generated text.
+    ids = torch.tensor([[5, 6, 1, 2, 1, 2, 3, 1, 2]])
+    scores = guard(ids, torch.zeros(1, 10))
+    assert scores[0, 3] == -float("inf")
+    assert torch.isfinite(scores[0, [0, 1, 2, 4, 5, 6, 7, 8, 9]]).all()
+    # The prompt's own n-grams are never banned: "1 2" followed by 1 in the prompt+generation boundary is fine.
+    ids = torch.tensor([[1, 2, 7, 9, 1, 2]])
+    assert torch.isfinite(_GeneratedNoRepeatNGram(3, prompt_width=2)(ids, torch.zeros(1, 10))).all()
+
+
+def test_loop_guard_runs_inside_generate(tiny_engine):
+    text = chat(tiny_engine, "fox fox fox fox")
+    plain = tiny_engine.generate([text], GenerationParams(max_new_tokens=30))[0]
+    guarded = tiny_engine.generate([text], GenerationParams(max_new_tokens=30, no_repeat_ngram_size=2))[0]
+    assert guarded.tokens_out > 0 and plain.tokens_out > 0

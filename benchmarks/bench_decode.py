@@ -1,0 +1,215 @@
+"""Decode speed of the default model and the memory cost of a 4-stage stack vs a single model.
+
+Measures, in one run on this machine:
+- greedy decode tokens/s at batch 1 and batch 16 (fp32 and bf16),
+- that speed as a fraction of the memory-bandwidth bound (weight bytes read per token vs measured copy bandwidth),
+- peak RSS of one model alone vs the default 4-stage stack with a LoRA adapter on every stage (one shared base),
+  each in a fresh subprocess so the peaks do not mix.
+
+Usage: python benchmarks/bench_decode.py [--model smollm2-135m] [--new-tokens 64] [--out benchmarks/results/decode]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPTS = [
+    "Explain why the sky is blue.",
+    "Write a short story about a robot learning to paint.",
+    "What are the main causes of the French Revolution?",
+    "Describe how a bicycle works.",
+]
+
+
+def copy_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+    """Best-of-N memcpy bandwidth (read + write bytes per second) of a large tensor clone."""
+    import torch
+
+    src = torch.empty(megabytes * (1 << 20) // 4, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def decode_speed(engine, batch: int, new_tokens: int) -> dict:
+    from fslm.engine import GenerationParams
+
+    texts = [engine.render_chat([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(batch)]
+    params = GenerationParams(max_new_tokens=new_tokens)
+    engine.generate(texts[:1], GenerationParams(max_new_tokens=4))  # warm-up
+    # Force the full length so every run decodes the same number of tokens.
+    eos = engine.eos_ids
+    engine.eos_ids = []
+    try:
+        t0 = time.perf_counter()
+        outs = engine.generate(texts, params)
+        seconds = time.perf_counter() - t0
+    finally:
+        engine.eos_ids = eos
+    tokens = sum(o.tokens_out for o in outs)
+    return {"batch": batch, "new_tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 2)}
+
+
+def weight_bytes(engine) -> int:
+    """Bytes read per decoded token: every weight once (tied embeddings count once: the lm_head reads them)."""
+    seen, total = set(), 0
+    for p in engine.base.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+    return total
+
+
+def child_peak_rss(mode: str, model: str, adapters_dir: str) -> dict:
+    """Run in a fresh process: load one model, or the 4-stage stack with adapters; generate; report peak RSS."""
+    from fslm.config import load_default_stack_config
+    from fslm.engine import GenerationParams, load_engine
+    from fslm.stack import Stack
+
+    engine = load_engine(model)
+    if mode == "single":
+        engine.generate([engine.render_chat([{"role": "user", "content": PROMPTS[0]}])], GenerationParams(max_new_tokens=16))
+        stages = 1
+    else:
+        cfg = load_default_stack_config()
+        cfg.base_model = model
+        for stage in cfg.stages:
+            stage.adapter = str(Path(adapters_dir) / stage.name)
+            stage.generation.max_new_tokens = 16
+        stack = Stack(cfg, engine)
+        stack.run(PROMPTS[0])
+        stages = len(cfg.stages)
+    return {"mode": mode, "stages": stages, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def make_adapters(model: str, folder: Path, rank: int = 16) -> None:
+    """Realistic LoRA adapters (rank 16 on all 7 projections) for each default stage, random weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from fslm.config import load_default_stack_config
+    from fslm.models import load_model
+
+    loaded = load_model(model)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for i, stage in enumerate(load_default_stack_config().stages):
+        torch.manual_seed(i)
+        peft_model = get_peft_model(loaded.model, LoraConfig(r=rank, lora_alpha=32, target_modules=targets, init_lora_weights=False))
+        peft_model.save_pretrained(folder / stage.name)
+        loaded.model = peft_model.unload()
+
+
+def memory_comparison(model: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        make_adapters(model, Path(tmp))
+        runs = {}
+        for mode in ("single", "stack"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", mode, "--model", model, "--adapters", tmp],
+                capture_output=True, text=True, check=True,
+            )
+            runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = runs["stack"]["peak_rss_mb"] / runs["single"]["peak_rss_mb"]
+    return {"single": runs["single"], "stack": runs["stack"], "stack_over_single": round(ratio, 3), "goal_max_ratio": 1.15}
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"# Decode speed and stack memory ({result['model']})",
+        "",
+        f"Measured {result['date']} on {result['machine']}; load average at start {result['load_avg']}.",
+        f"Copy bandwidth {result['copy_bandwidth_gbs']} GB/s (read+write).",
+        "",
+        "| dtype | batch | tokens/s | weight bytes/step | bound steps/s | fraction of bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["decode"]:
+        lines.append(
+            f"| {row['dtype']} | {row['batch']} | {row['tokens_per_s']} | {row['weight_mb']} MB | {row['bound_tokens_per_s']} | "
+            f"{row['fraction_of_bound']} |"
+        )
+    mem = result["memory"]
+    lines += [
+        "",
+        "| system | peak RSS (MB) |",
+        "|---|---|",
+        f"| single model | {mem['single']['peak_rss_mb']} |",
+        f"| 4-stage stack, 4 LoRA adapters, one shared base | {mem['stack']['peak_rss_mb']} |",
+        "",
+        f"Stack / single peak RSS: **{mem['stack_over_single']}x** (goal <= {mem['goal_max_ratio']}x).",
+        "",
+        "Bound = copy bandwidth / weight bytes: the decode steps per second possible if every step only streamed the "
+        "weights once. Fraction of bound = measured decode steps per second (tokens/s / batch) / bound; at batch 16 one "
+        "step yields 16 tokens, so tokens/s can exceed the batch-1 bound while the fraction stays below 1.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--out", default="benchmarks/results/decode")
+    parser.add_argument("--child", choices=["single", "stack"])
+    parser.add_argument("--adapters")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child_peak_rss(args.child, args.model, args.adapters)))
+        return
+
+    import torch
+
+    from fslm.engine import load_engine
+
+    bandwidth = copy_bandwidth_gbs()
+    result = {
+        "model": args.model,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "copy_bandwidth_gbs": round(bandwidth, 1),
+        "decode": [],
+    }
+    for dtype in ("float32", "bfloat16"):
+        engine = load_engine(args.model, dtype=dtype)
+        wbytes = weight_bytes(engine)
+        # A decode step must stream every weight from memory once, whatever the batch size.
+        bound = bandwidth * 1e9 / wbytes
+        for batch in (1, 16):
+            row = decode_speed(engine, batch, args.new_tokens)
+            steps_per_s = row["tokens_per_s"] / batch
+            row.update(
+                dtype=dtype,
+                weight_mb=round(wbytes / 1e6, 1),
+                bound_tokens_per_s=round(bound, 1),
+                fraction_of_bound=round(steps_per_s / bound, 3),
+            )
+            print(json.dumps(row), flush=True)
+            result["decode"].append(row)
+        del engine
+    result["memory"] = {} if args.skip_memory else memory_comparison(args.model)
+    print(json.dumps(result["memory"]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "decode.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
