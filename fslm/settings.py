@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     threads: int = 0  # 0 = leave torch's default
     log_traces: bool = False
     log_db: Path | None = None
+    api_key: str | None = None  # FSLM_API_KEY: bearer key `fslm serve` requires (None = open)
 
     @property
     def models_dir(self) -> Path:

@@ -6,6 +6,7 @@ import typer
 
 from fslm.cli import models as _models
 from fslm.cli import run as _run
+from fslm.cli import serve as _serve
 from fslm.cli import stack as _stack
 from fslm.cli.common import guarded
 
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("run")(guarded(_run.run_command))
+app.command("serve")(guarded(_serve.serve_command))
 app.command("models")(guarded(_models.models_command))
 app.add_typer(_stack.app, name="stack")
 

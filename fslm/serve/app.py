@@ -1,0 +1,330 @@
+"""The FastAPI app behind `fslm serve`: OpenAI-compatible chat completions with stage traces, a batch worker, limits.
+
+Routes: POST /v1/chat/completions, GET /v1/models[/{id}], GET /v1/traces[/{id}], GET /metrics (all behind the
+optional API key), GET /health and the static viewer page GET /ui (open: the page holds no data and asks for the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fslm.errors import FslmError
+from fslm.serve.batching import BatchQueue, Job, QueueFull
+from fslm.serve.chat import messages_to_prompt, trace_record, usage
+from fslm.serve.config import ServeSettings
+from fslm.serve.metrics import ServeMetrics
+from fslm.serve.schemas import APIError, answer_pieces, chunk_object, completion_object, error_body, parse_request, sse
+from fslm.serve.traces import TraceStore
+from fslm.stack import Stack, StackResult
+
+log = logging.getLogger("fslm.serve")
+ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/traces", "/metrics", "/health", "/ui")
+
+
+class ServeState:
+    """Everything one app owns: the stack, its batch worker, metrics, recent traces."""
+
+    def __init__(self, stack: Stack, settings: ServeSettings):
+        self.stack = stack
+        self.settings = settings
+        self.model_name = settings.model_name or stack.config.name
+        self.max_prompt_tokens = settings.max_prompt_tokens or stack.config.max_prompt_tokens
+        self.answer_tokens = stack.config.answer_stage.generation.max_new_tokens
+        self.api_key = settings.resolved_api_key()
+        self.created = int(time.time())
+        self._variants: dict[int, Stack] = {}
+        self.queue = BatchQueue(
+            self._run_batch,
+            max_batch=settings.max_batch,
+            wait_s=settings.batch_wait_ms / 1000.0,
+            maxsize=settings.queue_size,
+            on_batch=lambda report: self.metrics.observe_batch(report),
+        )
+        self.metrics = ServeMetrics(lambda: self.queue.depth, lambda: self.queue.running)
+        self.traces = TraceStore(settings.trace_history, settings.resolved_trace_db() if settings.resolved_persist() else None)
+
+    def _run_batch(self, prompts, cap: int | None) -> list[StackResult]:
+        return self._stack_for(cap).run_batch(prompts)
+
+    def _stack_for(self, cap: int | None) -> Stack:
+        """The stack with its answer stage capped at `cap` new tokens (a request's max_tokens); cached per cap."""
+        if cap is None:
+            return self.stack
+        if cap not in self._variants:
+            cfg = self.stack.config.model_copy(deep=True)
+            cfg.stages[-1].generation.max_new_tokens = cap
+            self._variants[cap] = Stack(cfg, self.stack.engine)
+        return self._variants[cap]
+
+    def answer_cap(self, requested: int | None) -> int | None:
+        """Requests asking for at least the stack's own answer length share one batch group (None)."""
+        return None if requested is None or requested >= self.answer_tokens else requested
+
+    def submit(self, prompt: str, cap: int | None, on_start=None) -> Job:
+        try:
+            return self.queue.submit(prompt, cap, on_start)
+        except QueueFull as err:
+            self.metrics.rejected.labels("queue_full").inc()
+            retry = max(1, math.ceil(self.queue.last_batch_seconds or 1.0))
+            raise APIError(
+                429, f"server busy: {err}; retry after {retry} s", type="rate_limit_error", code="rate_limit_exceeded",
+                headers={"Retry-After": str(retry)},
+            ) from None
+
+    async def result(self, job: Job, timeout: float) -> StackResult:
+        future = asyncio.wrap_future(job.future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise APIError(503, f"no answer within {timeout:.0f} s; the server is overloaded", type="server_error", code="timeout", headers={"Retry-After": "5"}) from None
+        except QueueFull as err:
+            raise APIError(503, str(err), type="server_error", code="unavailable", headers={"Retry-After": "5"}) from None
+        except FslmError as err:
+            raise APIError(400, str(err), code="invalid_input") from None
+
+    def finish(self, cid: str, result: StackResult, job: Job, t0: float) -> dict:
+        latency = time.perf_counter() - t0
+        self.metrics.latency.observe(latency)
+        record = trace_record(cid, self.model_name, result, job, latency)
+        self.traces.add(record)
+        return record
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body has {declared} bytes; this server accepts at most {limit}", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _CountRequests:
+    """Pure ASGI middleware (does not buffer streams): counts every response by route and status."""
+
+    def __init__(self, app, metrics: ServeMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+        path = scope.get("path", "")
+        route = next((r for r in ROUTES if path == r or path.startswith(r + "/")), "other")
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+
+
+def _install_error_handlers(app: FastAPI, state: ServeState) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError):
+        if err.status == 400:
+            state.metrics.rejected.labels("bad_request").inc()
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {err.detail}"
+        return JSONResponse(error_body(message, "invalid_request_error", None, kind), status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _query_error(request: Request, err: RequestValidationError):
+        problem = err.errors()[0]
+        loc = ".".join(str(p) for p in problem["loc"][1:]) or None
+        return JSONResponse(error_body(f"{loc}: {problem['msg']}", "invalid_request_error", loc, "invalid_value"), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, err: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body("internal server error (see the server log)", "server_error", None, "internal_error"), status_code=500)
+
+
+def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings | None = None) -> FastAPI:
+    """Python twin of `fslm serve` (without starting uvicorn): an ASGI app around one loaded stack."""
+    settings = settings or ServeSettings()
+    if not isinstance(stack, Stack):
+        stack = Stack.load(stack)
+    state = ServeState(stack, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.queue.start()
+        yield
+        await run_in_threadpool(state.queue.stop)
+        state.traces.close()
+
+    app = FastAPI(title="fslm", description="OpenAI-compatible API over an fslm stack", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.fslm = state
+    app.add_middleware(_CountRequests, metrics=state.metrics)
+    _install_error_handlers(app, state)
+
+    async def require_key(request: Request) -> None:
+        if state.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), state.api_key.encode()):
+            state.metrics.rejected.labels("unauthorized").inc()
+            raise APIError(
+                401, "missing or invalid API key: send the header 'Authorization: Bearer <key>' (the server's FSLM_API_KEY)",
+                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    api = APIRouter(dependencies=[Depends(require_key)])
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = state.queue.alive or state.queue.depth == 0
+        body = {
+            "status": "ok" if ok else "worker_down",
+            "model": state.model_name,
+            "stages": [{"name": s.name, "label": s.display_label} for s in stack.config.stages],
+            "queue_depth": state.queue.depth,
+            "queue_capacity": state.queue.capacity,
+            "max_batch": settings.max_batch,
+            "auth": state.api_key is not None,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui")
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui() -> HTMLResponse:
+        page = resources.files("fslm.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @api.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    def model_card() -> dict[str, Any]:
+        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "fslm",
+                "fslm_stages": stack.stage_names, "fslm_base_model": stack.config.base_model}
+
+    @api.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict:
+        if model_id != state.model_name:
+            raise APIError(404, f"model {model_id!r} does not exist; this server serves {state.model_name!r}", param="model", code="model_not_found")
+        return model_card()
+
+    @api.get("/v1/traces")
+    async def list_traces(limit: int = Query(50, ge=1, le=1000)) -> dict:
+        return {"object": "list", "data": state.traces.list(limit), "persistent": state.traces.persistent}
+
+    @api.get("/v1/traces/{trace_id}")
+    async def get_trace(trace_id: str) -> dict:
+        record = state.traces.get(trace_id)
+        if record is None:
+            raise APIError(404, f"no trace {trace_id!r} (only the last {settings.trace_history} are kept in memory)", param="trace_id", code="not_found")
+        return record
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        t0 = time.perf_counter()
+        req = parse_request(await _read_body(request, settings.max_body_bytes))
+        if req.model is not None and req.model != state.model_name:
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves {state.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
+        requested = req.new_token_cap
+        if requested is not None and requested > settings.max_new_tokens:
+            param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            raise APIError(400, f"{param}={requested} exceeds this server's limit of {settings.max_new_tokens}", param=param, code="invalid_value")
+        prompt = messages_to_prompt(req.messages)
+        n_tokens = await run_in_threadpool(stack.engine.count_tokens, prompt)
+        if n_tokens > state.max_prompt_tokens:
+            raise APIError(400, f"messages: the prompt built from them has {n_tokens} tokens; this server accepts at most {state.max_prompt_tokens}. Shorten it (fslm never truncates silently).", param="messages", code="context_length_exceeded")
+        want_trace = settings.trace if req.fslm_trace is None else req.fslm_trace
+        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        cap = state.answer_cap(requested)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await _stream(state, cid, prompt, cap, want_trace, include_usage, t0)
+        job = state.submit(prompt, cap)
+        result = await state.result(job, settings.request_timeout_s)
+        record = state.finish(cid, result, job, t0)
+        return JSONResponse(completion_object(cid, state.model_name, result.answer, record["finish_reason"], usage(result), record if want_trace else None))
+
+    app.include_router(api)
+    return app
+
+
+async def _stream(state: ServeState, cid: str, prompt: str, cap: int | None, want_trace: bool, include_usage: bool, t0: float) -> StreamingResponse:
+    """SSE: a 'queued' chunk at once, a 'running' event when the batch starts, then the answer in word pieces."""
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    job = state.submit(prompt, cap, on_start=lambda: loop.call_soon_threadsafe(started.set))  # 429 before the stream opens
+    model = state.model_name
+
+    async def events() -> AsyncIterator[str]:
+        future = asyncio.wrap_future(job.future)
+        try:
+            yield sse(chunk_object(cid, model, {"role": "assistant", "content": ""}, fslm_event={"status": "queued", "queue_depth": state.queue.depth}))
+            waiter = asyncio.ensure_future(started.wait())
+            await asyncio.wait({future, waiter}, timeout=state.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if started.is_set():
+                yield sse(chunk_object(cid, model, {}, fslm_event={"status": "running", "batch_size": job.batch_size}))
+            try:
+                result = await state.result(job, state.settings.request_timeout_s)
+            except APIError as err:
+                yield sse(err.body())
+                yield sse("[DONE]")
+                return
+            record = state.finish(cid, result, job, t0)
+            for piece in answer_pieces(result.answer):
+                yield sse(chunk_object(cid, model, {"content": piece}))
+            yield sse(chunk_object(cid, model, {}, record["finish_reason"], fslm_trace=record if want_trace else None))
+            if include_usage:
+                final = chunk_object(cid, model, {})
+                final["choices"], final["usage"] = [], usage(result)
+                yield sse(final)
+            yield sse("[DONE]")
+        finally:
+            if not future.done():
+                future.cancel()  # client went away: a request not yet started is dropped from the queue
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def serve(stack: Stack | str | Path | None = None, settings: ServeSettings | None = None, *, log_level: str = "info") -> None:
+    """Python twin of `fslm serve`: load the stack, then run uvicorn until interrupted."""
+    import uvicorn
+
+    settings = settings or ServeSettings()
+    app = create_app(stack, settings)
+    # A backstop on open connections (uvicorn answers 503 beyond it); the bounded queue answers 429 well before.
+    limit = (settings.queue_size + settings.max_batch) * 2 + 100
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, limit_concurrency=limit, timeout_graceful_shutdown=5)

@@ -1,0 +1,190 @@
+"""Dynamic batching: requests that arrive together share one `Stack.run_batch` (one batched forward pass per stage).
+
+One worker thread owns the model, so the event loop never blocks on torch. It takes the first waiting request,
+waits up to `wait_s` for more (up to `max_batch`), runs them together and resolves each request's future. The queue
+is bounded: `submit` raises `QueueFull` instead of letting memory grow, and the server turns that into a 429.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from fslm.errors import FslmError
+from fslm.stack import StackResult
+
+log = logging.getLogger("fslm.serve")
+
+# run(prompts, answer_token_cap) -> one StackResult per prompt, in order.
+RunBatch = Callable[[Sequence[str], "int | None"], list[StackResult]]
+
+
+class QueueFull(Exception):
+    """The bounded queue is full; retry later."""
+
+
+@dataclass
+class Job:
+    prompt: str
+    cap: int | None  # max new tokens for the answer stage (None = the stack's own)
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    finished: float = 0.0
+    batch_size: int = 0
+    on_start: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    size: int
+    seconds: float
+    tokens_in: int
+    tokens_out: int
+    queue_waits: tuple[float, ...]
+
+
+class BatchQueue:
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        max_batch: int = 16,
+        wait_s: float = 0.01,
+        maxsize: int = 64,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ):
+        self._run = run
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=maxsize)
+        self._on_batch = on_batch
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.running = 0  # jobs in the batch being computed now
+        self.last_batch_seconds = 0.0
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._loop, name="fslm-batch-worker", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current batch; requests still waiting fail with a retryable error."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(QueueFull("server is shutting down"))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def capacity(self) -> int:
+        return self._queue.maxsize
+
+    def submit(self, prompt: str, cap: int | None = None, on_start: Callable[[], None] | None = None) -> Job:
+        self.start()
+        job = Job(prompt, cap, on_start=on_start)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(f"{self._queue.maxsize} requests are already waiting") from None
+        return job
+
+    # ---- worker ---------------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self._collect()
+            if batch:
+                try:
+                    self._run_batch(batch)
+                except BaseException as err:  # never let the worker die with requests pending
+                    log.exception("batch worker error")
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(err)
+
+    def _collect(self) -> list[Job]:
+        try:
+            first = self._queue.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.perf_counter() + self.wait_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        # Requests whose client went away before we started are dropped here (their future was cancelled).
+        return [job for job in batch if job.future.set_running_or_notify_cancel()]
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        groups: dict[int | None, list[Job]] = defaultdict(list)
+        for job in batch:
+            groups[job.cap].append(job)
+        for cap, jobs in groups.items():
+            self._run_group(jobs, cap)
+
+    def _run_group(self, jobs: list[Job], cap: int | None) -> None:
+        t0 = time.perf_counter()
+        for job in jobs:
+            job.started, job.batch_size = t0, len(jobs)
+            if job.on_start is not None:
+                job.on_start()
+        self.running = len(jobs)
+        try:
+            results = self._run([job.prompt for job in jobs], cap)
+        except FslmError as err:
+            self.running = 0
+            if len(jobs) > 1:  # one bad input must not fail its batch-mates: retry each alone
+                for job in jobs:
+                    self._run_group([job], cap)
+            else:
+                jobs[0].future.set_exception(err)
+            return
+        except Exception as err:
+            self.running = 0
+            log.exception("stack run failed for a batch of %d", len(jobs))
+            for job in jobs:
+                job.future.set_exception(err)
+            return
+        self.running = 0
+        t1 = time.perf_counter()
+        self.last_batch_seconds = t1 - t0
+        for job, result in zip(jobs, results, strict=True):
+            job.finished = t1
+            job.future.set_result(result)
+        if self._on_batch is not None:
+            self._on_batch(
+                BatchReport(
+                    size=len(jobs),
+                    seconds=t1 - t0,
+                    tokens_in=sum(r.tokens_in for res in results for r in res.trace),
+                    tokens_out=sum(r.tokens_out for res in results for r in res.trace),
+                    queue_waits=tuple(t0 - job.enqueued for job in jobs),
+                )
+            )

@@ -1,0 +1,99 @@
+"""Serve fixtures: a 3-stage stack on the tiny model, a gate to hold the batch worker, a real uvicorn in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import pytest
+
+from fslm.config import parse_stack_config
+from fslm.stack import Stack
+
+TINY_STACK = {
+    "name": "tiny",
+    "base_model": "tiny",
+    "max_prompt_tokens": 128,
+    "stages": [
+        {"name": "intent", "label": "Intent", "instruction": "Restate.", "sees": ["prompt"], "generation": {"max_new_tokens": 6}},
+        {"name": "facts", "instruction": "Facts.", "sees": ["prompt", "intent"], "generation": {"max_new_tokens": 6}},
+        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "generation": {"max_new_tokens": 8}},
+    ],
+}
+
+
+class GatedEngine:
+    """Wraps an engine: records every generate() batch size and can hold the worker until the test opens the gate."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.batch_sizes: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, texts, params, adapter=None):
+        self.batch_sizes.append(len(texts))
+        self.entered.set()
+        assert self.gate.wait(30), "test gate never opened"
+        return self._engine.generate(texts, params, adapter=adapter)
+
+
+@pytest.fixture()
+def tiny_stack(tiny_engine) -> Stack:
+    return Stack(parse_stack_config(TINY_STACK), tiny_engine)
+
+
+@pytest.fixture()
+def gated_stack(tiny_engine) -> Stack:
+    return Stack(parse_stack_config(TINY_STACK), GatedEngine(tiny_engine))
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch, tmp_path):
+    """Tests decide the API key and trace persistence themselves, whatever the developer's environment says."""
+    from fslm.settings import reset_settings
+
+    monkeypatch.delenv("FSLM_API_KEY", raising=False)
+    monkeypatch.delenv("FSLM_LOG_TRACES", raising=False)
+    monkeypatch.setenv("FSLM_CACHE_DIR", str(tmp_path / "cache"))
+    reset_settings()
+    yield
+    reset_settings()
+
+
+@contextmanager
+def running_server(app) -> Iterator[str]:
+    """uvicorn on a free 127.0.0.1 port in a background thread; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+def wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
