@@ -1,0 +1,11 @@
+"""Small/large collaboration: the ways a small model cuts the cost of a large one.
+
+* `speculative` — speculative decoding (transformers assisted generation, prompt lookup): `fslm generate --draft`.
+* `contrastive` — contrastive decoding, expert minus amateur: `fslm generate --amateur`.
+* `cascade` + `runs` — escalate when the small system is unsure; pure analysis over `fslm eval` runs: `fslm cascade`.
+* `live` — the same cascade actually running small, then large.
+* `route` — a prompt-only router on sentence embeddings: `fslm route`.
+* `generate` — the Python twin of `fslm generate`.
+
+Submodules are imported on use, so `import fslm.collaborate` stays cheap.
+"""

@@ -1,0 +1,202 @@
+"""Live cascades: actually run the small system, measure its confidence, and call the large one only when needed.
+
+A *system* is a model reference or a stack YAML. Free-text prompts use the AutoMix-style self-verification signal
+(the small model is asked whether the small answer is correct; P(yes) is the confidence). Multiple-choice items also
+have the choice-probability margin. Per-item rows use the `fslm eval` items.jsonl fields, plus `escalated`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from fslm.collaborate.runs import check_threshold, choice_margin
+from fslm.engine import Engine, GenerationParams, load_engine
+from fslm.errors import InputError
+from fslm.tasks import Item
+
+VERIFY_TEMPLATE = "Question: {question}\nProposed answer: {answer}\nIs the proposed answer correct? Answer yes or no.\nAnswer:"
+VERIFY_CHOICES = (" yes", " no")
+
+
+def _is_stack_ref(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml"))
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    trace: list[dict] = field(default_factory=list)
+
+
+class System:
+    """A model or a stack behind one interface: answer prompts, score multiple-choice items."""
+
+    def __init__(self, ref: str, *, engine: Engine | None = None, dtype: str = "float32", max_new_tokens: int = 128):
+        from fslm.stack import Stack
+
+        self.ref = ref
+        self.max_new_tokens = max_new_tokens
+        if _is_stack_ref(ref):
+            self.stack = Stack.load(ref, engine=engine)
+            self.engine = self.stack.engine
+        else:
+            self.stack = None
+            self.engine = engine or load_engine(ref, dtype=dtype)
+
+    @property
+    def params(self) -> int:
+        return self.engine.params
+
+    def answer(self, prompts: Sequence[str]) -> list[Answer]:
+        if self.stack is not None:
+            results = self.stack.run_batch(prompts)
+            return [
+                Answer(r.answer, sum(s.tokens_in for s in r.trace), sum(s.tokens_out for s in r.trace),
+                       sum(s.seconds for s in r.trace), r.to_dict()["trace"])
+                for r in results
+            ]
+        texts = [self.engine.render_chat([{"role": "user", "content": p}]) for p in prompts]
+        gens = self.engine.generate(texts, GenerationParams(max_new_tokens=self.max_new_tokens))
+        return [Answer(g.text, g.tokens_in, g.tokens_out, g.seconds) for g in gens]
+
+    def score_items(self, items: Sequence[Item]) -> list[dict]:
+        """lm-eval-style choice log-likelihoods per item (a model scores context + continuation directly)."""
+        if self.stack is not None:
+            raise InputError(
+                f"{self.ref}: scoring multiple-choice items with a stack goes through `fslm eval --stack`; run it for "
+                "both systems and use `fslm cascade calibrate/eval` on the two runs"
+            )
+        rows = []
+        for item in items:
+            if not item.choices:
+                raise InputError(f"{item.id}: live cascades score multiple-choice items; {item.task} is a generation task")
+            ctxs = [item.context_for(i) for i in range(len(item.choices))]
+            t0 = time.perf_counter()
+            scores = self.engine.score(ctxs, list(item.continuations))
+            seconds = time.perf_counter() - t0
+            values = [s.logprob for s in scores]
+            pred = max(range(len(values)), key=values.__getitem__)
+            gold = set(item.gold_set) if item.gold_set else {item.gold}
+            rows.append({
+                "id": item.id, "task": item.task, "prompt": item.context, "choice_scores": values, "prediction": pred,
+                "gold": item.gold, "correct": pred in gold, "seconds": round(seconds, 4), "tokens_out": 0,
+                "tokens_in": self.engine.count_tokens(item.context) + sum(s.n_tokens for s in scores),
+            })
+        return rows
+
+
+def verify(engine: Engine, questions: Sequence[str], answers: Sequence[str]) -> list[tuple[float, int, float]]:
+    """(P(yes), tokens scored, seconds) per (question, answer): the model judging an answer, AutoMix-style."""
+    contexts = [VERIFY_TEMPLATE.format(question=q.strip(), answer=a.strip()) for q, a in zip(questions, answers, strict=True)]
+    t0 = time.perf_counter()
+    scores = engine.score([c for c in contexts for _ in VERIFY_CHOICES], [x for _ in contexts for x in VERIFY_CHOICES])
+    seconds = (time.perf_counter() - t0) / max(len(contexts), 1)
+    out = []
+    for i, context in enumerate(contexts):
+        yes, no = scores[2 * i].logprob, scores[2 * i + 1].logprob
+        p_yes = 1.0 / (1.0 + math.exp(no - yes))
+        out.append((p_yes, engine.count_tokens(context) + scores[2 * i].n_tokens + scores[2 * i + 1].n_tokens, seconds))
+    return out
+
+
+def verify_signal_rows(engine: Engine, items: Sequence[Item], rows: Sequence[dict]) -> list[dict]:
+    """Signals-file rows {task, id, verify, verify_flops, verify_seconds} for a small run's predictions."""
+    by_key = {(it.task, it.id): it for it in items}
+    pairs = []
+    for row in rows:
+        item = by_key.get((row["task"], row["id"]))
+        if item is None or not item.choices or not isinstance(row.get("prediction"), int):
+            continue
+        pairs.append((row, item))
+    if not pairs:
+        raise InputError("no run rows match the loaded task items (check --split) or rows lack an integer 'prediction'")
+    results = verify(engine, [it.question for _, it in pairs], [it.choices[r["prediction"]] for r, it in pairs])
+    return [
+        {"task": r["task"], "id": r["id"], "verify": round(p, 6), "verify_flops": 2.0 * engine.params * tokens,
+         "verify_seconds": round(sec, 5)}
+        for (r, _), (p, tokens, sec) in zip(pairs, results, strict=True)
+    ]
+
+
+@dataclass
+class CascadeAnswer:
+    prompt: str
+    answer: str
+    escalated: bool
+    confidence: float
+    small: Answer
+    large: Answer | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt": self.prompt, "answer": self.answer, "escalated": self.escalated,
+            "confidence": round(self.confidence, 4), "small": self.small.__dict__,
+            "large": self.large.__dict__ if self.large else None,
+        }
+
+
+def cascade_prompts(prompts: Sequence[str], small: System, large: System, threshold: float) -> list[CascadeAnswer]:
+    """Small answers; the small model verifies; answers with P(yes) < threshold are redone by the large system."""
+    check_threshold(threshold)
+    first = small.answer(prompts)
+    checks = verify(small.engine, prompts, [a.text for a in first])
+    results = [CascadeAnswer(p, a.text, c[0] < threshold, c[0], a) for p, a, c in zip(prompts, first, checks, strict=True)]
+    redo = [r for r in results if r.escalated]
+    if redo:
+        for r, big in zip(redo, large.answer([r.prompt for r in redo]), strict=True):
+            r.large, r.answer = big, big.text
+    return results
+
+
+def cascade_items(items: Sequence[Item], small: System, large: System, *, signal: str, threshold: float) -> tuple[list[dict], dict]:
+    """Score items with the small system, escalate low-confidence ones to the large system; rows + summary."""
+    check_threshold(threshold)
+    rows = small.score_items(items)
+    small_cost = [2.0 * small.params * r["tokens_in"] for r in rows]
+    if signal == "margin":
+        conf = [choice_margin(r["choice_scores"]) for r in rows]
+        extra = [0.0] * len(rows)
+    elif signal == "verify":
+        sig = verify_signal_rows(small.engine, items, rows)
+        conf, extra = [s["verify"] for s in sig], [s["verify_flops"] for s in sig]
+    else:
+        raise InputError(f"unknown signal {signal!r}; choose margin or verify")
+    escalate = [i for i, c in enumerate(conf) if c < threshold]
+    big_rows = large.score_items([items[i] for i in escalate]) if escalate else []
+    cost = sum(small_cost) + sum(extra)
+    for i, big in zip(escalate, big_rows, strict=True):
+        cost += 2.0 * large.params * big["tokens_in"]
+        rows[i] = {**big, "small_prediction": rows[i]["prediction"], "seconds": rows[i]["seconds"] + big["seconds"]}
+    escalated = set(escalate)
+    for i, row in enumerate(rows):
+        row["escalated"] = i in escalated
+        row["confidence"] = round(conf[i], 6)
+        row["stages"] = ["small", "large"] if row["escalated"] else ["small"]
+    summary = {
+        "small": small.ref, "large": large.ref, "signal": signal, "threshold": threshold, "n": len(rows),
+        "acc": sum(r["correct"] for r in rows) / len(rows), "escalation_rate": len(escalate) / len(rows),
+        "flops": cost,
+    }
+    return rows, summary
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict]) -> Path:
+    import json
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,203 @@
+"""Per-item outcomes of two systems (from `fslm eval` runs), paired item by item, with a cost per item.
+
+Cascade and router analyses are pure functions over these pairs, so they can be recomputed from saved runs without
+loading any model. Cost is "parameters x tokens processed" (a FLOPs proxy) when both runs state their parameter
+count, else measured seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from fslm.errors import DataError, InputError
+
+REQUIRED = ("id", "task", "correct")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One system's per-item rows plus what its summary says about it."""
+
+    path: Path | None
+    system: str
+    rows: list[dict]
+    params: int | None = None
+
+    @property
+    def by_key(self) -> dict[tuple[str, str], dict]:
+        return {(r["task"], r["id"]): r for r in self.rows}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One item answered by both systems."""
+
+    id: str
+    task: str
+    prompt: str
+    small_correct: bool
+    large_correct: bool
+    small_cost: float
+    large_cost: float
+    signals: Mapping[str, float] = field(default_factory=dict)  # confidence signals in [0, 1] of the small answer
+    extra_cost: Mapping[str, float] = field(default_factory=dict)  # cost of computing each signal (same unit)
+
+
+def _params_from_summary(summary: Mapping) -> int | None:
+    from fslm.models import EMBEDDED
+
+    for key in ("params", "parameters", "params_touched"):
+        value = summary.get(key)
+        if isinstance(value, (int, float)) and value > 0:
+            return int(value)
+    costs = summary.get("cost") or summary.get("costs")
+    if isinstance(costs, Mapping):
+        for key in ("params", "parameters", "params_touched"):
+            if isinstance(costs.get(key), (int, float)) and costs[key] > 0:
+                return int(costs[key])
+    system = summary.get("system") or summary.get("model")
+    if isinstance(system, str) and system in EMBEDDED:
+        return EMBEDDED[system].params
+    return None
+
+
+def read_run(path: str | Path, *, system: str | None = None, params: int | None = None) -> Run:
+    """Read a run folder (items.jsonl [+ summary.json]) or an items.jsonl file; errors name file and line."""
+    path = Path(path)
+    items = path / "items.jsonl" if path.is_dir() else path
+    if not items.is_file():
+        raise DataError(f"{items}: per-item file not found (expected the items.jsonl written by `fslm eval --out DIR`)")
+    summary: dict = {}
+    summary_path = items.parent / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{summary_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    rows = []
+    with items.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{items}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{items}:{lineno}: expected a JSON object per line")
+            missing = [k for k in REQUIRED if k not in row]
+            if missing:
+                raise DataError(f"{items}:{lineno}: per-item row lacks {missing} (need at least {list(REQUIRED)})")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{items}: no items")
+    name = system or str(summary.get("system") or summary.get("model") or items.parent.name)
+    return Run(items, name, rows, params if params is not None else _params_from_summary(summary))
+
+
+def choice_margin(choice_scores: Sequence[float]) -> float:
+    """Top-1 minus top-2 choice probability after a softmax over the summed log-probs (1 = certain, 0 = a tie)."""
+    if len(choice_scores) < 2:
+        return 1.0
+    top = max(choice_scores)
+    probs = sorted((math.exp(s - top) for s in choice_scores), reverse=True)
+    total = sum(probs)
+    return (probs[0] - probs[1]) / total
+
+
+def _tokens(row: Mapping) -> float:
+    return float(row.get("tokens_in", 0) or 0) + float(row.get("tokens_out", 0) or 0)
+
+
+def cost_unit(small: Run, large: Run) -> str:
+    return "flops" if small.params and large.params else "seconds"
+
+
+def row_cost(row: Mapping, run: Run, unit: str) -> float:
+    """2 x params x tokens (forward FLOPs) or measured seconds for one item."""
+    if unit == "flops":
+        assert run.params is not None
+        return 2.0 * run.params * _tokens(row)
+    return float(row.get("seconds", 0.0) or 0.0)
+
+
+def pair_runs(small: Run, large: Run, *, signals: Mapping[str, Mapping[tuple[str, str], float]] | None = None,
+              signal_costs: Mapping[str, Mapping[tuple[str, str], float]] | None = None) -> list[Pair]:
+    """Join two runs on (task, id); the margin signal comes from the small run's choice_scores."""
+    unit = cost_unit(small, large)
+    large_rows = large.by_key
+    pairs = []
+    for row in small.rows:
+        key = (row["task"], row["id"])
+        other = large_rows.get(key)
+        if other is None:
+            continue
+        sig: dict[str, float] = {}
+        if row.get("choice_scores"):
+            sig["margin"] = choice_margin([float(s) for s in row["choice_scores"]])
+        extra: dict[str, float] = {}
+        for name, values in (signals or {}).items():
+            if key in values:
+                sig[name] = float(values[key])
+                extra[name] = float((signal_costs or {}).get(f"{name}_{unit}", {}).get(key, 0.0))
+        pairs.append(Pair(row["id"], row["task"], str(row.get("prompt", "")), bool(row["correct"]), bool(other["correct"]),
+                          row_cost(row, small, unit), row_cost(other, large, unit), sig, extra))
+    if not pairs:
+        raise DataError(
+            f"the small run ({small.path}) and the large run ({large.path}) share no (task, id) items; "
+            "evaluate both systems on the same tasks, split and limit"
+        )
+    if unit == "seconds" and sum(p.large_cost for p in pairs) <= 0:
+        raise DataError("no parameter counts in the runs' summary.json and no per-item seconds: cannot compute costs")
+    return pairs
+
+
+def split_pairs(pairs: Iterable[Pair], fraction: float = 0.5) -> tuple[list[Pair], list[Pair]]:
+    """A stable, disjoint split by a hash of the item id (calibrate on one part, report on the other)."""
+    import hashlib
+
+    first, second = [], []
+    for p in pairs:
+        h = int(hashlib.sha1(f"{p.task}/{p.id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        (first if h < fraction else second).append(p)
+    return first, second
+
+
+def read_signals(path: str | Path) -> tuple[dict[str, dict[tuple[str, str], float]], dict[str, dict[tuple[str, str], float]]]:
+    """A signals JSONL as ({signal: {(task, id): value}}, {"<signal>_<unit>": {(task, id): cost}}).
+
+    Rows look like {"task", "id", "verify": 0.83, "verify_flops": 1.2e10, "verify_seconds": 0.05}.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: signals file not found (write one with `fslm cascade signals`)")
+    values: dict[str, dict[tuple[str, str], float]] = {}
+    costs: dict[str, dict[tuple[str, str], float]] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            key = (row["task"], row["id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{path}:{lineno}: expected a JSON object with 'task', 'id' and signal values") from None
+        for name, value in row.items():
+            if name in ("task", "id") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if name.endswith(("_flops", "_seconds")):
+                costs.setdefault(name, {})[key] = float(value)
+                continue
+            if not 0.0 <= value <= 1.0:
+                raise DataError(f"{path}:{lineno}: signal {name!r} = {value} is outside [0, 1]")
+            values.setdefault(name, {})[key] = float(value)
+    return values, costs
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"threshold {threshold} is outside [0, 1]: signals are probabilities/margins in [0, 1]")
+    return threshold
