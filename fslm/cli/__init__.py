@@ -21,6 +21,7 @@ app.command("run")(guarded(_run.run_command))
 app.command("serve")(guarded(_serve.serve_command))
 app.command("models")(guarded(_models.models_command))
 app.add_typer(_stack.app, name="stack")
+from fslm.cli import eval as _eval; app.add_typer(_eval.app, name="eval")  # noqa: E402,E702
 from fslm.cli import cascade as _cascade, generate as _generate, route as _route  # noqa: E402 (collaboration verbs)
 app.command("generate")(guarded(_generate.generate_command))
 app.add_typer(_cascade.app, name="cascade")

@@ -1,0 +1,108 @@
+"""`fslm eval` (benchmark a model or stack) and `fslm eval compare` (paired bootstrap of two runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from fslm.cli.common import console, guarded, out, print_json, status
+from fslm.errors import InputError
+
+app = typer.Typer(
+    help="Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def _progress(event: dict) -> None:
+    if event.get("new"):
+        console.print(
+            f"  {event['task']}: {event['done']}/{event['total']}  acc {100 * event['acc']:.1f}%  "
+            f"({event['elapsed']:.0f} s)",
+            style="dim", highlight=False,
+        )
+
+
+def _print_summary(data: dict) -> None:
+    table = Table(title=data["system"], title_justify="left")
+    for col in ("task", "n", "acc %", "95% CI", "acc_norm %", "gen tok/item", "s/item"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, t in data["tasks"].items():
+        lo, hi = t["ci95"]
+        norm = "—" if t["acc_norm"] is None else f"{100 * t['acc_norm']:.1f}"
+        table.add_row(task, str(t["n"]), f"{100 * t['acc']:.1f}", f"{100 * lo:.1f}–{100 * hi:.1f}", norm,
+                      f"{t['tokens_out_per_item']}", f"{t['seconds_per_item']}")
+    mlo, mhi = data["macro_ci95"]
+    cost = data["cost"]
+    table.add_row("macro", str(data["n_items"]), f"{100 * data['macro_acc']:.1f}", f"{100 * mlo:.1f}–{100 * mhi:.1f}", "",
+                  f"{cost['generated_tokens_per_item']}", f"{cost['seconds_per_item']}", style="bold")
+    out.print(table)
+    out.print(f"params touched {data['params_touched']:,} · wall {cost['wall_seconds']} s · peak RSS {cost['peak_rss_mb']} MB",
+              highlight=False)
+
+
+@app.callback()
+@guarded
+def eval_command(
+    ctx: typer.Context,
+    stack: Optional[str] = typer.Option(None, "--stack", "-s", help="Stack YAML to evaluate, or 'default'."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model reference to evaluate alone (raw lm-eval prompts)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated task names (default: all)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="First N items per task (MMLU: subjects interleaved)."),
+    num_fewshot: int = typer.Option(0, "--num-fewshot", "-k", help="Few-shot examples from the task's train/dev split."),
+    split: Optional[str] = typer.Option(None, "--split", help="Evaluate another split (e.g. validation, train, dev)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder: items.jsonl, summary.json, table.md, chart.png; reruns resume."),
+    no_adapters: bool = typer.Option(False, "--no-adapters", help="With --stack: the same stack with every LoRA adapter off."),
+    base: bool = typer.Option(False, "--base", help="With --stack: its base model alone (raw prompts, no stages)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Items per batch (and per resumable write)."),
+    json_output: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of a table."),
+) -> None:
+    """Evaluate --model M or --stack S on benchmark tasks (acc, acc_norm, 95% CIs, costs)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if stack is None and model is None:
+        raise InputError("give --model M (e.g. smollm2-135m) or --stack S (a stack YAML or 'default'); see fslm eval --help")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    from fslm.evaluate import evaluate, load_system, parse_tasks, select_items
+
+    names = parse_tasks(tasks)
+    for name in names:  # bad task names, data dirs and records fail before the slow model load
+        select_items(name, limit, split)
+    with status("loading model…"):
+        system = load_system(model=model, stack=stack, adapters=not no_adapters, base=base)
+    console.print(f"evaluating {system.name} on {', '.join(names)}" + (f" → {out_dir}" if out_dir else ""), style="dim")
+    summary = evaluate(system, names, limit, num_fewshot, out_dir, split=split, batch_size=batch_size,
+                       progress=None if json_output else _progress)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if json_output:
+        print_json(summary.to_dict())
+    else:
+        _print_summary(summary.to_dict())
+
+
+@app.command("compare")
+@guarded
+def compare_command(
+    run_a: Path = typer.Argument(..., help="Run folder A (written by fslm eval --out)."),
+    run_b: Path = typer.Argument(..., help="Run folder B."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write compare.json and compare.md here."),
+    n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples."),
+    json_output: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Paired bootstrap 95% CI of acc(A) - acc(B) per task and macro, on the items both runs share."""
+    from fslm.evaluate import compare
+    from fslm.evaluate.compare import compare_markdown
+
+    if n_boot < 100:
+        raise InputError(f"--n-boot must be at least 100, got {n_boot}")
+    result = compare(run_a, run_b, n_boot=n_boot, out_dir=out_dir)
+    if json_output:
+        print_json(result)
+    else:
+        out.print(compare_markdown(result), highlight=False, markup=False)

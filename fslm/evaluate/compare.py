@@ -1,0 +1,88 @@
+"""`compare`: the Python twin of `fslm eval compare RUN_A RUN_B` — paired bootstrap of accuracy differences."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fslm.errors import DataError, InputError
+from fslm.evaluate.stats import N_BOOT, SEED, paired_bootstrap
+from fslm.evaluate.store import ITEMS, write_atomic, write_json
+
+
+def read_rows(run: str | Path) -> tuple[str, dict[tuple[str, str], float]]:
+    """(system name, {(task, id): per-item acc}) from a run folder or its items.jsonl."""
+    path = Path(run)
+    items = path / ITEMS if path.is_dir() else path
+    if not items.is_file():
+        raise InputError(f"{run}: no {ITEMS} here; give a folder written by `fslm eval --out DIR`")
+    values: dict[tuple[str, str], float] = {}
+    for lineno, line in enumerate(items.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            values[(str(row["task"]), str(row["id"]))] = float(row["acc"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(f"{items}:{lineno}: malformed row; expected a JSON object with 'task', 'id' and 'acc'") from None
+    summary = items.parent / "summary.json"
+    name = items.parent.name
+    if summary.is_file():
+        try:
+            name = json.loads(summary.read_text(encoding="utf-8")).get("system", name)
+        except json.JSONDecodeError:
+            pass
+    return name, values
+
+
+def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed: int = SEED,
+            out_dir: str | Path | None = None) -> dict:
+    """Per task and macro: acc of A, acc of B, A - B and its paired-bootstrap 95% CI, on the items both runs share.
+
+    Items only one run has are left out and counted (`only_a`, `only_b`). With `out_dir`, writes compare.json and
+    compare.md there.
+    """
+    name_a, a = read_rows(run_a)
+    name_b, b = read_rows(run_b)
+    shared = [key for key in a if key in b]
+    if not shared:
+        raise InputError(f"{run_a} and {run_b} share no (task, id) items; evaluate both on the same tasks and split")
+    per_a: dict[str, list[float]] = {}
+    per_b: dict[str, list[float]] = {}
+    for task, item_id in shared:
+        per_a.setdefault(task, []).append(a[(task, item_id)])
+        per_b.setdefault(task, []).append(b[(task, item_id)])
+    result = {
+        "a": {"run": str(run_a), "system": name_a},
+        "b": {"run": str(run_b), "system": name_b},
+        "only_a": len(a) - len(shared),
+        "only_b": len(b) - len(shared),
+        "n_boot": n_boot,
+        "tasks": paired_bootstrap(per_a, per_b, n_boot=n_boot, seed=seed),
+    }
+    if out_dir is not None:
+        folder = Path(out_dir)
+        write_json(folder / "compare.json", result)
+        write_atomic(folder / "compare.md", compare_markdown(result))
+    return result
+
+
+def compare_markdown(result: dict) -> str:
+    a, b = result["a"]["system"], result["b"]["system"]
+    lines = [
+        f"# {a} (A) vs {b} (B)",
+        "",
+        f"Paired bootstrap ({result['n_boot']} resamples) of acc(A) - acc(B) on shared items; "
+        f"items only in A: {result['only_a']}, only in B: {result['only_b']}.",
+        "",
+        "| task | n | A % | B % | A − B (pts) | 95% CI (pts) | P(A ≤ B) |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for task, e in result["tasks"].items():
+        lo, hi = e["ci95"]
+        name = f"**{task}**" if task == "macro" else task
+        lines.append(
+            f"| {name} | {e['n']} | {100 * e['a']:.1f} | {100 * e['b']:.1f} | {100 * e['diff']:+.1f} | "
+            f"{100 * lo:+.1f} to {100 * hi:+.1f} | {e['p_le_0']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"

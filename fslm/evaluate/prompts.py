@@ -1,0 +1,45 @@
+"""How a stack is shown a benchmark item, and what its final stage scores (one convention for every stack).
+
+A model baseline sees lm-eval's raw context (``fslm.tasks``). A stack is a chat system, so it gets a plain question
+that a person could answer, with the options listed (the early stages can reason about them); its answer stage is
+then asked, through the normal stage input, to give the answer, and each option's text is scored as that stage's
+reply. Changing anything here changes every stack's numbers: bump PROMPT_VERSION so old runs are not resumed.
+"""
+
+from __future__ import annotations
+
+from fslm.tasks import Item
+
+PROMPT_VERSION = "stack-prompt-v1"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+# A one-line instruction before the item text, per task; tasks not listed get the bare question.
+_LEADS = {
+    "hellaswag": "Which ending continues this text best?",
+    "winogrande": "Which option correctly fills the blank (_) in this sentence?",
+    "piqa": "Which solution achieves this goal best?",
+    "openbookqa": "Which option completes this statement correctly?",
+    "boolq": "Read the passage and answer the question with yes or no.",
+}
+
+
+def _item_text(item: Item) -> str:
+    if item.task == "boolq":
+        return f"Passage: {item.meta.get('passage', '')}\nQuestion: {item.meta.get('query', item.question)}"
+    if item.task == "piqa":
+        return f"Goal: {item.question}"
+    return item.question
+
+
+def stack_prompt(item: Item) -> str:
+    """The user prompt a stack receives for `item`: optional task lead, the question, then lettered options."""
+    parts = [p for p in (_LEADS.get(item.task), _item_text(item)) if p]
+    if item.choices:
+        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+        parts.append(f"Options:\n{options}")
+    return "\n\n".join(parts)
+
+
+def stack_continuations(item: Item) -> tuple[str, ...]:
+    """What the answer stage's reply is scored against: each option's plain text (no letter, no leading space)."""
+    return tuple(c.strip() for c in item.choices)

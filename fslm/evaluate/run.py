@@ -1,0 +1,212 @@
+"""`evaluate`: the Python twin of `fslm eval` — items in, per-item rows and a summary out, resumable."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fslm.engine import GenerationParams
+from fslm.errors import InputError
+from fslm.evaluate.prompts import PROMPT_VERSION
+from fslm.evaluate.report import build_summary, write_outputs
+from fslm.evaluate.scoring import extract_number, numbers_match, score_choices
+from fslm.evaluate.store import RunStore
+from fslm.evaluate.systems import ModelSystem, Outcome, Shots, StackSystem, System, load_system
+from fslm.tasks import Item, fewshot_items, get_task, list_tasks, load_task
+
+# lm-eval's gsm8k generation settings (greedy, stop before the model invents a next question).
+GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
+GSM8K_MAX_TOKENS = 256
+FEWSHOT_SEED = 1234
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class Summary:
+    """What `evaluate` returns: summary.json's content plus the rows it was computed from."""
+
+    data: dict
+    rows: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    @property
+    def system(self) -> str:
+        return self.data["system"]
+
+    @property
+    def tasks(self) -> dict[str, dict]:
+        return self.data["tasks"]
+
+    @property
+    def macro_acc(self) -> float:
+        return self.data["macro_acc"]
+
+    @property
+    def notes(self) -> list[str]:
+        return self.data.get("notes", [])
+
+    def to_dict(self) -> dict:
+        return self.data
+
+
+def parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
+    """Task names from a comma list (or a list); None/"all" = every task. Unknown names list the known ones."""
+    if tasks is None or tasks == "all":
+        return list_tasks()
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not names:
+        raise InputError(f"no tasks given; known tasks: {', '.join(list_tasks())}")
+    for name in names:
+        get_task(name)  # raises with the list of known tasks
+    return list(dict.fromkeys(names))
+
+
+def _spread_subjects(items: list[Item]) -> list[Item]:
+    """MMLU files are grouped by subject; interleave subjects so that a --limit covers all 57 of them."""
+    by_subject: dict[str, list[Item]] = {}
+    for item in items:
+        by_subject.setdefault(item.meta.get("subject", ""), []).append(item)
+    out: list[Item] = []
+    queues = list(by_subject.values())
+    depth = max((len(q) for q in queues), default=0)
+    for i in range(depth):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
+
+
+def select_items(task: str, limit: int | None = None, split: str | None = None, notes: list[str] | None = None) -> list[Item]:
+    """The items a run evaluates: file order (MMLU: subjects interleaved), first `limit`. The lm-eval task files
+    are written in the same order, so `lm_eval --limit N` scores the same items."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    items = load_task(task, split=split)
+    if task == "mmlu":
+        items = _spread_subjects(items)
+    if limit is not None and limit > len(items) and notes is not None:
+        notes.append(f"{task}: --limit {limit} is larger than the {len(items)} items in its split; using all {len(items)}")
+    return items if limit is None else items[:limit]
+
+
+def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
+    if k <= 0:
+        return {}
+    spec = get_task(task)
+    if split is not None and split in (spec.fewshot_split, {"dev": "validation", "validation": "dev"}.get(split)):
+        raise InputError(f"{task}: few-shot examples come from split {spec.fewshot_split!r}, the split being evaluated")
+    if task == "mmlu":  # lm-eval: the first k dev questions of the item's own subject
+        cache: dict[str, list[Item]] = {}
+        for item in items:
+            subject = item.meta.get("subject", "")
+            if subject not in cache:
+                cache[subject] = fewshot_items(task, k, subject=subject)
+        return {item.id: cache[item.meta.get("subject", "")] for item in items}
+    shots = fewshot_items(task, k, seed=FEWSHOT_SEED)
+    return {item.id: shots for item in items}
+
+
+def make_row(item: Item, outcome: Outcome) -> dict:
+    """One items.jsonl row. `choice_scores` are raw summed logprobs (null for generation tasks)."""
+    row: dict = {"id": item.id, "task": item.task, "prompt": outcome.prompt, "stages": outcome.stages}
+    if item.choices:
+        assert outcome.choice_scores is not None and outcome.choice_chars is not None
+        res = score_choices(item, outcome.choice_scores, outcome.choice_chars)
+        row.update(
+            choices=list(item.choices), choice_scores=outcome.choice_scores, choice_tokens=outcome.choice_tokens,
+            choice_chars=outcome.choice_chars, prediction=res.prediction, prediction_norm=res.prediction_norm,
+            gold=item.gold, correct=res.correct, acc=res.acc, acc_norm=res.acc_norm,
+        )
+        if item.gold_set:
+            row["gold_set"] = list(item.gold_set)
+    else:
+        predicted = extract_number(outcome.generation or "")
+        ok = numbers_match(predicted, str(item.gold))
+        row.update(choice_scores=None, generation=outcome.generation, prediction=predicted, gold=item.gold,
+                   correct=ok, acc=float(ok), acc_norm=None)
+    row.update(tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out, seconds=outcome.seconds,
+               source=item.meta.get("source", ""))
+    return row
+
+
+def _answer(system: System, batch: list[Item], shots: Shots, gen_max_tokens: int) -> list[Outcome]:
+    if batch[0].choices:
+        return system.answer_choices(batch, shots)
+    return system.answer_generate(batch, shots, GenerationParams(max_new_tokens=gen_max_tokens, stop=GSM8K_STOP))
+
+
+def _identity(system: System, num_fewshot: int, split: str | None, gen_max_tokens: int) -> dict:
+    return {"system": system.name, "num_fewshot": num_fewshot, "split": split, "prompt_version": PROMPT_VERSION,
+            "gen_max_tokens": gen_max_tokens}
+
+
+def evaluate(
+    system: System | str,
+    tasks: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    num_fewshot: int = 0,
+    out_dir: str | Path | None = None,
+    *,
+    split: str | None = None,
+    batch_size: int = 32,
+    gen_max_tokens: int = GSM8K_MAX_TOKENS,
+    progress: Progress | None = None,
+) -> Summary:
+    """Evaluate a system (or a model reference / stack YAML path) on benchmark tasks.
+
+    Multiple choice: log-likelihood of each choice (acc, acc_norm; mc2 for truthfulqa_mc2); gsm8k: greedy
+    generation, exact match of the final number. With `out_dir`, rows are appended per batch and a rerun skips
+    the items already done. Returns the summary (also written as summary.json, table.md and chart.png).
+    """
+    if isinstance(system, (str, Path)):
+        ref = str(system)
+        system = load_system(stack=ref) if ref == "default" or ref.endswith((".yaml", ".yml")) else load_system(model=ref)
+    if num_fewshot < 0:
+        raise InputError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    if num_fewshot and not getattr(system, "supports_fewshot", False):
+        raise InputError("few-shot examples apply to --model systems only; evaluate stacks zero-shot")
+    names = parse_tasks(tasks)
+    notes: list[str] = []
+    plan = {task: select_items(task, limit, split, notes) for task in names}  # every data error before any work
+    shots = {task: _shots(task, items, num_fewshot, split) for task, items in plan.items()}
+    store = RunStore(Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens))
+    started, load0, t0 = datetime.now(timezone.utc), os.getloadavg(), time.perf_counter()
+    done_before, evaluated = store.done(), 0
+    for task, items in plan.items():
+        todo = [it for it in items if it.id not in done_before]
+        finished = len(items) - len(todo)
+        if progress:
+            progress({"task": task, "done": finished, "total": len(items), "new": 0})
+        size = batch_size if items and items[0].choices else max(1, min(batch_size, 16))
+        for start in range(0, len(todo), size):
+            batch = todo[start : start + size]
+            rows = [make_row(it, out) for it, out in zip(batch, _answer(system, batch, shots[task], gen_max_tokens), strict=True)]
+            store.append(rows)
+            finished += len(batch)
+            evaluated += len(batch)
+            if progress:
+                scored = [store.rows[it.id]["acc"] for it in items if it.id in store.rows]
+                progress({"task": task, "done": finished, "total": len(items), "new": len(batch),
+                          "acc": sum(scored) / len(scored), "elapsed": time.perf_counter() - t0})
+    store.add_session({
+        "started": started.isoformat(timespec="seconds"),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "load_seconds": system.load_seconds,
+        "items_evaluated": evaluated,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "loadavg_start": [round(x, 2) for x in load0],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+    })
+    rows = [store.rows[it.id] for items in plan.values() for it in items]
+    data = build_summary(system, plan, rows, store.sessions, notes=notes, limit=limit, num_fewshot=num_fewshot, split=split)
+    if store.folder is not None:
+        write_outputs(store.folder, data)
+    return Summary(data, rows, store.folder)
+
+
+__all__ = ["ModelSystem", "StackSystem", "Summary", "evaluate", "load_system", "make_row", "parse_tasks", "select_items"]

@@ -1,0 +1,128 @@
+"""A run folder on disk: resumable per-item rows and the run's identity.
+
+`items.jsonl` is appended one batch at a time (one write + fsync), so a killed run loses at most the batch in
+flight; a torn last line is cut off on resume. `run.json` records what was evaluated (system, few-shot, split,
+prompt convention) so a rerun into the same folder continues that run and refuses to mix in another one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from fslm.errors import DataError, InputError
+
+ITEMS = "items.jsonl"
+RUN = "run.json"
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a whole file via a temp file + os.replace, so readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: object) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+class RunStore:
+    """Rows of one run, in memory and (when `folder` is set) in `folder/items.jsonl`."""
+
+    def __init__(self, folder: Path | None, identity: Mapping[str, object]):
+        self.folder = Path(folder) if folder is not None else None
+        self.identity = dict(identity)
+        self.rows: dict[str, dict] = {}
+        self.meta: dict = {"identity": self.identity, "sessions": []}
+        if self.folder is not None:
+            self._open()
+
+    @property
+    def items_path(self) -> Path:
+        assert self.folder is not None
+        return self.folder / ITEMS
+
+    def _open(self) -> None:
+        assert self.folder is not None
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"--out {self.folder} is a file; give a folder for the run's outputs")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        run_path = self.folder / RUN
+        if run_path.is_file():
+            try:
+                meta = json.loads(run_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{run_path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+            old = meta.get("identity", {})
+            diff = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
+            if diff:
+                details = "; ".join(f"{k}: {old.get(k)!r} there, {self.identity.get(k)!r} now" for k in diff)
+                raise InputError(
+                    f"{self.folder} holds a different run ({details}); pass another --out folder or delete it to start over"
+                )
+            self.meta = meta
+        elif (self.folder / ITEMS).exists():
+            raise InputError(f"{self.folder} has {ITEMS} but no {RUN}; it is not an fslm eval run folder I can resume")
+        write_json(run_path, self.meta)
+        self._load_rows()
+
+    def _load_rows(self) -> None:
+        path = self.items_path
+        if not path.is_file():
+            return
+        lines = path.read_bytes().split(b"\n")
+        offset = 0
+        for lineno, line in enumerate(lines, 1):
+            is_last = lineno == len(lines)  # after a final newline this is b""
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or "id" not in row:
+                        raise ValueError("expected a JSON object with an 'id'")
+                except ValueError as err:
+                    if not is_last:
+                        raise DataError(f"{path}:{lineno}: malformed row ({err}); fix or delete that line to resume") from None
+                    with path.open("r+b") as fh:  # a torn final write from a killed run: drop it
+                        fh.truncate(offset)
+                    break
+                self.rows[row["id"]] = row
+                if is_last:  # complete but unterminated: terminate it so the next append starts a new line
+                    with path.open("ab") as fh:
+                        fh.write(b"\n")
+            offset += len(line) + 1
+
+    def done(self) -> set[str]:
+        return set(self.rows)
+
+    def append(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        for row in rows:
+            self.rows[row["id"]] = row
+        if self.folder is None or not rows:
+            return
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        with self.items_path.open("ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def add_session(self, session: Mapping[str, object]) -> None:
+        self.meta.setdefault("sessions", []).append(dict(session))
+        if self.folder is not None:
+            write_json(self.folder / RUN, self.meta)
+
+    @property
+    def sessions(self) -> list[dict]:
+        return list(self.meta.get("sessions", []))

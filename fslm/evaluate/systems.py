@@ -1,0 +1,243 @@
+"""Systems under evaluation: a model alone, a stack, or a stack with its adapters switched off.
+
+Every system answers a batch of items through the same two calls (`answer_choices`, `answer_generate`), so
+baselines and stacks are scored by identical code. Each returns one `Outcome` per item with its costs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from fslm.config import default_stack_path, load_stack_config
+from fslm.engine import Engine, GenerationParams, load_engine
+from fslm.errors import InputError
+from fslm.evaluate.prompts import PROMPT_VERSION, stack_continuations, stack_prompt
+from fslm.evaluate.scoring import cut_at, norm_length
+from fslm.stack import Stack
+from fslm.tasks import Item, build_context
+
+Shots = Mapping[str, Sequence[Item]]  # item id -> few-shot examples for it
+
+
+@dataclass
+class Outcome:
+    """What a system did for one item: its input, every stage's text, raw choice scores or a generation, costs."""
+
+    prompt: str
+    stages: dict[str, str] = field(default_factory=dict)
+    choice_scores: list[float] | None = None  # summed logprob of each choice's continuation
+    choice_tokens: list[int] | None = None
+    choice_chars: list[int] | None = None  # lm-eval's acc_norm divisor per choice
+    generation: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+
+
+class System(Protocol):
+    name: str
+    engine: Engine
+    load_seconds: float
+
+    @property
+    def params_touched(self) -> int: ...
+
+    def describe(self) -> dict: ...
+
+    def answer_choices(self, items: Sequence[Item], shots: Shots) -> list[Outcome]: ...
+
+    def answer_generate(self, items: Sequence[Item], shots: Shots, params: GenerationParams) -> list[Outcome]: ...
+
+
+def _per_item(seconds: float, n: int) -> float:
+    return round(seconds / max(n, 1), 5)
+
+
+class ModelSystem:
+    """A model alone on lm-eval-style raw contexts (no chat template), like lm-eval's `hf` model."""
+
+    supports_fewshot = True
+
+    def __init__(self, engine: Engine, name: str | None = None, load_seconds: float = 0.0):
+        self.engine = engine
+        self.name = name or f"model:{engine.model_ref}"
+        self.load_seconds = load_seconds
+
+    @property
+    def params_touched(self) -> int:
+        return int(self.engine.params)
+
+    def describe(self) -> dict:
+        return {"kind": "model", "model": self.engine.model_ref, "params_touched": self.params_touched}
+
+    def answer_choices(self, items: Sequence[Item], shots: Shots) -> list[Outcome]:
+        contexts, continuations = [], []
+        for item in items:
+            for i, cont in enumerate(item.continuations):
+                contexts.append(build_context(item, shots.get(item.id, ()), choice=i if item.contexts else None))
+                continuations.append(cont)
+        t0 = time.perf_counter()
+        scores = self.engine.score(contexts, continuations)
+        seconds = _per_item(time.perf_counter() - t0, len(items))
+        outcomes, k = [], 0
+        for item in items:
+            n = len(item.continuations)
+            mine, ctxs = scores[k : k + n], contexts[k : k + n]
+            k += n
+            shared = build_context(item, shots.get(item.id, ())) if not item.contexts else None
+            tokens_in = sum(self.engine.count_tokens(c) for c in ({shared} if shared is not None else set(ctxs)))
+            outcomes.append(
+                Outcome(
+                    prompt=shared if shared is not None else item.question,  # per-choice contexts: the blanked sentence
+                    choice_scores=[s.logprob for s in mine],
+                    choice_tokens=[s.n_tokens for s in mine],
+                    choice_chars=[norm_length(c) for c in item.continuations],
+                    tokens_in=tokens_in + sum(s.n_tokens for s in mine),
+                    seconds=seconds,
+                )
+            )
+        return outcomes
+
+    def answer_generate(self, items: Sequence[Item], shots: Shots, params: GenerationParams) -> list[Outcome]:
+        prompts = [build_context(item, shots.get(item.id, ())) for item in items]
+        gens = self.engine.generate(prompts, params)
+        return [
+            Outcome(prompt=p, generation=cut_at(g.text, params.stop).strip(), tokens_in=g.tokens_in, tokens_out=g.tokens_out,
+                    seconds=round(g.seconds, 5))
+            for p, g in zip(prompts, gens, strict=True)
+        ]
+
+
+class StackSystem:
+    """A stack: stages 1..N-1 generate from `stack_prompt(item)` (one batched call per stage); the final stage
+    scores each option's text as its reply, conditioned on its rendered input (question + the earlier texts)."""
+
+    supports_fewshot = False
+
+    def __init__(self, stack: Stack, name: str | None = None, load_seconds: float = 0.0, adapters: bool = True):
+        self.stack = stack
+        self.engine = stack.engine
+        self.adapters = adapters
+        self.name = name or f"stack:{stack.config.name}" + ("" if adapters else "-no-adapters")
+        self.load_seconds = load_seconds
+
+    @property
+    def params_touched(self) -> int:
+        return int(self.engine.params) + sum(_adapter_params(p) for p in self._adapter_paths())
+
+    def _adapter_paths(self) -> list[Path]:
+        cfg = self.stack.config
+        return [p for p in (cfg.adapter_path(s) for s in cfg.stages) if p is not None]
+
+    def describe(self) -> dict:
+        cfg = self.stack.config
+        return {
+            "kind": "stack",
+            "model": cfg.base_model,
+            "stack": cfg.name,
+            "stack_path": str(cfg.source_path) if cfg.source_path else None,
+            "stages": [s.name for s in cfg.stages],
+            "adapters": {s.name: str(cfg.adapter_path(s)) for s in cfg.stages if s.adapter is not None},
+            "adapters_enabled": self.adapters,
+            "prompt_version": PROMPT_VERSION,
+            "params_touched": self.params_touched,
+        }
+
+    def _final_adapter(self) -> str | None:
+        return self.stack.adapter_for(self.stack.config.stages[-1])
+
+    def answer_choices(self, items: Sequence[Item], shots: Shots) -> list[Outcome]:
+        if any(shots.get(item.id) for item in items):
+            raise InputError("few-shot examples apply to --model systems only; evaluate stacks zero-shot")
+        prompts = [stack_prompt(item) for item in items]
+        early = len(self.stack.config.stages) - 1
+        results = self.stack.run_batch(prompts, stages=early)
+        inputs = [self.stack.answer_input(r) for r in results]
+        contexts, continuations = [], []
+        for item, text in zip(items, inputs, strict=True):
+            for cont in stack_continuations(item):
+                contexts.append(text)
+                continuations.append(cont)
+        t0 = time.perf_counter()
+        scores = self.engine.score(contexts, continuations, adapter=self._final_adapter())
+        seconds = _per_item(time.perf_counter() - t0, len(items))
+        outcomes, k = [], 0
+        for item, result, text in zip(items, results, inputs, strict=True):
+            conts = stack_continuations(item)
+            mine = scores[k : k + len(conts)]
+            k += len(conts)
+            trace = result.trace
+            outcomes.append(
+                Outcome(
+                    prompt=result.prompt,
+                    stages={r.stage: r.output for r in trace},
+                    choice_scores=[s.logprob for s in mine],
+                    choice_tokens=[s.n_tokens for s in mine],
+                    choice_chars=[norm_length(c) for c in conts],
+                    tokens_in=sum(r.tokens_in for r in trace) + self.engine.count_tokens(text) + sum(s.n_tokens for s in mine),
+                    tokens_out=sum(r.tokens_out for r in trace),
+                    seconds=round(sum(r.seconds for r in trace) + seconds, 5),
+                )
+            )
+        return outcomes
+
+    def answer_generate(self, items: Sequence[Item], shots: Shots, params: GenerationParams) -> list[Outcome]:
+        """Generation tasks run the whole stack; the answer stage's own generation settings apply."""
+        if any(shots.get(item.id) for item in items):
+            raise InputError("few-shot examples apply to --model systems only; evaluate stacks zero-shot")
+        results = self.stack.run_batch([stack_prompt(item) for item in items])
+        return [
+            Outcome(
+                prompt=r.prompt,
+                stages={s.stage: s.output for s in r.trace},
+                generation=r.answer,
+                tokens_in=sum(s.tokens_in for s in r.trace),
+                tokens_out=sum(s.tokens_out for s in r.trace),
+                seconds=round(sum(s.seconds for s in r.trace), 5),
+            )
+            for r in results
+        ]
+
+
+def _adapter_params(path: Path) -> int:
+    """Parameter count of a LoRA adapter, read from its safetensors header (no tensors loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path / "adapter_model.safetensors"), framework="numpy") as fh:
+        for key in fh.keys():
+            shape = fh.get_slice(key).get_shape()
+            n = 1
+            for dim in shape:
+                n *= int(dim)
+            total += n
+    return total
+
+
+def load_system(
+    *, model: str | None = None, stack: str | Path | None = None, adapters: bool = True, base: bool = False,
+    dtype: str | None = None,
+) -> ModelSystem | StackSystem:
+    """Build a system from CLI-style choices: --model M, or --stack S (the packaged default when S is
+    "default"), optionally without its adapters, or its base model alone (`base=True`)."""
+    if (model is None) == (stack is None):
+        raise InputError("give exactly one of --model (a model reference) or --stack (a stack YAML, or 'default')")
+    t0 = time.perf_counter()
+    if model is not None:
+        if not adapters or base:
+            raise InputError("--no-adapters and --base apply to --stack only")
+        engine = load_engine(model, dtype=dtype or "float32")
+        return ModelSystem(engine, load_seconds=round(time.perf_counter() - t0, 2))
+    path = default_stack_path() if str(stack) == "default" else Path(str(stack))
+    cfg = load_stack_config(path)
+    if base:
+        engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
+        return ModelSystem(engine, name=f"model:{cfg.base_model}", load_seconds=round(time.perf_counter() - t0, 2))
+    if not adapters:
+        cfg = cfg.model_copy(update={"stages": [s.model_copy(update={"adapter": None}) for s in cfg.stages]})
+    engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
+    return StackSystem(Stack(cfg, engine), load_seconds=round(time.perf_counter() - t0, 2), adapters=adapters)
