@@ -145,8 +145,8 @@ def calibrate(pairs: Sequence[Pair], signal: str = "margin", target: float = 0.9
         raise InputError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
     if not 0.0 < target <= 1.5:
         raise InputError(f"target {target} should be a fraction of the large system's accuracy, e.g. 0.95")
-    if len(pairs) < 10:
-        raise DataError(f"only {len(pairs)} calibration items; calibrate on at least 10 (better a few hundred)")
+    if len(pairs) < 5:
+        raise DataError(f"only {len(pairs)} calibration items; calibrate on at least 5 (better a few hundred)")
     large_acc, small_acc = accuracy(pairs, "large"), accuracy(pairs, "small")
     points = curve(pairs, signal)
     goal = target * large_acc

@@ -177,7 +177,7 @@ def cascade_items(items: Sequence[Item], small: System, large: System, *, signal
     escalated = set(escalate)
     for i, row in enumerate(rows):
         row["escalated"] = i in escalated
-        row["confidence"] = round(conf[i], 6)
+        row["confidence"] = conf[i]
         row["stages"] = ["small", "large"] if row["escalated"] else ["small"]
     summary = {
         "small": small.ref, "large": large.ref, "signal": signal, "threshold": threshold, "n": len(rows),
