@@ -67,29 +67,14 @@ class System:
         return [Answer(g.text, g.tokens_in, g.tokens_out, g.seconds) for g in gens]
 
     def score_items(self, items: Sequence[Item]) -> list[dict]:
-        """lm-eval-style choice log-likelihoods per item (a model scores context + continuation directly)."""
-        if self.stack is not None:
-            raise InputError(
-                f"{self.ref}: scoring multiple-choice items with a stack goes through `fslm eval --stack`; run it for "
-                "both systems and use `fslm cascade calibrate/eval` on the two runs"
-            )
-        rows = []
+        """`fslm eval` rows for multiple-choice items, scored by the evaluator's own code (models and stacks)."""
+        from fslm.evaluate import ModelSystem, StackSystem, make_row
+
         for item in items:
             if not item.choices:
                 raise InputError(f"{item.id}: live cascades score multiple-choice items; {item.task} is a generation task")
-            ctxs = [item.context_for(i) for i in range(len(item.choices))]
-            t0 = time.perf_counter()
-            scores = self.engine.score(ctxs, list(item.continuations))
-            seconds = time.perf_counter() - t0
-            values = [s.logprob for s in scores]
-            pred = max(range(len(values)), key=values.__getitem__)
-            gold = set(item.gold_set) if item.gold_set else {item.gold}
-            rows.append({
-                "id": item.id, "task": item.task, "prompt": item.context, "choice_scores": values, "prediction": pred,
-                "gold": item.gold, "correct": pred in gold, "seconds": round(seconds, 4), "tokens_out": 0,
-                "tokens_in": self.engine.count_tokens(item.context) + sum(s.n_tokens for s in scores),
-            })
-        return rows
+        system = StackSystem(self.stack) if self.stack is not None else ModelSystem(self.engine)
+        return [make_row(item, outcome) for item, outcome in zip(items, system.answer_choices(items, {}), strict=True)]
 
 
 def verify(engine: Engine, questions: Sequence[str], answers: Sequence[str]) -> list[tuple[float, int, float]]:
