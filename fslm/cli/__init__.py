@@ -26,6 +26,9 @@ from fslm.cli import cascade as _cascade, generate as _generate, route as _route
 app.command("generate")(guarded(_generate.generate_command))
 app.add_typer(_cascade.app, name="cascade")
 app.add_typer(_route.app, name="route")
+from fslm.cli import distill as _distill, finetune as _finetune  # noqa: E402 (distillation verbs)
+app.command("distill")(guarded(_distill.distill_command))
+app.command("finetune")(guarded(_finetune.finetune_command))
 
 
 def main() -> None:

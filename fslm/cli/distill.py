@@ -1,0 +1,83 @@
+"""`fslm distill`: teacher-written stage targets for instruction data, with a live progress bar and filter counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from fslm.cli.common import console, out, print_json, status
+from fslm.config import load_default_stack_config, load_stack_config
+from fslm.distill import DistillOptions, DistillReport, distill
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} rec/s" if speed else "-- rec/s", style="cyan")
+
+
+def render_report(report: DistillReport) -> None:
+    table = Table(title=f"distilled -> {report.out}", show_header=False, title_justify="left")
+    rows = [
+        ("teacher", report.teacher or "(not needed: nothing left to do)"),
+        ("records selected", str(report.records)),
+        ("duplicates in data (skipped)", str(report.duplicates)),
+        ("already done (resumed)", str(report.already_done)),
+        ("written by this run", str(report.written)),
+        ("kept (usable for finetune)", str(report.kept)),
+        ("teacher retries", str(report.retries)),
+        ("seconds", f"{report.seconds:.1f}"),
+    ]
+    if report.repaired_bytes:
+        rows.append(("partial last line removed", f"{report.repaired_bytes} bytes"))
+    for reason, count in report.filtered.items():
+        rows.append((f"filtered {reason}", str(count)))
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+
+
+def distill_command(
+    stack: Optional[Path] = typer.Option(None, "--stack", "-s", help="Stack YAML whose stages get targets (default: packaged stack)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Alpaca JSON list or JSONL (default: $FSLM_DATA_DIR/alpaca/random_9k.json)."),
+    out_path: Path = typer.Option(Path("distilled.jsonl"), "--out", "-o", help="Output JSONL; rerunning resumes it."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Local teacher model reference (default: the stack's base model)."),
+    teacher_url: Optional[str] = typer.Option(None, "--teacher-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
+    teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="Model name served at --teacher-url."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="NAME of the env var that holds the API key."),
+    concurrency: int = typer.Option(4, "--concurrency", help="HTTP teacher: requests in flight."),
+    timeout: float = typer.Option(60.0, "--timeout", help="HTTP teacher: seconds per request before a retry."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use the first N unique records."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Records per teacher batch (and per fsync)."),
+    no_hints: bool = typer.Option(False, "--no-hints", help="Never show the teacher the gold output."),
+    no_leak: Optional[str] = typer.Option(None, "--no-leak", help="Comma-separated stages that must not contain the gold answer."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Have a teacher write every stage's target text for instruction data (resumable JSONL)."""
+    from fslm.teachers import make_teacher
+
+    cfg = load_default_stack_config() if stack is None else load_stack_config(stack)
+    options = DistillOptions(
+        limit=limit, batch_size=batch_size, hints=not no_hints,
+        no_leak=None if no_leak is None else [s.strip() for s in no_leak.split(",") if s.strip()],
+    )
+    with status("loading teacher…", enabled=not json_output):
+        chosen = make_teacher(teacher, url=teacher_url, model=teacher_model, api_key_env=api_key_env,
+                              concurrency=concurrency, timeout=timeout, default_ref=cfg.base_model, dtype=cfg.dtype)
+    columns = [TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=json_output) as bar:
+        task = bar.add_task("distill", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = distill(cfg, data, out_path, teacher=chosen, options=options, progress=progress)
+    if json_output:
+        print_json(report.to_dict())
+    else:
+        render_report(report)

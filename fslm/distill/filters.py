@@ -1,0 +1,79 @@
+"""Quality filters for stage targets: a bad target teaches a stage a bad habit, so it is dropped and counted.
+
+Reasons: `empty`, `too_long` (more tokens than the stage may generate at inference, or the teacher hit its limit),
+`stop_string` (contains the stage's stop string, so inference could never produce it whole), `repetitive` (a loop),
+`incomplete` (ends in ':' - a list the stop string cut off), `answer_leak` (the gold answer copied into an earlier
+stage that must not give it away).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def is_repetitive(text: str, n: int = 4, max_repeat_share: float = 0.4) -> bool:
+    """A loop: many of the text's word n-grams are repeats, or one line/sentence occurs 3+ times."""
+    tokens = words(text)
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if len(grams) >= 8 and 1 - len(set(grams)) / len(grams) > max_repeat_share:
+        return True
+    parts = [p.strip().lower() for p in re.split(r"[\n.!?]+", text) if len(p.strip()) > 10]
+    return any(parts.count(p) >= 3 for p in set(parts))
+
+
+def _longest_common_run(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest run of words that appears in both (dynamic programming, O(len(a) * len(b)))."""
+    best = 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, 1):
+            if x == y:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def leaks_answer(answer: str, text: str, min_words: int = 3, span: int = 8) -> bool:
+    """The gold answer (or a long verbatim run of it) appears in `text`.
+
+    Answers shorter than `min_words` words are not checked: a one-word answer like "Paris" is also a key term.
+    """
+    gold = words(answer)
+    if len(gold) < min_words:
+        return False
+    return _longest_common_run(gold, words(text)) >= min(span, len(gold))
+
+
+def check_target(
+    text: str,
+    *,
+    finish_reason: str = "stop",
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    stop: Sequence[str] = (),
+    answer: str | None = None,
+) -> list[str]:
+    """Reasons to drop one stage target (empty list: keep it). `answer` is given only where leaks are forbidden."""
+    if not text.strip():
+        return ["empty"]
+    reasons = []
+    if finish_reason == "length" or (max_tokens is not None and count_tokens is not None and count_tokens(text) > max_tokens):
+        reasons.append("too_long")
+    if any(s and s in text for s in stop):
+        reasons.append("stop_string")
+    if text.rstrip().endswith(":"):
+        reasons.append("incomplete")
+    if is_repetitive(text):
+        reasons.append("repetitive")
+    if answer is not None and leaks_answer(answer, text):
+        reasons.append("answer_leak")
+    return reasons

@@ -1,0 +1,202 @@
+"""Distillation: a teacher writes every stage's target text for each instruction, batch by batch, resumably.
+
+Answer-hinted mode (records with a gold output): the teacher sees the instruction AND the gold output and writes each
+intermediate stage's text to fit it; the final stage's target is the gold output itself. Records without an output
+are distilled unhinted: the teacher plays each stage, the final one included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, load_default_stack_config, load_stack_config
+from fslm.distill.data import Instruction, load_instructions
+from fslm.distill.filters import check_target
+from fslm.distill.store import DistillStore, read_distilled
+from fslm.errors import ConfigError
+from fslm.stack import generation_params, stage_messages
+from fslm.teachers import Teacher, make_teacher
+
+ANSWER = "answer"
+HINT_SUFFIX = "\n\nThe correct final answer is: {}\nWrite only this step, consistent with that answer; do not write the answer itself."
+
+
+@dataclass
+class DistillOptions:
+    limit: int | None = None  # use the first N (unique) records of the data file
+    batch_size: int = 16  # records per teacher batch; also the fsync unit
+    hints: bool = True  # show the teacher the gold output when a record has one
+    no_leak: Sequence[str] | None = None  # stages that must not contain the gold answer; None: see leak_stages()
+    length_slack: float = 1.0  # a target may use up to slack * the stage's max_new_tokens
+
+
+@dataclass
+class DistillReport:
+    out: str
+    teacher: str
+    records: int  # unique records selected from the data file
+    duplicates: int  # duplicate records in the data file (skipped)
+    already_done: int  # found in --out from an earlier run
+    written: int  # written by this run
+    kept: int  # usable records in the whole file
+    filtered: dict[str, int] = field(default_factory=dict)  # "<stage>:<reason>" -> records, whole file
+    repaired_bytes: int = 0  # partial last line cut off (a killed earlier run)
+    seconds: float = 0.0
+    retries: int = 0  # transient teacher failures that were retried
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def leak_stages(cfg: StackConfig, no_leak: Sequence[str] | None) -> set[str]:
+    """Default: every intermediate stage except the one right before the answer (that one drafts the answer by design)."""
+    names = [s.name for s in cfg.stages]
+    if no_leak is None:
+        return set(names[:-2])
+    unknown = [n for n in no_leak if n not in names]
+    if unknown:
+        raise ConfigError(f"--no-leak: unknown stage(s) {unknown}; stages of {cfg.name!r}: {names}")
+    return set(no_leak)
+
+
+def check_teacher_prompts(cfg: StackConfig) -> None:
+    """Teacher prompts may name only {prompt}, {answer} and EARLIER stages (the teacher's texts for them)."""
+    where = cfg.source_path or "<config>"
+    for i, stage in enumerate(cfg.stages):
+        allowed = {PROMPT, ANSWER} | {s.name for s in cfg.stages[:i]}
+        for name in PLACEHOLDER.findall(stage.teacher_prompt or ""):
+            if name not in allowed:
+                raise ConfigError(f"{where}: stages.{i}.teacher_prompt: placeholder {{{name}}} is not one of {sorted(allowed)}")
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def teacher_messages(cfg: StackConfig, index: int, prompt: str, targets: dict[str, str], gold: str | None) -> list[dict[str, str]]:
+    """What the teacher is asked for stage `index`; `gold` is None in unhinted mode."""
+    stage = cfg.stages[index]
+    student = stage_messages(cfg, index, prompt, targets)
+    values = {PROMPT: prompt, **targets}
+    uses_answer = stage.teacher_prompt is not None and "{answer}" in stage.teacher_prompt
+    if stage.teacher_prompt is not None and (gold is not None or not uses_answer):
+        return [{"role": "system", "content": stage.instruction}, {"role": "user", "content": _fill(stage.teacher_prompt, {**values, ANSWER: gold or ""})}]
+    if gold is None:
+        return student  # no hint: the teacher plays the stage exactly as the student will
+    return [student[0], {"role": "user", "content": student[1]["content"] + HINT_SUFFIX.format(gold)}]
+
+
+def _token_counter(cfg: StackConfig, teacher: Teacher) -> Callable[[str], int]:
+    """Target lengths are measured with the STUDENT's tokenizer: its budget is what the limit is about."""
+    engine = getattr(teacher, "engine", None)
+    if engine is not None and engine.model_ref == cfg.base_model:
+        return engine.count_tokens
+    from transformers import AutoTokenizer
+
+    from fslm.models import load_model, resolve
+
+    source = resolve(cfg.base_model)
+    folder = source.cache_dir if source.cached else source.path if source.kind == "hf_dir" else None
+    tok = AutoTokenizer.from_pretrained(folder) if folder is not None else load_model(cfg.base_model).tokenizer
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+class _Distiller:
+    def __init__(self, cfg: StackConfig, teacher: Teacher, options: DistillOptions):
+        self.cfg, self.teacher, self.options = cfg, teacher, options
+        self.no_leak = leak_stages(cfg, options.no_leak)
+        self.count_tokens = _token_counter(cfg, teacher)
+
+    def _budget(self, stage: StageConfig) -> int:
+        return int(stage.generation.max_new_tokens * self.options.length_slack)
+
+    def batch(self, items: Sequence[Instruction]) -> list[dict]:
+        cfg, final = self.cfg, self.cfg.stages[-1]
+        golds = [it.gold if self.options.hints else None for it in items]
+        records = [self._new_record(it, gold) for it, gold in zip(items, golds)]
+        for rec, gold in zip(records, golds):
+            if gold is not None:  # a gold answer the answer stage could never produce is useless: check it first
+                reasons = check_target(gold, max_tokens=self._budget(final), count_tokens=self.count_tokens, stop=final.generation.stop)
+                rec["filtered"] = [f"{final.name}:{r}" for r in reasons]
+        for index, stage in enumerate(cfg.stages):
+            last = index == len(cfg.stages) - 1
+            alive = [k for k, rec in enumerate(records) if not rec["filtered"]]
+            asked = [k for k in alive if not (last and golds[k] is not None)]
+            for k in alive:
+                if last and golds[k] is not None:
+                    records[k]["targets"][stage.name], records[k]["seconds"][stage.name] = golds[k], 0.0
+            if not asked:
+                continue
+            requests = [teacher_messages(cfg, index, items[k].prompt, records[k]["targets"], golds[k]) for k in asked]
+            replies = self.teacher.generate(requests, generation_params(stage))
+            for k, reply in zip(asked, replies, strict=True):
+                rec = records[k]
+                rec["targets"][stage.name] = reply.text
+                rec["seconds"][stage.name] = round(reply.seconds, 4)
+                leak_answer = golds[k] if stage.name in self.no_leak else None
+                reasons = check_target(
+                    reply.text, finish_reason=reply.finish_reason, max_tokens=self._budget(stage),
+                    count_tokens=self.count_tokens, stop=stage.generation.stop, answer=leak_answer,
+                )
+                rec["filtered"] = [f"{stage.name}:{r}" for r in reasons]
+        for rec in records:
+            rec["kept"] = not rec["filtered"]
+            rec["seconds"]["total"] = round(sum(rec["seconds"].values()), 4)
+        return records
+
+    def _new_record(self, item: Instruction, gold: str | None) -> dict:
+        return {
+            "id": item.id, "index": item.index, "prompt": item.prompt, "gold": item.gold, "hinted": gold is not None,
+            "targets": {}, "kept": False, "filtered": [], "teacher": self.teacher.id, "stack": self.cfg.name, "seconds": {},
+        }
+
+
+def summarize(path: str | Path) -> tuple[int, dict[str, int]]:
+    """(kept records, filter counts by '<stage>:<reason>') over a whole distilled file."""
+    counts: Counter[str] = Counter()
+    kept = 0
+    for rec in read_distilled(path):
+        kept += bool(rec.get("kept"))
+        counts.update(rec.get("filtered") or [])
+    return kept, dict(sorted(counts.items()))
+
+
+def distill(
+    stack: str | Path | StackConfig | None,
+    data: str | Path | None,
+    out: str | Path,
+    *,
+    teacher: Teacher | None = None,
+    options: DistillOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DistillReport:
+    """Python twin of `fslm distill`. `progress(done, total)` is called after every fsynced batch."""
+    options = options or DistillOptions()
+    if options.batch_size < 1:
+        raise ConfigError("batch size must be >= 1")
+    cfg = stack if isinstance(stack, StackConfig) else load_default_stack_config() if stack is None else load_stack_config(stack)
+    check_teacher_prompts(cfg)
+    leak_stages(cfg, options.no_leak)
+    items, duplicates = load_instructions(data, options.limit)
+    t0 = time.perf_counter()
+    with DistillStore(out) as store:
+        todo = [it for it in items if it.id not in store.done]
+        report = DistillReport(str(out), "", len(items), duplicates, len(items) - len(todo), 0, 0, repaired_bytes=store.repaired_bytes)
+        if progress:
+            progress(0, len(todo))
+        if todo:
+            teacher = teacher or make_teacher(default_ref=cfg.base_model, dtype=cfg.dtype)
+            report.teacher = teacher.id
+            worker = _Distiller(cfg, teacher, options)
+            for start in range(0, len(todo), options.batch_size):
+                report.written += store.append(worker.batch(todo[start : start + options.batch_size]))
+                if progress:
+                    progress(report.written, len(todo))
+            report.retries = getattr(teacher, "retries", 0)
+    report.kept, report.filtered = summarize(out) if Path(out).stat().st_size else (0, {})
+    report.seconds = round(time.perf_counter() - t0, 2)
+    return report

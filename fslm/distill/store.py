@@ -1,0 +1,99 @@
+"""The distilled JSONL file: append-only, one line per instruction, fsynced per batch, safe to kill at any moment.
+
+A kill can only leave a partial LAST line (each batch is one write); reopening cuts it off, and the ids already on
+disk are skipped, so a rerun finishes the job with every record exactly once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from fslm.errors import DataError
+
+
+def _parse_line(path: Path, number: int, line: bytes) -> dict:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: line {number}: corrupt distilled record ({err}); fix or delete that line") from None
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        raise DataError(f"{path}: line {number}: a distilled record must be a JSON object with a string 'id'")
+    return record
+
+
+class DistillStore:
+    """Open for appending; `done` holds the ids already written. Use as a context manager (holds a file lock)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.done: set[str] = set()
+        self.repaired_bytes = 0
+        self._fh = None
+
+    def __enter__(self) -> "DistillStore":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+b")
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise DataError(f"{self.path}: another `fslm distill` is writing this file; wait for it or pick another --out") from None
+        self._recover()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the lock
+            self._fh = None
+
+    def _recover(self) -> None:
+        assert self._fh is not None
+        self._fh.seek(0)
+        data = self._fh.read()
+        end = data.rfind(b"\n") + 1  # everything after the last newline is a write cut short by a kill
+        if end < len(data):
+            self.repaired_bytes = len(data) - end
+            self._fh.truncate(end)
+            os.fsync(self._fh.fileno())
+        for number, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+            if line.strip():
+                record = _parse_line(self.path, number, line)
+                if record["id"] in self.done:
+                    raise DataError(f"{self.path}: line {number}: duplicate id {record['id']!r}")
+                self.done.add(record["id"])
+
+    def append(self, records: Iterable[dict]) -> int:
+        """Write a batch as ONE write, then flush and fsync: after this returns, the batch survives a crash."""
+        assert self._fh is not None, "use DistillStore as a context manager"
+        fresh = [r for r in records if r["id"] not in self.done]
+        if not fresh:
+            return 0
+        blob = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in fresh)
+        self._fh.seek(0, os.SEEK_END)
+        self._fh.write(blob)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.done.update(r["id"] for r in fresh)
+        return len(fresh)
+
+
+def read_distilled(path: str | Path) -> list[dict]:
+    """All complete records of a distilled file (a partial last line from a killed run is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: distilled file not found; create it with `fslm distill --out {path}`")
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    records = []
+    for number, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+        if line.strip():
+            record = _parse_line(path, number, line)
+            record["_line"] = number
+            records.append(record)
+    if not records:
+        raise DataError(f"{path}: no distilled records in this file")
+    return records

@@ -1,0 +1,83 @@
+"""Training examples: exactly the text a stage is given at inference -> the stage's distilled target (+ end of turn).
+
+The input is built by `Stack.stage_input` (the code `Stack.run` uses) with the DISTILLED earlier-stage targets as the
+earlier outputs (teacher forcing), so a stage never trains on a prompt layout it will not see at inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from fslm.config import StackConfig
+from fslm.errors import DataError
+from fslm.stack import Stack
+
+
+@dataclass(frozen=True)
+class Example:
+    record_id: str
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]  # the target text's tokens plus the end-of-turn token; the only tokens with loss
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.target_ids)
+
+
+@dataclass
+class StageData:
+    stage: str
+    examples: list[Example] = field(default_factory=list)
+    skipped_too_long: int = 0
+
+    def fingerprint(self) -> str:
+        """Identifies the exact token data, so a resumed run refuses checkpoints made from other data."""
+        digest = hashlib.sha1()
+        for ex in self.examples:
+            digest.update(json.dumps([ex.record_id, ex.prompt_ids, ex.target_ids]).encode())
+        return digest.hexdigest()[:16]
+
+
+def usable_records(cfg: StackConfig, records: Sequence[dict], where: str) -> list[dict]:
+    """Kept records that carry a string target for every stage; anything else is a data error naming the line."""
+    names = [s.name for s in cfg.stages]
+    usable = []
+    for rec in records:
+        line = f"{where}: line {rec.get('_line', '?')} (id {rec.get('id')!r})"
+        if not rec.get("kept", True):
+            continue
+        if not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            raise DataError(f"{line}: missing or empty 'prompt'")
+        targets = rec.get("targets")
+        if not isinstance(targets, dict):
+            raise DataError(f"{line}: missing 'targets' (a mapping stage -> text)")
+        missing = [n for n in names if not isinstance(targets.get(n), str)]
+        if missing:
+            raise DataError(f"{line}: no target text for stage(s) {missing} of stack {cfg.name!r}; distill with this stack")
+        usable.append(rec)
+    if not usable:
+        raise DataError(f"{where}: no usable (kept) records to train on")
+    return usable
+
+
+def build_examples(cfg: StackConfig, engine, records: Sequence[dict], max_length: int) -> list[StageData]:
+    """One StageData per stage; examples longer than max_length are skipped and counted, never cut."""
+    plain = cfg.model_copy(update={"stages": [s.model_copy(update={"adapter": None}) for s in cfg.stages]})
+    stack = Stack(plain, engine)
+    eos = engine.tokenizer.eos_token_id
+    if eos is None:
+        eos = engine.eos_ids[0]
+    data = [StageData(s.name) for s in cfg.stages]
+    for rec in records:
+        targets = rec["targets"]
+        for index, stage in enumerate(cfg.stages):
+            prompt = stack.stage_input(index, rec["prompt"], {s.name: targets[s.name] for s in cfg.stages[:index]})
+            example = Example(rec["id"], tuple(engine.encode(prompt)), tuple(engine.encode(targets[stage.name].strip())) + (eos,))
+            if example.length > max_length:
+                data[index].skipped_too_long += 1
+            else:
+                data[index].examples.append(example)
+    return data

@@ -1,0 +1,168 @@
+"""`fslm finetune`: one LoRA adapter per stage, saved as a movable trained-stack folder.
+
+<out>/stack.yaml            the input stack with `adapter: adapters/<stage>` (relative paths)
+<out>/adapters/<stage>/     adapter_config.json + adapter_model.safetensors (standard PEFT)
+<out>/train_log.json        loss (and lr, tokens, seconds) per step, per stage; options; summaries
+<out>/loss.png              one loss curve per stage
+<out>/checkpoints/<stage>/  resume state; a rerun of the same command continues from here
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from fslm.config import StackConfig, load_default_stack_config, load_stack_config
+from fslm.distill.store import read_distilled
+from fslm.engine import load_engine
+from fslm.errors import ConfigError
+from fslm.finetune.checkpoint import load_done, mark_done, write_json_atomic
+from fslm.finetune.examples import build_examples, usable_records
+from fslm.finetune.trainer import StageResult, TrainOptions, mean_loss, train_stage
+
+
+@dataclass
+class FinetuneReport:
+    out: str
+    stack_path: str
+    stages: dict[str, dict] = field(default_factory=dict)  # per stage summary (examples, losses, tokens/s, ...)
+    records: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _save_adapter(peft_model, target: Path) -> None:
+    """save_pretrained into a temp folder, then rename: a half-written adapter never sits at the final path."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    peft_model.save_pretrained(tmp, safe_serialization=True)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def trained_stack_config(cfg: StackConfig, out: Path, trained: Sequence[str]) -> StackConfig:
+    stages = []
+    for stage in cfg.stages:
+        if stage.name in trained:
+            stages.append(stage.model_copy(update={"adapter": f"adapters/{stage.name}"}))
+        elif stage.adapter is not None:  # keep an existing adapter, now by absolute path
+            stages.append(stage.model_copy(update={"adapter": str(cfg.adapter_path(stage))}))
+        else:
+            stages.append(stage)
+    return cfg.model_copy(update={"stages": stages, "source_path": out / "stack.yaml"})
+
+
+def plot_losses(log: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for stage, entry in log["stages"].items():
+        steps = [s["step"] for s in entry["steps"]]
+        ax.plot(steps, [s["loss"] for s in entry["steps"]], label=stage, linewidth=1.2)
+    ax.set_xlabel("optimizer step (within the stage)")
+    ax.set_ylabel("target-token cross-entropy")
+    ax.set_title(f"LoRA fine-tuning of stack {log['stack']!r}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def finetune(
+    stack: str | Path | StackConfig | None,
+    data: str | Path,
+    out: str | Path,
+    options: TrainOptions | None = None,
+    *,
+    stages: Sequence[str] | None = None,
+    engine=None,
+    eval_loss: bool = False,
+    progress: Callable[[str, int, int, float], None] | None = None,
+) -> FinetuneReport:
+    """Python twin of `fslm finetune`. Rerunning with the same arguments resumes (finished stages are skipped)."""
+    from peft import LoraConfig, get_peft_model
+
+    options = options or TrainOptions()
+    options.validate()
+    cfg = stack if isinstance(stack, StackConfig) else load_default_stack_config() if stack is None else load_stack_config(stack)
+    names = [s.name for s in cfg.stages]
+    chosen = list(stages) if stages else names
+    unknown = [s for s in chosen if s not in names]
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages of {cfg.name!r}: {names}")
+    out = Path(out)
+    records = usable_records(cfg, read_distilled(data), str(data))
+    engine = engine or load_engine(cfg.base_model, dtype="float32")
+    base = engine.base
+    pad_id = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else engine.eos_ids[0]
+    t0 = time.perf_counter()
+    report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(records))
+    log = {"stack": cfg.name, "base_model": cfg.base_model, "data": str(data), "options": asdict(options), "stages": {}}
+    for stage_data in build_examples(cfg, engine, records, options.max_length):
+        name = stage_data.stage
+        if name not in chosen:
+            continue
+        if not stage_data.examples:
+            raise ConfigError(f"stage {name!r}: every example is longer than --max-length {options.max_length}; raise it")
+        ckpt_dir = out / "checkpoints" / name
+        fingerprint = {**options.math_fingerprint(), "data": stage_data.fingerprint(), "base_model": cfg.base_model}
+        done = load_done(ckpt_dir)
+        if done is not None and done.get("fingerprint") == fingerprint and (out / "adapters" / name / "adapter_model.safetensors").is_file():
+            log["stages"][name] = done["log_entry"]
+            report.stages[name] = {**done["log_entry"]["summary"], "skipped": "already trained"}
+            continue
+        if done is not None:
+            raise ConfigError(f"{out}: stage {name!r} was trained with other options or data; use a new --out")
+        torch.manual_seed(options.seed + names.index(name))
+        lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                          target_modules=list(options.targets), task_type="CAUSAL_LM")
+        try:
+            peft_model = get_peft_model(base, lora)
+        except ValueError as err:
+            raise ConfigError(f"--targets {','.join(options.targets)}: {err}") from None
+        try:
+            before = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
+            result: StageResult = train_stage(
+                peft_model, stage_data.examples, options, ckpt_dir, fingerprint, pad_id,
+                (lambda step, total, loss, _n=name: progress(_n, step, total, loss)) if progress else None,
+            )
+            after = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
+            _save_adapter(peft_model, out / "adapters" / name)
+        finally:
+            base = peft_model.unload()  # the shared base model goes back to plain weights
+            base.eval()
+        result.skipped_too_long = stage_data.skipped_too_long
+        summary = result.summary()
+        if eval_loss:
+            summary.update(loss_before=round(before, 4), loss_after=round(after, 4))
+        entry = {"summary": summary, "steps": result.steps}
+        mark_done(ckpt_dir, {"fingerprint": fingerprint, "log_entry": entry})
+        log["stages"][name] = entry
+        report.stages[name] = summary
+    trained = [n for n in names if n in log["stages"]]
+    new_cfg = trained_stack_config(cfg, out, trained)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".stack.yaml.tmp"
+    tmp.write_text(new_cfg.to_yaml(), encoding="utf-8")
+    os.replace(tmp, out / "stack.yaml")
+    report.seconds = round(time.perf_counter() - t0, 1)
+    log["summary"] = report.stages
+    write_json_atomic(out / "train_log.json", log)
+    plot_losses(log, out / "loss.png")
+    return report
