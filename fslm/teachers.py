@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from fslm.cpu import apply_threads
 from fslm.engine import Engine, GenerationParams, load_engine
@@ -118,7 +118,7 @@ class HTTPTeacher:
         body = self._body(messages, params)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=self.max_backoff),
+            wait=wait_exponential(multiplier=0.2, max=self.max_backoff) + wait_random(0, min(0.2, self.max_backoff)),
             retry=retry_if_exception(_retryable),
             before_sleep=lambda _state: self._count_retry(),
             reraise=True,

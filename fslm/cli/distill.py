@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from fslm.cli.common import console, out, print_json, status
+from fslm.cli.common import console, out, print_json
 from fslm.config import load_default_stack_config, load_stack_config
 from fslm.distill import DistillOptions, DistillReport, distill
 
@@ -66,9 +66,12 @@ def distill_command(
         limit=limit, batch_size=batch_size, hints=not no_hints,
         no_leak=None if no_leak is None else [s.strip() for s in no_leak.split(",") if s.strip()],
     )
-    with status("loading teacher…", enabled=not json_output):
-        chosen = make_teacher(teacher, url=teacher_url, model=teacher_model, api_key_env=api_key_env,
-                              concurrency=concurrency, timeout=timeout, default_ref=cfg.base_model, dtype=cfg.dtype)
+
+    def load_teacher():  # called by distill() only after the data validated and if work is left
+        if not json_output:
+            console.print("loading teacher…", style="dim")
+        return make_teacher(teacher, url=teacher_url, model=teacher_model, api_key_env=api_key_env,
+                            concurrency=concurrency, timeout=timeout, default_ref=cfg.base_model, dtype=cfg.dtype)
     columns = [TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=json_output) as bar:
         task = bar.add_task("distill", total=None)
@@ -76,7 +79,7 @@ def distill_command(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        report = distill(cfg, data, out_path, teacher=chosen, options=options, progress=progress)
+        report = distill(cfg, data, out_path, teacher=load_teacher, options=options, progress=progress)
     if json_output:
         print_json(report.to_dict())
     else:

@@ -170,11 +170,14 @@ def distill(
     data: str | Path | None,
     out: str | Path,
     *,
-    teacher: Teacher | None = None,
+    teacher: Teacher | Callable[[], Teacher] | None = None,
     options: DistillOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DistillReport:
-    """Python twin of `fslm distill`. `progress(done, total)` is called after every fsynced batch."""
+    """Python twin of `fslm distill`. `progress(done, total)` is called after every fsynced batch.
+
+    `teacher` may be a factory: it is only called once the data validated and there is work left.
+    """
     options = options or DistillOptions()
     if options.batch_size < 1:
         raise ConfigError("batch size must be >= 1")
@@ -189,7 +192,10 @@ def distill(
         if progress:
             progress(0, len(todo))
         if todo:
-            teacher = teacher or make_teacher(default_ref=cfg.base_model, dtype=cfg.dtype)
+            if teacher is None:
+                teacher = make_teacher(default_ref=cfg.base_model, dtype=cfg.dtype)
+            elif not hasattr(teacher, "generate"):
+                teacher = teacher()
             report.teacher = teacher.id
             worker = _Distiller(cfg, teacher, options)
             for start in range(0, len(todo), options.batch_size):

@@ -69,7 +69,11 @@ class DistillStore:
     def append(self, records: Iterable[dict]) -> int:
         """Write a batch as ONE write, then flush and fsync: after this returns, the batch survives a crash."""
         assert self._fh is not None, "use DistillStore as a context manager"
-        fresh = [r for r in records if r["id"] not in self.done]
+        fresh, ids = [], set(self.done)
+        for record in records:
+            if record["id"] not in ids:  # never twice, not even within one batch
+                ids.add(record["id"])
+                fresh.append(record)
         if not fresh:
             return 0
         blob = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in fresh)
