@@ -209,6 +209,7 @@ def train_stage(
             t0 = time.perf_counter()
             loss, tokens, target_tokens = batch_loss(peft_model, batch, pad_id, options, bf16)
             loss.backward()
+            loss = loss.detach()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
