@@ -35,7 +35,7 @@ def stack_prompt(item: Item) -> str:
     """The user prompt a stack receives for `item`: optional task lead, the question, then lettered options."""
     parts = [p for p in (_LEADS.get(item.task), _item_text(item)) if p]
     if item.choices:
-        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+        options = "\n".join(f"{LETTERS[i]}. {c.strip()}" for i, c in enumerate(item.choices))
         parts.append(f"Options:\n{options}")
     return "\n\n".join(parts)
 

@@ -59,6 +59,7 @@ def build_summary(system, plan: Mapping[str, Sequence], rows: Sequence[dict], se
         "seconds_per_item": _r(sum(r["seconds"] for r in rows) / n_rows, 4),
         "item_seconds_total": _r(sum(r["seconds"] for r in rows), 1),
         "wall_seconds": _r(sum(s.get("wall_seconds", 0.0) for s in sessions), 1),
+        "cpu_seconds": _r(sum(s.get("cpu_seconds", 0.0) for s in sessions), 1),
         "load_seconds": _r(max((s.get("load_seconds", 0.0) for s in sessions), default=0.0), 2),
         "peak_rss_mb": _r(max((s.get("peak_rss_mb", 0.0) for s in sessions), default=0.0), 1),
         "sessions": len(sessions),
@@ -95,7 +96,8 @@ def table_markdown(summary: Mapping) -> str:
         "",
         f"{summary.get('num_fewshot', 0)}-shot, split {summary.get('split') or 'default'}, "
         f"{summary['n_items']} items; parameters touched {summary['params_touched']:,}; "
-        f"wall {cost['wall_seconds']} s (model load {cost['load_seconds']} s); peak RSS {cost['peak_rss_mb']} MB.",
+        f"wall {cost['wall_seconds']} s (CPU {cost.get('cpu_seconds')} s; model load {cost['load_seconds']} s); "
+        f"peak RSS {cost['peak_rss_mb']} MB.",
         "",
         "| task | metric | n | acc % | 95% CI | acc_norm % | tokens in/item | generated tokens/item | s/item |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|",

@@ -144,6 +144,11 @@ def _identity(system: System, num_fewshot: int, split: str | None, gen_max_token
             "gen_max_tokens": gen_max_tokens}
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def evaluate(
     system: System | str,
     tasks: str | Sequence[str] | None = None,
@@ -174,7 +179,7 @@ def evaluate(
     plan = {task: select_items(task, limit, split, notes) for task in names}  # every data error before any work
     shots = {task: _shots(task, items, num_fewshot, split) for task, items in plan.items()}
     store = RunStore(Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens))
-    started, load0, t0 = datetime.now(timezone.utc), os.getloadavg(), time.perf_counter()
+    started, load0, t0, cpu0 = datetime.now(timezone.utc), os.getloadavg(), time.perf_counter(), _cpu_seconds()
     done_before, evaluated = store.done(), 0
     for task, items in plan.items():
         todo = [it for it in items if it.id not in done_before]
@@ -197,6 +202,7 @@ def evaluate(
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "load_seconds": system.load_seconds,
         "items_evaluated": evaluated,
+        "cpu_seconds": round(_cpu_seconds() - cpu0, 1),  # wall time on a shared machine overstates cost; this does not
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "loadavg_start": [round(x, 2) for x in load0],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],

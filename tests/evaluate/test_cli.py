@@ -1,0 +1,74 @@
+"""`fslm eval` / `fslm eval compare` exit codes and messages: user errors are exit 2 with no traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fslm.cli import app
+from fslm.settings import reset_settings
+
+
+def run(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert "Traceback" not in text
+    return result.exit_code, " ".join(text.split())
+
+
+def test_unknown_task_lists_the_known_ones(tiny_data):
+    code, text = run("eval", "--model", "nope", "--tasks", "arc_easy,squad")
+    assert code == 2 and "unknown task 'squad'" in text and "hellaswag" in text and "gsm8k" in text
+
+
+def test_missing_data_dir_names_the_env_var(tiny_data, monkeypatch, tmp_path):
+    monkeypatch.setenv("FSLM_DATA_DIR", str(tmp_path / "nowhere"))
+    reset_settings()
+    code, text = run("eval", "--model", "nope", "--tasks", "arc_easy")
+    assert code == 2 and "FSLM_DATA_DIR" in text
+
+
+def test_malformed_record_names_file_and_line(tiny_data):
+    path = tiny_data / "arc_easy" / "arc_easy.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + '{"query": "Question: x?", "choices": ["a"], "gold": 0}\n')
+    code, text = run("eval", "--model", "nope", "--tasks", "arc_easy")
+    assert code == 2 and "arc_easy.jsonl:2" in text and "malformed record" in text
+
+
+def test_system_choice_and_option_errors(tiny_data):
+    assert run("eval", "--tasks", "arc_easy")[0] == 2
+    assert run("eval", "--model", "a", "--stack", "b", "--tasks", "arc_easy")[0] == 2
+    code, text = run("eval", "--model", "nope", "--tasks", "arc_easy", "--split", "train")
+    assert code == 2 and "no split 'train'" in text
+    code, text = run("eval", "--model", "no-such-model-anywhere", "--tasks", "arc_easy")
+    assert code == 2
+
+
+def test_eval_and_compare_end_to_end(tiny_data, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    code, text = run("eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--limit", "10", "--out", str(out))
+    assert code == 0, text
+    assert "larger than the 3 items" in text and "arc_easy" in text
+    assert json.loads((out / "summary.json").read_text())["tasks"]["arc_easy"]["n"] == 3
+    code, text = run("eval", "compare", str(out), str(out), "--json")
+    assert code == 0 and '"diff": 0.0' in text
+    code, text = run("eval", "compare", str(out), str(tmp_path / "missing"))
+    assert code == 2 and "no items.jsonl" in text
+
+
+@pytest.mark.slow
+def test_real_default_model_on_two_tasks(tmp_path, monkeypatch):
+    """The issue's acceptance command, on 4 items per task (the real run is in benchmarks/results)."""
+    from .conftest import REAL_DATA
+
+    if not (REAL_DATA / "README.md").is_file():
+        pytest.skip("benchmark data not present")
+    out = tmp_path / "real"
+    code, text = run("eval", "--model", "smollm2-135m", "--tasks", "arc_easy,hellaswag", "--limit", "4", "--out", str(out))
+    assert code == 0, text
+    data = json.loads((out / "summary.json").read_text())
+    assert data["tasks"]["arc_easy"]["n"] == 4 and data["tasks"]["hellaswag"]["acc_norm"] is not None
+    assert all((out / f).is_file() for f in ("items.jsonl", "table.md", "chart.png"))

@@ -1,0 +1,61 @@
+"""Bootstrap statistics on inputs whose answers are known."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fslm.evaluate.stats import bootstrap_ci, macro_bootstrap_ci, paired_bootstrap
+
+
+def test_constant_scores_have_a_zero_width_interval():
+    assert bootstrap_ci([1.0] * 50) == (1.0, 1.0)
+    assert bootstrap_ci([0.0] * 50) == (0.0, 0.0)
+
+
+def test_half_correct_interval_matches_the_normal_approximation():
+    values = [1.0, 0.0] * 100  # n = 200, p = 0.5: normal 95% half-width = 1.96 * sqrt(.25 / 200) = 0.0693
+    lo, hi = bootstrap_ci(values)
+    assert lo < 0.5 < hi
+    assert (hi - lo) / 2 == pytest.approx(1.96 * math.sqrt(0.25 / 200), abs=0.01)
+
+
+def test_intervals_are_deterministic_and_seeded():
+    values = list(np.random.default_rng(3).integers(0, 2, size=77).astype(float))
+    assert bootstrap_ci(values) == bootstrap_ci(values)
+    assert bootstrap_ci(values, seed=1) != bootstrap_ci(values, seed=2)
+
+
+def test_empty_input_gives_nan():
+    lo, hi = bootstrap_ci([])
+    assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_macro_interval_brackets_the_mean_of_task_means():
+    per_task = {"a": [1.0] * 30, "b": [0.0, 1.0] * 20}
+    lo, hi = macro_bootstrap_ci(per_task)
+    assert lo < (1.0 + 0.5) / 2 < hi
+    assert lo >= 0.5 and hi <= 1.0  # task a contributes exactly 1.0 to every replicate
+
+
+def test_paired_bootstrap_identical_runs_differ_by_zero():
+    runs = {"t": [1.0, 0.0, 1.0, 1.0, 0.0] * 10}
+    out = paired_bootstrap(runs, runs)
+    assert out["t"]["diff"] == 0.0 and out["t"]["ci95"] == [0.0, 0.0]
+    assert out["macro"]["diff"] == 0.0
+
+
+def test_paired_bootstrap_known_difference_and_pairing():
+    a = {"t": [1.0] * 40, "u": [1.0, 0.0] * 20}
+    b = {"t": [0.0] * 40, "u": [1.0, 0.0] * 20}
+    out = paired_bootstrap(a, b)
+    assert out["t"]["diff"] == 1.0 and out["t"]["ci95"] == [1.0, 1.0] and out["t"]["p_le_0"] == 0.0
+    # u: same per-item outcomes -> the PAIRED interval is exactly 0 (an unpaired one would be about +-0.2)
+    assert out["u"]["ci95"] == [0.0, 0.0]
+    assert out["macro"]["diff"] == pytest.approx(0.5) and out["macro"]["ci95"] == [0.5, 0.5]
+    assert out["macro"]["n"] == 80
+
+
+def test_paired_bootstrap_rejects_misaligned_runs():
+    with pytest.raises(ValueError, match="align"):
+        paired_bootstrap({"t": [1.0, 0.0]}, {"t": [1.0]})
