@@ -148,8 +148,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--include_path" not in args:
         args += ["--include_path", str(tasks_dir())]
+    if _only_fslm_tasks(args):
+        _skip_builtin_task_index()
     sys.argv = ["lm_eval", *args]
     cli_evaluate()
+
+
+def _only_fslm_tasks(args: list[str]) -> bool:
+    for flag in ("--tasks", "-t"):
+        if flag in args and args.index(flag) + 1 < len(args):
+            names = args[args.index(flag) + 1].split(",")
+            return all(n == "fslm" or n.startswith("fslm_") for n in names)
+    return False
+
+
+def _skip_builtin_task_index() -> None:
+    """Only fslm tasks asked for: don't index lm-eval's ~14,000 built-in task files (over a minute here)."""
+    import lm_eval.tasks
+
+    base = lm_eval.tasks.TaskManager
+
+    class OwnTasksOnly(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *a, **kw):
+            kw.setdefault("include_defaults", False)
+            super().__init__(*a, **kw)
+
+    lm_eval.tasks.TaskManager = OwnTasksOnly
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def agreement(system, tasks: list[str], limit: int, *, out: str | Path | None = 
     built = evaluate(system, tasks, limit, gen_max_tokens=gen_max_tokens)
     results = lm_eval.simple_evaluate(
         model=FslmLM(system=system), tasks=[TASK_PREFIX + t for t in tasks], limit=limit,
-        task_manager=TaskManager(include_path=str(tasks_dir())), bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(tasks_dir()), include_defaults=False), bootstrap_iters=0,
         gen_kwargs={"max_gen_toks": gen_max_tokens},
     )["results"]
     report = {}

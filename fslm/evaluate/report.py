@@ -113,6 +113,10 @@ def table_markdown(summary: Mapping) -> str:
         f"| **macro** | acc | {summary['n_items']} | **{_fmt(summary['macro_acc'])}** | {_fmt(mlo)}–{_fmt(mhi)} | — | "
         f"{cost['tokens_in_per_item']} | {cost['generated_tokens_per_item']} | {cost['seconds_per_item']} |"
     )
+    loads = [f"{s['loadavg_start'][0]}→{s['loadavg_end'][0]}" for s in summary.get("sessions", []) if s.get("items_evaluated")]
+    if loads:
+        lines.append(f"\nMachine load (1-min load average at start→end of each session that evaluated items, "
+                     f"{summary['sessions'][-1].get('cpu_count')} cores, shared with other jobs): {', '.join(loads)}.")
     for note in summary.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"

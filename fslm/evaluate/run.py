@@ -97,7 +97,7 @@ def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
     if k <= 0:
         return {}
     spec = get_task(task)
-    if split is not None and split in (spec.fewshot_split, {"dev": "validation", "validation": "dev"}.get(split)):
+    if split is not None and spec.fewshot_split in (split, {"dev": "validation", "validation": "dev"}.get(split)):
         raise InputError(f"{task}: few-shot examples come from split {spec.fewshot_split!r}, the split being evaluated")
     if task == "mmlu":  # lm-eval: the first k dev questions of the item's own subject
         cache: dict[str, list[Item]] = {}

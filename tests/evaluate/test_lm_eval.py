@@ -73,3 +73,40 @@ def test_lm_eval_cli_wrapper_runs_offline(tiny_model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fslm_arc_easy" in proc.stdout and "acc" in proc.stdout
     assert tasks_dir().joinpath("fslm_arc_easy.yaml").is_file()
+
+
+class _Req:
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_plugin_methods_in_model_and_stack_mode(model_system, tiny_engine):
+    from fslm.config import parse_stack_config
+    from fslm.evaluate import StackSystem
+    from fslm.lm_eval_plugin import FslmLM
+    from fslm.stack import Stack
+
+    lm = FslmLM(system=model_system)
+    (lp, greedy), = lm.loglikelihood([_Req("Question: sky?\nAnswer:", " blue")])
+    assert lp == pytest.approx(tiny_engine.score(["Question: sky?\nAnswer:"], [" blue"])[0].logprob, abs=1e-5)
+    rolled = lm.loglikelihood_rolling([_Req("the quick brown fox")])[0]
+    assert rolled == pytest.approx(tiny_engine.score([""], ["the quick brown fox"])[0].logprob, abs=1e-5)
+    long_text = "the quick brown fox jumps over the lazy dog. " * 60  # longer than the 512-token window
+    assert tiny_engine.count_tokens(long_text) > tiny_engine.context_window
+    assert lm.loglikelihood_rolling([_Req(long_text)])[0] < rolled
+    texts = lm.generate_until([_Req("Question: 2+2?\nAnswer:", {"until": ["\n"], "max_gen_toks": 5})])
+    assert isinstance(texts[0], str) and "\n" not in texts[0]
+
+    cfg = {"name": "t", "base_model": "tiny", "stages": [
+        {"name": "facts", "instruction": "Facts.", "generation": {"max_new_tokens": 4}},
+        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "generation": {"max_new_tokens": 4}}]}
+    stack = Stack(parse_stack_config(cfg), tiny_engine)
+    slm = FslmLM(system=StackSystem(stack))
+    ctx = "Question: sky?\nAnswer:"
+    got = slm.loglikelihood([_Req(ctx, " blue"), _Req(ctx, " red")])
+    facts = stack.run_batch([ctx.strip()], stages=1)[0]
+    answer_input = stack.answer_input(facts)
+    want = tiny_engine.score([answer_input] * 2, ["blue", "red"])
+    assert [g[0] for g in got] == pytest.approx([w.logprob for w in want], abs=1e-5)
+    out = slm.generate_until([_Req(ctx, {"until": ["\n\n"], "max_gen_toks": 8})])
+    assert out == [stack.run(ctx.strip()).answer.split("\n\n")[0]]

@@ -155,3 +155,20 @@ def test_compare_two_runs(model_system, tiny_data, tmp_path):
 def test_mmlu_limit_spreads_over_subjects():
     items = select_items("mmlu", 57)
     assert len({it.meta["subject"] for it in items}) == 57
+
+
+@needs_data
+def test_fewshot_from_the_split_being_evaluated_is_refused(model_system):
+    with pytest.raises(InputError, match="split being evaluated"):
+        evaluate(model_system, ["arc_challenge"], limit=1, num_fewshot=1, split="dev")
+
+
+@needs_data
+def test_fewshot_contexts_come_from_the_fewshot_split(model_system, monkeypatch):
+    seen = []
+    original = model_system.engine.score
+    monkeypatch.setattr(model_system.engine, "score", lambda c, x, adapter=None: seen.extend(c) or original(c, x))
+    summary = evaluate(model_system, ["openbookqa"], limit=1, num_fewshot=2)
+    item = load_task("openbookqa", limit=1)[0]
+    assert summary.rows[0]["prompt"] == seen[0] and seen[0].endswith(item.context) and seen[0] != item.context
+    assert seen[0].count("\n\n") == 2  # two examples, each followed by a blank line
