@@ -17,7 +17,8 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", help="Interface to bind; use 0.0.0.0 only behind a firewall or with an API key."),
     port: int = typer.Option(8000, help="TCP port."),
     max_batch: int = typer.Option(16, "--max-batch", help="Most requests run together in one batched stack run."),
-    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", help="How long the first request waits for batch-mates."),
+    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", help="A batch closes after this long with no new request..."),
+    batch_max_wait_ms: float = typer.Option(100.0, "--batch-max-wait-ms", help="...or this long after its first request."),
     queue_size: int = typer.Option(64, "--queue-size", help="Requests allowed to wait; more get 429 + Retry-After."),
     max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", help="Default: the stack's max_prompt_tokens."),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Largest max_tokens a request may ask for."),
@@ -35,7 +36,7 @@ def serve_command(
 
     try:
         settings = ServeSettings(
-            host=host, port=port, max_batch=max_batch, batch_wait_ms=batch_wait_ms, queue_size=queue_size,
+            host=host, port=port, max_batch=max_batch, batch_wait_ms=batch_wait_ms, batch_max_wait_ms=batch_max_wait_ms, queue_size=queue_size,
             max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, max_body_bytes=max_body_bytes,
             trace=trace, trace_history=trace_history, persist_traces=persist_traces,
         )

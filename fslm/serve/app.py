@@ -52,6 +52,7 @@ class ServeState:
             self._run_batch,
             max_batch=settings.max_batch,
             wait_s=settings.batch_wait_ms / 1000.0,
+            max_wait_s=settings.batch_max_wait_ms / 1000.0,
             maxsize=settings.queue_size,
             on_batch=lambda report: self.metrics.observe_batch(report),
         )

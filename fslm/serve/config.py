@@ -14,9 +14,11 @@ class ServeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    # Dynamic batching: the worker waits up to batch_wait_ms after the first request for more, up to max_batch.
+    # Dynamic batching: a batch closes at max_batch, after batch_wait_ms with no new arrival, or batch_max_wait_ms
+    # after its first request, whichever comes first.
     max_batch: int = Field(16, ge=1, le=256)
     batch_wait_ms: float = Field(10.0, ge=0, le=10_000)
+    batch_max_wait_ms: float = Field(100.0, ge=0, le=60_000)
     queue_size: int = Field(64, ge=1, le=100_000, description="requests waiting beyond this get 429 + Retry-After")
     # Limits on one request.
     max_prompt_tokens: int | None = Field(None, ge=1, description="default: the stack's max_prompt_tokens")
