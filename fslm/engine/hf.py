@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections import defaultdict
 from typing import Iterator, Sequence
@@ -247,10 +248,11 @@ class HFEngine:
             groups[tuple(ctx)].append(i)
         flat: list[int] = []
         with self._active(adapter) as model:
+            head = self._common_head(model, list(groups))
             for ctx, members in groups.items():
                 cont_tokens = sum(len(pairs[i][1]) for i in members)
-                if len(members) > 1 and len(ctx) > cont_tokens:
-                    self._score_shared_prefix(model, list(ctx), members, pairs, results)
+                if head is not None or (len(members) > 1 and len(ctx) > cont_tokens):
+                    self._score_shared_prefix(model, list(ctx), members, pairs, results, head)
                 else:
                     flat.extend(members)
             self._score_flat(model, flat, pairs, results)
@@ -283,9 +285,34 @@ class HFEngine:
                 results[i] = _score_rows(rows, cont)
 
     @torch.inference_mode()
-    def _score_shared_prefix(self, model, ctx: list[int], members: list[int], pairs, results) -> None:
-        """Run a long shared context once, then all its continuations against a copy of its KV cache."""
-        out = model(input_ids=torch.tensor([ctx], device=self.device), use_cache=True)
+    def _common_head(self, model, contexts: list[tuple[int, ...]], min_tokens: int = 64):
+        """(k, KV cache) of the first k tokens that every distinct context shares (a primer, few-shot examples),
+        run once per call; None when fewer than two contexts or fewer than `min_tokens` shared tokens."""
+        if len(contexts) < 2:
+            return None
+        first, k = contexts[0], min(len(c) for c in contexts) - 1  # every context keeps >= 1 token of its own
+        for ctx in contexts[1:]:
+            j = 0
+            while j < k and ctx[j] == first[j]:
+                j += 1
+            k = j
+        if k < min_tokens:
+            return None
+        out = model(input_ids=torch.tensor([list(first[:k])], device=self.device), use_cache=True)
+        self.stats.calls += 1
+        self.stats.forward_tokens += k
+        return k, out.past_key_values
+
+    @torch.inference_mode()
+    def _score_shared_prefix(self, model, ctx: list[int], members: list[int], pairs, results, head=None) -> None:
+        """Run a long shared context once, then all its continuations against a copy of its KV cache.
+        With `head` (k, cache of ctx[:k]) only the rest of the context is run, on a copy of that cache."""
+        if head is not None:
+            k, cache = head
+            out = model(input_ids=torch.tensor([ctx[k:]], device=self.device), past_key_values=copy.deepcopy(cache), use_cache=True)
+            ctx = ctx[k:]  # for the token count below
+        else:
+            out = model(input_ids=torch.tensor([ctx], device=self.device), use_cache=True)
         first_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         conts = [pairs[i][1] for i in members]
         cache = out.past_key_values
