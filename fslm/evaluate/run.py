@@ -140,8 +140,10 @@ def _answer(system: System, batch: list[Item], shots: Shots, gen_max_tokens: int
 
 
 def _identity(system: System, num_fewshot: int, split: str | None, gen_max_tokens: int) -> dict:
-    return {"system": system.name, "num_fewshot": num_fewshot, "split": split, "prompt_version": PROMPT_VERSION,
-            "gen_max_tokens": gen_max_tokens}
+    identity = {"system": system.name, "num_fewshot": num_fewshot, "split": split, "prompt_version": PROMPT_VERSION,
+                "gen_max_tokens": gen_max_tokens}
+    sha = getattr(system, "config_sha256", None)
+    return identity | ({"stack_config_sha256": sha} if sha else {})
 
 
 def _cpu_seconds() -> float:

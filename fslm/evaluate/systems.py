@@ -6,6 +6,7 @@ baselines and stacks are scored by identical code. Each returns one `Outcome` pe
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -144,8 +145,17 @@ class StackSystem:
             "adapters": {s.name: str(cfg.adapter_path(s)) for s in cfg.stages if s.adapter is not None},
             "adapters_enabled": self.adapters,
             "prompt_version": PROMPT_VERSION,
+            "config_sha256": self.config_sha256,
             "params_touched": self.params_touched,
         }
+
+    @property
+    def config_sha256(self) -> str:
+        """Fingerprint of the stack as run (stages, prompts, generation, adapter paths): resuming a run with an
+        edited stack would mix two systems."""
+        cfg = self.stack.config
+        text = cfg.to_yaml() + "".join(f"{s.name}={cfg.adapter_path(s)}\n" for s in cfg.stages)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def _final_adapter(self) -> str | None:
         return self.stack.adapter_for(self.stack.config.stages[-1])

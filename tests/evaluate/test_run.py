@@ -172,3 +172,11 @@ def test_fewshot_contexts_come_from_the_fewshot_split(model_system, monkeypatch)
     item = load_task("openbookqa", limit=1)[0]
     assert summary.rows[0]["prompt"] == seen[0] and seen[0].endswith(item.context) and seen[0] != item.context
     assert seen[0].count("\n\n") == 2  # two examples, each followed by a blank line
+
+
+def test_resuming_with_an_edited_stack_is_refused(tiny_engine, tiny_data, tmp_path):
+    out = tmp_path / "s"
+    evaluate(StackSystem(Stack(parse_stack_config(STACK), tiny_engine)), ["arc_easy"], limit=1, out_dir=out)
+    edited = dict(STACK, stages=[dict(STACK["stages"][0], instruction="List facts briefly."), STACK["stages"][1]])
+    with pytest.raises(InputError, match="stack_config_sha256"):
+        evaluate(StackSystem(Stack(parse_stack_config(edited), tiny_engine)), ["arc_easy"], limit=1, out_dir=out)
