@@ -33,7 +33,7 @@ def finetune_command(
     rank: int = typer.Option(16, "--rank", help="LoRA rank."),
     alpha: int = typer.Option(32, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
     targets: str = typer.Option(",".join(ALL_PROJECTIONS), "--targets", help="Comma-separated module names that get LoRA."),
-    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (linear warmup, linear decay)."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (linear warmup, linear decay)."),
     epochs: int = typer.Option(1, "--epochs", help="Passes over each stage's examples."),
     max_length: int = typer.Option(512, "--max-length", help="Longer examples are skipped (counted), never cut."),
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per optimizer step."),

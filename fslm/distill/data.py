@@ -15,7 +15,7 @@ from fslm.errors import DataError
 from fslm.settings import get_settings
 
 DEFAULT_DATA = "alpaca/random_9k.json"
-NO_INPUT = re.compile(r"^<\s*no\s*-?\s*input\s*>$", re.IGNORECASE)  # Alpaca's placeholder for "no input"
+NO_INPUT = re.compile(r"^<?\s*no\s*-?\s*input\s*>?\.?$", re.IGNORECASE)  # Alpaca's "<noinput>", "Noinput", "No input."
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class TrainOptions:
     alpha: int = 32
     dropout: float = 0.05
     targets: tuple[str, ...] = ALL_PROJECTIONS
-    lr: float = 2e-4
+    lr: float = 5e-4
     epochs: int = 1
     max_length: int = 512
     batch_size: int = 8
