@@ -146,6 +146,29 @@ def _identity(system: System, num_fewshot: int, split: str | None, gen_max_token
     return identity | ({"stack_config_sha256": sha} if sha else {})
 
 
+class _Session:
+    """This invocation's costs, written to run.json after every batch (a killed run keeps what it spent)."""
+
+    def __init__(self, store: RunStore, t0: float, cpu0: float):
+        self.store, self.t0, self.cpu0, self.items = store, t0, cpu0, 0
+
+    def update(self, n_items: int) -> None:
+        self.items += n_items
+        self.store.update_session({
+            "wall_seconds": round(time.perf_counter() - self.t0, 2),
+            "cpu_seconds": round(_cpu_seconds() - self.cpu0, 1),  # on a shared machine wall time overstates cost
+            "items_evaluated": self.items,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        })
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -181,8 +204,16 @@ def evaluate(
     plan = {task: select_items(task, limit, split, notes) for task in names}  # every data error before any work
     shots = {task: _shots(task, items, num_fewshot, split) for task, items in plan.items()}
     store = RunStore(Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens))
-    started, load0, t0, cpu0 = datetime.now(timezone.utc), os.getloadavg(), time.perf_counter(), _cpu_seconds()
-    done_before, evaluated = store.done(), 0
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    store.add_session({
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_seconds": system.load_seconds,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+        "threads": _threads(),
+    })
+    session = _Session(store, t0, cpu0)
+    done_before = store.done()
     for task, items in plan.items():
         todo = [it for it in items if it.id not in done_before]
         finished = len(items) - len(todo)
@@ -194,22 +225,12 @@ def evaluate(
             rows = [make_row(it, out) for it, out in zip(batch, _answer(system, batch, shots[task], gen_max_tokens), strict=True)]
             store.append(rows)
             finished += len(batch)
-            evaluated += len(batch)
+            session.update(len(batch))
             if progress:
                 scored = [store.rows[it.id]["acc"] for it in items if it.id in store.rows]
                 progress({"task": task, "done": finished, "total": len(items), "new": len(batch),
                           "acc": sum(scored) / len(scored), "elapsed": time.perf_counter() - t0})
-    store.add_session({
-        "started": started.isoformat(timespec="seconds"),
-        "wall_seconds": round(time.perf_counter() - t0, 2),
-        "load_seconds": system.load_seconds,
-        "items_evaluated": evaluated,
-        "cpu_seconds": round(_cpu_seconds() - cpu0, 1),  # wall time on a shared machine overstates cost; this does not
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "loadavg_start": [round(x, 2) for x in load0],
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "cpu_count": os.cpu_count(),
-    })
+    session.update(0)
     rows = [store.rows[it.id] for items in plan.values() for it in items]
     data = build_summary(system, plan, rows, store.sessions, notes=notes, limit=limit, num_fewshot=num_fewshot, split=split)
     if store.folder is not None:

@@ -119,7 +119,15 @@ class RunStore:
             os.fsync(fh.fileno())
 
     def add_session(self, session: Mapping[str, object]) -> None:
+        """Start a session entry; `update_session` refreshes it after every batch, so a killed run keeps its costs."""
         self.meta.setdefault("sessions", []).append(dict(session))
+        self._save_meta()
+
+    def update_session(self, fields: Mapping[str, object]) -> None:
+        self.meta["sessions"][-1].update(fields)
+        self._save_meta()
+
+    def _save_meta(self) -> None:
         if self.folder is not None:
             write_json(self.folder / RUN, self.meta)
 
