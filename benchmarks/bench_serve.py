@@ -223,6 +223,7 @@ def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out / name)
 
     atomic("summary.json", json.dumps(summary, indent=2) + "\n")
@@ -256,15 +257,20 @@ def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         axes[0].bar(["sequential", f"{c['clients']} clients"], [s["throughput_rps"], c["throughput_rps"]], color=["#98a2b3", "#4f46e5"])
         axes[0].set_title(f"throughput (req/s), ratio {summary['throughput_ratio']}x")
-        for phase, color in (("sequential", "#98a2b3"), ("concurrent", "#4f46e5")):
-            lat = [r["latency"] for p in phases if p["name"] == phase for r in p["records"] if r["status"] == 200]
-            axes[1].hist(lat, bins=20, alpha=0.7, color=color, label=phase)
-        axes[1].set_title("latency (s)")
+        lats = {name: [r["latency"] for p in phases if p["name"] == name for r in p["records"] if r["status"] == 200]
+                for name in ("sequential", "concurrent")}
+        top = max((max(v) for v in lats.values() if v), default=1.0) * 1.05
+        bins = [top * i / 40 for i in range(41)]  # shared bins, so a tight cluster stays visible
+        for (name, lat), color in zip(lats.items(), ("#98a2b3", "#4f46e5")):
+            axes[1].hist(lat, bins=bins, alpha=0.8, color=color, label=f"{name} (n={len(lat)})")
+        axes[1].set_title("latency per request (s)")
+        axes[1].set_ylabel("requests")
         axes[1].legend()
         fig.tight_layout()
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".chart.", suffix=".png")
         os.close(fd)
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out / "chart.png")
     except ImportError:
         pass
@@ -286,7 +292,14 @@ def main() -> None:
     ap.add_argument("--goal", type=float, default=5.0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--resume", action="store_true", help="reuse phases saved by an interrupted run")
+    ap.add_argument("--replot", action="store_true", help="only rebuild table.md and chart.png from summary.json + items.jsonl")
     args = ap.parse_args()
+    if args.replot:
+        summary = json.loads((args.out / "summary.json").read_text())
+        records = [json.loads(line) for line in (args.out / "items.jsonl").open()]
+        phases = [{"name": name, "records": [r for r in records if r["phase"] == name]} for name in ("concurrent", "sequential")]
+        write_outputs(args.out, summary, phases)
+        return
 
     # `timeout`/kill send SIGTERM: turn it into SystemExit so the `finally` below stops the server we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
