@@ -93,7 +93,13 @@ def child_peak_rss(mode: str, model: str, adapters_dir: str) -> dict:
         stack = Stack(cfg, engine)
         stack.run(PROMPTS[0])
         stages = len(cfg.stages)
-    return {"mode": mode, "stages": stages, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    rss_now = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+    return {
+        "mode": mode,
+        "stages": stages,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_after_run_mb": round(rss_now / 1024, 1),
+    }
 
 
 def make_adapters(model: str, folder: Path, rank: int = 16) -> None:
@@ -124,7 +130,14 @@ def memory_comparison(model: str) -> dict:
             )
             runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = runs["stack"]["peak_rss_mb"] / runs["single"]["peak_rss_mb"]
-    return {"single": runs["single"], "stack": runs["stack"], "stack_over_single": round(ratio, 3), "goal_max_ratio": 1.15}
+    steady = runs["stack"]["rss_after_run_mb"] / runs["single"]["rss_after_run_mb"]
+    return {
+        "single": runs["single"],
+        "stack": runs["stack"],
+        "stack_over_single": round(ratio, 3),
+        "stack_over_single_after_run": round(steady, 3),
+        "goal_max_ratio": 1.15,
+    }
 
 
 def to_markdown(result: dict) -> str:
@@ -145,12 +158,14 @@ def to_markdown(result: dict) -> str:
     mem = result["memory"]
     lines += [
         "",
-        "| system | peak RSS (MB) |",
-        "|---|---|",
-        f"| single model | {mem['single']['peak_rss_mb']} |",
-        f"| 4-stage stack, 4 LoRA adapters, one shared base | {mem['stack']['peak_rss_mb']} |",
+        "| system | peak RSS (MB) | RSS after the run (MB) |",
+        "|---|---|---|",
+        f"| single model | {mem['single']['peak_rss_mb']} | {mem['single']['rss_after_run_mb']} |",
+        f"| 4-stage stack, 4 LoRA adapters (r=16, 7 projections), one shared base | {mem['stack']['peak_rss_mb']} | "
+        f"{mem['stack']['rss_after_run_mb']} |",
         "",
-        f"Stack / single peak RSS: **{mem['stack_over_single']}x** (goal <= {mem['goal_max_ratio']}x).",
+        f"Stack / single: peak RSS **{mem['stack_over_single']}x**, RSS after the run **{mem['stack_over_single_after_run']}x** "
+        f"(goal <= {mem['goal_max_ratio']}x). The peak is set by loading the weights, which both do once.",
         "",
         "Bound = copy bandwidth / weight bytes: the decode steps per second possible if every step only streamed the "
         "weights once. Fraction of bound = measured decode steps per second (tokens/s / batch) / bound; at batch 16 one "
@@ -167,6 +182,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["single", "stack"])
     parser.add_argument("--adapters")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="re-measure memory, keep the decode rows of --out")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child_peak_rss(args.child, args.model, args.adapters)))
@@ -185,7 +201,9 @@ def main() -> None:
         "copy_bandwidth_gbs": round(bandwidth, 1),
         "decode": [],
     }
-    for dtype in ("float32", "bfloat16"):
+    if args.memory_only:
+        result = json.loads((Path(args.out) / "decode.json").read_text())
+    for dtype in () if args.memory_only else ("float32", "bfloat16"):
         engine = load_engine(args.model, dtype=dtype)
         wbytes = weight_bytes(engine)
         # A decode step must stream every weight from memory once, whatever the batch size.
