@@ -1,7 +1,7 @@
 """Cascade and router on real benchmark items: small model first, large model only when needed.
 
     .venv/bin/python benchmarks/bench_cascade.py [--small smollm2-135m] [--large qwen2.5-coder-0.5b] \
-        [--tasks arc_easy,boolq,piqa] [--limit 600] [--target 0.95]
+        [--large-dtype bfloat16] [--tasks arc_easy,boolq,piqa] [--limit 200] [--target 0.95] [--suffix _1.5b]
 
 Steps (each resumable; runs and signals are cached under --work):
 1. `fslm eval` (Python API) of both models on the first --limit items of each task;
@@ -42,11 +42,11 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def eval_runs_for(model: str, tasks: list[str], limit: int, folder: Path) -> Path:
-    from fslm.evaluate import evaluate
+def eval_runs_for(model: str, tasks: list[str], limit: int, folder: Path, dtype: str = "float32") -> Path:
+    from fslm.evaluate import evaluate, load_system
 
-    log(f"fslm eval {model} on {tasks} (limit {limit}) -> {folder}")
-    summary = evaluate(model, tasks, limit=limit, out_dir=folder)
+    log(f"fslm eval {model} ({dtype}) on {tasks} (limit {limit}) -> {folder}")
+    summary = evaluate(load_system(model=model, dtype=dtype), tasks, limit=limit, out_dir=folder)
     log(f"  {model}: " + ", ".join(f"{t} {v['acc']:.3f}" for t, v in summary.tasks.items()))
     return folder
 
@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--small", default="smollm2-135m")
     ap.add_argument("--large", default="qwen2.5-coder-0.5b")
     ap.add_argument("--tasks", default="arc_easy,boolq,piqa")
-    ap.add_argument("--limit", type=int, default=600)
+    ap.add_argument("--large-dtype", default="float32", help="bfloat16 makes a 1.5B model affordable here")
+    ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--work", type=Path, default=get_settings().cache_dir / "bench" / "collaborate")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "collaborate")
@@ -116,19 +117,20 @@ def main() -> None:
     tasks = args.tasks.split(",")
     work = args.work
     small_run = eval_runs_for(args.small, tasks, args.limit, work / "runs" / args.small)
-    large_run = eval_runs_for(args.large, tasks, args.limit, work / "runs" / args.large)
+    large_name = args.large if args.large_dtype == "float32" else f"{args.large}-{args.large_dtype}"
+    large_run = eval_runs_for(args.large, tasks, args.limit, work / "runs" / large_name, args.large_dtype)
     signals = verify_signals(args.small, small_run, work / "runs" / f"{args.small}-{args.limit}-verify.jsonl")
 
     pairs = load_pairs(small_run, large_run, signals)
     calib, report = split_pairs(pairs)
-    split_dir = work / f"split-{args.small}-{args.large}-{args.limit}"
+    split_dir = work / f"split-{args.small}-{large_name}-{args.limit}"
     for name, part in (("calib", calib), ("report", report)):
         keys = {(p.task, p.id) for p in part}
         write_subset(small_run, keys, split_dir / name / "small")
         write_subset(large_run, keys, split_dir / name / "large")
     log(f"{len(pairs)} paired items: {len(calib)} for calibration, {len(report)} for the report")
 
-    result = {"small": args.small, "large": args.large, "tasks": tasks, "limit": args.limit, "target": args.target,
+    result = {"small": args.small, "large": args.large, "large_dtype": args.large_dtype, "tasks": tasks, "limit": args.limit, "target": args.target,
               "n_calibration": len(calib), "cost_unit": "flops", "signals": {}}
     calibrations = {}
     for signal in SIGNALS:

@@ -47,7 +47,7 @@ def embed(texts: Sequence[str], *, batch_size: int = 64) -> Embeddings:
     model = SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)
     model.tokenizer.truncation_side = "left"
     limit = model.max_seq_length
-    tokens = [min(len(ids), limit) for ids in model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    tokens = [len(ids) for ids in model.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]]
     t0 = time.perf_counter()
     vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                            show_progress_bar=False)

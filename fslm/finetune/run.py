@@ -72,6 +72,9 @@ def plot_losses(log: dict, path: Path) -> None:
     for stage, entry in log["stages"].items():
         steps = [s["step"] for s in entry["steps"]]
         ax.plot(steps, [s["loss"] for s in entry["steps"]], label=stage, linewidth=1.2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step (within the stage)")
     ax.set_ylabel("target-token cross-entropy")
     ax.set_title(f"LoRA fine-tuning of stack {log['stack']!r}")
