@@ -15,12 +15,12 @@ from fslm.finetune import ALL_PROJECTIONS, FinetuneReport, TrainOptions, finetun
 
 def render_report(report: FinetuneReport) -> None:
     table = Table(title=f"trained stack -> {report.stack_path}", title_justify="left")
-    for col in ("stage", "examples", "skipped (too long)", "steps", "first loss", "final loss", "tok/s", "seconds", "note"):
-        table.add_column(col, justify="left" if col in ("stage", "note") else "right")
+    for col in ("stage", "examples", "too long", "steps", "loss", "tok/s", "s", "note"):
+        table.add_column(col, justify="left" if col in ("stage", "note") else "right", no_wrap=col != "note")
     for name, s in report.stages.items():
-        note = s.get("skipped") or (f"resumed from step {s['resumed_from_step']}" if s.get("resumed_from_step") else "")
-        table.add_row(name, str(s["examples"]), str(s["skipped_too_long"]), str(s["steps"]), str(s["first_loss"]),
-                      str(s["final_loss"]), str(s["tokens_per_second"]), str(s["seconds"]), note)
+        note = s.get("skipped") or (f"resumed at step {s['resumed_from_step']}" if s.get("resumed_from_step") else "")
+        table.add_row(name, str(s["examples"]), str(s["skipped_too_long"]), str(s["steps"]), f"{s['first_loss']:.3f}->{s['final_loss']:.3f}",
+                      f"{s['tokens_per_second']:.0f}", f"{s['seconds']:.0f}", note)
     out.print(table)
     out.print(f"run it: [bold]fslm run --stack {report.stack_path} \"your question\"[/]")
 

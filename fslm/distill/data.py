@@ -64,6 +64,14 @@ def _json_list(path: Path, text: str) -> list[tuple[int, object]]:
     decoder = json.JSONDecoder()
     items: list[tuple[int, object]] = []
     pos = text.index("[") + 1
+    line, counted = 1, 0  # line number of `counted`, advanced incrementally (a full recount per record is O(n^2))
+
+    def line_at(offset: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, offset)
+        counted = offset
+        return line
+
     while True:
         while pos < len(text) and text[pos] in " \t\r\n":
             pos += 1
@@ -79,7 +87,7 @@ def _json_list(path: Path, text: str) -> list[tuple[int, object]]:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: record {len(items) + 1} (line {err.lineno}, column {err.colno}): malformed JSON: {err.msg}") from None
-        items.append((_line_of(text, pos), obj))
+        items.append((line_at(pos), obj))
         pos = end
     if text[pos + 1 :].strip():
         raise DataError(f"{path}: line {_line_of(text, pos + 1)}: unexpected text after the closing ']'")
