@@ -81,6 +81,36 @@ def per_task(pairs, signal: str, threshold: float) -> dict:
     return out
 
 
+TARGETS = (0.9, 0.95, 0.98, 1.0)
+
+
+def router_by_target(calib, report) -> list[dict]:
+    """Router, random routing and margin cascade, each tuned on the calibration half for several quality targets."""
+    from fslm.collaborate.route import compare, embed, embed_costs, train_router
+
+    emb_cal, emb_rep = embed([p.prompt for p in calib]), embed([p.prompt for p in report])
+    cost_cal, cost_rep = embed_costs(emb_cal, "flops"), embed_costs(emb_rep, "flops")
+    rows = []
+    for target in TARGETS:
+        router = train_router(calib, emb_cal, cost_cal, target=target)
+        casc = cascade_point(report, "margin", calibrate(calib, "margin", target).threshold)
+        rep = compare(report, router, emb_rep, cost_rep, casc)
+        rows.append({"target": target, **{k: rep[k] for k in ("router", "random", "cascade")}})
+    return rows
+
+
+def router_markdown(rep: dict) -> str:
+    from fslm.collaborate.route import markdown as base
+
+    lines = [base(rep), "Each policy tuned on the calibration half for a target share of the large model's accuracy:", "",
+             "| target | router acc | router share | random acc | random share | cascade acc | cascade share |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rep["by_target"]:
+        lines.append(f"| {r['target']:.0%} | {r['router']['acc']:.3f} | {r['router']['compute_share']:.3f} | {r['random']['acc']:.3f} | "
+                     f"{r['random']['compute_share']:.3f} | {r['cascade']['acc']:.3f} | {r['cascade']['compute_share']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict) -> str:
     lines = [f"# Cascade: {result['small']} -> {result['large']}", "",
              f"Report items: {result['n']} ({', '.join(result['tasks'])}; first {result['limit']} per task, the hash-split half "
@@ -99,6 +129,13 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for task, t in result["per_task"].items():
         lines.append(f"| {task} | {t['n']} | {t['small_acc']:.3f} | {t['large_acc']:.3f} | {t['acc']:.3f} | {t['compute_share']:.3f} | {t['escalation_rate']:.1%} |")
+    lines += ["", "Thresholds calibrated for other targets (calibration half), measured on the report half:", "",
+              "| target | signal | threshold | accuracy | compute share | escalated | random escalation acc, same rate |", "|---|---|---|---|---|---|---|"]
+    for row in result["by_target"]:
+        for signal in SIGNALS:
+            p = row[signal]
+            lines.append(f"| {row['target']:.0%} | {signal} | {p['threshold']:.3f} | {p['acc']:.3f} | {p['compute_share']:.3f} | "
+                         f"{p['escalation_rate']:.1%} | {p['random_same_rate_acc']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -140,6 +177,16 @@ def main() -> None:
         result["signals"][signal] = evaluate(report, cal)
         log(f"cascade[{signal}]: threshold {cal.threshold:.4f} -> report acc {result['signals'][signal]['calibrated']['acc']:.4f} "
             f"at share {result['signals'][signal]['calibrated']['compute_share']:.4f}")
+    # Other quality targets (same calibration half, same report half): where the target bites depends on how much
+    # better the large model is.
+    result["by_target"] = []
+    for target in TARGETS:
+        row = {"target": target}
+        for signal in SIGNALS:
+            cal = calibrate(calib, signal, target)
+            at = cascade_point(report, signal, cal.threshold)
+            row[signal] = {**at.to_dict(), "random_same_rate_acc": round(random_escalation(report, at.escalation_rate).acc, 6)}
+        result["by_target"].append(row)
     main_rep = result["signals"]["margin"]
     # The issue's schema at the top level (margin signal), the rest alongside.
     cascade_json = {"large_acc": main_rep["large_acc"], "small_acc": main_rep["small_acc"], "points": main_rep["points"],
@@ -158,6 +205,9 @@ def main() -> None:
     train_runs(split_dir / "calib" / "small", split_dir / "calib" / "large", router_dir, target=args.target)
     rep = eval_runs(router_dir, split_dir / "report" / "small", split_dir / "report" / "large",
                     calibration=split_dir / "calibration-margin.json", out_dir=out)
+    rep["by_target"] = router_by_target(calib, report)
+    write_json(out / "router.json", rep)
+    write_text(out / "router.md", router_markdown(rep))
     if args.suffix:
         for ext in ("json", "md", "png"):
             os.replace(out / f"router.{ext}", out / f"router{args.suffix}.{ext}")
