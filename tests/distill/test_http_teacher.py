@@ -11,14 +11,16 @@ from fslm.distill import distill, load_instructions
 from fslm.errors import FslmError
 from fslm.teachers import HTTPTeacher, TeacherError
 
-from .conftest import read_lines, running_server
+from live_server import running_server
+
+from .conftest import read_lines
 from .fake_teacher import FaultyTeacher
 
 
 def test_faults_are_retried_and_every_record_lands_exactly_once(stack_file, alpaca_file, tmp_path):
     server = FaultyTeacher(slow_seconds=1.5)
     out = tmp_path / "d.jsonl"
-    with running_server(server.app) as url:
+    with running_server(server.app, path="/v1") as url:
         teacher = HTTPTeacher(url, "fake-teacher", concurrency=4, timeout=0.5, attempts=6, max_backoff=0.1)
         report = distill(stack_file, alpaca_file, out, teacher=teacher)
     items, _ = load_instructions(alpaca_file)
@@ -43,7 +45,7 @@ def test_faults_are_retried_and_every_record_lands_exactly_once(stack_file, alpa
 def test_cli_uses_the_api_key_from_the_named_env_var(stack_file, alpaca_file, tmp_path, monkeypatch):
     server = FaultyTeacher(slow_seconds=0.0, api_key="sekrit")
     monkeypatch.setenv("MY_TEACHER_KEY", "sekrit")
-    with running_server(server.app) as url:
+    with running_server(server.app, path="/v1") as url:
         base = ["distill", "--stack", str(stack_file), "--data", str(alpaca_file), "--teacher-url", url, "--teacher-model", "m"]
         ok = CliRunner().invoke(app, base + ["--out", str(tmp_path / "a.jsonl"), "--api-key-env", "MY_TEACHER_KEY", "--limit", "3"])
         assert ok.exit_code == 0, ok.output
@@ -57,7 +59,7 @@ def test_cli_uses_the_api_key_from_the_named_env_var(stack_file, alpaca_file, tm
 def test_exhausted_retries_raise_a_clear_error_and_keep_nothing_partial(stack_file, alpaca_file, tmp_path):
     server = FaultyTeacher(status=503)
     out = tmp_path / "d.jsonl"
-    with running_server(server.app) as url:
+    with running_server(server.app, path="/v1") as url:
         teacher = HTTPTeacher(url, "m", attempts=3, max_backoff=0.05)
         with pytest.raises(TeacherError, match="still failing after 3 attempts") as err:
             distill(stack_file, alpaca_file, out, teacher=teacher)

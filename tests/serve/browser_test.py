@@ -19,7 +19,7 @@ import pytest
 
 from fslm.serve import ServeSettings, create_app
 
-from .conftest import running_server
+from live_server import running_server
 
 CHROMIUM = os.environ.get("FSLM_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -1,12 +1,9 @@
-"""Serve fixtures: a 3-stage stack on the tiny model, a gate to hold the batch worker, a real uvicorn in a thread."""
+"""Serve fixtures: a 3-stage stack on the tiny model, a gate to hold the batch worker (uvicorn: tests/live_server.py)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 
@@ -66,30 +63,6 @@ def _no_env_key(monkeypatch, tmp_path):
     reset_settings()
     yield
     reset_settings()
-
-
-@contextmanager
-def running_server(app) -> Iterator[str]:
-    """uvicorn on a free 127.0.0.1 port in a background thread; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
 
 
 def wait_until(predicate, timeout: float = 20.0) -> None:

@@ -14,7 +14,9 @@ from fslm.serve import ServeSettings, create_app
 from fslm.serve.batching import BatchQueue, QueueFull
 from fslm.stack import StackResult, StageRecord
 
-from .conftest import running_server, wait_until
+from live_server import running_server
+
+from .conftest import wait_until
 
 PROMPTS = ["What is the capital of France?", "Two plus two?", "Which planet is largest?", "A spider has how many legs?"]
 

@@ -8,7 +8,7 @@ from openai import OpenAI
 
 from fslm.serve import ServeSettings, create_app
 
-from .conftest import running_server
+from live_server import running_server
 
 QUESTION = "What is the capital of France?"
 
