@@ -11,51 +11,11 @@ from typing import Iterator, Sequence
 import torch
 
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
+from fslm.engine.decode import _GeneratedNoRepeatNGram, _PromptOnlyRepetitionPenalty, decode_batch  # noqa: F401 (re-exported)
+from fslm.engine.decode import cut_at_stop as _cut_at_stop
 from fslm.errors import ConfigError, InputError
 from fslm.models import LoadedModel, load_model
 from fslm.settings import get_settings
-
-
-class _PromptOnlyRepetitionPenalty:
-    """CTRL-style repetition penalty that ignores left padding.
-
-    transformers' processor also penalizes pad tokens, so a padded row would decode differently from the
-    same prompt run alone; this one looks only at each row's real tokens, keeping batch == one-by-one.
-    """
-
-    def __init__(self, penalty: float, pad_lengths: list[int]):
-        self.penalty = penalty
-        self.pad_lengths = pad_lengths
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for row, pad in enumerate(self.pad_lengths):
-            seen = input_ids[row, pad:].unique()
-            picked = scores[row, seen]
-            scores[row, seen] = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
-        return scores
-
-
-class _GeneratedNoRepeatNGram:
-    """Ban a token that would repeat an n-gram of the text generated so far.
-
-    Unlike transformers' no_repeat_ngram_size this ignores the prompt, so a stage may still copy phrases from
-    earlier stages; it only breaks the loops small models fall into ("a fleeting sight, a fleeting sight, ...").
-    """
-
-    def __init__(self, n: int, prompt_width: int):
-        self.n = n
-        self.prompt_width = prompt_width
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_width :]
-        if generated.shape[1] < self.n:
-            return scores
-        for row, tokens in enumerate(generated.tolist()):
-            prefix = tokens[len(tokens) - self.n + 1 :]
-            banned = {tokens[i + self.n - 1] for i in range(len(tokens) - self.n + 1) if tokens[i : i + self.n - 1] == prefix}
-            if banned:
-                scores[row, list(banned)] = -float("inf")
-        return scores
 
 
 def _apply_threads() -> None:
@@ -164,56 +124,22 @@ class HFEngine:
                 results[i] = Generation(text, len(encoded[i]), n_out, seconds, reason)
         return [r for r in results if r is not None]
 
-    @torch.inference_mode()
     def _generate_batch(self, batch: list[list[int]], params: GenerationParams, adapter: str | None):
-        pad_id = self.tokenizer.pad_token_id
-        width = max(len(ids) for ids in batch)
-        pad_lengths = [width - len(ids) for ids in batch]
-        input_ids = torch.tensor([[pad_id] * p + ids for p, ids in zip(pad_lengths, batch)], device=self.device)
-        attention = torch.tensor([[0] * p + [1] * len(ids) for p, ids in zip(pad_lengths, batch)], device=self.device)
-        sampling = params.temperature > 0
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        kwargs = dict(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=sampling,
-            pad_token_id=pad_id,
-            eos_token_id=self.eos_ids,
-            logits_processor=None,
-        )
-        if sampling:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        processors = []
-        if params.repetition_penalty != 1.0:
-            processors.append(_PromptOnlyRepetitionPenalty(params.repetition_penalty, pad_lengths))
-        if params.no_repeat_ngram_size:
-            processors.append(_GeneratedNoRepeatNGram(params.no_repeat_ngram_size, width))
-        if processors:
-            from transformers import LogitsProcessorList
-
-            kwargs["logits_processor"] = LogitsProcessorList(processors)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         with self._active(adapter) as model:
-            out = model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+            decoded = decode_batch(
+                model, batch, params, pad_id=self.tokenizer.pad_token_id, eos_ids=self.eos_ids,
+                decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            )
         self.stats.calls += 1
-        self.stats.forward_tokens += int(attention.sum())
+        self.stats.forward_tokens += sum(len(ids) for ids in batch) + sum(len(d.tokens) for d in decoded)
         results = []
-        for row in range(len(batch)):
-            new = out[row, width:].tolist()
-            n_out, reason = len(new), "length"
-            for k, tok in enumerate(new):
-                if tok in self.eos_ids:
-                    n_out, reason = k, "stop"
-                    break
-            text = self.tokenizer.decode(new[:n_out], skip_special_tokens=True)
+        for d in decoded:
+            text, reason = self.tokenizer.decode(d.tokens, skip_special_tokens=True), d.reason
             cut = _cut_at_stop(text, params.stop)
             if cut is not None:
                 text, reason = cut, "stop"
-            results.append((text.strip(), n_out, reason))
-            self.stats.generated_tokens += n_out
+            results.append((text.strip(), len(d.tokens), reason))
+            self.stats.generated_tokens += len(d.tokens)
         return results
 
     # ---- scoring --------------------------------------------------------------------------------------------------
@@ -336,10 +262,3 @@ def _score_rows(rows: torch.Tensor, cont: list[int]) -> Score:
     picked = rows.gather(1, target[:, None]).squeeze(1)
     greedy = bool((rows.argmax(dim=-1) == target).all())
     return Score(float(picked.sum()), len(cont), greedy)
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
-    positions = [text.find(s) for s in stops if s and s in text]
-    if not positions:
-        return None
-    return text[: min(positions)]

@@ -1,0 +1,182 @@
+"""Batched decoding that drops finished rows.
+
+`model.generate` keeps every row of a batch until the longest one ends, so a stage whose rows stop after 8, 12 and 40
+tokens pays for 40 x batch. Here a finished row leaves the batch (its KV cache rows are cut out), so each step costs
+only what is still being written. Prefill computes logits for the last position only.
+
+The logits processors are the CTRL repetition penalty and an n-gram loop guard, both written so that left padding and
+batch-mates never change a row's output: greedy in a batch equals greedy alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from fslm.engine import GenerationParams
+
+
+class _PromptOnlyRepetitionPenalty:
+    """CTRL-style repetition penalty that ignores left padding (an HF logits processor).
+
+    transformers' processor also penalizes pad tokens, so a padded row would decode differently from the
+    same prompt run alone; this one looks only at each row's real tokens, keeping batch == one-by-one.
+    """
+
+    def __init__(self, penalty: float, pad_lengths: list[int]):
+        self.penalty = penalty
+        self.pad_lengths = pad_lengths
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, pad in enumerate(self.pad_lengths):
+            seen = input_ids[row, pad:].unique()
+            picked = scores[row, seen]
+            scores[row, seen] = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores
+
+
+class _GeneratedNoRepeatNGram:
+    """Ban a token that would repeat an n-gram of the text generated so far (an HF logits processor).
+
+    Unlike transformers' no_repeat_ngram_size this ignores the prompt, so a stage may still copy phrases from
+    earlier stages; it only breaks the loops small models fall into ("a fleeting sight, a fleeting sight, ...").
+    """
+
+    def __init__(self, n: int, prompt_width: int):
+        self.n = n
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, tokens in enumerate(input_ids[:, self.prompt_width :].tolist()):
+            banned = banned_ngram_tokens(tokens, self.n)
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
+
+def banned_ngram_tokens(generated: Sequence[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in `generated`."""
+    if n <= 0 or len(generated) < n:
+        return set()
+    prefix = list(generated[len(generated) - n + 1 :])
+    return {generated[i + n - 1] for i in range(len(generated) - n + 1) if list(generated[i : i + n - 1]) == prefix}
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
+    """`text` up to the first stop string, or None when none occurs."""
+    positions = [text.find(s) for s in stops if s and s in text]
+    if not positions:
+        return None
+    return text[: min(positions)]
+
+
+@dataclass
+class Decoded:
+    tokens: list[int]  # generated tokens, without the eos token
+    reason: str  # "stop" (eos or a stop string) or "length"
+
+
+def _supports_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _pick(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+    if params.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= params.top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, -float("inf"))
+        logits = torch.full_like(logits, -float("inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=-1), 1).squeeze(-1)
+
+
+@torch.inference_mode()
+def decode_batch(
+    model,
+    prompts: Sequence[Sequence[int]],
+    params: GenerationParams,
+    *,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    decode_text=None,
+) -> list[Decoded]:
+    """Generate for token-id prompts (any lengths) as one batch; rows leave the batch as they finish.
+
+    `decode_text(tokens) -> str` is needed only when `params.stop` has stop strings.
+    """
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    pads = [width - len(p) for p in prompts]
+    input_ids = torch.tensor([[pad_id] * k + list(p) for k, p in zip(pads, prompts)], device=device)
+    attention = torch.tensor([[0] * k + [1] * len(p) for k, p in zip(pads, prompts)], device=device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    extra = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True, **extra)
+    logits = out.logits[:, -1, :].float()
+    cache = out.past_key_values
+
+    vocab = logits.shape[-1]
+    penalize = params.repetition_penalty != 1.0
+    if penalize:  # which tokens each row has seen (its own prompt and output; never padding)
+        seen = torch.zeros(len(prompts), vocab, dtype=torch.bool, device=device)
+        for row, p in enumerate(prompts):
+            seen[row, torch.tensor([t for t in p if t < vocab], dtype=torch.long, device=device)] = True
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
+    rows = list(range(len(prompts)))  # original index of each live row
+    generated: list[list[int]] = [[] for _ in prompts]
+    results: list[Decoded | None] = [None] * len(prompts)
+    next_pos = positions[:, -1:] + 1
+
+    for step in range(params.max_new_tokens):
+        if penalize:
+            picked = logits[seen]
+            logits[seen] = torch.where(picked < 0, picked * params.repetition_penalty, picked / params.repetition_penalty)
+        if params.no_repeat_ngram_size:
+            for live, row in enumerate(rows):
+                banned = banned_ngram_tokens(generated[row], params.no_repeat_ngram_size)
+                if banned:
+                    logits[live, list(banned)] = -float("inf")
+        tokens = _pick(logits, params)
+        is_eos = torch.isin(tokens, eos).tolist()
+        keep: list[int] = []
+        for live, (row, token, ended) in enumerate(zip(rows, tokens.tolist(), is_eos)):
+            if ended:
+                results[row] = Decoded(generated[row], "stop")
+                continue
+            generated[row].append(token)
+            if params.stop and cut_at_stop(decode_text(generated[row][-48:]), params.stop) is not None:
+                results[row] = Decoded(generated[row], "stop")
+            elif step + 1 == params.max_new_tokens:
+                results[row] = Decoded(generated[row], "length")
+            else:
+                keep.append(live)
+        if not keep:
+            break
+        if penalize:
+            seen[torch.arange(len(rows), device=device), tokens] = True
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.batch_select_indices(index)
+            attention, next_pos, tokens = attention[index], next_pos[index], tokens[index]
+            if penalize:
+                seen = seen[index]
+            rows = [rows[i] for i in keep]
+        attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1, :].float()
+        cache = out.past_key_values
+        next_pos = next_pos + 1
+    return [r if r is not None else Decoded([], "length") for r in results]
