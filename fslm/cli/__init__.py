@@ -1,40 +1,47 @@
-"""The `fslm` command: a thin typer layer over the Python API (one module per verb)."""
+"""The `fslm` command: a thin typer layer over the Python API (one module per verb, imported on first use)."""
 
 from __future__ import annotations
 
 import typer
 
-from fslm.cli import cascade as _cascade
-from fslm.cli import distill as _distill
-from fslm.cli import eval as _eval
-from fslm.cli import finetune as _finetune
-from fslm.cli import generate as _generate
-from fslm.cli import models as _models
-from fslm.cli import route as _route
-from fslm.cli import run as _run
-from fslm.cli import serve as _serve
-from fslm.cli import stack as _stack
-from fslm.cli.common import guarded
+from fslm.cli.lazy import LazyGroup, Verb
+
+# Listed in `fslm --help` in this order (commands, then command groups, as typer lists them).
+VERBS: dict[str, Verb] = {
+    # The core loop: run a stack, build one (distill -> finetune), measure it, serve it.
+    "run": Verb("run", "run_command", "Answer PROMPT with a stack and print the answer and every stage's text."),
+    "models": Verb("models", "models_command", "List the models resolvable offline: name, source, parameters, cached or not."),
+    "distill": Verb("distill", "distill_command", "Have a teacher write every stage's target text for instruction data (resumable JSONL)."),
+    "finetune": Verb("finetune", "finetune_command", "Fine-tune one LoRA adapter per stage on distilled data and write a runnable trained stack."),
+    "serve": Verb("serve", "serve_command",
+                  "Serve a stack over HTTP: POST /v1/chat/completions (OpenAI format + fslm_trace), /metrics, viewer at /ui."),
+    # Small/large collaboration.
+    "generate": Verb("generate", "generate_command", "Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur."),
+    "stack": Verb("stack", "app", "Check and inspect stack configs."),
+    "eval": Verb("eval", "app", "Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs."),
+    "cascade": Verb("cascade", "app", "Cascade: escalate to a larger system when the small one is unsure."),
+    "route": Verb("route", "app", "Learned router: predict from the prompt whether the small system will be right."),
+}
+
+
+class _FslmVerbs(LazyGroup):
+    verbs = VERBS
+
 
 app = typer.Typer(
     name="fslm",
+    cls=_FslmVerbs,
     help="Build, distill, fine-tune, evaluate and serve stacks of small language models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# The core loop: run a stack, build one (distill -> finetune), measure it, serve it.
-app.command("run")(guarded(_run.run_command))
-app.command("models")(guarded(_models.models_command))
-app.add_typer(_stack.app, name="stack")
-app.command("distill")(guarded(_distill.distill_command))
-app.command("finetune")(guarded(_finetune.finetune_command))
-app.add_typer(_eval.app, name="eval")
-app.command("serve")(guarded(_serve.serve_command))
-# Small/large collaboration.
-app.command("generate")(guarded(_generate.generate_command))
-app.add_typer(_cascade.app, name="cascade")
-app.add_typer(_route.app, name="route")
+
+
+@app.callback()
+def _root() -> None:
+    # typer builds a group only when it has a callback or eager commands; every verb here is lazy.
+    pass
 
 
 def main() -> None:

@@ -19,16 +19,19 @@ out = Console()
 
 
 def quiet_libraries() -> None:
-    """Keep transformers/HF progress chatter out of user output; fslm shows its own spinner."""
+    """Keep transformers/HF progress chatter out of user output; fslm shows its own spinner.
+
+    Environment defaults reach transformers when a verb imports it later, so light verbs (`fslm models`) never pay
+    for importing it here; if it is already imported (tests, notebooks) it is told directly.
+    """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
