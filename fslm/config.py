@@ -179,3 +179,48 @@ def validate_stack(path: str | Path) -> StackConfig:
     cfg = load_stack_config(path)
     check_adapters(cfg)
     return cfg
+
+
+def without_stage(cfg: StackConfig, name: str) -> StackConfig:
+    """The same stack with stage `name` removed (ablations): later stages stop seeing it.
+
+    A later stage whose `sees` would become empty sees the prompt instead; a later stage whose template names the
+    removed stage is an error (its text would have a hole). Teacher prompts that name it are dropped: the derived
+    stack is for running and evaluating, not for distilling. Adapter paths stay relative to the same source file.
+    """
+    names = [s.name for s in cfg.stages]
+    if name not in names:
+        raise ConfigError(f"stack {cfg.name!r} has no stage {name!r}; stages: {names}")
+    if name == names[-1]:
+        raise ConfigError(f"stage {name!r} is the final (answer) stage of {cfg.name!r}; only earlier stages can be removed")
+    stages = []
+    for i, stage in enumerate(cfg.stages):
+        if stage.name == name:
+            continue
+        if name not in stage.sees:
+            stages.append(stage)
+            continue
+        if stage.template is not None and name in PLACEHOLDER.findall(stage.template):
+            raise ConfigError(
+                f"{cfg.source_path or cfg.name}: stages.{i}.template uses {{{name}}}; give stage {stage.name!r} a template "
+                f"without it (or none) before removing {name!r}"
+            )
+        update: dict = {"sees": [s for s in stage.sees if s != name] or [PROMPT]}
+        if stage.teacher_prompt is not None and name in PLACEHOLDER.findall(stage.teacher_prompt):
+            update["teacher_prompt"] = None
+        stages.append(stage.model_copy(update=update))
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["stages"] = [s.model_dump(mode="json", exclude_none=True) for s in stages]
+    return parse_stack_config(data, f"{cfg.name} without {name}", cfg.source_path)  # re-validated
+
+
+def keep_stages(cfg: StackConfig, keep: list[str] | tuple[str, ...]) -> StackConfig:
+    """The stack reduced to the stages in `keep` (the final stage must be among them), via `without_stage`."""
+    names = [s.name for s in cfg.stages]
+    unknown = [k for k in keep if k not in names]
+    if unknown:
+        raise ConfigError(f"stack {cfg.name!r} has no stage(s) {unknown}; stages: {names}")
+    for name in names:
+        if name not in keep:
+            cfg = without_stage(cfg, name)
+    return cfg

@@ -40,14 +40,33 @@ class FinetuneReport:
         return asdict(self)
 
 
-def _save_adapter(peft_model, target: Path) -> None:
-    """save_pretrained into a temp folder, then rename: a half-written adapter never sits at the final path."""
+def _save_adapter(peft_model, target: Path, dtype: str = "float32") -> None:
+    """save_pretrained into a temp folder, then rename: a half-written adapter never sits at the final path.
+
+    dtype float16 stores the weights at half size (e.g. to keep shipped adapters small); PEFT casts them back to the
+    model's dtype when loading.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     peft_model.save_pretrained(tmp, safe_serialization=True)
+    if dtype == "float16":
+        from safetensors.torch import load_file, save_file
+
+        weights = tmp / "adapter_model.safetensors"
+        tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in load_file(weights).items()}
+        save_file(tensors, weights, metadata={"format": "pt"})
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+def lora_param_count(model, rank: int, targets: Sequence[str]) -> int:
+    """LoRA parameters one adapter of this rank adds: rank * (in + out) per targeted linear layer (A and B)."""
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            total += rank * (module.in_features + module.out_features)
+    return total
 
 
 def trained_stack_config(cfg: StackConfig, out: Path, trained: Sequence[str]) -> StackConfig:
@@ -146,7 +165,7 @@ def finetune(
                 (lambda step, total, loss, _n=name: progress(_n, step, total, loss)) if progress else None,
             )
             after = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
-            _save_adapter(peft_model, out / "adapters" / name)
+            _save_adapter(peft_model, out / "adapters" / name, options.save_dtype)
         finally:
             base = peft_model.unload()  # the shared base model goes back to plain weights
             base.eval()

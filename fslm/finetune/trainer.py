@@ -48,6 +48,7 @@ class TrainOptions:
     target_logits_only: bool = True
     threads: int | None = None  # fixed thread count; None: settings.threads, else picked by load (auto_threads)
     auto_threads: bool = True
+    save_dtype: str = "float32"  # adapter file storage: float16 halves the size (training stays fp32)
 
     def math_fingerprint(self) -> dict:
         """Options a checkpoint must agree with to be resumed (speed options may change between runs)."""
@@ -61,6 +62,8 @@ class TrainOptions:
             raise ConfigError("--max-length must be at least 8 tokens")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision {self.precision!r}: expected auto, bf16 or fp32")
+        if self.save_dtype not in ("float32", "float16"):
+            raise ConfigError(f"--save-dtype {self.save_dtype!r}: expected float32 or float16")
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,206 @@
+"""Steps `distill`, `finetune` and `eval`, each a thin layer over the resumable library API it names.
+
+distill  -> <work>/distilled.jsonl (fslm.distill; resumes per batch)        + <out>/distill.json
+finetune -> <work>/finetune/ (fslm.finetune; resumes from checkpoints)     + <out>/trained_stack/ (stack.yaml, fp16
+            adapters <= the size budget, train_log.json, loss.png)         + <out>/finetune.json
+eval     -> <out>/runs/<system>/ (fslm.evaluate; resumes per batch), one folder per system
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from fslm.config import keep_stages, load_stack_config, without_stage
+from fslm.distill import DistillOptions, distill, load_instructions, read_distilled
+from fslm.engine import load_engine
+from fslm.errors import ConfigError
+from fslm.evaluate import evaluate, load_system, parse_tasks, select_items
+from fslm.evaluate.store import write_atomic, write_json
+from fslm.finetune import ALL_PROJECTIONS, TrainOptions, finetune, lora_param_count
+from fslm.teachers import LocalTeacher
+
+from recipe import Recipe, read_json, slug
+from teachers_step import chosen_teacher
+
+RANKS = (64, 32, 16, 8, 4, 2, 1)  # tried largest first; the first whose fp16 adapters fit the budget is used
+
+
+# ---- distill ---------------------------------------------------------------------------------------------------------
+def distilled_path(recipe: Recipe) -> Path:
+    return recipe.work / "distilled.jsonl"
+
+
+def distill_done(recipe: Recipe) -> bool:
+    path = distilled_path(recipe)
+    if not path.is_file() or read_json(recipe.out / "distill.json") is None:
+        return False
+    items, _ = load_instructions(recipe.data, recipe.distill_records)
+    have = {r["id"] for r in read_distilled(path)}
+    return all(it.id in have for it in items)
+
+
+def run_distill(recipe: Recipe, log=print) -> dict:
+    cfg = recipe.stack_config()
+    ref = chosen_teacher(recipe)
+    log(f"  distilling {recipe.distill_records} records with {ref} -> {distilled_path(recipe)}")
+    report = distill(cfg, recipe.data, distilled_path(recipe), teacher=lambda: LocalTeacher.load(ref, dtype=recipe.teacher_dtype),
+                     options=DistillOptions(limit=recipe.distill_records, batch_size=recipe.distill_batch),
+                     progress=lambda done, total: log(f"    {done}/{total} records"))
+    data = {**report.to_dict(), "teacher_ref": ref, "teacher_dtype": recipe.teacher_dtype, "path": str(distilled_path(recipe))}
+    data.pop("seconds")  # this session's time only; steps.json has the step's total
+    write_json(recipe.out / "distill.json", data)
+    return data
+
+
+# ---- finetune --------------------------------------------------------------------------------------------------------
+def adapter_file_bytes(engine, rank: int, targets) -> int:
+    """Exact size of one adapter_model.safetensors at this rank stored fp16 (serialized in memory, not trained)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save
+
+    peft_model = get_peft_model(engine.base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), task_type="CAUSAL_LM"))
+    try:
+        tensors = {k: v.to(torch.float16).contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+        return len(save(tensors, metadata={"format": "pt"}))
+    finally:
+        peft_model.unload()  # the shared base goes back to plain weights (as fslm.finetune does)
+
+
+def choose_rank(engine, n_adapters: int, budget: int, targets=ALL_PROJECTIONS) -> tuple[int, int]:
+    """Largest rank (LoRA on every projection) whose n fp16 adapters fit the budget, with 4 KB per adapter for its
+    adapter_config.json. Returns (rank, estimated total bytes)."""
+    for rank in RANKS:
+        total = n_adapters * (adapter_file_bytes(engine, rank, targets) + 4096)
+        if total <= budget:
+            return rank, total
+    raise ConfigError(f"even rank 1 LoRA adapters exceed the {budget} byte budget; raise --adapter-budget or target fewer modules")
+
+
+def adapters_bytes(folder: Path) -> dict[str, int]:
+    return {d.name: sum(f.stat().st_size for f in d.iterdir() if f.is_file()) for d in sorted((folder / "adapters").iterdir()) if d.is_dir()}
+
+
+def finetune_done(recipe: Recipe) -> bool:
+    info = read_json(recipe.out / "finetune.json")
+    return info is not None and (recipe.trained_dir / "stack.yaml").is_file() and \
+        set(adapters_bytes(recipe.trained_dir)) == {s.name for s in recipe.stack_config().stages}
+
+
+def run_finetune(recipe: Recipe, log=print) -> dict:
+    cfg = recipe.stack_config()
+    work = recipe.work / "finetune"
+    engine = load_engine(cfg.base_model, dtype="float32")
+    plan = read_json(work / "rank.json")  # the choice is fixed once made, so a resumed run trains the same adapters
+    if plan is None:
+        rank, estimate = choose_rank(engine, len(cfg.stages), recipe.adapter_budget_bytes)
+        plan = {"rank": rank, "alpha": 2 * rank, "targets": list(ALL_PROJECTIONS), "estimated_bytes": estimate}
+        write_json(work / "rank.json", plan)
+    log(f"  LoRA rank {plan['rank']} on {','.join(plan['targets'])} (fp16 storage, budget {recipe.adapter_budget_bytes} bytes)")
+    options = TrainOptions(rank=plan["rank"], alpha=plan["alpha"], targets=tuple(plan["targets"]), epochs=recipe.epochs,
+                           save_dtype="float16")
+    report = finetune(cfg, distilled_path(recipe), work, options, engine=engine,
+                      progress=lambda stage, step, total, loss: log(f"    {stage} {step}/{total} loss {loss:.3f}") if step % 10 == 0 or step == total else None)
+    sizes = adapters_bytes(work)
+    if sum(sizes.values()) > recipe.adapter_budget_bytes:
+        raise ConfigError(f"{work}/adapters: {sum(sizes.values())} bytes exceed the {recipe.adapter_budget_bytes} byte budget")
+    if recipe.trained_dir.exists():
+        shutil.rmtree(recipe.trained_dir)
+    tmp = recipe.trained_dir.with_name(".trained_stack.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("stack.yaml", "train_log.json", "loss.png"):
+        shutil.copyfile(work / name, tmp / name)
+    shutil.copytree(work / "adapters", tmp / "adapters")
+    tmp.rename(recipe.trained_dir)
+    data = {**plan, "lora_params_per_adapter": lora_param_count(engine.base, plan["rank"], plan["targets"]),
+            "adapter_bytes": sizes, "adapter_bytes_total": sum(sizes.values()), "budget_bytes": recipe.adapter_budget_bytes,
+            "epochs": recipe.epochs, "records": report.records, "stages": report.stages}
+    write_json(recipe.out / "finetune.json", data)
+    return data
+
+
+# ---- eval ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SystemSpec:
+    name: str  # run folder name under <out>/runs/
+    label: str  # as shown in RESULTS.md
+    kind: str  # trained | base | promptonly | model | ablation
+    stack: Path | None = None
+    model: str | None = None
+    adapters: bool = True
+    base: bool = False
+
+    def load(self):
+        if self.model is not None:
+            return load_system(model=self.model)
+        return load_system(stack=self.stack, adapters=self.adapters, base=self.base)
+
+
+def write_ablations(recipe: Recipe) -> list[SystemSpec]:
+    """Ablation stacks next to the trained stack.yaml (so its relative adapter paths hold): one without each
+    intermediate stage, and the two-stage version."""
+    trained = recipe.trained_dir / "stack.yaml"
+    cfg = load_stack_config(trained)
+    variants = [(f"no-{s.name}", f"without {s.name}", without_stage(cfg, s.name)) for s in cfg.stages[:-1]]
+    variants.append(("2stage", f"2 stages ({' -> '.join(recipe.two_stage)})", keep_stages(cfg, recipe.two_stage)))
+    specs = []
+    for suffix, label, variant in variants:
+        path = recipe.trained_dir / f"stack-{suffix}.yaml"
+        variant = variant.model_copy(update={"name": f"{cfg.name}-{suffix}"})
+        if not path.is_file() or path.read_text(encoding="utf-8") != variant.to_yaml():
+            write_atomic(path, variant.to_yaml())
+        specs.append(SystemSpec(f"stack-{suffix}", f"trained stack {label}", "ablation", stack=path))
+    return specs
+
+
+def systems(recipe: Recipe) -> list[SystemSpec]:
+    trained = recipe.trained_dir / "stack.yaml"
+    specs = [
+        SystemSpec("stack-trained", "trained stack", "trained", stack=trained),
+        SystemSpec("base", f"base model alone ({recipe.stack_config().base_model})", "base", stack=trained, base=True),
+        SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=trained, adapters=False),
+    ]
+    specs += [SystemSpec(f"model-{slug(m)}", f"{m} alone", "model", model=m) for m in recipe.big_models]
+    return specs + write_ablations(recipe)
+
+
+def expected_items(recipe: Recipe) -> int:
+    return sum(len(select_items(t, recipe.eval_limit)) for t in parse_tasks(recipe.tasks))
+
+
+def system_done(recipe: Recipe, spec: SystemSpec, expected: int) -> bool:
+    summary = read_json(recipe.runs_dir / spec.name / "summary.json")
+    return summary is not None and summary.get("n_items") == expected
+
+
+def eval_done(recipe: Recipe) -> bool:
+    if not (recipe.trained_dir / "stack.yaml").is_file():
+        return False
+    expected = expected_items(recipe)
+    return all(system_done(recipe, s, expected) for s in systems(recipe))
+
+
+def run_eval(recipe: Recipe, log=print) -> dict:
+    if not (recipe.trained_dir / "stack.yaml").is_file():
+        raise ConfigError(f"no {recipe.trained_dir / 'stack.yaml'}: run the 'finetune' step first")
+    expected = expected_items(recipe)
+    index = {}
+    for spec in systems(recipe):
+        folder = recipe.runs_dir / spec.name
+        index[spec.name] = {"label": spec.label, "kind": spec.kind, "run": str(folder.relative_to(recipe.out))}
+        if system_done(recipe, spec, expected):
+            log(f"  {spec.name}: done ({expected} items)")
+            continue
+        log(f"  {spec.name}: evaluating {recipe.eval_limit} items per task")
+        system = spec.load()
+        evaluate(system, recipe.tasks, recipe.eval_limit, out_dir=folder, batch_size=recipe.eval_batch,
+                 progress=lambda p, _n=spec.name: log(f"    {_n} {p['task']} {p['done']}/{p['total']}") if p.get("new") else None)
+        del system
+        gc.collect()
+    data = {"systems": index, "items_per_system": expected, "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
+    write_json(recipe.out / "systems.json", data)
+    return data

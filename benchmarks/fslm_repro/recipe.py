@@ -1,0 +1,132 @@
+"""The recipe's settings (scale presets) and its step log, `steps.json`: what ran, when, for how long.
+
+A step is *done* when its outputs exist (each step module says how it checks); steps.json only records wall time
+per session so that RESULTS.md can state what each step cost on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fslm.config import StackConfig, load_default_stack_config, load_stack_config
+from fslm.errors import ConfigError
+from fslm.evaluate.store import write_json
+from fslm.settings import get_settings
+
+STEPS = ("teachers", "distill", "finetune", "eval", "report")
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "fslm_repro"
+TEACHER_CANDIDATES = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m")
+BIG_MODELS = ("qwen2.5-coder-0.5b", "gemma3-270m")
+ADAPTER_BUDGET_BYTES = 10_000_000  # issue 5: all shipped adapters together <= 10 MB (decimal), stored fp16
+
+# Sizes per scale. full = issue 5's experiment; smoke = the same code path on a handful of items (minutes).
+SCALES = {
+    "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8},
+    "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4},
+}
+# Settings that define the experiment: an out dir that holds results of other settings is refused.
+IDENTITY_FIELDS = ("scale", "teacher_records", "distill_records", "eval_limit", "tasks", "student", "data", "stack",
+                   "teacher_candidates", "big_models", "two_stage", "epochs", "adapter_budget_bytes")
+
+
+@dataclass
+class Recipe:
+    out: Path
+    work: Path
+    scale: str = "full"
+    teacher_records: int = 20
+    distill_records: int = 2000
+    eval_limit: int = 300
+    distill_batch: int = 8
+    teacher: str | None = None  # override the rule's choice
+    teacher_candidates: list[str] = field(default_factory=lambda: list(TEACHER_CANDIDATES))
+    teacher_dtype: str = "bfloat16"
+    budget_hours: float = 8.0  # teachers projected to need longer for the distill step are not chosen
+    data: str | None = None  # Alpaca file; None: $FSLM_DATA_DIR/alpaca/random_9k.json
+    stack: str | None = None  # stack YAML to train; None: the packaged default
+    student: str | None = None  # base model override (tests: a tiny model folder)
+    tasks: list[str] | None = None  # None: every `fslm eval` task
+    big_models: list[str] = field(default_factory=lambda: list(BIG_MODELS))
+    two_stage: list[str] = field(default_factory=lambda: ["facts", "answer"])
+    epochs: int = 1
+    adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
+    eval_batch: int = 32
+
+    @classmethod
+    def for_scale(cls, scale: str, out: Path | None = None, work: Path | None = None, **overrides) -> "Recipe":
+        if scale not in SCALES:
+            raise ConfigError(f"--scale {scale!r}: expected one of {sorted(SCALES)}")
+        out = Path(out) if out else (DEFAULT_OUT if scale == "full" else REPO / "runs" / f"fslm_repro_{scale}")
+        work = Path(work) if work else get_settings().cache_dir / "fslm_repro" / scale
+        values = {**SCALES[scale], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(out=out, work=work, scale=scale, **values)
+
+    def identity(self) -> dict:
+        data = asdict(self)
+        return {k: (str(data[k]) if isinstance(data[k], Path) else data[k]) for k in IDENTITY_FIELDS}
+
+    def stack_config(self) -> StackConfig:
+        """The stack to train: the packaged default (or --stack), with the student base model if one is given."""
+        cfg = load_default_stack_config() if self.stack is None else load_stack_config(self.stack)
+        return cfg.model_copy(update={"base_model": self.student}) if self.student else cfg
+
+    @property
+    def trained_dir(self) -> Path:
+        return self.out / "trained_stack"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / "runs"
+
+
+def slug(ref: str) -> str:
+    """A file-name-safe name for a model reference (tiny test models are folder paths)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(ref).name if os.sep in ref else ref).strip("_") or "model"
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); delete it to redo its step") from None
+
+
+class StepLog:
+    """steps.json in the out dir: per step, each session's wall time and outcome (done / skipped / failed)."""
+
+    def __init__(self, recipe: Recipe):
+        self.path = recipe.out / "steps.json"
+        self.data = read_json(self.path) or {"identity": recipe.identity(), "steps": {}}
+        if self.data.get("identity") != recipe.identity():
+            old = self.data.get("identity") or {}
+            changed = sorted(k for k in set(old) | set(recipe.identity()) if old.get(k) != recipe.identity().get(k))
+            raise ConfigError(f"{recipe.out} holds a run with other settings (differs in: {', '.join(changed)}); use another --out")
+
+    def start(self, step: str) -> dict:
+        entry = self.data["steps"].setdefault(step, {"status": "pending", "wall_seconds": 0.0, "sessions": []})
+        session = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg_start": round(os.getloadavg()[0], 2),
+                   "t0": time.perf_counter()}
+        entry["sessions"].append(session)
+        return session
+
+    def finish(self, step: str, session: dict, status: str, note: str = "") -> None:
+        entry = self.data["steps"][step]
+        seconds = round(time.perf_counter() - session.pop("t0"), 2)
+        session.update(wall_seconds=seconds, status=status, loadavg_end=round(os.getloadavg()[0], 2), **({"note": note} if note else {}))
+        if status != "skipped":
+            entry["wall_seconds"] = round(entry["wall_seconds"] + seconds, 2)  # resumed sessions add up
+        if status in ("done", "failed") or entry["status"] == "pending":
+            entry["status"] = "done" if status == "skipped" else status
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)

@@ -1,0 +1,206 @@
+"""Step `report`: RESULTS.md (accuracy and cost tables, paired-bootstrap CIs vs the base model, wording derived from
+the numbers, 3 example traces chosen by rule, each step's wall time) and results.png, from the step outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from fslm.errors import ConfigError
+from fslm.evaluate import compare
+from fslm.evaluate.store import write_atomic
+
+from recipe import Recipe, read_json
+
+PROMPT_CHARS = 700
+
+
+def pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def verdict(entry: dict, a: str, b: str) -> str:
+    """One honest sentence about acc(a) - acc(b) with its paired 95% CI."""
+    lo, hi = entry["ci95"]
+    head = f"{a} vs {b}: {pts(entry['diff'])} pts (95% CI {pts(lo)} to {pts(hi)}, n={entry['n']})"
+    if lo > 0:
+        return f"{head}: better; the CI excludes zero."
+    if hi < 0:
+        return f"{head}: worse; the CI excludes zero."
+    return f"{head}: no difference detectable at this sample size; the CI includes zero."
+
+
+def margin(row: dict) -> float | None:
+    """Score of the gold choice minus the best other choice (single-gold multiple choice only)."""
+    scores, gold = row.get("choice_scores"), row.get("gold")
+    if not scores or row.get("gold_set") or not isinstance(gold, int) or len(scores) < 2:
+        return None
+    return scores[gold] - max(s for j, s in enumerate(scores) if j != gold)
+
+
+def read_items(run: Path) -> dict[tuple[str, str], dict]:
+    rows = {}
+    for line in (run / "items.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[(row["task"], str(row["id"]))] = row
+    return rows
+
+
+def pick_examples(stack: dict, base: dict) -> list[tuple[str, str, dict | None, dict | None]]:
+    """(title, rule, stack row, base row) for: stack right & base wrong (largest stack margin), a stage went wrong =
+    stack wrong & base right (most confidently wrong), an ordinary good one (both right, median stack margin)."""
+    pairs = [(k, stack[k], base[k]) for k in stack if k in base and margin(stack[k]) is not None]
+    beat = sorted([p for p in pairs if p[1]["correct"] and not p[2]["correct"]], key=lambda p: -margin(p[1]))
+    wrong = sorted([p for p in pairs if not p[1]["correct"] and p[2]["correct"]], key=lambda p: margin(p[1]))
+    good = sorted([p for p in pairs if p[1]["correct"] and p[2]["correct"]], key=lambda p: margin(p[1]))
+    ordinary = [good[len(good) // 2]] if good else []
+    specs = [
+        ("The stack beat the base model", "stack right, base wrong; the largest margin of the stack's gold choice", beat),
+        ("A stage went wrong", "stack wrong, base right; the stack's most confident wrong pick", wrong),
+        ("An ordinary good answer", "both right; the median margin of the stack's gold choice", ordinary),
+    ]
+    return [(title, rule, found[0][1] if found else None, found[0][2] if found else None) for title, rule, found in specs]
+
+
+def trace_markdown(title: str, rule: str, row: dict | None, base: dict | None) -> list[str]:
+    lines = [f"### {title}", "", f"Rule: {rule}.", ""]
+    if row is None:
+        return lines + ["No item matches this rule in this run.", ""]
+    prompt = row["prompt"] if len(row["prompt"]) <= PROMPT_CHARS else row["prompt"][:PROMPT_CHARS] + " …"
+    lines += [f"`{row['task']}` item `{row['id']}` ({row.get('source', '')})", "", "```text", prompt, "```", ""]
+    for stage, text in row["stages"].items():
+        lines.append(f"- **{stage}:** {text or '(empty)'}")
+    lines.append("")
+    lines += ["| option | stack log-prob | |", "|---|---:|---|"]
+    for j, (choice, score) in enumerate(zip(row["choices"], row["choice_scores"])):
+        marks = ", ".join(m for m, on in (("gold", j == row["gold"]), ("stack's pick", j == row["prediction"]),
+                                          ("base's pick", base is not None and j == base["prediction"])) if on)
+        lines.append(f"| {choice[:120]} | {score:.2f} | {marks} |")
+    return lines + [""]
+
+
+def chart_png(entries: list[tuple[str, dict]]) -> bytes:
+    """Macro accuracy per system with its 95% CI, and per-task accuracy of the main systems."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.6]})
+    labels = [label for label, _ in entries]
+    vals = [100 * s["macro_acc"] for _, s in entries]
+    low = [v - 100 * s["macro_ci95"][0] for v, (_, s) in zip(vals, entries)]
+    high = [100 * s["macro_ci95"][1] - v for v, (_, s) in zip(vals, entries)]
+    left.barh(labels[::-1], vals[::-1], xerr=[low[::-1], high[::-1]], capsize=3, color="#4C72B0", edgecolor="black", linewidth=0.5)
+    left.set_xlabel("macro accuracy % (95% bootstrap CI)")
+    left.tick_params(axis="y", labelsize=8)
+    main = entries[: min(5, len(entries))]
+    tasks = list(main[0][1]["tasks"])
+    width = 0.8 / len(main)
+    for k, (label, s) in enumerate(main):
+        right.bar([i + k * width for i in range(len(tasks))], [100 * (s["tasks"][t]["acc"] or 0) for t in tasks], width, label=label)
+    right.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=35, ha="right", fontsize=8)
+    right.set_ylabel("accuracy %")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _fmt_hms(seconds: float) -> str:
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def done(recipe: Recipe) -> bool:
+    """RESULTS.md is newer than every input it is built from (and than the last finished step)."""
+    results = recipe.out / "RESULTS.md"
+    if not results.is_file():
+        return False
+    inputs = [recipe.out / f for f in ("systems.json", "teachers.json", "distill.json", "finetune.json")]
+    inputs += list(recipe.runs_dir.glob("*/summary.json"))
+    return all(results.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.is_file())
+
+
+def run(recipe: Recipe, log=print) -> Path:
+    out = recipe.out
+    index = read_json(out / "systems.json")
+    if index is None:
+        raise ConfigError(f"no {out / 'systems.json'}: run the 'eval' step first")
+    systems = index["systems"]
+    summaries = {name: read_json(out / info["run"] / "summary.json") for name, info in systems.items()}
+    summaries = {k: v for k, v in summaries.items() if v is not None}
+    run_of = {name: out / info["run"] for name, info in systems.items()}
+    cmp_dir = out / "compare"
+    vs_base = {name: compare(run_of[name], run_of["base"], out_dir=cmp_dir / f"{name}-vs-base")["tasks"]
+               for name in summaries if name != "base"}
+    vs_trained = {name: compare(run_of[name], run_of["stack-trained"], out_dir=cmp_dir / f"{name}-vs-trained")["tasks"]
+                  for name in summaries if systems[name]["kind"] == "ablation"}
+    headline = {name: compare(run_of["stack-trained"], run_of[name], out_dir=cmp_dir / f"trained-vs-{name}")["tasks"]["macro"]
+                for name in summaries if systems[name]["kind"] in ("promptonly", "model")}
+    tasks = list(summaries["base"]["tasks"])
+    steps = (read_json(out / "steps.json") or {}).get("steps", {})
+    teachers, distilled, tuned = (read_json(out / f) for f in ("teachers.json", "distill.json", "finetune.json"))
+
+    lines = [f"# FSLM reproduction (issue 5) — scale `{recipe.scale}`", ""]
+    if recipe.scale != "full":
+        lines += [f"**Smoke scale: {index['limit']} item(s) per task. These numbers check the pipeline; they say nothing about the systems.**", ""]
+    lines += [f"Zero-shot, the same items for every system ({index['items_per_system']} per system: up to {index['limit']} per task, "
+              f"all items where a task has fewer). Accuracy in %; Δ = paired bootstrap 95% CI of the macro difference vs the base model.", "",
+              "## Verdict", ""]
+    base_label = systems["base"]["label"]
+    if "stack-trained" in vs_base:
+        lines.append("- " + verdict(vs_base["stack-trained"]["macro"], "trained stack", base_label))
+    for name, entry in headline.items():
+        what = "What training adds: " if systems[name]["kind"] == "promptonly" else ""
+        lines.append(f"- {what}" + verdict(entry, "trained stack", systems[name]["label"]))
+    for name, tasks_cmp in vs_trained.items():
+        lines.append("- Ablation: " + verdict(tasks_cmp["macro"], systems[name]["label"], "the full trained stack"))
+    if "stack-trained" in summaries:
+        ratio = summaries["stack-trained"]["cost"]["peak_rss_mb"] / max(summaries["base"]["cost"]["peak_rss_mb"], 1e-9)
+        lines.append(f"- Memory: the trained stack's peak RSS is {ratio:.2f}x the base model's (same process type, this run).")
+    lines += ["", "## Accuracy", "",
+              "| system | " + " | ".join(tasks) + " | **macro** | Δ macro vs base (95% CI) |",
+              "|---|" + "---:|" * (len(tasks) + 1) + "---|"]
+    for name, s in summaries.items():
+        cells = [f"{100 * s['tasks'][t]['acc']:.1f}" if t in s["tasks"] else "—" for t in tasks]
+        if name in vs_base:
+            e = vs_base[name]["macro"]
+            delta = f"{pts(e['diff'])} ({pts(e['ci95'][0])} to {pts(e['ci95'][1])})" + (" *" if e["ci95"][0] > 0 or e["ci95"][1] < 0 else "")
+        else:
+            delta = "(baseline)"
+        lines.append(f"| {systems[name]['label']} | " + " | ".join(cells) + f" | **{100 * s['macro_acc']:.1f}** | {delta} |")
+    lines += ["", "`*`: the CI excludes zero. Per-task CIs: `compare/<system>-vs-base/compare.md`; per-item outputs: `runs/<system>/items.jsonl`.", "",
+              "## Cost", "", "| system | params touched | generated tokens/item | s/item | CPU s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
+    for name, s in summaries.items():
+        c = s["cost"]
+        lines.append(f"| {systems[name]['label']} | {s['params_touched'] / 1e6:.1f}M | {c['generated_tokens_per_item']} | "
+                     f"{c['seconds_per_item']} | {c.get('cpu_seconds')} | {c['peak_rss_mb']} |")
+    lines += ["", "s/item is wall time on a shared 2-core CPU (see each run's run.json for the load average); CPU s is process CPU time.", "",
+              "![results](results.png)", "", "## Example traces (trained stack vs base model)", ""]
+    if "stack-trained" in summaries:
+        for title, rule, row, base_row in pick_examples(read_items(run_of["stack-trained"]), read_items(run_of["base"])):
+            lines += trace_markdown(title, rule, row, base_row)
+    lines += ["## How the stack was built", ""]
+    if teachers:
+        lines.append(f"- Teacher: **{distilled['teacher_ref'] if distilled else teachers['chosen']}** — {teachers['reason']} (candidates: teachers.md).")
+    if distilled:
+        top = ", ".join(f"{k} {v}" for k, v in sorted(distilled["filtered"].items(), key=lambda kv: -kv[1])[:5])
+        lines.append(f"- Distilled: {distilled['records']} records, {distilled['kept']} kept; most frequent filters: {top or 'none'}.")
+    if tuned:
+        losses = ", ".join(f"{k} {v.get('first_loss', 0):.2f}→{v.get('final_loss', 0):.2f}" for k, v in tuned["stages"].items())
+        lines.append(f"- Fine-tuned: LoRA rank {tuned['rank']} (alpha {tuned['alpha']}) on {', '.join(tuned['targets'])}, {tuned['epochs']} epoch(s); "
+                     f"adapters stored fp16, {tuned['adapter_bytes_total'] / 1e6:.2f} MB in total (budget {tuned['budget_bytes'] / 1e6:.0f} MB); loss {losses}.")
+    lines += ["", "## Wall time per step (this machine)", "", "| step | status | wall time | sessions |", "|---|---|---:|---:|"]
+    for step, e in steps.items():
+        lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} |")
+    lines += ["", f"Regenerate: `python benchmarks/fslm_repro/run.py --scale {recipe.scale}` (resumes; finished steps are skipped)."]
+    labelled = [(systems[n]["label"], s) for n, s in summaries.items()]
+    write_atomic(out / "results.png", chart_png(labelled))
+    write_atomic(out / "RESULTS.md", "\n".join(lines) + "\n")
+    log(f"  wrote {out / 'RESULTS.md'}")
+    return out / "RESULTS.md"

@@ -1,0 +1,114 @@
+"""Issue 5 in one command: teachers -> distill -> finetune -> eval -> report, every step resumable.
+
+    python benchmarks/fslm_repro/run.py [--scale full|smoke] [--only STEP,...] [--out DIR]
+
+Rerunning continues where it stopped: a step whose outputs exist is skipped, and the library calls underneath
+(fslm.distill, fslm.finetune, fslm.evaluate) resume within a step. Big intermediate files (distilled data,
+checkpoints) go to --work (default $FSLM_CACHE_DIR/fslm_repro/<scale>); results, the trained stack (fp16 adapters
+<= 10 MB) and RESULTS.md go to --out. Python twin: `run_recipe(Recipe.for_scale(...))`. See docs/fslm_repro.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import typer  # noqa: E402
+
+import pipeline  # noqa: E402
+import report  # noqa: E402
+import teachers_step  # noqa: E402
+from recipe import STEPS, Recipe, StepLog  # noqa: E402
+
+# step -> (is it done (from its outputs), run it)
+STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
+    "teachers": (teachers_step.done, teachers_step.run),
+    "distill": (pipeline.distill_done, pipeline.run_distill),
+    "finetune": (pipeline.finetune_done, pipeline.run_finetune),
+    "eval": (pipeline.eval_done, pipeline.run_eval),
+    "report": (report.done, report.run),
+}
+
+
+def parse_steps(only: str | None) -> list[str]:
+    from fslm.errors import ConfigError
+
+    if not only:
+        return list(STEPS)
+    chosen = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in STEPS]
+    if unknown:
+        raise ConfigError(f"--only: unknown step(s) {unknown}; steps: {','.join(STEPS)}")
+    return [s for s in STEPS if s in chosen]
+
+
+def run_recipe(recipe: Recipe, steps: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run the chosen steps in order (all by default); returns steps.json's content."""
+    recipe.out.mkdir(parents=True, exist_ok=True)
+    recipe.work.mkdir(parents=True, exist_ok=True)
+    book = StepLog(recipe)
+    if recipe.teacher is None and "teachers" not in (steps or STEPS) and not (recipe.out / "teachers.json").is_file():
+        log("note: no teachers.json yet and no --teacher; the distill step will ask for one")
+    for name in steps or list(STEPS):
+        is_done, run = STEP_FUNCS[name]
+        session = book.start(name)
+        if is_done(recipe):
+            log(f"[{name}] already done (outputs found); skipped")
+            book.finish(name, session, "skipped")
+            continue
+        log(f"[{name}] running")
+        try:
+            run(recipe, log=log)
+        except BaseException as err:  # KeyboardInterrupt included: the session's time is still recorded
+            book.finish(name, session, "failed", f"{type(err).__name__}: {str(err)[:300]}")
+            raise
+        book.finish(name, session, "done")
+        log(f"[{name}] done in {book.data['steps'][name]['sessions'][-1]['wall_seconds']} s")
+    return book.data
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def main(
+    scale: str = typer.Option("full", "--scale", help="full (issue 5's sizes) | smoke (a handful of items, same code path)."),
+    only: Optional[str] = typer.Option(None, "--only", help=f"Comma-separated steps to run ({','.join(STEPS)}); default: all."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results folder (default benchmarks/results/fslm_repro; smoke: runs/fslm_repro_smoke)."),
+    work: Optional[Path] = typer.Option(None, "--work", help="Intermediate files (default $FSLM_CACHE_DIR/fslm_repro/<scale>)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Use this teacher instead of the rule's choice."),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated teacher candidates to measure."),
+    teacher_dtype: Optional[str] = typer.Option(None, "--teacher-dtype", help="float32 | bfloat16 (default bfloat16)."),
+    budget_hours: Optional[float] = typer.Option(None, "--budget-hours", help="Teachers projected slower than this are not chosen (default 8)."),
+    records: Optional[int] = typer.Option(None, "--records", help="Records to distill (full: 2000)."),
+    teacher_records: Optional[int] = typer.Option(None, "--teacher-records", help="Records per teacher candidate (full: 20)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Eval items per task (full: 300)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated eval tasks (default: all)."),
+    big_models: Optional[str] = typer.Option(None, "--big-models", help="Single larger models to evaluate alone."),
+    data: Optional[str] = typer.Option(None, "--data", help="Alpaca JSON/JSONL (default $FSLM_DATA_DIR/alpaca/random_9k.json)."),
+    stack: Optional[str] = typer.Option(None, "--stack", help="Stack YAML to train (default: the packaged default)."),
+    student: Optional[str] = typer.Option(None, "--student", help="Base model of every stage (default: the stack's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 1)."),
+) -> None:
+    """Reproduce issue 5 end to end (resumable)."""
+    from fslm.cli.common import guarded
+
+    @guarded
+    def go() -> None:
+        recipe = Recipe.for_scale(
+            scale, out, work, teacher=teacher, teacher_candidates=_split(candidates), teacher_dtype=teacher_dtype,
+            budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit,
+            tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
+        )
+        run_recipe(recipe, parse_steps(only))
+
+    go()
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,105 @@
+"""The whole issue-5 recipe at smoke scale on tiny models: every step's outputs, a rerun that skips every step, the
+report's table rows, and the CLI's error path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import needs_data
+
+pytestmark = needs_data  # the eval step reads the real benchmark files (2 items per task)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_world, tmp_path_factory):
+    from recipe import Recipe
+    from run import run_recipe
+
+    m = smoke_world["models"]
+    recipe = Recipe.for_scale(
+        "smoke", tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work"),
+        teacher_candidates=[str(m["teacher_a"]), str(m["teacher_b"])], big_models=[str(m["big"])],
+        data=str(smoke_world["data"]), stack=str(smoke_world["stack"]), teacher_dtype="float32",
+    )
+    logs: list[str] = []
+    first = run_recipe(recipe, log=logs.append)
+    return recipe, first, logs
+
+
+def test_every_step_writes_its_outputs(smoke_run):
+    recipe, steps, logs = smoke_run
+    out = recipe.out
+    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "eval", "report"]
+    assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
+
+    teachers = json.loads((out / "teachers.json").read_text())
+    assert len(teachers["candidates"]) == 2 and teachers["chosen"] in recipe.teacher_candidates
+    for row in teachers["candidates"]:
+        assert row["records"] == recipe.teacher_records and 0 <= row["kept_rate"] <= 1 and row["tokens_per_second"] > 0
+    assert "**Chosen:" in (out / "teachers.md").read_text()
+
+    distilled = json.loads((out / "distill.json").read_text())
+    assert distilled["records"] == recipe.distill_records and distilled["kept"] >= 1
+    assert distilled["teacher_ref"] == teachers["chosen"]
+
+    tuned = json.loads((out / "finetune.json").read_text())
+    assert set(tuned["adapter_bytes"]) == {"intent", "facts", "reasoning", "answer"}
+    assert tuned["adapter_bytes_total"] <= tuned["budget_bytes"] == 10_000_000
+    from safetensors import safe_open
+
+    with safe_open(str(recipe.trained_dir / "adapters" / "answer" / "adapter_model.safetensors"), framework="pt") as fh:
+        assert all(str(fh.get_tensor(k).dtype) == "torch.float16" for k in fh.keys())
+
+    index = json.loads((out / "systems.json").read_text())
+    expected = {"stack-trained", "base", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
+                "stack-no-reasoning", "stack-2stage"}
+    assert set(index["systems"]) == expected
+    for name in expected:
+        summary = json.loads((out / "runs" / name / "summary.json").read_text())
+        assert summary["n_items"] == index["items_per_system"] == 2 * len(summary["tasks"]) == 22
+    no_facts = json.loads((out / "runs" / "stack-no-facts" / "summary.json").read_text())
+    assert no_facts["stages"] == ["intent", "reasoning", "answer"]
+    assert json.loads((out / "runs" / "stack-2stage" / "summary.json").read_text())["stages"] == ["facts", "answer"]
+
+
+def test_report_has_the_table_and_numbers_from_the_runs(smoke_run):
+    recipe, _, _ = smoke_run
+    text = (recipe.out / "RESULTS.md").read_text()
+    assert (recipe.out / "results.png").stat().st_size > 1000
+    for label in ("| trained stack |", "| same stack, no adapters |", "| trained stack without facts |", "| trained stack 2 stages"):
+        assert label in text
+    base = json.loads((recipe.out / "runs" / "base" / "summary.json").read_text())
+    assert f"**{100 * base['macro_acc']:.1f}**" in text
+    assert "Smoke scale" in text and "## Example traces" in text and "| finetune | done |" in text
+    cmp = json.loads((recipe.out / "compare" / "stack-trained-vs-base" / "compare.json").read_text())["tasks"]["macro"]
+    lo, hi = cmp["ci95"]
+    assert ("the CI excludes zero" in text.split("## Accuracy")[0].split("\n")[4]) == (lo > 0 or hi < 0)
+
+
+def test_rerun_skips_every_finished_step(smoke_run):
+    from run import run_recipe
+
+    recipe, _, _ = smoke_run
+    before = (recipe.out / "RESULTS.md").stat().st_mtime_ns
+    logs: list[str] = []
+    steps = run_recipe(recipe, log=logs.append)
+    assert [line for line in logs if "skipped" in line] == [f"[{s}] already done (outputs found); skipped" for s in steps["steps"]]
+    assert all(e["sessions"][-1]["status"] == "skipped" for e in steps["steps"].values())
+    assert (recipe.out / "RESULTS.md").stat().st_mtime_ns == before
+
+
+def test_cli_refuses_other_settings_and_unknown_steps(smoke_run):
+    from typer.testing import CliRunner
+
+    import run as recipe_cli
+    import typer
+
+    recipe, _, _ = smoke_run
+    app = typer.Typer()
+    app.command()(recipe_cli.main)
+    result = CliRunner().invoke(app, ["--scale", "smoke", "--out", str(recipe.out), "--only", "bogus"])
+    assert result.exit_code == 2 and "unknown step" in result.output
+    result = CliRunner().invoke(app, ["--scale", "smoke", "--out", str(recipe.out), "--work", str(recipe.work), "--limit", "3", "--only", "report"])
+    assert result.exit_code == 2 and "other settings" in result.output and "eval_limit" in result.output
