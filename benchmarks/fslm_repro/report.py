@@ -14,19 +14,24 @@ from fslm.evaluate.store import write_atomic
 from recipe import Recipe, read_json
 
 PROMPT_CHARS = 700
+EPS = 1e-9  # bootstrap bounds are means of 0/1 values: -1e-17 is zero, not "excludes zero"
 
 
 def pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
+    return f"{100 * x + 0.0:+.1f}" if abs(x) > EPS else "+0.0"
+
+
+def excludes_zero(ci: list[float]) -> bool:
+    return ci[0] > EPS or ci[1] < -EPS
 
 
 def verdict(entry: dict, a: str, b: str) -> str:
     """One honest sentence about acc(a) - acc(b) with its paired 95% CI."""
     lo, hi = entry["ci95"]
     head = f"{a} vs {b}: {pts(entry['diff'])} pts (95% CI {pts(lo)} to {pts(hi)}, n={entry['n']})"
-    if lo > 0:
+    if lo > EPS:
         return f"{head}: better; the CI excludes zero."
-    if hi < 0:
+    if hi < -EPS:
         return f"{head}: worse; the CI excludes zero."
     return f"{head}: no difference detectable at this sample size; the CI includes zero."
 
@@ -162,7 +167,7 @@ def run(recipe: Recipe, log=print) -> Path:
         lines.append("- Ablation: " + verdict(tasks_cmp["macro"], systems[name]["label"], "the full trained stack"))
     if "stack-trained" in summaries:
         ratio = summaries["stack-trained"]["cost"]["peak_rss_mb"] / max(summaries["base"]["cost"]["peak_rss_mb"], 1e-9)
-        lines.append(f"- Memory: the trained stack's peak RSS is {ratio:.2f}x the base model's (same process type, this run).")
+        lines.append(f"- Memory: the trained stack's peak RSS is {ratio:.2f}x the base model's (each system's evaluation process, this run).")
     lines += ["", "## Accuracy", "",
               "| system | " + " | ".join(tasks) + " | **macro** | Δ macro vs base (95% CI) |",
               "|---|" + "---:|" * (len(tasks) + 1) + "---|"]
@@ -170,7 +175,7 @@ def run(recipe: Recipe, log=print) -> Path:
         cells = [f"{100 * s['tasks'][t]['acc']:.1f}" if t in s["tasks"] else "—" for t in tasks]
         if name in vs_base:
             e = vs_base[name]["macro"]
-            delta = f"{pts(e['diff'])} ({pts(e['ci95'][0])} to {pts(e['ci95'][1])})" + (" *" if e["ci95"][0] > 0 or e["ci95"][1] < 0 else "")
+            delta = f"{pts(e['diff'])} ({pts(e['ci95'][0])} to {pts(e['ci95'][1])})" + (" *" if excludes_zero(e["ci95"]) else "")
         else:
             delta = "(baseline)"
         lines.append(f"| {systems[name]['label']} | " + " | ".join(cells) + f" | **{100 * s['macro_acc']:.1f}** | {delta} |")
@@ -198,6 +203,7 @@ def run(recipe: Recipe, log=print) -> Path:
     lines += ["", "## Wall time per step (this machine)", "", "| step | status | wall time | sessions |", "|---|---|---:|---:|"]
     for step, e in steps.items():
         lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} |")
+    lines += ["", "The report step itself (seconds) is logged in steps.json after this file is written."]
     lines += ["", f"Regenerate: `python benchmarks/fslm_repro/run.py --scale {recipe.scale}` (resumes; finished steps are skipped)."]
     labelled = [(systems[n]["label"], s) for n, s in summaries.items()]
     write_atomic(out / "results.png", chart_png(labelled))

@@ -74,8 +74,9 @@ def test_report_has_the_table_and_numbers_from_the_runs(smoke_run):
     assert f"**{100 * base['macro_acc']:.1f}**" in text
     assert "Smoke scale" in text and "## Example traces" in text and "| finetune | done |" in text
     cmp = json.loads((recipe.out / "compare" / "stack-trained-vs-base" / "compare.json").read_text())["tasks"]["macro"]
-    lo, hi = cmp["ci95"]
-    assert ("the CI excludes zero" in text.split("## Accuracy")[0].split("\n")[4]) == (lo > 0 or hi < 0)
+    headline = next(line for line in text.splitlines() if line.startswith("- trained stack vs base model alone"))
+    assert ("the CI excludes zero" in headline) == (cmp["ci95"][0] > 1e-9 or cmp["ci95"][1] < -1e-9)
+    assert ("CI includes zero" in headline) != ("the CI excludes zero" in headline)
 
 
 def test_rerun_skips_every_finished_step(smoke_run):

@@ -1,0 +1,55 @@
+"""The recipe's decision rules on hand-made inputs: teacher choice, CI wording, example-trace picking."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def row(name, kept_rate, gain, hours):
+    return {"teacher": name, "kept_rate": kept_rate, "gold_gain_nats_per_token": gain, "projected_distill_hours": hours}
+
+
+def test_teacher_rule_prefers_kept_rate_then_gain_and_respects_the_budget():
+    from teachers_step import choose
+
+    rows = [row("big", 0.80, 0.10, 9.0), row("mid", 0.70, 0.05, 3.0), row("small", 0.65, 0.20, 1.0), row("tiny", 0.30, 0.9, 0.2)]
+    chosen, reason = choose(rows, budget_hours=8.0)  # big is over budget; mid and small tie within 10 points
+    assert chosen["teacher"] == "small" and "small" in reason
+    assert choose(rows, budget_hours=20.0)[0]["teacher"] == "big"  # within 10 points of 0.80: only big itself
+    assert choose(rows, budget_hours=0.1)[0]["teacher"] == "tiny"  # all over budget: the fastest, and said so
+    assert "fastest" in choose(rows, budget_hours=0.1)[1]
+    assert choose([row("a", 0.5, None, 1.0), row("b", 0.5, None, 0.5)], 8.0)[0]["teacher"] == "b"  # no gain: faster
+
+
+def test_teacher_rule_ignores_unavailable_candidates():
+    from fslm.errors import ConfigError
+    from teachers_step import choose
+
+    assert choose([{"teacher": "gone", "error": "not installed"}, row("ok", 0.1, None, 1.0)], 8.0)[0]["teacher"] == "ok"
+    with pytest.raises(ConfigError, match="no teacher candidate"):
+        choose([{"teacher": "gone", "error": "not installed"}], 8.0)
+
+
+@pytest.mark.parametrize(("ci", "word"), [((0.01, 0.05), "better"), ((-0.05, -0.01), "worse"), ((-0.02, 0.03), "includes zero"),
+                                          ((-0.05, -1e-17), "includes zero")])
+def test_verdict_wording_follows_the_interval(ci, word):
+    from report import verdict
+
+    text = verdict({"diff": sum(ci) / 2, "ci95": list(ci), "n": 100}, "A", "B")
+    assert word in text
+    assert ("excludes zero" in text) == (word != "includes zero")
+
+
+def test_examples_are_picked_by_rule():
+    from report import pick_examples
+
+    def r(task, i, scores, gold, correct):
+        return {"task": task, "id": str(i), "choice_scores": scores, "gold": gold, "correct": correct, "prediction": scores.index(max(scores))}
+
+    stack = {("t", "1"): r("t", 1, [0, -5], 0, True), ("t", "2"): r("t", 2, [0, -1], 0, True), ("t", "3"): r("t", 3, [-9, 0], 0, False),
+             ("t", "4"): r("t", 4, [-2, 0], 0, False), ("t", "5"): r("t", 5, [0, -3], 0, True)}
+    base = {("t", "1"): r("t", 1, [-1, 0], 0, False), ("t", "2"): r("t", 2, [-1, 0], 0, False), ("t", "3"): r("t", 3, [0, -1], 0, True),
+            ("t", "4"): r("t", 4, [0, -1], 0, True), ("t", "5"): r("t", 5, [0, -1], 0, True)}
+    (_, _, beat, _), (_, _, wrong, _), (_, _, good, _) = pick_examples(stack, base)
+    assert beat["id"] == "1" and wrong["id"] == "3" and good["id"] == "5"
+    assert [ex[2] for ex in pick_examples({}, {})] == [None, None, None]

@@ -1,0 +1,40 @@
+"""`without_stage` / `keep_stages`: ablation stacks derived from a config, for the issue-5 recipe and users."""
+
+from __future__ import annotations
+
+import pytest
+
+from fslm.config import keep_stages, load_default_stack_config, parse_stack_config, without_stage
+from fslm.errors import ConfigError
+
+
+def test_removing_a_stage_updates_later_sees_and_keeps_the_rest():
+    cfg = load_default_stack_config()
+    no_facts = without_stage(cfg, "facts")
+    assert [s.name for s in no_facts.stages] == ["intent", "reasoning", "answer"]
+    assert no_facts.stages[1].sees == ["prompt", "intent"] and no_facts.stages[2].sees == ["prompt", "reasoning"]
+    assert no_facts.stages[1].teacher_prompt is None  # it named {facts}
+    assert no_facts.stages[0] == cfg.stages[0] and no_facts.source_path == cfg.source_path
+    assert [s.name for s in cfg.stages] == ["intent", "facts", "reasoning", "answer"]  # the input is untouched
+    two = keep_stages(cfg, ["facts", "answer"])
+    assert [(s.name, s.sees) for s in two.stages] == [("facts", ["prompt"]), ("answer", ["prompt", "facts"])]
+
+
+def test_a_stage_left_seeing_nothing_sees_the_prompt():
+    cfg = parse_stack_config({"name": "x", "stages": [
+        {"name": "a", "instruction": "A."}, {"name": "b", "instruction": "B.", "sees": ["a"]}, {"name": "c", "instruction": "C.", "sees": ["b"]}]})
+    assert without_stage(cfg, "a").stages[0].sees == ["prompt"]
+
+
+def test_errors_name_the_problem():
+    cfg = load_default_stack_config()
+    with pytest.raises(ConfigError, match="final"):
+        without_stage(cfg, "answer")
+    with pytest.raises(ConfigError, match="no stage 'nope'"):
+        without_stage(cfg, "nope")
+    with pytest.raises(ConfigError, match="no stage"):
+        keep_stages(cfg, ["facts"] + ["zzz"])
+    templated = parse_stack_config({"name": "x", "stages": [
+        {"name": "a", "instruction": "A."}, {"name": "b", "instruction": "B.", "sees": ["prompt", "a"], "template": "{prompt} / {a}"}]})
+    with pytest.raises(ConfigError, match=r"template uses \{a\}"):
+        without_stage(templated, "a")
