@@ -19,7 +19,6 @@ class Settings(BaseSettings):
 
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "fslm")
     data_dir: Path = Field(default_factory=_default_data_dir)
-    offline: bool = True
     threads: int = 0  # 0 = leave torch's default
     log_traces: bool = False
     log_db: Path | None = None
