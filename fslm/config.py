@@ -49,6 +49,11 @@ class StageConfig(BaseModel):
         description="distillation only: the teacher's user message for this stage; placeholders {prompt}, {answer} (the "
         "gold output, answer-hinted mode) and {<earlier stage>} (the teacher's text for it). None: the teacher plays the stage",
     )
+    max_target_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="distillation only: longer targets (student tokens) are filtered as too_long. None: generation.max_new_tokens",
+    )
 
     @field_validator("name")
     @classmethod
@@ -56,6 +61,16 @@ class StageConfig(BaseModel):
         if not NAME.match(v) or v == PROMPT:
             raise ValueError("expected a lowercase identifier like 'intent' (not 'prompt')")
         return v
+
+    @model_validator(mode="after")
+    def _targets_fit_generation(self) -> "StageConfig":
+        limit, budget = self.max_target_tokens, self.generation.max_new_tokens
+        if limit is not None and limit > budget:
+            raise ValueError(
+                f"max_target_tokens {limit} exceeds generation.max_new_tokens {budget}: the stage could never "
+                "generate such a target; raise max_new_tokens or lower max_target_tokens"
+            )
+        return self
 
     @property
     def display_label(self) -> str:

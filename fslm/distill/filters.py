@@ -3,7 +3,7 @@
 Reasons: `empty`, `too_long` (more tokens than the stage may generate at inference, or the teacher hit its limit),
 `stop_string` (contains the stage's stop string, so inference could never produce it whole), `repetitive` (a loop),
 `incomplete` (ends in ':' - a list the stop string cut off), `answer_leak` (the gold answer copied into an earlier
-stage that must not give it away).
+stage that must not give it away; words it shares with the prompt do not count).
 """
 
 from __future__ import annotations
@@ -28,29 +28,22 @@ def is_repetitive(text: str, n: int = 4, max_repeat_share: float = 0.4) -> bool:
     return any(parts.count(p) >= 3 for p in set(parts))
 
 
-def _longest_common_run(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest run of words that appears in both (dynamic programming, O(len(a) * len(b)))."""
-    best = 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, 1):
-            if x == y:
-                cur[j] = prev[j - 1] + 1
-                best = max(best, cur[j])
-        prev = cur
-    return best
+def _ngrams(tokens: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
-def leaks_answer(answer: str, text: str, min_words: int = 3, span: int = 8) -> bool:
-    """The gold answer (or a long verbatim run of it) appears in `text`.
+def leaks_answer(answer: str, text: str, prompt: str = "", min_words: int = 3, span: int = 8) -> bool:
+    """A verbatim run of min(`span`, its length) words of the gold answer appears in `text`, and not in `prompt`.
 
-    Answers shorter than `min_words` words are not checked: a one-word answer like "Paris" is also a key term.
+    Answers shorter than `min_words` words are not checked: a one-word answer like "Paris" is also a key term. Runs
+    the prompt also contains do not count: golds often restate the question ("The seven colours of the rainbow are
+    ..."), and a stage that restates the question in the same words gives nothing away.
     """
     gold = words(answer)
     if len(gold) < min_words:
         return False
-    return _longest_common_run(gold, words(text)) >= min(span, len(gold))
+    n = min(span, len(gold))
+    return bool((_ngrams(gold, n) & _ngrams(words(text), n)) - _ngrams(words(prompt), n))
 
 
 def check_target(
@@ -61,6 +54,7 @@ def check_target(
     count_tokens: Callable[[str], int] | None = None,
     stop: Sequence[str] = (),
     answer: str | None = None,
+    prompt: str = "",
 ) -> list[str]:
     """Reasons to drop one stage target (empty list: keep it). `answer` is given only where leaks are forbidden."""
     if not text.strip():
@@ -74,6 +68,6 @@ def check_target(
         reasons.append("incomplete")
     if is_repetitive(text):
         reasons.append("repetitive")
-    if answer is not None and leaks_answer(answer, text):
+    if answer is not None and leaks_answer(answer, text, prompt):
         reasons.append("answer_leak")
     return reasons

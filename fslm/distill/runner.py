@@ -31,7 +31,7 @@ class DistillOptions:
     batch_size: int = 16  # records per teacher batch; also the fsync unit
     hints: bool = True  # show the teacher the gold output when a record has one
     no_leak: Sequence[str] | None = None  # stages that must not contain the gold answer; None: see leak_stages()
-    length_slack: float = 1.0  # a target may use up to slack * the stage's max_new_tokens
+    length_slack: float = 1.0  # a target may use up to slack * the stage's max_new_tokens (unless max_target_tokens is set)
 
 
 @dataclass
@@ -112,6 +112,8 @@ class _Distiller:
         self.count_tokens = _token_counter(cfg, teacher)
 
     def _budget(self, stage: StageConfig) -> int:
+        if stage.max_target_tokens is not None:
+            return stage.max_target_tokens
         return int(stage.generation.max_new_tokens * self.options.length_slack)
 
     def batch(self, items: Sequence[Instruction]) -> list[dict]:
@@ -140,7 +142,7 @@ class _Distiller:
                 leak_answer = golds[k] if stage.name in self.no_leak else None
                 reasons = check_target(
                     reply.text, finish_reason=reply.finish_reason, max_tokens=self._budget(stage),
-                    count_tokens=self.count_tokens, stop=stage.generation.stop, answer=leak_answer,
+                    count_tokens=self.count_tokens, stop=stage.generation.stop, answer=leak_answer, prompt=items[k].prompt,
                 )
                 rec["filtered"] = [f"{stage.name}:{r}" for r in reasons]
         for rec in records:

@@ -35,6 +35,23 @@ def test_answer_leak_needs_a_verbatim_run_of_the_gold():
     assert check_target("so: speak pending threat", answer=None) == []
 
 
+def test_answer_leak_ignores_runs_the_prompt_already_contains():
+    # Realistic cases from a 200-record SmolLM2 distill run: golds restate the question, so does the intent stage.
+    prompt = "Explain why some countries have a high rate of unemployment"
+    gold = "Some countries have a high rate of unemployment due to a lack of economic investments and growth."
+    restated = "The user wants to know why some countries have a high rate of unemployment."
+    assert leaks_answer(gold, restated) and not leaks_answer(gold, restated, prompt)
+    assert leaks_answer(gold, "Unemployment is high due to a lack of economic investments and growth.", prompt)
+    # the whole answer copied into the facts stage stays a leak, question words or not
+    prompt = "Name a popular dish from Japan"
+    assert leaks_answer("Sushi is a popular dish from Japan.", "Sushi is a popular dish from Japan.", prompt)
+    prompt = "List the seven colours of the rainbow."
+    gold = "The seven colours of the rainbow are red, orange, yellow, green, blue, indigo, and violet."
+    assert leaks_answer(gold, "The answer is: the seven colours of the rainbow are red, orange, yellow, green.", prompt)
+    assert not leaks_answer(gold, "The user wants to know the seven colours of the rainbow.", prompt)
+    assert check_target(restated, answer=gold, prompt="Why do some countries have a high rate of unemployment?") == []
+
+
 def _rec(i: int) -> dict:
     return {"id": f"r{i}", "targets": {"answer": f"text {i}"}, "kept": True}
 
