@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from fslm.errors import DataError, InputError
+from fslm.tasks.readers import iter_jsonl
 
 REQUIRED = ("id", "task", "correct")
 
@@ -79,20 +80,11 @@ def read_run(path: str | Path, *, system: str | None = None, params: int | None 
         except json.JSONDecodeError as err:
             raise DataError(f"{summary_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
     rows = []
-    with items.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{items}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{items}:{lineno}: expected a JSON object per line")
-            missing = [k for k in REQUIRED if k not in row]
-            if missing:
-                raise DataError(f"{items}:{lineno}: per-item row lacks {missing} (need at least {list(REQUIRED)})")
-            rows.append(row)
+    for lineno, row in iter_jsonl(items):  # malformed lines and non-UTF-8 bytes fail naming file:line
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise DataError(f"{items}:{lineno}: per-item row lacks {missing} (need at least {list(REQUIRED)})")
+        rows.append(row)
     if not rows:
         raise DataError(f"{items}: no items")
     name = system or str(summary.get("system") or summary.get("model") or items.parent.name)

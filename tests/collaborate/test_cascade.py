@@ -118,7 +118,7 @@ def test_bad_runs(tmp_path, runs):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "items.jsonl").write_text('{"id": "a", "task": "t", "correct": true}\n{oops\n')
-    with pytest.raises(DataError, match=r"items.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"items.jsonl:2: malformed record: expected one JSON object per line"):
         read_run(bad)
     (bad / "items.jsonl").write_text('{"id": "a", "task": "t"}\n')
     with pytest.raises(DataError, match=r":1: per-item row lacks \['correct'\]"):
