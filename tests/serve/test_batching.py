@@ -171,22 +171,19 @@ def test_a_burst_spread_over_time_still_forms_one_batch(recorder):
     """Arrivals 30 ms apart join one batch while each gap is under wait_s; max_wait_s still bounds the wait."""
     import time
 
-    q = BatchQueue(recorder, max_batch=16, wait_s=0.08, max_wait_s=2.0)
-    jobs = []
-    for p in ["a", "b", "c", "d"]:
-        jobs.append(q.submit(p))
-        time.sleep(0.03)
-    [job.future.result(10) for job in jobs]
+    def four_arrivals_30ms_apart(q: BatchQueue) -> list:
+        jobs = []
+        for p in ["a", "b", "c", "d"]:
+            jobs.append(q.submit(p))
+            time.sleep(0.03)
+        [job.future.result(10) for job in jobs]
+        q.stop()
+        return jobs
+
+    jobs = four_arrivals_30ms_apart(BatchQueue(recorder, max_batch=16, wait_s=0.08, max_wait_s=2.0))
     assert [prompts for prompts, _ in recorder.calls] == [["a", "b", "c", "d"]]
     assert {job.batch_size for job in jobs} == {4}
-    q.stop()
 
     capped = Recorder()
-    q = BatchQueue(capped, max_batch=16, wait_s=0.08, max_wait_s=0.05)
-    jobs = []
-    for p in ["a", "b", "c", "d"]:
-        jobs.append(q.submit(p))
-        time.sleep(0.03)
-    [job.future.result(10) for job in jobs]
+    four_arrivals_30ms_apart(BatchQueue(capped, max_batch=16, wait_s=0.08, max_wait_s=0.05))
     assert len(capped.calls) >= 2 and sum(len(p) for p, _ in capped.calls) == 4
-    q.stop()
