@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import shutil
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fslm.config import keep_stages, load_stack_config, without_stage
@@ -184,6 +185,30 @@ def eval_done(recipe: Recipe) -> bool:
     return all(system_done(recipe, s, expected) for s in systems(recipe))
 
 
+def _evaluate_here(spec: SystemSpec, tasks, limit: int, folder: str, batch_size: int) -> None:
+    system = spec.load()
+    evaluate(system, tasks, limit, out_dir=folder, batch_size=batch_size)
+
+
+def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_size: int = 32, isolate: bool = True) -> None:
+    """Evaluate one system. isolate: in a fresh process, so its peak RSS is its own. ru_maxrss never goes down and
+    Linux carries it across fork+exec, so the worker is started by a small shell that forks it (`sh -c 'cmd; exit'`
+    cannot exec in place): the worker inherits the shell's few MB, not this process's loaded models."""
+    if not isolate:
+        _evaluate_here(spec, tasks, limit, str(folder), batch_size)
+        gc.collect()
+        return
+    import subprocess
+    import sys
+
+    args = json.dumps({"spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
+                       "tasks": tasks, "limit": limit, "folder": str(folder), "batch_size": batch_size})
+    code = subprocess.run(["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, str(Path(__file__).resolve()), args]).returncode
+    if code != 0:
+        raise ConfigError(f"evaluating {spec.name} failed in its subprocess (exit code {code}; its error is printed above); "
+                          f"rerun to resume from {folder}")
+
+
 def run_eval(recipe: Recipe, log=print) -> dict:
     if not (recipe.trained_dir / "stack.yaml").is_file():
         raise ConfigError(f"no {recipe.trained_dir / 'stack.yaml'}: run the 'finetune' step first")
@@ -195,12 +220,22 @@ def run_eval(recipe: Recipe, log=print) -> dict:
         if system_done(recipe, spec, expected):
             log(f"  {spec.name}: done ({expected} items)")
             continue
-        log(f"  {spec.name}: evaluating {recipe.eval_limit} items per task")
-        system = spec.load()
-        evaluate(system, recipe.tasks, recipe.eval_limit, out_dir=folder, batch_size=recipe.eval_batch,
-                 progress=lambda p, _n=spec.name: log(f"    {_n} {p['task']} {p['done']}/{p['total']}") if p.get("new") else None)
-        del system
-        gc.collect()
+        log(f"  {spec.name}: evaluating {recipe.eval_limit} items per task -> {folder}")
+        evaluate_system(spec, recipe.tasks, recipe.eval_limit, folder, recipe.eval_batch, recipe.isolate_eval)
     data = {"systems": index, "items_per_system": expected, "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
     write_json(recipe.out / "systems.json", data)
     return data
+
+
+if __name__ == "__main__":  # the isolated worker of evaluate_system
+    import sys
+
+    from fslm.errors import FslmError
+
+    job = json.loads(sys.argv[1])
+    spec = SystemSpec(**{**job["spec"], "stack": Path(job["spec"]["stack"]) if job["spec"]["stack"] else None})
+    try:
+        _evaluate_here(spec, job["tasks"], job["limit"], job["folder"], job["batch_size"])
+    except FslmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -58,6 +58,7 @@ class Recipe:
     epochs: int = 1
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
+    isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own
 
     @classmethod
     def for_scale(cls, scale: str, out: Path | None = None, work: Path | None = None, **overrides) -> "Recipe":

@@ -22,6 +22,7 @@ def smoke_run(smoke_world, tmp_path_factory):
         "smoke", tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work"),
         teacher_candidates=[str(m["teacher_a"]), str(m["teacher_b"])], big_models=[str(m["big"])],
         data=str(smoke_world["data"]), stack=str(smoke_world["stack"]), teacher_dtype="float32",
+        isolate_eval=False,  # a process per system would double this test's time; isolation is tested below
     )
     logs: list[str] = []
     first = run_recipe(recipe, log=logs.append)
@@ -104,3 +105,20 @@ def test_cli_refuses_other_settings_and_unknown_steps(smoke_run):
     assert result.exit_code == 2 and "unknown step" in result.output
     result = CliRunner().invoke(app, ["--scale", "smoke", "--out", str(recipe.out), "--work", str(recipe.work), "--limit", "3", "--only", "report"])
     assert result.exit_code == 2 and "other settings" in result.output and "eval_limit" in result.output
+
+
+def test_isolated_evaluation_reports_its_own_peak_rss(smoke_world, tmp_path):
+    """ru_maxrss never goes down, so systems evaluated one after another in one process would all report the
+    largest peak so far; the recipe evaluates each in a spawned process."""
+    import resource
+
+    import numpy as np
+    from pipeline import SystemSpec, evaluate_system
+
+    ballast = np.ones(400 * 2**20 // 8)  # +400 MB in THIS process only
+    parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    spec = SystemSpec("model-big", "big", "model", model=str(smoke_world["models"]["big"]))
+    evaluate_system(spec, ["arc_easy"], 1, tmp_path / "run", isolate=True)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_items"] == 1 and summary["cost"]["peak_rss_mb"] < parent_peak_mb - 300
+    del ballast
