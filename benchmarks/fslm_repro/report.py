@@ -191,8 +191,12 @@ def run(recipe: Recipe, log=print) -> Path:
         for title, rule, row, base_row in pick_examples(read_items(run_of["stack-trained"]), read_items(run_of["base"])):
             lines += trace_markdown(title, rule, row, base_row)
     lines += ["## How the stack was built", ""]
-    if teachers:
-        lines.append(f"- Teacher: **{distilled['teacher_ref'] if distilled else teachers['chosen']}** — {teachers['reason']} (candidates: teachers.md).")
+    used = distilled["teacher_ref"] if distilled else None
+    if teachers and used in (None, teachers["chosen"]):
+        lines.append(f"- Teacher: **{teachers['chosen']}** — {teachers['reason']} (candidates: teachers.md).")
+    elif used:
+        rule = f"; the rule would choose {teachers['reason']}" if teachers else ""
+        lines.append(f"- Teacher: **{used}**, given with --teacher{rule}.")
     if distilled:
         top = ", ".join(f"{k} {v}" for k, v in sorted(distilled["filtered"].items(), key=lambda kv: -kv[1])[:5])
         lines.append(f"- Distilled: {distilled['records']} records, {distilled['kept']} kept; most frequent filters: {top or 'none'}.")
