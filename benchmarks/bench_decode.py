@@ -3,6 +3,8 @@
 Measures, in one run on this machine:
 - greedy decode tokens/s at batch 1 and batch 16 (fp32 and bf16),
 - that speed as a fraction of the memory-bandwidth bound (weight bytes read per token vs measured copy bandwidth),
+- the default stack's stage batches (16 real prompts) decoded by transformers' `generate` (every row runs until the
+  longest ends) vs fslm's loop (finished rows leave the batch): seconds per stage and identical texts,
 - peak RSS of one model alone vs the default 4-stage stack with a LoRA adapter on every stage (one shared base),
   each in a fresh subprocess so the peaks do not mix.
 
@@ -61,6 +63,74 @@ def decode_speed(engine, batch: int, new_tokens: int) -> dict:
         engine.eos_ids = eos
     tokens = sum(o.tokens_out for o in outs)
     return {"batch": batch, "new_tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 2)}
+
+
+def hf_generate_texts(engine, texts: list[str], params) -> list[str]:
+    """The pre-0.2 engine path: transformers' generate on a left-padded batch with the same logits processors."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from fslm.engine.hf import _cut_at_stop, _GeneratedNoRepeatNGram, _PromptOnlyRepetitionPenalty
+
+    tok = engine.tokenizer
+    batch = [engine.encode(t) for t in texts]
+    width = max(len(ids) for ids in batch)
+    pads = [width - len(ids) for ids in batch]
+    ids = torch.tensor([[tok.pad_token_id] * p + b for p, b in zip(pads, batch)])
+    mask = torch.tensor([[0] * p + [1] * len(b) for p, b in zip(pads, batch)])
+    processors = []
+    if params.repetition_penalty != 1.0:
+        processors.append(_PromptOnlyRepetitionPenalty(params.repetition_penalty, pads))
+    if params.no_repeat_ngram_size:
+        processors.append(_GeneratedNoRepeatNGram(params.no_repeat_ngram_size, width))
+    with torch.inference_mode():
+        out = engine.base.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=False,
+            temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=engine.eos_ids,
+            logits_processor=LogitsProcessorList(processors), stop_strings=list(params.stop) or None, tokenizer=tok,
+        )
+    texts_out = []
+    for row in range(len(batch)):
+        new = out[row, width:].tolist()
+        for k, t in enumerate(new):
+            if t in engine.eos_ids:
+                new = new[:k]
+                break
+        text = tok.decode(new, skip_special_tokens=True)
+        cut = _cut_at_stop(text, params.stop)
+        texts_out.append((cut if cut is not None else text).strip())
+    return texts_out
+
+
+def stage_batches(engine, batch: int = 16) -> list[dict]:
+    """Each default stage on `batch` real prompts: transformers' generate vs fslm's decode loop, same inputs."""
+    from fslm.config import load_default_stack_config
+    from fslm.settings import get_settings
+    from fslm.stack import Stack, generation_params
+
+    seeds = (get_settings().data_dir / "alpaca" / "seed_tasks.jsonl").read_text().splitlines()
+    prompts = [json.loads(line)["instruction"] for line in seeds[:batch]]
+    stack = Stack(load_default_stack_config(), engine)
+    results = stack.run_batch(prompts)  # gives every stage its real inputs
+    rows = []
+    for index, stage in enumerate(stack.config.stages):
+        texts = [r.trace[index].input for r in results]
+        params = generation_params(stage)
+        t0 = time.perf_counter()
+        old = hf_generate_texts(engine, texts, params)
+        t_old = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        new = engine.generate(texts, params)
+        t_new = time.perf_counter() - t0
+        lengths = [g.tokens_out for g in new]
+        rows.append({
+            "stage": stage.name, "batch": batch, "max_new_tokens": params.max_new_tokens,
+            "tokens_out_min": min(lengths), "tokens_out_max": max(lengths), "tokens_out_mean": round(sum(lengths) / batch, 1),
+            "hf_generate_s": round(t_old, 3), "fslm_decode_s": round(t_new, 3), "speedup": round(t_old / t_new, 2),
+            "identical": old == [g.text for g in new],
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def weight_bytes(engine) -> int:
@@ -155,6 +225,23 @@ def to_markdown(result: dict) -> str:
             f"| {row['dtype']} | {row['batch']} | {row['tokens_per_s']} | {row['weight_mb']} MB | {row['bound_tokens_per_s']} | "
             f"{row['fraction_of_bound']} |"
         )
+    if result.get("stages"):
+        lines += [
+            "",
+            "Default stack, one batch of 16 real prompts per stage: transformers' `generate` (rows run until the longest "
+            "ends) vs fslm's decode loop (finished rows leave the batch), same inputs, same process:",
+            "",
+            "| stage | max new | tokens out (min/mean/max) | generate (s) | fslm decode (s) | speedup | identical texts |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in result["stages"]:
+            lines.append(
+                f"| {r['stage']} | {r['max_new_tokens']} | {r['tokens_out_min']}/{r['tokens_out_mean']}/{r['tokens_out_max']} | "
+                f"{r['hf_generate_s']} | {r['fslm_decode_s']} | {r['speedup']}x | {r['identical']} |"
+            )
+        total_old = sum(r["hf_generate_s"] for r in result["stages"])
+        total_new = sum(r["fslm_decode_s"] for r in result["stages"])
+        lines.append(f"| **all stages** | | | {round(total_old, 2)} | {round(total_new, 2)} | **{round(total_old / total_new, 2)}x** | |")
     mem = result["memory"]
     lines += [
         "",
@@ -182,6 +269,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["single", "stack"])
     parser.add_argument("--adapters")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-stages", action="store_true", help="skip the generate-vs-fslm-decode stage comparison")
     parser.add_argument("--memory-only", action="store_true", help="re-measure memory, keep the decode rows of --out")
     args = parser.parse_args()
     if args.child:
@@ -219,6 +307,8 @@ def main() -> None:
             )
             print(json.dumps(row), flush=True)
             result["decode"].append(row)
+        if dtype == "float32" and not args.skip_stages:
+            result["stages"] = stage_batches(engine)
         del engine
     result["memory"] = {} if args.skip_memory else memory_comparison(args.model)
     print(json.dumps(result["memory"]), flush=True)

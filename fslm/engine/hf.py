@@ -10,23 +10,17 @@ from typing import Iterator, Sequence
 
 import torch
 
+from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import _GeneratedNoRepeatNGram, _PromptOnlyRepetitionPenalty, decode_batch  # noqa: F401 (re-exported)
 from fslm.engine.decode import cut_at_stop as _cut_at_stop
 from fslm.errors import ConfigError, InputError
 from fslm.models import LoadedModel, load_model
-from fslm.settings import get_settings
-
-
-def _apply_threads() -> None:
-    threads = get_settings().threads
-    if threads > 0 and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 
 class HFEngine:
     def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, score_batch_tokens: int = 4096):
-        _apply_threads()
+        apply_threads()  # all cores on an idle machine, fewer when others are busy (FSLM_THREADS wins)
         self.model_ref = loaded.source.ref
         self.base = loaded.model
         self.model = loaded.model  # becomes a PeftModel once an adapter is added
