@@ -216,6 +216,65 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> dict:
     raise SystemExit(f"server not healthy after {timeout:.0f} s")
 
 
+def bound_lines(bound: dict | None) -> list[str]:
+    if not bound:
+        return []
+    c = bound["components"]
+    return [
+        f"**Upper bound for this workload: {bound['max_ratio']}x.** Measured in the same setup ({c['threads']} thread(s)): "
+        f"prefill {c['prefill_tokens_per_s_b1']} tok/s at batch 1 and {c['prefill_tokens_per_s_b16']} at batch 16 "
+        f"(compute-bound: batching does not make it cheaper); a decode step {c['decode_step_ms_b1']} ms at batch 1 and "
+        f"{c['decode_step_ms_b16']} ms at batch 16. The {bound['requests']} requests process {bound['prompt_tokens']} "
+        f"stage-input tokens and generate {bound['completion_tokens']}: modeled sequential {bound['modeled_sequential_s']} s "
+        f"(measured {bound['measured_sequential_s']} s); perfect batching (every step 16 live rows, no padding) would still "
+        f"take {bound['ideal_batched_s']} s, {bound['prefill_share_of_ideal']:.0%} of it prefill.", "",
+    ]
+
+
+def component_costs(threads: int, stack: str | None) -> dict:
+    """Time the two kinds of work a stack request is made of, with the server's thread count: prefill (compute-bound,
+    so batching cannot make it cheaper per token) and one decode step at batch 1 and at batch 16."""
+    import torch
+
+    from fslm.engine import load_engine
+    from fslm.stack import Stack
+
+    if threads:
+        os.environ["FSLM_THREADS"] = str(threads)
+    engine = Stack.load(stack).engine if stack else load_engine("smollm2-135m")
+    model, costs = engine.base, {"threads": torch.get_num_threads()}
+    with torch.inference_mode():
+        for batch in (1, 16):
+            ids = torch.randint(1000, 30000, (batch, 100))
+            model(input_ids=ids[:, :8])  # warm-up
+            t0 = time.perf_counter()
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            costs[f"prefill_tokens_per_s_b{batch}"] = round(batch * 100 / (time.perf_counter() - t0), 1)
+            cache, token, steps = out.past_key_values, ids[:, -1:], 16
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                cache = model(input_ids=token, past_key_values=cache, use_cache=True).past_key_values
+            costs[f"decode_step_ms_b{batch}"] = round((time.perf_counter() - t0) / steps * 1000, 1)
+    return costs
+
+
+def throughput_bound(summary: dict, records: list[dict], costs: dict) -> dict:
+    """The best concurrent/sequential ratio these component costs allow for this run's requests: sequential pays
+    prefill + one batch-1 step per generated token; ideal batching pays the same prefill + 1/16 of a batch-16 step
+    per token (every step full, no finished rows, no padding)."""
+    ok = [r for r in records if r["phase"] == "sequential" and r["status"] == 200]
+    tokens_in, tokens_out = sum(r["prompt_tokens"] for r in ok), sum(r["completion_tokens"] for r in ok)
+    prefill_s = tokens_in / costs["prefill_tokens_per_s_b16"]
+    sequential_s = tokens_in / costs["prefill_tokens_per_s_b1"] + tokens_out * costs["decode_step_ms_b1"] / 1000
+    ideal_s = prefill_s + tokens_out * costs["decode_step_ms_b16"] / 16 / 1000
+    return {
+        "components": costs, "requests": len(ok), "prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+        "modeled_sequential_s": round(sequential_s, 1), "measured_sequential_s": summary["sequential"]["wall_s"],
+        "ideal_batched_s": round(ideal_s, 1), "prefill_share_of_ideal": round(prefill_s / ideal_s, 3),
+        "max_ratio": round(sequential_s / ideal_s, 2),
+    }
+
+
 def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
@@ -234,7 +293,7 @@ def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
             ("latency p50 (s)", "latency_p50_s"), ("latency p95 (s)", "latency_p95_s"), ("mean batch size", "mean_batch_size"),
             ("server CPU cores used", "server_cpu_cores_used"), ("requests per server CPU-second", "requests_per_server_cpu_s"),
             ("machine load avg (1 min, mean)", "loadavg_1m_mean")]
-    lines = [f"# fslm serve load test (stack {summary['stack']}, {summary['machine']['cpus']} CPUs shared with other jobs, "
+    lines = [f"# fslm serve load test (stack {summary['stack']}, {summary['machine']['cpus']} CPUs, "
              f"torch threads: {summary['machine']['torch_threads']})", "",
              f"| | sequential (1 client) | concurrent ({c['clients']} clients) |", "|---|---|---|"]
     lines += [f"| {label} | {s[key]} | {c[key]} |" for label, key in rows]
@@ -244,6 +303,7 @@ def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
               f"generated tokens/s ratio {summary['tokens_per_s_ratio']}x; per server CPU-second {summary['per_cpu_second_ratio']}x.",
               f"Sequential phase: {summary['sequential_covered']}. Identical answers for prompts served in both modes: "
               f"{summary['same_answer_rate']}.", "",
+              *bound_lines(summary.get("bound")),
               f"Settings: {st['clients']} clients for {st['duration_s']:.0f} s, max_batch={st['max_batch']}, "
               f"batch_wait_ms={st['batch_wait_ms']}, batch_max_wait_ms={st['batch_max_wait_ms']}, queue_size={st['queue_size']}. "
               f"Generated {summary['generated_at']}.", ""]
@@ -292,8 +352,17 @@ def main() -> None:
     ap.add_argument("--goal", type=float, default=5.0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--resume", action="store_true", help="reuse phases saved by an interrupted run")
+    ap.add_argument("--bound-only", action="store_true", help="only (re)measure component costs and the ratio bound for the saved run")
     ap.add_argument("--replot", action="store_true", help="only rebuild table.md and chart.png from summary.json + items.jsonl")
     args = ap.parse_args()
+    if args.bound_only:
+        summary = json.loads((args.out / "summary.json").read_text())
+        records = [json.loads(line) for line in (args.out / "items.jsonl").open()]
+        summary["bound"] = throughput_bound(summary, records, component_costs(args.threads, args.stack))
+        phases = [{"name": name, "records": [r for r in records if r["phase"] == name]} for name in ("concurrent", "sequential")]
+        write_outputs(args.out, summary, phases)
+        print(json.dumps(summary["bound"], indent=2))
+        return
     if args.replot:
         summary = json.loads((args.out / "summary.json").read_text())
         records = [json.loads(line) for line in (args.out / "items.jsonl").open()]
@@ -375,6 +444,7 @@ def main() -> None:
     }
     summary["goal_met"] = bool(summary["throughput_ratio"] and summary["throughput_ratio"] >= args.goal)
     ordered = [phases["concurrent"], phases["sequential"]]
+    summary["bound"] = throughput_bound(summary, [r for p in ordered for r in p["records"]], component_costs(args.threads, args.stack))
     write_outputs(args.out, summary, ordered)
     for name in phases:
         (args.out / f".phase_{name}.json").unlink(missing_ok=True)
