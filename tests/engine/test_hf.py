@@ -114,3 +114,13 @@ def test_loop_guard_runs_inside_generate(tiny_engine):
     plain = tiny_engine.generate([text], GenerationParams(max_new_tokens=30))[0]
     guarded = tiny_engine.generate([text], GenerationParams(max_new_tokens=30, no_repeat_ngram_size=2))[0]
     assert guarded.tokens_out > 0 and plain.tokens_out > 0
+
+
+def test_flat_scoring_of_distinct_contexts_of_different_lengths(tiny_engine):
+    # One continuation per context and continuations longer than contexts: the batched flat path, where logits are
+    # computed only from the earliest position any row needs.
+    contexts = ["Q:", "A spider has eight legs. How many legs?", "Which planet is the largest in the solar system?"]
+    conts = [" the largest planet of all is Jupiter, by far", " eight legs in total", " Jupiter"]
+    scores = tiny_engine.score(contexts, conts)
+    for s, c, x in zip(scores, contexts, conts):
+        assert math.isclose(s.logprob, reference_logprob(tiny_engine, c, x), rel_tol=1e-4, abs_tol=1e-4)
