@@ -223,7 +223,7 @@ def bound_lines(bound: dict | None) -> list[str]:
     return [
         f"**Upper bound for this workload: {bound['max_ratio']}x.** Measured in the same setup ({c['threads']} thread(s)): "
         f"prefill {c['prefill_tokens_per_s_b1']} tok/s at batch 1 and {c['prefill_tokens_per_s_b16']} at batch 16 "
-        f"(compute-bound: batching does not make it cheaper); a decode step {c['decode_step_ms_b1']} ms at batch 1 and "
+        f"(compute-bound: batching makes it only {c['prefill_tokens_per_s_b16'] / c['prefill_tokens_per_s_b1']:.1f}x cheaper per token); a decode step {c['decode_step_ms_b1']} ms at batch 1 and "
         f"{c['decode_step_ms_b16']} ms at batch 16. The {bound['requests']} requests process {bound['prompt_tokens']} "
         f"stage-input tokens and generate {bound['completion_tokens']}: modeled sequential {bound['modeled_sequential_s']} s "
         f"(measured {bound['measured_sequential_s']} s); perfect batching (every step 16 live rows, no padding) would still "
