@@ -41,3 +41,9 @@ def test_load_average_is_the_fallback(monkeypatch):
     monkeypatch.setattr(cpu.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
     assert cpu.pick_threads() == 1
     assert cpu.pick_threads(own=2) == 2  # our own threads are not "others"
+
+
+def test_bf16_is_fast_only_with_native_bf16_instructions():
+    assert cpu.bf16_is_fast("flags : fpu sse avx2 avx512f avx512_bf16") is True
+    assert cpu.bf16_is_fast("flags : fpu sse avx2 amx_tile amx_bf16") is True
+    assert cpu.bf16_is_fast("flags : fpu sse avx2 fma") is False

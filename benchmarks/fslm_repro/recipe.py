@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fslm.config import StackConfig, load_default_stack_config, load_stack_config
+from fslm.cpu import bf16_is_fast
 from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
@@ -47,7 +48,7 @@ class Recipe:
     distill_batch: int = 8
     teacher: str | None = None  # override the rule's choice
     teacher_candidates: list[str] = field(default_factory=lambda: list(TEACHER_CANDIDATES))
-    teacher_dtype: str = "bfloat16"
+    teacher_dtype: str = field(default_factory=lambda: "bfloat16" if bf16_is_fast() else "float32")
     budget_hours: float = 8.0  # teachers projected to need longer for the distill step are not chosen
     data: str | None = None  # Alpaca file; None: $FSLM_DATA_DIR/alpaca/random_9k.json
     stack: str | None = None  # stack YAML to train; None: the packaged default

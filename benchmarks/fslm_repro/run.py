@@ -83,7 +83,7 @@ def main(
     work: Optional[Path] = typer.Option(None, "--work", help="Intermediate files (default $FSLM_CACHE_DIR/fslm_repro/<scale>)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Use this teacher instead of the rule's choice."),
     candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated teacher candidates to measure."),
-    teacher_dtype: Optional[str] = typer.Option(None, "--teacher-dtype", help="float32 | bfloat16 (default bfloat16)."),
+    teacher_dtype: Optional[str] = typer.Option(None, "--teacher-dtype", help="float32 | bfloat16 (default: bfloat16 on CPUs with native bf16, else float32)."),
     budget_hours: Optional[float] = typer.Option(None, "--budget-hours", help="Teachers projected slower than this are not chosen (default 8)."),
     records: Optional[int] = typer.Option(None, "--records", help="Records to distill (full: 2000)."),
     teacher_records: Optional[int] = typer.Option(None, "--teacher-records", help="Records per teacher candidate (full: 20)."),
