@@ -6,7 +6,7 @@
 The expert/amateur pair must share a tokenizer: Qwen2.5-Coder-1.5B (expert) and -0.5B (amateur) are the only such
 pair among the offline models (SmolLM2 and Gemma each have their own vocabulary). Both decoders get the same chat
 prompt; greedy is the expert alone through `Engine.generate`. Per-item outputs are cached under --work (resumable).
-Outputs: benchmarks/results/collaborate/contrastive.{json,md}.
+Outputs: benchmarks/results/collaborate/contrastive.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -72,6 +72,28 @@ def summarize(rows: list[dict]) -> dict:
             "seconds_per_item": round(sum(r["seconds"] for r in rows) / n, 3)}
 
 
+def plot(result: dict, path: Path) -> None:
+    """Accuracy and repetition side by side: contrastive decoding is meant to raise the first and lower the second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, colors = ["greedy", "contrastive"], ["#98a2b3", "#4f46e5"]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, key, title in ((axes[0], "acc", "GSM8K accuracy"), (axes[1], "repeated_4gram", "repeated word 4-grams")):
+        values = [result[n][key] for n in names]
+        ax.bar(names, values, color=colors)
+        for x, v in enumerate(values):
+            ax.text(x, v, f"{v:.3f}", ha="center", va="bottom")
+        ax.set_title(f"{title} (n={result['n']})")
+    fig.suptitle(f"{result['expert']} - {result['amateur']}, alpha {result['alpha']}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--expert", default="qwen2.5-coder-1.5b")
@@ -84,7 +106,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--work", type=Path, default=get_settings().cache_dir / "bench" / "contrastive")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "collaborate")
+    ap.add_argument("--replot", action="store_true", help="only redraw contrastive.png from contrastive.json")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((args.out / "contrastive.json").read_text()), args.out / "contrastive.png")
+        return
     items = load_task("gsm8k", limit=args.limit)
     expert = load_engine(args.expert, dtype=args.dtype)
     texts = [expert.render_chat([{"role": "user", "content": f"{INSTRUCTION}\n\n{it.question}"}]) for it in items]
@@ -116,6 +142,7 @@ def main() -> None:
     a = result["agreement"]
     lines += ["", f"Both right on {a['both_correct']} items; only greedy right on {a['only_greedy']}; only contrastive right on {a['only_contrastive']}."]
     write_text(args.out / "contrastive.md", "\n".join(lines) + "\n")
+    plot(result, args.out / "contrastive.png")
     log(json.dumps({"greedy": g, "contrastive": c}))
 
 
