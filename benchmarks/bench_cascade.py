@@ -203,14 +203,16 @@ def main() -> None:
     log("router: train on the calibration half, evaluate on the report half")
     router_dir = out / f"router{args.suffix}"
     train_runs(split_dir / "calib" / "small", split_dir / "calib" / "large", router_dir, target=args.target)
+    # eval_runs writes router.{json,md,png}; with a suffix it writes them to a scratch folder first, so the
+    # unsuffixed results of another configuration are never overwritten.
+    report_dir = out if not args.suffix else args.work / f"router-report{args.suffix}"
     rep = eval_runs(router_dir, split_dir / "report" / "small", split_dir / "report" / "large",
-                    calibration=split_dir / "calibration-margin.json", out_dir=out)
+                    calibration=split_dir / "calibration-margin.json", out_dir=report_dir)
     rep["by_target"] = router_by_target(calib, report)
-    write_json(out / "router.json", rep)
-    write_text(out / "router.md", router_markdown(rep))
+    write_json(out / f"router{args.suffix}.json", rep)
+    write_text(out / f"router{args.suffix}.md", router_markdown(rep))
     if args.suffix:
-        for ext in ("json", "md", "png"):
-            os.replace(out / f"router.{ext}", out / f"router{args.suffix}.{ext}")
+        os.replace(report_dir / "router.png", out / f"router{args.suffix}.png")
     log("router: " + json.dumps({k: rep[k] for k in ("router", "random", "cascade")}))
     log("done")
 
