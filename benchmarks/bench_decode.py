@@ -70,7 +70,7 @@ def hf_generate_texts(engine, texts: list[str], params) -> list[str]:
     import torch
     from transformers import LogitsProcessorList
 
-    from fslm.engine.hf import _cut_at_stop, _GeneratedNoRepeatNGram, _PromptOnlyRepetitionPenalty
+    from fslm.engine.decode import GeneratedNoRepeatNGram, PromptOnlyRepetitionPenalty, cut_at_stop
 
     tok = engine.tokenizer
     batch = [engine.encode(t) for t in texts]
@@ -80,9 +80,9 @@ def hf_generate_texts(engine, texts: list[str], params) -> list[str]:
     mask = torch.tensor([[0] * p + [1] * len(b) for p, b in zip(pads, batch)])
     processors = []
     if params.repetition_penalty != 1.0:
-        processors.append(_PromptOnlyRepetitionPenalty(params.repetition_penalty, pads))
+        processors.append(PromptOnlyRepetitionPenalty(params.repetition_penalty, pads))
     if params.no_repeat_ngram_size:
-        processors.append(_GeneratedNoRepeatNGram(params.no_repeat_ngram_size, width))
+        processors.append(GeneratedNoRepeatNGram(params.no_repeat_ngram_size, width))
     with torch.inference_mode():
         out = engine.base.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=False,
@@ -97,7 +97,7 @@ def hf_generate_texts(engine, texts: list[str], params) -> list[str]:
                 new = new[:k]
                 break
         text = tok.decode(new, skip_special_tokens=True)
-        cut = _cut_at_stop(text, params.stop)
+        cut = cut_at_stop(text, params.stop)
         texts_out.append((cut if cut is not None else text).strip())
     return texts_out
 

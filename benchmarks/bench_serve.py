@@ -236,12 +236,11 @@ def component_costs(threads: int, stack: str | None) -> dict:
     so batching cannot make it cheaper per token) and one decode step at batch 1 and at batch 16."""
     import torch
 
-    from fslm.engine import load_engine
     from fslm.stack import Stack
 
     if threads:
         os.environ["FSLM_THREADS"] = str(threads)
-    engine = Stack.load(stack).engine if stack else load_engine("smollm2-135m")
+    engine = Stack.load(stack).engine  # None: the packaged default stack, as the server uses
     model, costs = engine.base, {"threads": torch.get_num_threads()}
     with torch.inference_mode():
         for batch in (1, 16):

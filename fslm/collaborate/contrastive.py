@@ -19,7 +19,8 @@ import torch
 
 from fslm.collaborate.speculative import same_tokenizer
 from fslm.engine import Generation, GenerationParams
-from fslm.engine.hf import HFEngine, _cut_at_stop
+from fslm.engine.decode import cut_at_stop
+from fslm.engine.hf import HFEngine
 from fslm.errors import InputError
 
 
@@ -83,7 +84,7 @@ def _decode_batch(expert: HFEngine, amateur: HFEngine, batch: list[list[int]], p
                     done[row], reasons[row] = True, "stop"
                     continue
                 new[row].append(tok)
-                if params.stop and _cut_at_stop(expert.tokenizer.decode(new[row][-32:]), params.stop) is not None:
+                if params.stop and cut_at_stop(expert.tokenizer.decode(new[row][-32:]), params.stop) is not None:
                     # Only the tail can hold a new stop string; the exact cut is redone on the full text below.
                     done[row], reasons[row] = True, "stop"
             if all(done):
@@ -131,7 +132,7 @@ def contrastive_generate(
         seconds = (time.perf_counter() - t0) / len(chunk)
         for i, tokens, reason in zip(chunk, new, reasons, strict=True):
             text = expert.tokenizer.decode(tokens, skip_special_tokens=True)
-            cut = _cut_at_stop(text, params.stop)
+            cut = cut_at_stop(text, params.stop)
             if cut is not None:
                 text, reason = cut, "stop"
             expert.stats.generated_tokens += len(tokens)

@@ -17,7 +17,8 @@ from typing import Iterator, Sequence
 import torch
 
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.hf import HFEngine, _cut_at_stop, _GeneratedNoRepeatNGram, _PromptOnlyRepetitionPenalty
+from fslm.engine.decode import GeneratedNoRepeatNGram, PromptOnlyRepetitionPenalty, cut_at_stop
+from fslm.engine.hf import HFEngine
 from fslm.errors import InputError
 
 
@@ -197,9 +198,9 @@ class AssistedEngine:
         # The engine's own processors (batch 1: no padding); the target applies them at every verified position.
         processors = []
         if params.repetition_penalty != 1.0:
-            processors.append(_PromptOnlyRepetitionPenalty(params.repetition_penalty, [0]))
+            processors.append(PromptOnlyRepetitionPenalty(params.repetition_penalty, [0]))
         if getattr(params, "no_repeat_ngram_size", 0):
-            processors.append(_GeneratedNoRepeatNGram(params.no_repeat_ngram_size, len(ids)))
+            processors.append(GeneratedNoRepeatNGram(params.no_repeat_ngram_size, len(ids)))
         if processors:
             from transformers import LogitsProcessorList
 
@@ -219,7 +220,7 @@ class AssistedEngine:
                 n_out, reason = k, "stop"
                 break
         decoded = target.tokenizer.decode(new[:n_out], skip_special_tokens=True)
-        cut = _cut_at_stop(decoded, params.stop)
+        cut = cut_at_stop(decoded, params.stop)
         if cut is not None:
             decoded, reason = cut, "stop"
         target.stats.calls += 1

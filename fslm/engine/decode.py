@@ -19,7 +19,12 @@ import torch
 from fslm.engine import GenerationParams
 
 
-class _PromptOnlyRepetitionPenalty:
+def penalize(logits: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty on the logits of seen tokens: positive ones divided, negative ones multiplied."""
+    return torch.where(logits < 0, logits * penalty, logits / penalty)
+
+
+class PromptOnlyRepetitionPenalty:
     """CTRL-style repetition penalty that ignores left padding (an HF logits processor).
 
     transformers' processor also penalizes pad tokens, so a padded row would decode differently from the
@@ -33,12 +38,11 @@ class _PromptOnlyRepetitionPenalty:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row, pad in enumerate(self.pad_lengths):
             seen = input_ids[row, pad:].unique()
-            picked = scores[row, seen]
-            scores[row, seen] = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+            scores[row, seen] = penalize(scores[row, seen], self.penalty)
         return scores
 
 
-class _GeneratedNoRepeatNGram:
+class GeneratedNoRepeatNGram:
     """Ban a token that would repeat an n-gram of the text generated so far (an HF logits processor).
 
     Unlike transformers' no_repeat_ngram_size this ignores the prompt, so a stage may still copy phrases from
@@ -79,7 +83,7 @@ class Decoded:
     reason: str  # "stop" (eos or a stop string) or "length"
 
 
-def _supports_logits_to_keep(model) -> bool:
+def supports_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
@@ -111,6 +115,8 @@ def decode_batch(
 
     `decode_text(tokens) -> str` is needed only when `params.stop` has stop strings.
     """
+    if params.stop and decode_text is None:
+        raise ValueError("stop strings need decode_text to turn tokens back into text")
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     pads = [width - len(p) for p in prompts]
@@ -123,14 +129,14 @@ def decode_batch(
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    extra = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
+    extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True, **extra)
     logits = out.logits[:, -1, :].float()
     cache = out.past_key_values
 
     vocab = logits.shape[-1]
-    penalize = params.repetition_penalty != 1.0
-    if penalize:  # which tokens each row has seen (its own prompt and output; never padding)
+    use_penalty = params.repetition_penalty != 1.0
+    if use_penalty:  # which tokens each row has seen (its own prompt and output; never padding)
         seen = torch.zeros(len(prompts), vocab, dtype=torch.bool, device=device)
         for row, p in enumerate(prompts):
             seen[row, torch.tensor([t for t in p if t < vocab], dtype=torch.long, device=device)] = True
@@ -141,9 +147,8 @@ def decode_batch(
     next_pos = positions[:, -1:] + 1
 
     for step in range(params.max_new_tokens):
-        if penalize:
-            picked = logits[seen]
-            logits[seen] = torch.where(picked < 0, picked * params.repetition_penalty, picked / params.repetition_penalty)
+        if use_penalty:
+            logits[seen] = penalize(logits[seen], params.repetition_penalty)
         if params.no_repeat_ngram_size:
             for live, row in enumerate(rows):
                 banned = banned_ngram_tokens(generated[row], params.no_repeat_ngram_size)
@@ -165,13 +170,13 @@ def decode_batch(
                 keep.append(live)
         if not keep:
             break
-        if penalize:
+        if use_penalty:
             seen[torch.arange(len(rows), device=device), tokens] = True
         if len(keep) < len(rows):
             index = torch.tensor(keep, dtype=torch.long, device=device)
             cache.batch_select_indices(index)
             attention, next_pos, tokens = attention[index], next_pos[index], tokens[index]
-            if penalize:
+            if use_penalty:
                 seen = seen[index]
             rows = [rows[i] for i in keep]
         attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)

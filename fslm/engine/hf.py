@@ -12,8 +12,7 @@ import torch
 
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.decode import _GeneratedNoRepeatNGram, _PromptOnlyRepetitionPenalty, _supports_logits_to_keep, decode_batch  # noqa: F401 (re-exported)
-from fslm.engine.decode import cut_at_stop as _cut_at_stop
+from fslm.engine.decode import cut_at_stop, decode_batch, supports_logits_to_keep
 from fslm.errors import ConfigError, InputError
 from fslm.models import LoadedModel, load_model
 
@@ -130,7 +129,7 @@ class HFEngine:
         results = []
         for d in decoded:
             text, reason = self.tokenizer.decode(d.tokens, skip_special_tokens=True), d.reason
-            cut = _cut_at_stop(text, params.stop)
+            cut = cut_at_stop(text, params.stop)
             if cut is not None:
                 text, reason = cut, "stop"
             results.append((text.strip(), len(d.tokens), reason))
@@ -185,7 +184,7 @@ class HFEngine:
     def _keep_logits(self, n: int) -> dict:
         """forward() kwargs that compute logits for the last `n` positions only, where the model supports it."""
         if self._logits_to_keep is None:
-            self._logits_to_keep = _supports_logits_to_keep(self.model)
+            self._logits_to_keep = supports_logits_to_keep(self.model)
         return {"logits_to_keep": n} if self._logits_to_keep else {}
 
     @torch.inference_mode()

@@ -79,3 +79,11 @@ def test_banned_tokens_are_exactly_the_ngram_completions(tokens, n):
         grams = [tuple(extended[i : i + n]) for i in range(len(extended) - n + 1)]
         repeats = len(grams) != len(set(grams)) and grams[-1] in grams[:-1]
         assert (t in banned) == (len(tokens) >= n and repeats)
+
+
+def test_stop_strings_without_a_detokenizer_are_refused(tiny_engine):
+    import pytest
+
+    ids = encoded(tiny_engine)[0]
+    with pytest.raises(ValueError, match="decode_text"):
+        decode_batch(tiny_engine.base, [ids], GenerationParams(max_new_tokens=4, stop=("x",)), pad_id=0, eos_ids=[0])

@@ -96,9 +96,9 @@ def test_bad_adapter_folder(tiny_model_dir, tmp_path):
 
 
 def test_loop_guard_bans_repeated_generated_ngrams_only():
-    from fslm.engine.hf import _GeneratedNoRepeatNGram
+    from fslm.engine.decode import GeneratedNoRepeatNGram
 
-    guard = _GeneratedNoRepeatNGram(3, prompt_width=4)
+    guard = GeneratedNoRepeatNGram(3, prompt_width=4)
     # prompt [5, 6, 1, 2] then generated [1, 2, 3, 1, 2]: "1 2 -> 3" already happened in the generated text.
     ids = torch.tensor([[5, 6, 1, 2, 1, 2, 3, 1, 2]])
     scores = guard(ids, torch.zeros(1, 10))
@@ -106,7 +106,7 @@ def test_loop_guard_bans_repeated_generated_ngrams_only():
     assert torch.isfinite(scores[0, [0, 1, 2, 4, 5, 6, 7, 8, 9]]).all()
     # The prompt's own n-grams are never banned: "1 2" followed by 1 in the prompt+generation boundary is fine.
     ids = torch.tensor([[1, 2, 7, 9, 1, 2]])
-    assert torch.isfinite(_GeneratedNoRepeatNGram(3, prompt_width=2)(ids, torch.zeros(1, 10))).all()
+    assert torch.isfinite(GeneratedNoRepeatNGram(3, prompt_width=2)(ids, torch.zeros(1, 10))).all()
 
 
 def test_loop_guard_runs_inside_generate(tiny_engine):
