@@ -123,6 +123,10 @@ class StackConfig(BaseModel):
             path = self.source_path.parent / path
         return path
 
+    def without_adapters(self) -> "StackConfig":
+        """The same stack prompt-only: what the trained adapters add is measured against this."""
+        return self.model_copy(update={"stages": [s.model_copy(update={"adapter": None}) for s in self.stages]})
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
 

@@ -98,9 +98,11 @@ class Stack:
                 engine.add_adapter(stage.name, str(path))
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, engine: Engine | None = None) -> "Stack":
-        """A stack from a YAML file (the packaged default when path is None)."""
+    def load(cls, path: str | Path | None = None, *, engine: Engine | None = None, adapters: bool = True) -> "Stack":
+        """A stack from a YAML file (the packaged default when path is None); adapters=False runs it prompt-only."""
         cfg = load_default_stack_config() if path is None else load_stack_config(path)
+        if not adapters:
+            cfg = cfg.without_adapters()
         check_adapters(cfg)  # before the (slow) model load
         return cls(cfg, engine or load_engine(cfg.base_model, dtype=cfg.dtype))
 

@@ -4,6 +4,7 @@ distill  -> <work>/distilled.jsonl (fslm.distill; resumes per batch)        + <o
 finetune -> <work>/finetune/ (fslm.finetune; resumes from checkpoints)     + <out>/trained_stack/ (stack.yaml, fp16
             adapters <= the size budget, train_log.json, loss.png)         + <out>/finetune.json
 eval     -> <out>/runs/<system>/ (fslm.evaluate; resumes per batch), one folder per system
+ship     -> <ship_to>/default/adapters/<stage>/ (the packaged default stack's adapters: `fslm run` uses them)
 """
 
 from __future__ import annotations
@@ -213,17 +214,19 @@ def run_eval(recipe: Recipe, log=print) -> dict:
     if not (recipe.trained_dir / "stack.yaml").is_file():
         raise ConfigError(f"no {recipe.trained_dir / 'stack.yaml'}: run the 'finetune' step first")
     expected = expected_items(recipe)
-    index = {}
-    for spec in systems(recipe):
+    specs = systems(recipe)
+    index = {spec.name: {"label": spec.label, "kind": spec.kind, "run": str((recipe.runs_dir / spec.name).relative_to(recipe.out))}
+             for spec in specs}
+    # Written first, so that `--only report` can report the systems finished so far while the rest still run.
+    data = {"systems": index, "items_per_system": expected, "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
+    write_json(recipe.out / "systems.json", data)
+    for spec in specs:
         folder = recipe.runs_dir / spec.name
-        index[spec.name] = {"label": spec.label, "kind": spec.kind, "run": str(folder.relative_to(recipe.out))}
         if system_done(recipe, spec, expected):
             log(f"  {spec.name}: done ({expected} items)")
             continue
         log(f"  {spec.name}: evaluating {recipe.eval_limit} items per task -> {folder}")
         evaluate_system(spec, recipe.tasks, recipe.eval_limit, folder, recipe.eval_batch, recipe.isolate_eval)
-    data = {"systems": index, "items_per_system": expected, "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
-    write_json(recipe.out / "systems.json", data)
     return data
 
 
@@ -239,3 +242,51 @@ if __name__ == "__main__":  # the isolated worker of evaluate_system
     except FslmError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+# ---- ship ------------------------------------------------------------------------------------------------------------
+def _shipped_dir(recipe: Recipe) -> Path:
+    return recipe.ship_to / "default" / "adapters"
+
+
+def ship_done(recipe: Recipe) -> bool:
+    """Nothing to ship (smoke scale), or every packaged adapter file equals the trained one."""
+    if recipe.ship_to is None:
+        return True
+    trained = recipe.trained_dir / "adapters"
+    if not trained.is_dir():
+        return False
+    files = [f for f in trained.rglob("*") if f.is_file()]
+    return bool(files) and all((_shipped_dir(recipe) / f.relative_to(trained)).is_file()
+                               and (_shipped_dir(recipe) / f.relative_to(trained)).read_bytes() == f.read_bytes() for f in files)
+
+
+def run_ship(recipe: Recipe, log=print) -> dict:
+    """Copy the trained adapters next to the packaged default.yaml, whose stages already name them
+    (`adapter: default/adapters/<stage>`); each stage's folder is swapped in whole (copy, then rename)."""
+    if recipe.ship_to is None:
+        return {}
+    trained = recipe.trained_dir / "adapters"
+    if not trained.is_dir():
+        raise ConfigError(f"no {trained}: run the 'finetune' step first")
+    packaged = load_stack_config(recipe.ship_to / "default.yaml")
+    for i, stage in enumerate(packaged.stages):
+        want = f"default/adapters/{stage.name}"
+        if stage.adapter != want:
+            raise ConfigError(f"{packaged.source_path}: stages.{i}.adapter is {stage.adapter!r}; expected {want!r} (where the ship step puts it)")
+        if not (trained / stage.name).is_dir():
+            raise ConfigError(f"{trained}: no adapter for stage {stage.name!r} of {packaged.source_path}")
+    target = _shipped_dir(recipe)
+    target.mkdir(parents=True, exist_ok=True)
+    for stage in packaged.stages:
+        tmp, old = target / f".{stage.name}.tmp", target / f".{stage.name}.old"
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.copytree(trained / stage.name, tmp)
+        if (target / stage.name).exists():
+            (target / stage.name).rename(old)
+        tmp.rename(target / stage.name)
+        shutil.rmtree(old, ignore_errors=True)
+    sizes = adapters_bytes(recipe.ship_to / "default")
+    log(f"  shipped {len(sizes)} adapters ({sum(sizes.values())} bytes) to {target}")
+    return sizes

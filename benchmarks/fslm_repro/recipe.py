@@ -20,16 +20,20 @@ from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "eval", "report")
+STEPS = ("teachers", "distill", "finetune", "eval", "report", "ship")
 REPO = Path(__file__).resolve().parents[2]
+PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the trained adapters here: `fslm run` uses them
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "fslm_repro"
 TEACHER_CANDIDATES = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m")
 BIG_MODELS = ("qwen2.5-coder-0.5b", "gemma3-270m")
 ADAPTER_BUDGET_BYTES = 10_000_000  # issue 5: all shipped adapters together <= 10 MB (decimal), stored fp16
 
-# Sizes per scale. full = issue 5's experiment; smoke = the same code path on a handful of items (minutes).
+# Sizes per scale. full = issue 5's experiment (~5 h distill + ~10 h eval here); pilot = the same experiment small
+# enough for one ~3 h session (an early read, wide CIs); smoke = the same code path on a handful of items (minutes).
 SCALES = {
     "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8},
+    "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8,
+              "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
     "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4},
 }
 # Settings that define the experiment: an out dir that holds results of other settings is refused.
@@ -60,14 +64,17 @@ class Recipe:
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own
+    ship_to: Path | None = None  # folder of the packaged default.yaml whose adapters the ship step replaces; None: no ship
 
     @classmethod
     def for_scale(cls, scale: str, out: Path | None = None, work: Path | None = None, **overrides) -> "Recipe":
         if scale not in SCALES:
             raise ConfigError(f"--scale {scale!r}: expected one of {sorted(SCALES)}")
-        out = Path(out) if out else (DEFAULT_OUT if scale == "full" else REPO / "runs" / f"fslm_repro_{scale}")
+        default_out = {"full": DEFAULT_OUT, "pilot": DEFAULT_OUT.with_name("fslm_repro_pilot")}.get(scale, REPO / "runs" / f"fslm_repro_{scale}")
+        out = Path(out) if out else default_out
         work = Path(work) if work else get_settings().cache_dir / "fslm_repro" / scale
         values = {**SCALES[scale], **{k: v for k, v in overrides.items() if v is not None}}
+        values.setdefault("ship_to", PACKAGE_STACKS if scale in ("full", "pilot") else None)
         return cls(out=out, work=work, scale=scale, **values)
 
     def identity(self) -> dict:
@@ -75,8 +82,8 @@ class Recipe:
         return {k: (str(data[k]) if isinstance(data[k], Path) else data[k]) for k in IDENTITY_FIELDS}
 
     def stack_config(self) -> StackConfig:
-        """The stack to train: the packaged default (or --stack), with the student base model if one is given."""
-        cfg = load_default_stack_config() if self.stack is None else load_stack_config(self.stack)
+        """The stack to train, prompt-only: the packaged default (or --stack), with the student base model if given."""
+        cfg = (load_default_stack_config() if self.stack is None else load_stack_config(self.stack)).without_adapters()
         return cfg.model_copy(update={"base_model": self.student}) if self.student else cfg
 
     @property

@@ -138,7 +138,10 @@ def run(recipe: Recipe, log=print) -> Path:
         raise ConfigError(f"no {out / 'systems.json'}: run the 'eval' step first")
     systems = index["systems"]
     summaries = {name: read_json(out / info["run"] / "summary.json") for name, info in systems.items()}
-    summaries = {k: v for k, v in summaries.items() if v is not None}
+    summaries = {k: v for k, v in summaries.items() if v is not None and v.get("n_items") == index["items_per_system"]}
+    if "base" not in summaries:
+        raise ConfigError(f"{out / systems['base']['run']}: the base model's evaluation is not finished; run the 'eval' step")
+    pending = [info["label"] for name, info in systems.items() if name not in summaries]
     run_of = {name: out / info["run"] for name, info in systems.items()}
     cmp_dir = out / "compare"
     vs_base = {name: compare(run_of[name], run_of["base"], out_dir=cmp_dir / f"{name}-vs-base")["tasks"]
@@ -152,8 +155,13 @@ def run(recipe: Recipe, log=print) -> Path:
     teachers, distilled, tuned = (read_json(out / f) for f in ("teachers.json", "distill.json", "finetune.json"))
 
     lines = [f"# FSLM reproduction (issue 5) — scale `{recipe.scale}`", ""]
-    if recipe.scale != "full":
+    if recipe.scale == "pilot":
+        lines += [f"**Pilot scale: {recipe.distill_records} distilled records and {index['limit']} items per task, small enough for one "
+                  "session on this CPU. An early read with wide CIs, not the experiment issue 5 asks for (`--scale full`).**", ""]
+    elif recipe.scale != "full":
         lines += [f"**Smoke scale: {index['limit']} item(s) per task. These numbers check the pipeline; they say nothing about the systems.**", ""]
+    if pending:
+        lines += [f"**Not evaluated yet** (rerun the recipe to finish them): {', '.join(pending)}.", ""]
     lines += [f"Zero-shot, the same items for every system ({index['items_per_system']} per system: up to {index['limit']} per task, "
               f"all items where a task has fewer). Accuracy in %; Δ = paired bootstrap 95% CI of the macro difference vs the base model.", "",
               "## Verdict", ""]

@@ -1,6 +1,6 @@
-"""Issue 5 in one command: teachers -> distill -> finetune -> eval -> report, every step resumable.
+"""Issue 5 in one command: teachers -> distill -> finetune -> eval -> report -> ship, every step resumable.
 
-    python benchmarks/fslm_repro/run.py [--scale full|smoke] [--only STEP,...] [--out DIR]
+    python benchmarks/fslm_repro/run.py [--scale full|pilot|smoke] [--only STEP,...] [--out DIR]
 
 Rerunning continues where it stopped: a step whose outputs exist is skipped, and the library calls underneath
 (fslm.distill, fslm.finetune, fslm.evaluate) resume within a step. Big intermediate files (distilled data,
@@ -32,6 +32,7 @@ STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
     "finetune": (pipeline.finetune_done, pipeline.run_finetune),
     "eval": (pipeline.eval_done, pipeline.run_eval),
     "report": (report.done, report.run),
+    "ship": (pipeline.ship_done, pipeline.run_ship),
 }
 
 
@@ -77,7 +78,7 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def main(
-    scale: str = typer.Option("full", "--scale", help="full (issue 5's sizes) | smoke (a handful of items, same code path)."),
+    scale: str = typer.Option("full", "--scale", help="full (issue 5's sizes) | pilot (256 records, 40 items per task: one session) | smoke (a handful of items, same code path)."),
     only: Optional[str] = typer.Option(None, "--only", help=f"Comma-separated steps to run ({','.join(STEPS)}); default: all."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results folder (default benchmarks/results/fslm_repro; smoke: runs/fslm_repro_smoke)."),
     work: Optional[Path] = typer.Option(None, "--work", help="Intermediate files (default $FSLM_CACHE_DIR/fslm_repro/<scale>)."),

@@ -30,10 +30,11 @@ def run_command(
     stack: Optional[Path] = typer.Option(None, "--stack", "-s", help="Stack YAML (default: the packaged 4-stage stack)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object {answer, trace} instead of panels."),
     show_inputs: bool = typer.Option(False, "--inputs", help="Also show the exact text each stage was given."),
+    no_adapters: bool = typer.Option(False, "--no-adapters", help="Run the stack prompt-only (its LoRA adapters off)."),
 ) -> None:
     """Answer PROMPT with a stack and print the answer and every stage's text."""
     with status("loading stack and model…", enabled=True):
-        loaded = Stack.load(stack)
+        loaded = Stack.load(stack, adapters=not no_adapters)
     with status(f"running {len(loaded.config.stages)} stages…", enabled=not json_output):
         result = loaded.run(prompt)
     if json_output:

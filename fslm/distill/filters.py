@@ -46,6 +46,22 @@ def leaks_answer(answer: str, text: str, prompt: str = "", min_words: int = 3, s
     return bool((_ngrams(gold, n) & _ngrams(words(text), n)) - _ngrams(words(prompt), n))
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s|$)")
+
+
+def trim_to_sentences(text: str, max_tokens: int, count_tokens: Callable[[str], int], min_words: int = 6) -> str | None:
+    """The longest run of whole leading sentences of `text` that fits `max_tokens`, or None if that would leave
+    fewer than `min_words` words. A teacher that ran past the stage's budget often wrote one or two good sentences
+    first: keeping them teaches the stage to stop early, where dropping the record teaches nothing."""
+    best = None
+    for match in SENTENCE_END.finditer(text):
+        head = text[: match.end()].rstrip()
+        if count_tokens(head) > max_tokens:
+            break
+        best = head
+    return best if best is not None and len(words(best)) >= min_words else None
+
+
 def check_target(
     text: str,
     *,

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, load_default_stack_config, load_stack_config
 from fslm.distill.data import Instruction, load_instructions
-from fslm.distill.filters import check_target
+from fslm.distill.filters import check_target, trim_to_sentences
 from fslm.distill.store import DistillStore, read_distilled
 from fslm.errors import ConfigError
 from fslm.stack import generation_params, stage_messages
@@ -32,6 +32,7 @@ class DistillOptions:
     hints: bool = True  # show the teacher the gold output when a record has one
     no_leak: Sequence[str] | None = None  # stages that must not contain the gold answer; None: see leak_stages()
     length_slack: float = 1.0  # a target may use up to slack * the stage's max_new_tokens (unless max_target_tokens is set)
+    trim: bool = True  # a too-long target keeps its whole leading sentences that fit (see trim_to_sentences)
 
 
 @dataclass
@@ -52,11 +53,17 @@ class DistillReport:
         return asdict(self)
 
 
+def shows_gold(stage: StageConfig) -> bool:
+    """Whether the teacher sees the gold answer when it writes this stage (hinted mode)."""
+    return stage.teacher_prompt is None or "{answer}" in stage.teacher_prompt
+
+
 def leak_stages(cfg: StackConfig, no_leak: Sequence[str] | None) -> set[str]:
-    """Default: every intermediate stage except the one right before the answer (that one drafts the answer by design)."""
+    """Default: every intermediate stage before the one that drafts the answer, if its teacher was shown the gold.
+    A teacher that never saw the gold and still states it (a fact it knows) is recalling, not leaking."""
     names = [s.name for s in cfg.stages]
     if no_leak is None:
-        return set(names[:-2])
+        return {s.name for s in cfg.stages[:-2] if shows_gold(s)}
     unknown = [n for n in no_leak if n not in names]
     if unknown:
         raise ConfigError(f"--no-leak: unknown stage(s) {unknown}; stages of {cfg.name!r}: {names}")
@@ -137,11 +144,17 @@ class _Distiller:
             replies = self.teacher.generate(requests, generation_params(stage))
             for k, reply in zip(asked, replies, strict=True):
                 rec = records[k]
-                rec["targets"][stage.name] = reply.text
+                text, finish = reply.text, reply.finish_reason
+                if self.options.trim and (finish == "length" or self.count_tokens(text) > self._budget(stage)):
+                    trimmed = trim_to_sentences(text, self._budget(stage), self.count_tokens)
+                    if trimmed is not None:
+                        text, finish = trimmed, "stop"
+                        rec.setdefault("trimmed", []).append(stage.name)
+                rec["targets"][stage.name] = text
                 rec["seconds"][stage.name] = round(reply.seconds, 4)
                 leak_answer = golds[k] if stage.name in self.no_leak else None
                 reasons = check_target(
-                    reply.text, finish_reason=reply.finish_reason, max_tokens=self._budget(stage),
+                    text, finish_reason=finish, max_tokens=self._budget(stage),
                     count_tokens=self.count_tokens, stop=stage.generation.stop, answer=leak_answer, prompt=items[k].prompt,
                 )
                 rec["filtered"] = [f"{stage.name}:{r}" for r in reasons]

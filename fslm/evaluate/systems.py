@@ -248,6 +248,6 @@ def load_system(
         engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
         return ModelSystem(engine, name=f"model:{cfg.base_model}", load_seconds=round(time.perf_counter() - t0, 2))
     if not adapters:
-        cfg = cfg.model_copy(update={"stages": [s.model_copy(update={"adapter": None}) for s in cfg.stages]})
+        cfg = cfg.without_adapters()
     engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
     return StackSystem(Stack(cfg, engine), load_seconds=round(time.perf_counter() - t0, 2), adapters=adapters)

@@ -65,7 +65,7 @@ def usable_records(cfg: StackConfig, records: Sequence[dict], where: str) -> lis
 
 def build_examples(cfg: StackConfig, engine, records: Sequence[dict], max_length: int) -> list[StageData]:
     """One StageData per stage; examples longer than max_length are skipped and counted, never cut."""
-    plain = cfg.model_copy(update={"stages": [s.model_copy(update={"adapter": None}) for s in cfg.stages]})
+    plain = cfg.without_adapters()
     stack = Stack(plain, engine)
     eos = engine.tokenizer.eos_token_id
     if eos is None:

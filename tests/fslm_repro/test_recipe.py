@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from .conftest import needs_data
 
@@ -21,12 +22,17 @@ def smoke_run(smoke_world, tmp_path_factory):
     from run import run_recipe
 
     m = smoke_world["models"]
+    ship_to = tmp_path_factory.mktemp("package_stacks")  # stands in for fslm/stacks/ (never touched by tests)
+    packaged = yaml.safe_load(smoke_world["stack"].read_text())
+    for stage in packaged["stages"]:
+        stage["adapter"] = f"default/adapters/{stage['name']}"
+    (ship_to / "default.yaml").write_text(yaml.safe_dump(packaged))
     recipe = Recipe.for_scale(
         "smoke", tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work"),
         teacher_candidates=[str(m["teacher_a"]), str(m["teacher_b"])], big_models=[str(m["big"])],
         data=str(smoke_world["data"]), stack=str(smoke_world["stack"]), teacher_dtype="float32",
         isolate_eval=False,  # a process per system would double this test's time; isolation is tested below
-        tasks=TASKS,
+        tasks=TASKS, ship_to=ship_to,
     )
     logs: list[str] = []
     first = run_recipe(recipe, log=logs.append)
@@ -36,7 +42,7 @@ def smoke_run(smoke_world, tmp_path_factory):
 def test_every_step_writes_its_outputs(smoke_run):
     recipe, steps, logs = smoke_run
     out = recipe.out
-    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "eval", "report"]
+    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "eval", "report", "ship"]
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
 
     teachers = json.loads((out / "teachers.json").read_text())
@@ -67,6 +73,31 @@ def test_every_step_writes_its_outputs(smoke_run):
     no_facts = json.loads((out / "runs" / "stack-no-facts" / "summary.json").read_text())
     assert no_facts["stages"] == ["intent", "reasoning", "answer"]
     assert json.loads((out / "runs" / "stack-2stage" / "summary.json").read_text())["stages"] == ["facts", "answer"]
+
+
+def test_ship_puts_the_trained_adapters_where_the_packaged_stack_names_them(smoke_run):
+    from fslm.config import check_adapters, load_stack_config
+    from pipeline import run_ship
+
+    recipe, _, _ = smoke_run
+    packaged = load_stack_config(recipe.ship_to / "default.yaml")
+    check_adapters(packaged)  # every stage's adapter folder is complete
+    for stage in packaged.stages:
+        shipped = packaged.adapter_path(stage) / "adapter_model.safetensors"
+        assert shipped.read_bytes() == (recipe.trained_dir / "adapters" / stage.name / "adapter_model.safetensors").read_bytes()
+    assert not [p for p in (recipe.ship_to / "default" / "adapters").iterdir() if p.name.startswith(".")]  # no temp folders left
+
+    wrong = yaml.safe_load((recipe.ship_to / "default.yaml").read_text())
+    wrong["stages"][1]["adapter"] = "elsewhere/facts"
+    other = recipe.ship_to.parent / (recipe.ship_to.name + "-wrong")
+    other.mkdir(exist_ok=True)
+    (other / "default.yaml").write_text(yaml.safe_dump(wrong))
+    from dataclasses import replace
+
+    from fslm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages\.1\.adapter is 'elsewhere/facts'; expected 'default/adapters/facts'"):
+        run_ship(replace(recipe, ship_to=other), log=lambda _: None)
 
 
 def test_report_has_the_table_and_numbers_from_the_runs(smoke_run):
