@@ -20,7 +20,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "eval", "report", "ship")
+STEPS = ("teachers", "distill", "finetune", "choice", "eval", "report", "ship")
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the trained adapters here: `fslm run` uses them
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "fslm_repro"
@@ -31,10 +31,10 @@ ADAPTER_BUDGET_BYTES = 10_000_000  # issue 5: all shipped adapters together <= 1
 # Sizes per scale. full = issue 5's experiment (~5 h distill + ~10 h eval here); pilot = the same experiment small
 # enough for one ~3 h session (an early read, wide CIs); smoke = the same code path on a handful of items (minutes).
 SCALES = {
-    "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8},
-    "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8,
+    "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 900},
+    "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 600,
               "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
-    "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4},
+    "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6},
 }
 # Settings that define the experiment: an out dir that holds results of other settings is refused.
 IDENTITY_FIELDS = ("scale", "teacher_records", "distill_records", "eval_limit", "tasks", "student", "data", "stack",
@@ -61,6 +61,7 @@ class Recipe:
     big_models: list[str] = field(default_factory=lambda: list(BIG_MODELS))
     two_stage: list[str] = field(default_factory=lambda: ["facts", "answer"])
     epochs: int = 1
+    choice_records: int = 0  # attempt 2 (step `choice`): choice-style train/dev questions for the answer stage; 0: off
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own

@@ -42,7 +42,7 @@ def smoke_run(smoke_world, tmp_path_factory):
 def test_every_step_writes_its_outputs(smoke_run):
     recipe, steps, logs = smoke_run
     out = recipe.out
-    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "eval", "report", "ship"]
+    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "choice", "eval", "report", "ship"]
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
 
     teachers = json.loads((out / "teachers.json").read_text())
@@ -64,7 +64,7 @@ def test_every_step_writes_its_outputs(smoke_run):
         assert all(str(fh.get_tensor(k).dtype) == "torch.float16" for k in fh.keys())
 
     index = json.loads((out / "systems.json").read_text())
-    expected = {"stack-trained", "base", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
+    expected = {"stack-trained", "stack-trained-choice", "base", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
                 "stack-no-reasoning", "stack-2stage"}
     assert set(index["systems"]) == expected
     for name in expected:
@@ -73,6 +73,24 @@ def test_every_step_writes_its_outputs(smoke_run):
     no_facts = json.loads((out / "runs" / "stack-no-facts" / "summary.json").read_text())
     assert no_facts["stages"] == ["intent", "reasoning", "answer"]
     assert json.loads((out / "runs" / "stack-2stage" / "summary.json").read_text())["stages"] == ["facts", "answer"]
+
+
+def test_choice_step_retrains_only_the_answer_stage_on_train_split_questions(smoke_run):
+    from fslm.config import load_stack_config
+    from fslm.tasks import load_task
+
+    recipe, _, _ = smoke_run
+    info = json.loads((recipe.out / "choice.json").read_text())
+    assert info["questions"] == recipe.choice_records and info["train_records"] == info["questions"] + info["alpaca_records"]
+    rows = [json.loads(line) for line in (recipe.work / "choice" / "self_targets.jsonl").read_text().splitlines()]
+    eval_ids = {it.id for task in ("arc_challenge", "mmlu", "openbookqa") for it in load_task(task)}
+    assert rows and not {r["id"] for r in rows} & eval_ids  # never an evaluation item
+    assert all(set(r["targets"]) == {"intent", "facts", "reasoning", "answer"} for r in rows)
+    cfg = load_stack_config(recipe.out / "trained_stack_choice" / "stack.yaml")
+    paths = {s.name: cfg.adapter_path(s).resolve() for s in cfg.stages}
+    assert paths["facts"] == (recipe.trained_dir / "adapters" / "facts").resolve()  # earlier stages: attempt 1's adapters
+    new = (paths["answer"] / "adapter_model.safetensors").read_bytes()
+    assert new != (recipe.trained_dir / "adapters" / "answer" / "adapter_model.safetensors").read_bytes()
 
 
 def test_ship_puts_the_trained_adapters_where_the_packaged_stack_names_them(smoke_run):
