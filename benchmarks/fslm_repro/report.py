@@ -14,6 +14,7 @@ from fslm.evaluate.store import write_atomic
 from recipe import Recipe, read_json
 
 PROMPT_CHARS = 700
+ANALYSIS = "ANALYSIS.md"  # optional, hand-written: included in RESULTS.md after the example traces
 EPS = 1e-9  # bootstrap bounds are means of 0/1 values: -1e-17 is zero, not "excludes zero"
 
 
@@ -126,7 +127,7 @@ def done(recipe: Recipe) -> bool:
     results = recipe.out / "RESULTS.md"
     if not results.is_file():
         return False
-    inputs = [recipe.out / f for f in ("systems.json", "teachers.json", "distill.json", "finetune.json")]
+    inputs = [recipe.out / f for f in ("systems.json", "teachers.json", "distill.json", "finetune.json", "choice.json", ANALYSIS)]
     inputs += list(recipe.runs_dir.glob("*/summary.json"))
     return all(results.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.is_file())
 
@@ -198,6 +199,8 @@ def run(recipe: Recipe, log=print) -> Path:
     if "stack-trained" in summaries:
         for title, rule, row, base_row in pick_examples(read_items(run_of["stack-trained"]), read_items(run_of["base"])):
             lines += trace_markdown(title, rule, row, base_row)
+    if (out / ANALYSIS).is_file():  # findings written by a person from the traces; the tables above stay generated
+        lines += [(out / ANALYSIS).read_text(encoding="utf-8").rstrip(), ""]
     lines += ["## How the stack was built", ""]
     used = distilled["teacher_ref"] if distilled else None
     if teachers and used in (None, teachers["chosen"]):
@@ -212,6 +215,12 @@ def run(recipe: Recipe, log=print) -> Path:
         losses = ", ".join(f"{k} {v.get('first_loss', 0):.2f}→{v.get('final_loss', 0):.2f}" for k, v in tuned["stages"].items())
         lines.append(f"- Fine-tuned: LoRA rank {tuned['rank']} (alpha {tuned['alpha']}) on {', '.join(tuned['targets'])}, {tuned['epochs']} epoch(s); "
                      f"adapters stored fp16, {tuned['adapter_bytes_total'] / 1e6:.2f} MB in total (budget {tuned['budget_bytes'] / 1e6:.0f} MB); loss {losses}.")
+    choice = read_json(out / "choice.json")
+    if choice:
+        stage = choice["answer_stage"]
+        lines.append(f"- Attempt 2 (`choice` step): the answer stage retrained on {choice['alpaca_records']} Alpaca records + "
+                     f"{choice['questions']} choice-style questions from {', '.join(choice['sources'])} (never evaluation items); "
+                     f"earlier-stage texts by the trained stack itself; loss {stage.get('first_loss', 0):.2f}→{stage.get('final_loss', 0):.2f}.")
     lines += ["", "## Wall time per step (this machine)", "", "| step | status | wall time | sessions |", "|---|---|---:|---:|"]
     for step, e in steps.items():
         lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} |")

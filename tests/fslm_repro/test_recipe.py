@@ -175,3 +175,24 @@ def test_isolated_evaluation_reports_its_own_peak_rss(smoke_world, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["n_items"] == 1 and summary["cost"]["peak_rss_mb"] < parent_peak_mb - 300
     del ballast
+
+
+def test_report_names_systems_not_evaluated_yet(smoke_run, tmp_path):
+    """The report can run while the eval step is still going: unfinished systems are listed, not tabulated."""
+    import shutil
+    from dataclasses import replace
+
+    import report
+
+    recipe, _, _ = smoke_run
+    out = tmp_path / "out"
+    shutil.copytree(recipe.out, out)
+    summary = out / "runs" / "stack-no-facts" / "summary.json"
+    partial = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**partial, "n_items": partial["n_items"] - 1}))  # as if the run stopped one item short
+    (out / "ANALYSIS.md").write_text("## Analysis\n\nWritten from the traces.\n")
+    report.run(replace(recipe, out=out), log=lambda _: None)
+    text = (out / "RESULTS.md").read_text()
+    assert "**Not evaluated yet** (rerun the recipe to finish them): trained stack without facts." in text
+    assert "| trained stack without facts |" not in text and "| trained stack without intent |" in text
+    assert "## Analysis\n\nWritten from the traces." in text
