@@ -110,7 +110,7 @@ def stage_batches(engine, batch: int = 16) -> list[dict]:
 
     seeds = (get_settings().data_dir / "alpaca" / "seed_tasks.jsonl").read_text().splitlines()
     prompts = [json.loads(line)["instruction"] for line in seeds[:batch]]
-    stack = Stack(load_default_stack_config(), engine)
+    stack = Stack(load_default_stack_config().without_adapters(), engine)  # prompt-only: what these numbers measured
     results = stack.run_batch(prompts)  # gives every stage its real inputs
     rows = []
     for index, stage in enumerate(stack.config.stages):
@@ -155,7 +155,7 @@ def child_peak_rss(mode: str, model: str, adapters_dir: str) -> dict:
         engine.generate([engine.render_chat([{"role": "user", "content": PROMPTS[0]}])], GenerationParams(max_new_tokens=16))
         stages = 1
     else:
-        cfg = load_default_stack_config()
+        cfg = load_default_stack_config().without_adapters()
         cfg.base_model = model
         for stage in cfg.stages:
             stage.adapter = str(Path(adapters_dir) / stage.name)

@@ -137,7 +137,7 @@ def run_stack(engines: Engines, base_model: str, max_prompts: int) -> dict:
 
     engines.keep_only({(base_model, "float32")})
     engine = engines.get(base_model, "float32")
-    cfg = load_default_stack_config().model_copy(update={"base_model": base_model})
+    cfg = load_default_stack_config().without_adapters().model_copy(update={"base_model": base_model})
     plain_stack, fast_stack = Stack(cfg, engine), Stack(cfg, AssistedEngine(engine, prompt_lookup=10))
     plain_stack.run(STACK_PROMPTS[0])  # warm-up
     per_stage: dict[str, list[float]] = {s.name: [0.0, 0.0] for s in cfg.stages}

@@ -48,7 +48,7 @@ def speed_examples(engine, n: int, max_length: int):
     from fslm.finetune.examples import Example
     from fslm.stack import Stack
 
-    cfg = load_default_stack_config()
+    cfg = load_default_stack_config().without_adapters()
     stack = Stack(cfg, engine)
     items, _ = load_instructions(None)
     eos = engine.tokenizer.eos_token_id
