@@ -59,7 +59,10 @@ def run_distill(recipe: Recipe, log=print) -> dict:
 
 # ---- finetune --------------------------------------------------------------------------------------------------------
 def adapter_file_bytes(engine, rank: int, targets) -> int:
-    """Exact size of one adapter_model.safetensors at this rank stored fp16 (serialized in memory, not trained)."""
+    """Exact size of one saved adapter at this rank, fp16: adapter_model.safetensors + adapter_config.json, both
+    serialized (in memory / a temp folder), not estimated and not trained."""
+    import tempfile
+
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from safetensors.torch import save
@@ -67,16 +70,19 @@ def adapter_file_bytes(engine, rank: int, targets) -> int:
     peft_model = get_peft_model(engine.base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), task_type="CAUSAL_LM"))
     try:
         tensors = {k: v.to(torch.float16).contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
-        return len(save(tensors, metadata={"format": "pt"}))
+        with tempfile.TemporaryDirectory() as tmp:
+            peft_model.peft_config["default"].save_pretrained(tmp)
+            config_bytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        return len(save(tensors, metadata={"format": "pt"})) + config_bytes
     finally:
         peft_model.unload()  # the shared base goes back to plain weights (as fslm.finetune does)
 
 
 def choose_rank(engine, n_adapters: int, budget: int, targets=ALL_PROJECTIONS) -> tuple[int, int]:
-    """Largest rank (LoRA on every projection) whose n fp16 adapters fit the budget, with 4 KB per adapter for its
-    adapter_config.json. Returns (rank, estimated total bytes)."""
+    """Largest rank (LoRA on every projection) whose n fp16 adapters (weights + config files) fit the budget.
+    Returns (rank, total bytes)."""
     for rank in RANKS:
-        total = n_adapters * (adapter_file_bytes(engine, rank, targets) + 4096)
+        total = n_adapters * adapter_file_bytes(engine, rank, targets)
         if total <= budget:
             return rank, total
     raise ConfigError(f"even rank 1 LoRA adapters exceed the {budget} byte budget; raise --adapter-budget or target fewer modules")
