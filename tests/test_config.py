@@ -25,7 +25,18 @@ def test_default_stack_is_four_roles():
     cfg = load_stack_config(default_stack_path())
     assert [s.name for s in cfg.stages] == ["intent", "facts", "reasoning", "answer"]
     assert cfg.base_model == "smollm2-135m"
-    assert all(s.adapter is None for s in cfg.stages)
+    # The trained adapters ship with the package (benchmarks/fslm_repro's ship step): fp16, <= 10 MB together.
+    assert [s.adapter for s in cfg.stages] == [f"default/adapters/{s.name}" for s in cfg.stages]
+    validate_stack(default_stack_path())  # every adapter folder is complete
+    from safetensors import safe_open
+
+    total = 0
+    for stage in cfg.stages:
+        folder = cfg.adapter_path(stage)
+        total += sum(f.stat().st_size for f in folder.iterdir())
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as fh:
+            assert {str(fh.get_tensor(k).dtype) for k in fh.keys()} == {"torch.float16"}
+    assert total <= 10_000_000
 
 
 def test_valid_config_round_trips_through_yaml(tmp_path):

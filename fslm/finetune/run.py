@@ -49,6 +49,7 @@ def _save_adapter(peft_model, target: Path, dtype: str = "float32") -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     peft_model.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's blank model-card template (5 KB of "More Information Needed")
     if dtype == "float16":
         from safetensors.torch import load_file, save_file
 
