@@ -169,14 +169,12 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     trained = recipe.trained_dir / "stack.yaml"
     specs = [
         SystemSpec("stack-trained", "trained stack", "trained", stack=trained),
+        SystemSpec("base", f"base model alone ({recipe.stack_config().base_model})", "base", stack=trained, base=True),
     ]
     if recipe.choice_records:
         specs.append(SystemSpec("stack-trained-choice", "trained stack, answer stage + choice-style train questions", "trained",
                                 stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
-    specs += [
-        SystemSpec("base", f"base model alone ({recipe.stack_config().base_model})", "base", stack=trained, base=True),
-        SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=trained, adapters=False),
-    ]
+    specs.append(SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=trained, adapters=False))
     specs += [SystemSpec(f"model-{slug(m)}", f"{m} alone", "model", model=m) for m in recipe.big_models]
     return specs + write_ablations(recipe)
 

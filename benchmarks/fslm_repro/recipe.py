@@ -32,7 +32,7 @@ ADAPTER_BUDGET_BYTES = 10_000_000  # issue 5: all shipped adapters together <= 1
 # enough for one ~3 h session (an early read, wide CIs); smoke = the same code path on a handful of items (minutes).
 SCALES = {
     "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 900},
-    "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 0,
+    "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 240,
               "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
     "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6},
 }
