@@ -70,6 +70,31 @@ def pick_examples(stack: dict, base: dict) -> list[tuple[str, str, dict | None, 
     return [(title, rule, found[0][1] if found else None, found[0][2] if found else None) for title, rule, found in specs]
 
 
+def anchoring(rows: dict) -> dict | None:
+    """Does the answer stage follow what the earlier stages said? Over multiple-choice items whose facts/reasoning
+    name exactly one option (its text, case-insensitive, options over 3 characters): how often the stack picks it,
+    how often it is the gold one, and the stack's accuracy there and elsewhere."""
+    named = followed = gold = right_named = other = right_other = 0
+    for row in rows.values():
+        choices, stages = row.get("choices") or [], row.get("stages") or {}
+        if len(choices) < 2 or not stages or row.get("prediction") is None:
+            continue
+        said = " ".join(text for stage, text in stages.items() if stage != list(stages)[-1]).lower()
+        hits = [j for j, c in enumerate(choices) if len(c.strip()) > 3 and c.strip().lower().rstrip(".") in said]
+        if len(hits) == 1:
+            named += 1
+            followed += row["prediction"] == hits[0]
+            gold += row["gold"] == hits[0]
+            right_named += bool(row["correct"])
+        else:
+            other += 1
+            right_other += bool(row["correct"])
+    if named + other == 0:
+        return None
+    return {"items": named + other, "named": named, "followed": followed, "named_is_gold": gold,
+            "acc_named": right_named / named if named else None, "acc_other": right_other / other if other else None}
+
+
 def trace_markdown(title: str, rule: str, row: dict | None, base: dict | None) -> list[str]:
     lines = [f"### {title}", "", f"Rule: {rule}.", ""]
     if row is None:
@@ -199,6 +224,19 @@ def run(recipe: Recipe, log=print) -> Path:
     if "stack-trained" in summaries:
         for title, rule, row, base_row in pick_examples(read_items(run_of["stack-trained"]), read_items(run_of["base"])):
             lines += trace_markdown(title, rule, row, base_row)
+    stacks = {name: anchoring(read_items(run_of[name])) for name in summaries if systems[name]["kind"] != "base" and name.startswith("stack")}
+    stacks = {k: v for k, v in stacks.items() if v}
+    if stacks:
+        lines += ["## Does the answer stage follow the earlier stages?", "",
+                  "Multiple-choice items whose intent/facts/reasoning texts name exactly one option (by its text): how often the "
+                  "stack then picks that option, and how often that option is right.", "",
+                  "| system | MC items | one option named | stack picks it | named option is gold | acc where named | acc elsewhere |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        pct = lambda x: "—" if x is None else f"{100 * x:.1f}"  # noqa: E731
+        for name, a in stacks.items():
+            lines.append(f"| {systems[name]['label']} | {a['items']} | {a['named']} | {a['followed']} | {a['named_is_gold']} | "
+                         f"{pct(a['acc_named'])} | {pct(a['acc_other'])} |")
+        lines.append("")
     if (out / ANALYSIS).is_file():  # findings written by a person from the traces; the tables above stay generated
         lines += [(out / ANALYSIS).read_text(encoding="utf-8").rstrip(), ""]
     lines += ["## How the stack was built", ""]

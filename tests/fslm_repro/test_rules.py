@@ -53,3 +53,22 @@ def test_examples_are_picked_by_rule():
     (_, _, beat, _), (_, _, wrong, _), (_, _, good, _) = pick_examples(stack, base)
     assert beat["id"] == "1" and wrong["id"] == "3" and good["id"] == "5"
     assert [ex[2] for ex in pick_examples({}, {})] == [None, None, None]
+
+
+def test_anchoring_counts_items_whose_earlier_texts_name_one_option():
+    from report import anchoring
+
+    def row(said: str, prediction: int, gold: int = 0) -> dict:
+        return {"choices": ["photosynthesis", "respiration", "no"], "prediction": prediction, "gold": gold,
+                "correct": prediction == gold, "stages": {"facts": said, "reasoning": "", "answer": "ignored: photosynthesis"}}
+
+    rows = {
+        1: row("It is respiration.", 1),               # named one (wrong) option and followed it
+        2: row("Photosynthesis makes sugar.", 0),      # named the gold option and followed it
+        3: row("Photosynthesis or respiration?", 0),   # two options named: counted elsewhere
+        4: row("Plants need light.", 1),               # none named ("no" is too short to count)
+        5: {"choices": [], "prediction": None, "gold": "4", "correct": False, "stages": {"facts": "4"}},  # generation: skipped
+    }
+    a = anchoring(rows)
+    assert a == {"items": 4, "named": 2, "followed": 2, "named_is_gold": 1, "acc_named": 0.5, "acc_other": 0.5}
+    assert anchoring({}) is None
