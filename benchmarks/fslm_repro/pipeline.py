@@ -171,11 +171,12 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
         SystemSpec("stack-trained", "trained stack", "trained", stack=trained),
         SystemSpec("base", f"base model alone ({recipe.stack_config().base_model})", "base", stack=trained, base=True),
     ]
-    if recipe.choice_records:
-        specs.append(SystemSpec("stack-trained-choice", "trained stack, answer stage + choice-style train questions", "trained",
-                                stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
+    # The baselines issue 5 asks for come before the attempts: a session that stops early leaves a usable comparison.
     specs.append(SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=trained, adapters=False))
     specs += [SystemSpec(f"model-{slug(m)}", f"{m} alone", "model", model=m) for m in recipe.big_models]
+    if recipe.choice_records:
+        specs.append(SystemSpec("stack-trained-choice", "trained stack with the answer stage retrained on choice-style train questions",
+                                "trained", stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
     return specs + write_ablations(recipe)
 
 
@@ -213,10 +214,35 @@ def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_siz
 
     args = json.dumps({"spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
                        "tasks": tasks, "limit": limit, "folder": str(folder), "batch_size": batch_size})
-    code = subprocess.run(["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, str(Path(__file__).resolve()), args]).returncode
+    # Its own process group, so that stopping the recipe (Ctrl-C, SIGTERM) stops the worker too instead of leaving it
+    # writing beside a restarted recipe.
+    proc = subprocess.Popen(["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, str(Path(__file__).resolve()), args],
+                            start_new_session=True)
+    try:
+        code = proc.wait()
+    except BaseException:
+        _stop_group(proc)
+        raise
     if code != 0:
         raise ConfigError(f"evaluating {spec.name} failed in its subprocess (exit code {code}; its error is printed above); "
                           f"rerun to resume from {folder}")
+
+
+def _stop_group(proc, grace: float = 30.0) -> None:
+    import os
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def run_eval(recipe: Recipe, log=print) -> dict:

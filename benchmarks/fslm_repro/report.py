@@ -187,7 +187,7 @@ def run(recipe: Recipe, log=print) -> Path:
     elif recipe.scale != "full":
         lines += [f"**Smoke scale: {index['limit']} item(s) per task. These numbers check the pipeline; they say nothing about the systems.**", ""]
     if pending:
-        lines += [f"**Not evaluated yet** (rerun the recipe to finish them): {', '.join(pending)}.", ""]
+        lines += [f"**Not evaluated yet** (rerun the recipe to finish them): {'; '.join(pending)}.", ""]
     lines += [f"Zero-shot, the same items for every system ({index['items_per_system']} per system: up to {index['limit']} per task, "
               f"all items where a task has fewer). Accuracy in %; Δ = paired bootstrap 95% CI of the macro difference vs the base model.", "",
               "## Verdict", ""]

@@ -55,6 +55,7 @@ def run_recipe(recipe: Recipe, steps: list[str] | None = None, log: Callable[[st
     recipe.out.mkdir(parents=True, exist_ok=True)
     recipe.work.mkdir(parents=True, exist_ok=True)
     book = StepLog(recipe)
+    _sigterm_raises()
     if recipe.teacher is None and "teachers" not in (steps or STEPS) and not (recipe.out / "teachers.json").is_file():
         log("note: no teachers.json yet and no --teacher; the distill step will ask for one")
     for name in steps or list(STEPS):
@@ -73,6 +74,19 @@ def run_recipe(recipe: Recipe, steps: list[str] | None = None, log: Callable[[st
         book.finish(name, session, "done")
         log(f"[{name}] done in {book.data['steps'][name]['sessions'][-1]['wall_seconds']} s")
     return book.data
+
+
+def _sigterm_raises() -> None:
+    """SIGTERM (kill, a CI timeout) ends the recipe like Ctrl-C does: the running step's time is recorded as
+    failed in steps.json and its eval worker is stopped."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _split(value: str | None) -> list[str] | None:

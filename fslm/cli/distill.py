@@ -56,6 +56,8 @@ def distill_command(
     batch_size: int = typer.Option(16, "--batch-size", help="Records per teacher batch (and per fsync)."),
     no_hints: bool = typer.Option(False, "--no-hints", help="Never show the teacher the gold output."),
     no_leak: Optional[str] = typer.Option(None, "--no-leak", help="Comma-separated stages that must not contain the gold answer."),
+    reuse: Optional[Path] = typer.Option(None, "--reuse", help="Earlier distilled JSONL: keep its targets for the stages not in --redo."),
+    redo: Optional[str] = typer.Option(None, "--redo", help="Comma-separated stages to redistill (with --reuse), e.g. after editing their teacher_prompt."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Have a teacher write every stage's target text for instruction data (resumable JSONL)."""
@@ -65,6 +67,7 @@ def distill_command(
     options = DistillOptions(
         limit=limit, batch_size=batch_size, hints=not no_hints,
         no_leak=None if no_leak is None else [s.strip() for s in no_leak.split(",") if s.strip()],
+        reuse=reuse, redo=[s.strip() for s in (redo or "").split(",") if s.strip()],
     )
 
     def load_teacher():  # called by distill() only after the data validated and if work is left

@@ -3,6 +3,9 @@
 Answer-hinted mode (records with a gold output): the teacher sees the instruction AND the gold output and writes each
 intermediate stage's text to fit it; the final stage's target is the gold output itself. Records without an output
 are distilled unhinted: the teacher plays each stage, the final one included.
+
+With `reuse` + `redo`, only the named stages are asked again (say, after a role's teacher prompt changed); the
+others keep an earlier file's targets, so a role can be redesigned without paying for the whole distillation.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ class DistillOptions:
     no_leak: Sequence[str] | None = None  # stages that must not contain the gold answer; None: see leak_stages()
     length_slack: float = 1.0  # a target may use up to slack * the stage's max_new_tokens (unless max_target_tokens is set)
     trim: bool = True  # a too-long target keeps its whole leading sentences that fit (see trim_to_sentences)
+    # Redistill some stages only (a new teacher prompt for one role): targets of the other stages come from `reuse`,
+    # an earlier distilled file, for the records it kept; records it lacks or did not keep are distilled in full.
+    reuse: str | Path | None = None
+    redo: Sequence[str] = ()
 
 
 @dataclass
@@ -112,11 +119,34 @@ def _token_counter(cfg: StackConfig, teacher: Teacher) -> Callable[[str], int]:
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
+def load_reuse(cfg: StackConfig, options: DistillOptions) -> dict[str, dict[str, str]]:
+    """id -> the reused targets (every stage not in `redo`) of each record `options.reuse` kept."""
+    if options.reuse is None:
+        if options.redo:
+            raise ConfigError("--redo needs --reuse: the distilled file whose other stages' targets are kept")
+        return {}
+    names = [s.name for s in cfg.stages]
+    unknown = [n for n in options.redo if n not in names]
+    if unknown or not options.redo:
+        raise ConfigError(f"--redo: expected one or more of the stages of {cfg.name!r} {names}, got {list(options.redo) or 'none'}")
+    path = Path(options.reuse)
+    if not path.is_file():
+        raise ConfigError(f"--reuse {path}: no such distilled file")
+    keep = [n for n in names if n not in options.redo]
+    reused: dict[str, dict[str, str]] = {}
+    for rec in read_distilled(path):
+        targets = rec.get("targets") or {}
+        if rec.get("kept") and all(isinstance(targets.get(n), str) for n in keep):
+            reused[rec["id"]] = {n: targets[n] for n in keep}
+    return reused
+
+
 class _Distiller:
-    def __init__(self, cfg: StackConfig, teacher: Teacher, options: DistillOptions):
+    def __init__(self, cfg: StackConfig, teacher: Teacher, options: DistillOptions, reused: dict[str, dict[str, str]] | None = None):
         self.cfg, self.teacher, self.options = cfg, teacher, options
         self.no_leak = leak_stages(cfg, options.no_leak)
         self.count_tokens = _token_counter(cfg, teacher)
+        self.reused = reused or {}
 
     def _budget(self, stage: StageConfig) -> int:
         if stage.max_target_tokens is not None:
@@ -127,6 +157,10 @@ class _Distiller:
         cfg, final = self.cfg, self.cfg.stages[-1]
         golds = [it.gold if self.options.hints else None for it in items]
         records = [self._new_record(it, gold) for it, gold in zip(items, golds)]
+        for rec in records:
+            if rec["id"] in self.reused:
+                rec["targets"].update(self.reused[rec["id"]])
+                rec["reused"] = sorted(self.reused[rec["id"]])
         for rec, gold in zip(records, golds):
             if gold is not None:  # a gold answer the answer stage could never produce is useless: check it first
                 reasons = check_target(gold, max_tokens=self._budget(final), count_tokens=self.count_tokens, stop=final.generation.stop)
@@ -134,7 +168,7 @@ class _Distiller:
         for index, stage in enumerate(cfg.stages):
             last = index == len(cfg.stages) - 1
             alive = [k for k, rec in enumerate(records) if not rec["filtered"]]
-            asked = [k for k in alive if not (last and golds[k] is not None)]
+            asked = [k for k in alive if not (last and golds[k] is not None) and stage.name not in records[k].get("reused", ())]
             for k in alive:
                 if last and golds[k] is not None:
                     records[k]["targets"][stage.name], records[k]["seconds"][stage.name] = golds[k], 0.0
@@ -200,6 +234,7 @@ def distill(
     check_teacher_prompts(cfg)
     leak_stages(cfg, options.no_leak)
     items, duplicates = load_instructions(data, options.limit)
+    reused = load_reuse(cfg, options)
     t0 = time.perf_counter()
     with DistillStore(out) as store:
         todo = [it for it in items if it.id not in store.done]
@@ -212,7 +247,7 @@ def distill(
             elif not hasattr(teacher, "generate"):
                 teacher = teacher()
             report.teacher = teacher.id
-            worker = _Distiller(cfg, teacher, options)
+            worker = _Distiller(cfg, teacher, options, reused)
             for start in range(0, len(todo), options.batch_size):
                 report.written += store.append(worker.batch(todo[start : start + options.batch_size]))
                 if progress:

@@ -203,7 +203,14 @@ def evaluate(
     notes: list[str] = []
     plan = {task: select_items(task, limit, split, notes) for task in names}  # every data error before any work
     shots = {task: _shots(task, items, num_fewshot, split) for task, items in plan.items()}
-    store = RunStore(Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens))
+    with RunStore(Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens)) as store:
+        return _evaluate_into(store, system, plan, shots, notes, limit=limit, num_fewshot=num_fewshot, split=split,
+                              batch_size=batch_size, gen_max_tokens=gen_max_tokens, progress=progress)
+
+
+def _evaluate_into(store: RunStore, system: System, plan: dict[str, list[Item]], shots: dict[str, Shots], notes: list[str], *,
+                   limit: int | None, num_fewshot: int, split: str | None, batch_size: int, gen_max_tokens: int,
+                   progress: Progress | None) -> Summary:
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     store.add_session({
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

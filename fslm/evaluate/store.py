@@ -7,6 +7,7 @@ prompt convention) so a rerun into the same folder continues that run and refuse
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -17,6 +18,7 @@ from fslm.errors import DataError, InputError
 
 ITEMS = "items.jsonl"
 RUN = "run.json"
+LOCK = ".lock"
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -39,15 +41,42 @@ def write_json(path: Path, obj: object) -> None:
 
 
 class RunStore:
-    """Rows of one run, in memory and (when `folder` is set) in `folder/items.jsonl`."""
+    """Rows of one run, in memory and (when `folder` is set) in `folder/items.jsonl`.
+
+    A folder is written by one process at a time: opening it takes an exclusive lock (`folder/.lock`, released by
+    `close()` or when the process dies), so two evaluations can never interleave rows in one items.jsonl.
+    """
 
     def __init__(self, folder: Path | None, identity: Mapping[str, object]):
         self.folder = Path(folder) if folder is not None else None
         self.identity = dict(identity)
         self.rows: dict[str, dict] = {}
         self.meta: dict = {"identity": self.identity, "sessions": []}
+        self._lock_fh = None
         if self.folder is not None:
             self._open()
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # closing releases the lock
+            self._lock_fh = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _lock(self) -> None:
+        assert self.folder is not None
+        fh = open(self.folder / LOCK, "a+b")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise InputError(f"{self.folder}: another evaluation is writing this run folder; wait for it to finish "
+                             "(or stop it) or pass another --out") from None
+        self._lock_fh = fh
 
     @property
     def items_path(self) -> Path:
@@ -59,6 +88,15 @@ class RunStore:
         if self.folder.exists() and not self.folder.is_dir():
             raise InputError(f"--out {self.folder} is a file; give a folder for the run's outputs")
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._read_existing()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_existing(self) -> None:
+        assert self.folder is not None
         run_path = self.folder / RUN
         if run_path.is_file():
             try:

@@ -72,6 +72,18 @@ def test_rerun_skips_done_items_and_resumes_after_a_torn_write(model_system, tin
     assert len(run["sessions"]) == 3
 
 
+def test_a_run_folder_being_written_refuses_a_second_writer(model_system, tiny_data, tmp_path):
+    from fslm.evaluate.store import RunStore
+
+    out = tmp_path / "run"
+    with RunStore(out, {"system": "someone-else"}):  # another evaluation holds the folder
+        with pytest.raises(InputError, match="another evaluation is writing"):
+            evaluate(model_system, ["arc_easy"], out_dir=out)
+    assert not (out / "items.jsonl").exists()  # nothing was written beside the holder
+    with RunStore(out, {"system": "someone-else"}):  # a refused open leaves no lock behind; the holder's is released
+        pass
+
+
 def test_resume_refuses_a_different_system_or_setting(model_system, tiny_data, tmp_path):
     out = tmp_path / "run"
     evaluate(model_system, ["arc_easy"], out_dir=out)
