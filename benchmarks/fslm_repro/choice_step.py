@@ -15,7 +15,6 @@ out/trained_stack_choice/        stack.yaml (intermediate adapters from trained_
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from fslm.config import load_stack_config
@@ -29,6 +28,7 @@ from fslm.stack import Stack
 from fslm.tasks import load_task
 
 from recipe import Recipe, read_json
+from variants import package_variant
 
 # (task, split the evaluation never reads). Each contributes up to a third of `choice_records`, in file order.
 SOURCES = (("arc_challenge", "validation"), ("mmlu", "dev"), ("openbookqa", "train"))
@@ -97,18 +97,7 @@ def run(recipe: Recipe, log=print) -> dict:
     report = finetune(cfg, combined, work, options, stages=[answer], engine=load_engine(cfg.base_model, dtype="float32"),
                       progress=lambda stage, step, total, loss: log(f"    {stage} {step}/{total} loss {loss:.3f}") if step % 10 == 0 or step == total else None)
 
-    out = choice_dir(recipe)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "adapters").mkdir(parents=True)
-    shutil.copytree(work / "adapters" / answer, tmp / "adapters" / answer)
-    for name in ("train_log.json", "loss.png"):
-        shutil.copyfile(work / name, tmp / name)
-    stages = [s.model_copy(update={"adapter": f"adapters/{answer}" if s.name == answer else f"../{recipe.trained_dir.name}/adapters/{s.name}"})
-              for s in cfg.stages]
-    (tmp / "stack.yaml").write_text(cfg.model_copy(update={"name": f"{cfg.name}-choice", "stages": stages}).to_yaml(), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    package_variant(recipe, cfg, work, [answer], choice_dir(recipe), "choice")
     data = {"sources": [f"{t}:{s}" for t, s in SOURCES], "questions": len(rows), "alpaca_records": len(alpaca),
             "train_records": len(mixed), "answer_stage": report.stages.get(answer, {}), "rank": plan["rank"]}
     write_json(recipe.out / "choice.json", data)

@@ -177,6 +177,9 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     if recipe.choice_records:
         specs.append(SystemSpec("stack-trained-choice", "trained stack with the answer stage retrained on choice-style train questions",
                                 "trained", stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
+    if recipe.neutral:
+        specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
+                                "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))
     return specs + write_ablations(recipe)
 
 

@@ -20,7 +20,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "choice", "eval", "report", "ship")
+STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "eval", "report", "ship")
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the trained adapters here: `fslm run` uses them
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "fslm_repro"
@@ -62,6 +62,7 @@ class Recipe:
     two_stage: list[str] = field(default_factory=lambda: ["facts", "answer"])
     epochs: int = 1
     choice_records: int = 0  # attempt 2 (step `choice`): choice-style train/dev questions for the answer stage; 0: off
+    neutral: bool = True  # attempt 3 (step `neutral`): reasoning notes that pick no answer, from an unhinted teacher
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own

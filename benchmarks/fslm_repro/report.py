@@ -152,7 +152,7 @@ def done(recipe: Recipe) -> bool:
     results = recipe.out / "RESULTS.md"
     if not results.is_file():
         return False
-    inputs = [recipe.out / f for f in ("systems.json", "teachers.json", "distill.json", "finetune.json", "choice.json", ANALYSIS)]
+    inputs = [recipe.out / f for f in ("systems.json", "teachers.json", "distill.json", "finetune.json", "choice.json", "neutral.json", ANALYSIS)]
     inputs += list(recipe.runs_dir.glob("*/summary.json"))
     return all(results.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.is_file())
 
@@ -259,6 +259,12 @@ def run(recipe: Recipe, log=print) -> Path:
         lines.append(f"- Attempt 2 (`choice` step): the answer stage retrained on {choice['alpaca_records']} Alpaca records + "
                      f"{choice['questions']} choice-style questions from {', '.join(choice['sources'])} (never evaluation items); "
                      f"earlier-stage texts by the trained stack itself; loss {stage.get('first_loss', 0):.2f}→{stage.get('final_loss', 0):.2f}.")
+    neutral = read_json(out / "neutral.json")
+    if neutral:
+        losses = ", ".join(f"{k} {v.get('first_loss', 0):.2f}→{v.get('final_loss', 0):.2f}" for k, v in neutral["stages"].items())
+        lines.append(f"- Attempt 3 (`neutral` step): the reasoning stage redistilled by {neutral['teacher_ref']} without the gold, "
+                     f"asked for notes that state no answer ({neutral['kept']} of {neutral['records']} records kept, "
+                     f"{neutral['reused']} with attempt 1's intent/facts texts reused); reasoning and answer retrained, loss {losses}.")
     lines += ["", "## Wall time per step (this machine)", "", "| step | status | wall time | sessions |", "|---|---|---:|---:|"]
     for step, e in steps.items():
         lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} |")

@@ -1,4 +1,4 @@
-"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> eval -> report -> ship, every step resumable.
+"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> eval -> report -> ship, every step resumable.
 
     python benchmarks/fslm_repro/run.py [--scale full|pilot|smoke] [--only STEP,...] [--out DIR]
 
@@ -21,6 +21,7 @@ if str(HERE) not in sys.path:
 import typer  # noqa: E402
 
 import choice_step  # noqa: E402
+import neutral_step  # noqa: E402
 import pipeline  # noqa: E402
 import report  # noqa: E402
 import teachers_step  # noqa: E402
@@ -32,6 +33,7 @@ STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
     "distill": (pipeline.distill_done, pipeline.run_distill),
     "finetune": (pipeline.finetune_done, pipeline.run_finetune),
     "choice": (choice_step.done, choice_step.run),
+    "neutral": (neutral_step.done, neutral_step.run),
     "eval": (pipeline.eval_done, pipeline.run_eval),
     "report": (report.done, report.run),
     "ship": (pipeline.ship_done, pipeline.run_ship),

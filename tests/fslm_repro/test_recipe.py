@@ -42,7 +42,7 @@ def smoke_run(smoke_world, tmp_path_factory):
 def test_every_step_writes_its_outputs(smoke_run):
     recipe, steps, logs = smoke_run
     out = recipe.out
-    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "choice", "eval", "report", "ship"]
+    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "choice", "neutral", "eval", "report", "ship"]
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
 
     teachers = json.loads((out / "teachers.json").read_text())
@@ -64,7 +64,7 @@ def test_every_step_writes_its_outputs(smoke_run):
         assert all(str(fh.get_tensor(k).dtype) == "torch.float16" for k in fh.keys())
 
     index = json.loads((out / "systems.json").read_text())
-    expected = {"stack-trained", "stack-trained-choice", "base", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
+    expected = {"stack-trained", "stack-trained-choice", "stack-trained-neutral", "base", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
                 "stack-no-reasoning", "stack-2stage"}
     assert set(index["systems"]) == expected
     for name in expected:
@@ -91,6 +91,31 @@ def test_choice_step_retrains_only_the_answer_stage_on_train_split_questions(smo
     assert paths["facts"] == (recipe.trained_dir / "adapters" / "facts").resolve()  # earlier stages: attempt 1's adapters
     new = (paths["answer"] / "adapter_model.safetensors").read_bytes()
     assert new != (recipe.trained_dir / "adapters" / "answer" / "adapter_model.safetensors").read_bytes()
+
+
+def test_neutral_step_redistills_only_reasoning_without_the_gold_and_retrains_reasoning_and_answer(smoke_run):
+    from fslm.config import load_stack_config
+    from fslm.distill.runner import shows_gold
+
+    recipe, _, _ = smoke_run
+    first = {r["id"]: r for r in map(json.loads, (recipe.work / "distilled.jsonl").read_text().splitlines())}
+    again = [json.loads(line) for line in (recipe.work / "neutral" / "distilled.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in again} == set(first)
+    reused = [r for r in again if r.get("reused")]
+    assert len(reused) == sum(r["kept"] for r in first.values()) >= 1
+    for r in reused:  # intent and facts are attempt 1's texts, word for word
+        assert all(r["targets"][s] == first[r["id"]]["targets"][s] for s in ("intent", "facts"))
+    cfg = load_stack_config(recipe.out / "trained_stack_neutral" / "stack.yaml")
+    draft = next(s for s in cfg.stages if s.name == "reasoning")
+    assert not shows_gold(draft) and "Do not give the final answer" in draft.instruction
+    paths = {s.name: cfg.adapter_path(s).resolve() for s in cfg.stages}
+    for stage in ("intent", "facts"):
+        assert paths[stage] == (recipe.trained_dir / "adapters" / stage).resolve()
+    for stage in ("reasoning", "answer"):
+        assert paths[stage].parent == (recipe.out / "trained_stack_neutral" / "adapters").resolve()
+    info = json.loads((recipe.out / "neutral.json").read_text())
+    assert info["redistilled"] == ["reasoning"] and set(info["stages"]) == {"reasoning", "answer"}
+    assert info["reused"] == len(reused)
 
 
 def test_ship_puts_the_trained_adapters_where_the_packaged_stack_names_them(smoke_run):
