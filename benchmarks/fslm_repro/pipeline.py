@@ -149,11 +149,12 @@ class SystemSpec:
 
 
 def write_ablations(recipe: Recipe) -> list[SystemSpec]:
-    """Ablation stacks next to the trained stack.yaml (so its relative adapter paths hold): one without each
-    intermediate stage, and the two-stage version."""
+    """Ablation stacks next to the trained stack.yaml (so its relative adapter paths hold): the answer stage alone
+    (do the earlier texts help the final scorer at all?), one without each intermediate stage, the two-stage version."""
     trained = recipe.trained_dir / "stack.yaml"
     cfg = load_stack_config(trained)
-    variants = [(f"no-{s.name}", f"without {s.name}", without_stage(cfg, s.name)) for s in cfg.stages[:-1]]
+    variants = [("answer-only", "answer stage alone (no earlier texts)", keep_stages(cfg, [cfg.stages[-1].name]))]
+    variants += [(f"no-{s.name}", f"without {s.name}", without_stage(cfg, s.name)) for s in cfg.stages[:-1]]
     variants.append(("2stage", f"2 stages ({' -> '.join(recipe.two_stage)})", keep_stages(cfg, recipe.two_stage)))
     specs = []
     for suffix, label, variant in variants:
@@ -174,13 +175,19 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     # The baselines issue 5 asks for come before the attempts: a session that stops early leaves a usable comparison.
     specs.append(SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=trained, adapters=False))
     specs += [SystemSpec(f"model-{slug(m)}", f"{m} alone", "model", model=m) for m in recipe.big_models]
+    ablations = write_ablations(recipe)
+    # The base model asked the way the stack's answer stage is asked (chat prompt, options listed, each option's text
+    # scored), with no adapter and no earlier texts: separates the prompt format's effect from the stack's.
+    specs.append(SystemSpec("base-stackformat", "base model in the answer stage's format (no adapters, no earlier texts)", "format",
+                            stack=ablations[0].stack, adapters=False))
+    specs.append(ablations[0])  # the answer stage alone: seconds per item, like the base model
     if recipe.choice_records:
         specs.append(SystemSpec("stack-trained-choice", "trained stack with the answer stage retrained on choice-style train questions",
                                 "trained", stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
     if recipe.neutral:
         specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
                                 "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))
-    return specs + write_ablations(recipe)
+    return specs + ablations[1:]
 
 
 def expected_items(recipe: Recipe) -> int:

@@ -225,7 +225,7 @@ def run(recipe: Recipe, log=print) -> Path:
         for title, rule, row, base_row in pick_examples(read_items(run_of["stack-trained"]), read_items(run_of["base"])):
             lines += trace_markdown(title, rule, row, base_row)
     stacks = {name: anchoring(read_items(run_of[name])) for name in summaries if systems[name]["kind"] != "base" and name.startswith("stack")}
-    stacks = {k: v for k, v in stacks.items() if v}
+    stacks = {k: v for k, v in stacks.items() if v and v.get("named")}
     if stacks:
         lines += ["## Does the answer stage follow the earlier stages?", "",
                   "Multiple-choice items whose intent/facts/reasoning texts name exactly one option (by its text): how often the "

@@ -64,7 +64,7 @@ def test_every_step_writes_its_outputs(smoke_run):
         assert all(str(fh.get_tensor(k).dtype) == "torch.float16" for k in fh.keys())
 
     index = json.loads((out / "systems.json").read_text())
-    expected = {"stack-trained", "stack-trained-choice", "stack-trained-neutral", "base", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
+    expected = {"stack-trained", "stack-trained-choice", "stack-trained-neutral", "base", "base-stackformat", "stack-answer-only", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
                 "stack-no-reasoning", "stack-2stage"}
     assert set(index["systems"]) == expected
     for name in expected:
@@ -73,6 +73,11 @@ def test_every_step_writes_its_outputs(smoke_run):
     no_facts = json.loads((out / "runs" / "stack-no-facts" / "summary.json").read_text())
     assert no_facts["stages"] == ["intent", "reasoning", "answer"]
     assert json.loads((out / "runs" / "stack-2stage" / "summary.json").read_text())["stages"] == ["facts", "answer"]
+    for name in ("stack-answer-only", "base-stackformat"):  # the final scorer with no earlier texts, with and without its adapter
+        assert json.loads((out / "runs" / name / "summary.json").read_text())["stages"] == ["answer"]
+        rows = [json.loads(line) for line in (out / "runs" / name / "items.jsonl").read_text().splitlines()]
+        assert rows and all(set(r["stages"]) <= {"answer"} for r in rows)  # generation tasks: the answer stage's own text
+    assert json.loads((out / "runs" / "base-stackformat" / "run.json").read_text())["identity"]["system"].endswith("-no-adapters")
 
 
 def test_choice_step_retrains_only_the_answer_stage_on_train_split_questions(smoke_run):
