@@ -181,12 +181,12 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     specs.append(SystemSpec("base-stackformat", "base model in the answer stage's format (no adapters, no earlier texts)", "format",
                             stack=ablations[0].stack, adapters=False))
     specs.append(ablations[0])  # the answer stage alone: seconds per item, like the base model
-    if recipe.choice_records:
-        specs.append(SystemSpec("stack-trained-choice", "trained stack with the answer stage retrained on choice-style train questions",
-                                "trained", stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
     if recipe.neutral:
         specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
                                 "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))
+    if recipe.choice_records:
+        specs.append(SystemSpec("stack-trained-choice", "trained stack with the answer stage retrained on choice-style train questions",
+                                "trained", stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
     return specs + ablations[1:]
 
 
