@@ -175,7 +175,7 @@ def run(recipe: Recipe, log=print) -> Path:
     vs_trained = {name: compare(run_of[name], run_of["stack-trained"], out_dir=cmp_dir / f"{name}-vs-trained")["tasks"]
                   for name in summaries if systems[name]["kind"] == "ablation"}
     headline = {name: compare(run_of["stack-trained"], run_of[name], out_dir=cmp_dir / f"trained-vs-{name}")["tasks"]["macro"]
-                for name in summaries if systems[name]["kind"] in ("promptonly", "model")}
+                for name in summaries if systems[name]["kind"] in ("promptonly", "model", "format")}
     tasks = list(summaries["base"]["tasks"])
     steps = (read_json(out / "steps.json") or {}).get("steps", {})
     teachers, distilled, tuned = (read_json(out / f) for f in ("teachers.json", "distill.json", "finetune.json"))
@@ -194,8 +194,12 @@ def run(recipe: Recipe, log=print) -> Path:
     base_label = systems["base"]["label"]
     if "stack-trained" in vs_base:
         lines.append("- " + verdict(vs_base["stack-trained"]["macro"], "trained stack", base_label))
+    for name in summaries:  # later attempts, each against the main baseline
+        if systems[name]["kind"] == "trained" and name != "stack-trained":
+            lines.append("- Attempt: " + verdict(vs_base[name]["macro"], systems[name]["label"], base_label))
+    intro = {"promptonly": "What training adds: ", "format": "Same prompt format: "}
     for name, entry in headline.items():
-        what = "What training adds: " if systems[name]["kind"] == "promptonly" else ""
+        what = intro.get(systems[name]["kind"], "")
         lines.append(f"- {what}" + verdict(entry, "trained stack", systems[name]["label"]))
     for name, tasks_cmp in vs_trained.items():
         lines.append("- Ablation: " + verdict(tasks_cmp["macro"], systems[name]["label"], "the full trained stack"))

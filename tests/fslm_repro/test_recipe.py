@@ -161,6 +161,9 @@ def test_report_has_the_table_and_numbers_from_the_runs(smoke_run):
     headline = next(line for line in text.splitlines() if line.startswith("- trained stack vs base model alone"))
     assert ("the CI excludes zero" in headline) == (cmp["ci95"][0] > 1e-9 or cmp["ci95"][1] < -1e-9)
     assert ("CI includes zero" in headline) != ("the CI excludes zero" in headline)
+    assert "- Same prompt format: trained stack vs base model in the answer stage's format" in text
+    assert "- Attempt: trained stack with reasoning notes that pick no answer (unhinted teacher) vs base model alone" in text
+    assert "- Ablation: trained stack answer stage alone (no earlier texts) vs the full trained stack" in text
 
 
 def test_rerun_skips_every_finished_step(smoke_run):
