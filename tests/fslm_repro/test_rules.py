@@ -55,6 +55,15 @@ def test_examples_are_picked_by_rule():
     assert [ex[2] for ex in pick_examples({}, {})] == [None, None, None]
 
 
+def test_widest_task_is_the_one_with_the_largest_spread():
+    from report import widest_task
+
+    summaries = {"a": {"tasks": {"x": {"acc": 0.5}, "y": {"acc": 0.2}}}, "b": {"tasks": {"x": {"acc": 0.6}, "y": {"acc": 0.9}}}}
+    assert widest_task(summaries, ["x", "y"]) == "y"
+    summaries["b"]["tasks"]["y"]["acc"] = 0.25
+    assert widest_task(summaries, ["x", "y"]) == "x"
+
+
 def test_anchoring_counts_items_whose_earlier_texts_name_one_option():
     from report import anchoring
 
