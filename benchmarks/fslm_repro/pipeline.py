@@ -4,14 +4,13 @@ distill  -> <work>/distilled.jsonl (fslm.distill; resumes per batch)        + <o
 finetune -> <work>/finetune/ (fslm.finetune; resumes from checkpoints)     + <out>/trained_stack/ (stack.yaml, fp16
             adapters <= the size budget, train_log.json, loss.png)         + <out>/finetune.json
 eval     -> <out>/runs/<system>/ (fslm.evaluate; resumes per batch), one folder per system
-ship     -> <ship_to>/default/adapters/<stage>/ (the packaged default stack's adapters: `fslm run` uses them)
 """
 
 from __future__ import annotations
 
 import gc
-import shutil
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -206,24 +205,26 @@ def eval_done(recipe: Recipe) -> bool:
     return all(system_done(recipe, s, expected) for s in systems(recipe))
 
 
-def _evaluate_here(spec: SystemSpec, tasks, limit: int, folder: str, batch_size: int) -> None:
+def _evaluate_here(spec: SystemSpec, tasks, limit: int, folder: str, batch_size: int, split: str | None = None) -> None:
     system = spec.load()
-    evaluate(system, tasks, limit, out_dir=folder, batch_size=batch_size)
+    evaluate(system, tasks, limit, out_dir=folder, batch_size=batch_size, split=split)
 
 
-def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_size: int = 32, isolate: bool = True) -> None:
+def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_size: int = 32, isolate: bool = True,
+                    split: str | None = None) -> None:
     """Evaluate one system. isolate: in a fresh process, so its peak RSS is its own. ru_maxrss never goes down and
     Linux carries it across fork+exec, so the worker is started by a small shell that forks it (`sh -c 'cmd; exit'`
     cannot exec in place): the worker inherits the shell's few MB, not this process's loaded models."""
     if not isolate:
-        _evaluate_here(spec, tasks, limit, str(folder), batch_size)
+        _evaluate_here(spec, tasks, limit, str(folder), batch_size, split)
         gc.collect()
         return
     import subprocess
     import sys
 
     args = json.dumps({"spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
-                       "tasks": tasks, "limit": limit, "folder": str(folder), "batch_size": batch_size})
+                       "tasks": tasks, "limit": limit, "folder": str(folder), "batch_size": batch_size,
+                       "split": split})
     # Its own process group, so that stopping the recipe (Ctrl-C, SIGTERM) stops the worker too instead of leaving it
     # writing beside a restarted recipe.
     proc = subprocess.Popen(["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, str(Path(__file__).resolve()), args],
@@ -283,55 +284,7 @@ if __name__ == "__main__":  # the isolated worker of evaluate_system
     job = json.loads(sys.argv[1])
     spec = SystemSpec(**{**job["spec"], "stack": Path(job["spec"]["stack"]) if job["spec"]["stack"] else None})
     try:
-        _evaluate_here(spec, job["tasks"], job["limit"], job["folder"], job["batch_size"])
+        _evaluate_here(spec, job["tasks"], job["limit"], job["folder"], job["batch_size"], job.get("split"))
     except FslmError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-# ---- ship ------------------------------------------------------------------------------------------------------------
-def _shipped_dir(recipe: Recipe) -> Path:
-    return recipe.ship_to / "default" / "adapters"
-
-
-def ship_done(recipe: Recipe) -> bool:
-    """Nothing to ship (smoke scale), or every packaged adapter file equals the trained one."""
-    if recipe.ship_to is None:
-        return True
-    trained = recipe.trained_dir / "adapters"
-    if not trained.is_dir():
-        return False
-    files = [f for f in trained.rglob("*") if f.is_file()]
-    return bool(files) and all((_shipped_dir(recipe) / f.relative_to(trained)).is_file()
-                               and (_shipped_dir(recipe) / f.relative_to(trained)).read_bytes() == f.read_bytes() for f in files)
-
-
-def run_ship(recipe: Recipe, log=print) -> dict:
-    """Copy the trained adapters next to the packaged default.yaml, whose stages already name them
-    (`adapter: default/adapters/<stage>`); each stage's folder is swapped in whole (copy, then rename)."""
-    if recipe.ship_to is None:
-        return {}
-    trained = recipe.trained_dir / "adapters"
-    if not trained.is_dir():
-        raise ConfigError(f"no {trained}: run the 'finetune' step first")
-    packaged = load_stack_config(recipe.ship_to / "default.yaml")
-    for i, stage in enumerate(packaged.stages):
-        want = f"default/adapters/{stage.name}"
-        if stage.adapter != want:
-            raise ConfigError(f"{packaged.source_path}: stages.{i}.adapter is {stage.adapter!r}; expected {want!r} (where the ship step puts it)")
-        if not (trained / stage.name).is_dir():
-            raise ConfigError(f"{trained}: no adapter for stage {stage.name!r} of {packaged.source_path}")
-    target = _shipped_dir(recipe)
-    target.mkdir(parents=True, exist_ok=True)
-    for stage in packaged.stages:
-        tmp, old = target / f".{stage.name}.tmp", target / f".{stage.name}.old"
-        for leftover in (tmp, old):
-            shutil.rmtree(leftover, ignore_errors=True)
-        shutil.copytree(trained / stage.name, tmp)
-        if (target / stage.name).exists():
-            (target / stage.name).rename(old)
-        tmp.rename(target / stage.name)
-        shutil.rmtree(old, ignore_errors=True)
-    sizes = adapters_bytes(recipe.ship_to / "default")
-    log(f"  shipped {len(sizes)} adapters ({sum(sizes.values())} bytes) to {target}")
-    return sizes

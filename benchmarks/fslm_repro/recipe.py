@@ -14,15 +14,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fslm.config import StackConfig, load_default_stack_config, load_stack_config
+from fslm.config import StackConfig, load_stack_config
 from fslm.cpu import bf16_is_fast
 from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "eval", "report", "ship")
+STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "select", "eval", "report", "ship")
 REPO = Path(__file__).resolve().parents[2]
-PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the trained adapters here: `fslm run` uses them
+PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the chosen attempt here: `fslm run` uses it
+# The stack attempt 1 trains (prompt-only), fixed here rather than read from the packaged default, which the ship
+# step may rewrite with a later attempt's prompts: a rerun from scratch trains the same attempt 1.
+SEED_STACK = Path(__file__).resolve().parent / "stack.yaml"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "fslm_repro"
 TEACHER_CANDIDATES = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m")
 BIG_MODELS = ("qwen2.5-coder-0.5b", "gemma3-270m")
@@ -31,10 +34,12 @@ ADAPTER_BUDGET_BYTES = 10_000_000  # issue 5: all shipped adapters together <= 1
 # Sizes per scale. full = issue 5's experiment (~5 h distill + ~10 h eval here); pilot = the same experiment small
 # enough for one ~3 h session (an early read, wide CIs); smoke = the same code path on a handful of items (minutes).
 SCALES = {
-    "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 900},
+    "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 900,
+             "select_limit": 50},
     "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 240,
+              "select_limit": 20,
               "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
-    "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6},
+    "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6, "select_limit": 2},
 }
 # Settings that define the experiment: an out dir that holds results of other settings is refused.
 IDENTITY_FIELDS = ("scale", "teacher_records", "distill_records", "eval_limit", "tasks", "student", "data", "stack",
@@ -62,6 +67,7 @@ class Recipe:
     two_stage: list[str] = field(default_factory=lambda: ["facts", "answer"])
     epochs: int = 1
     choice_records: int = 0  # attempt 2 (step `choice`): choice-style train/dev questions for the answer stage; 0: off
+    select_limit: int = 50  # step `select`: held-out items per task that choose the attempt to ship; 0: ship attempt 1
     neutral: bool = True  # attempt 3 (step `neutral`): reasoning notes that pick no answer, from an unhinted teacher
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
@@ -84,8 +90,8 @@ class Recipe:
         return {k: (str(data[k]) if isinstance(data[k], Path) else data[k]) for k in IDENTITY_FIELDS}
 
     def stack_config(self) -> StackConfig:
-        """The stack to train, prompt-only: the packaged default (or --stack), with the student base model if given."""
-        cfg = (load_default_stack_config() if self.stack is None else load_stack_config(self.stack)).without_adapters()
+        """The stack to train, prompt-only: SEED_STACK (or --stack), with the student base model if given."""
+        cfg = load_stack_config(SEED_STACK if self.stack is None else self.stack).without_adapters()
         return cfg.model_copy(update={"base_model": self.student}) if self.student else cfg
 
     @property

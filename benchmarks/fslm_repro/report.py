@@ -11,6 +11,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate import compare
 from fslm.evaluate.store import write_atomic
 
+import select_step
 from recipe import Recipe, read_json
 
 PROMPT_CHARS = 700
@@ -160,7 +161,8 @@ def done(recipe: Recipe) -> bool:
     results = recipe.out / "RESULTS.md"
     if not results.is_file():
         return False
-    inputs = [recipe.out / f for f in ("systems.json", "teachers.json", "distill.json", "finetune.json", "choice.json", "neutral.json", ANALYSIS)]
+    inputs = [recipe.out / f for f in ("systems.json", "teachers.json", "distill.json", "finetune.json", "choice.json", "neutral.json",
+                                       "select.json", ANALYSIS)]
     inputs += list(recipe.runs_dir.glob("*/summary.json"))
     return all(results.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.is_file())
 
@@ -205,6 +207,9 @@ def run(recipe: Recipe, log=print) -> Path:
     for name in summaries:  # later attempts, each against the main baseline
         if systems[name]["kind"] == "trained" and name != "stack-trained":
             lines.append("- Attempt: " + verdict(vs_base[name]["macro"], systems[name]["label"], base_label))
+    shipped = select_step.chosen(recipe)
+    if shipped in vs_base:
+        lines.append(f"- Shipped (chosen on held-out items, section below): {systems[shipped]['label']}.")
     intro = {"promptonly": "What training adds: ", "format": "Same prompt format: "}
     for name, entry in headline.items():
         what = intro.get(systems[name]["kind"], "")
@@ -254,6 +259,7 @@ def run(recipe: Recipe, log=print) -> Path:
             lines.append(f"| {systems[name]['label']} | {a['items']} | {a['named']} | {a['followed']} | {a['named_is_gold']} | "
                          f"{pct(a['acc_named'])} | {pct(a['acc_other'])} |")
         lines.append("")
+    lines += select_step.markdown(recipe, {name: s["macro_acc"] for name, s in summaries.items()})
     if (out / ANALYSIS).is_file():  # findings written by a person from the traces; the tables above stay generated
         lines += [(out / ANALYSIS).read_text(encoding="utf-8").rstrip(), ""]
     lines += ["## How the stack was built", ""]

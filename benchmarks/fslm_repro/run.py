@@ -1,4 +1,5 @@
-"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> eval -> report -> ship, every step resumable.
+"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> select -> eval -> report -> ship, every
+step resumable.
 
     python benchmarks/fslm_repro/run.py [--scale full|pilot|smoke] [--only STEP,...] [--out DIR]
 
@@ -24,6 +25,8 @@ import choice_step  # noqa: E402
 import neutral_step  # noqa: E402
 import pipeline  # noqa: E402
 import report  # noqa: E402
+import select_step  # noqa: E402
+import ship_step  # noqa: E402
 import teachers_step  # noqa: E402
 from recipe import STEPS, Recipe, StepLog  # noqa: E402
 
@@ -34,9 +37,10 @@ STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
     "finetune": (pipeline.finetune_done, pipeline.run_finetune),
     "choice": (choice_step.done, choice_step.run),
     "neutral": (neutral_step.done, neutral_step.run),
+    "select": (select_step.done, select_step.run),
     "eval": (pipeline.eval_done, pipeline.run_eval),
     "report": (report.done, report.run),
-    "ship": (pipeline.ship_done, pipeline.run_ship),
+    "ship": (ship_step.done, ship_step.run),
 }
 
 
@@ -107,6 +111,7 @@ def main(
     records: Optional[int] = typer.Option(None, "--records", help="Records to distill (full: 2000)."),
     teacher_records: Optional[int] = typer.Option(None, "--teacher-records", help="Records per teacher candidate (full: 20)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Eval items per task (full: 300)."),
+    select_limit: Optional[int] = typer.Option(None, "--select-limit", help="Held-out items per task that choose the attempt to ship (full: 50; 0: ship attempt 1)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated eval tasks (default: all)."),
     big_models: Optional[str] = typer.Option(None, "--big-models", help="Single larger models to evaluate alone."),
     data: Optional[str] = typer.Option(None, "--data", help="Alpaca JSON/JSONL (default $FSLM_DATA_DIR/alpaca/random_9k.json)."),
@@ -121,7 +126,7 @@ def main(
     def go() -> None:
         recipe = Recipe.for_scale(
             scale, out, work, teacher=teacher, teacher_candidates=_split(candidates), teacher_dtype=teacher_dtype,
-            budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit,
+            budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit, select_limit=select_limit,
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
         )
         run_recipe(recipe, parse_steps(only))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fslm.engine import GenerationParams
 from fslm.errors import InputError
+from fslm.evaluate.heldout import HELDOUT, heldout_items
 from fslm.evaluate.prompts import PROMPT_VERSION
 from fslm.evaluate.report import build_summary, write_outputs
 from fslm.evaluate.scoring import extract_number, numbers_match, score_choices
@@ -85,6 +86,11 @@ def select_items(task: str, limit: int | None = None, split: str | None = None, 
     are written in the same order, so `lm_eval --limit N` scores the same items."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
+    if split == HELDOUT:
+        items = heldout_items(task)
+        if limit is not None and limit > len(items) and notes is not None:
+            notes.append(f"{task}: --limit {limit} is larger than its {len(items)} held-out items; using all {len(items)}")
+        return items if limit is None else items[:limit]
     items = load_task(task, split=split)
     if task == "mmlu":
         items = _spread_subjects(items)
@@ -96,6 +102,8 @@ def select_items(task: str, limit: int | None = None, split: str | None = None, 
 def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
     if k <= 0:
         return {}
+    if split == HELDOUT:
+        raise InputError("--split heldout reads the dev/train splits few-shot examples come from; evaluate it zero-shot")
     spec = get_task(task)
     if split is not None and spec.fewshot_split in (split, {"dev": "validation", "validation": "dev"}.get(split)):
         raise InputError(f"{task}: few-shot examples come from split {spec.fewshot_split!r}, the split being evaluated")

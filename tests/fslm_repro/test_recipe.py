@@ -42,7 +42,7 @@ def smoke_run(smoke_world, tmp_path_factory):
 def test_every_step_writes_its_outputs(smoke_run):
     recipe, steps, logs = smoke_run
     out = recipe.out
-    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "choice", "neutral", "eval", "report", "ship"]
+    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "choice", "neutral", "select", "eval", "report", "ship"]
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
 
     teachers = json.loads((out / "teachers.json").read_text())
@@ -123,16 +123,41 @@ def test_neutral_step_redistills_only_reasoning_without_the_gold_and_retrains_re
     assert info["reused"] == len(reused)
 
 
-def test_ship_puts_the_trained_adapters_where_the_packaged_stack_names_them(smoke_run):
-    from fslm.config import check_adapters, load_stack_config
-    from pipeline import run_ship
+def test_select_chooses_an_attempt_on_heldout_items_only(smoke_run):
+    from fslm.evaluate import select_items
+    from fslm.evaluate.heldout import HELDOUT
 
     recipe, _, _ = smoke_run
+    info = json.loads((recipe.out / "select.json").read_text())
+    assert info["attempts"] == ["stack-trained", "stack-trained-choice", "stack-trained-neutral"]
+    assert info["context"] == ["base", "base-stackformat", "stack-answer-only"]
+    best = max(info["heldout_macro"][n] for n in info["attempts"])
+    assert info["chosen"] == next(n for n in info["attempts"] if info["heldout_macro"][n] == best)  # ties: the earlier
+    assert info["beaten_by_context"] == [n for n in info["context"] if info["heldout_macro"][n] > best]
+    test_ids = {str(r["id"]) for r in map(json.loads, (recipe.out / "runs" / "base" / "items.jsonl").read_text().splitlines())}
+    for name in info["attempts"] + info["context"]:
+        run = recipe.out / "select" / name
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["split"] == HELDOUT and summary["n_items"] == info["items_per_system"] == 2 * len(TASKS)
+        assert summary["macro_acc"] == info["heldout_macro"][name]
+        ids = [json.loads(line)["id"] for line in (run / "items.jsonl").read_text().splitlines()]
+        assert ids == [it.id for t in TASKS for it in select_items(t, 2, HELDOUT)] and not set(ids) & test_ids
+    text = (recipe.out / "RESULTS.md").read_text()
+    assert "## Which attempt ships (chosen on held-out items)" in text and "**(chosen)**" in text
+
+
+def test_ship_puts_the_chosen_adapters_where_the_packaged_stack_names_them(smoke_run):
+    from fslm.config import check_adapters, load_stack_config
+    from select_step import chosen_stack
+    from ship_step import run as run_ship
+
+    recipe, _, _ = smoke_run
+    chosen = load_stack_config(chosen_stack(recipe))
     packaged = load_stack_config(recipe.ship_to / "default.yaml")
     check_adapters(packaged)  # every stage's adapter folder is complete
-    for stage in packaged.stages:
+    for stage, trained in zip(packaged.stages, chosen.stages, strict=True):
         shipped = packaged.adapter_path(stage) / "adapter_model.safetensors"
-        assert shipped.read_bytes() == (recipe.trained_dir / "adapters" / stage.name / "adapter_model.safetensors").read_bytes()
+        assert shipped.read_bytes() == (chosen.adapter_path(trained) / "adapter_model.safetensors").read_bytes()
     assert not [p for p in (recipe.ship_to / "default" / "adapters").iterdir() if p.name.startswith(".")]  # no temp folders left
 
     wrong = yaml.safe_load((recipe.ship_to / "default.yaml").read_text())
@@ -146,6 +171,36 @@ def test_ship_puts_the_trained_adapters_where_the_packaged_stack_names_them(smok
 
     with pytest.raises(ConfigError, match=r"stages\.1\.adapter is 'elsewhere/facts'; expected 'default/adapters/facts'"):
         run_ship(replace(recipe, ship_to=other), log=lambda _: None)
+
+
+def test_shipping_an_attempt_with_other_prompts_rewrites_the_packaged_stack(smoke_run, tmp_path):
+    """Attempt 3 changed attempt 1's reasoning and answer prompts: adapters are only right with their own prompts, so
+    switching between the two rewrites the packaged YAML."""
+    import shutil
+    from dataclasses import replace
+
+    import ship_step
+    from fslm.config import load_stack_config
+
+    recipe, _, _ = smoke_run
+    out, ship_to = tmp_path / "out", tmp_path / "stacks"
+    shutil.copytree(recipe.out, out)
+    shutil.copytree(recipe.ship_to, ship_to)
+    info = json.loads((out / "select.json").read_text())
+    other = "stack-trained" if info["chosen"] == "stack-trained-neutral" else "stack-trained-neutral"
+    (out / "select.json").write_text(json.dumps({**info, "chosen": other}))
+    moved = replace(recipe, out=out, ship_to=ship_to)
+    assert not ship_step.done(moved)
+    ship_step.run(moved, log=lambda _: None)
+    assert ship_step.done(moved)
+    folder = "trained_stack_neutral" if other == "stack-trained-neutral" else "trained_stack"
+    chosen = load_stack_config(out / folder / "stack.yaml")
+    packaged = load_stack_config(ship_to / "default.yaml")
+    assert packaged.name == load_stack_config(recipe.ship_to / "default.yaml").name and [s.instruction for s in packaged.stages] == [s.instruction for s in chosen.stages]
+    assert [s.adapter for s in packaged.stages] == [f"default/adapters/{s.name}" for s in packaged.stages]
+    for stage, trained in zip(packaged.stages, chosen.stages, strict=True):
+        assert (packaged.adapter_path(stage) / "adapter_model.safetensors").read_bytes() == \
+            (chosen.adapter_path(trained) / "adapter_model.safetensors").read_bytes()
 
 
 def test_report_has_the_table_and_numbers_from_the_runs(smoke_run):

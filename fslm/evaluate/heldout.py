@@ -1,0 +1,48 @@
+"""`--split heldout`: items an evaluation never reads, for choosing between settings without touching test items.
+
+Picking a variant by its test score tunes on the test set. Held-out items come from the task's own dev/train split
+when the data has one (ARC-Challenge validation, MMLU dev, OpenBookQA validation, GSM8K train); tasks whose only
+split is the one evaluated (BoolQ, HellaSwag, PIQA, ...) give the tail of that split, past the first
+`EVAL_RESERVE` items, which no `--limit <= EVAL_RESERVE` run reads. Either way the pool is taken from the END of the
+file (first item = last line), so runs that train on the head of a dev split (the recipe's `choice` step) do not
+overlap it, and items whose question text also occurs in the reserved evaluation items are dropped.
+"""
+
+from __future__ import annotations
+
+from fslm.errors import InputError
+from fslm.tasks import Item, get_task
+
+HELDOUT = "heldout"
+EVAL_RESERVE = 300  # the first N items of every eval split are reserved for evaluation (issue 5's full scale)
+_DEV_SPLITS = ("validation", "dev", "train")  # preferred order when a task has several
+
+
+def heldout_source(task: str) -> tuple[str, int]:
+    """(split, items skipped at its head) that `heldout_items(task)` reads from."""
+    spec = get_task(task)
+    for split in _DEV_SPLITS:
+        if split in spec.splits and split != spec.split:
+            return split, 0
+    return spec.split, EVAL_RESERVE
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def heldout_items(task: str, reserved: list[Item] | None = None) -> list[Item]:
+    """The task's held-out pool, last file line first. `reserved`: the eval items to stay disjoint from
+    (default: the first EVAL_RESERVE items of the eval split, as `fslm eval --limit` reads them)."""
+    from fslm.evaluate.run import select_items  # the evaluation's own item order (MMLU subjects interleaved)
+
+    split, skip = heldout_source(task)
+    items = select_items(task, None, split)
+    if skip and len(items) <= skip:
+        raise InputError(f"{task}: its only split {split!r} has {len(items)} items, all reserved for evaluation "
+                         f"(the first {EVAL_RESERVE}); it has no held-out items")
+    reserved = select_items(task, EVAL_RESERVE) if reserved is None else reserved
+    taken_ids = {it.id for it in reserved}
+    taken_questions = {_norm(it.question) for it in reserved if it.question}
+    pool = [it for it in items[skip:] if it.id not in taken_ids and (not it.question or _norm(it.question) not in taken_questions)]
+    return pool[::-1]
