@@ -12,7 +12,7 @@ from fslm.evaluate import compare
 from fslm.evaluate.store import write_atomic
 
 import select_step
-from recipe import Recipe, read_json
+from recipe import STEPS, Recipe, read_json
 
 PROMPT_CHARS = 700
 ANALYSIS = "ANALYSIS.md"  # optional, hand-written: included in RESULTS.md after the example traces
@@ -289,7 +289,7 @@ def run(recipe: Recipe, log=print) -> Path:
                      f"asked for notes that state no answer ({neutral['kept']} of {neutral['records']} records kept, "
                      f"{neutral['reused']} with attempt 1's intent/facts texts reused); reasoning and answer retrained, loss {losses}.")
     lines += ["", "## Wall time per step (this machine)", "", "| step | status | wall time | sessions |", "|---|---|---:|---:|"]
-    for step, e in steps.items():
+    for step, e in sorted(steps.items(), key=lambda kv: STEPS.index(kv[0]) if kv[0] in STEPS else len(STEPS)):
         lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} |")
     lines += ["", "The report step itself (seconds) is logged in steps.json after this file is written."]
     lines += ["", f"Regenerate: `python benchmarks/fslm_repro/run.py --scale {recipe.scale}` (resumes; finished steps are skipped)."]

@@ -12,6 +12,30 @@ from fslm.evaluate.store import ITEMS, write_atomic, write_json
 
 def read_rows(run: str | Path) -> tuple[str, dict[tuple[str, str], float]]:
     """(system name, {(task, id): per-item acc}) from a run folder or its items.jsonl."""
+    info, values = _read_run(run)
+    return info.get("system", Path(run).name), values
+
+
+# How each kind of system is asked: a model gets lm-eval's raw context, a stack its chat prompt with the options listed.
+PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt with the options listed"}
+
+
+def format_notes(a: dict, b: dict) -> list[str]:
+    """Warnings for differences other than the systems themselves: a 135M model's per-task accuracy moves by tens of
+    points between prompt formats (BoolQ's yes/no prior flips), so such a difference is not the stack's doing."""
+    notes = []
+    fa, fb = PROMPT_FORMATS.get(a.get("kind", "")), PROMPT_FORMATS.get(b.get("kind", ""))
+    if fa and fb and fa != fb:
+        notes.append(f"A is asked with {fa}, B with {fb}: the difference mixes the prompt format with the systems. "
+                     "Compare a stack with its base model in the same format too (a one-stage stack of the answer stage "
+                     "with --no-adapters).")
+    if a.get("num_fewshot", 0) != b.get("num_fewshot", 0):
+        notes.append(f"A is {a.get('num_fewshot', 0)}-shot, B is {b.get('num_fewshot', 0)}-shot.")
+    return notes
+
+
+def _read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
+    """(summary.json's system/kind/num_fewshot, {(task, id): per-item acc})."""
     path = Path(run)
     items = path / ITEMS if path.is_dir() else path
     if not items.is_file():
@@ -26,13 +50,14 @@ def read_rows(run: str | Path) -> tuple[str, dict[tuple[str, str], float]]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise DataError(f"{items}:{lineno}: malformed row; expected a JSON object with 'task', 'id' and 'acc'") from None
     summary = items.parent / "summary.json"
-    name = items.parent.name
+    info: dict = {"system": items.parent.name}
     if summary.is_file():
         try:
-            name = json.loads(summary.read_text(encoding="utf-8")).get("system", name)
+            data = json.loads(summary.read_text(encoding="utf-8"))
+            info.update({k: data[k] for k in ("system", "kind", "num_fewshot") if k in data})
         except json.JSONDecodeError:
             pass
-    return name, values
+    return info, values
 
 
 def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed: int = SEED,
@@ -42,8 +67,9 @@ def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed:
     Items only one run has are left out and counted (`only_a`, `only_b`). With `out_dir`, writes compare.json and
     compare.md there.
     """
-    name_a, a = read_rows(run_a)
-    name_b, b = read_rows(run_b)
+    info_a, a = _read_run(run_a)
+    info_b, b = _read_run(run_b)
+    name_a, name_b = info_a["system"], info_b["system"]
     shared = [key for key in a if key in b]
     if not shared:
         raise InputError(f"{run_a} and {run_b} share no (task, id) items; evaluate both on the same tasks and split")
@@ -59,6 +85,7 @@ def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed:
         "only_b": len(b) - len(shared),
         "n_boot": n_boot,
         "tasks": paired_bootstrap(per_a, per_b, n_boot=n_boot, seed=seed),
+        "notes": format_notes(info_a, info_b),
     }
     if out_dir is not None:
         folder = Path(out_dir)
@@ -75,6 +102,7 @@ def compare_markdown(result: dict) -> str:
         f"Paired bootstrap ({result['n_boot']} resamples) of acc(A) - acc(B) on shared items; "
         f"items only in A: {result['only_a']}, only in B: {result['only_b']}.",
         "",
+        *[f"**Note:** {note}\n" for note in result.get("notes", [])],
         "| task | n | A % | B % | A − B (pts) | 95% CI (pts) | P(A ≤ B) |",
         "|---|---:|---:|---:|---:|---|---:|",
     ]

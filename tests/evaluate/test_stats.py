@@ -59,3 +59,24 @@ def test_paired_bootstrap_known_difference_and_pairing():
 def test_paired_bootstrap_rejects_misaligned_runs():
     with pytest.raises(ValueError, match="align"):
         paired_bootstrap({"t": [1.0, 0.0]}, {"t": [1.0]})
+
+
+def _fake_run(folder, kind, accs, fewshot=0):
+    import json
+
+    folder.mkdir()
+    (folder / "items.jsonl").write_text("".join(json.dumps({"task": "boolq", "id": str(i), "acc": a}) + "\n" for i, a in enumerate(accs)))
+    (folder / "summary.json").write_text(json.dumps({"system": f"{kind}:x", "kind": kind, "num_fewshot": fewshot}))
+    return folder
+
+
+def test_compare_warns_when_the_two_runs_use_different_prompt_formats(tmp_path):
+    from fslm.evaluate import compare
+
+    stack = _fake_run(tmp_path / "stack", "stack", [1, 1, 0, 1])
+    model = _fake_run(tmp_path / "model", "model", [0, 0, 0, 1], fewshot=5)
+    other_stack = _fake_run(tmp_path / "stack2", "stack", [1, 0, 0, 1])
+    result = compare(stack, model, out_dir=tmp_path / "cmp", n_boot=200)
+    assert len(result["notes"]) == 2 and "mixes the prompt format" in result["notes"][0] and "0-shot, B is 5-shot" in result["notes"][1]
+    assert "**Note:** A is asked with the stack's chat prompt" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert compare(stack, other_stack, n_boot=200)["notes"] == []
