@@ -18,7 +18,8 @@ from fslm.models import LoadedModel, load_model
 
 
 class HFEngine:
-    def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, score_batch_tokens: int = 4096):
+    def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, score_batch_tokens: int = 4096,
+                 score_logits_bytes: int = 1 << 30):
         apply_threads()  # all cores on an idle machine, fewer when others are busy (FSLM_THREADS wins)
         self.model_ref = loaded.source.ref
         self.base = loaded.model
@@ -26,6 +27,9 @@ class HFEngine:
         self.tokenizer = loaded.tokenizer
         self.batch_size = batch_size
         self.score_batch_tokens = score_batch_tokens
+        # fp32 logits of one scoring batch: rows x kept positions x vocabulary x 4 bytes. Token counts alone are not a
+        # bound: at 150k-260k vocabularies (Qwen2.5, Gemma 3) 4096 tokens of logits are 2.5-4.3 GB.
+        self.score_logits_bytes = score_logits_bytes
         self.stats = EngineStats()
         self._adapters: dict[str, str] = {}
         self._logits_to_keep: bool | None = None
@@ -193,7 +197,8 @@ class HFEngine:
         start = 0
         while start < len(order):
             width = len(pairs[order[start]][0]) + len(pairs[order[start]][1])
-            size = max(1, min(self.batch_size * 4, self.score_batch_tokens // max(width, 1)))
+            by_logits = self.score_logits_bytes // max(width * self.vocab_size * 4, 1)
+            size = max(1, min(self.batch_size * 4, self.score_batch_tokens // max(width, 1), by_logits))
             batch = order[start : start + size]
             start += size
             seqs = [(pairs[i][0] + pairs[i][1])[:-1] for i in batch]  # the last token predicts nothing we need
@@ -203,15 +208,20 @@ class HFEngine:
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
             # Logits only from the earliest position any row needs: the lm_head is a fifth of the model's FLOPs.
             offset = min(len(pairs[i][0]) for i in batch) - 1
-            logits = model(input_ids=ids, attention_mask=mask, **self._keep_logits(width - offset)).logits
-            logprobs = torch.log_softmax(logits[:, -(width - offset) :].float(), dim=-1)
+            logits = model(input_ids=ids, attention_mask=mask, **self._keep_logits(width - offset)).logits[:, -(width - offset) :]
             self.stats.calls += 1
             self.stats.forward_tokens += int(mask.sum())
-            for row, i in enumerate(batch):
+            for row, i in enumerate(batch):  # log-softmax of the continuation positions only: no second full-size tensor
                 ctx, cont = pairs[i]
                 first = len(ctx) - 1 - offset
-                rows = logprobs[row, first : first + len(cont)]
+                rows = torch.log_softmax(logits[row, first : first + len(cont)].float(), dim=-1)
                 results[i] = _score_rows(rows, cont)
+            del logits
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer (can exceed the tokenizer's vocabulary: padded embeddings)."""
+        return int(self.base.get_output_embeddings().weight.shape[0])
 
     @torch.inference_mode()
     def _common_head(self, model, contexts: list[tuple[int, ...]], min_tokens: int = 64):

@@ -124,3 +124,19 @@ def test_flat_scoring_of_distinct_contexts_of_different_lengths(tiny_engine):
     scores = tiny_engine.score(contexts, conts)
     for s, c, x in zip(scores, contexts, conts):
         assert math.isclose(s.logprob, reference_logprob(tiny_engine, c, x), rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_scoring_batches_shrink_to_the_logits_budget_with_the_same_scores(tiny_model_dir):
+    """Per-choice contexts (WinoGrande-style) are scored in flat batches; a large vocabulary must not make one batch's
+    fp32 logits outgrow `score_logits_bytes`: the batch gets fewer rows, the scores stay the same."""
+    contexts = [f"{name} went to the shop because" for name in ("Anna", "Bob", "Carla", "Dimitri", "Eve", "Frank")]
+    conts = [" she was hungry", " he was late", " it rained", " the shop was open", " yes", " no no"]
+    roomy = load_engine(str(tiny_model_dir))
+    tight = load_engine(str(tiny_model_dir))
+    vocab = roomy.vocab_size
+    tight.score_logits_bytes = 12 * vocab * 4  # ~one row of a dozen positions per batch
+    a, b = roomy.score(contexts, conts), tight.score(contexts, conts)
+    assert roomy.stats.calls == 1 and tight.stats.calls >= len(contexts) // 2
+    for x, y, c, cont in zip(a, b, contexts, conts):
+        assert math.isclose(x.logprob, y.logprob, rel_tol=1e-5, abs_tol=1e-5)
+        assert math.isclose(x.logprob, reference_logprob(roomy, c, cont), rel_tol=1e-4, abs_tol=1e-4)
