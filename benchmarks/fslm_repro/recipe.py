@@ -143,7 +143,14 @@ class StepLog:
             entry["wall_seconds"] = round(entry["wall_seconds"] + seconds, 2)  # resumed sessions add up
         if status in ("done", "failed") or entry["status"] == "pending":
             entry["status"] = "done" if status == "skipped" else status
-        self.save()
+        self.save(step)
 
-    def save(self) -> None:
+    def save(self, step: str | None = None) -> None:
+        """Write steps.json; with `step`, only that step's entry is taken from this process, the rest is re-read, so
+        two recipe processes running different steps (`--only select` beside `--only eval`) keep each other's times."""
+        if step is not None:
+            on_disk = read_json(self.path)
+            if on_disk is not None and on_disk.get("identity") == self.data["identity"]:
+                on_disk["steps"][step] = self.data["steps"][step]
+                self.data = on_disk
         write_json(self.path, self.data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -81,3 +83,18 @@ def test_anchoring_counts_items_whose_earlier_texts_name_one_option():
     a = anchoring(rows)
     assert a == {"items": 4, "named": 2, "followed": 2, "named_is_gold": 1, "acc_named": 0.5, "acc_other": 0.5}
     assert anchoring({}) is None
+
+
+def test_two_recipe_processes_keep_each_others_step_times(tmp_path):
+    """`--only eval` and `--only select` may run side by side on one out dir: neither overwrites the other's entry."""
+    from recipe import Recipe, StepLog
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work")
+    recipe.out.mkdir(parents=True)
+    a, b = StepLog(recipe), StepLog(recipe)  # both read steps.json before either writes
+    sa, sb = a.start("eval"), b.start("select")
+    b.finish("select", sb, "done")
+    a.finish("eval", sa, "failed", "KeyboardInterrupt")
+    steps = json.loads((recipe.out / "steps.json").read_text())["steps"]
+    assert steps["select"]["status"] == "done" and steps["eval"]["status"] == "failed"
+    assert steps["select"]["sessions"][0]["status"] == "done" and steps["eval"]["sessions"][0]["note"] == "KeyboardInterrupt"
