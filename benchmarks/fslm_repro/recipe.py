@@ -37,7 +37,7 @@ SCALES = {
     "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 900,
              "select_limit": 50},
     "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 240,
-              "select_limit": 20,
+              "select_limit": 16,
               "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
     "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6, "select_limit": 2},
 }
