@@ -11,6 +11,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate import compare
 from fslm.evaluate.store import write_atomic
 
+import diagnostics
 import select_step
 from recipe import STEPS, Recipe, read_json
 
@@ -151,6 +152,29 @@ def chart_png(entries: list[tuple[str, dict]]) -> bytes:
     return buf.getvalue()
 
 
+def sum_rule_markdown(recipe: Recipe, run_of: dict, summaries: dict) -> list[str]:
+    """The trained stack's answer stage scoring with the earlier texts, without them, and with both scores added."""
+    pairs = [("held-out (select step)", select_step.select_dir(recipe) / "stack-trained", select_step.select_dir(recipe) / "stack-answer-only"),
+             ("test (the items above)", run_of.get("stack-trained"), run_of.get("stack-answer-only"))]
+    rows = []
+    for where, texts, plain in pairs:
+        if texts is None or plain is None or not (texts / "summary.json").is_file() or not (plain / "summary.json").is_file():
+            continue
+        a, b = read_items(texts), read_items(plain)
+        rule = diagnostics.sum_rule(a, b)
+        if rule:
+            shared = [k for k in a if k in b]
+            rows.append(f"| {where} | {rule['n']} | {100 * diagnostics.macro_of(a, shared):.1f} | "
+                        f"{100 * diagnostics.macro_of(b, shared):.1f} | {100 * rule['macro']:.1f} |")
+    if not rows:
+        return []
+    return ["## Would the answer stage do better adding its no-text score?", "",
+            "Attempt 1's answer stage scores each option after the earlier texts (trained stack) and with no earlier texts "
+            "(answer stage alone); the sum rule picks the option with the highest sum of the two log-probabilities. A "
+            "check computed from the two runs' per-item scores, with no free parameter; not a system of its own.", "",
+            "| items | n | with texts | without texts | sum of both |", "|---|---:|---:|---:|---:|", *rows, ""]
+
+
 def _fmt_hms(seconds: float) -> str:
     h, rem = divmod(int(round(seconds)), 3600)
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
@@ -259,6 +283,7 @@ def run(recipe: Recipe, log=print) -> Path:
             lines.append(f"| {systems[name]['label']} | {a['items']} | {a['named']} | {a['followed']} | {a['named_is_gold']} | "
                          f"{pct(a['acc_named'])} | {pct(a['acc_other'])} |")
         lines.append("")
+    lines += sum_rule_markdown(recipe, run_of, summaries)
     lines += select_step.markdown(recipe, {name: s["macro_acc"] for name, s in summaries.items()})
     if (out / ANALYSIS).is_file():  # findings written by a person from the traces; the tables above stay generated
         lines += [(out / ANALYSIS).read_text(encoding="utf-8").rstrip(), ""]

@@ -144,6 +144,7 @@ def test_select_chooses_an_attempt_on_heldout_items_only(smoke_run):
         assert ids == [it.id for t in TASKS for it in select_items(t, 2, HELDOUT)] and not set(ids) & test_ids
     text = (recipe.out / "RESULTS.md").read_text()
     assert "## Which attempt ships (chosen on held-out items)" in text and "**(chosen)**" in text
+    assert "| held-out (select step) | 10 |" in text and "| test (the items above) | 10 |" in text  # the sum-rule check
 
 
 def test_ship_puts_the_chosen_adapters_where_the_packaged_stack_names_them(smoke_run):

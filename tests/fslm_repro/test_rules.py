@@ -98,3 +98,24 @@ def test_two_recipe_processes_keep_each_others_step_times(tmp_path):
     steps = json.loads((recipe.out / "steps.json").read_text())["steps"]
     assert steps["select"]["status"] == "done" and steps["eval"]["status"] == "failed"
     assert steps["select"]["sessions"][0]["status"] == "done" and steps["eval"]["sessions"][0]["note"] == "KeyboardInterrupt"
+
+
+def test_sum_rule_adds_the_two_scores_and_keeps_generation_results():
+    from diagnostics import macro_of, sum_rule
+
+    def row(task, i, scores, gold, acc, **extra):
+        return (task, str(i)), {"task": task, "id": str(i), "choices": [f"c{j}" for j in range(len(scores or []))],
+                                "choice_scores": scores, "choice_chars": [2] * len(scores or []), "gold": gold, "acc": acc, **extra}
+
+    texts = dict([row("arc", 0, [-1.0, -3.0], 1, 0.0),  # texts lean to the wrong option a little...
+                  row("arc", 1, [-1.0, -9.0], 0, 1.0),
+                  row("gsm8k", 2, None, "4", 1.0)])
+    plain = dict([row("arc", 0, [-6.0, -1.0], 1, 1.0),  # ...the plain reading is sure of the right one: the sum is right
+                  row("arc", 1, [-2.0, -1.0], 0, 0.0),   # a strong texts vote survives a weak plain one
+                  row("gsm8k", 2, None, "4", 0.0)])
+    rule = sum_rule(texts, plain)
+    assert rule["tasks"] == {"arc": 1.0, "gsm8k": 1.0} and rule["macro"] == 1.0 and rule["n"] == 3
+    assert macro_of(texts, list(texts)) == (0.5 + 1.0) / 2
+    mc2 = dict([row("truthfulqa_mc2", 0, [0.0, 0.0, -50.0], 0, 0.5, gold_set=[0, 1])])
+    assert abs(sum_rule(mc2, mc2)["macro"] - 1.0) < 1e-9  # mc2: probability mass on the true answers
+    assert sum_rule(texts, {}) is None
