@@ -10,12 +10,6 @@ from fslm.evaluate.stats import N_BOOT, SEED, paired_bootstrap
 from fslm.evaluate.store import ITEMS, write_atomic, write_json
 
 
-def read_rows(run: str | Path) -> tuple[str, dict[tuple[str, str], float]]:
-    """(system name, {(task, id): per-item acc}) from a run folder or its items.jsonl."""
-    info, values = _read_run(run)
-    return info.get("system", Path(run).name), values
-
-
 # How each kind of system is asked: a model gets lm-eval's raw context, a stack its chat prompt with the options listed.
 PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt with the options listed"}
 
@@ -34,8 +28,8 @@ def format_notes(a: dict, b: dict) -> list[str]:
     return notes
 
 
-def _read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
-    """(summary.json's system/kind/num_fewshot, {(task, id): per-item acc})."""
+def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
+    """(summary.json's system/kind/num_fewshot, {(task, id): per-item acc}) from a run folder or its items.jsonl."""
     path = Path(run)
     items = path / ITEMS if path.is_dir() else path
     if not items.is_file():
@@ -67,8 +61,8 @@ def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed:
     Items only one run has are left out and counted (`only_a`, `only_b`). With `out_dir`, writes compare.json and
     compare.md there.
     """
-    info_a, a = _read_run(run_a)
-    info_b, b = _read_run(run_b)
+    info_a, a = read_run(run_a)
+    info_b, b = read_run(run_b)
     name_a, name_b = info_a["system"], info_b["system"]
     shared = [key for key in a if key in b]
     if not shared:

@@ -11,7 +11,7 @@ overlap it, and items whose question text also occurs in the reserved evaluation
 from __future__ import annotations
 
 from fslm.errors import InputError
-from fslm.tasks import Item, get_task
+from fslm.tasks import Item, get_task, without_overlap
 
 HELDOUT = "heldout"
 EVAL_RESERVE = 300  # the first N items of every eval split are reserved for evaluation (issue 5's full scale)
@@ -27,10 +27,6 @@ def heldout_source(task: str) -> tuple[str, int]:
     return spec.split, EVAL_RESERVE
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 def heldout_items(task: str, reserved: list[Item] | None = None) -> list[Item]:
     """The task's held-out pool, last file line first. `reserved`: the eval items to stay disjoint from
     (default: the first EVAL_RESERVE items of the eval split, as `fslm eval --limit` reads them)."""
@@ -42,7 +38,4 @@ def heldout_items(task: str, reserved: list[Item] | None = None) -> list[Item]:
         raise InputError(f"{task}: its only split {split!r} has {len(items)} items, all reserved for evaluation "
                          f"(the first {EVAL_RESERVE}); it has no held-out items")
     reserved = select_items(task, EVAL_RESERVE) if reserved is None else reserved
-    taken_ids = {it.id for it in reserved}
-    taken_questions = {_norm(it.question) for it in reserved if it.question}
-    pool = [it for it in items[skip:] if it.id not in taken_ids and (not it.question or _norm(it.question) not in taken_questions)]
-    return pool[::-1]
+    return without_overlap(items[skip:], reserved)[::-1]

@@ -128,6 +128,14 @@ def _norm(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def without_overlap(pool: list[Item], reserved: list[Item]) -> list[Item]:
+    """`pool` minus the items that share an id or a question text (whitespace and case aside) with `reserved`: the
+    same question copied into two splits must not be both an example and a test item."""
+    ids = {it.id for it in reserved}
+    questions = {_norm(it.question) for it in reserved if it.question.strip()}
+    return [it for it in pool if it.id not in ids and (not it.question.strip() or _norm(it.question) not in questions)]
+
+
 def fewshot_items(
     name: str, k: int, *, seed: int = 1234, data_dir: Path | None = None, subject: str | None = None
 ) -> list[Item]:
@@ -148,10 +156,7 @@ def fewshot_items(
             f"(only its eval split {spec.split!r}); use k=0"
         )
     pool = load_task(name, data_dir=data_dir, split=spec.fewshot_split)
-    evals = load_task(name, data_dir=data_dir)
-    eval_ids = {it.id for it in evals}
-    eval_questions = {_norm(it.question) for it in evals}
-    pool = [it for it in pool if it.id not in eval_ids and _norm(it.question) not in eval_questions]
+    pool = without_overlap(pool, load_task(name, data_dir=data_dir))
     if subject is not None:
         subjects = sorted({it.meta.get("subject", "") for it in pool} - {""})
         pool = [it for it in pool if it.meta.get("subject") == subject]

@@ -372,3 +372,15 @@ def test_broken_copy_of_real_file(tmp_path: Path) -> None:
     dst.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(DataError, match=rf"{dst}:42: malformed record"):
         load_task("winogrande", data_dir=tmp_path)
+
+
+def test_without_overlap_drops_shared_ids_and_reworded_whitespace_case_copies():
+    from fslm.tasks import Item, without_overlap
+
+    def item(i, q):
+        return Item(id=f"t/{i}", task="t", question=q, choices=("a", "b"), gold=0, context=q, continuations=(" a", " b"))
+
+    reserved = [item(0, "What is  the capital of France?"), item(1, "Name a planet.")]
+    pool = [item(1, "A different question"), item(2, "what is the CAPITAL of france?"), item(3, "How many legs?")]
+    assert [it.id for it in without_overlap(pool, reserved)] == ["t/3"]
+    assert without_overlap(pool, []) == pool
