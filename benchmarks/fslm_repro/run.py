@@ -118,6 +118,7 @@ def main(
     stack: Optional[str] = typer.Option(None, "--stack", help="Stack YAML to train (default: the packaged default)."),
     student: Optional[str] = typer.Option(None, "--student", help="Base model of every stage (default: the stack's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 1)."),
+    choice_records: Optional[int] = typer.Option(None, "--choice-records", help="Attempt 2's choice-style records (pilot: 240; full: 0 = attempt 2 off)."),
 ) -> None:
     """Reproduce issue 5 end to end (resumable)."""
     from fslm.cli.common import guarded
@@ -128,6 +129,7 @@ def main(
             scale, out, work, teacher=teacher, teacher_candidates=_split(candidates), teacher_dtype=teacher_dtype,
             budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit, select_limit=select_limit,
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
+            choice_records=choice_records,
         )
         run_recipe(recipe, parse_steps(only))
 

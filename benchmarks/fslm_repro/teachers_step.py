@@ -19,7 +19,8 @@ import time
 from typing import Sequence
 
 from fslm.config import StackConfig, keep_stages
-from fslm.distill import DistillOptions, distill, read_distilled
+from fslm.distill import DistillOptions, distill, distill_identity, read_distilled
+from fslm.distill.store import identity_path
 from fslm.engine import GenerationParams, load_engine
 from fslm.errors import ConfigError, FslmError
 from fslm.evaluate.store import write_atomic, write_json
@@ -71,22 +72,34 @@ def gold_gain(cfg: StackConfig, records: Sequence[dict]) -> tuple[float | None, 
     return round(sum(gains) / len(gains), 4), len(gains)
 
 
+def measure_options(recipe: Recipe) -> DistillOptions:
+    return DistillOptions(limit=recipe.teacher_records, batch_size=recipe.distill_batch)
+
+
+def setup(recipe: Recipe, cfg: StackConfig) -> dict:
+    """What a measurement depends on; a saved row measured under another setup (say, older teacher prompts) is stale."""
+    return {"distill": distill_identity(cfg, measure_options(recipe)), "records": recipe.teacher_records,
+            "dtype": recipe.teacher_dtype, "batch": recipe.distill_batch, "data": recipe.data}
+
+
 def measure(recipe: Recipe, cfg: StackConfig, ref: str) -> dict:
-    """Distill `teacher_records` records with one candidate; returns its row (also saved, so a rerun skips it)."""
+    """Distill `teacher_records` records with one candidate; returns its row (also saved, so a rerun with the same
+    setup skips it)."""
     folder = recipe.work / "teachers"
     result_path, texts = folder / f"{slug(ref)}.json", folder / f"{slug(ref)}.jsonl"
+    wanted = setup(recipe, cfg)
     done = read_json(result_path)
-    if done is not None:
+    if done is not None and done.get("setup") == wanted:
         return done
-    texts.unlink(missing_ok=True)  # a half-measured candidate is measured again from scratch (clean timing)
+    for stale in (texts, identity_path(texts)):  # half-measured or stale: measured again from scratch (clean timing)
+        stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
         teacher = CountingTeacher(LocalTeacher.load(ref, dtype=recipe.teacher_dtype))
     except FslmError as err:  # not installed here: reported, never chosen, measured again on a rerun
         return {"teacher": ref, "error": str(err).splitlines()[0]}
     load_seconds = time.perf_counter() - t0
-    report = distill(cfg, recipe.data, texts, teacher=teacher,
-                     options=DistillOptions(limit=recipe.teacher_records, batch_size=recipe.distill_batch))
+    report = distill(cfg, recipe.data, texts, teacher=teacher, options=measure_options(recipe))
     params = int(getattr(teacher.inner.engine, "params", 0))
     del teacher.inner
     gc.collect()
@@ -102,7 +115,7 @@ def measure(recipe: Recipe, cfg: StackConfig, ref: str) -> dict:
         "seconds": round(report.seconds, 2), "load_seconds": round(load_seconds, 2),
         "seconds_per_asked_record": round(per_record, 3),
         "projected_distill_hours": round(per_record * recipe.distill_records / 3600, 2),
-        "gold_gain_nats_per_token": gain, "gold_gain_n": gain_n,
+        "gold_gain_nats_per_token": gain, "gold_gain_n": gain_n, "setup": wanted,
     }
     write_json(result_path, row)
     return row
@@ -161,8 +174,9 @@ def markdown(rows: Sequence[dict], chosen: str, reason: str, texts: dict[str, li
 
 def done(recipe: Recipe) -> bool:
     data = read_json(recipe.out / "teachers.json")
+    wanted = setup(recipe, recipe.stack_config())
     return (data is not None and [r["teacher"] for r in data["candidates"]] == list(recipe.teacher_candidates)
-            and not any("error" in r for r in data["candidates"]))
+            and all("error" not in r and r.get("setup") == wanted for r in data["candidates"]))
 
 
 def run(recipe: Recipe, log=print) -> dict:

@@ -10,6 +10,8 @@ others keep an earlier file's targets, so a role can be redesigned without payin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -20,7 +22,7 @@ from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, load_defa
 from fslm.distill.data import Instruction, load_instructions
 from fslm.distill.filters import check_target, trim_to_sentences
 from fslm.distill.store import DistillStore, read_distilled
-from fslm.errors import ConfigError
+from fslm.errors import ConfigError, DataError
 from fslm.stack import generation_params, stage_messages
 from fslm.teachers import Teacher, make_teacher
 
@@ -75,6 +77,21 @@ def leak_stages(cfg: StackConfig, no_leak: Sequence[str] | None) -> set[str]:
     if unknown:
         raise ConfigError(f"--no-leak: unknown stage(s) {unknown}; stages of {cfg.name!r}: {names}")
     return set(no_leak)
+
+
+def distill_identity(cfg: StackConfig, options: DistillOptions) -> dict:
+    """What shapes a distilled record besides its instruction: each stage's config (prompts, limits; not its adapter)
+    and the options that change targets or filters. Kept beside the output so a resume cannot mix setups."""
+    def digest(stage: StageConfig) -> str:
+        text = json.dumps(stage.model_dump(mode="json", exclude={"adapter"}), sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    return {
+        "student": cfg.base_model,  # its tokenizer measures target lengths
+        "stages": {s.name: digest(s) for s in cfg.stages},
+        "options": {"hints": options.hints, "no_leak": sorted(options.no_leak) if options.no_leak is not None else None,
+                    "length_slack": options.length_slack, "trim": options.trim, "redo": sorted(options.redo)},
+    }
 
 
 def check_teacher_prompts(cfg: StackConfig) -> None:
@@ -236,7 +253,7 @@ def distill(
     items, duplicates = load_instructions(data, options.limit)
     reused = load_reuse(cfg, options)
     t0 = time.perf_counter()
-    with DistillStore(out) as store:
+    with DistillStore(out, distill_identity(cfg, options)) as store:
         todo = [it for it in items if it.id not in store.done]
         report = DistillReport(str(out), "", len(items), duplicates, len(items) - len(todo), 0, 0, repaired_bytes=store.repaired_bytes)
         if progress:
@@ -246,6 +263,10 @@ def distill(
                 teacher = make_teacher(default_ref=cfg.base_model, dtype=cfg.dtype)
             elif not hasattr(teacher, "generate"):
                 teacher = teacher()
+            others = sorted(store.teachers - {teacher.id})
+            if others:
+                raise DataError(f"{out}: its records were written by {', '.join(others)}, not {teacher.id}; resume with the "
+                                f"same teacher, or write to a new --out")
             report.teacher = teacher.id
             worker = _Distiller(cfg, teacher, options, reused)
             for start in range(0, len(todo), options.batch_size):

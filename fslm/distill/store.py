@@ -2,6 +2,10 @@
 
 A kill can only leave a partial LAST line (each batch is one write); reopening cuts it off, and the ids already on
 disk are skipped, so a rerun finishes the job with every record exactly once.
+
+Resuming is only right when the records on disk were written the same way: a sidecar `<file>.identity.json` holds
+what shaped them (stage and teacher prompts, hint mode, teacher), and a rerun with a different setup is refused
+instead of silently mixing two kinds of record in one file.
 """
 
 from __future__ import annotations
@@ -25,12 +29,40 @@ def _parse_line(path: Path, number: int, line: bytes) -> dict:
     return record
 
 
-class DistillStore:
-    """Open for appending; `done` holds the ids already written. Use as a context manager (holds a file lock)."""
+def identity_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".identity.json")
 
-    def __init__(self, path: str | Path):
+
+def identity_mismatch(path: Path, stored: dict, wanted: dict) -> str | None:
+    """Why records written under `stored` must not be resumed under `wanted` (None: they may)."""
+    problems = []
+    for key in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(key), wanted.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            problems.append(f"{key} differs for {', '.join(changed)}")
+        else:
+            problems.append(f"{key}: file has {a!r}, this run has {b!r}")
+    if not problems:
+        return None
+    return (f"{path}: its records were distilled with a different setup ({'; '.join(problems)}). Write to a new --out, "
+            f"delete the file, or redistill only the changed stages with --reuse {path} --redo STAGE into a new file")
+
+
+class DistillStore:
+    """Open for appending; `done` holds the ids already written. Use as a context manager (holds a file lock).
+
+    With `identity`, the file's sidecar must match it (a new or empty file gets it; a file written before sidecars
+    existed adopts it, since nothing on disk says otherwise)."""
+
+    def __init__(self, path: str | Path, identity: dict | None = None):
         self.path = Path(path)
+        self.identity = identity
         self.done: set[str] = set()
+        self.teachers: set[str] = set()  # teacher ids found on the records already written
         self.repaired_bytes = 0
         self._fh = None
 
@@ -42,8 +74,29 @@ class DistillStore:
         except BlockingIOError:
             self._fh.close()
             raise DataError(f"{self.path}: another `fslm distill` is writing this file; wait for it or pick another --out") from None
-        self._recover()
+        try:
+            self._recover()
+            if self.identity is not None:
+                self._check_identity()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
+
+    def _check_identity(self) -> None:
+        side = identity_path(self.path)
+        if self.done and side.is_file():
+            try:
+                stored = json.loads(side.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{side}: not valid JSON ({err}); delete it to adopt this run's setup") from None
+            problem = identity_mismatch(self.path, stored, self.identity)
+            if problem:
+                raise DataError(problem)
+            return
+        tmp = side.with_name(side.name + ".tmp")
+        tmp.write_text(json.dumps(self.identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, side)
 
     def __exit__(self, *exc) -> None:
         if self._fh is not None:
@@ -65,6 +118,8 @@ class DistillStore:
                 if record["id"] in self.done:
                     raise DataError(f"{self.path}: line {number}: duplicate id {record['id']!r}")
                 self.done.add(record["id"])
+                if isinstance(record.get("teacher"), str):
+                    self.teachers.add(record["teacher"])
 
     def append(self, records: Iterable[dict]) -> int:
         """Write a batch as ONE write, then flush and fsync: after this returns, the batch survives a crash."""

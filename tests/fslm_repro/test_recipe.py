@@ -234,6 +234,35 @@ def test_rerun_skips_every_finished_step(smoke_run):
     assert (recipe.out / "RESULTS.md").stat().st_mtime_ns == before
 
 
+def test_teacher_measurements_from_another_setup_are_measured_again(smoke_run, tmp_path):
+    """A work dir measured with older teacher prompts must not decide the teacher (a stale row skipped the measure)."""
+    import dataclasses
+    import shutil
+
+    import teachers_step
+    from recipe import slug
+
+    recipe, _, _ = smoke_run
+    assert teachers_step.done(recipe)
+    copy = dataclasses.replace(recipe, work=tmp_path / "work")
+    shutil.copytree(recipe.work / "teachers", copy.work / "teachers")
+    cfg = copy.stack_config()
+    ref = copy.teacher_candidates[0]
+    saved = teachers_step.measure(copy, cfg, ref)
+    assert saved["setup"] == teachers_step.setup(copy, cfg)  # same setup: the saved row, not a new measurement
+    assert saved == json.loads((recipe.work / "teachers" / f"{slug(ref)}.json").read_text())
+
+    stages = [s.model_copy(update={"teacher_prompt": "Question: {prompt}\nName one fact."}) if s.name == "facts" else s
+              for s in cfg.stages]
+    changed = cfg.model_copy(update={"stages": stages})
+    fresh = teachers_step.measure(copy, changed, ref)
+    assert fresh["setup"] == teachers_step.setup(copy, changed) != saved["setup"]
+    assert fresh["seconds"] != saved["seconds"]  # measured again, not read back
+    legacy = {k: v for k, v in saved.items() if k != "setup"}  # rows written before setups were recorded
+    (copy.work / "teachers" / f"{slug(ref)}.json").write_text(json.dumps(legacy))
+    assert teachers_step.measure(copy, cfg, ref)["setup"] == saved["setup"]
+
+
 def test_cli_refuses_other_settings_and_unknown_steps(smoke_run):
     from typer.testing import CliRunner
 
