@@ -6,14 +6,16 @@ it, so a stage is trained on exactly the text it receives at inference.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, check_adapters, load_default_stack_config, load_stack_config
-from fslm.engine import Engine, GenerationParams, load_engine
+from fslm.engine import Engine, Generation, GenerationParams, load_engine
 from fslm.errors import InputError
+from fslm.stack_cache import StageCache, cacheable
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,10 @@ def generation_params(stage: StageConfig) -> GenerationParams:
 class Stack:
     """N stages on one shared engine; each stage may activate its own LoRA adapter."""
 
-    def __init__(self, config: StackConfig, engine: Engine):
+    def __init__(self, config: StackConfig, engine: Engine, cache: StageCache | None = None):
         self.config = config
         self.engine = engine
+        self.cache = cache  # greedy stage outputs already generated (by this stack or one sharing a stage) are reused
         check_adapters(config)
         for stage in config.stages:
             path = config.adapter_path(stage)
@@ -140,17 +143,36 @@ class Stack:
         for index, stage in enumerate(self.config.stages[:count]):
             inputs = [self.stage_input(index, r.prompt, r.outputs) for r in results]
             adapter = self.adapter_for(stage)
-            t0 = time.perf_counter()
-            generations = self.engine.generate(inputs, generation_params(stage), adapter=adapter)
-            elapsed = (time.perf_counter() - t0) / max(len(inputs), 1)
+            generations = self._generate(stage, inputs)
             for result, text, gen in zip(results, inputs, generations, strict=True):
                 result.trace.append(
-                    StageRecord(stage.name, text, gen.text, gen.tokens_in, gen.tokens_out, round(elapsed, 4), adapter, gen.finish_reason)
+                    StageRecord(stage.name, text, gen.text, gen.tokens_in, gen.tokens_out, gen.seconds, adapter, gen.finish_reason)
                 )
         if count == len(self.config.stages):
             for r in results:
                 r.answer = r.trace[-1].output
         return results
+
+    def _generate(self, stage: StageConfig, inputs: list[str]) -> list[Generation]:
+        """One batched call for the inputs the cache lacks; seconds are per item (a cached output keeps its own)."""
+        params = generation_params(stage)
+        keys: list[str] = []
+        found: dict[str, Generation] = {}
+        if self.cache is not None and cacheable(params):
+            dtype = getattr(self.engine, "dtype", None)
+            keys = [self.cache.key(model=self.engine.model_ref, dtype=dtype, adapter=self.config.adapter_path(stage),
+                                   text=text, params=params) for text in inputs]
+            found = self.cache.get_many(keys)
+        todo = [i for i in range(len(inputs)) if not keys or keys[i] not in found]
+        fresh: dict[int, Generation] = {}
+        if todo:
+            t0 = time.perf_counter()
+            made = self.engine.generate([inputs[i] for i in todo], params, adapter=self.adapter_for(stage))
+            elapsed = round((time.perf_counter() - t0) / len(todo), 4)
+            fresh = {i: dataclasses.replace(g, seconds=elapsed) for i, g in zip(todo, made, strict=True)}
+            if keys:
+                self.cache.put_many({keys[i]: g for i, g in fresh.items()})
+        return [fresh[i] if i in fresh else found[keys[i]] for i in range(len(inputs))]
 
     def answer_input(self, result: StackResult) -> str:
         """The final stage's input given the earlier stages' trace (for scoring choices in evaluation)."""

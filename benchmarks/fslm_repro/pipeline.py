@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fslm.config import keep_stages, load_stack_config, without_stage
@@ -140,11 +140,24 @@ class SystemSpec:
     model: str | None = None
     adapters: bool = True
     base: bool = False
+    stage_cache: str | None = None  # a StageCache file shared by the recipe's stacks (see `with_stage_cache`)
 
     def load(self):
         if self.model is not None:
             return load_system(model=self.model)
-        return load_system(stack=self.stack, adapters=self.adapters, base=self.base)
+        return load_system(stack=self.stack, adapters=self.adapters, base=self.base, stage_cache=self.stage_cache)
+
+
+def stage_cache_path(recipe: Recipe) -> Path:
+    return recipe.work / "stage_outputs.sqlite"
+
+
+def with_stage_cache(recipe: Recipe, spec: SystemSpec) -> SystemSpec:
+    """Stacks share one stage cache: an ablation or a later attempt reuses every stage output whose input, adapter
+    bytes and settings it shares with a system evaluated before it (fslm.stack_cache); model systems have no stages."""
+    if spec.model is not None or spec.base:
+        return spec
+    return replace(spec, stage_cache=str(stage_cache_path(recipe)))
 
 
 def write_ablations(recipe: Recipe) -> list[SystemSpec]:
@@ -272,7 +285,7 @@ def run_eval(recipe: Recipe, log=print) -> dict:
             log(f"  {spec.name}: done ({expected} items)")
             continue
         log(f"  {spec.name}: evaluating {recipe.eval_limit} items per task -> {folder}")
-        evaluate_system(spec, recipe.tasks, recipe.eval_limit, folder, recipe.eval_batch, recipe.isolate_eval)
+        evaluate_system(with_stage_cache(recipe, spec), recipe.tasks, recipe.eval_limit, folder, recipe.eval_batch, recipe.isolate_eval)
     return data
 
 

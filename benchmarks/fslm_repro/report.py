@@ -175,6 +175,16 @@ def sum_rule_markdown(recipe: Recipe, run_of: dict, summaries: dict) -> list[str
             "| items | n | with texts | without texts | sum of both |", "|---|---:|---:|---:|---:|", *rows, ""]
 
 
+def run_conditions(run: Path) -> tuple[str, str]:
+    """(torch threads, share of stage outputs reused from the stage cache) over a run's sessions, from run.json."""
+    sessions = (read_json(run / "run.json") or {}).get("sessions", [])
+    threads = sorted({s["threads"] for s in sessions if s.get("threads")})
+    caches = [s["stage_cache"] for s in sessions if s.get("stage_cache")]
+    asked = sum(c["hits"] + c["misses"] for c in caches)
+    reused = f"{100 * sum(c['hits'] for c in caches) / asked:.0f}%" if asked else "—"
+    return ("/".join(map(str, threads)) or "—"), reused
+
+
 def _fmt_hms(seconds: float) -> str:
     h, rem = divmod(int(round(seconds)), 3600)
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
@@ -260,12 +270,18 @@ def run(recipe: Recipe, log=print) -> Path:
         lines.append(f"| {systems[name]['label']} | " + " | ".join(cells) + f" | {delta} |")
     lines += ["", f"macro without {swing}: the task whose accuracy differs most between systems left out (at 40 items a yes/no "
               "prior can swing one task by 50 points).", "", "`*`: the CI excludes zero. Per-task CIs: `compare/<system>-vs-base/compare.md`; per-item outputs: `runs/<system>/items.jsonl`.", "",
-              "## Cost", "", "| system | params touched | generated tokens/item | s/item | CPU s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
+              "## Cost", "", "| system | params touched | generated tokens/item | s/item | CPU s | peak RSS MB | threads | stage outputs reused |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in summaries.items():
         c = s["cost"]
+        threads, reused = run_conditions(run_of[name])
         lines.append(f"| {systems[name]['label']} | {s['params_touched'] / 1e6:.1f}M | {c['generated_tokens_per_item']} | "
-                     f"{c['seconds_per_item']} | {c.get('cpu_seconds')} | {c['peak_rss_mb']} |")
-    lines += ["", "s/item is wall time on a shared 2-core CPU (see each run's run.json for the load average); CPU s is process CPU time.", "",
+                     f"{c['seconds_per_item']} | {c.get('cpu_seconds')} | {c['peak_rss_mb']} | {threads} | {reused} |")
+    lines += ["", "s/item is wall time on a shared 2-core CPU (see each run's run.json for the load average); CPU s is process CPU time; "
+              "threads: torch threads of the evaluating process. Stage outputs reused: the share of this system's stage "
+              "generations found in the recipe's stage cache (asked identically by a system evaluated before it); their tokens "
+              "and seconds count at the cost measured when they were generated, so s/item and tokens describe the system as "
+              "configured, while CPU s is what this run spent.", "",
               "![results](results.png)", "", "## Example traces (trained stack vs base model)", ""]
     if "stack-trained" in summaries:
         for title, rule, row, base_row in pick_examples(read_items(run_of["stack-trained"]), read_items(run_of["base"])):

@@ -20,7 +20,7 @@ from fslm.evaluate import parse_tasks, select_items
 from fslm.evaluate.heldout import EVAL_RESERVE, HELDOUT
 from fslm.evaluate.store import write_json
 
-from pipeline import SystemSpec, evaluate_system, systems
+from pipeline import SystemSpec, evaluate_system, systems, with_stage_cache
 from recipe import Recipe, read_json
 
 CONTEXT = ("stack-answer-only", "base-stackformat", "base")
@@ -89,7 +89,8 @@ def run(recipe: Recipe, log=print) -> dict:
             log(f"  {spec.name}: held-out done ({expected} items)")
             continue
         log(f"  {spec.name}: {recipe.select_limit} held-out items per task -> {folder}")
-        evaluate_system(spec, recipe.tasks, recipe.select_limit, folder, recipe.eval_batch, recipe.isolate_eval, split=HELDOUT)
+        evaluate_system(with_stage_cache(recipe, spec), recipe.tasks, recipe.select_limit, folder, recipe.eval_batch,
+                        recipe.isolate_eval, split=HELDOUT)
     macro = {s.name: _summary(recipe, s.name, expected)["macro_acc"] for s in attempts + context}
     best = max(attempts, key=lambda s: macro[s.name])  # max keeps the first of equal values: the earlier attempt
     data = {"split": HELDOUT, "limit": recipe.select_limit, "items_per_system": expected, "rule": RULE,

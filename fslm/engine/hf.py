@@ -50,6 +50,10 @@ class HFEngine:
         return self._params
 
     @property
+    def dtype(self) -> str:
+        return str(next(self.base.parameters()).dtype).removeprefix("torch.")
+
+    @property
     def device(self) -> torch.device:
         return next(self.base.parameters()).device
 

@@ -157,18 +157,25 @@ def _identity(system: System, num_fewshot: int, split: str | None, gen_max_token
 class _Session:
     """This invocation's costs, written to run.json after every batch (a killed run keeps what it spent)."""
 
-    def __init__(self, store: RunStore, t0: float, cpu0: float):
+    def __init__(self, store: RunStore, t0: float, cpu0: float, system: System):
         self.store, self.t0, self.cpu0, self.items = store, t0, cpu0, 0
+        stack = getattr(system, "stack", None)
+        self.cache = getattr(stack, "cache", None)
+        self.cache0 = (self.cache.hits, self.cache.misses) if self.cache is not None else (0, 0)
 
     def update(self, n_items: int) -> None:
         self.items += n_items
-        self.store.update_session({
+        fields = {
             "wall_seconds": round(time.perf_counter() - self.t0, 2),
             "cpu_seconds": round(_cpu_seconds() - self.cpu0, 1),  # on a shared machine wall time overstates cost
             "items_evaluated": self.items,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        })
+        }
+        if self.cache is not None:  # reused stage outputs: their tokens and seconds are those measured when generated
+            fields["stage_cache"] = {"path": str(self.cache.path), "hits": self.cache.hits - self.cache0[0],
+                                     "misses": self.cache.misses - self.cache0[1]}
+        self.store.update_session(fields)
 
 
 def _threads() -> int:
@@ -227,7 +234,7 @@ def _evaluate_into(store: RunStore, system: System, plan: dict[str, list[Item]],
         "cpu_count": os.cpu_count(),
         "threads": _threads(),
     })
-    session = _Session(store, t0, cpu0)
+    session = _Session(store, t0, cpu0, system)
     done_before = store.done()
     for task, items in plan.items():
         todo = [it for it in items if it.id not in done_before]

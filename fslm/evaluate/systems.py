@@ -19,6 +19,7 @@ from fslm.errors import InputError
 from fslm.evaluate.prompts import PROMPT_VERSION, stack_continuations, stack_prompt
 from fslm.evaluate.scoring import cut_at, norm_length
 from fslm.stack import Stack
+from fslm.stack_cache import StageCache
 from fslm.tasks import Item, build_context
 
 Shots = Mapping[str, Sequence[Item]]  # item id -> few-shot examples for it
@@ -230,12 +231,15 @@ def _adapter_params(path: Path) -> int:
 
 def load_system(
     *, model: str | None = None, stack: str | Path | None = None, adapters: bool = True, base: bool = False,
-    dtype: str | None = None,
+    dtype: str | None = None, stage_cache: str | Path | None = None,
 ) -> ModelSystem | StackSystem:
     """Build a system from CLI-style choices: --model M, or --stack S (the packaged default when S is
-    "default"), optionally without its adapters, or its base model alone (`base=True`)."""
+    "default"), optionally without its adapters, or its base model alone (`base=True`). `stage_cache`: a
+    `StageCache` file whose greedy stage outputs a stack reuses (and adds to)."""
     if (model is None) == (stack is None):
         raise InputError("give exactly one of --model (a model reference) or --stack (a stack YAML, or 'default')")
+    if stage_cache is not None and (model is not None or base):
+        raise InputError("--stage-cache applies to --stack systems only (a model alone has no stages)")
     t0 = time.perf_counter()
     if model is not None:
         if not adapters or base:
@@ -250,4 +254,5 @@ def load_system(
     if not adapters:
         cfg = cfg.without_adapters()
     engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
-    return StackSystem(Stack(cfg, engine), load_seconds=round(time.perf_counter() - t0, 2), adapters=adapters)
+    cache = StageCache(stage_cache) if stage_cache is not None else None
+    return StackSystem(Stack(cfg, engine, cache=cache), load_seconds=round(time.perf_counter() - t0, 2), adapters=adapters)

@@ -16,6 +16,10 @@ pytestmark = needs_data  # the eval step reads the real benchmark files (2 items
 TASKS = ["arc_easy", "hellaswag", "truthfulqa_mc2", "winogrande", "gsm8k"]
 
 
+def read_rows(recipe, system: str) -> list[dict]:
+    return [json.loads(line) for line in (recipe.runs_dir / system / "items.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def smoke_run(smoke_world, tmp_path_factory):
     from recipe import Recipe
@@ -232,6 +236,26 @@ def test_rerun_skips_every_finished_step(smoke_run):
     assert [line for line in logs if "skipped" in line] == [f"[{s}] already done (outputs found); skipped" for s in steps["steps"]]
     assert all(e["sessions"][-1]["status"] == "skipped" for e in steps["steps"].values())
     assert (recipe.out / "RESULTS.md").stat().st_mtime_ns == before
+
+
+def test_ablations_reuse_the_stage_outputs_they_share_with_the_trained_stack(smoke_run):
+    recipe, _, _ = smoke_run
+
+    def cache(name):
+        return json.loads((recipe.runs_dir / name / "run.json").read_text())["sessions"][0]["stage_cache"]
+
+    n = len(read_rows(recipe, "stack-trained"))
+    generated = sum(1 for r in read_rows(recipe, "stack-trained") if r["task"] == "gsm8k")  # the answer stage generates
+    assert cache("stack-trained") == {"path": str(recipe.work / "stage_outputs.sqlite"), "hits": 0, "misses": 3 * n + generated}
+    # without reasoning: intent and facts are asked exactly what the full stack asked them; the answer stage is not
+    assert cache("stack-no-reasoning")["hits"] == 2 * n and cache("stack-no-reasoning")["misses"] == generated
+    trained, ablated = read_rows(recipe, "stack-trained"), read_rows(recipe, "stack-no-reasoning")
+    assert [r["stages"]["facts"] for r in trained] == [r["stages"]["facts"] for r in ablated]
+    assert "stage_cache" not in json.loads((recipe.runs_dir / "base" / "run.json").read_text())["sessions"][0]
+    cost = (recipe.out / "RESULTS.md").read_text().split("## Cost")[1]
+    share = round(100 * 2 * n / (2 * n + generated))
+    assert f"| trained stack without reasoning | " in cost and f" | {share}% |" in cost
+    assert "| base model alone (" in cost and " | — |" in cost  # a model alone has no stages to reuse
 
 
 def test_teacher_measurements_from_another_setup_are_measured_again(smoke_run, tmp_path):

@@ -1,0 +1,108 @@
+"""A persistent cache of stage generations, so systems that share a stage prefix generate it once.
+
+Evaluating a stack and its ablations asks the same stage the same question many times: "without reasoning" runs
+intent and facts on exactly the inputs the full stack already gave them. A greedy stage output is a pure function of
+(base model, dtype, adapter weights, rendered input, generation settings), so that tuple is the key. Adapters are
+keyed by the bytes of their files, not by path or stage name: a retrained adapter never hits an old entry.
+
+The cost of a cached output is the cost measured when it was generated (tokens, seconds), so a system's cost
+columns describe the system as configured; `hits` and `misses` say how much of a run was reused. Sampled stages
+(temperature > 0) are never cached. SQLite: several evaluation processes may share one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from fslm.engine import Generation, GenerationParams
+from fslm.errors import DataError
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS stage_outputs (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def adapter_digest(folder: str | Path | None) -> str | None:
+    """sha256 of an adapter's config and weights (None: no adapter)."""
+    if folder is None:
+        return None
+    h = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise DataError(f"{path}: adapter file missing; a stage cache key needs the adapter's bytes")
+        h.update(name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def cacheable(params: GenerationParams) -> bool:
+    return params.temperature == 0.0
+
+
+class StageCache:
+    """Stage generations on disk, keyed by everything that determines them. Use as a context manager or `close()`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60.0)
+            self._db.execute(SCHEMA)
+            self._db.commit()
+        except sqlite3.DatabaseError as err:
+            raise DataError(f"{self.path}: not a usable stage cache ({err}); delete it or pick another path") from None
+        self.hits = 0
+        self.misses = 0
+        self._adapters: dict[str, str | None] = {}
+
+    def __enter__(self) -> "StageCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def key(self, *, model: str, dtype: str | None, adapter: str | Path | None, text: str, params: GenerationParams) -> str:
+        where = None if adapter is None else str(adapter)
+        if where not in self._adapters:
+            self._adapters[where] = adapter_digest(adapter)
+        blob = json.dumps({"model": model, "dtype": dtype, "adapter": self._adapters[where], "input": text,
+                           "params": asdict(params)}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Generation]:
+        found: dict[str, Generation] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
+            chunk = unique[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT key, value FROM stage_outputs WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            for key, value in rows:
+                found[key] = Generation(**json.loads(value))
+        self.hits += sum(k in found for k in keys)
+        self.misses += sum(k not in found for k in keys)
+        return found
+
+    def put_many(self, entries: dict[str, Generation]) -> None:
+        """One transaction per batch: a killed run keeps every batch it finished."""
+        with self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO stage_outputs (key, value) VALUES (?, ?)",
+                [(k, json.dumps(asdict(g), ensure_ascii=False)) for k, g in entries.items()],
+            )
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM stage_outputs").fetchone()[0])
+
+
+__all__ = ["StageCache", "adapter_digest", "cacheable"]
