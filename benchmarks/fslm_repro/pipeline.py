@@ -135,17 +135,19 @@ def run_finetune(recipe: Recipe, log=print) -> dict:
 class SystemSpec:
     name: str  # run folder name under <out>/runs/
     label: str  # as shown in RESULTS.md
-    kind: str  # trained | base | promptonly | model | ablation
+    kind: str  # trained | base | promptonly | model | format | notes | ablation
     stack: Path | None = None
     model: str | None = None
     adapters: bool = True
     base: bool = False
     stage_cache: str | None = None  # a StageCache file shared by the recipe's stacks (see `with_stage_cache`)
+    answer_format: str = "stack"  # "raw": the base model scores lm-eval's raw context after the earlier texts
 
     def load(self):
         if self.model is not None:
             return load_system(model=self.model)
-        return load_system(stack=self.stack, adapters=self.adapters, base=self.base, stage_cache=self.stage_cache)
+        return load_system(stack=self.stack, adapters=self.adapters, base=self.base, stage_cache=self.stage_cache,
+                           answer_format=self.answer_format)
 
 
 def stage_cache_path(recipe: Recipe) -> Path:
@@ -193,6 +195,11 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     specs.append(SystemSpec("base-stackformat", "base model in the answer stage's format (no adapters, no earlier texts)", "format",
                             stack=ablations[0].stack, adapters=False))
     specs.append(ablations[0])  # the answer stage alone: seconds per item, like the base model
+    # The base model exactly as in `base`, with the trained stack's texts in front: do they help a plain scorer at all,
+    # with the chat format and the answer adapter out of the picture? (Paired with `base`; costs only scoring once the
+    # stage cache holds the trained stack's texts.)
+    specs.append(SystemSpec("stack-notes-raw", "base model in its own format reading the trained stack's texts", "notes",
+                            stack=trained, answer_format="raw"))
     if recipe.neutral:
         specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
                                 "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))

@@ -244,6 +244,9 @@ def run(recipe: Recipe, log=print) -> Path:
     shipped = select_step.chosen(recipe)
     if shipped in vs_base:
         lines.append(f"- Shipped (chosen on held-out items, section below): {systems[shipped]['label']}.")
+    for name in summaries:
+        if systems[name]["kind"] == "notes":
+            lines.append("- Do the texts help a plain scorer: " + verdict(vs_base[name]["macro"], systems[name]["label"], base_label))
     intro = {"promptonly": "What training adds: ", "format": "Same prompt format: "}
     for name, entry in headline.items():
         what = intro.get(systems[name]["kind"], "")

@@ -60,6 +60,7 @@ def eval_command(
     base: bool = typer.Option(False, "--base", help="With --stack: its base model alone (raw prompts, no stages)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Items per batch (and per resumable write)."),
     stage_cache: Optional[Path] = typer.Option(None, "--stage-cache", help="With --stack: reuse (and add to) greedy stage outputs in this SQLite file; stacks sharing a stage generate it once."),
+    answer_format: str = typer.Option("stack", "--answer-format", help="With --stack: 'stack' (the answer stage scores options in its chat format) or 'raw' (the base model scores lm-eval's raw context with the earlier texts in front)."),
     json_output: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of a table."),
 ) -> None:
     """Evaluate --model M or --stack S on benchmark tasks (acc, acc_norm, 95% CIs, costs)."""
@@ -75,7 +76,8 @@ def eval_command(
     for name in names:  # bad task names, data dirs and records fail before the slow model load
         select_items(name, limit, split)
     with status("loading model…"):
-        system = load_system(model=model, stack=stack, adapters=not no_adapters, base=base, stage_cache=stage_cache)
+        system = load_system(model=model, stack=stack, adapters=not no_adapters, base=base, stage_cache=stage_cache,
+                             answer_format=answer_format)
     console.print(f"evaluating {system.name} on {', '.join(names)}" + (f" → {out_dir}" if out_dir else ""), style="dim")
     summary = evaluate(system, names, limit, num_fewshot, out_dir, split=split, batch_size=batch_size,
                        progress=None if json_output else _progress)

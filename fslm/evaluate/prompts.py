@@ -8,6 +8,9 @@ reply. Changing anything here changes every stack's numbers: bump PROMPT_VERSION
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from fslm.config import PROMPT, StackConfig
 from fslm.tasks import Item
 
 PROMPT_VERSION = "stack-prompt-v1"
@@ -43,3 +46,12 @@ def stack_prompt(item: Item) -> str:
 def stack_continuations(item: Item) -> tuple[str, ...]:
     """What the answer stage's reply is scored against: each option's plain text (no letter, no leading space)."""
     return tuple(c.strip() for c in item.choices)
+
+
+def raw_notes(cfg: StackConfig, outputs: Mapping[str, str]) -> str:
+    """The earlier texts the final stage reads, as labelled lines ahead of lm-eval's raw context (answer format
+    "raw": the base model scores each option the way it does alone, with the stack's notes as the only change)."""
+    final = cfg.stages[-1]
+    labels = {s.name: s.display_label for s in cfg.stages}
+    lines = [f"{labels.get(name, name)}: {outputs[name].strip()}" for name in final.sees if name != PROMPT]
+    return "\n".join(lines) + "\n\n" if lines else ""

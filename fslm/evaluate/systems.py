@@ -16,7 +16,7 @@ from typing import Protocol
 from fslm.config import default_stack_path, load_stack_config
 from fslm.engine import Engine, GenerationParams, load_engine
 from fslm.errors import InputError
-from fslm.evaluate.prompts import PROMPT_VERSION, stack_continuations, stack_prompt
+from fslm.evaluate.prompts import PROMPT_VERSION, raw_notes, stack_continuations, stack_prompt
 from fslm.evaluate.scoring import cut_at, norm_length
 from fslm.stack import Stack
 from fslm.stack_cache import StageCache
@@ -114,17 +114,29 @@ class ModelSystem:
         ]
 
 
+ANSWER_FORMATS = ("stack", "raw")
+
+
 class StackSystem:
     """A stack: stages 1..N-1 generate from `stack_prompt(item)` (one batched call per stage); the final stage
-    scores each option's text as its reply, conditioned on its rendered input (question + the earlier texts)."""
+    scores each option's text as its reply, conditioned on its rendered input (question + the earlier texts).
+
+    answer_format "raw" replaces the final stage by the base model alone (no adapter) scoring lm-eval's raw context,
+    exactly as `ModelSystem` does, with the texts the final stage would read as labelled lines in front: a paired
+    test of whether the earlier texts help a plain scorer, free of the chat format's own effect."""
 
     supports_fewshot = False
 
-    def __init__(self, stack: Stack, name: str | None = None, load_seconds: float = 0.0, adapters: bool = True):
+    def __init__(self, stack: Stack, name: str | None = None, load_seconds: float = 0.0, adapters: bool = True,
+                 answer_format: str = "stack"):
+        if answer_format not in ANSWER_FORMATS:
+            raise InputError(f"answer format {answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)}")
         self.stack = stack
         self.engine = stack.engine
         self.adapters = adapters
-        self.name = name or f"stack:{stack.config.name}" + ("" if adapters else "-no-adapters")
+        self.answer_format = answer_format
+        suffix = ("" if adapters else "-no-adapters") + ("" if answer_format == "stack" else "+raw-answer")
+        self.name = name or f"stack:{stack.config.name}{suffix}"
         self.load_seconds = load_seconds
 
     @property
@@ -145,6 +157,7 @@ class StackSystem:
             "stages": [s.name for s in cfg.stages],
             "adapters": {s.name: str(cfg.adapter_path(s)) for s in cfg.stages if s.adapter is not None},
             "adapters_enabled": self.adapters,
+            "answer_format": self.answer_format,
             "prompt_version": PROMPT_VERSION,
             "config_sha256": self.config_sha256,
             "params_touched": self.params_touched,
@@ -159,7 +172,19 @@ class StackSystem:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def _final_adapter(self) -> str | None:
+        if self.answer_format == "raw":
+            return None
         return self.stack.adapter_for(self.stack.config.stages[-1])
+
+    def _scored(self, item: Item, result) -> tuple[list[str], tuple[str, ...], str]:
+        """(one context per option, the options' continuations, the text recorded as the final stage's input)."""
+        if self.answer_format == "raw":
+            notes = raw_notes(self.stack.config, result.outputs)
+            contexts = [notes + build_context(item, (), choice=i if item.contexts else None) for i in range(len(item.choices))]
+            return contexts, tuple(item.continuations), contexts[0]
+        text = self.stack.answer_input(result)
+        conts = stack_continuations(item)
+        return [text] * len(conts), conts, text
 
     def answer_choices(self, items: Sequence[Item], shots: Shots) -> list[Outcome]:
         if any(shots.get(item.id) for item in items):
@@ -167,21 +192,18 @@ class StackSystem:
         prompts = [stack_prompt(item) for item in items]
         early = len(self.stack.config.stages) - 1
         results = self.stack.run_batch(prompts, stages=early)
-        inputs = [self.stack.answer_input(r) for r in results]
-        contexts, continuations = [], []
-        for item, text in zip(items, inputs, strict=True):
-            for cont in stack_continuations(item):
-                contexts.append(text)
-                continuations.append(cont)
+        scored = [self._scored(item, r) for item, r in zip(items, results, strict=True)]
+        contexts = [c for ctxs, _, _ in scored for c in ctxs]
+        continuations = [c for _, conts, _ in scored for c in conts]
         t0 = time.perf_counter()
         scores = self.engine.score(contexts, continuations, adapter=self._final_adapter())
         seconds = _per_item(time.perf_counter() - t0, len(items))
         outcomes, k = [], 0
-        for item, result, text in zip(items, results, inputs, strict=True):
-            conts = stack_continuations(item)
+        for result, (ctxs, conts, text) in zip(results, scored, strict=True):
             mine = scores[k : k + len(conts)]
             k += len(conts)
             trace = result.trace
+            read = self.engine.count_tokens(text) if len(set(ctxs)) == 1 else sum(self.engine.count_tokens(c) for c in ctxs)
             outcomes.append(
                 Outcome(
                     prompt=result.prompt,
@@ -189,7 +211,7 @@ class StackSystem:
                     choice_scores=[s.logprob for s in mine],
                     choice_tokens=[s.n_tokens for s in mine],
                     choice_chars=[norm_length(c) for c in conts],
-                    tokens_in=sum(r.tokens_in for r in trace) + self.engine.count_tokens(text) + sum(s.n_tokens for s in mine),
+                    tokens_in=sum(r.tokens_in for r in trace) + read + sum(s.n_tokens for s in mine),
                     tokens_out=sum(r.tokens_out for r in trace),
                     seconds=round(sum(r.seconds for r in trace) + seconds, 5),
                 )
@@ -200,6 +222,8 @@ class StackSystem:
         """Generation tasks run the whole stack; the answer stage's own generation settings apply."""
         if any(shots.get(item.id) for item in items):
             raise InputError("few-shot examples apply to --model systems only; evaluate stacks zero-shot")
+        if self.answer_format == "raw":
+            return self._raw_generate(items, params)
         results = self.stack.run_batch([stack_prompt(item) for item in items])
         return [
             Outcome(
@@ -211,6 +235,25 @@ class StackSystem:
                 seconds=round(sum(s.seconds for s in r.trace), 5),
             )
             for r in results
+        ]
+
+
+    def _raw_generate(self, items: Sequence[Item], params: GenerationParams) -> list[Outcome]:
+        """Answer format "raw" on a generation task: the base model continues lm-eval's raw context after the notes."""
+        early = len(self.stack.config.stages) - 1
+        results = self.stack.run_batch([stack_prompt(item) for item in items], stages=early)
+        contexts = [raw_notes(self.stack.config, r.outputs) + build_context(item) for item, r in zip(items, results, strict=True)]
+        gens = self.engine.generate(contexts, params)
+        return [
+            Outcome(
+                prompt=r.prompt,
+                stages=r.outputs,
+                generation=cut_at(g.text, params.stop).strip(),
+                tokens_in=sum(s.tokens_in for s in r.trace) + g.tokens_in,
+                tokens_out=sum(s.tokens_out for s in r.trace) + g.tokens_out,
+                seconds=round(sum(s.seconds for s in r.trace) + g.seconds, 5),
+            )
+            for r, g in zip(results, gens, strict=True)
         ]
 
 
@@ -231,7 +274,7 @@ def _adapter_params(path: Path) -> int:
 
 def load_system(
     *, model: str | None = None, stack: str | Path | None = None, adapters: bool = True, base: bool = False,
-    dtype: str | None = None, stage_cache: str | Path | None = None,
+    dtype: str | None = None, stage_cache: str | Path | None = None, answer_format: str = "stack",
 ) -> ModelSystem | StackSystem:
     """Build a system from CLI-style choices: --model M, or --stack S (the packaged default when S is
     "default"), optionally without its adapters, or its base model alone (`base=True`). `stage_cache`: a
@@ -240,6 +283,8 @@ def load_system(
         raise InputError("give exactly one of --model (a model reference) or --stack (a stack YAML, or 'default')")
     if stage_cache is not None and (model is not None or base):
         raise InputError("--stage-cache applies to --stack systems only (a model alone has no stages)")
+    if answer_format != "stack" and (model is not None or base):
+        raise InputError("--answer-format applies to --stack systems only")
     t0 = time.perf_counter()
     if model is not None:
         if not adapters or base:
@@ -255,4 +300,5 @@ def load_system(
         cfg = cfg.without_adapters()
     engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
     cache = StageCache(stage_cache) if stage_cache is not None else None
-    return StackSystem(Stack(cfg, engine, cache=cache), load_seconds=round(time.perf_counter() - t0, 2), adapters=adapters)
+    return StackSystem(Stack(cfg, engine, cache=cache), load_seconds=round(time.perf_counter() - t0, 2), adapters=adapters,
+                       answer_format=answer_format)

@@ -143,6 +143,28 @@ def test_stack_scores_choices_after_its_earlier_stages(tiny_engine, tiny_data, t
         evaluate(system, ["arc_easy"], num_fewshot=1)
 
 
+def test_raw_answer_format_is_the_model_alone_reading_the_earlier_texts(tiny_engine, tiny_data, tmp_path):
+    """answer_format="raw": the base model scores lm-eval's raw context, as ModelSystem does, after the notes."""
+    from fslm.evaluate import ModelSystem
+
+    stack = Stack(parse_stack_config(STACK), tiny_engine)
+    raw = evaluate(StackSystem(stack, answer_format="raw"), ["arc_easy", "gsm8k"], out_dir=tmp_path / "raw")
+    plain = evaluate(StackSystem(stack), ["arc_easy", "gsm8k"])
+    alone = evaluate(ModelSystem(tiny_engine, name="model:tiny"), ["arc_easy"])
+    assert raw.system == f"stack:{STACK['name']}+raw-answer" and raw.data["answer_format"] == "raw"
+    arc = [r for r in raw.rows if r["task"] == "arc_easy"]
+    for row, same, base, item in zip(arc, plain.rows[: len(arc)], alone.rows, load_task("arc_easy"), strict=True):
+        assert row["stages"] == same["stages"]  # the earlier stages are the stack's own
+        notes = f"{stack.config.stages[0].display_label}: {row['stages']['facts'].strip()}\n\n"
+        direct = tiny_engine.score([notes + item.context] * len(item.choices), list(item.continuations))
+        assert row["choice_scores"] == pytest.approx([s.logprob for s in direct], abs=1e-4)
+        assert row["choice_scores"] != pytest.approx(base["choice_scores"], abs=1e-4)  # the notes changed the scores
+    gsm = [r for r in raw.rows if r["task"] == "gsm8k"]
+    assert all(set(r["stages"]) == {"facts"} and r["generation"] is not None for r in gsm)
+    with pytest.raises(InputError, match="answer format 'chat'"):
+        StackSystem(stack, answer_format="chat")
+
+
 def test_stack_params_touched_counts_adapters(tiny_model_dir, tiny_adapters, tmp_path):
     from fslm.engine import load_engine
 

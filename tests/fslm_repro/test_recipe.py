@@ -69,7 +69,7 @@ def test_every_step_writes_its_outputs(smoke_run):
 
     index = json.loads((out / "systems.json").read_text())
     expected = {"stack-trained", "stack-trained-choice", "stack-trained-neutral", "base", "base-stackformat", "stack-answer-only", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
-                "stack-no-reasoning", "stack-2stage"}
+                "stack-no-reasoning", "stack-2stage", "stack-notes-raw"}
     assert set(index["systems"]) == expected
     for name in expected:
         summary = json.loads((out / "runs" / name / "summary.json").read_text())
@@ -82,6 +82,14 @@ def test_every_step_writes_its_outputs(smoke_run):
         rows = [json.loads(line) for line in (out / "runs" / name / "items.jsonl").read_text().splitlines()]
         assert rows and all(set(r["stages"]) <= {"answer"} for r in rows)  # generation tasks: the answer stage's own text
     assert json.loads((out / "runs" / "base-stackformat" / "run.json").read_text())["identity"]["system"].endswith("-no-adapters")
+    # the base model's own raw scoring, with the trained stack's texts in front (same texts: from the stage cache)
+    notes = [json.loads(line) for line in (out / "runs" / "stack-notes-raw" / "items.jsonl").read_text().splitlines()]
+    trained = [json.loads(line) for line in (out / "runs" / "stack-trained" / "items.jsonl").read_text().splitlines()]
+    assert json.loads((out / "runs" / "stack-notes-raw" / "summary.json").read_text())["answer_format"] == "raw"
+    assert [r["stages"] for r in notes if r["task"] != "gsm8k"] == [
+        {k: v for k, v in r["stages"].items() if k != "answer"} for r in trained if r["task"] != "gsm8k"]
+    assert "- Do the texts help a plain scorer: base model in its own format reading the trained stack's texts vs base model alone" in (
+        out / "RESULTS.md").read_text()
 
 
 def test_choice_step_retrains_only_the_answer_stage_on_train_split_questions(smoke_run):
