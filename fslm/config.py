@@ -123,6 +123,13 @@ class StackConfig(BaseModel):
             path = self.source_path.parent / path
         return path
 
+    def unread_stages(self) -> list[str]:
+        """Intermediate stages whose text no later stage `sees` (a template may only name what its stage sees): they
+        cost generation and show up in the trace, but cannot change the answer. Often meant (a readable
+        restatement), sometimes a leftover of removing the stage that read them."""
+        read = {name for s in self.stages for name in s.sees}
+        return [s.name for s in self.stages[:-1] if s.name not in read]
+
     def without_adapters(self) -> "StackConfig":
         """The same stack prompt-only: what the trained adapters add is measured against this."""
         return self.model_copy(update={"stages": [s.model_copy(update={"adapter": None}) for s in self.stages]})

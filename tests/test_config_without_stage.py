@@ -38,3 +38,15 @@ def test_errors_name_the_problem():
         {"name": "a", "instruction": "A."}, {"name": "b", "instruction": "B.", "sees": ["prompt", "a"], "template": "{prompt} / {a}"}]})
     with pytest.raises(ConfigError, match=r"template uses \{a\}"):
         without_stage(templated, "a")
+
+
+def test_unread_stages_are_those_no_later_stage_reads():
+    cfg = load_default_stack_config()
+    assert cfg.unread_stages() == []
+    # intent is read by reasoning only: once reasoning is gone nothing reads it (the pilot's "without reasoning")
+    assert without_stage(cfg, "reasoning").unread_stages() == ["intent"]
+    assert without_stage(cfg, "facts").unread_stages() == []
+    chain = parse_stack_config({"name": "x", "stages": [
+        {"name": "a", "instruction": "A."}, {"name": "b", "instruction": "B."},
+        {"name": "c", "instruction": "C.", "sees": ["prompt", "b"], "template": "{prompt} / {b}"}]})
+    assert chain.unread_stages() == ["a"]

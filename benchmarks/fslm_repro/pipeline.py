@@ -168,7 +168,11 @@ def write_ablations(recipe: Recipe) -> list[SystemSpec]:
     trained = recipe.trained_dir / "stack.yaml"
     cfg = load_stack_config(trained)
     variants = [("answer-only", "answer stage alone (no earlier texts)", keep_stages(cfg, [cfg.stages[-1].name]))]
-    variants += [(f"no-{s.name}", f"without {s.name}", without_stage(cfg, s.name)) for s in cfg.stages[:-1]]
+    for stage in cfg.stages[:-1]:
+        variant = without_stage(cfg, stage.name)
+        unread = variant.unread_stages()  # left running though nothing reads them: same answers, more tokens
+        note = f" ({', '.join(unread)} still runs; no stage reads it)" if unread else ""
+        variants.append((f"no-{stage.name}", f"without {stage.name}{note}", variant))
     variants.append(("2stage", f"2 stages ({' -> '.join(recipe.two_stage)})", keep_stages(cfg, recipe.two_stage)))
     specs = []
     for suffix, label, variant in variants:

@@ -77,6 +77,13 @@ def test_stack_validate_ok_and_broken(tiny_stack_file, tmp_path):
     assert "stages.0.generation.max_new_tokens" in bad.output and str(broken) in bad.output
 
 
+def test_stack_validate_notes_a_stage_nobody_reads(tmp_path):
+    stack = tmp_path / "unread.yaml"
+    stack.write_text("name: u\nstages:\n  - {name: intent, instruction: R.}\n  - {name: answer, instruction: A., sees: [prompt]}\n")
+    result = runner.invoke(app, ["stack", "validate", str(stack)])
+    assert result.exit_code == 0 and "no later stage reads the text of stage 'intent'" in " ".join(result.output.split())
+
+
 def test_stack_validate_missing_adapter(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "stages": [{"name": "answer", "instruction": "A.", "adapter": "adapters/answer"}]}))
