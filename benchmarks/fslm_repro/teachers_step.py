@@ -14,6 +14,7 @@ rate; among those within 10 points of it, the highest gold gain; then the fastes
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import time
 from typing import Sequence
@@ -72,6 +73,12 @@ def gold_gain(cfg: StackConfig, records: Sequence[dict]) -> tuple[float | None, 
     return round(sum(gains) / len(gains), 4), len(gains)
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def measure_options(recipe: Recipe) -> DistillOptions:
     return DistillOptions(limit=recipe.teacher_records, batch_size=recipe.distill_batch)
 
@@ -93,6 +100,7 @@ def measure(recipe: Recipe, cfg: StackConfig, ref: str) -> dict:
         return done
     for stale in (texts, identity_path(texts)):  # half-measured or stale: measured again from scratch (clean timing)
         stale.unlink(missing_ok=True)
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     try:
         teacher = CountingTeacher(LocalTeacher.load(ref, dtype=recipe.teacher_dtype))
@@ -116,6 +124,8 @@ def measure(recipe: Recipe, cfg: StackConfig, ref: str) -> dict:
         "seconds_per_asked_record": round(per_record, 3),
         "projected_distill_hours": round(per_record * recipe.distill_records / 3600, 2),
         "gold_gain_nats_per_token": gain, "gold_gain_n": gain_n, "setup": wanted,
+        # Speed decides feasibility: a busy machine makes a teacher look slower (rerun after deleting its row).
+        "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)], "threads": torch_threads(),
     }
     write_json(result_path, row)
     return row
@@ -148,17 +158,18 @@ def markdown(rows: Sequence[dict], chosen: str, reason: str, texts: dict[str, li
         "Each candidate distilled the same records (answer-hinted, the stack's teacher prompts). kept rate = records "
         "whose texts pass every distill filter / records that reached the teacher; gold gain = how much the teacher's "
         "texts raise the untrained student's log-probability of the gold answer (nats/token, kept records).", "",
-        "| teacher | params | tok/s | s/record | projected distill h | asked | kept | kept rate | gold gain (n) | top filters |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| teacher | params | tok/s | s/record | projected distill h | asked | kept | kept rate | gold gain (n) | top filters | load avg (start, end) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['teacher']} | not available: {r['error'][:120]} |||||||||")
+            lines.append(f"| {r['teacher']} | not available: {r['error'][:120]} ||||||||||")
             continue
         top = ", ".join(f"{k} {v}" for k, v in sorted(r["filtered"].items(), key=lambda kv: -kv[1])[:3]) or "-"
         gain = "-" if r["gold_gain_nats_per_token"] is None else f"{r['gold_gain_nats_per_token']:+.3f} ({r['gold_gain_n']})"
         lines.append(f"| {r['teacher']} | {r['params'] / 1e6:.0f}M | {r['tokens_per_second']:.1f} | {r['seconds_per_asked_record']:.1f} | "
-                     f"{r['projected_distill_hours']:.2f} | {r['asked']} | {r['kept']} | {r['kept_rate']:.0%} | {gain} | {top} |")
+                     f"{r['projected_distill_hours']:.2f} | {r['asked']} | {r['kept']} | {r['kept_rate']:.0%} | {gain} | {top} | "
+                     f"{', '.join(map(str, r['loadavg'])) if r.get('loadavg') else '—'} |")
     lines += ["", f"**Chosen: {chosen}** — {reason}", "", "Rule: " + " ".join(__doc__.split("Rule:")[1].split()), ""]
     for ref, records in texts.items():
         lines += [f"## {ref}: first {len(records)} records that reached the teacher", ""]

@@ -53,6 +53,7 @@ def test_every_step_writes_its_outputs(smoke_run):
     assert len(teachers["candidates"]) == 2 and teachers["chosen"] in recipe.teacher_candidates
     for row in teachers["candidates"]:
         assert row["records"] == recipe.teacher_records and 0 <= row["kept_rate"] <= 1 and row["tokens_per_second"] > 0
+        assert len(row["loadavg"]) == 2 and row["threads"] >= 1  # speed decides feasibility: the load it was measured under
     assert "**Chosen:" in (out / "teachers.md").read_text()
 
     distilled = json.loads((out / "distill.json").read_text())
