@@ -145,7 +145,8 @@ class StackSystem:
 
     def _adapter_paths(self) -> list[Path]:
         cfg = self.stack.config
-        return [p for p in (cfg.adapter_path(s) for s in cfg.stages) if p is not None]
+        used = cfg.stages[:-1] if self.answer_format == "raw" else cfg.stages  # raw: the base model answers
+        return [p for p in (cfg.adapter_path(s) for s in used) if p is not None]
 
     def describe(self) -> dict:
         cfg = self.stack.config
@@ -236,7 +237,6 @@ class StackSystem:
             )
             for r in results
         ]
-
 
     def _raw_generate(self, items: Sequence[Item], params: GenerationParams) -> list[Outcome]:
         """Answer format "raw" on a generation task: the base model continues lm-eval's raw context after the notes."""

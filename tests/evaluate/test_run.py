@@ -173,6 +173,7 @@ def test_stack_params_touched_counts_adapters(tiny_model_dir, tiny_adapters, tmp
     system = StackSystem(Stack(parse_stack_config(cfg), engine))
     assert system.params_touched > engine.params
     assert system.describe()["adapters"] == {"answer": str(tiny_adapters["answer"])}
+    assert StackSystem(system.stack, answer_format="raw").params_touched == engine.params  # the base model answers
 
 
 def test_compare_two_runs(model_system, tiny_data, tmp_path):
