@@ -152,6 +152,11 @@ def choose(rows: Sequence[dict], budget_hours: float) -> tuple[dict, str]:
     return chosen, reason
 
 
+def busy_while_measured(row: dict) -> bool:
+    """Other work was running beside the measurement (rows from before loads were recorded: unknown, False)."""
+    return bool(row.get("loadavg")) and max(row["loadavg"]) > row.get("threads", 1) + 0.5
+
+
 def markdown(rows: Sequence[dict], chosen: str, reason: str, texts: dict[str, list[dict]], cfg: StackConfig) -> str:
     lines = [
         "# Teacher candidates", "",
@@ -170,6 +175,10 @@ def markdown(rows: Sequence[dict], chosen: str, reason: str, texts: dict[str, li
         lines.append(f"| {r['teacher']} | {r['params'] / 1e6:.0f}M | {r['tokens_per_second']:.1f} | {r['seconds_per_asked_record']:.1f} | "
                      f"{r['projected_distill_hours']:.2f} | {r['asked']} | {r['kept']} | {r['kept_rate']:.0%} | {gain} | {top} | "
                      f"{', '.join(map(str, r['loadavg'])) if r.get('loadavg') else '—'} |")
+    busy = [r["teacher"] for r in rows if busy_while_measured(r)]
+    if busy:
+        lines += ["", f"**Measured on a busy machine** (load average above its torch threads + 0.5): {', '.join(busy)}. "
+                  "Their speed is understated; delete their rows under the work dir's `teachers/` and rerun to measure again."]
     lines += ["", f"**Chosen: {chosen}** — {reason}", "", "Rule: " + " ".join(__doc__.split("Rule:")[1].split()), ""]
     for ref, records in texts.items():
         lines += [f"## {ref}: first {len(records)} records that reached the teacher", ""]

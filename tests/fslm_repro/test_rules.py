@@ -119,3 +119,11 @@ def test_sum_rule_adds_the_two_scores_and_keeps_generation_results():
     mc2 = dict([row("truthfulqa_mc2", 0, [0.0, 0.0, -50.0], 0, 0.5, gold_set=[0, 1])])
     assert abs(sum_rule(mc2, mc2)["macro"] - 1.0) < 1e-9  # mc2: probability mass on the true answers
     assert sum_rule(texts, {}) is None
+
+
+def test_a_measurement_beside_other_work_is_flagged():
+    from teachers_step import busy_while_measured
+
+    assert busy_while_measured({"loadavg": [2.9, 3.1], "threads": 2})
+    assert not busy_while_measured({"loadavg": [1.7, 1.9], "threads": 2})
+    assert not busy_while_measured({"teacher": "old row without loads"})
