@@ -72,16 +72,16 @@ def pick_examples(stack: dict, base: dict) -> list[tuple[str, str, dict | None, 
     return [(title, rule, found[0][1] if found else None, found[0][2] if found else None) for title, rule, found in specs]
 
 
-def anchoring(rows: dict) -> dict | None:
-    """Does the answer stage follow what the earlier stages said? Over multiple-choice items whose facts/reasoning
-    name exactly one option (its text, case-insensitive, options over 3 characters): how often the stack picks it,
-    how often it is the gold one, and the stack's accuracy there and elsewhere."""
+def anchoring(rows: dict, final: str = "answer") -> dict | None:
+    """Does the answer stage follow what the earlier stages said? Over multiple-choice items whose earlier texts
+    (every stage but `final`, the answer stage) name exactly one option (its text, case-insensitive, options over 3
+    characters): how often the stack picks it, how often it is the gold one, and the accuracy there and elsewhere."""
     named = followed = gold = right_named = other = right_other = 0
     for row in rows.values():
         choices, stages = row.get("choices") or [], row.get("stages") or {}
         if len(choices) < 2 or not stages or row.get("prediction") is None:
             continue
-        said = " ".join(text for stage, text in stages.items() if stage != list(stages)[-1]).lower()
+        said = " ".join(text for stage, text in stages.items() if stage != final).lower()
         hits = [j for j, c in enumerate(choices) if len(c.strip()) > 3 and c.strip().lower().rstrip(".") in said]
         if len(hits) == 1:
             named += 1
@@ -95,6 +95,12 @@ def anchoring(rows: dict) -> dict | None:
         return None
     return {"items": named + other, "named": named, "followed": followed, "named_is_gold": gold,
             "acc_named": right_named / named if named else None, "acc_other": right_other / other if other else None}
+
+
+def unseen_texts(base: dict, stack: dict) -> dict:
+    """The base model's rows carrying the stack's texts, which it never saw: `anchoring` of these says how often
+    the base model picks the named option anyway (the control for how much reading the texts moves a scorer)."""
+    return {key: {**row, "stages": (stack.get(key) or {}).get("stages")} for key, row in base.items()}
 
 
 def widest_task(summaries: dict, tasks: list[str]) -> str:
@@ -289,12 +295,18 @@ def run(recipe: Recipe, log=print) -> Path:
     if "stack-trained" in summaries:
         for title, rule, row, base_row in pick_examples(read_items(run_of["stack-trained"]), read_items(run_of["base"])):
             lines += trace_markdown(title, rule, row, base_row)
-    stacks = {name: anchoring(read_items(run_of[name])) for name in summaries if systems[name]["kind"] != "base" and name.startswith("stack")}
+    stacks = {name: anchoring(read_items(run_of[name]), final=summaries[name]["stages"][-1])
+              for name in summaries if systems[name]["kind"] != "base" and name.startswith("stack")}
     stacks = {k: v for k, v in stacks.items() if v and v.get("named")}
+    if stacks and "stack-trained" in summaries:  # control: how often the base model picks the named option unseen
+        control = unseen_texts(read_items(run_of["base"]), read_items(run_of["stack-trained"]))
+        stacks["base-control"] = anchoring(control, final=summaries["stack-trained"]["stages"][-1])
+        systems = {**systems, "base-control": {"label": f"{base_label}, never shown the texts (control: the trained stack's texts)"}}
     if stacks:
         lines += ["## Does the answer stage follow the earlier stages?", "",
                   "Multiple-choice items whose intent/facts/reasoning texts name exactly one option (by its text): how often the "
-                  "stack then picks that option, and how often that option is right.", "",
+                  "stack then picks that option, and how often that option is right. The last row is the control: the base model "
+                  "alone, which never saw those texts, on the same items.", "",
                   "| system | MC items | one option named | stack picks it | named option is gold | acc where named | acc elsewhere |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         pct = lambda x: "—" if x is None else f"{100 * x:.1f}"  # noqa: E731

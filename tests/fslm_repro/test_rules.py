@@ -79,10 +79,25 @@ def test_anchoring_counts_items_whose_earlier_texts_name_one_option():
         3: row("Photosynthesis or respiration?", 0),   # two options named: counted elsewhere
         4: row("Plants need light.", 1),               # none named ("no" is too short to count)
         5: {"choices": [], "prediction": None, "gold": "4", "correct": False, "stages": {"facts": "4"}},  # generation: skipped
+        # a multiple-choice row has no answer-stage text: its LAST early stage (reasoning) counts too
+        6: {"choices": ["photosynthesis", "respiration", "no"], "prediction": 0, "gold": 1, "correct": False,
+            "stages": {"facts": "Plants.", "reasoning": "So it is photosynthesis."}},
     }
     a = anchoring(rows)
-    assert a == {"items": 4, "named": 2, "followed": 2, "named_is_gold": 1, "acc_named": 0.5, "acc_other": 0.5}
+    assert a == {"items": 5, "named": 3, "followed": 3, "named_is_gold": 1, "acc_named": 1 / 3, "acc_other": 0.5}
     assert anchoring({}) is None
+
+
+def test_the_control_pairs_the_base_models_picks_with_the_stacks_texts():
+    from report import anchoring, unseen_texts
+
+    choices = ["photosynthesis", "respiration"]
+    base = {1: {"choices": choices, "prediction": 0, "gold": 1, "correct": False, "stages": {}},
+            2: {"choices": choices, "prediction": 1, "gold": 1, "correct": True, "stages": {}}}
+    stack = {1: {"stages": {"facts": "It is photosynthesis."}}, 2: {"stages": {"facts": "It is photosynthesis."}}}
+    control = unseen_texts(base, stack)
+    assert [r["prediction"] for r in control.values()] == [0, 1] and control[1]["stages"] == stack[1]["stages"]
+    assert anchoring(control) == {"items": 2, "named": 2, "followed": 1, "named_is_gold": 0, "acc_named": 0.5, "acc_other": None}
 
 
 def test_two_recipe_processes_keep_each_others_step_times(tmp_path):
