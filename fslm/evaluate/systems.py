@@ -283,6 +283,8 @@ def load_system(
         raise InputError("give exactly one of --model (a model reference) or --stack (a stack YAML, or 'default')")
     if stage_cache is not None and (model is not None or base):
         raise InputError("--stage-cache applies to --stack systems only (a model alone has no stages)")
+    if answer_format not in ANSWER_FORMATS:
+        raise InputError(f"answer format {answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)}")
     if answer_format != "stack" and (model is not None or base):
         raise InputError("--answer-format applies to --stack systems only")
     t0 = time.perf_counter()

@@ -59,6 +59,26 @@ def test_eval_and_compare_end_to_end(tiny_data, tiny_model_dir, tmp_path):
     assert code == 2 and "no items.jsonl" in text
 
 
+def test_stack_with_raw_answer_and_a_stage_cache(tiny_data, tiny_model_dir, tmp_path):
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(json.dumps({"name": "two", "base_model": str(tiny_model_dir), "stages": [
+        {"name": "facts", "instruction": "Facts.", "generation": {"max_new_tokens": 4}},
+        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"]}]}))
+    cache = tmp_path / "stages.sqlite"
+    for out in ("a", "b"):
+        code, text = run("eval", "--stack", str(stack), "--tasks", "arc_easy", "--answer-format", "raw",
+                         "--stage-cache", str(cache), "--out", str(tmp_path / out), "--json")
+        assert code == 0, text
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["system"] == "stack:two+raw-answer" and summary["answer_format"] == "raw"
+    session = json.loads((tmp_path / "b" / "run.json").read_text())["sessions"][-1]
+    assert session["stage_cache"]["hits"] == 3 and session["stage_cache"]["misses"] == 0  # facts for 3 items, reused
+    code, text = run("eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--stage-cache", str(cache))
+    assert code == 2 and "--stage-cache applies to --stack systems only" in text
+    code, text = run("eval", "--stack", str(stack), "--tasks", "arc_easy", "--answer-format", "chat")
+    assert code == 2 and "expected one of stack, raw" in text
+
+
 @pytest.mark.slow
 def test_real_default_model_on_two_tasks(tmp_path, monkeypatch):
     """The issue's acceptance command, on 4 items per task (the real run is in benchmarks/results)."""
