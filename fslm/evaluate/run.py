@@ -253,6 +253,11 @@ def _evaluate_into(store: RunStore, system: System, plan: dict[str, list[Item]],
                 progress({"task": task, "done": finished, "total": len(items), "new": len(batch),
                           "acc": sum(scored) / len(scored), "elapsed": time.perf_counter() - t0})
     session.update(0)
+    planned = {it.id for items in plan.values() for it in items}
+    outside = len(set(store.rows) - planned)
+    if outside:  # kept (nothing on disk is dropped), but a reader of items.jsonl should know they are not in this run
+        notes.append(f"{outside} row(s) in {store.folder}/items.jsonl are not among this run's items (an earlier --tasks, "
+                     "--limit or data version); summary.json leaves them out")
     rows = [store.rows[it.id] for items in plan.values() for it in items]
     data = build_summary(system, plan, rows, store.sessions, notes=notes, limit=limit, num_fewshot=num_fewshot, split=split)
     if store.folder is not None:

@@ -107,6 +107,15 @@ def test_limit_larger_than_the_data_uses_all_and_says_so(model_system, tiny_data
     assert any("larger than the 3 items" in note for note in summary.notes)
 
 
+def test_rows_outside_the_run_are_kept_and_reported(model_system, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    evaluate(model_system, ["arc_easy"], limit=3, out_dir=out)
+    summary = evaluate(model_system, ["arc_easy"], limit=2, out_dir=out)
+    assert summary.data["n_items"] == 2 and len((out / "items.jsonl").read_text().splitlines()) == 3
+    assert any(note.startswith("1 row(s) in") and "not among this run's items" in note for note in summary.notes)
+    assert not evaluate(model_system, ["arc_easy"], limit=3, out_dir=out).notes
+
+
 def test_bad_limit_and_fewshot_without_a_fewshot_split(model_system, tiny_data):
     with pytest.raises(InputError):
         evaluate(model_system, ["arc_easy"], limit=0)
