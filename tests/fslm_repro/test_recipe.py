@@ -289,8 +289,10 @@ def test_teacher_measurements_from_another_setup_are_measured_again(smoke_run, t
               for s in cfg.stages]
     changed = cfg.model_copy(update={"stages": stages})
     fresh = teachers_step.measure(copy, changed, ref)
+    # a row read back would carry the old setup; the candidate's texts were distilled again under the new one
     assert fresh["setup"] == teachers_step.setup(copy, changed) != saved["setup"]
-    assert fresh["seconds"] != saved["seconds"]  # measured again, not read back
+    sidecar = json.loads((copy.work / "teachers" / f"{slug(ref)}.jsonl.identity.json").read_text())
+    assert sidecar == fresh["setup"]["distill"]
     legacy = {k: v for k, v in saved.items() if k != "setup"}  # rows written before setups were recorded
     (copy.work / "teachers" / f"{slug(ref)}.json").write_text(json.dumps(legacy))
     assert teachers_step.measure(copy, cfg, ref)["setup"] == saved["setup"]
