@@ -61,6 +61,13 @@ def busy_cores(cores: int, sample_s: float = 0.25, read=cpu_jiffies) -> float | 
     return cores * (second[0] - first[0]) / (second[1] - first[1])
 
 
+def current_threads() -> int:
+    """torch's intra-op threads in this process (what a measured speed was measured with)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def apply_threads(requested: int | None = None, busy: bool = False) -> int:
     """Set torch's intra-op threads from `pick_threads`; `busy`: this process has been computing with them."""
     import torch

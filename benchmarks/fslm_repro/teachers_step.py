@@ -20,6 +20,7 @@ import time
 from typing import Sequence
 
 from fslm.config import StackConfig, keep_stages
+from fslm.cpu import current_threads
 from fslm.distill import DistillOptions, distill, distill_identity, read_distilled
 from fslm.distill.store import identity_path
 from fslm.engine import GenerationParams, load_engine
@@ -73,12 +74,6 @@ def gold_gain(cfg: StackConfig, records: Sequence[dict]) -> tuple[float | None, 
     return round(sum(gains) / len(gains), 4), len(gains)
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def measure_options(recipe: Recipe) -> DistillOptions:
     return DistillOptions(limit=recipe.teacher_records, batch_size=recipe.distill_batch)
 
@@ -125,7 +120,7 @@ def measure(recipe: Recipe, cfg: StackConfig, ref: str) -> dict:
         "projected_distill_hours": round(per_record * recipe.distill_records / 3600, 2),
         "gold_gain_nats_per_token": gain, "gold_gain_n": gain_n, "setup": wanted,
         # Speed decides feasibility: a busy machine makes a teacher look slower (rerun after deleting its row).
-        "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)], "threads": torch_threads(),
+        "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)], "threads": current_threads(),
     }
     write_json(result_path, row)
     return row

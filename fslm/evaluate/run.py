@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fslm.cpu import current_threads
 from fslm.engine import GenerationParams
 from fslm.errors import InputError
 from fslm.evaluate.heldout import HELDOUT, heldout_items
@@ -178,12 +179,6 @@ class _Session:
         self.store.update_session(fields)
 
 
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -232,7 +227,7 @@ def _evaluate_into(store: RunStore, system: System, plan: dict[str, list[Item]],
         "load_seconds": system.load_seconds,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "cpu_count": os.cpu_count(),
-        "threads": _threads(),
+        "threads": current_threads(),
     })
     session = _Session(store, t0, cpu0, system)
     done_before = store.done()
