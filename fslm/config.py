@@ -29,13 +29,23 @@ class GenerationConfig(BaseModel):
     no_repeat_ngram_size: int = Field(0, ge=0, le=64, description="ban repeating an n-gram of the generated text (0 = off)")
 
 
+class RetrieveConfig(BaseModel):
+    """A stage that reads passages instead of generating: its text is the k best BM25 hits for its input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: str = Field(..., min_length=1, description="folder written by `fslm retrieve index`, relative to the stack file")
+    k: int = Field(3, ge=1, le=20, description="passages per query")
+    max_chars: int = Field(400, ge=20, le=4000, description="a longer passage is cut at a word and ends with ' …'")
+
+
 class StageConfig(BaseModel):
-    """One small LM doing one sub-step of answering."""
+    """One sub-step of answering: a small LM (optionally with its LoRA adapter), or a retriever (`retrieve`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    instruction: str = Field(..., min_length=1, description="the stage's role, sent as the system message")
+    instruction: str = Field("", description="the stage's role, sent as the system message (model stages: required)")
     template: str | None = Field(
         None,
         description="user message; {prompt} and {<earlier stage>} placeholders. Default: one labelled block per seen text",
@@ -54,6 +64,7 @@ class StageConfig(BaseModel):
         ge=1,
         description="distillation only: longer targets (student tokens) are filtered as too_long. None: generation.max_new_tokens",
     )
+    retrieve: RetrieveConfig | None = Field(None, description="make this a retrieval stage: no model, no adapter")
 
     @field_validator("name")
     @classmethod
@@ -61,6 +72,21 @@ class StageConfig(BaseModel):
         if not NAME.match(v) or v == PROMPT:
             raise ValueError("expected a lowercase identifier like 'intent' (not 'prompt')")
         return v
+
+    @model_validator(mode="after")
+    def _model_or_retriever(self) -> "StageConfig":
+        if self.retrieve is None:
+            if not self.instruction.strip():
+                raise ValueError("instruction: required for a model stage (only a stage with 'retrieve' may leave it out)")
+            return self
+        extra = [f for f in ("adapter", "teacher_prompt") if getattr(self, f) is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: a retrieve stage runs no model; remove {' and '.join(extra)}")
+        return self
+
+    @property
+    def is_retrieval(self) -> bool:
+        return self.retrieve is not None
 
     @model_validator(mode="after")
     def _targets_fit_generation(self) -> "StageConfig":
@@ -109,6 +135,8 @@ class StackConfig(BaseModel):
                             f"stages.{i}.template: placeholder {{{name}}} is not in this stage's sees {stage.sees}"
                         )
             seen.add(stage.name)
+        if self.stages[-1].is_retrieval:
+            raise ValueError(f"stages.{len(self.stages) - 1}.retrieve: the final (answer) stage must be a model stage")
         return self
 
     @property
@@ -119,6 +147,15 @@ class StackConfig(BaseModel):
         if stage.adapter is None:
             return None
         path = Path(stage.adapter).expanduser()
+        if not path.is_absolute() and self.source_path is not None:
+            path = self.source_path.parent / path
+        return path
+
+    def index_path(self, stage: StageConfig) -> Path | None:
+        """A retrieve stage's index folder (relative paths are relative to the stack file, like adapters)."""
+        if stage.retrieve is None:
+            return None
+        path = Path(stage.retrieve.index).expanduser()
         if not path.is_absolute() and self.source_path is not None:
             path = self.source_path.parent / path
         return path
@@ -180,12 +217,16 @@ def load_stack_config(path: str | Path) -> StackConfig:
 
 
 def check_adapters(cfg: StackConfig) -> None:
-    """Fail early, naming the stage, when an adapter folder is missing or incomplete."""
+    """Fail early, naming the stage, when an adapter or retrieval index folder is missing or incomplete."""
     for i, stage in enumerate(cfg.stages):
+        where = cfg.source_path or "<config>"
+        index = cfg.index_path(stage)
+        if index is not None and not (index / "manifest.json").is_file():
+            raise ConfigError(f"{where}: stages.{i}.retrieve.index: no retrieval index in {index} (build one with "
+                              "`fslm retrieve corpus` then `fslm retrieve index`)")
         path = cfg.adapter_path(stage)
         if path is None:
             continue
-        where = cfg.source_path or "<config>"
         if not (path / "adapter_config.json").is_file():
             raise ConfigError(f"{where}: stages.{i}.adapter: no adapter_config.json in {path}")
         if not any(path.glob("adapter_model.safetensors")):

@@ -15,7 +15,10 @@ from typing import Mapping, Sequence
 from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, check_adapters, load_default_stack_config, load_stack_config
 from fslm.engine import Engine, Generation, GenerationParams, load_engine
 from fslm.errors import InputError
+from fslm.retrieve import Hit, Retriever
 from fslm.stack_cache import StageCache, cacheable
+
+NO_PASSAGE = "(no related passage found)"
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,8 @@ class StageRecord:
     tokens_out: int
     seconds: float
     adapter: str | None = None
-    finish_reason: str = "stop"
+    finish_reason: str = "stop"  # "retrieved" for a retrieve stage
+    retrieved: tuple[str, ...] = ()  # a retrieve stage's passage ids, best first
 
 
 @dataclass
@@ -80,11 +84,49 @@ def _raw_text(messages: Sequence[Mapping[str, str]]) -> str:
     return "\n\n".join(m["content"] for m in messages)
 
 
+def clip(text: str, max_chars: int) -> str:
+    """`text` cut at the last word boundary within `max_chars`, marked with ' …' (never a silent cut)."""
+    text = " ".join(text.split())
+    if len(text) <= max_chars:
+        return text
+    head = text[: max_chars - 2].rsplit(" ", 1)[0] or text[: max_chars - 2]
+    return head + " …"
+
+
+def passages_text(hits: Sequence[Hit], max_chars: int) -> str:
+    """What a retrieve stage hands on: numbered passages, best first."""
+    if not hits:
+        return NO_PASSAGE
+    return "\n".join(f"[{h.rank}] {clip(h.passage.text, max_chars)}" for h in hits)
+
+
 def generation_params(stage: StageConfig) -> GenerationParams:
     g = stage.generation
     return GenerationParams(
         g.max_new_tokens, g.temperature, g.top_p, g.repetition_penalty, tuple(g.stop), g.seed, g.no_repeat_ngram_size
     )
+
+
+def retrieve_records(cfg: StackConfig, stage: StageConfig, retriever: Retriever,
+                     inputs: Sequence[tuple[str, Mapping[str, str]]], avoid: Sequence[str] | None = None) -> list[StageRecord]:
+    """A retrieve stage over (prompt, earlier texts) pairs: its query is the user text it sees (no chat template),
+    its text the passages found. Distillation calls this too (with `avoid` = each record's own prompt, so a
+    training record never reads its own answer), and later stages train on the passages they will read."""
+    assert stage.retrieve is not None
+    labels = {s.name: s.display_label for s in cfg.stages}
+    queries = [stage_user_text(stage, prompt, outputs, labels) for prompt, outputs in inputs]
+    t0 = time.perf_counter()
+    found = retriever.search(queries, k=stage.retrieve.k, avoid=avoid)
+    seconds = round((time.perf_counter() - t0) / max(1, len(queries)), 4)
+    return [
+        StageRecord(stage.name, query, passages_text(hits, stage.retrieve.max_chars), 0, 0, seconds, None, "retrieved",
+                    tuple(h.passage.id for h in hits))
+        for query, hits in zip(queries, found, strict=True)
+    ]
+
+
+def load_retrievers(cfg: StackConfig) -> dict[str, Retriever]:
+    return {s.name: Retriever.load(cfg.index_path(s)) for s in cfg.stages if s.is_retrieval}  # type: ignore[arg-type]
 
 
 class Stack:
@@ -95,6 +137,7 @@ class Stack:
         self.engine = engine
         self.cache = cache  # greedy stage outputs already generated (by this stack or one sharing a stage) are reused
         check_adapters(config)
+        self.retrievers = load_retrievers(config)
         for stage in config.stages:
             path = config.adapter_path(stage)
             if path is not None:
@@ -141,6 +184,9 @@ class Stack:
         results = [StackResult(p, "") for p in clean]
         count = len(self.config.stages) if stages is None else stages
         for index, stage in enumerate(self.config.stages[:count]):
+            if stage.is_retrieval:
+                self._retrieve(stage, results)
+                continue
             inputs = [self.stage_input(index, r.prompt, r.outputs) for r in results]
             adapter = self.adapter_for(stage)
             generations = self._generate(stage, inputs)
@@ -152,6 +198,11 @@ class Stack:
             for r in results:
                 r.answer = r.trace[-1].output
         return results
+
+    def _retrieve(self, stage: StageConfig, results: list[StackResult]) -> None:
+        records = retrieve_records(self.config, stage, self.retrievers[stage.name], [(r.prompt, r.outputs) for r in results])
+        for result, record in zip(results, records, strict=True):
+            result.trace.append(record)
 
     def _generate(self, stage: StageConfig, inputs: list[str]) -> list[Generation]:
         """One batched call for the inputs the cache lacks; seconds are per item (a cached output keeps its own)."""

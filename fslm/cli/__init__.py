@@ -21,6 +21,7 @@ VERBS: dict[str, Verb] = {
     "eval": Verb("eval", "app", "Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs."),
     "cascade": Verb("cascade", "app", "Cascade: escalate to a larger system when the small one is unsure."),
     "route": Verb("route", "app", "Learned router: predict from the prompt whether the small system will be right."),
+    "retrieve": Verb("retrieve", "app", "Retrieval: build a passage corpus, index it (BM25), search it."),
 }
 
 

@@ -23,7 +23,7 @@ from fslm.distill.data import Instruction, load_instructions
 from fslm.distill.filters import check_target, trim_to_sentences
 from fslm.distill.store import DistillStore, read_distilled
 from fslm.errors import ConfigError, DataError
-from fslm.stack import generation_params, stage_messages
+from fslm.stack import generation_params, load_retrievers, retrieve_records, stage_messages
 from fslm.teachers import Teacher, make_teacher
 
 ANSWER = "answer"
@@ -72,7 +72,7 @@ def leak_stages(cfg: StackConfig, no_leak: Sequence[str] | None) -> set[str]:
     A teacher that never saw the gold and still states it (a fact it knows) is recalling, not leaking."""
     names = [s.name for s in cfg.stages]
     if no_leak is None:
-        return {s.name for s in cfg.stages[:-2] if shows_gold(s)}
+        return {s.name for s in cfg.stages[:-2] if shows_gold(s) and not s.is_retrieval}
     unknown = [n for n in no_leak if n not in names]
     if unknown:
         raise ConfigError(f"--no-leak: unknown stage(s) {unknown}; stages of {cfg.name!r}: {names}")
@@ -86,12 +86,22 @@ def distill_identity(cfg: StackConfig, options: DistillOptions) -> dict:
         text = json.dumps(stage.model_dump(mode="json", exclude={"adapter"}), sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
+    indexes = {s.name: _index_digest(cfg, s) for s in cfg.stages if s.is_retrieval}
     return {
         "student": cfg.base_model,  # its tokenizer measures target lengths
         "stages": {s.name: digest(s) for s in cfg.stages},
+        **({"indexes": indexes} if indexes else {}),  # a rebuilt index changes the passages later stages read
         "options": {"hints": options.hints, "no_leak": sorted(options.no_leak) if options.no_leak is not None else None,
                     "length_slack": options.length_slack, "trim": options.trim, "redo": sorted(options.redo)},
     }
+
+
+def _index_digest(cfg: StackConfig, stage: StageConfig) -> str | None:
+    manifest = (cfg.index_path(stage) or Path()) / "manifest.json"
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("passages_sha256")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def check_teacher_prompts(cfg: StackConfig) -> None:
@@ -164,6 +174,7 @@ class _Distiller:
         self.no_leak = leak_stages(cfg, options.no_leak)
         self.count_tokens = _token_counter(cfg, teacher)
         self.reused = reused or {}
+        self.retrievers = load_retrievers(cfg)
 
     def _budget(self, stage: StageConfig) -> int:
         if stage.max_target_tokens is not None:
@@ -185,6 +196,9 @@ class _Distiller:
         for index, stage in enumerate(cfg.stages):
             last = index == len(cfg.stages) - 1
             alive = [k for k, rec in enumerate(records) if not rec["filtered"]]
+            if stage.is_retrieval:
+                self._retrieve(stage, [k for k in alive if stage.name not in records[k].get("reused", ())], items, records)
+                continue
             asked = [k for k in alive if not (last and golds[k] is not None) and stage.name not in records[k].get("reused", ())]
             for k in alive:
                 if last and golds[k] is not None:
@@ -213,6 +227,14 @@ class _Distiller:
             rec["kept"] = not rec["filtered"]
             rec["seconds"]["total"] = round(sum(rec["seconds"].values()), 4)
         return records
+
+    def _retrieve(self, stage: StageConfig, todo: list[int], items: Sequence[Instruction], records: list[dict]) -> None:
+        """A retrieve stage's target is what it will read at run time (no teacher), never the record's own text."""
+        made = retrieve_records(self.cfg, stage, self.retrievers[stage.name],
+                                [(items[k].prompt, records[k]["targets"]) for k in todo], avoid=[items[k].prompt for k in todo])
+        for k, record in zip(todo, made, strict=True):
+            records[k]["targets"][stage.name] = record.output
+            records[k]["seconds"][stage.name] = record.seconds
 
     def _new_record(self, item: Instruction, gold: str | None) -> dict:
         return {

@@ -70,14 +70,16 @@ def build_examples(cfg: StackConfig, engine, records: Sequence[dict], max_length
     eos = engine.tokenizer.eos_token_id
     if eos is None:
         eos = engine.eos_ids[0]
-    data = [StageData(s.name) for s in cfg.stages]
+    data = {s.name: StageData(s.name) for s in cfg.stages if not s.is_retrieval}  # a retriever has nothing to train
     for rec in records:
         targets = rec["targets"]
         for index, stage in enumerate(cfg.stages):
+            if stage.is_retrieval:
+                continue
             prompt = stack.stage_input(index, rec["prompt"], {s.name: targets[s.name] for s in cfg.stages[:index]})
             example = Example(rec["id"], tuple(engine.encode(prompt)), tuple(engine.encode(targets[stage.name].strip())) + (eos,))
             if example.length > max_length:
-                data[index].skipped_too_long += 1
+                data[stage.name].skipped_too_long += 1
             else:
-                data[index].examples.append(example)
-    return data
+                data[stage.name].examples.append(example)
+    return list(data.values())

@@ -77,6 +77,9 @@ def trained_stack_config(cfg: StackConfig, out: Path, trained: Sequence[str]) ->
             stages.append(stage.model_copy(update={"adapter": f"adapters/{stage.name}"}))
         elif stage.adapter is not None:  # keep an existing adapter, now by absolute path
             stages.append(stage.model_copy(update={"adapter": str(cfg.adapter_path(stage))}))
+        elif stage.retrieve is not None:  # the index stays where it is, now by absolute path
+            index = stage.retrieve.model_copy(update={"index": str(cfg.index_path(stage))})
+            stages.append(stage.model_copy(update={"retrieve": index}))
         else:
             stages.append(stage)
     return cfg.model_copy(update={"stages": stages, "source_path": out / "stack.yaml"})
@@ -129,6 +132,10 @@ def finetune(
     unknown = [s for s in chosen if s not in names]
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages of {cfg.name!r}: {names}")
+    retrieval = [s.name for s in cfg.stages if s.is_retrieval]
+    if stages and set(chosen) & set(retrieval):
+        raise ConfigError(f"--stages: {sorted(set(chosen) & set(retrieval))} retrieve passages; they have no model to train")
+    chosen = [n for n in chosen if n not in retrieval]
     out = Path(out)
     records = usable_records(cfg, read_distilled(data), str(data))
     engine = engine or load_engine(cfg.base_model, dtype="float32")
