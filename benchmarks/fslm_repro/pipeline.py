@@ -135,7 +135,7 @@ def run_finetune(recipe: Recipe, log=print) -> dict:
 class SystemSpec:
     name: str  # run folder name under <out>/runs/
     label: str  # as shown in RESULTS.md
-    kind: str  # trained | base | promptonly | model | format | notes | ablation
+    kind: str  # trained | base | promptonly | model | format | notes | retrieval | retrieval-chat | ablation
     stack: Path | None = None
     model: str | None = None
     adapters: bool = True
@@ -204,6 +204,13 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     # stage cache holds the trained stack's texts.)
     specs.append(SystemSpec("stack-notes-raw", "base model in its own format reading the trained stack's texts", "notes",
                             stack=trained, answer_format="raw"))
+    if recipe.retrieval:  # attempt 4: the notes are retrieved solved questions (retrieval_step), nothing trained
+        from retrieval_step import stack_path
+
+        specs.append(SystemSpec("stack-retrieval-raw", "base model in its own format reading retrieved solved questions",
+                                "retrieval", stack=stack_path(recipe), answer_format="raw"))
+        specs.append(SystemSpec("stack-retrieval", "retrieved solved questions -> answer stage (no adapters)",
+                                "retrieval-chat", stack=stack_path(recipe), adapters=False))
     if recipe.neutral:
         specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
                                 "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))

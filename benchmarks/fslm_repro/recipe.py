@@ -20,7 +20,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "select", "eval", "report", "ship")
+STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "retrieval", "select", "eval", "report", "ship")
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the chosen attempt here: `fslm run` uses it
 # The stack attempt 1 trains (prompt-only), fixed here rather than read from the packaged default, which the ship
@@ -71,6 +71,7 @@ class Recipe:
     choice_records: int = 0  # attempt 2 (step `choice`): choice-style train/dev questions for the answer stage; 0: off
     select_limit: int = 50  # step `select`: held-out items per task that choose the attempt to ship; 0: ship attempt 1
     neutral: bool = True  # attempt 3 (step `neutral`): reasoning notes that pick no answer, from an unhinted teacher
+    retrieval: bool = True  # attempt 4 (step `retrieval`): BM25-retrieved solved train/dev questions as the notes
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own

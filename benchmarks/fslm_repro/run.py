@@ -1,4 +1,5 @@
-"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> select -> eval -> report -> ship, every
+"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> retrieval -> select -> eval -> report ->
+ship, every
 step resumable.
 
     python benchmarks/fslm_repro/run.py [--scale full|pilot|smoke] [--only STEP,...] [--out DIR]
@@ -25,6 +26,7 @@ import choice_step  # noqa: E402
 import neutral_step  # noqa: E402
 import pipeline  # noqa: E402
 import report  # noqa: E402
+import retrieval_step  # noqa: E402
 import select_step  # noqa: E402
 import ship_step  # noqa: E402
 import teachers_step  # noqa: E402
@@ -37,6 +39,7 @@ STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
     "finetune": (pipeline.finetune_done, pipeline.run_finetune),
     "choice": (choice_step.done, choice_step.run),
     "neutral": (neutral_step.done, neutral_step.run),
+    "retrieval": (retrieval_step.done, retrieval_step.run),
     "select": (select_step.done, select_step.run),
     "eval": (pipeline.eval_done, pipeline.run_eval),
     "report": (report.done, report.run),

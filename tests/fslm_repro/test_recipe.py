@@ -46,7 +46,7 @@ def smoke_run(smoke_world, tmp_path_factory):
 def test_every_step_writes_its_outputs(smoke_run):
     recipe, steps, logs = smoke_run
     out = recipe.out
-    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "choice", "neutral", "select", "eval", "report", "ship"]
+    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "choice", "neutral", "retrieval", "select", "eval", "report", "ship"]
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
 
     teachers = json.loads((out / "teachers.json").read_text())
@@ -70,7 +70,7 @@ def test_every_step_writes_its_outputs(smoke_run):
 
     index = json.loads((out / "systems.json").read_text())
     expected = {"stack-trained", "stack-trained-choice", "stack-trained-neutral", "base", "base-stackformat", "stack-answer-only", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
-                "stack-no-reasoning", "stack-2stage", "stack-notes-raw"}
+                "stack-no-reasoning", "stack-2stage", "stack-notes-raw", "stack-retrieval-raw", "stack-retrieval"}
     assert set(index["systems"]) == expected
     for name in expected:
         summary = json.loads((out / "runs" / name / "summary.json").read_text())
@@ -91,6 +91,27 @@ def test_every_step_writes_its_outputs(smoke_run):
         {k: v for k, v in r["stages"].items() if k != "answer"} for r in trained if r["task"] != "gsm8k"]
     assert "- Do the texts help a plain scorer: base model in its own format reading the trained stack's texts vs base model alone" in (
         out / "RESULTS.md").read_text()
+
+
+def test_retrieval_step_reads_passages_from_a_corpus_without_any_evaluated_item(smoke_run):
+    from fslm.tasks import load_task
+
+    recipe, _, _ = smoke_run
+    out = recipe.out
+    info = json.loads((out / "retrieval.json").read_text())
+    assert info["passages"] == sum(s["kept"] for s in info["sources"].values()) > 0
+    assert info["sources"]["alpaca"]["read"] == 7  # the recipe's own Alpaca file
+    questions = {" ".join(it.question.split()).casefold() for t in TASKS for it in load_task(t, limit=2)}
+    for system, stages in (("stack-retrieval-raw", ["related", "answer"]), ("stack-retrieval", ["related", "answer"])):
+        assert json.loads((out / "runs" / system / "summary.json").read_text())["stages"] == stages
+        for row in read_rows(recipe, system):
+            passages = row["stages"]["related"]
+            assert passages.startswith("[1] ") or passages == "(no related passage found)"
+            assert not any(q in " ".join(passages.split()).casefold() for q in questions if len(q) > 30)
+    assert json.loads((out / "runs" / "stack-retrieval-raw" / "summary.json").read_text())["answer_format"] == "raw"
+    text = (out / "RESULTS.md").read_text()
+    assert "- Do retrieved passages help a plain scorer: base model in its own format reading retrieved solved questions vs" in text
+    assert "- Do retrieved passages help the answer stage (same format): retrieved solved questions -> answer stage" in text
 
 
 def test_choice_step_retrains_only_the_answer_stage_on_train_split_questions(smoke_run):
@@ -143,7 +164,7 @@ def test_select_chooses_an_attempt_on_heldout_items_only(smoke_run):
     recipe, _, _ = smoke_run
     info = json.loads((recipe.out / "select.json").read_text())
     assert info["attempts"] == ["stack-trained", "stack-trained-choice", "stack-trained-neutral"]
-    assert info["context"] == ["base", "base-stackformat", "stack-answer-only"]
+    assert info["context"] == ["base", "base-stackformat", "stack-answer-only", "stack-retrieval-raw", "stack-retrieval"]
     best = max(info["heldout_macro"][n] for n in info["attempts"])
     assert info["chosen"] == next(n for n in info["attempts"] if info["heldout_macro"][n] == best)  # ties: the earlier
     assert info["beaten_by_context"] == [n for n in info["context"] if info["heldout_macro"][n] > best]

@@ -1,0 +1,77 @@
+"""Step `retrieval` (attempt 4): the intermediate text comes from a retriever, not from the 135M model.
+
+Why (ANALYSIS.md points 2 and 8): the trained stages' texts relay the small model's own guess, usually a restatement
+of one option, and the scorer copies it. Texts can only help if they carry information the scorer lacks. Here a BM25
+retriever (fslm.retrieve) fetches the 3 most similar SOLVED questions from the train/dev splits and Alpaca, with
+every evaluated item and the first 100 held-out items of every task left out of the corpus. Nothing is trained: the
+two systems it adds isolate what the passages do.
+
+- `stack-retrieval-raw`: the base model scoring lm-eval's raw context exactly as `base` does, with the passages in
+  front (answer format "raw"): paired with `base`, the passages are the only change.
+- `stack-retrieval`: the same passages read by the answer stage in its chat format, no adapter: paired with
+  `base-stackformat` (the same format without passages).
+
+work/retrieval/corpus.jsonl, work/retrieval/index/   (fslm.retrieve; rebuilt in ~15 s)
+work/retrieval/stack.yaml                            the 2-stage stack: related (retrieve) -> answer
+out/retrieval.json                                   corpus counts per source, index size, settings
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fslm.config import load_stack_config, parse_stack_config
+from fslm.evaluate.store import write_atomic, write_json
+from fslm.retrieve import Retriever, index_passages
+from fslm.retrieve.corpus import HELDOUT_KEEP, write_corpus
+
+from recipe import Recipe, read_json
+
+K, MAX_CHARS = 3, 400  # fixed before any number was seen; not tuned
+STAGE, LABEL = "related", "Related solved questions"
+
+
+def folder(recipe: Recipe) -> Path:
+    return recipe.work / "retrieval"
+
+
+def stack_path(recipe: Recipe) -> Path:
+    return folder(recipe) / "stack.yaml"
+
+
+def stack_yaml(recipe: Recipe) -> str:
+    """related (retrieve) -> the trained stack's answer stage prompt, no adapter, seeing the question and passages."""
+    answer = recipe.stack_config().stages[-1]
+    data = {
+        "name": "retrieval",
+        "base_model": recipe.stack_config().base_model,
+        "description": f"{K} BM25-retrieved solved train/dev questions -> answer stage, no adapters",
+        "stages": [
+            {"name": STAGE, "label": LABEL, "retrieve": {"index": "index", "k": K, "max_chars": MAX_CHARS}},
+            {**answer.model_dump(mode="json", exclude_none=True, exclude={"adapter", "teacher_prompt", "template"}),
+             "sees": ["prompt", STAGE]},
+        ],
+    }
+    return parse_stack_config(data, "retrieval stack").to_yaml()
+
+
+def done(recipe: Recipe) -> bool:
+    data = read_json(recipe.out / "retrieval.json")
+    return (data is not None and stack_path(recipe).is_file() and (folder(recipe) / "index" / "manifest.json").is_file()
+            and stack_path(recipe).read_text(encoding="utf-8") == stack_yaml(recipe))
+
+
+def run(recipe: Recipe, log=print) -> dict:
+    root = folder(recipe)
+    corpus = root / "corpus.jsonl"
+    log(f"  corpus from train/dev splits + Alpaca (held-out head {HELDOUT_KEEP} per task kept out) -> {corpus}")
+    stats = write_corpus(corpus, alpaca_path=recipe.data, heldout_keep=HELDOUT_KEEP)
+    retriever: Retriever = index_passages(corpus, root / "index")
+    write_atomic(stack_path(recipe), stack_yaml(recipe))
+    load_stack_config(stack_path(recipe))  # the written stack must load, index included
+    data = {"passages": len(retriever.passages), "sources": {k: v.to_dict() for k, v in stats.items()},
+            "heldout_keep": HELDOUT_KEEP, "k": K, "max_chars": MAX_CHARS, "index": retriever.manifest,
+            "stack": str(stack_path(recipe))}
+    write_json(recipe.out / "retrieval.json", data)
+    log(f"  indexed {data['passages']} passages")
+    return data
