@@ -187,9 +187,25 @@ def markdown(rows: Sequence[dict], chosen: str, reason: str, texts: dict[str, li
     return "\n".join(lines) + "\n"
 
 
+def committed(recipe: Recipe) -> bool:
+    """The distill step has already used teachers.json's choice (its records name that teacher). The choice then
+    stands even if the rows were measured under an older setup: measuring again could change it and pull the
+    distilled data, and everything trained on it, out from under the later steps."""
+    from pipeline import distilled_path  # pipeline imports this module
+
+    data = read_json(recipe.out / "teachers.json")
+    path = distilled_path(recipe)
+    if data is None or not path.is_file():
+        return False
+    records = read_distilled(path)
+    return bool(records) and records[0].get("teacher") == f"local:{data['chosen']}"
+
+
 def done(recipe: Recipe) -> bool:
     data = read_json(recipe.out / "teachers.json")
     wanted = setup(recipe, recipe.stack_config())
+    if data is not None and [r["teacher"] for r in data["candidates"]] == list(recipe.teacher_candidates) and committed(recipe):
+        return True
     return (data is not None and [r["teacher"] for r in data["candidates"]] == list(recipe.teacher_candidates)
             and all("error" not in r and r.get("setup") == wanted for r in data["candidates"]))
 
@@ -222,4 +238,4 @@ def chosen_teacher(recipe: Recipe) -> str:
     return data["chosen"]
 
 
-__all__ = ["CountingTeacher", "choose", "chosen_teacher", "done", "gold_gain", "measure", "run"]
+__all__ = ["CountingTeacher", "choose", "chosen_teacher", "committed", "done", "gold_gain", "measure", "run"]

@@ -22,13 +22,15 @@ def corpus_command(
     alpaca: Optional[Path] = typer.Option(None, "--alpaca", help="Alpaca file (default: the shared random_9k.json)."),
     heldout_keep: int = typer.Option(100, "--heldout-keep", min=0,
                                      help="Held-out items per task (`--split heldout`) kept out of the corpus."),
+    eval_tail: Optional[int] = typer.Option(None, "--eval-tail", min=1, help="Also use each task's evaluation split "
+                                            "past its first N items (what `fslm eval --limit <= N` never reads)."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Solved train/dev questions and Alpaca records as passages, minus every evaluation and held-out item."""
     from fslm.retrieve.corpus import write_corpus
 
     with status("reading tasks…", enabled=not json_output):
-        stats = write_corpus(out_path, sources, alpaca_path=alpaca, heldout_keep=heldout_keep)
+        stats = write_corpus(out_path, sources, alpaca_path=alpaca, heldout_keep=heldout_keep, eval_tail=eval_tail)
     if json_output:
         print_json({"out": str(out_path), "sources": {k: v.to_dict() for k, v in stats.items()}})
         return

@@ -212,10 +212,25 @@ def evaluate(
     names = parse_tasks(tasks)
     notes: list[str] = []
     plan = {task: select_items(task, limit, split, notes) for task in names}  # every data error before any work
+    check_no_retrieval_leak(system, plan)
     shots = {task: _shots(task, items, num_fewshot, split) for task, items in plan.items()}
     with RunStore(Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens)) as store:
         return _evaluate_into(store, system, plan, shots, notes, limit=limit, num_fewshot=num_fewshot, split=split,
                               batch_size=batch_size, gen_max_tokens=gen_max_tokens, progress=progress)
+
+
+def check_no_retrieval_leak(system: System, plan: dict[str, list[Item]]) -> None:
+    """A stack whose retrieve stage can find the very item it is asked (its id is a passage id) would read the
+    answer: refuse before any work, naming the index and an example."""
+    retrievers = getattr(getattr(system, "stack", None), "retrievers", {})
+    for stage, retriever in retrievers.items():
+        ids = {p.id for p in retriever.passages}
+        leaked = [it.id for items in plan.values() for it in items if it.id in ids]
+        if leaked:
+            raise InputError(
+                f"{len(leaked)} of the items to evaluate are passages of stage {stage!r}'s retrieval index (e.g. "
+                f"{leaked[0]!r}): the stage would read their answers. Evaluate other items (--limit, --split) or rebuild "
+                "the corpus without them (`fslm retrieve corpus` leaves out every item `fslm eval` reads by default)")
 
 
 def _evaluate_into(store: RunStore, system: System, plan: dict[str, list[Item]], shots: dict[str, Shots], notes: list[str], *,

@@ -50,13 +50,15 @@ class Reserved:
         return pid in self.ids or (bool(question.strip()) and _norm(question) in self.questions)
 
 
-def reserved_items(heldout_keep: int = HELDOUT_KEEP) -> Reserved:
-    """Every task's whole evaluation split, plus the head of its held-out pool."""
+def reserved_items(heldout_keep: int = HELDOUT_KEEP, eval_reserve: int | None = None) -> Reserved:
+    """Every task's evaluation split (with `eval_reserve`: only its first N items in evaluation order, what
+    `fslm eval --limit N` reads), plus the head of its held-out pool."""
     from fslm.evaluate.heldout import heldout_items
+    from fslm.evaluate.run import select_items
 
     reserved = Reserved()
     for task in list_tasks():
-        reserved.add(load_task(task))
+        reserved.add(load_task(task) if eval_reserve is None else select_items(task, eval_reserve))
     for task in list_tasks():
         try:
             reserved.add(heldout_items(task)[:heldout_keep])
@@ -92,18 +94,28 @@ def build_corpus(
     *,
     alpaca_path: str | Path | None = None,
     heldout_keep: int = HELDOUT_KEEP,
+    eval_tail: int | None = None,
     reserved: Reserved | None = None,
 ) -> tuple[list[Passage], dict[str, SourceStats]]:
-    """Passages from `sources` (task names and/or "alpaca"; default `default_sources()`), decontaminated."""
+    """Passages from `sources` (task names and/or "alpaca"; default `default_sources()`, or with `eval_tail` every
+    task and Alpaca), decontaminated. `eval_tail=N`: also each task's evaluation split past its first N items in
+    evaluation order, which `fslm eval --limit <= N` never reads (the recipe evaluates 300 per task at most); only
+    those first N are then reserved from the evaluation splits."""
     from fslm.distill.data import load_instructions
+    from fslm.evaluate.run import select_items
 
-    sources = list(sources) if sources is not None else default_sources()
+    if eval_tail is not None and eval_tail < 1:
+        raise InputError(f"eval_tail must be >= 1 (the evaluated items per task to keep out), got {eval_tail}")
+    if sources is None:
+        sources = (list_tasks() + [ALPACA]) if eval_tail is not None else default_sources()
+    sources = list(sources)
     for source in sources:
         if source != ALPACA:
             get_task(source)  # unknown names fail before any loading
-            if not corpus_splits(source):
-                raise InputError(f"task {source!r} has only its evaluation split in the data; nothing to put in a corpus")
-    reserved = reserved if reserved is not None else reserved_items(heldout_keep)
+            if not corpus_splits(source) and eval_tail is None:
+                raise InputError(f"task {source!r} has only its evaluation split in the data; nothing to put in a corpus "
+                                 "(unless its items past the evaluated ones are allowed: eval_tail / --eval-tail)")
+    reserved = reserved if reserved is not None else reserved_items(heldout_keep, eval_tail)
     passages: list[Passage] = []
     texts: set[str] = set()
     stats: dict[str, SourceStats] = {}
@@ -131,14 +143,17 @@ def build_corpus(
         for split in corpus_splits(source):
             for item in load_task(source, split=split):
                 offer(source, item_passage(item), item.question)
+        if eval_tail is not None:
+            for item in select_items(source, None)[eval_tail:]:
+                offer(source, item_passage(item), item.question)
     return passages, stats
 
 
 def write_corpus(out: str | Path, sources: Sequence[str] | None = None, *, alpaca_path: str | Path | None = None,
-                 heldout_keep: int = HELDOUT_KEEP) -> dict[str, SourceStats]:
+                 heldout_keep: int = HELDOUT_KEEP, eval_tail: int | None = None) -> dict[str, SourceStats]:
     """Python twin of `fslm retrieve corpus`: build the passages and write them as JSONL (atomically)."""
     from fslm.retrieve.index import write_passages
 
-    passages, stats = build_corpus(sources, alpaca_path=alpaca_path, heldout_keep=heldout_keep)
+    passages, stats = build_corpus(sources, alpaca_path=alpaca_path, heldout_keep=heldout_keep, eval_tail=eval_tail)
     write_passages(passages, out)
     return stats

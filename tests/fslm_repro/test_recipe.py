@@ -319,6 +319,31 @@ def test_teacher_measurements_from_another_setup_are_measured_again(smoke_run, t
     assert teachers_step.measure(copy, cfg, ref)["setup"] == saved["setup"]
 
 
+def test_a_teacher_choice_the_distilled_data_used_is_not_measured_again(smoke_run, tmp_path):
+    """Rows from an older setup are re-measured only while nothing depends on them: once the distilled records name
+    the chosen teacher, re-measuring could switch teachers under the data every later step was built from."""
+    import dataclasses
+    import shutil
+
+    import teachers_step
+
+    recipe, _, _ = smoke_run
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    data = json.loads((recipe.out / "teachers.json").read_text())
+    for row in data["candidates"]:
+        row["setup"] = {"distill": {"stages": "an older setup"}}
+    (out / "teachers.json").write_text(json.dumps(data))
+    copy = dataclasses.replace(recipe, out=out, work=work)
+    assert not teachers_step.done(copy)  # stale rows, no distilled data yet: measure again
+    shutil.copyfile(recipe.work / "distilled.jsonl", work / "distilled.jsonl")
+    assert teachers_step.committed(copy) and teachers_step.done(copy)
+    data["chosen"] = next(r["teacher"] for r in data["candidates"] if r["teacher"] != data["chosen"])
+    (out / "teachers.json").write_text(json.dumps(data))
+    assert not teachers_step.done(copy)  # the data came from another teacher than the file names: not this choice
+
+
 def test_cli_refuses_other_settings_and_unknown_steps(smoke_run):
     from typer.testing import CliRunner
 

@@ -87,3 +87,18 @@ def test_cli_corpus_index_search(tmp_path, monkeypatch):
     assert hits[0]["id"] == first.id and len(hits) <= 2
     res = runner.invoke(app, ["retrieve", "search", str(tmp_path), "x"])
     assert res.exit_code != 0 and "not an fslm retrieval index" in res.output
+
+
+@needs_data
+def test_eval_tail_adds_only_items_past_the_evaluated_ones():
+    from fslm.evaluate.run import select_items
+
+    passages, stats = build_corpus(["winogrande"], eval_tail=300, heldout_keep=20)
+    evaluated = select_items("winogrande", 300)
+    held = heldout_items("winogrande")[:20]
+    ids = {p.id for p in passages}
+    assert stats["winogrande"].kept == len(passages) > 0
+    assert not ids & {it.id for it in evaluated + held}
+    assert ids <= {it.id for it in select_items("winogrande", None)[300:]}
+    with pytest.raises(InputError, match="eval_tail must be >= 1"):
+        build_corpus(["winogrande"], eval_tail=0, reserved=Reserved())

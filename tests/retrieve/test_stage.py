@@ -122,3 +122,23 @@ def test_finetune_trains_only_model_stages_and_keeps_the_index_reachable(stack_f
     moved = trained_stack_config(cfg, tmp_path / "elsewhere", ["answer"])
     assert moved.index_path(moved.stages[0]) == (stack_file.parent / "index").resolve()
     assert moved.stages[1].adapter == "adapters/answer"
+
+
+def test_evaluation_refuses_items_the_retrieve_stage_could_find(tmp_path, tiny_model_dir, tiny_engine):
+    from fslm.evaluate import StackSystem, evaluate
+    from fslm.retrieve import Passage, Retriever
+    from fslm.errors import InputError
+    from fslm.tasks import load_task
+
+    from .test_corpus import needs_data
+
+    if needs_data.args[0]:
+        pytest.skip("shared benchmark data not found")
+    item = load_task("arc_easy", limit=2)[1]
+    Retriever.build([Passage(item.id, f"{item.question}\nAnswer: {item.choices[item.gold]}"),
+                     Passage("other", "An unrelated passage about magnets.")]).save(tmp_path / "index")
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(retrieval_stack(str(tiny_model_dir))))
+    system = StackSystem(Stack(load_stack_config(path), tiny_engine))
+    with pytest.raises(InputError, match=r"1 of the items to evaluate are passages of stage 'related'.*arc_easy"):
+        evaluate(system, "arc_easy", limit=2)
