@@ -211,6 +211,9 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
                                 "retrieval", stack=stack_path(recipe), answer_format="raw"))
         specs.append(SystemSpec("stack-retrieval", "retrieved solved questions -> answer stage (no adapters)",
                                 "retrieval-chat", stack=stack_path(recipe), adapters=False))
+        specs.append(SystemSpec("stack-retrieval-tail-raw", "base model in its own format reading retrieved solved "
+                                "questions, corpus with unevaluated test items", "retrieval", stack=stack_path(recipe, "tail"),
+                                answer_format="raw"))
     if recipe.neutral:
         specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
                                 "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))

@@ -10,10 +10,13 @@ two systems it adds isolate what the passages do.
   front (answer format "raw"): paired with `base`, the passages are the only change.
 - `stack-retrieval`: the same passages read by the answer stage in its chat format, no adapter: paired with
   `base-stackformat` (the same format without passages).
+- `stack-retrieval-tail-raw`: as `stack-retrieval-raw`, with a corpus that also holds each task's evaluation split
+  past its first 300 items (`--eval-tail 300`; never evaluated: the recipe reads at most 300 per task), so every task,
+  not only those with a train/dev split, finds solved questions of its own kind.
 
-work/retrieval/corpus.jsonl, work/retrieval/index/   (fslm.retrieve; rebuilt in ~15 s)
-work/retrieval/stack.yaml                            the 2-stage stack: related (retrieve) -> answer
-out/retrieval.json                                   corpus counts per source, index size, settings
+work/retrieval/{corpus.jsonl,index/,stack.yaml}             train/dev splits + Alpaca (fslm.retrieve; ~15 s)
+work/retrieval/tail/{corpus.jsonl,index/,stack.yaml}        the same + evaluation-split tails (~40 s)
+out/retrieval.json                                          passages per source, dropped counts, settings
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fslm.config import load_stack_config, parse_stack_config
+from fslm.evaluate.heldout import EVAL_RESERVE
 from fslm.evaluate.store import write_atomic, write_json
 from fslm.retrieve import Retriever, index_passages
 from fslm.retrieve.corpus import HELDOUT_KEEP, write_corpus
@@ -31,12 +35,15 @@ K, MAX_CHARS = 3, 400  # fixed before any number was seen; not tuned
 STAGE, LABEL = "related", "Related solved questions"
 
 
-def folder(recipe: Recipe) -> Path:
-    return recipe.work / "retrieval"
+CORPORA = {"train-dev": None, "tail": EVAL_RESERVE}  # corpus name -> eval_tail
 
 
-def stack_path(recipe: Recipe) -> Path:
-    return folder(recipe) / "stack.yaml"
+def folder(recipe: Recipe, corpus: str = "train-dev") -> Path:
+    return recipe.work / "retrieval" / ("" if corpus == "train-dev" else corpus)
+
+
+def stack_path(recipe: Recipe, corpus: str = "train-dev") -> Path:
+    return folder(recipe, corpus) / "stack.yaml"
 
 
 def stack_yaml(recipe: Recipe) -> str:
@@ -45,7 +52,7 @@ def stack_yaml(recipe: Recipe) -> str:
     data = {
         "name": "retrieval",
         "base_model": recipe.stack_config().base_model,
-        "description": f"{K} BM25-retrieved solved train/dev questions -> answer stage, no adapters",
+        "description": f"{K} BM25-retrieved solved questions -> answer stage, no adapters",
         "stages": [
             {"name": STAGE, "label": LABEL, "retrieve": {"index": "index", "k": K, "max_chars": MAX_CHARS}},
             {**answer.model_dump(mode="json", exclude_none=True, exclude={"adapter", "teacher_prompt", "template"}),
@@ -57,21 +64,26 @@ def stack_yaml(recipe: Recipe) -> str:
 
 def done(recipe: Recipe) -> bool:
     data = read_json(recipe.out / "retrieval.json")
-    return (data is not None and stack_path(recipe).is_file() and (folder(recipe) / "index" / "manifest.json").is_file()
-            and stack_path(recipe).read_text(encoding="utf-8") == stack_yaml(recipe))
+    return (data is not None and set(data.get("corpora", {})) == set(CORPORA)
+            and all((folder(recipe, c) / "index" / "manifest.json").is_file() and stack_path(recipe, c).is_file()
+                    and stack_path(recipe, c).read_text(encoding="utf-8") == stack_yaml(recipe) for c in CORPORA))
 
 
 def run(recipe: Recipe, log=print) -> dict:
-    root = folder(recipe)
-    corpus = root / "corpus.jsonl"
-    log(f"  corpus from train/dev splits + Alpaca (held-out head {HELDOUT_KEEP} per task kept out) -> {corpus}")
-    stats = write_corpus(corpus, alpaca_path=recipe.data, heldout_keep=HELDOUT_KEEP)
-    retriever: Retriever = index_passages(corpus, root / "index")
-    write_atomic(stack_path(recipe), stack_yaml(recipe))
-    load_stack_config(stack_path(recipe))  # the written stack must load, index included
-    data = {"passages": len(retriever.passages), "sources": {k: v.to_dict() for k, v in stats.items()},
-            "heldout_keep": HELDOUT_KEEP, "k": K, "max_chars": MAX_CHARS, "index": retriever.manifest,
-            "stack": str(stack_path(recipe))}
+    corpora = {}
+    for name, eval_tail in CORPORA.items():
+        root = folder(recipe, name)
+        corpus = root / "corpus.jsonl"
+        what = "train/dev splits + Alpaca" + (f" + evaluation splits past item {eval_tail}" if eval_tail else "")
+        log(f"  corpus {name!r}: {what} (held-out head {HELDOUT_KEEP} per task kept out) -> {corpus}")
+        stats = write_corpus(corpus, alpaca_path=recipe.data, heldout_keep=HELDOUT_KEEP, eval_tail=eval_tail)
+        retriever: Retriever = index_passages(corpus, root / "index")
+        write_atomic(stack_path(recipe, name), stack_yaml(recipe))
+        load_stack_config(stack_path(recipe, name))  # the written stack must load, index included
+        corpora[name] = {"passages": len(retriever.passages), "eval_tail": eval_tail,
+                         "sources": {k: v.to_dict() for k, v in stats.items()}, "index": retriever.manifest,
+                         "stack": str(stack_path(recipe, name))}
+        log(f"  indexed {len(retriever.passages)} passages")
+    data = {"corpora": corpora, "heldout_keep": HELDOUT_KEEP, "k": K, "max_chars": MAX_CHARS}
     write_json(recipe.out / "retrieval.json", data)
-    log(f"  indexed {data['passages']} passages")
     return data

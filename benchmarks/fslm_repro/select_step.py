@@ -23,7 +23,7 @@ from fslm.evaluate.store import write_json
 from pipeline import SystemSpec, evaluate_system, systems, with_stage_cache
 from recipe import Recipe, read_json
 
-CONTEXT = ("stack-answer-only", "base-stackformat", "base", "stack-retrieval-raw", "stack-retrieval")
+CONTEXT = ("stack-answer-only", "base-stackformat", "base", "stack-retrieval-raw", "stack-retrieval", "stack-retrieval-tail-raw")
 RULE = "highest held-out macro accuracy among the trained 4-stage attempts (tie: the earlier attempt)"
 
 

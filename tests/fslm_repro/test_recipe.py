@@ -70,7 +70,8 @@ def test_every_step_writes_its_outputs(smoke_run):
 
     index = json.loads((out / "systems.json").read_text())
     expected = {"stack-trained", "stack-trained-choice", "stack-trained-neutral", "base", "base-stackformat", "stack-answer-only", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
-                "stack-no-reasoning", "stack-2stage", "stack-notes-raw", "stack-retrieval-raw", "stack-retrieval"}
+                "stack-no-reasoning", "stack-2stage", "stack-notes-raw", "stack-retrieval-raw", "stack-retrieval",
+                "stack-retrieval-tail-raw"}
     assert set(index["systems"]) == expected
     for name in expected:
         summary = json.loads((out / "runs" / name / "summary.json").read_text())
@@ -99,10 +100,15 @@ def test_retrieval_step_reads_passages_from_a_corpus_without_any_evaluated_item(
     recipe, _, _ = smoke_run
     out = recipe.out
     info = json.loads((out / "retrieval.json").read_text())
-    assert info["passages"] == sum(s["kept"] for s in info["sources"].values()) > 0
-    assert info["sources"]["alpaca"]["read"] == 7  # the recipe's own Alpaca file
+    for corpus in info["corpora"].values():
+        assert corpus["passages"] == sum(s["kept"] for s in corpus["sources"].values()) > 0
+        assert corpus["sources"]["alpaca"]["read"] == 7  # the recipe's own Alpaca file
+    tail = info["corpora"]["tail"]
+    assert tail["eval_tail"] == 300 and tail["passages"] > info["corpora"]["train-dev"]["passages"]
+    assert "boolq" in tail["sources"] and "boolq" not in info["corpora"]["train-dev"]["sources"]  # single-split tasks
     questions = {" ".join(it.question.split()).casefold() for t in TASKS for it in load_task(t, limit=2)}
-    for system, stages in (("stack-retrieval-raw", ["related", "answer"]), ("stack-retrieval", ["related", "answer"])):
+    for system, stages in (("stack-retrieval-raw", ["related", "answer"]), ("stack-retrieval", ["related", "answer"]),
+                           ("stack-retrieval-tail-raw", ["related", "answer"])):
         assert json.loads((out / "runs" / system / "summary.json").read_text())["stages"] == stages
         for row in read_rows(recipe, system):
             passages = row["stages"]["related"]
@@ -164,7 +170,8 @@ def test_select_chooses_an_attempt_on_heldout_items_only(smoke_run):
     recipe, _, _ = smoke_run
     info = json.loads((recipe.out / "select.json").read_text())
     assert info["attempts"] == ["stack-trained", "stack-trained-choice", "stack-trained-neutral"]
-    assert info["context"] == ["base", "base-stackformat", "stack-answer-only", "stack-retrieval-raw", "stack-retrieval"]
+    assert info["context"] == ["base", "base-stackformat", "stack-answer-only", "stack-retrieval-raw", "stack-retrieval",
+                               "stack-retrieval-tail-raw"]
     best = max(info["heldout_macro"][n] for n in info["attempts"])
     assert info["chosen"] == next(n for n in info["attempts"] if info["heldout_macro"][n] == best)  # ties: the earlier
     assert info["beaten_by_context"] == [n for n in info["context"] if info["heldout_macro"][n] > best]
