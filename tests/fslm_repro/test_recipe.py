@@ -118,6 +118,7 @@ def test_retrieval_step_reads_passages_from_a_corpus_without_any_evaluated_item(
     text = (out / "RESULTS.md").read_text()
     assert "- Do retrieved passages help a plain scorer: base model in its own format reading retrieved solved questions vs" in text
     assert "- Do retrieved passages help the answer stage (same format): retrieved solved questions -> answer stage" in text
+    assert "- Attempt 4 (retrieval): retrieved solved questions -> answer stage (no adapters) vs base model alone" in text
 
 
 def test_choice_step_retrains_only_the_answer_stage_on_train_split_questions(smoke_run):
