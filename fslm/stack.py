@@ -1,4 +1,5 @@
-"""A stack: small LM stages that pass plain text to each other, each answer with its full trace.
+"""A stack: small LM stages (and retrieve stages, which hand on BM25 passages) that pass plain text to each other,
+each answer with its full trace.
 
 `stage_messages` is THE function that decides what a stage sees. `Stack.run`, distillation and fine-tuning all call
 it, so a stage is trained on exactly the text it receives at inference.
