@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fslm.errors import ConfigError
+from fslm.retrieve.index import MANIFEST
 
 PROMPT = "prompt"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -221,7 +222,7 @@ def check_adapters(cfg: StackConfig) -> None:
     for i, stage in enumerate(cfg.stages):
         where = cfg.source_path or "<config>"
         index = cfg.index_path(stage)
-        if index is not None and not (index / "manifest.json").is_file():
+        if index is not None and not (index / MANIFEST).is_file():
             raise ConfigError(f"{where}: stages.{i}.retrieve.index: no retrieval index in {index} (build one with "
                               "`fslm retrieve corpus` then `fslm retrieve index`)")
         path = cfg.adapter_path(stage)

@@ -257,10 +257,10 @@ def run(recipe: Recipe, log=print) -> Path:
             lines.append("- Do retrieved passages help a plain scorer: " + verdict(vs_base[name]["macro"], systems[name]["label"], base_label))
         if systems[name]["kind"] == "retrieval-chat":
             lines.append("- Attempt 4 (retrieval): " + verdict(vs_base[name]["macro"], systems[name]["label"], base_label))
-        if systems[name]["kind"] == "retrieval-chat" and "base-stackformat" in summaries:
-            entry = compare(run_of[name], run_of["base-stackformat"], out_dir=cmp_dir / f"{name}-vs-base-stackformat")["tasks"]["macro"]
-            lines.append("- Do retrieved passages help the answer stage (same format): "
-                         + verdict(entry, systems[name]["label"], systems["base-stackformat"]["label"]))
+            if "base-stackformat" in summaries:
+                entry = compare(run_of[name], run_of["base-stackformat"], out_dir=cmp_dir / f"{name}-vs-base-stackformat")["tasks"]["macro"]
+                lines.append("- Do retrieved passages help the answer stage (same format): "
+                             + verdict(entry, systems[name]["label"], systems["base-stackformat"]["label"]))
     intro = {"promptonly": "What training adds: ", "format": "Same prompt format: "}
     for name, entry in headline.items():
         what = intro.get(systems[name]["kind"], "")

@@ -48,10 +48,11 @@ def stack_path(recipe: Recipe, corpus: str = "train-dev") -> Path:
 
 def stack_yaml(recipe: Recipe) -> str:
     """related (retrieve) -> the trained stack's answer stage prompt, no adapter, seeing the question and passages."""
-    answer = recipe.stack_config().stages[-1]
+    cfg = recipe.stack_config()
+    answer = cfg.stages[-1]
     data = {
         "name": "retrieval",
-        "base_model": recipe.stack_config().base_model,
+        "base_model": cfg.base_model,
         "description": f"{K} BM25-retrieved solved questions -> answer stage, no adapters",
         "stages": [
             {"name": STAGE, "label": LABEL, "retrieve": {"index": "index", "k": K, "max_chars": MAX_CHARS}},

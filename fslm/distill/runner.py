@@ -96,12 +96,10 @@ def distill_identity(cfg: StackConfig, options: DistillOptions) -> dict:
     }
 
 
-def _index_digest(cfg: StackConfig, stage: StageConfig) -> str | None:
-    manifest = (cfg.index_path(stage) or Path()) / "manifest.json"
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("passages_sha256")
-    except (OSError, json.JSONDecodeError):
-        return None
+def _index_digest(cfg: StackConfig, stage: StageConfig) -> str:
+    from fslm.retrieve.index import read_manifest
+
+    return read_manifest(cfg.index_path(stage))["passages_sha256"]  # type: ignore[arg-type]
 
 
 def check_teacher_prompts(cfg: StackConfig) -> None:

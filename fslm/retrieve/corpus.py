@@ -14,14 +14,10 @@ from pathlib import Path
 
 from fslm.errors import InputError
 from fslm.retrieve.index import Passage
-from fslm.tasks import Item, get_task, list_tasks, load_task
+from fslm.tasks import Item, get_task, list_tasks, load_task, normalize_text
 
 ALPACA = "alpaca"
 HELDOUT_KEEP = 100  # held-out items per task that stay out of the corpus (selection reads the first 16..100)
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 def corpus_splits(task: str) -> list[str]:
@@ -44,10 +40,10 @@ class Reserved:
 
     def add(self, items: Sequence[Item]) -> None:
         self.ids.update(it.id for it in items)
-        self.questions.update(_norm(it.question) for it in items if it.question.strip())
+        self.questions.update(normalize_text(it.question) for it in items if it.question.strip())
 
     def hits(self, pid: str, question: str) -> bool:
-        return pid in self.ids or (bool(question.strip()) and _norm(question) in self.questions)
+        return pid in self.ids or (bool(question.strip()) and normalize_text(question) in self.questions)
 
 
 def reserved_items(heldout_keep: int = HELDOUT_KEEP, eval_reserve: int | None = None) -> Reserved:
@@ -125,10 +121,10 @@ def build_corpus(
         st.read += 1
         if reserved.hits(passage.id, question):
             st.dropped_reserved += 1
-        elif _norm(passage.text) in texts:
+        elif normalize_text(passage.text) in texts:
             st.dropped_duplicate += 1
         else:
-            texts.add(_norm(passage.text))
+            texts.add(normalize_text(passage.text))
             passages.append(passage)
             st.kept += 1
 

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 from fslm.digest import file_sha256
 from fslm.errors import DataError, InputError
+from fslm.tasks import normalize_text
 
 MANIFEST = "manifest.json"
 PASSAGES = "passages.jsonl"
@@ -99,6 +100,23 @@ def _tokenize(texts: Sequence[str]):
     return bm25s.tokenize(list(texts), stopwords=STOPWORDS, stemmer=Stemmer.Stemmer(STEMMER), show_progress=False)
 
 
+def read_manifest(index_dir: str | Path) -> dict:
+    """An index folder's manifest, checked to be one this fslm reads (what a distilled file records of an index)."""
+    index_dir = Path(index_dir)
+    path = index_dir / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{index_dir}: not an fslm retrieval index (no {MANIFEST}); build one with `fslm retrieve index`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err.msg})") from None
+    if manifest.get("format") != FORMAT or manifest.get("stemmer") != STEMMER or manifest.get("stopwords") != STOPWORDS:
+        raise DataError(f"{path}: built as {manifest.get('format')!r} (stemmer {manifest.get('stemmer')!r}, "
+                        f"stopwords {manifest.get('stopwords')!r}); this fslm reads {FORMAT!r} ({STEMMER!r}, "
+                        f"{STOPWORDS!r}): rebuild the index")
+    return manifest
+
+
 class Retriever:
     """BM25 top-k search over passages. Build from passages, save to a folder, load it back (no pickle anywhere)."""
 
@@ -153,17 +171,7 @@ class Retriever:
         import bm25s
 
         index_dir = Path(index_dir)
-        manifest_path = index_dir / MANIFEST
-        if not manifest_path.is_file():
-            raise DataError(f"{index_dir}: not an fslm retrieval index (no {MANIFEST}); build one with `fslm retrieve index`")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{manifest_path}: not valid JSON ({err.msg})") from None
-        if manifest.get("format") != FORMAT or manifest.get("stemmer") != STEMMER or manifest.get("stopwords") != STOPWORDS:
-            raise DataError(f"{manifest_path}: built as {manifest.get('format')!r} (stemmer {manifest.get('stemmer')!r}, "
-                            f"stopwords {manifest.get('stopwords')!r}); this fslm reads {FORMAT!r} ({STEMMER!r}, "
-                            f"{STOPWORDS!r}): rebuild the index")
+        manifest = read_manifest(index_dir)
         passages = read_passages(index_dir / PASSAGES)
         if len(passages) != manifest.get("passages") or file_sha256(index_dir / PASSAGES) != manifest.get("passages_sha256"):
             raise DataError(f"{index_dir / PASSAGES}: does not match {MANIFEST} (edited after indexing?); rebuild the index")
@@ -184,18 +192,14 @@ class Retriever:
         docs, scores = self._bm25.retrieve(_tokenize(queries), k=fetch, show_progress=False, n_threads=1)
         results: list[list[Hit]] = []
         for i, (row_docs, row_scores) in enumerate(zip(docs, scores, strict=True)):
-            banned = _norm(avoid[i]) if avoid is not None and avoid[i] else None
+            banned = normalize_text(avoid[i]) if avoid is not None and avoid[i] else None
             found = [(self.passages[int(d)], float(s)) for d, s in zip(row_docs, row_scores, strict=True) if s > 0]
-            kept = [(p, s) for p, s in found if banned is None or banned not in _norm(p.text)]
+            kept = [(p, s) for p, s in found if banned is None or banned not in normalize_text(p.text)]
             results.append([Hit(p, s, rank) for rank, (p, s) in enumerate(kept[:k], 1)])
         return results
 
 
 _AVOID_SLACK = 5  # extra hits fetched when some may be avoided
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 def index_passages(passages_path: str | Path, out_dir: str | Path) -> Retriever:

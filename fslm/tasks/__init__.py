@@ -8,7 +8,7 @@ Scorers compare ``item.context_for(i) + item.continuations[i]`` over the choices
 """
 
 from fslm.tasks.base import Item, TaskSpec, build_context, format_fewshot
-from fslm.tasks.registry import TASKS, fewshot_items, get_task, list_tasks, load_task, without_overlap
+from fslm.tasks.registry import TASKS, fewshot_items, get_task, list_tasks, load_task, normalize_text, without_overlap
 
 __all__ = [
     "TASKS",
@@ -20,5 +20,6 @@ __all__ = [
     "get_task",
     "list_tasks",
     "load_task",
+    "normalize_text",
     "without_overlap",
 ]

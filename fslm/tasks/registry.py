@@ -124,7 +124,8 @@ def load_task(
     return items if limit is None else items[:limit]
 
 
-def _norm(text: str) -> str:
+def normalize_text(text: str) -> str:
+    """Whitespace and case aside: how two copies of one question are recognised across splits and sources."""
     return " ".join(text.split()).casefold()
 
 
@@ -132,8 +133,8 @@ def without_overlap(pool: list[Item], reserved: list[Item]) -> list[Item]:
     """`pool` minus the items that share an id or a question text (whitespace and case aside) with `reserved`: the
     same question copied into two splits must not be both an example and a test item."""
     ids = {it.id for it in reserved}
-    questions = {_norm(it.question) for it in reserved if it.question.strip()}
-    return [it for it in pool if it.id not in ids and (not it.question.strip() or _norm(it.question) not in questions)]
+    questions = {normalize_text(it.question) for it in reserved if it.question.strip()}
+    return [it for it in pool if it.id not in ids and (not it.question.strip() or normalize_text(it.question) not in questions)]
 
 
 def fewshot_items(

@@ -13,14 +13,10 @@ from fslm.evaluate.heldout import heldout_items
 from fslm.retrieve import read_passages
 from fslm.retrieve.corpus import Reserved, build_corpus, corpus_splits, default_sources, item_passage
 from fslm.settings import get_settings
-from fslm.tasks import load_task
+from fslm.tasks import load_task, normalize_text
 
 needs_data = pytest.mark.skipif(not (get_settings().data_dir / "arc_challenge").is_dir(),
                                 reason="shared benchmark data not found")
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 def test_sources_are_the_tasks_with_a_train_or_dev_split():
@@ -39,7 +35,7 @@ def test_alpaca_records_become_passages_and_reserved_questions_are_dropped(tmp_p
                {"instruction": "Name a  PLANET.", "input": "", "output": "Jupiter."}]
     path = tmp_path / "a.json"
     path.write_text(json.dumps(records))
-    reserved = Reserved(questions={_norm("what is two plus two?")})
+    reserved = Reserved(questions={normalize_text("what is two plus two?")})
     passages, stats = build_corpus(["alpaca"], alpaca_path=path, reserved=reserved)
     assert [p.text for p in passages] == ["Name a planet.\nAnswer: Jupiter."]
     assert stats["alpaca"].to_dict() == {"read": 3, "kept": 1, "dropped_reserved": 1, "dropped_duplicate": 1}
@@ -54,11 +50,11 @@ def test_no_passage_shares_an_id_or_question_with_evaluation_or_held_out_items()
         assert st.dropped_reserved >= 20  # at least the held-out head, which comes from this very split
         judged = load_task(task) + heldout_items(task)[:20]
         ids = {it.id for it in judged}
-        questions = {_norm(it.question) for it in judged}
+        questions = {normalize_text(it.question) for it in judged}
         mine = [p for p in passages if p.id.startswith(f"{task}/")]
         assert len(mine) == st.kept
         assert not [p.id for p in mine if p.id in ids]
-        assert not [p.id for p in mine if _norm(p.text.split("\nAnswer:")[0]).split(") ", 1)[-1] in questions]
+        assert not [p.id for p in mine if normalize_text(p.text.split("\nAnswer:")[0]).split(") ", 1)[-1] in questions]
 
 
 @needs_data
