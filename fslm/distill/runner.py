@@ -83,7 +83,8 @@ def distill_identity(cfg: StackConfig, options: DistillOptions) -> dict:
     """What shapes a distilled record besides its instruction: each stage's config (prompts, limits; not its adapter)
     and the options that change targets or filters. Kept beside the output so a resume cannot mix setups."""
     def digest(stage: StageConfig) -> str:
-        text = json.dumps(stage.model_dump(mode="json", exclude={"adapter"}), sort_keys=True)
+        unset = {"retrieve"} if stage.retrieve is None else set()  # model stages keep the digests they had before retrieval
+        text = json.dumps(stage.model_dump(mode="json", exclude={"adapter", *unset}), sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     indexes = {s.name: _index_digest(cfg, s) for s in cfg.stages if s.is_retrieval}

@@ -7,7 +7,9 @@ import json
 import pytest
 import yaml
 
+from fslm.config import StackConfig
 from fslm.distill import DistillOptions, distill
+from fslm.distill.runner import distill_identity
 from fslm.distill.store import identity_path
 from fslm.errors import DataError
 
@@ -73,3 +75,11 @@ def test_a_file_from_before_sidecars_adopts_the_current_setup(world):
     identity_path(out).unlink()
     report = distill(stack, data, out, teacher=CountingTeacher(TEXTS))
     assert report.already_done == 1 and report.written == 2 and identity_path(out).is_file()
+
+
+def test_stage_digests_are_stable_across_versions(tiny_model_dir):
+    """Pinned: files distilled by earlier versions must still resume. A new optional stage field (such as `retrieve`)
+    must leave model stages' digests alone; change these values only with a note that old files need --redo."""
+    cfg = StackConfig.model_validate(tiny_stack(tiny_model_dir))
+    assert distill_identity(cfg, DistillOptions())["stages"] == {
+        "intent": "f348071a1f7d4c08", "facts": "6572a7892d2d315a", "answer": "996bed2a5dbe3bc0"}
