@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -19,13 +20,14 @@ from fslm.distill import DistillOptions, distill, load_instructions, read_distil
 from fslm.engine import load_engine
 from fslm.errors import ConfigError
 from fslm.evaluate import evaluate, load_system, parse_tasks, select_items
-from fslm.evaluate.store import write_atomic, write_json
+from fslm.evaluate.store import RunFolderBusy, folder_busy, write_atomic, write_json
 from fslm.finetune import ALL_PROJECTIONS, TrainOptions, finetune, lora_param_count
 from fslm.teachers import LocalTeacher
 
 from recipe import Recipe, read_json, slug
 from teachers_step import chosen_teacher
 
+BUSY_EXIT = 75  # an isolated eval worker found its run folder locked by another process (EX_TEMPFAIL)
 RANKS = (64, 32, 16, 8, 4, 2, 1)  # tried largest first; the first whose fp16 adapters fit the budget is used
 
 
@@ -131,6 +133,9 @@ def run_finetune(recipe: Recipe, log=print) -> dict:
 
 
 # ---- eval ------------------------------------------------------------------------------------------------------------
+UNTRAINED_KINDS = ("base", "promptonly", "model", "format", "retrieval", "retrieval-chat")
+
+
 @dataclass(frozen=True)
 class SystemSpec:
     name: str  # run folder name under <out>/runs/
@@ -142,6 +147,11 @@ class SystemSpec:
     base: bool = False
     stage_cache: str | None = None  # a StageCache file shared by the recipe's stacks (see `with_stage_cache`)
     answer_format: str = "stack"  # "raw": the base model scores lm-eval's raw context after the earlier texts
+
+    @property
+    def needs_training(self) -> bool:
+        """Whether it reads anything the finetune step makes; the others (baselines) can run before or beside it."""
+        return self.kind not in UNTRAINED_KINDS
 
     def load(self):
         if self.model is not None:
@@ -162,11 +172,27 @@ def with_stage_cache(recipe: Recipe, spec: SystemSpec) -> SystemSpec:
     return replace(spec, stage_cache=str(stage_cache_path(recipe)))
 
 
-def write_ablations(recipe: Recipe) -> list[SystemSpec]:
+def prompt_stack_dir(recipe: Recipe) -> Path:
+    return recipe.out / "prompt_stack"
+
+
+def write_prompt_stacks(recipe: Recipe) -> None:
+    """The stack to train with no adapters, and its answer stage alone: what the untrained baselines run. They have
+    their own files (not the trained stack's) so that the baselines can be evaluated before or beside fine-tuning."""
+    cfg = recipe.stack_config()
+    answer_only = keep_stages(cfg, [cfg.stages[-1].name]).model_copy(update={"name": f"{cfg.name}-answer-only"})
+    for name, variant in (("stack.yaml", cfg), ("stack-answer-only.yaml", answer_only)):
+        path = prompt_stack_dir(recipe) / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != variant.to_yaml():
+            write_atomic(path, variant.to_yaml())
+
+
+def ablations(recipe: Recipe, write: bool = False) -> list[SystemSpec]:
     """Ablation stacks next to the trained stack.yaml (so its relative adapter paths hold): the answer stage alone
-    (do the earlier texts help the final scorer at all?), one without each intermediate stage, the two-stage version."""
+    (do the earlier texts help the final scorer at all?), one without each intermediate stage, the two-stage version.
+    write: (re)write their YAML files from the trained stack (which must exist); without it, only the specs."""
     trained = recipe.trained_dir / "stack.yaml"
-    cfg = load_stack_config(trained)
+    cfg = load_stack_config(trained) if write else recipe.stack_config()  # same stages and prompts; names and labels agree
     variants = [("answer-only", "answer stage alone (no earlier texts)", keep_stages(cfg, [cfg.stages[-1].name]))]
     for stage in cfg.stages[:-1]:
         variant = without_stage(cfg, stage.name)
@@ -178,27 +204,29 @@ def write_ablations(recipe: Recipe) -> list[SystemSpec]:
     for suffix, label, variant in variants:
         path = recipe.trained_dir / f"stack-{suffix}.yaml"
         variant = variant.model_copy(update={"name": f"{cfg.name}-{suffix}"})
-        if not path.is_file() or path.read_text(encoding="utf-8") != variant.to_yaml():
+        if write and (not path.is_file() or path.read_text(encoding="utf-8") != variant.to_yaml()):
             write_atomic(path, variant.to_yaml())
         specs.append(SystemSpec(f"stack-{suffix}", f"trained stack {label}", "ablation", stack=path))
     return specs
 
 
 def systems(recipe: Recipe) -> list[SystemSpec]:
+    """Every system RESULTS.md reports, in evaluation order. Pure: listing them writes no file (see `ablations`)."""
     trained = recipe.trained_dir / "stack.yaml"
+    untrained = prompt_stack_dir(recipe)
     specs = [
         SystemSpec("stack-trained", "trained stack", "trained", stack=trained),
-        SystemSpec("base", f"base model alone ({recipe.stack_config().base_model})", "base", stack=trained, base=True),
+        SystemSpec("base", f"base model alone ({recipe.stack_config().base_model})", "base", stack=untrained / "stack.yaml", base=True),
     ]
     # The baselines issue 5 asks for come before the attempts: a session that stops early leaves a usable comparison.
-    specs.append(SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=trained, adapters=False))
+    specs.append(SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=untrained / "stack.yaml", adapters=False))
     specs += [SystemSpec(f"model-{slug(m)}", f"{m} alone", "model", model=m) for m in recipe.big_models]
-    ablations = write_ablations(recipe)
+    variants = ablations(recipe)
     # The base model asked the way the stack's answer stage is asked (chat prompt, options listed, each option's text
     # scored), with no adapter and no earlier texts: separates the prompt format's effect from the stack's.
     specs.append(SystemSpec("base-stackformat", "base model in the answer stage's format (no adapters, no earlier texts)", "format",
-                            stack=ablations[0].stack, adapters=False))
-    specs.append(ablations[0])  # the answer stage alone: seconds per item, like the base model
+                            stack=untrained / "stack-answer-only.yaml", adapters=False))
+    specs.append(variants[0])  # the answer stage alone: seconds per item, like the base model
     # The base model exactly as in `base`, with the trained stack's texts in front: do they help a plain scorer at all,
     # with the chat format and the answer adapter out of the picture? (Paired with `base`; costs only scoring once the
     # stage cache holds the trained stack's texts.)
@@ -220,7 +248,7 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     if recipe.choice_records:
         specs.append(SystemSpec("stack-trained-choice", "trained stack with the answer stage retrained on choice-style train questions",
                                 "trained", stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
-    return specs + ablations[1:]
+    return specs + variants[1:]
 
 
 def expected_items(recipe: Recipe) -> int:
@@ -268,6 +296,8 @@ def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_siz
     except BaseException:
         _stop_group(proc)
         raise
+    if code == BUSY_EXIT:
+        raise RunFolderBusy(f"{folder}: another process is evaluating into it")
     if code != 0:
         raise ConfigError(f"evaluating {spec.name} failed in its subprocess (exit code {code}; its error is printed above); "
                           f"rerun to resume from {folder}")
@@ -290,23 +320,66 @@ def _stop_group(proc, grace: float = 30.0) -> None:
             continue
 
 
+@dataclass(frozen=True)
+class EvalJob:
+    """One run folder to complete: a system on `limit` items per task of a split (None: the test items)."""
+    spec: SystemSpec
+    folder: Path
+    limit: int
+    expected: int
+    split: str | None = None
+
+
+def job_done(job: EvalJob) -> bool:
+    summary = read_json(job.folder / "summary.json")
+    return summary is not None and summary.get("n_items") == job.expected
+
+
+def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
+    """Complete every job, in order. A run folder that another process is writing (the baselines lane, a second
+    recipe command) is left to it and waited for, never written beside it; if that process dies, the folder's lock
+    goes with it and the job is taken over here (fslm.evaluate resumes it)."""
+    waiting: set[str] = set()
+    for job in jobs:
+        if job_done(job):
+            log(f"  {job.spec.name}: done ({job.expected} items{', ' + job.split if job.split else ''})")
+    pending = [j for j in jobs if not job_done(j)]
+    while pending:
+        free = [j for j in pending if not folder_busy(j.folder)]
+        if not free:
+            for job in pending:
+                if job.folder not in waiting:
+                    waiting.add(job.folder)
+                    log(f"  {job.spec.name}: another process is evaluating it ({job.folder}); waiting")
+            time.sleep(recipe.poll_seconds)
+        else:
+            job = free[0]
+            what = f"{job.limit} {job.split + ' ' if job.split else ''}items per task"
+            log(f"  {job.spec.name}: evaluating {what} -> {job.folder}")
+            try:
+                evaluate_system(with_stage_cache(recipe, job.spec), recipe.tasks, job.limit, job.folder, recipe.eval_batch,
+                                recipe.isolate_eval, split=job.split)
+            except RunFolderBusy:  # another process took it between the check and the start: wait for it
+                continue
+            if not job_done(job):
+                raise ConfigError(f"{job.folder}: the evaluation ended without all {job.expected} items in summary.json; "
+                                  "rerun to resume it")
+        pending = [j for j in pending if not job_done(j)]
+
+
 def run_eval(recipe: Recipe, log=print) -> dict:
     if not (recipe.trained_dir / "stack.yaml").is_file():
         raise ConfigError(f"no {recipe.trained_dir / 'stack.yaml'}: run the 'finetune' step first")
     expected = expected_items(recipe)
+    write_prompt_stacks(recipe)
+    ablations(recipe, write=True)
     specs = systems(recipe)
     index = {spec.name: {"label": spec.label, "kind": spec.kind, "run": str((recipe.runs_dir / spec.name).relative_to(recipe.out))}
              for spec in specs}
     # Written first, so that `--only report` can report the systems finished so far while the rest still run.
     data = {"systems": index, "items_per_system": expected, "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
     write_json(recipe.out / "systems.json", data)
-    for spec in specs:
-        folder = recipe.runs_dir / spec.name
-        if system_done(recipe, spec, expected):
-            log(f"  {spec.name}: done ({expected} items)")
-            continue
-        log(f"  {spec.name}: evaluating {recipe.eval_limit} items per task -> {folder}")
-        evaluate_system(with_stage_cache(recipe, spec), recipe.tasks, recipe.eval_limit, folder, recipe.eval_batch, recipe.isolate_eval)
+    run_jobs(recipe, [EvalJob(spec, recipe.runs_dir / spec.name, recipe.eval_limit, expected) for spec in specs], log)
     return data
 
 
@@ -319,6 +392,9 @@ if __name__ == "__main__":  # the isolated worker of evaluate_system
     spec = SystemSpec(**{**job["spec"], "stack": Path(job["spec"]["stack"]) if job["spec"]["stack"] else None})
     try:
         _evaluate_here(spec, job["tasks"], job["limit"], job["folder"], job["batch_size"], job.get("split"))
+    except RunFolderBusy as err:
+        print(f"note: {err}", file=sys.stderr)
+        sys.exit(BUSY_EXIT)
     except FslmError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

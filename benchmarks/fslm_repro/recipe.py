@@ -20,7 +20,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "retrieval", "select", "eval", "report", "ship")
+STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "retrieval", "baselines", "select", "eval", "report", "ship")
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the chosen attempt here: `fslm run` uses it
 # The stack attempt 1 trains (prompt-only), fixed here rather than read from the packaged default, which the ship
@@ -75,6 +75,7 @@ class Recipe:
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own
+    poll_seconds: float = 30.0  # how often a step waiting for a run folder another process writes looks again
     ship_to: Path | None = None  # folder of the packaged default.yaml whose adapters the ship step replaces; None: no ship
 
     @classmethod
@@ -148,12 +149,22 @@ class StepLog:
             entry["status"] = "done" if status == "skipped" else status
         self.save(step)
 
+    def reload(self) -> dict:
+        """steps.json as on disk (another lane may have logged its steps), or this process's copy if none."""
+        self.data = read_json(self.path) or self.data
+        return self.data
+
     def save(self, step: str | None = None) -> None:
         """Write steps.json; with `step`, only that step's entry is taken from this process, the rest is re-read, so
         two recipe processes running different steps (`--only select` beside `--only eval`) keep each other's times."""
-        if step is not None:
-            on_disk = read_json(self.path)
-            if on_disk is not None and on_disk.get("identity") == self.data["identity"]:
-                on_disk["steps"][step] = self.data["steps"][step]
-                self.data = on_disk
-        write_json(self.path, self.data)
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(".steps.json.lock"), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # read-modify-write: one process at a time
+            if step is not None:
+                on_disk = read_json(self.path)
+                if on_disk is not None and on_disk.get("identity") == self.data["identity"]:
+                    on_disk["steps"][step] = self.data["steps"][step]
+                    self.data = on_disk
+            write_json(self.path, self.data)

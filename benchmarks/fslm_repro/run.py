@@ -1,8 +1,7 @@
-"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> retrieval -> select -> eval -> report ->
-ship, every
-step resumable.
+"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> retrieval -> baselines -> select -> eval
+-> report -> ship, every step resumable.
 
-    python benchmarks/fslm_repro/run.py [--scale full|pilot|smoke] [--only STEP,...] [--out DIR]
+    python benchmarks/fslm_repro/run.py [--scale full|pilot|smoke] [--only STEP,...] [--out DIR] [--lanes 2]
 
 Rerunning continues where it stopped: a step whose outputs exist is skipped, and the library calls underneath
 (fslm.distill, fslm.finetune, fslm.evaluate) resume within a step. Big intermediate files (distilled data,
@@ -22,6 +21,7 @@ if str(HERE) not in sys.path:
 
 import typer  # noqa: E402
 
+import baselines_step  # noqa: E402
 import choice_step  # noqa: E402
 import neutral_step  # noqa: E402
 import pipeline  # noqa: E402
@@ -30,6 +30,7 @@ import retrieval_step  # noqa: E402
 import select_step  # noqa: E402
 import ship_step  # noqa: E402
 import teachers_step  # noqa: E402
+from lanes import LANE_NEEDS, LANE_STEPS, Lane, lane_threads, threads_env  # noqa: E402
 from recipe import STEPS, Recipe, StepLog  # noqa: E402
 
 # step -> (is it done (from its outputs), run it)
@@ -40,6 +41,7 @@ STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
     "choice": (choice_step.done, choice_step.run),
     "neutral": (neutral_step.done, neutral_step.run),
     "retrieval": (retrieval_step.done, retrieval_step.run),
+    "baselines": (baselines_step.done, baselines_step.run),
     "select": (select_step.done, select_step.run),
     "eval": (pipeline.eval_done, pipeline.run_eval),
     "report": (report.done, report.run),
@@ -59,15 +61,36 @@ def parse_steps(only: str | None) -> list[str]:
     return [s for s in STEPS if s in chosen]
 
 
-def run_recipe(recipe: Recipe, steps: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run the chosen steps in order (all by default); returns steps.json's content."""
+def run_recipe(recipe: Recipe, steps: list[str] | None = None, log: Callable[[str], None] = print, lanes: int = 1) -> dict:
+    """Run the chosen steps in order (all by default); returns steps.json's content. lanes=2: the `baselines` step
+    runs in a second process beside the others, each process with half the threads (lanes.py)."""
     recipe.out.mkdir(parents=True, exist_ok=True)
     recipe.work.mkdir(parents=True, exist_ok=True)
     book = StepLog(recipe)
     _sigterm_raises()
-    if recipe.teacher is None and "teachers" not in (steps or STEPS) and not (recipe.out / "teachers.json").is_file():
+    chosen = steps or list(STEPS)
+    if recipe.teacher is None and "teachers" not in chosen and not (recipe.out / "teachers.json").is_file():
         log("note: no teachers.json yet and no --teacher; the distill step will ask for one")
-    for name in steps or list(STEPS):
+    if lanes < 2 or not set(LANE_STEPS) & set(chosen) or all(STEP_FUNCS[s][0](recipe) for s in LANE_STEPS if s in chosen):
+        _run_steps(recipe, book, chosen, log)
+        return book.data
+    threads = lane_threads(lanes)
+    with threads_env(threads):
+        _run_steps(recipe, book, [s for s in LANE_NEEDS if s in chosen], log)
+        lane_steps = [s for s in LANE_STEPS if s in chosen]
+        log(f"[lanes] {','.join(lane_steps)} in a second process; {threads} thread(s) per process")
+        lane = Lane(recipe, lane_steps, threads)
+        try:
+            _run_steps(recipe, book, [s for s in chosen if s not in LANE_NEEDS + LANE_STEPS], log)
+            lane.wait()
+        except BaseException:
+            lane.stop()
+            raise
+    return book.reload()
+
+
+def _run_steps(recipe: Recipe, book: StepLog, steps: list[str], log: Callable[[str], None]) -> None:
+    for name in steps:
         is_done, run = STEP_FUNCS[name]
         session = book.start(name)
         if is_done(recipe):
@@ -82,7 +105,6 @@ def run_recipe(recipe: Recipe, steps: list[str] | None = None, log: Callable[[st
             raise
         book.finish(name, session, "done")
         log(f"[{name}] done in {book.data['steps'][name]['sessions'][-1]['wall_seconds']} s")
-    return book.data
 
 
 def _sigterm_raises() -> None:
@@ -122,6 +144,7 @@ def main(
     student: Optional[str] = typer.Option(None, "--student", help="Base model of every stage (default: the stack's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 1)."),
     choice_records: Optional[int] = typer.Option(None, "--choice-records", help="Attempt 2's choice-style records (pilot: 240; full: 0 = attempt 2 off)."),
+    lanes: int = typer.Option(1, "--lanes", min=1, max=2, help="2: the baselines step runs in a second process beside the others, each with half of FSLM_THREADS (or of the cores)."),
 ) -> None:
     """Reproduce issue 5 end to end (resumable)."""
     from fslm.cli.common import guarded
@@ -134,7 +157,7 @@ def main(
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
             choice_records=choice_records,
         )
-        run_recipe(recipe, parse_steps(only))
+        run_recipe(recipe, parse_steps(only), lanes=lanes)
 
     go()
 

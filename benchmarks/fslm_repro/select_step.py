@@ -20,7 +20,7 @@ from fslm.evaluate import parse_tasks, select_items
 from fslm.evaluate.heldout import EVAL_RESERVE, HELDOUT
 from fslm.evaluate.store import write_json
 
-from pipeline import SystemSpec, evaluate_system, systems, with_stage_cache
+from pipeline import EvalJob, SystemSpec, ablations, run_jobs, systems, write_prompt_stacks
 from recipe import Recipe, read_json
 
 CONTEXT = ("stack-answer-only", "base-stackformat", "base", "stack-retrieval-raw", "stack-retrieval", "stack-retrieval-tail-raw")
@@ -42,6 +42,12 @@ def candidates(recipe: Recipe) -> tuple[list[SystemSpec], list[SystemSpec]]:
 
 def expected_items(recipe: Recipe) -> int:
     return sum(len(select_items(t, recipe.select_limit, HELDOUT)) for t in parse_tasks(recipe.tasks))
+
+
+def jobs(recipe: Recipe, specs: list[SystemSpec]) -> list[EvalJob]:
+    """Held-out runs of these systems (`select/<system>/`)."""
+    expected = expected_items(recipe)
+    return [EvalJob(s, select_dir(recipe) / s.name, recipe.select_limit, expected, HELDOUT) for s in specs]
 
 
 def _summary(recipe: Recipe, name: str, expected: int) -> dict | None:
@@ -83,14 +89,9 @@ def run(recipe: Recipe, log=print) -> dict:
     if missing:
         raise ConfigError(f"no {', '.join(missing)}: run the 'finetune' (and 'choice'/'neutral') steps first")
     expected = expected_items(recipe)
-    for spec in attempts + context:
-        folder = select_dir(recipe) / spec.name
-        if _summary(recipe, spec.name, expected):
-            log(f"  {spec.name}: held-out done ({expected} items)")
-            continue
-        log(f"  {spec.name}: {recipe.select_limit} held-out items per task -> {folder}")
-        evaluate_system(with_stage_cache(recipe, spec), recipe.tasks, recipe.select_limit, folder, recipe.eval_batch,
-                        recipe.isolate_eval, split=HELDOUT)
+    write_prompt_stacks(recipe)
+    ablations(recipe, write=True)  # the answer stage alone is a context system
+    run_jobs(recipe, jobs(recipe, attempts + context), log)
     macro = {s.name: _summary(recipe, s.name, expected)["macro_acc"] for s in attempts + context}
     best = max(attempts, key=lambda s: macro[s.name])  # max keeps the first of equal values: the earlier attempt
     data = {"split": HELDOUT, "limit": recipe.select_limit, "items_per_system": expected, "rule": RULE,

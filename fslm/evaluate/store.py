@@ -21,6 +21,24 @@ RUN = "run.json"
 LOCK = ".lock"
 
 
+class RunFolderBusy(InputError):
+    """Another process holds the run folder's lock: wait for it (or pick another folder) instead of writing beside it."""
+
+
+def folder_busy(folder: Path) -> bool:
+    """Whether another process is writing this run folder right now (its lock is held); never creates the folder."""
+    path = Path(folder) / LOCK
+    if not path.is_file():
+        return False
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return False
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write a whole file via a temp file + os.replace, so readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +92,7 @@ class RunStore:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise InputError(f"{self.folder}: another evaluation is writing this run folder; wait for it to finish "
+            raise RunFolderBusy(f"{self.folder}: another evaluation is writing this run folder; wait for it to finish "
                              "(or stop it) or pass another --out") from None
         self._lock_fh = fh
 

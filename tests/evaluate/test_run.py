@@ -84,6 +84,19 @@ def test_a_run_folder_being_written_refuses_a_second_writer(model_system, tiny_d
         pass
 
 
+def test_folder_busy_tells_whether_another_writer_holds_the_folder(tmp_path):
+    from fslm.evaluate.store import RunFolderBusy, RunStore, folder_busy
+
+    out = tmp_path / "run"
+    assert not folder_busy(out) and not out.exists()  # asking creates nothing
+    with RunStore(out, {"system": "a"}):
+        assert folder_busy(out)
+        with pytest.raises(RunFolderBusy):
+            RunStore(out, {"system": "a"})
+    assert not folder_busy(out)
+    assert issubclass(RunFolderBusy, InputError)  # the CLI's error path (exit 2, message) still applies
+
+
 def test_resume_refuses_a_different_system_or_setting(model_system, tiny_data, tmp_path):
     out = tmp_path / "run"
     evaluate(model_system, ["arc_easy"], out_dir=out)

@@ -36,18 +36,21 @@ def smoke_run(smoke_world, tmp_path_factory):
         teacher_candidates=[str(m["teacher_a"]), str(m["teacher_b"])], big_models=[str(m["big"])],
         data=str(smoke_world["data"]), stack=str(smoke_world["stack"]), teacher_dtype="float32",
         isolate_eval=False,  # a process per system would double this test's time; isolation is tested below
-        tasks=TASKS, ship_to=ship_to,
+        tasks=TASKS, ship_to=ship_to, poll_seconds=0.2,
     )
     logs: list[str] = []
-    first = run_recipe(recipe, log=logs.append)
+    first = run_recipe(recipe, log=logs.append, lanes=2)  # the baselines step in a second process, as on the real run
     return recipe, first, logs
 
 
 def test_every_step_writes_its_outputs(smoke_run):
     recipe, steps, logs = smoke_run
     out = recipe.out
-    assert [s for s in steps["steps"]] == ["teachers", "distill", "finetune", "choice", "neutral", "retrieval", "select", "eval", "report", "ship"]
+    assert set(steps["steps"]) == {"teachers", "distill", "finetune", "choice", "neutral", "retrieval", "baselines", "select",
+                                   "eval", "report", "ship"}
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
+    assert any(line.startswith("[lanes] baselines in a second process") for line in logs)
+    assert not any("[baselines]" in line for line in logs)  # it ran in the lane (whose log goes to stdout), not here
 
     teachers = json.loads((out / "teachers.json").read_text())
     assert len(teachers["candidates"]) == 2 and teachers["chosen"] in recipe.teacher_candidates
@@ -270,8 +273,11 @@ def test_rerun_skips_every_finished_step(smoke_run):
     recipe, _, _ = smoke_run
     before = (recipe.out / "RESULTS.md").stat().st_mtime_ns
     logs: list[str] = []
+    from recipe import STEPS
+
     steps = run_recipe(recipe, log=logs.append)
-    assert [line for line in logs if "skipped" in line] == [f"[{s}] already done (outputs found); skipped" for s in steps["steps"]]
+    assert set(steps["steps"]) == set(STEPS)
+    assert [line for line in logs if "skipped" in line] == [f"[{s}] already done (outputs found); skipped" for s in STEPS]
     assert all(e["sessions"][-1]["status"] == "skipped" for e in steps["steps"].values())
     assert (recipe.out / "RESULTS.md").stat().st_mtime_ns == before
 

@@ -1,0 +1,92 @@
+"""`run.py --lanes 2`: the `baselines` step in a second process beside the main chain of steps.
+
+Distillation, fine-tuning and the trained systems form one chain; the baselines need none of it. On this 2-core CPU
+a process with two torch threads loses much of the second core to thread barriers (docs/evaluate.md: 738 s with two
+threads alone vs 1,102 s with one thread beside another job, i.e. two one-thread lanes do ~1.3x the work), so each
+lane gets FSLM_THREADS = threads // lanes. The lane is a child process in its own session: stopping the recipe stops
+it. Both processes log to steps.json under a lock; the `select` and `eval` steps wait for the systems the lane is
+writing instead of evaluating them twice (pipeline.run_jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from fslm.errors import ConfigError
+from fslm.settings import get_settings
+
+from recipe import Recipe
+
+LANE_STEPS = ("baselines",)  # what the second lane runs
+LANE_NEEDS = ("retrieval",)  # steps the lane reads (seconds): run first, before the lane starts
+PATH_FIELDS = ("out", "work", "ship_to")
+
+
+def recipe_to_json(recipe: Recipe) -> str:
+    return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(recipe).items()})
+
+
+def recipe_from_json(text: str) -> Recipe:
+    data = json.loads(text)
+    known = {f.name for f in fields(Recipe)}
+    return Recipe(**{k: (Path(v) if k in PATH_FIELDS and v is not None else v) for k, v in data.items() if k in known})
+
+
+def lane_threads(lanes: int) -> int:
+    total = get_settings().threads or os.cpu_count() or 1
+    return max(1, total // lanes)
+
+
+@contextmanager
+def threads_env(threads: int) -> Iterator[None]:
+    """FSLM_THREADS for this process (and its eval workers) while the lanes run; restored after."""
+    before = os.environ.get("FSLM_THREADS")
+    os.environ["FSLM_THREADS"] = str(threads)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FSLM_THREADS", None)
+        else:
+            os.environ["FSLM_THREADS"] = before
+        get_settings.cache_clear()
+
+
+class Lane:
+    """A child process running some steps of the same recipe."""
+
+    def __init__(self, recipe: Recipe, steps: list[str], threads: int):
+        self.steps = steps
+        env = {**os.environ, "FSLM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), recipe_to_json(recipe), json.dumps(steps)],
+                                     env=env, start_new_session=True)
+
+    def wait(self) -> None:
+        code = self.proc.wait()
+        if code != 0:
+            raise ConfigError(f"the lane running {','.join(self.steps)} failed (exit code {code}; its error is printed above "
+                              "with a '[lane]' prefix); rerun to resume")
+
+    def stop(self) -> None:
+        from pipeline import _stop_group
+
+        _stop_group(self.proc)
+
+
+if __name__ == "__main__":
+    from fslm.errors import FslmError
+    from run import run_recipe
+
+    try:
+        run_recipe(recipe_from_json(sys.argv[1]), json.loads(sys.argv[2]), log=lambda msg: print(f"[lane] {msg}", flush=True))
+    except FslmError as err:
+        print(f"[lane] error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,98 @@
+"""Two recipe processes (`--lanes 2`) never write one run folder together: a step waits for the folder another
+process holds and takes it over if that process dies; the lane gets the same recipe and its share of the threads."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from dataclasses import replace
+
+import pytest
+
+from .conftest import needs_data
+
+
+def hold(folder):
+    """Take a run folder's lock the way another process's evaluation does (no run.json of its own)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / ".lock", "a+b")
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fh
+
+
+@pytest.fixture()
+def two_jobs(smoke_world, tmp_path):
+    from pipeline import EvalJob, SystemSpec
+    from recipe import Recipe
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"], isolate_eval=False,
+                              poll_seconds=0.05)
+    spec = SystemSpec("model-big", "big", "model", model=str(smoke_world["models"]["big"]))
+    jobs = [EvalJob(replace(spec, name=name), tmp_path / "out" / "runs" / name, 1, 1) for name in ("held", "free")]
+    return recipe, jobs
+
+
+@needs_data
+def test_a_job_another_process_holds_is_waited_for_and_taken_over_when_released(two_jobs):
+    from pipeline import job_done, run_jobs
+
+    recipe, (held, free) = two_jobs
+    logs: list[str] = []
+    holder = hold(held.folder)  # stands in for the other lane's worker
+    runner = threading.Thread(target=run_jobs, args=(recipe, [held, free], logs.append))
+    runner.start()
+    try:
+        for _ in range(600):  # the free job is done first, then the step waits on the held one
+            if job_done(free) and any("waiting" in line for line in logs):
+                break
+            threading.Event().wait(0.1)
+        assert job_done(free) and not job_done(held)
+        assert f"  held: another process is evaluating it ({held.folder}); waiting" in logs
+    finally:
+        holder.close()  # the other process "dies": its lock goes with it
+        runner.join(timeout=120)
+    assert not runner.is_alive() and job_done(held)
+    assert sum("waiting" in line for line in logs) == 1  # said once, not every poll
+
+
+@needs_data
+def test_an_isolated_worker_that_finds_its_folder_held_reports_busy(two_jobs):
+    from fslm.evaluate.store import RunFolderBusy
+    from pipeline import evaluate_system
+
+    _, (held, _) = two_jobs
+    with hold(held.folder):
+        with pytest.raises(RunFolderBusy):
+            evaluate_system(held.spec, ["arc_easy"], 1, held.folder, isolate=True)
+    assert not (held.folder / "items.jsonl").exists()
+
+
+def test_the_lane_gets_the_same_recipe(tmp_path):
+    from lanes import recipe_from_json, recipe_to_json
+    from recipe import Recipe
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"], student="/models/x",
+                              ship_to=tmp_path / "stacks", poll_seconds=0.5)
+    assert recipe_from_json(recipe_to_json(recipe)) == recipe
+    assert json.loads(recipe_to_json(recipe))["out"] == str(tmp_path / "out")
+
+
+def test_each_lane_gets_its_share_of_the_threads_and_the_setting_is_restored(monkeypatch):
+    from fslm.settings import get_settings
+    from lanes import lane_threads, threads_env
+
+    monkeypatch.setenv("FSLM_THREADS", "2")
+    get_settings.cache_clear()
+    try:
+        assert lane_threads(2) == 1
+        with threads_env(lane_threads(2)):
+            assert os.environ["FSLM_THREADS"] == "1" and get_settings().threads == 1
+        assert os.environ["FSLM_THREADS"] == "2" and get_settings().threads == 2
+        monkeypatch.setenv("FSLM_THREADS", "1")
+        get_settings.cache_clear()
+        assert lane_threads(2) == 1  # never zero
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
