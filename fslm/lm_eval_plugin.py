@@ -8,7 +8,9 @@ lm-eval's own CLI with our task folder on the include path:
 
 Model mode is lm-eval's plain causal-LM contract (raw contexts, summed logprobs). Stack mode: each distinct
 context is the stack's prompt; stages 1..N-1 run once per context, and the continuation (leading spaces removed)
-is scored as the answer stage's reply, as in `fslm eval --stack` (docs/evaluate.md).
+is scored as the answer stage's reply, as in `fslm eval --stack` (docs/evaluate.md). lm-eval's requests carry no item
+ids, so `fslm eval`'s id check cannot run here; instead a retrieve stage drops every passage that shares a run of 8
+words with the request's context (`Stack.run_batch(decontaminate=True)`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class FslmLM(LM):
         inputs: dict[str, str] = {}
         for start in range(0, len(unique), 32):
             batch = unique[start : start + 32]
-            results = stack.run_batch([c.strip() or c for c in batch], stages=early)
+            results = stack.run_batch([c.strip() or c for c in batch], stages=early, decontaminate=True)
             inputs.update({c: stack.answer_input(r) for c, r in zip(batch, results, strict=True)})
         return inputs
 
@@ -116,7 +118,7 @@ class FslmLM(LM):
                 params = GenerationParams(max_new_tokens=max_new, temperature=temperature, stop=stops)
                 texts = [g.text for g in self.engine.generate(contexts, params)]
             else:
-                texts = [r.answer for r in self.stack.run_batch([c.strip() or c for c in contexts])]
+                texts = [r.answer for r in self.stack.run_batch([c.strip() or c for c in contexts], decontaminate=True)]
             for i, text in zip(idx, texts, strict=True):
                 out[i] = cut_at(text, stops)
         return out

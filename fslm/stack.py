@@ -109,7 +109,8 @@ def generation_params(stage: StageConfig) -> GenerationParams:
 
 
 def retrieve_records(cfg: StackConfig, stage: StageConfig, retriever: Retriever,
-                     inputs: Sequence[tuple[str, Mapping[str, str]]], avoid: Sequence[str] | None = None) -> list[StageRecord]:
+                     inputs: Sequence[tuple[str, Mapping[str, str]]], avoid: Sequence[str] | None = None,
+                     overlap_with: Sequence[str] | None = None) -> list[StageRecord]:
     """A retrieve stage over (prompt, earlier texts) pairs: its query is the user text it sees (no chat template),
     its text the passages found. Distillation calls this too (with `avoid` = each record's own prompt, so a
     training record never reads its own answer), and later stages train on the passages they will read."""
@@ -117,7 +118,7 @@ def retrieve_records(cfg: StackConfig, stage: StageConfig, retriever: Retriever,
     labels = {s.name: s.display_label for s in cfg.stages}
     queries = [stage_user_text(stage, prompt, outputs, labels) for prompt, outputs in inputs]
     t0 = time.perf_counter()
-    found = retriever.search(queries, k=stage.retrieve.k, avoid=avoid)
+    found = retriever.search(queries, k=stage.retrieve.k, avoid=avoid, overlap_with=overlap_with)
     seconds = round((time.perf_counter() - t0) / max(1, len(queries)), 4)
     return [
         StageRecord(stage.name, query, passages_text(hits, stage.retrieve.max_chars), 0, 0, seconds, None, "retrieved",
@@ -179,14 +180,16 @@ class Stack:
     def run(self, prompt: str) -> StackResult:
         return self.run_batch([prompt])[0]
 
-    def run_batch(self, prompts: Sequence[str], *, stages: int | None = None) -> list[StackResult]:
-        """Run every prompt through the first `stages` stages (all by default), one batched call per stage."""
+    def run_batch(self, prompts: Sequence[str], *, stages: int | None = None, decontaminate: bool = False) -> list[StackResult]:
+        """Run every prompt through the first `stages` stages (all by default), one batched call per stage.
+        decontaminate: retrieve stages drop passages that share a long word run with the prompt (benchmark items
+        whose ids are unknown, as in lm-eval: a passage that copies the item would hand over its answer)."""
         clean = [self._check_prompt(p) for p in prompts]
         results = [StackResult(p, "") for p in clean]
         count = len(self.config.stages) if stages is None else stages
         for index, stage in enumerate(self.config.stages[:count]):
             if stage.is_retrieval:
-                self._retrieve(stage, results)
+                self._retrieve(stage, results, decontaminate)
                 continue
             inputs = [self.stage_input(index, r.prompt, r.outputs) for r in results]
             adapter = self.adapter_for(stage)
@@ -200,8 +203,9 @@ class Stack:
                 r.answer = r.trace[-1].output
         return results
 
-    def _retrieve(self, stage: StageConfig, results: list[StackResult]) -> None:
-        records = retrieve_records(self.config, stage, self.retrievers[stage.name], [(r.prompt, r.outputs) for r in results])
+    def _retrieve(self, stage: StageConfig, results: list[StackResult], decontaminate: bool = False) -> None:
+        records = retrieve_records(self.config, stage, self.retrievers[stage.name], [(r.prompt, r.outputs) for r in results],
+                                   overlap_with=[r.prompt for r in results] if decontaminate else None)
         for result, record in zip(results, records, strict=True):
             result.trace.append(record)
 

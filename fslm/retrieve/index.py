@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -91,6 +92,10 @@ def write_passages(passages: Iterable[Passage], path: str | Path) -> int:
             n += 1
     os.replace(fh.name, path)
     return n
+
+
+OVERLAP_NGRAM = 8  # words: a shared run this long is a copy of the item, not a related question
+_WORD = re.compile(r"\w+")
 
 
 def _tokenize(texts: Sequence[str]):
@@ -178,28 +183,46 @@ class Retriever:
         bm25 = bm25s.BM25.load(str(index_dir / BM25_DIR), allow_pickle=False, show_progress=False)
         return cls(bm25, passages, manifest)
 
-    def search(self, queries: Sequence[str], k: int = 3, *, avoid: Sequence[str | None] | None = None) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str], k: int = 3, *, avoid: Sequence[str | None] | None = None,
+               overlap_with: Sequence[str | None] | None = None, ngram: int = OVERLAP_NGRAM) -> list[list[Hit]]:
         """The k best passages per query, best first; passages that share no term with the query are left out
         (a query of stopwords only gets no hits). `avoid[i]`: drop query i's hits whose text contains this text
-        (whitespace and case aside), e.g. the record being distilled, so a stage never reads its own answer."""
+        (whitespace and case aside), e.g. the record being distilled, so a stage never reads its own answer.
+        `overlap_with[i]`: drop query i's hits that share a run of `ngram` words with this text (case and
+        punctuation aside): n-gram decontamination for when the item's id is unknown (lm-eval's requests)."""
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
-        if avoid is not None and len(avoid) != len(queries):
-            raise InputError(f"avoid has {len(avoid)} entries for {len(queries)} queries")
+        for name, extra in (("avoid", avoid), ("overlap_with", overlap_with)):
+            if extra is not None and len(extra) != len(queries):
+                raise InputError(f"{name} has {len(extra)} entries for {len(queries)} queries")
         if not queries:
             return []
-        fetch = min(k + (_AVOID_SLACK if avoid is not None else 0), len(self.passages))
+        filtered = avoid is not None or overlap_with is not None
+        fetch = min(k + (_AVOID_SLACK if filtered else 0), len(self.passages))
         docs, scores = self._bm25.retrieve(_tokenize(queries), k=fetch, show_progress=False, n_threads=1)
         results: list[list[Hit]] = []
         for i, (row_docs, row_scores) in enumerate(zip(docs, scores, strict=True)):
             banned = normalize_text(avoid[i]) if avoid is not None and avoid[i] else None
             found = [(self.passages[int(d)], float(s)) for d, s in zip(row_docs, row_scores, strict=True) if s > 0]
             kept = [(p, s) for p, s in found if banned is None or banned not in normalize_text(p.text)]
+            if overlap_with is not None and overlap_with[i]:
+                kept = [(p, s) for p, s in kept if not shares_run(overlap_with[i], p.text, ngram)]
             results.append([Hit(p, s, rank) for rank, (p, s) in enumerate(kept[:k], 1)])
         return results
 
 
 _AVOID_SLACK = 5  # extra hits fetched when some may be avoided
+
+
+def shares_run(a: str, b: str, n: int = OVERLAP_NGRAM) -> bool:
+    """Whether a and b share a run of n words (casefolded, punctuation dropped); a text shorter than n words shares
+    a run when all of it appears in the other."""
+    words_a, words_b = _WORD.findall(a.casefold()), _WORD.findall(b.casefold())
+    size = min(n, len(words_a), len(words_b))
+    if size == 0:
+        return False
+    runs = {tuple(words_a[i : i + size]) for i in range(len(words_a) - size + 1)}
+    return any(tuple(words_b[i : i + size]) in runs for i in range(len(words_b) - size + 1))
 
 
 def index_passages(passages_path: str | Path, out_dir: str | Path) -> Retriever:

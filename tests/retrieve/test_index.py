@@ -40,6 +40,30 @@ def test_avoid_drops_the_record_s_own_passage(index_dir):
     assert all(h.passage.id != "mice" for h in avoided)
 
 
+def test_overlap_with_drops_passages_that_copy_a_run_of_the_text(index_dir):
+    retriever = Retriever.load(index_dir)
+    query = "Question: At what temperature does water boil?\nAnswer:"
+    assert [h.passage.id for h in retriever.search([query], k=1)[0]] == ["boil"]
+    copied = "Q: water BOILS at 100 degrees, Celsius at sea level? A:"  # the passage's 8-word run, case and commas aside
+    assert "boil" not in [h.passage.id for h in retriever.search([copied], k=3, overlap_with=[copied])[0]]
+    unrelated = "Question: What temperature makes water boil quickly?"  # shares words, not a run of 8
+    assert [h.passage.id for h in retriever.search([unrelated], k=1, overlap_with=[unrelated])[0]] == ["boil"]
+    with pytest.raises(InputError, match="overlap_with has 2 entries for 1 queries"):
+        retriever.search([query], overlap_with=[query, query])
+
+
+@pytest.mark.parametrize("a,b,n,shared", [
+    ("one two three four", "x one two three four y", 3, True),
+    ("one two three four", "one two x three four", 3, False),
+    ("Cats chase mice.", "At night, cats chase mice at the barn", 8, True),  # shorter than n: all of it appears
+    ("", "anything", 8, False),
+])
+def test_shares_run(a, b, n, shared):
+    from fslm.retrieve.index import shares_run
+
+    assert shares_run(a, b, n) is shared and shares_run(b, a, n) is shared
+
+
 def test_saved_index_reloads_identically_and_uses_no_pickle(index_dir, passage_file):
     fresh = Retriever.build(read_passages(passage_file))
     loaded = Retriever.load(index_dir)

@@ -142,3 +142,26 @@ def test_evaluation_refuses_items_the_retrieve_stage_could_find(tmp_path, tiny_m
     system = StackSystem(Stack(load_stack_config(path), tiny_engine))
     with pytest.raises(InputError, match=r"1 of the items to evaluate are passages of stage 'related'.*arc_easy"):
         evaluate(system, "arc_easy", limit=2)
+
+
+def test_lm_eval_requests_never_read_a_passage_that_copies_them(stack_file, tiny_engine):
+    """lm-eval's requests carry no item ids, so the plugin's stack drops passages sharing an 8-word run with the
+    request; `fslm run` (decontaminate off) still reads them."""
+    from fslm.evaluate import StackSystem
+    from fslm.lm_eval_plugin import FslmLM
+
+    class Req:
+        def __init__(self, *args):
+            self.args = args
+
+    stack = Stack(load_stack_config(stack_file), tiny_engine)
+    item = "Question: Water boils at 100 degrees Celsius at sea level. True or false?\nAnswer:"
+    assert stack.run_batch([item], stages=1)[0].trace[0].retrieved[0] == "boil"
+    lm = FslmLM(system=StackSystem(stack))
+    read = []
+    original = stack.run_batch
+    stack.run_batch = lambda prompts, **kw: read.append(r := original(prompts, **kw)) or r
+    lm.loglikelihood([Req(item, " true"), Req(item, " false")])
+    lm.generate_until([Req(item, {"until": ["\n"], "max_gen_toks": 4})])
+    assert len(read) == 2
+    assert all("boil" not in r.trace[0].retrieved for batch in read for r in batch)
