@@ -34,10 +34,12 @@ ADAPTER_BUDGET_BYTES = 10_000_000  # issue 5: all shipped adapters together <= 1
 # Sizes per scale. full = issue 5's experiment (~5 h distill + ~10 h eval here); pilot = the same experiment small
 # enough for one ~3 h session (an early read, wide CIs); smoke = the same code path on a handful of items (minutes).
 SCALES = {
-    # Full scale runs attempts 1 and 3 only: the pilot's held-out selection ranked attempt 2 (choice-style answer
-    # stage) last by 5+ points (select.json), and it would add ~6 h here. `--choice-records 900` puts it back.
+    # Full scale trains attempt 1 only. The pilot's held-out selection ranked attempt 2 (choice-style answer stage)
+    # last by 5+ points, and attempts 1 and 3 (neutral reasoning notes) apart by noise (held-out 31.3 vs 32.0, test
+    # 32.1 vs 32.4: select.json, RESULTS.md); they would add ~6 h and ~5 h of this CPU. `--choice-records 900` and
+    # `--neutral` put them back. Attempt 4 (retrieval) trains nothing and stays on.
     "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 0,
-             "select_limit": 50},
+             "select_limit": 50, "neutral": False},
     "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 240,
               "select_limit": 16,
               "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},

@@ -144,6 +144,7 @@ def main(
     student: Optional[str] = typer.Option(None, "--student", help="Base model of every stage (default: the stack's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 1)."),
     choice_records: Optional[int] = typer.Option(None, "--choice-records", help="Attempt 2's choice-style records (pilot: 240; full: 0 = attempt 2 off)."),
+    neutral: Optional[bool] = typer.Option(None, "--neutral/--no-neutral", help="Attempt 3 (reasoning notes that pick no answer; default: on at pilot and smoke scale, off at full scale)."),
     lanes: int = typer.Option(1, "--lanes", min=1, max=2, help="2: the baselines step runs in a second process beside the others, each with half of FSLM_THREADS (or of the cores)."),
 ) -> None:
     """Reproduce issue 5 end to end (resumable)."""
@@ -155,7 +156,7 @@ def main(
             scale, out, work, teacher=teacher, teacher_candidates=_split(candidates), teacher_dtype=teacher_dtype,
             budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit, select_limit=select_limit,
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
-            choice_records=choice_records,
+            choice_records=choice_records, neutral=neutral,
         )
         run_recipe(recipe, parse_steps(only), lanes=lanes)
 
