@@ -21,14 +21,11 @@ ORDER = ("base", "format", "retrieval", "retrieval-chat", "model", "promptonly")
 
 
 def jobs(recipe: Recipe) -> list[EvalJob]:
+    """Held-out runs first (the `select` step needs them and they are small), then the test runs."""
     specs = sorted((s for s in systems(recipe) if not s.needs_training), key=lambda s: ORDER.index(s.kind))
     expected = expected_items(recipe)
-    out = []
-    for spec in specs:
-        out.append(EvalJob(spec, recipe.runs_dir / spec.name, recipe.eval_limit, expected))
-        if recipe.select_limit and spec.name in select_step.CONTEXT:
-            out += select_step.jobs(recipe, [spec])
-    return out
+    heldout = select_step.jobs(recipe, [s for s in specs if s.name in select_step.CONTEXT]) if recipe.select_limit else []
+    return heldout + [EvalJob(s, recipe.runs_dir / s.name, recipe.eval_limit, expected) for s in specs]
 
 
 def done(recipe: Recipe) -> bool:

@@ -1,6 +1,9 @@
-"""`run.py --lanes 2`: the `baselines` step in a second process beside the main chain of steps.
+"""`run.py --lanes 2`: the `baselines` step in a second process beside the main chain of steps, which then helps
+with the `eval` step.
 
-Distillation, fine-tuning and the trained systems form one chain; the baselines need none of it. On this 2-core CPU
+Distillation, fine-tuning and the trained systems form one chain; the baselines need none of it. Once they are done
+and the stack is trained, the lane runs the eval step too: both processes take the systems the other does not hold
+(pipeline.run_jobs), and stacks that reuse the trained stack's stage outputs wait for its run. On this 2-core CPU
 a process with two torch threads loses much of the second core to thread barriers (docs/evaluate.md: 738 s with two
 threads alone vs 1,102 s with one thread beside another job, i.e. two one-thread lanes do ~1.3x the work), so each
 lane gets FSLM_THREADS = threads // lanes. The lane is a child process in its own session: stopping the recipe stops
@@ -24,7 +27,8 @@ from fslm.settings import get_settings
 
 from recipe import Recipe
 
-LANE_STEPS = ("baselines",)  # what the second lane runs
+LANE_STEPS = ("baselines",)  # what the second lane runs instead of the main one
+LANE_HELPS = ("eval",)  # what it then runs beside the main one (each takes the systems the other does not hold)
 LANE_NEEDS = ("retrieval",)  # steps the lane reads (seconds): run first, before the lane starts
 PATH_FIELDS = ("out", "work", "ship_to")
 
@@ -81,12 +85,39 @@ class Lane:
         _stop_group(self.proc)
 
 
-if __name__ == "__main__":
-    from fslm.errors import FslmError
+def wait_for_finetune(recipe: Recipe, log) -> bool:
+    """Block until the main lane has trained the stack (the eval step needs it); False if that lane is gone."""
+    import time
+
+    from pipeline import finetune_done
+
+    parent = os.getppid()
+    said = False
+    while not finetune_done(recipe):
+        if os.getppid() != parent or parent == 1:
+            return False
+        if not said:
+            log("waiting for the main lane's finetune step before helping with the eval step")
+            said = True
+        time.sleep(recipe.poll_seconds)
+    return True
+
+
+def run_lane(recipe: Recipe, steps: list[str], log) -> None:
     from run import run_recipe
 
+    for step in steps:
+        if step in LANE_HELPS and not wait_for_finetune(recipe, log):
+            log("the main lane is gone; stopping")
+            return
+        run_recipe(recipe, [step], log=log)
+
+
+if __name__ == "__main__":
+    from fslm.errors import FslmError
+
     try:
-        run_recipe(recipe_from_json(sys.argv[1]), json.loads(sys.argv[2]), log=lambda msg: print(f"[lane] {msg}", flush=True))
+        run_lane(recipe_from_json(sys.argv[1]), json.loads(sys.argv[2]), log=lambda msg: print(f"[lane] {msg}", flush=True))
     except FslmError as err:
         print(f"[lane] error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -328,6 +328,7 @@ class EvalJob:
     limit: int
     expected: int
     split: str | None = None
+    after: tuple[Path, ...] = ()  # run folders to finish first: this job reuses their stage outputs (fslm.stack_cache)
 
 
 def job_done(job: EvalJob) -> bool:
@@ -336,21 +337,26 @@ def job_done(job: EvalJob) -> bool:
 
 
 def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
-    """Complete every job, in order. A run folder that another process is writing (the baselines lane, a second
-    recipe command) is left to it and waited for, never written beside it; if that process dies, the folder's lock
-    goes with it and the job is taken over here (fslm.evaluate resumes it)."""
-    waiting: set[str] = set()
+    """Complete every job, in order. A run folder that another process is writing (the other lane, a second recipe
+    command) is left to it and waited for, never written beside it; if that process dies, the folder's lock goes
+    with it and the job is taken over here (fslm.evaluate resumes it). A job whose `after` folders are not complete
+    waits for them rather than generating the stage outputs they will put in the shared cache."""
+    waiting: set[Path] = set()
     for job in jobs:
         if job_done(job):
             log(f"  {job.spec.name}: done ({job.expected} items{', ' + job.split if job.split else ''})")
     pending = [j for j in jobs if not job_done(j)]
+    listed = {j.folder for j in jobs}
     while pending:
-        free = [j for j in pending if not folder_busy(j.folder)]
+        ready = [j for j in pending if all(_folder_complete(f, j.expected) for f in j.after if f in listed)]
+        free = [j for j in ready if not folder_busy(j.folder)]
         if not free:
             for job in pending:
                 if job.folder not in waiting:
                     waiting.add(job.folder)
-                    log(f"  {job.spec.name}: another process is evaluating it ({job.folder}); waiting")
+                    why = f"another process is evaluating it ({job.folder})" if job in ready else \
+                        f"it reuses the stage outputs of {', '.join(f.name for f in job.after)}"
+                    log(f"  {job.spec.name}: {why}; waiting")
             time.sleep(recipe.poll_seconds)
         else:
             job = free[0]
@@ -367,6 +373,20 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
         pending = [j for j in pending if not job_done(j)]
 
 
+def _folder_complete(folder: Path, expected: int) -> bool:
+    summary = read_json(folder / "summary.json")
+    return summary is not None and summary.get("n_items") == expected
+
+
+def eval_jobs(recipe: Recipe) -> list[EvalJob]:
+    """The eval step's runs; the stacks that share the trained stack's stage outputs come after it."""
+    expected = expected_items(recipe)
+    trained = recipe.runs_dir / "stack-trained"
+    reuses = lambda s: s.kind in ("notes", "ablation") and s.name != "stack-answer-only"  # noqa: E731
+    return [EvalJob(s, recipe.runs_dir / s.name, recipe.eval_limit, expected, after=(trained,) if reuses(s) else ())
+            for s in systems(recipe)]
+
+
 def run_eval(recipe: Recipe, log=print) -> dict:
     if not (recipe.trained_dir / "stack.yaml").is_file():
         raise ConfigError(f"no {recipe.trained_dir / 'stack.yaml'}: run the 'finetune' step first")
@@ -379,7 +399,7 @@ def run_eval(recipe: Recipe, log=print) -> dict:
     # Written first, so that `--only report` can report the systems finished so far while the rest still run.
     data = {"systems": index, "items_per_system": expected, "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
     write_json(recipe.out / "systems.json", data)
-    run_jobs(recipe, [EvalJob(spec, recipe.runs_dir / spec.name, recipe.eval_limit, expected) for spec in specs], log)
+    run_jobs(recipe, eval_jobs(recipe), log)
     return data
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,38 +136,47 @@ class StepLog:
             raise ConfigError(f"{recipe.out} holds a run with other settings (differs in: {', '.join(changed)}); use another --out")
 
     def start(self, step: str) -> dict:
-        entry = self.data["steps"].setdefault(step, {"status": "pending", "wall_seconds": 0.0, "sessions": []})
-        session = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loadavg_start": round(os.getloadavg()[0], 2),
-                   "t0": time.perf_counter()}
-        entry["sessions"].append(session)
-        return session
+        """A new session of `step` (logged by `finish`); ids tell two processes' sessions of one step apart."""
+        return {"id": uuid.uuid4().hex[:12], "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "loadavg_start": round(os.getloadavg()[0], 2), "t0": time.perf_counter()}
 
     def finish(self, step: str, session: dict, status: str, note: str = "") -> None:
-        entry = self.data["steps"][step]
         seconds = round(time.perf_counter() - session.pop("t0"), 2)
         session.update(wall_seconds=seconds, status=status, loadavg_end=round(os.getloadavg()[0], 2), **({"note": note} if note else {}))
-        if status != "skipped":
-            entry["wall_seconds"] = round(entry["wall_seconds"] + seconds, 2)  # resumed sessions add up
-        if status in ("done", "failed") or entry["status"] == "pending":
-            entry["status"] = "done" if status == "skipped" else status
-        self.save(step)
+        self._log(step, session)
 
     def reload(self) -> dict:
         """steps.json as on disk (another lane may have logged its steps), or this process's copy if none."""
         self.data = read_json(self.path) or self.data
         return self.data
 
-    def save(self, step: str | None = None) -> None:
-        """Write steps.json; with `step`, only that step's entry is taken from this process, the rest is re-read, so
-        two recipe processes running different steps (`--only select` beside `--only eval`) keep each other's times."""
+    def _log(self, step: str, session: dict) -> None:
+        """Add a finished session under a lock, re-reading the file first: another recipe process (a lane, or
+        `--only select` beside `--only eval`) may have logged sessions of any step, this one included, meanwhile."""
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(".steps.json.lock"), "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # read-modify-write: one process at a time
-            if step is not None:
-                on_disk = read_json(self.path)
-                if on_disk is not None and on_disk.get("identity") == self.data["identity"]:
-                    on_disk["steps"][step] = self.data["steps"][step]
-                    self.data = on_disk
+            on_disk = read_json(self.path)
+            if on_disk is not None and on_disk.get("identity") == self.data["identity"]:
+                self.data = on_disk
+            entry = self.data["steps"].setdefault(step, {"status": "pending", "wall_seconds": 0.0, "sessions": []})
+            entry["sessions"].append(session)
+            entry["wall_seconds"] = busy_seconds(entry["sessions"])
+            status = session["status"]
+            if status in ("done", "failed") or entry["status"] == "pending":
+                entry["status"] = "done" if status == "skipped" else status
             write_json(self.path, self.data)
+
+
+def busy_seconds(sessions: list[dict]) -> float:
+    """Wall time the step was running: the union of its non-skipped sessions' intervals (resumed sessions add up;
+    two lanes running it at once count once)."""
+    spans = sorted((t, t + s["wall_seconds"]) for s in sessions if s.get("status") != "skipped"
+                   for t in [datetime.fromisoformat(s["started"]).timestamp()])
+    total, end = 0.0, float("-inf")
+    for start, stop in spans:
+        total += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return round(total, 2)

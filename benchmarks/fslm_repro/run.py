@@ -30,7 +30,7 @@ import retrieval_step  # noqa: E402
 import select_step  # noqa: E402
 import ship_step  # noqa: E402
 import teachers_step  # noqa: E402
-from lanes import LANE_NEEDS, LANE_STEPS, Lane, lane_threads, threads_env  # noqa: E402
+from lanes import LANE_HELPS, LANE_NEEDS, LANE_STEPS, Lane, lane_threads, threads_env  # noqa: E402
 from recipe import STEPS, Recipe, StepLog  # noqa: E402
 
 # step -> (is it done (from its outputs), run it)
@@ -62,8 +62,8 @@ def parse_steps(only: str | None) -> list[str]:
 
 
 def run_recipe(recipe: Recipe, steps: list[str] | None = None, log: Callable[[str], None] = print, lanes: int = 1) -> dict:
-    """Run the chosen steps in order (all by default); returns steps.json's content. lanes=2: the `baselines` step
-    runs in a second process beside the others, each process with half the threads (lanes.py)."""
+    """Run the chosen steps in order (all by default); returns steps.json's content. lanes=2: a second process runs
+    the `baselines` step beside the others and then helps with `eval`; each process gets half the threads (lanes.py)."""
     recipe.out.mkdir(parents=True, exist_ok=True)
     recipe.work.mkdir(parents=True, exist_ok=True)
     book = StepLog(recipe)
@@ -71,13 +71,13 @@ def run_recipe(recipe: Recipe, steps: list[str] | None = None, log: Callable[[st
     chosen = steps or list(STEPS)
     if recipe.teacher is None and "teachers" not in chosen and not (recipe.out / "teachers.json").is_file():
         log("note: no teachers.json yet and no --teacher; the distill step will ask for one")
-    if lanes < 2 or not set(LANE_STEPS) & set(chosen) or all(STEP_FUNCS[s][0](recipe) for s in LANE_STEPS if s in chosen):
+    lane_steps = [s for s in LANE_STEPS + LANE_HELPS if s in chosen and not STEP_FUNCS[s][0](recipe)] if lanes > 1 else []
+    if not lane_steps:
         _run_steps(recipe, book, chosen, log)
         return book.data
     threads = lane_threads(lanes)
     with threads_env(threads):
         _run_steps(recipe, book, [s for s in LANE_NEEDS if s in chosen], log)
-        lane_steps = [s for s in LANE_STEPS if s in chosen]
         log(f"[lanes] {','.join(lane_steps)} in a second process; {threads} thread(s) per process")
         lane = Lane(recipe, lane_steps, threads)
         try:
@@ -104,7 +104,7 @@ def _run_steps(recipe: Recipe, book: StepLog, steps: list[str], log: Callable[[s
             book.finish(name, session, "failed", f"{type(err).__name__}: {str(err)[:300]}")
             raise
         book.finish(name, session, "done")
-        log(f"[{name}] done in {book.data['steps'][name]['sessions'][-1]['wall_seconds']} s")
+        log(f"[{name}] done in {session['wall_seconds']} s")
 
 
 def _sigterm_raises() -> None:
@@ -145,7 +145,7 @@ def main(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 1)."),
     choice_records: Optional[int] = typer.Option(None, "--choice-records", help="Attempt 2's choice-style records (pilot: 240; full: 0 = attempt 2 off)."),
     neutral: Optional[bool] = typer.Option(None, "--neutral/--no-neutral", help="Attempt 3 (reasoning notes that pick no answer; default: on at pilot and smoke scale, off at full scale)."),
-    lanes: int = typer.Option(1, "--lanes", min=1, max=2, help="2: the baselines step runs in a second process beside the others, each with half of FSLM_THREADS (or of the cores)."),
+    lanes: int = typer.Option(1, "--lanes", min=1, max=2, help="2: a second process runs the baselines step beside the others, then helps with eval; each gets half of FSLM_THREADS (or of the cores)."),
 ) -> None:
     """Reproduce issue 5 end to end (resumable)."""
     from fslm.cli.common import guarded

@@ -96,3 +96,62 @@ def test_each_lane_gets_its_share_of_the_threads_and_the_setting_is_restored(mon
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_a_step_s_wall_time_counts_overlapping_sessions_once():
+    from recipe import busy_seconds
+
+    sessions = [
+        {"started": "2026-01-01T10:00:00+00:00", "wall_seconds": 600, "status": "done"},
+        {"started": "2026-01-01T10:05:00+00:00", "wall_seconds": 600, "status": "done"},  # the other lane, overlapping
+        {"started": "2026-01-01T12:00:00+00:00", "wall_seconds": 60, "status": "failed"},  # a later, resumed session
+        {"started": "2026-01-01T13:00:00+00:00", "wall_seconds": 5, "status": "skipped"},
+    ]
+    assert busy_seconds(sessions) == 900 + 60
+
+
+def test_two_processes_logging_one_step_keep_both_sessions(tmp_path):
+    from recipe import Recipe, StepLog
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work")
+    mine, other = StepLog(recipe), StepLog(recipe)  # both read steps.json before either wrote
+    a, b = mine.start("eval"), other.start("eval")
+    other.finish("eval", b, "done")
+    mine.finish("eval", a, "done")
+    entry = json.loads((recipe.out / "steps.json").read_text())["steps"]["eval"]
+    assert [s["id"] for s in entry["sessions"]] == [b["id"], a["id"]] and entry["status"] == "done"
+
+
+def test_stacks_that_reuse_the_trained_stack_s_outputs_run_after_it(tmp_path):
+    from pipeline import eval_jobs
+    from recipe import Recipe
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"])
+    after = {j.spec.name: [f.name for f in j.after] for j in eval_jobs(recipe)}
+    for name in ("stack-notes-raw", "stack-no-intent", "stack-no-facts", "stack-no-reasoning", "stack-2stage"):
+        assert after[name] == ["stack-trained"]
+    for name in ("stack-trained", "base", "stack-promptonly", "stack-answer-only", "base-stackformat", "stack-retrieval"):
+        assert after[name] == []
+
+
+@needs_data
+def test_a_job_waits_for_the_run_whose_stage_outputs_it_reuses(two_jobs):
+    from pipeline import job_done, run_jobs
+
+    recipe, (first, second) = two_jobs
+    second = replace(second, after=(first.folder,))
+    logs: list[str] = []
+    holder = hold(first.folder)  # another process is running the job `second` reuses
+    runner = threading.Thread(target=run_jobs, args=(recipe, [first, second], logs.append))
+    runner.start()
+    try:
+        for _ in range(100):
+            if len(logs) >= 2:
+                break
+            threading.Event().wait(0.05)
+        assert not job_done(second)  # not started beside it
+        assert "  free: it reuses the stage outputs of held; waiting" in logs
+    finally:
+        holder.close()
+        runner.join(timeout=120)
+    assert job_done(first) and job_done(second)

@@ -4,6 +4,7 @@ report's table rows, and the CLI's error path."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -49,8 +50,11 @@ def test_every_step_writes_its_outputs(smoke_run):
     assert set(steps["steps"]) == {"teachers", "distill", "finetune", "choice", "neutral", "retrieval", "baselines", "select",
                                    "eval", "report", "ship"}
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
-    assert any(line.startswith("[lanes] baselines in a second process") for line in logs)
+    assert any(line.startswith("[lanes] baselines,eval in a second process") for line in logs)
     assert not any("[baselines]" in line for line in logs)  # it ran in the lane (whose log goes to stdout), not here
+    lane_pids = {s["pid"] for s in steps["steps"]["baselines"]["sessions"]}
+    assert lane_pids and os.getpid() not in lane_pids
+    assert {s["pid"] for s in steps["steps"]["eval"]["sessions"]} == {os.getpid()} | lane_pids  # both ran eval
 
     teachers = json.loads((out / "teachers.json").read_text())
     assert len(teachers["candidates"]) == 2 and teachers["chosen"] in recipe.teacher_candidates
