@@ -4,7 +4,7 @@ The base model, the same stack without adapters, the larger single models, the b
 format and the retrieval systems read nothing the distill and finetune steps make. As their own step they can run
 before those steps, or beside them in a second process (`run.py --lanes 2`): on a 2-core CPU, two one-thread
 processes get more done than one two-thread process (docs/evaluate.md). The `select` and `eval` steps find these
-runs done, or wait for the lane that is writing them (pipeline.run_jobs), and never evaluate a system twice.
+runs done, or wait for the lane that is writing them (eval_step.run_jobs), and never evaluate a system twice.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from fslm.errors import ConfigError
 
 import retrieval_step
 import select_step
-from pipeline import EvalJob, expected_items, job_done, run_jobs, systems, write_prompt_stacks
+from eval_step import EvalJob, expected_items, job_done, run_jobs, systems, write_prompt_stacks
 from recipe import Recipe
 
 # Cheap systems first (a lane that stops early leaves the most comparisons), the 3-stage generating one last.

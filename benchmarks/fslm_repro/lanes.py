@@ -3,12 +3,12 @@ with the `eval` step.
 
 Distillation, fine-tuning and the trained systems form one chain; the baselines need none of it. Once they are done
 and the stack is trained, the lane runs the eval step too: both processes take the systems the other does not hold
-(pipeline.run_jobs), and stacks that reuse the trained stack's stage outputs wait for its run. On this 2-core CPU
+(eval_step.run_jobs), and stacks that reuse the trained stack's stage outputs wait for its run. On this 2-core CPU
 a process with two torch threads loses much of the second core to thread barriers (docs/evaluate.md: 738 s with two
 threads alone vs 1,102 s with one thread beside another job, i.e. two one-thread lanes do ~1.3x the work), so each
 lane gets FSLM_THREADS = threads // lanes. The lane is a child process in its own session: stopping the recipe stops
 it. Both processes log to steps.json under a lock; the `select` and `eval` steps wait for the systems the lane is
-writing instead of evaluating them twice (pipeline.run_jobs).
+writing instead of evaluating them twice (eval_step.run_jobs).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Lane:
                               "with a '[lane]' prefix); rerun to resume")
 
     def stop(self) -> None:
-        from pipeline import _stop_group
+        from eval_step import _stop_group
 
         _stop_group(self.proc)
 

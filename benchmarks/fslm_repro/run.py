@@ -23,6 +23,7 @@ import typer  # noqa: E402
 
 import baselines_step  # noqa: E402
 import choice_step  # noqa: E402
+import eval_step  # noqa: E402
 import neutral_step  # noqa: E402
 import pipeline  # noqa: E402
 import report  # noqa: E402
@@ -43,7 +44,7 @@ STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
     "retrieval": (retrieval_step.done, retrieval_step.run),
     "baselines": (baselines_step.done, baselines_step.run),
     "select": (select_step.done, select_step.run),
-    "eval": (pipeline.eval_done, pipeline.run_eval),
+    "eval": (eval_step.eval_done, eval_step.run_eval),
     "report": (report.done, report.run),
     "ship": (ship_step.done, ship_step.run),
 }

@@ -20,7 +20,7 @@ from fslm.evaluate import parse_tasks, select_items
 from fslm.evaluate.heldout import EVAL_RESERVE, HELDOUT
 from fslm.evaluate.store import write_json
 
-from pipeline import EvalJob, SystemSpec, ablations, run_jobs, systems, write_prompt_stacks
+from eval_step import EvalJob, SystemSpec, ablations, run_jobs, systems, write_prompt_stacks
 from recipe import Recipe, read_json
 
 CONTEXT = ("stack-answer-only", "base-stackformat", "base", "stack-retrieval-raw", "stack-retrieval", "stack-retrieval-tail-raw")

@@ -44,7 +44,7 @@ def test_sigterm_records_the_running_step_as_failed(tmp_path):
 
 def test_stopping_the_worker_stops_its_whole_process_group(tmp_path):
     """The eval worker runs under `sh -c`; killing only the shell would orphan the Python process below it."""
-    from pipeline import _stop_group
+    from eval_step import _stop_group
 
     pid_file = tmp_path / "grandchild.pid"
     proc = subprocess.Popen(["/bin/sh", "-c", f'sleep 300 & echo $! > {pid_file}; wait'], start_new_session=True)

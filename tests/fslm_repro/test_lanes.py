@@ -24,7 +24,7 @@ def hold(folder):
 
 @pytest.fixture()
 def two_jobs(smoke_world, tmp_path):
-    from pipeline import EvalJob, SystemSpec
+    from eval_step import EvalJob, SystemSpec
     from recipe import Recipe
 
     recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"], isolate_eval=False,
@@ -36,7 +36,7 @@ def two_jobs(smoke_world, tmp_path):
 
 @needs_data
 def test_a_job_another_process_holds_is_waited_for_and_taken_over_when_released(two_jobs):
-    from pipeline import job_done, run_jobs
+    from eval_step import job_done, run_jobs
 
     recipe, (held, free) = two_jobs
     logs: list[str] = []
@@ -60,7 +60,7 @@ def test_a_job_another_process_holds_is_waited_for_and_taken_over_when_released(
 @needs_data
 def test_an_isolated_worker_that_finds_its_folder_held_reports_busy(two_jobs):
     from fslm.evaluate.store import RunFolderBusy
-    from pipeline import evaluate_system
+    from eval_step import evaluate_system
 
     _, (held, _) = two_jobs
     with hold(held.folder):
@@ -123,7 +123,7 @@ def test_two_processes_logging_one_step_keep_both_sessions(tmp_path):
 
 
 def test_stacks_that_reuse_the_trained_stack_s_outputs_run_after_it(tmp_path):
-    from pipeline import eval_jobs
+    from eval_step import eval_jobs
     from recipe import Recipe
 
     recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"])
@@ -136,7 +136,7 @@ def test_stacks_that_reuse_the_trained_stack_s_outputs_run_after_it(tmp_path):
 
 @needs_data
 def test_a_job_waits_for_the_run_whose_stage_outputs_it_reuses(two_jobs):
-    from pipeline import job_done, run_jobs
+    from eval_step import job_done, run_jobs
 
     recipe, (first, second) = two_jobs
     second = replace(second, after=(first.folder,))

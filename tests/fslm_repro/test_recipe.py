@@ -383,7 +383,7 @@ def test_isolated_evaluation_reports_its_own_peak_rss(smoke_world, tmp_path):
     import resource
 
     import numpy as np
-    from pipeline import SystemSpec, evaluate_system
+    from eval_step import SystemSpec, evaluate_system
 
     ballast = np.ones(400 * 2**20 // 8)  # +400 MB in THIS process only
     parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,310 @@
+"""Step `eval` and the machinery every evaluating step shares: which systems there are, and how their runs get done.
+
+eval -> <out>/runs/<system>/ (fslm.evaluate; resumes per batch), one folder per system, each evaluated in its own
+        process (its peak RSS is its own); `run_jobs` lets two recipe processes share the work without ever writing
+        one run folder together.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from fslm.config import keep_stages, load_stack_config, without_stage
+from fslm.errors import ConfigError
+from fslm.evaluate import evaluate, load_system, parse_tasks, select_items
+from fslm.evaluate.store import RunFolderBusy, folder_busy, write_atomic, write_json
+
+from recipe import Recipe, read_json, slug
+
+BUSY_EXIT = 75  # an isolated eval worker found its run folder locked by another process (EX_TEMPFAIL)
+
+
+UNTRAINED_KINDS = ("base", "promptonly", "model", "format", "retrieval", "retrieval-chat")
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    name: str  # run folder name under <out>/runs/
+    label: str  # as shown in RESULTS.md
+    kind: str  # trained | base | promptonly | model | format | notes | retrieval | retrieval-chat | ablation
+    stack: Path | None = None
+    model: str | None = None
+    adapters: bool = True
+    base: bool = False
+    stage_cache: str | None = None  # a StageCache file shared by the recipe's stacks (see `with_stage_cache`)
+    answer_format: str = "stack"  # "raw": the base model scores lm-eval's raw context after the earlier texts
+
+    @property
+    def needs_training(self) -> bool:
+        """Whether it reads anything the finetune step makes; the others (baselines) can run before or beside it."""
+        return self.kind not in UNTRAINED_KINDS
+
+    def load(self):
+        if self.model is not None:
+            return load_system(model=self.model)
+        return load_system(stack=self.stack, adapters=self.adapters, base=self.base, stage_cache=self.stage_cache,
+                           answer_format=self.answer_format)
+
+
+def stage_cache_path(recipe: Recipe) -> Path:
+    return recipe.work / "stage_outputs.sqlite"
+
+
+def with_stage_cache(recipe: Recipe, spec: SystemSpec) -> SystemSpec:
+    """Stacks share one stage cache: an ablation or a later attempt reuses every stage output whose input, adapter
+    bytes and settings it shares with a system evaluated before it (fslm.stack_cache); model systems have no stages."""
+    if spec.model is not None or spec.base:
+        return spec
+    return replace(spec, stage_cache=str(stage_cache_path(recipe)))
+
+
+def prompt_stack_dir(recipe: Recipe) -> Path:
+    return recipe.out / "prompt_stack"
+
+
+def write_prompt_stacks(recipe: Recipe) -> None:
+    """The stack to train with no adapters, and its answer stage alone: what the untrained baselines run. They have
+    their own files (not the trained stack's) so that the baselines can be evaluated before or beside fine-tuning."""
+    cfg = recipe.stack_config()
+    answer_only = keep_stages(cfg, [cfg.stages[-1].name]).model_copy(update={"name": f"{cfg.name}-answer-only"})
+    for name, variant in (("stack.yaml", cfg), ("stack-answer-only.yaml", answer_only)):
+        path = prompt_stack_dir(recipe) / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != variant.to_yaml():
+            write_atomic(path, variant.to_yaml())
+
+
+def ablations(recipe: Recipe, write: bool = False) -> list[SystemSpec]:
+    """Ablation stacks next to the trained stack.yaml (so its relative adapter paths hold): the answer stage alone
+    (do the earlier texts help the final scorer at all?), one without each intermediate stage, the two-stage version.
+    write: (re)write their YAML files from the trained stack (which must exist); without it, only the specs."""
+    trained = recipe.trained_dir / "stack.yaml"
+    cfg = load_stack_config(trained) if write else recipe.stack_config()  # same stages and prompts; names and labels agree
+    variants = [("answer-only", "answer stage alone (no earlier texts)", keep_stages(cfg, [cfg.stages[-1].name]))]
+    for stage in cfg.stages[:-1]:
+        variant = without_stage(cfg, stage.name)
+        unread = variant.unread_stages()  # left running though nothing reads them: same answers, more tokens
+        note = f" ({', '.join(unread)} still runs; no stage reads it)" if unread else ""
+        variants.append((f"no-{stage.name}", f"without {stage.name}{note}", variant))
+    variants.append(("2stage", f"2 stages ({' -> '.join(recipe.two_stage)})", keep_stages(cfg, recipe.two_stage)))
+    specs = []
+    for suffix, label, variant in variants:
+        path = recipe.trained_dir / f"stack-{suffix}.yaml"
+        variant = variant.model_copy(update={"name": f"{cfg.name}-{suffix}"})
+        if write and (not path.is_file() or path.read_text(encoding="utf-8") != variant.to_yaml()):
+            write_atomic(path, variant.to_yaml())
+        specs.append(SystemSpec(f"stack-{suffix}", f"trained stack {label}", "ablation", stack=path))
+    return specs
+
+
+def systems(recipe: Recipe) -> list[SystemSpec]:
+    """Every system RESULTS.md reports, in evaluation order. Pure: listing them writes no file (see `ablations`)."""
+    trained = recipe.trained_dir / "stack.yaml"
+    untrained = prompt_stack_dir(recipe)
+    specs = [
+        SystemSpec("stack-trained", "trained stack", "trained", stack=trained),
+        SystemSpec("base", f"base model alone ({recipe.stack_config().base_model})", "base", stack=untrained / "stack.yaml", base=True),
+    ]
+    # The baselines issue 5 asks for come before the attempts: a session that stops early leaves a usable comparison.
+    specs.append(SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=untrained / "stack.yaml", adapters=False))
+    specs += [SystemSpec(f"model-{slug(m)}", f"{m} alone", "model", model=m) for m in recipe.big_models]
+    variants = ablations(recipe)
+    # The base model asked the way the stack's answer stage is asked (chat prompt, options listed, each option's text
+    # scored), with no adapter and no earlier texts: separates the prompt format's effect from the stack's.
+    specs.append(SystemSpec("base-stackformat", "base model in the answer stage's format (no adapters, no earlier texts)", "format",
+                            stack=untrained / "stack-answer-only.yaml", adapters=False))
+    specs.append(variants[0])  # the answer stage alone: seconds per item, like the base model
+    # The base model exactly as in `base`, with the trained stack's texts in front: do they help a plain scorer at all,
+    # with the chat format and the answer adapter out of the picture? (Paired with `base`; costs only scoring once the
+    # stage cache holds the trained stack's texts.)
+    specs.append(SystemSpec("stack-notes-raw", "base model in its own format reading the trained stack's texts", "notes",
+                            stack=trained, answer_format="raw"))
+    if recipe.retrieval:  # attempt 4: the notes are retrieved solved questions (retrieval_step), nothing trained
+        from retrieval_step import stack_path
+
+        specs.append(SystemSpec("stack-retrieval-raw", "base model in its own format reading retrieved solved questions",
+                                "retrieval", stack=stack_path(recipe), answer_format="raw"))
+        specs.append(SystemSpec("stack-retrieval", "retrieved solved questions -> answer stage (no adapters)",
+                                "retrieval-chat", stack=stack_path(recipe), adapters=False))
+        specs.append(SystemSpec("stack-retrieval-tail-raw", "base model in its own format reading retrieved solved "
+                                "questions, corpus with unevaluated test items", "retrieval", stack=stack_path(recipe, "tail"),
+                                answer_format="raw"))
+    if recipe.neutral:
+        specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
+                                "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))
+    if recipe.choice_records:
+        specs.append(SystemSpec("stack-trained-choice", "trained stack with the answer stage retrained on choice-style train questions",
+                                "trained", stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
+    return specs + variants[1:]
+
+
+def expected_items(recipe: Recipe) -> int:
+    return sum(len(select_items(t, recipe.eval_limit)) for t in parse_tasks(recipe.tasks))
+
+
+def system_done(recipe: Recipe, spec: SystemSpec, expected: int) -> bool:
+    summary = read_json(recipe.runs_dir / spec.name / "summary.json")
+    return summary is not None and summary.get("n_items") == expected
+
+
+def eval_done(recipe: Recipe) -> bool:
+    if not (recipe.trained_dir / "stack.yaml").is_file():
+        return False
+    expected = expected_items(recipe)
+    return all(system_done(recipe, s, expected) for s in systems(recipe))
+
+
+def _evaluate_here(spec: SystemSpec, tasks, limit: int, folder: str, batch_size: int, split: str | None = None) -> None:
+    system = spec.load()
+    evaluate(system, tasks, limit, out_dir=folder, batch_size=batch_size, split=split)
+
+
+def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_size: int = 32, isolate: bool = True,
+                    split: str | None = None) -> None:
+    """Evaluate one system. isolate: in a fresh process, so its peak RSS is its own. ru_maxrss never goes down and
+    Linux carries it across fork+exec, so the worker is started by a small shell that forks it (`sh -c 'cmd; exit'`
+    cannot exec in place): the worker inherits the shell's few MB, not this process's loaded models."""
+    if not isolate:
+        _evaluate_here(spec, tasks, limit, str(folder), batch_size, split)
+        gc.collect()
+        return
+    import subprocess
+    import sys
+
+    args = json.dumps({"spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
+                       "tasks": tasks, "limit": limit, "folder": str(folder), "batch_size": batch_size,
+                       "split": split})
+    # Its own process group, so that stopping the recipe (Ctrl-C, SIGTERM) stops the worker too instead of leaving it
+    # writing beside a restarted recipe.
+    proc = subprocess.Popen(["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, str(Path(__file__).resolve()), args],
+                            start_new_session=True)
+    try:
+        code = proc.wait()
+    except BaseException:
+        _stop_group(proc)
+        raise
+    if code == BUSY_EXIT:
+        raise RunFolderBusy(f"{folder}: another process is evaluating into it")
+    if code != 0:
+        raise ConfigError(f"evaluating {spec.name} failed in its subprocess (exit code {code}; its error is printed above); "
+                          f"rerun to resume from {folder}")
+
+
+def _stop_group(proc, grace: float = 30.0) -> None:
+    import os
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One run folder to complete: a system on `limit` items per task of a split (None: the test items)."""
+    spec: SystemSpec
+    folder: Path
+    limit: int
+    expected: int
+    split: str | None = None
+    after: tuple[Path, ...] = ()  # run folders to finish first: this job reuses their stage outputs (fslm.stack_cache)
+
+
+def job_done(job: EvalJob) -> bool:
+    summary = read_json(job.folder / "summary.json")
+    return summary is not None and summary.get("n_items") == job.expected
+
+
+def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
+    """Complete every job, in order. A run folder that another process is writing (the other lane, a second recipe
+    command) is left to it and waited for, never written beside it; if that process dies, the folder's lock goes
+    with it and the job is taken over here (fslm.evaluate resumes it). A job whose `after` folders are not complete
+    waits for them rather than generating the stage outputs they will put in the shared cache."""
+    waiting: set[Path] = set()
+    for job in jobs:
+        if job_done(job):
+            log(f"  {job.spec.name}: done ({job.expected} items{', ' + job.split if job.split else ''})")
+    pending = [j for j in jobs if not job_done(j)]
+    listed = {j.folder for j in jobs}
+    while pending:
+        ready = [j for j in pending if all(_folder_complete(f, j.expected) for f in j.after if f in listed)]
+        free = [j for j in ready if not folder_busy(j.folder)]
+        if not free:
+            for job in pending:
+                if job.folder not in waiting:
+                    waiting.add(job.folder)
+                    why = f"another process is evaluating it ({job.folder})" if job in ready else \
+                        f"it reuses the stage outputs of {', '.join(f.name for f in job.after)}"
+                    log(f"  {job.spec.name}: {why}; waiting")
+            time.sleep(recipe.poll_seconds)
+        else:
+            job = free[0]
+            what = f"{job.limit} {job.split + ' ' if job.split else ''}items per task"
+            log(f"  {job.spec.name}: evaluating {what} -> {job.folder}")
+            try:
+                evaluate_system(with_stage_cache(recipe, job.spec), recipe.tasks, job.limit, job.folder, recipe.eval_batch,
+                                recipe.isolate_eval, split=job.split)
+            except RunFolderBusy:  # another process took it between the check and the start: wait for it
+                continue
+            if not job_done(job):
+                raise ConfigError(f"{job.folder}: the evaluation ended without all {job.expected} items in summary.json; "
+                                  "rerun to resume it")
+        pending = [j for j in pending if not job_done(j)]
+
+
+def _folder_complete(folder: Path, expected: int) -> bool:
+    summary = read_json(folder / "summary.json")
+    return summary is not None and summary.get("n_items") == expected
+
+
+def eval_jobs(recipe: Recipe) -> list[EvalJob]:
+    """The eval step's runs; the stacks that share the trained stack's stage outputs come after it."""
+    expected = expected_items(recipe)
+    trained = recipe.runs_dir / "stack-trained"
+    reuses = lambda s: s.kind in ("notes", "ablation") and s.name != "stack-answer-only"  # noqa: E731
+    return [EvalJob(s, recipe.runs_dir / s.name, recipe.eval_limit, expected, after=(trained,) if reuses(s) else ())
+            for s in systems(recipe)]
+
+
+def run_eval(recipe: Recipe, log=print) -> dict:
+    if not (recipe.trained_dir / "stack.yaml").is_file():
+        raise ConfigError(f"no {recipe.trained_dir / 'stack.yaml'}: run the 'finetune' step first")
+    expected = expected_items(recipe)
+    write_prompt_stacks(recipe)
+    ablations(recipe, write=True)
+    specs = systems(recipe)
+    index = {spec.name: {"label": spec.label, "kind": spec.kind, "run": str((recipe.runs_dir / spec.name).relative_to(recipe.out))}
+             for spec in specs}
+    # Written first, so that `--only report` can report the systems finished so far while the rest still run.
+    data = {"systems": index, "items_per_system": expected, "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
+    write_json(recipe.out / "systems.json", data)
+    run_jobs(recipe, eval_jobs(recipe), log)
+    return data
+
+
+if __name__ == "__main__":  # the isolated worker of evaluate_system
+    import sys
+
+    from fslm.errors import FslmError
+
+    job = json.loads(sys.argv[1])
+    spec = SystemSpec(**{**job["spec"], "stack": Path(job["spec"]["stack"]) if job["spec"]["stack"] else None})
+    try:
+        _evaluate_here(spec, job["tasks"], job["limit"], job["folder"], job["batch_size"], job.get("split"))
+    except RunFolderBusy as err:
+        print(f"note: {err}", file=sys.stderr)
+        sys.exit(BUSY_EXIT)
+    except FslmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
