@@ -6,6 +6,9 @@ split is the one evaluated (BoolQ, HellaSwag, PIQA, ...) give the tail of that s
 `EVAL_RESERVE` items, which no `--limit <= EVAL_RESERVE` run reads. Either way the pool is taken from the END of the
 file (first item = last line), so runs that train on the head of a dev split (the recipe's `choice` step) do not
 overlap it, and items whose question text also occurs in the reserved evaluation items are dropped.
+
+Few-shot examples for those single-split tasks come from the other end of the tail: the FEWSHOT_TAIL items right
+after the reserve (`tail_fewshot_pool`), which the held-out pool leaves out, so the three never meet.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from fslm.tasks import Item, get_task, without_overlap
 
 HELDOUT = "heldout"
 EVAL_RESERVE = 300  # the first N items of every eval split are reserved for evaluation (issue 5's full scale)
+FEWSHOT_TAIL = 100  # single-split tasks: the items right after the reserve are their few-shot pool
 _DEV_SPLITS = ("validation", "dev", "train")  # preferred order when a task has several
 
 
@@ -38,4 +42,20 @@ def heldout_items(task: str, reserved: list[Item] | None = None) -> list[Item]:
         raise InputError(f"{task}: its only split {split!r} has {len(items)} items, all reserved for evaluation "
                          f"(the first {EVAL_RESERVE}); it has no held-out items")
     reserved = select_items(task, EVAL_RESERVE) if reserved is None else reserved
+    if skip:  # the few-shot pool sits right after the reserve; held-out items come from the other end
+        reserved = reserved + items[skip : skip + FEWSHOT_TAIL]
+        skip += FEWSHOT_TAIL
     return without_overlap(items[skip:], reserved)[::-1]
+
+
+def tail_fewshot_pool(task: str) -> list[Item]:
+    """Few-shot examples for a task whose only split is the one evaluated: its items EVAL_RESERVE ..
+    EVAL_RESERVE + FEWSHOT_TAIL in evaluation order, which no `--limit <= EVAL_RESERVE` run reads and which the
+    held-out pool (taken from the far end) leaves out; items sharing a question with the reserve are dropped."""
+    from fslm.evaluate.run import select_items
+
+    items = select_items(task, None)
+    if len(items) < EVAL_RESERVE + FEWSHOT_TAIL:
+        raise InputError(f"{task}: no train/dev split and only {len(items)} items in {get_task(task).split!r}, too few "
+                         f"to keep {FEWSHOT_TAIL} few-shot examples past the first {EVAL_RESERVE}; use --num-fewshot 0")
+    return without_overlap(items[EVAL_RESERVE : EVAL_RESERVE + FEWSHOT_TAIL], items[:EVAL_RESERVE])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 from fslm.cpu import current_threads
 from fslm.engine import GenerationParams
 from fslm.errors import InputError
-from fslm.evaluate.heldout import HELDOUT, heldout_items
+from fslm.evaluate.heldout import EVAL_RESERVE, FEWSHOT_TAIL, HELDOUT, heldout_items, tail_fewshot_pool
 from fslm.evaluate.prompts import PROMPT_VERSION
 from fslm.evaluate.report import build_summary, write_outputs
 from fslm.evaluate.scoring import extract_number, numbers_match, score_choices
@@ -115,7 +116,19 @@ def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
             if subject not in cache:
                 cache[subject] = fewshot_items(task, k, subject=subject)
         return {item.id: cache[item.meta.get("subject", "")] for item in items}
-    shots = fewshot_items(task, k, seed=FEWSHOT_SEED)
+    if spec.fewshot_split is None:  # a single-split task: examples from past the evaluation reserve
+        pool = tail_fewshot_pool(task)
+        ids = {it.id for it in pool}
+        clash = [it.id for it in items if it.id in ids]
+        if clash:
+            raise InputError(f"{task}: its few-shot examples are its items {EVAL_RESERVE}..{EVAL_RESERVE + FEWSHOT_TAIL} in "
+                             f"evaluation order, and {len(clash)} of them would be evaluated too (e.g. {clash[0]!r}); use "
+                             f"--limit {EVAL_RESERVE} or less, or --num-fewshot 0")
+        if k > len(pool):
+            raise InputError(f"{task}: asked for {k} few-shot examples; its pool has {len(pool)}")
+        shots = random.Random(FEWSHOT_SEED).sample(pool, k)
+    else:
+        shots = fewshot_items(task, k, seed=FEWSHOT_SEED)
     return {item.id: shots for item in items}
 
 

@@ -49,3 +49,36 @@ def test_heldout_runs_are_zero_shot_and_recorded_as_such(model_system, tmp_path)
     summary = evaluate(model_system, ["arc_challenge"], 2, split=HELDOUT, out_dir=tmp_path / "run")
     assert summary.data["split"] == HELDOUT
     assert [r["id"] for r in summary.rows] == [it.id for it in select_items("arc_challenge", 2, HELDOUT)]
+
+
+@needs_data
+@pytest.mark.parametrize("task", ["arc_easy", "boolq", "hellaswag", "piqa", "truthfulqa_mc2", "winogrande"])
+def test_single_split_tasks_take_few_shot_examples_between_the_reserve_and_the_heldout_pool(task):
+    from fslm.evaluate.heldout import FEWSHOT_TAIL, tail_fewshot_pool
+
+    order = select_items(task, None)
+    pool = tail_fewshot_pool(task)
+    assert heldout_source(task)[1] == EVAL_RESERVE  # the task has no train/dev split
+    assert {it.id for it in pool} <= {it.id for it in order[EVAL_RESERVE : EVAL_RESERVE + FEWSHOT_TAIL]}
+    assert len(pool) >= FEWSHOT_TAIL - 10  # only copies of reserved questions are dropped
+    heldout = select_items(task, None, HELDOUT)
+    ids = {it.id for it in pool}
+    assert not ids & {it.id for it in order[:EVAL_RESERVE]} and not ids & {it.id for it in heldout}
+    # the held-out items runs already used (up to 100 from the end) are the same as before the pool existed
+    assert [it.id for it in heldout[:100]] == [it.id for it in order[::-1][:100]]
+
+
+@needs_data
+def test_few_shot_on_a_single_split_task_reads_the_pool_and_refuses_to_evaluate_it(model_system):
+    import random
+
+    from fslm.evaluate.heldout import tail_fewshot_pool
+    from fslm.evaluate.run import FEWSHOT_SEED
+    from fslm.tasks.base import build_context
+
+    summary = evaluate(model_system, ["boolq"], 1, num_fewshot=2)
+    shots = random.Random(FEWSHOT_SEED).sample(tail_fewshot_pool("boolq"), 2)  # lm-eval's default sampler
+    assert summary.data["num_fewshot"] == 2 and summary.data["n_items"] == 1
+    assert summary.rows[0]["prompt"] == build_context(select_items("boolq", 1)[0], shots)
+    with pytest.raises(InputError, match=r"boolq: its few-shot examples are its items 300\.\.400 .* use --limit 300 or less"):
+        evaluate(model_system, ["boolq"], 301, num_fewshot=2)
