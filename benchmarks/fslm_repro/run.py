@@ -146,6 +146,8 @@ def main(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 1)."),
     choice_records: Optional[int] = typer.Option(None, "--choice-records", help="Attempt 2's choice-style records (pilot: 240; full: 0 = attempt 2 off)."),
     neutral: Optional[bool] = typer.Option(None, "--neutral/--no-neutral", help="Attempt 3 (reasoning notes that pick no answer; default: on at pilot and smoke scale, off at full scale)."),
+    show_status: bool = typer.Option(False, "--status", help="Print where the run stands (steps, records, items per run, hours left at measured rates) and exit; safe beside a running recipe."),
+    as_json: bool = typer.Option(False, "--json", help="With --status: print JSON."),
     lanes: int = typer.Option(1, "--lanes", min=1, max=2, help="2: a second process runs the baselines step beside the others, then helps with eval; each gets half of FSLM_THREADS (or of the cores)."),
 ) -> None:
     """Reproduce issue 5 end to end (resumable)."""
@@ -159,6 +161,14 @@ def main(
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
             choice_records=choice_records, neutral=neutral,
         )
+        if show_status:
+            import json
+
+            import status
+
+            where = status.status(recipe)
+            print(json.dumps(where, indent=2) if as_json else status.render(where))
+            return
         run_recipe(recipe, parse_steps(only), lanes=lanes)
 
     go()

@@ -413,3 +413,26 @@ def test_report_names_systems_not_evaluated_yet(smoke_run, tmp_path):
     assert "**Not evaluated yet** (rerun the recipe to finish them): trained stack without facts." in text
     assert "| trained stack without facts |" not in text and "| trained stack without intent |" in text
     assert "## Analysis\n\nWritten from the traces." in text
+
+
+def test_status_reports_a_finished_run_and_a_partial_one(smoke_run, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from status import render, status
+
+    recipe, _, _ = smoke_run
+    done = status(recipe)
+    assert all(done["steps"].values()) and done["distill"] == {"written": recipe.distill_records, "selected": recipe.distill_records}
+    assert {r["system"] for r in done["runs"] if r["step"] == "eval"} >= {"stack-trained", "stack-no-facts"}
+    assert all(r["items"] == r["expected"] and r["hours_left"] in (0, None) and not r["busy"] for r in done["runs"])
+
+    out = tmp_path / "out"
+    shutil.copytree(recipe.out, out)
+    items = out / "runs" / "stack-no-facts" / "items.jsonl"
+    items.write_text("".join(items.read_text().splitlines(keepends=True)[:-3]))  # as if stopped 3 items short
+    partial = status(replace(recipe, out=out))
+    row = next(r for r in partial["runs"] if r["system"] == "stack-no-facts")
+    assert row["items"] == row["expected"] - 3 and row["seconds_per_item"] > 0
+    assert row["hours_left"] == round(3 * row["seconds_per_item"] / 3600, 2)
+    assert f"{row['expected'] - 3:>5}/{row['expected']:<5}" in render(partial)
