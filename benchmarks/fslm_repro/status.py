@@ -1,6 +1,6 @@
 """`run.py --status`: where a long run stands, read from its files only (safe beside a running recipe).
 
-Per step: done or not (the step's own check). Per run folder of the baselines, select and eval steps: items written,
+Per step: done, to do, or off (a step this scale turns off). Per run folder of the baselines, select and eval steps: items written,
 items expected, whether a process is writing it now, its measured seconds per item and the hours left at that rate.
 The distill step reports records written of those selected. Nothing is loaded or computed: seconds, not minutes.
 """
@@ -74,8 +74,10 @@ def status(recipe: Recipe) -> dict:
     wanted = {it.id for it in load_instructions(recipe.data, recipe.distill_records)[0]}
     written = len(wanted & {r["id"] for r in read_distilled(path)}) if path.is_file() else 0
     rows = runs(recipe)
+    off = {"choice": not recipe.choice_records, "neutral": not recipe.neutral, "retrieval": not recipe.retrieval,
+           "select": not recipe.select_limit}
     return {
-        "steps": {name: STEP_FUNCS[name][0](recipe) for name in STEPS},
+        "steps": {name: "off" if off.get(name) else ("done" if STEP_FUNCS[name][0](recipe) else "to do") for name in STEPS},
         "distill": {"written": written, "selected": len(wanted)},
         "runs": [{**asdict(r), "hours_left": r.hours_left} for r in rows],
         "hours_left_measured": round(sum(r.hours_left or 0 for r in rows), 1),
@@ -85,7 +87,7 @@ def status(recipe: Recipe) -> dict:
 
 def render(data: dict) -> str:
     """A plain-text table (the CLI prints it; `--json` gives the dict)."""
-    lines = ["steps: " + "  ".join(f"{k} {'done' if v else '-'}" for k, v in data["steps"].items()),
+    lines = ["steps: " + "  ".join(f"{k} {v}" for k, v in data["steps"].items()),
              f"distill: {data['distill']['written']}/{data['distill']['selected']} records", "",
              f"{'step':<10} {'system':<34} {'items':>11} {'s/item':>7} {'h left':>7}"]
     for r in data["runs"]:
