@@ -280,17 +280,20 @@ def eval_jobs(recipe: Recipe) -> list[EvalJob]:
 def run_eval(recipe: Recipe, log=print) -> dict:
     if not (recipe.trained_dir / "stack.yaml").is_file():
         raise ConfigError(f"no {recipe.trained_dir / 'stack.yaml'}: run the 'finetune' step first")
-    expected = expected_items(recipe)
     write_prompt_stacks(recipe)
     ablations(recipe, write=True)
-    specs = systems(recipe)
-    index = {spec.name: {"label": spec.label, "kind": spec.kind, "run": str((recipe.runs_dir / spec.name).relative_to(recipe.out))}
-             for spec in specs}
+    data = system_index(recipe)
     # Written first, so that `--only report` can report the systems finished so far while the rest still run.
-    data = {"systems": index, "items_per_system": expected, "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
     write_json(recipe.out / "systems.json", data)
     run_jobs(recipe, eval_jobs(recipe), log)
     return data
+
+
+def system_index(recipe: Recipe) -> dict:
+    """systems.json's content: every system's label, kind and run folder, and the items each run must hold."""
+    index = {spec.name: {"label": spec.label, "kind": spec.kind, "run": str((recipe.runs_dir / spec.name).relative_to(recipe.out))}
+             for spec in systems(recipe)}
+    return {"systems": index, "items_per_system": expected_items(recipe), "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
 
 
 if __name__ == "__main__":  # the isolated worker of evaluate_system

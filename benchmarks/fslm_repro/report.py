@@ -13,6 +13,7 @@ from fslm.evaluate.store import write_atomic
 
 import diagnostics
 import select_step
+from eval_step import system_index
 from recipe import STEPS, Recipe, read_json
 
 PROMPT_CHARS = 700
@@ -209,9 +210,7 @@ def done(recipe: Recipe) -> bool:
 
 def run(recipe: Recipe, log=print) -> Path:
     out = recipe.out
-    index = read_json(out / "systems.json")
-    if index is None:
-        raise ConfigError(f"no {out / 'systems.json'}: run the 'eval' step first")
+    index = read_json(out / "systems.json") or system_index(recipe)  # before the eval step: the baselines so far
     systems = index["systems"]
     summaries = {name: read_json(out / info["run"] / "summary.json") for name, info in systems.items()}
     summaries = {k: v for k, v in summaries.items() if v is not None and v.get("n_items") == index["items_per_system"]}
@@ -222,10 +221,11 @@ def run(recipe: Recipe, log=print) -> Path:
     cmp_dir = out / "compare"
     vs_base = {name: compare(run_of[name], run_of["base"], out_dir=cmp_dir / f"{name}-vs-base")["tasks"]
                for name in summaries if name != "base"}
+    trained = "stack-trained" in summaries  # a report made while the eval step runs may not have it yet
     vs_trained = {name: compare(run_of[name], run_of["stack-trained"], out_dir=cmp_dir / f"{name}-vs-trained")["tasks"]
-                  for name in summaries if systems[name]["kind"] == "ablation"}
+                  for name in summaries if trained and systems[name]["kind"] == "ablation"}
     headline = {name: compare(run_of["stack-trained"], run_of[name], out_dir=cmp_dir / f"trained-vs-{name}")["tasks"]["macro"]
-                for name in summaries if systems[name]["kind"] in ("promptonly", "model", "format")}
+                for name in summaries if trained and systems[name]["kind"] in ("promptonly", "model", "format")}
     tasks = list(summaries["base"]["tasks"])
     steps = (read_json(out / "steps.json") or {}).get("steps", {})
     teachers, distilled, tuned = (read_json(out / f) for f in ("teachers.json", "distill.json", "finetune.json"))
@@ -299,8 +299,9 @@ def run(recipe: Recipe, log=print) -> Path:
               "generations found in the recipe's stage cache (asked identically by a system evaluated before it); their tokens "
               "and seconds count at the cost measured when they were generated, so s/item and tokens describe the system as "
               "configured, while CPU s is what this run spent.", "",
-              "![results](results.png)", "", "## Example traces (trained stack vs base model)", ""]
+              "![results](results.png)", ""]
     if "stack-trained" in summaries:
+        lines += ["## Example traces (trained stack vs base model)", ""]
         for title, rule, row, base_row in pick_examples(read_items(run_of["stack-trained"]), read_items(run_of["base"])):
             lines += trace_markdown(title, rule, row, base_row)
     stacks = {name: anchoring(read_items(run_of[name]), final=summaries[name]["stages"][-1])
@@ -313,8 +314,9 @@ def run(recipe: Recipe, log=print) -> Path:
     if stacks:
         lines += ["## Does the answer stage follow the earlier stages?", "",
                   "Multiple-choice items whose intent/facts/reasoning texts name exactly one option (by its text): how often the "
-                  "stack then picks that option, and how often that option is right. The last row is the control: the base model "
-                  "alone, which never saw those texts, on the same items.", "",
+                  "stack then picks that option, and how often that option is right."
+                  + (" The last row is the control: the base model alone, which never saw those texts, on the same items."
+                     if "base-control" in stacks else ""), "",
                   "| system | MC items | one option named | stack picks it | named option is gold | acc where named | acc elsewhere |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         pct = lambda x: "—" if x is None else f"{100 * x:.1f}"  # noqa: E731

@@ -436,3 +436,22 @@ def test_status_reports_a_finished_run_and_a_partial_one(smoke_run, tmp_path):
     assert row["items"] == row["expected"] - 3 and row["seconds_per_item"] > 0
     assert row["hours_left"] == round(3 * row["seconds_per_item"] / 3600, 2)
     assert f"{row['expected'] - 3:>5}/{row['expected']:<5}" in render(partial)
+
+
+def test_report_before_the_eval_step_shows_the_baselines_so_far(smoke_run, tmp_path):
+    """With --lanes 2 the baselines finish long before the trained stack: the report can run on them alone."""
+    import shutil
+    from dataclasses import replace
+
+    import report
+
+    recipe, _, _ = smoke_run
+    out = tmp_path / "out"
+    shutil.copytree(recipe.out, out)
+    (out / "systems.json").unlink()  # the eval step has not started
+    (out / "runs" / "stack-trained" / "summary.json").unlink()
+    report.run(replace(recipe, out=out), log=lambda _: None)
+    text = (out / "RESULTS.md").read_text()
+    assert "**Not evaluated yet** (rerun the recipe to finish them): trained stack." in text
+    assert "| same stack, no adapters |" in text and "## Example traces" not in text
+    assert "What training adds" not in text  # needs the trained stack
