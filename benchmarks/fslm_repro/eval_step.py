@@ -145,16 +145,11 @@ def expected_items(recipe: Recipe) -> int:
     return sum(len(select_items(t, recipe.eval_limit)) for t in parse_tasks(recipe.tasks))
 
 
-def system_done(recipe: Recipe, spec: SystemSpec, expected: int) -> bool:
-    summary = read_json(recipe.runs_dir / spec.name / "summary.json")
-    return summary is not None and summary.get("n_items") == expected
-
-
 def eval_done(recipe: Recipe) -> bool:
     if not (recipe.trained_dir / "stack.yaml").is_file():
         return False
     expected = expected_items(recipe)
-    return all(system_done(recipe, s, expected) for s in systems(recipe))
+    return all(run_complete(recipe.runs_dir / s.name, expected) for s in systems(recipe))
 
 
 def _evaluate_here(spec: SystemSpec, tasks, limit: int, folder: str, batch_size: int, split: str | None = None) -> None:
@@ -222,8 +217,7 @@ class EvalJob:
 
 
 def job_done(job: EvalJob) -> bool:
-    summary = read_json(job.folder / "summary.json")
-    return summary is not None and summary.get("n_items") == job.expected
+    return run_complete(job.folder, job.expected)
 
 
 def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
@@ -238,7 +232,7 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
     pending = [j for j in jobs if not job_done(j)]
     listed = {j.folder for j in jobs}
     while pending:
-        ready = [j for j in pending if all(_folder_complete(f, j.expected) for f in j.after if f in listed)]
+        ready = [j for j in pending if all(run_complete(f, j.expected) for f in j.after if f in listed)]
         free = [j for j in ready if not folder_busy(j.folder)]
         if not free:
             for job in pending:
@@ -263,7 +257,8 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
         pending = [j for j in pending if not job_done(j)]
 
 
-def _folder_complete(folder: Path, expected: int) -> bool:
+def run_complete(folder: Path, expected: int) -> bool:
+    """The run's summary.json counts every item it should: how a step decides a run is done."""
     summary = read_json(folder / "summary.json")
     return summary is not None and summary.get("n_items") == expected
 

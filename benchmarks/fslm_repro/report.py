@@ -4,12 +4,11 @@ the numbers, 3 example traces chosen by rule, each step's wall time) and results
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 from fslm.errors import ConfigError
 from fslm.evaluate import compare
-from fslm.evaluate.store import write_atomic
+from fslm.evaluate.store import read_rows, write_atomic
 
 import diagnostics
 import select_step
@@ -49,12 +48,7 @@ def margin(row: dict) -> float | None:
 
 
 def read_items(run: Path) -> dict[tuple[str, str], dict]:
-    rows = {}
-    for line in (run / "items.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[(row["task"], str(row["id"]))] = row
-    return rows
+    return {(row["task"], key): row for key, row in read_rows(run).items()}
 
 
 def pick_examples(stack: dict, base: dict) -> list[tuple[str, str, dict | None, dict | None]]:

@@ -7,11 +7,10 @@ The distill step reports records written of those selected. Nothing is loaded or
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fslm.evaluate.store import folder_busy
+from fslm.evaluate.store import folder_busy, read_rows
 
 from recipe import STEPS, Recipe, read_json
 
@@ -33,13 +32,6 @@ class RunStatus:
         return round(max(0, self.expected - self.items) * self.seconds_per_item / 3600, 2)
 
 
-def _items(folder: Path) -> int:
-    path = folder / "items.jsonl"
-    if not path.is_file():
-        return 0
-    return len({json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip().endswith("}")})
-
-
 def _rate(folder: Path) -> float | None:
     sessions = (read_json(folder / "run.json") or {}).get("sessions", [])
     wall = sum(s.get("wall_seconds", 0.0) for s in sessions)
@@ -59,7 +51,7 @@ def runs(recipe: Recipe) -> list[RunStatus]:
         jobs += [("select", j) for j in select_step.jobs(recipe, attempts + context) if j.folder not in seen]
     seen |= {j.folder for _, j in jobs}
     jobs += [("eval", j) for j in eval_step.eval_jobs(recipe) if j.folder not in seen]
-    return [RunStatus(step, j.spec.name, str(j.folder.relative_to(recipe.out)), min(_items(j.folder), j.expected), j.expected,
+    return [RunStatus(step, j.spec.name, str(j.folder.relative_to(recipe.out)), min(len(read_rows(j.folder)), j.expected), j.expected,
                       folder_busy(j.folder), _rate(j.folder)) for step, j in jobs]
 
 

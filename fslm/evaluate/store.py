@@ -58,6 +58,27 @@ def write_json(path: Path, obj: object) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def read_rows(folder: Path) -> dict[str, dict]:
+    """A run folder's items.jsonl by id, read-only and without its lock, so it works beside a run being written: a
+    torn final line (the batch in flight) is skipped; a malformed line elsewhere names the file and line."""
+    path = Path(folder) / ITEMS
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").split("\n")
+    rows: dict[str, dict] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if lineno == len(lines):
+                break
+            raise DataError(f"{path}:{lineno}: malformed row; fix or delete that line") from None
+        rows[str(row["id"])] = row
+    return rows
+
+
 class RunStore:
     """Rows of one run, in memory and (when `folder` is set) in `folder/items.jsonl`.
 

@@ -237,3 +237,19 @@ def test_resuming_with_an_edited_stack_is_refused(tiny_engine, tiny_data, tmp_pa
     edited = dict(STACK, stages=[dict(STACK["stages"][0], instruction="List facts briefly."), STACK["stages"][1]])
     with pytest.raises(InputError, match="stack_config_sha256"):
         evaluate(StackSystem(Stack(parse_stack_config(edited), tiny_engine)), ["arc_easy"], limit=1, out_dir=out)
+
+
+def test_read_rows_reads_a_folder_being_written_without_its_lock(tmp_path):
+    from fslm.errors import DataError
+    from fslm.evaluate.store import RunStore, read_rows
+
+    out = tmp_path / "run"
+    assert read_rows(out) == {}
+    with RunStore(out, {"system": "a"}) as store:  # the writer holds the lock; reading needs none
+        store.append([{"id": "x/1", "task": "x"}, {"id": "x/2", "task": "x"}])
+        with (out / "items.jsonl").open("a") as fh:
+            fh.write('{"id": "x/3", "ta')  # the batch in flight
+        assert list(read_rows(out)) == ["x/1", "x/2"]
+    (out / "items.jsonl").write_text('{"id": "x/1"}\nnot json\n{"id": "x/2"}\n')
+    with pytest.raises(DataError, match=r"items.jsonl:2: malformed row"):
+        read_rows(out)
