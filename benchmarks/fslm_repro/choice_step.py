@@ -27,6 +27,7 @@ from fslm.finetune import TrainOptions, finetune
 from fslm.stack import Stack
 from fslm.tasks import load_task
 
+from pipeline import distilled_path
 from recipe import Recipe, read_json
 from variants import package_variant
 
@@ -84,7 +85,7 @@ def run(recipe: Recipe, log=print) -> dict:
     rows = questions(recipe)
     log(f"  {len(rows)} choice-style questions from {', '.join(f'{t} {s}' for t, s in SOURCES)}")
     targets = _self_targets(recipe, rows, log)
-    alpaca = [r for r in read_distilled(recipe.work / "distilled.jsonl") if r.get("kept")]
+    alpaca = [r for r in read_distilled(distilled_path(recipe)) if r.get("kept")]
     combined = recipe.work / "choice" / "train.jsonl"
     mixed = alpaca + list(read_distilled(targets))
     write_atomic(combined, "".join(json.dumps({k: v for k, v in r.items() if k != "_line"}, ensure_ascii=False) + "\n" for r in mixed))

@@ -1,6 +1,6 @@
 """Steps `distill` and `finetune`, each a thin layer over the resumable library API it names.
 
-distill  -> <work>/distilled.jsonl (fslm.distill; resumes per batch)        + <out>/distill.json
+distill  -> <out>/distilled.jsonl (fslm.distill; resumes per batch)         + <out>/distill.json
 finetune -> <work>/finetune/ (fslm.finetune; resumes from checkpoints)     + <out>/trained_stack/ (stack.yaml, fp16
             adapters <= the size budget, train_log.json, loss.png)         + <out>/finetune.json
 """
@@ -25,7 +25,9 @@ RANKS = (64, 32, 16, 8, 4, 2, 1)  # tried largest first; the first whose fp16 ad
 
 # ---- distill ---------------------------------------------------------------------------------------------------------
 def distilled_path(recipe: Recipe) -> Path:
-    return recipe.work / "distilled.jsonl"
+    """Kept with the results, not in --work: hours of teacher time that other people can train from, and that
+    survives losing the cache (it did once, with 1,704 records in it)."""
+    return recipe.out / "distilled.jsonl"
 
 
 def distill_done(recipe: Recipe) -> bool:

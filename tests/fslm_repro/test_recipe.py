@@ -151,7 +151,7 @@ def test_neutral_step_redistills_only_reasoning_without_the_gold_and_retrains_re
     from fslm.distill.runner import shows_gold
 
     recipe, _, _ = smoke_run
-    first = {r["id"]: r for r in map(json.loads, (recipe.work / "distilled.jsonl").read_text().splitlines())}
+    first = {r["id"]: r for r in map(json.loads, (recipe.out / "distilled.jsonl").read_text().splitlines())}
     again = [json.loads(line) for line in (recipe.work / "neutral" / "distilled.jsonl").read_text().splitlines()]
     assert {r["id"] for r in again} == set(first)
     reused = [r for r in again if r.get("reused")]
@@ -355,7 +355,7 @@ def test_a_teacher_choice_the_distilled_data_used_is_not_measured_again(smoke_ru
     (out / "teachers.json").write_text(json.dumps(data))
     copy = dataclasses.replace(recipe, out=out, work=work)
     assert not teachers_step.done(copy)  # stale rows, no distilled data yet: measure again
-    shutil.copyfile(recipe.work / "distilled.jsonl", work / "distilled.jsonl")
+    shutil.copyfile(recipe.out / "distilled.jsonl", out / "distilled.jsonl")
     assert teachers_step.committed(copy) and teachers_step.done(copy)
     data["chosen"] = next(r["teacher"] for r in data["candidates"] if r["teacher"] != data["chosen"])
     (out / "teachers.json").write_text(json.dumps(data))
