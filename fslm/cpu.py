@@ -89,3 +89,17 @@ def bf16_is_fast(cpuinfo: str | None = None) -> bool:
             return False
     flags = set(cpuinfo.split())
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and whether it has native bf16: seconds measured on two machines are not comparable, and
+    a long run can span machines (a resumed session may land on another one)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            import platform
+
+            return platform.processor() or platform.machine() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown")
+    return f"{name} ({'native bf16' if bf16_is_fast(cpuinfo) else 'no native bf16'})"

@@ -47,3 +47,10 @@ def test_bf16_is_fast_only_with_native_bf16_instructions():
     assert cpu.bf16_is_fast("flags : fpu sse avx2 avx512f avx512_bf16") is True
     assert cpu.bf16_is_fast("flags : fpu sse avx2 amx_tile amx_bf16") is True
     assert cpu.bf16_is_fast("flags : fpu sse avx2 fma") is False
+
+
+def test_cpu_model_names_the_cpu_and_its_bf16_support():
+    info = "processor : 0\nmodel name : Intel(R) Xeon(R) Processor\nflags : fpu avx2 amx_bf16\n\nprocessor : 1\nmodel name : Intel(R) Xeon(R) Processor\n"
+    assert cpu.cpu_model(info) == "Intel(R) Xeon(R) Processor (native bf16)"
+    assert cpu.cpu_model("flags : fpu avx2\n") == "unknown (no native bf16)"
+    assert cpu.cpu_model()  # this machine: something, never an exception

@@ -21,7 +21,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "retrieval", "baselines", "select", "eval", "report", "ship")
+STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "retrieval", "baselines", "select", "eval", "timing", "report", "ship")
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the chosen attempt here: `fslm run` uses it
 # The stack attempt 1 trains (prompt-only), fixed here rather than read from the packaged default, which the ship
@@ -42,9 +42,10 @@ SCALES = {
     "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 0,
              "select_limit": 50, "neutral": False},
     "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 240,
-              "select_limit": 16,
+              "select_limit": 16, "timing_limit": 5,
               "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
-    "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6, "select_limit": 2},
+    "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6, "select_limit": 2,
+              "timing_limit": 1},
 }
 # Settings that define the experiment: an out dir that holds results of other settings is refused.
 IDENTITY_FIELDS = ("scale", "teacher_records", "distill_records", "eval_limit", "tasks", "student", "data", "stack",
@@ -77,6 +78,7 @@ class Recipe:
     retrieval: bool = True  # attempt 4 (step `retrieval`): BM25-retrieved solved train/dev questions as the notes
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
+    timing_limit: int = 10  # step `timing`: test items per task on which every system is timed again, in one session
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own
     poll_seconds: float = 30.0  # how often a step waiting for a run folder another process writes looks again
     ship_to: Path | None = None  # folder of the packaged default.yaml whose adapters the ship step replaces; None: no ship

@@ -176,6 +176,37 @@ def sum_rule_markdown(recipe: Recipe, run_of: dict, summaries: dict) -> list[str
             "| items | n | with texts | without texts | sum of both |", "|---|---:|---:|---:|---:|", *rows, ""]
 
 
+def cost_section(summaries: dict, systems: dict, run_of: dict, timing: dict | None) -> list[str]:
+    """Params and tokens from the full runs; seconds from the timing step when it has timed these systems: the full
+    runs span sessions and machines, so only seconds measured together compare systems."""
+    timed = (timing or {}).get("systems", {})
+    lines = ["## Cost", "", "| system | params touched | generated tokens/item | s/item, timed together | x base | "
+             "s/item, full run | CPU s, full run | peak RSS MB | threads | stage outputs reused |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in summaries.items():
+        c, t = s["cost"], timed.get(name, {})
+        threads, reused = run_conditions(run_of[name])
+        lines.append(f"| {systems[name]['label']} | {s['params_touched'] / 1e6:.1f}M | {c['generated_tokens_per_item']} | "
+                     f"{t.get('seconds_per_item', '—')} | {t.get('x_base') or '—'} | {c['seconds_per_item']} | "
+                     f"{c.get('cpu_seconds')} | {c['peak_rss_mb']} | {threads} | {reused} |")
+    if timing:
+        loads = [r["loadavg_start"][0] for r in timed.values() if r.get("loadavg_start")]
+        lines += ["", f"Timed together: the `timing` step ran every system on the same {timing['items_per_system']} test items "
+                  f"({timing['setup']['limit']} per task), one after another in one session ({timing['started']}), on "
+                  f"{timing['cpu']} with {timing['threads']} torch thread(s) each and no stage cache; 1-min load average "
+                  f"at each start {min(loads, default=0)}–{max(loads, default=0)} ({timing['cpu_count']} cores). "
+                  "x base is that s/item over the base model's."]
+    else:
+        lines += ["", "No `timing` step yet: the full runs' seconds below may come from different sessions and machines."]
+    lines += ["", "s/item, full run: wall time over the full run's sessions, on a shared 2-core CPU (each run's run.json has the "
+              "load average and, since session 9, the CPU of every session); CPU s is process CPU time; threads: torch "
+              "threads of the evaluating process. Stage outputs reused: the share of this system's stage generations "
+              "found in the recipe's stage cache (asked identically by a system evaluated before it); their tokens and "
+              "seconds count at the cost measured when they were generated, so s/item and tokens describe the system "
+              "as configured, while CPU s is what this run spent.", ""]
+    return lines
+
+
 def run_conditions(run: Path) -> tuple[str, str]:
     """(torch threads, share of stage outputs reused from the stage cache) over a run's sessions, from run.json."""
     sessions = (read_json(run / "run.json") or {}).get("sessions", [])
@@ -197,7 +228,7 @@ def done(recipe: Recipe) -> bool:
     if not results.is_file():
         return False
     inputs = [recipe.out / f for f in ("systems.json", "teachers.json", "distill.json", "finetune.json", "choice.json", "neutral.json",
-                                       "select.json", ANALYSIS)]
+                                       "select.json", "timing.json", ANALYSIS)]
     inputs += list(recipe.runs_dir.glob("*/summary.json"))
     return all(results.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.is_file())
 
@@ -281,18 +312,7 @@ def run(recipe: Recipe, log=print) -> Path:
         lines.append(f"| {systems[name]['label']} | " + " | ".join(cells) + f" | {delta} |")
     lines += ["", f"macro without {swing}: the task whose accuracy differs most between systems left out (at 40 items a yes/no "
               "prior can swing one task by 50 points).", "", "`*`: the CI excludes zero. Per-task CIs: `compare/<system>-vs-base/compare.md`; per-item outputs: `runs/<system>/items.jsonl`.", "",
-              "## Cost", "", "| system | params touched | generated tokens/item | s/item | CPU s | peak RSS MB | threads | stage outputs reused |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s in summaries.items():
-        c = s["cost"]
-        threads, reused = run_conditions(run_of[name])
-        lines.append(f"| {systems[name]['label']} | {s['params_touched'] / 1e6:.1f}M | {c['generated_tokens_per_item']} | "
-                     f"{c['seconds_per_item']} | {c.get('cpu_seconds')} | {c['peak_rss_mb']} | {threads} | {reused} |")
-    lines += ["", "s/item is wall time on a shared 2-core CPU (see each run's run.json for the load average); CPU s is process CPU time; "
-              "threads: torch threads of the evaluating process. Stage outputs reused: the share of this system's stage "
-              "generations found in the recipe's stage cache (asked identically by a system evaluated before it); their tokens "
-              "and seconds count at the cost measured when they were generated, so s/item and tokens describe the system as "
-              "configured, while CPU s is what this run spent.", "",
+              *cost_section(summaries, systems, run_of, read_json(out / "timing.json")),
               "![results](results.png)", ""]
     if "stack-trained" in summaries:
         lines += ["## Example traces (trained stack vs base model)", ""]

@@ -1,5 +1,5 @@
 """Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> retrieval -> baselines -> select -> eval
--> report -> ship, every step resumable.
+-> timing -> report -> ship, every step resumable.
 
     python benchmarks/fslm_repro/run.py [--scale full|pilot|smoke] [--only STEP,...] [--out DIR] [--lanes 2]
 
@@ -31,6 +31,7 @@ import retrieval_step  # noqa: E402
 import select_step  # noqa: E402
 import ship_step  # noqa: E402
 import teachers_step  # noqa: E402
+import timing_step  # noqa: E402
 from lanes import LANE_HELPS, LANE_NEEDS, LANE_STEPS, Lane, lane_threads, threads_env  # noqa: E402
 from recipe import STEPS, Recipe, StepLog  # noqa: E402
 
@@ -45,6 +46,7 @@ STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
     "baselines": (baselines_step.done, baselines_step.run),
     "select": (select_step.done, select_step.run),
     "eval": (eval_step.eval_done, eval_step.run_eval),
+    "timing": (timing_step.done, timing_step.run),
     "report": (report.done, report.run),
     "ship": (ship_step.done, ship_step.run),
 }
@@ -138,6 +140,7 @@ def main(
     teacher_records: Optional[int] = typer.Option(None, "--teacher-records", help="Records per teacher candidate (full: 20)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Eval items per task (full: 300)."),
     select_limit: Optional[int] = typer.Option(None, "--select-limit", help="Held-out items per task that choose the attempt to ship (full: 50; 0: ship attempt 1)."),
+    timing_limit: Optional[int] = typer.Option(None, "--timing-limit", help="Test items per task on which the timing step times every system together (full: 10)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated eval tasks (default: all)."),
     big_models: Optional[str] = typer.Option(None, "--big-models", help="Single larger models to evaluate alone."),
     data: Optional[str] = typer.Option(None, "--data", help="Alpaca JSON/JSONL (default $FSLM_DATA_DIR/alpaca/random_9k.json)."),
@@ -157,7 +160,7 @@ def main(
     def go() -> None:
         recipe = Recipe.for_scale(
             scale, out, work, teacher=teacher, teacher_candidates=_split(candidates), teacher_dtype=teacher_dtype,
-            budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit, select_limit=select_limit,
+            budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit, select_limit=select_limit, timing_limit=timing_limit,
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
             choice_records=choice_records, neutral=neutral,
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fslm.cpu import current_threads
+from fslm.cpu import cpu_model, current_threads
 from fslm.engine import GenerationParams
 from fslm.errors import InputError
 from fslm.evaluate.heldout import EVAL_RESERVE, FEWSHOT_TAIL, HELDOUT, heldout_items, tail_fewshot_pool
@@ -255,6 +255,7 @@ def _evaluate_into(store: RunStore, system: System, plan: dict[str, list[Item]],
         "load_seconds": system.load_seconds,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
         "threads": current_threads(),
     })
     session = _Session(store, t0, cpu0, system)

@@ -48,7 +48,7 @@ def test_every_step_writes_its_outputs(smoke_run):
     recipe, steps, logs = smoke_run
     out = recipe.out
     assert set(steps["steps"]) == {"teachers", "distill", "finetune", "choice", "neutral", "retrieval", "baselines", "select",
-                                   "eval", "report", "ship"}
+                                   "eval", "timing", "report", "ship"}
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
     assert any(line.startswith("[lanes] baselines,eval in a second process") for line in logs)
     assert not any("[baselines]" in line for line in logs)  # it ran in the lane (whose log goes to stdout), not here
@@ -99,6 +99,27 @@ def test_every_step_writes_its_outputs(smoke_run):
         {k: v for k, v in r["stages"].items() if k != "answer"} for r in trained if r["task"] != "gsm8k"]
     assert "- Do the texts help a plain scorer: base model in its own format reading the trained stack's texts vs base model alone" in (
         out / "RESULTS.md").read_text()
+
+
+def test_timing_step_times_every_reported_system_together_without_the_stage_cache(smoke_run):
+    recipe, steps, _ = smoke_run
+    timing = json.loads((recipe.out / "timing.json").read_text())
+    index = json.loads((recipe.out / "systems.json").read_text())
+    assert timing["setup"]["systems"] == list(index["systems"])  # every reported system, in report order
+    assert timing["items_per_system"] == recipe.timing_limit * len(TASKS) and timing["cpu"] and timing["threads"] >= 1
+    assert timing["systems"]["base"]["x_base"] == 1.0
+    for name, row in timing["systems"].items():
+        run = json.loads((recipe.out / "timing" / name / "run.json").read_text())
+        assert [s.get("stage_cache") for s in run["sessions"]] == [None]  # one session, nothing reused: real seconds
+        assert run["sessions"][0]["cpu"] == timing["cpu"] and run["sessions"][0]["threads"] == timing["threads"]
+        summary = json.loads((recipe.out / "timing" / name / "summary.json").read_text())
+        assert summary["n_items"] == timing["items_per_system"] and row["seconds_per_item"] == summary["cost"]["seconds_per_item"] > 0
+        assert row["x_base"] == round(row["seconds_per_item"] / timing["systems"]["base"]["seconds_per_item"], 2)
+    cost = (recipe.out / "RESULTS.md").read_text().split("## Cost")[1]
+    trained = timing["systems"]["stack-trained"]
+    assert f"| trained stack | " in cost and f" | {trained['seconds_per_item']} | {trained['x_base']} | " in cost
+    assert "Timed together: the `timing` step ran every system on the same" in cost
+    assert not (recipe.out / ".timing.tmp").exists()
 
 
 def test_retrieval_step_reads_passages_from_a_corpus_without_any_evaluated_item(smoke_run):

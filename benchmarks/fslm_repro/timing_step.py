@@ -1,0 +1,84 @@
+"""Step `timing`: every evaluated system timed again on the same few test items, one after another, in one session.
+
+timing -> <out>/timing/<system>/ (fslm.evaluate; the first --timing-limit test items per task, no stage cache, the
+          same torch threads for all) + <out>/timing.json (seconds per item, ratio to the base model, CPU, load)
+
+Why: the full runs take many sessions, and sessions can land on different machines (this run's did: one without
+native bf16, then one with AMX, ~1.75x faster on the same fp32 work). Their seconds per item are then not comparable
+between systems, let alone as ratios. Timing all systems together on one machine in one session is; the full runs'
+own seconds stay in their run.json. The stage cache is off here: a cached stage output would cost nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fslm.cpu import cpu_model, pick_threads
+from fslm.evaluate import parse_tasks, select_items
+from fslm.evaluate.store import write_json
+
+from eval_step import evaluate_system, expected_items, run_complete, systems
+from lanes import threads_env
+from recipe import Recipe, read_json
+
+
+def timing_dir(recipe: Recipe) -> Path:
+    return recipe.out / "timing"
+
+
+def timed_systems(recipe: Recipe) -> list:
+    """The systems with a complete full run: the ones RESULTS.md reports."""
+    expected = expected_items(recipe)
+    return [s for s in systems(recipe) if run_complete(recipe.runs_dir / s.name, expected)]
+
+
+def _setup(recipe: Recipe, names: list[str]) -> dict:
+    return {"systems": names, "limit": recipe.timing_limit, "tasks": parse_tasks(recipe.tasks)}
+
+
+def done(recipe: Recipe) -> bool:
+    data = read_json(recipe.out / "timing.json")
+    names = [s.name for s in timed_systems(recipe)]
+    return data is not None and data.get("setup") == _setup(recipe, names)
+
+
+def run(recipe: Recipe, log=print) -> dict:
+    specs = timed_systems(recipe)
+    if not specs:
+        log("  no system has a complete run yet: nothing to time")
+        return {}
+    # Measured into a fresh folder that replaces the old one only when every system is timed: a stopped step leaves the
+    # previous complete set, never a mix of two sessions.
+    tmp = timing_dir(recipe).with_name(".timing.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    threads = pick_threads()  # fixed once: every system runs with the same threads, whatever the load does meanwhile
+    n_items = sum(len(select_items(t, recipe.timing_limit)) for t in parse_tasks(recipe.tasks))
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with threads_env(threads):
+        for spec in specs:
+            log(f"  {spec.name}: timing {recipe.timing_limit} items per task ({n_items} items, {threads} thread(s))")
+            evaluate_system(spec, recipe.tasks, recipe.timing_limit, tmp / spec.name, recipe.eval_batch, recipe.isolate_eval)
+    rows = {spec.name: _row(tmp / spec.name) for spec in specs}
+    base = rows.get("base", {}).get("seconds_per_item")
+    for row in rows.values():
+        row["x_base"] = round(row["seconds_per_item"] / base, 2) if base else None
+    data = {"setup": _setup(recipe, [s.name for s in specs]), "started": started, "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(), "threads": threads, "items_per_system": n_items, "systems": rows}
+    shutil.rmtree(timing_dir(recipe), ignore_errors=True)
+    tmp.rename(timing_dir(recipe))
+    write_json(recipe.out / "timing.json", data)
+    return data
+
+
+def _row(folder: Path) -> dict:
+    summary = read_json(folder / "summary.json") or {}
+    cost, session = summary.get("cost", {}), (summary.get("sessions") or [{}])[-1]
+    return {"seconds_per_item": cost.get("seconds_per_item"), "generated_tokens_per_item": cost.get("generated_tokens_per_item"),
+            "peak_rss_mb": cost.get("peak_rss_mb"), "load_seconds": cost.get("load_seconds"),
+            "loadavg_start": session.get("loadavg_start"), "loadavg_end": session.get("loadavg_end")}
+
+
+__all__ = ["done", "run", "timed_systems", "timing_dir"]
