@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from fslm.cpu import apply_threads
+from fslm.cpu import apply_threads, bf16_is_fast
 from fslm.errors import ConfigError
 from fslm.finetune.checkpoint import load_checkpoint, save_checkpoint
 from fslm.finetune.examples import Example
@@ -69,11 +69,7 @@ class TrainOptions:
 @lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Native bf16 matmuls (AVX512-BF16 or AMX): only then is bf16 autocast faster than fp32 on a CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bf16_is_fast()
 
 
 def use_bf16(options: TrainOptions) -> bool:
