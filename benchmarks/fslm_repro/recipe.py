@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fslm.config import StackConfig, load_stack_config
-from fslm.cpu import bf16_is_fast
+from fslm.cpu import bf16_is_fast, cpu_model
 from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
@@ -140,7 +140,7 @@ class StepLog:
     def start(self, step: str) -> dict:
         """A new session of `step` (logged by `finish`); ids tell two processes' sessions of one step apart."""
         return {"id": uuid.uuid4().hex[:12], "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "loadavg_start": round(os.getloadavg()[0], 2), "t0": time.perf_counter()}
+                "loadavg_start": round(os.getloadavg()[0], 2), "cpu": cpu_model(), "t0": time.perf_counter()}
 
     def finish(self, step: str, session: dict, status: str, note: str = "") -> None:
         seconds = round(time.perf_counter() - session.pop("t0"), 2)

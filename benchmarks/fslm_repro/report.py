@@ -207,6 +207,12 @@ def cost_section(summaries: dict, systems: dict, run_of: dict, timing: dict | No
     return lines
 
 
+def step_cpus(sessions: list[dict]) -> str:
+    """A long step can span machines; its wall time is only as comparable as its CPUs (older sessions did not record it)."""
+    worked = [s for s in sessions if s.get("status") != "skipped"]
+    return "; ".join(sorted({s.get("cpu", "not recorded") for s in worked})) or "—"
+
+
 def run_conditions(run: Path) -> tuple[str, str]:
     """(torch threads, share of stage outputs reused from the stage cache) over a run's sessions, from run.json."""
     sessions = (read_json(run / "run.json") or {}).get("sessions", [])
@@ -368,9 +374,10 @@ def run(recipe: Recipe, log=print) -> Path:
         lines.append(f"- Attempt 3 (`neutral` step): the reasoning stage redistilled by {neutral['teacher_ref']} without the gold, "
                      f"asked for notes that state no answer ({neutral['kept']} of {neutral['records']} records kept, "
                      f"{neutral['reused']} with attempt 1's intent/facts texts reused); reasoning and answer retrained, loss {losses}.")
-    lines += ["", "## Wall time per step (this machine)", "", "| step | status | wall time | sessions |", "|---|---|---:|---:|"]
+    lines += ["", "## Wall time per step", "", "| step | status | wall time | sessions | CPUs of the sessions that worked |",
+              "|---|---|---:|---:|---|"]
     for step, e in sorted(steps.items(), key=lambda kv: STEPS.index(kv[0]) if kv[0] in STEPS else len(STEPS)):
-        lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} |")
+        lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} | {step_cpus(e['sessions'])} |")
     lines += ["", "The report step itself (seconds) is logged in steps.json after this file is written."]
     lines += ["", f"Regenerate: `python benchmarks/fslm_repro/run.py --scale {recipe.scale}` (resumes; finished steps are skipped)."]
     labelled = [(systems[n]["label"], s) for n, s in summaries.items()]
