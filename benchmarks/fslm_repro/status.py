@@ -14,6 +14,8 @@ from fslm.evaluate.store import folder_busy, read_rows
 
 from recipe import STEPS, Recipe, read_json
 
+RECENT_RECORDS = 64  # the distill rate shown: these last records' teacher seconds (the load changes over a long run)
+
 
 @dataclass(frozen=True)
 class RunStatus:
@@ -64,23 +66,35 @@ def status(recipe: Recipe) -> dict:
 
     path = pipeline.distilled_path(recipe)
     wanted = {it.id for it in load_instructions(recipe.data, recipe.distill_records)[0]}
-    written = len(wanted & {r["id"] for r in read_distilled(path)}) if path.is_file() else 0
+    records = [r for r in read_distilled(path) if r["id"] in wanted] if path.is_file() else []
+    written = len(records)
+    recent = [r["seconds"]["total"] for r in records[-RECENT_RECORDS:] if (r.get("seconds") or {}).get("total")]
+    per_record = sum(recent) / len(recent) if recent else None
     rows = runs(recipe)
     off = {"choice": not recipe.choice_records, "neutral": not recipe.neutral, "retrieval": not recipe.retrieval,
            "select": not recipe.select_limit}
     return {
         "steps": {name: "off" if off.get(name) else ("done" if STEP_FUNCS[name][0](recipe) else "to do") for name in STEPS},
-        "distill": {"written": written, "selected": len(wanted)},
+        "distill": {"written": written, "selected": len(wanted),
+                    "teacher_seconds_per_record": round(per_record, 2) if per_record else None,
+                    "hours_left": round((len(wanted) - written) * per_record / 3600, 2) if per_record else None},
         "runs": [{**asdict(r), "hours_left": r.hours_left} for r in rows],
         "hours_left_measured": round(sum(r.hours_left or 0 for r in rows), 1),
         "runs_not_started": sum(1 for r in rows if r.items == 0),
     }
 
 
+def _distill_rate(d: dict) -> str:
+    if d.get("teacher_seconds_per_record") is None:
+        return ""
+    return (f", {d['teacher_seconds_per_record']:.2f} s/record of teacher time over the last {RECENT_RECORDS} "
+            f"(the load of that moment), {d['hours_left']:.2f} h left at that rate")
+
+
 def render(data: dict) -> str:
     """A plain-text table (the CLI prints it; `--json` gives the dict)."""
     lines = ["steps: " + "  ".join(f"{k} {v}" for k, v in data["steps"].items()),
-             f"distill: {data['distill']['written']}/{data['distill']['selected']} records", "",
+             f"distill: {data['distill']['written']}/{data['distill']['selected']} records" + _distill_rate(data["distill"]), "",
              f"{'step':<10} {'system':<34} {'items':>11} {'s/item':>7} {'h left':>7}"]
     for r in data["runs"]:
         rate = f"{r['seconds_per_item']:.2f}" if r["seconds_per_item"] is not None else "—"

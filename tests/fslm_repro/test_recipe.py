@@ -453,7 +453,8 @@ def test_status_reports_a_finished_run_and_a_partial_one(smoke_run, tmp_path):
 
     recipe, _, _ = smoke_run
     done = status(recipe)
-    assert set(done["steps"].values()) == {"done"} and done["distill"] == {"written": recipe.distill_records, "selected": recipe.distill_records}
+    assert set(done["steps"].values()) == {"done"}
+    assert (done["distill"]["written"], done["distill"]["selected"], done["distill"]["hours_left"]) == (recipe.distill_records,) * 2 + (0,)
     assert {r["system"] for r in done["runs"] if r["step"] == "eval"} >= {"stack-trained", "stack-no-facts"}
     assert all(r["items"] == r["expected"] and r["hours_left"] in (0, None) and not r["busy"] for r in done["runs"])
 
@@ -466,6 +467,15 @@ def test_status_reports_a_finished_run_and_a_partial_one(smoke_run, tmp_path):
     assert row["items"] == row["expected"] - 3 and row["seconds_per_item"] > 0
     assert row["hours_left"] == round(3 * row["seconds_per_item"] / 3600, 2)
     assert f"{row['expected'] - 3:>5}/{row['expected']:<5}" in render(partial)
+
+    distilled = out / "distilled.jsonl"
+    records = [json.loads(line) for line in distilled.read_text().splitlines()]
+    distilled.write_text("".join(json.dumps(r) + "\n" for r in records[:-2]))  # two records still to distill
+    rate = status(replace(recipe, out=out))["distill"]
+    teacher_seconds = [r["seconds"]["total"] for r in records[:-2][-64:] if r["seconds"].get("total")]
+    assert rate["written"] == recipe.distill_records - 2 and rate["teacher_seconds_per_record"] == round(sum(teacher_seconds) / len(teacher_seconds), 2)
+    assert rate["hours_left"] == round(2 * sum(teacher_seconds) / len(teacher_seconds) / 3600, 2)
+    assert f"distill: {recipe.distill_records - 2}/{recipe.distill_records} records, " in render(status(replace(recipe, out=out)))
 
 
 def test_report_before_the_eval_step_shows_the_baselines_so_far(smoke_run, tmp_path):
