@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,7 @@ class Recipe:
     eval_batch: int = 32
     timing_limit: int = 10  # step `timing`: test items per task on which every system is timed again, in one session
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own
+    heartbeat_seconds: float = 60.0  # how often a running step's session is written to steps.json
     poll_seconds: float = 30.0  # how often a step waiting for a run folder another process writes looks again
     ship_to: Path | None = None  # folder of the packaged default.yaml whose adapters the ship step replaces; None: no ship
 
@@ -127,36 +129,66 @@ def read_json(path: Path) -> dict | None:
 
 
 class StepLog:
-    """steps.json in the out dir: per step, each session's wall time and outcome (done / skipped / failed)."""
+    """steps.json in the out dir: per step, each session's wall time and outcome (done / skipped / failed).
+
+    A session is logged when it starts ("running") and again every `heartbeat_seconds` while it runs, so a process
+    killed without warning (SIGKILL, a machine that goes away at the end of a session) still leaves its time up to the
+    last beat. A "running" session nobody has updated for 3 beats is marked "interrupted" by the next write."""
 
     def __init__(self, recipe: Recipe):
         self.path = recipe.out / "steps.json"
+        self.heartbeat_seconds = recipe.heartbeat_seconds
         self.data = read_json(self.path) or {"identity": recipe.identity(), "steps": {}}
         if self.data.get("identity") != recipe.identity():
             old = self.data.get("identity") or {}
             changed = sorted(k for k in set(old) | set(recipe.identity()) if old.get(k) != recipe.identity().get(k))
             raise ConfigError(f"{recipe.out} holds a run with other settings (differs in: {', '.join(changed)}); use another --out")
+        self._running: dict[str, tuple[str, dict]] = {}  # session id -> (step, session)
+        self._mutex = threading.Lock()
+        self._beat: threading.Thread | None = None
 
     def start(self, step: str) -> dict:
-        """A new session of `step` (logged by `finish`); ids tell two processes' sessions of one step apart."""
-        return {"id": uuid.uuid4().hex[:12], "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "loadavg_start": round(os.getloadavg()[0], 2), "cpu": cpu_model(), "t0": time.perf_counter()}
+        """A new session of `step`, logged now as running; ids tell two processes' sessions of one step apart."""
+        session = {"id": uuid.uuid4().hex[:12], "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "loadavg_start": round(os.getloadavg()[0], 2), "cpu": cpu_model(), "status": "running", "wall_seconds": 0.0,
+                   "t0": time.perf_counter()}
+        with self._mutex:
+            self._running[session["id"]] = (step, session)
+            self._log(step, session)
+        if self._beat is None or not self._beat.is_alive():
+            self._beat = threading.Thread(target=self._heartbeat, name="steps.json heartbeat", daemon=True)
+            self._beat.start()
+        return session
 
     def finish(self, step: str, session: dict, status: str, note: str = "") -> None:
-        seconds = round(time.perf_counter() - session.pop("t0"), 2)
-        session.update(wall_seconds=seconds, status=status, loadavg_end=round(os.getloadavg()[0], 2), **({"note": note} if note else {}))
-        self._log(step, session)
+        with self._mutex:
+            self._running.pop(session["id"], None)
+            seconds = round(time.perf_counter() - session.pop("t0"), 2)
+            session.pop("last_seen", None)
+            session.update(wall_seconds=seconds, status=status, loadavg_end=round(os.getloadavg()[0], 2), **({"note": note} if note else {}))
+            self._log(step, session)
 
     def reload(self) -> dict:
         """steps.json as on disk (another lane may have logged its steps), or this process's copy if none."""
         self.data = read_json(self.path) or self.data
         return self.data
 
+    def _heartbeat(self) -> None:
+        while True:
+            time.sleep(self.heartbeat_seconds)
+            with self._mutex:
+                if not self._running:
+                    return
+                for step, session in list(self._running.values()):
+                    session.update(wall_seconds=round(time.perf_counter() - session["t0"], 2), last_seen=_now())
+                    self._log(step, session)
+
     def _log(self, step: str, session: dict) -> None:
-        """Add a finished session under a lock, re-reading the file first: another recipe process (a lane, or
-        `--only select` beside `--only eval`) may have logged sessions of any step, this one included, meanwhile."""
+        """Write one session (added, or replaced by id) under a lock, re-reading the file first: another recipe
+        process (a lane, or `--only select` beside `--only eval`) may have logged sessions of any step meanwhile."""
         import fcntl
 
+        record = {k: v for k, v in session.items() if k != "t0"}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(".steps.json.lock"), "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # read-modify-write: one process at a time
@@ -164,12 +196,42 @@ class StepLog:
             if on_disk is not None and on_disk.get("identity") == self.data["identity"]:
                 self.data = on_disk
             entry = self.data["steps"].setdefault(step, {"status": "pending", "wall_seconds": 0.0, "sessions": []})
-            entry["sessions"].append(session)
-            entry["wall_seconds"] = busy_seconds(entry["sessions"])
-            status = session["status"]
-            if status in ("done", "failed") or entry["status"] == "pending":
-                entry["status"] = "done" if status == "skipped" else status
+            sessions = entry["sessions"]
+            index = next((i for i, s in enumerate(sessions) if s.get("id") == record["id"]), None)
+            if index is None:
+                sessions.append(record)
+            else:
+                sessions[index] = record
+            for other in self.data["steps"].values():
+                mark_interrupted(other["sessions"], 3 * self.heartbeat_seconds, keep=set(self._running))
+                other["wall_seconds"] = busy_seconds(other["sessions"])
+                other["status"] = step_status(other["sessions"])
             write_json(self.path, self.data)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def mark_interrupted(sessions: list[dict], silence: float, keep: set[str] = frozenset()) -> None:
+    """Running sessions not heard from for `silence` seconds died without logging their end (ids in `keep` are
+    this process's own, alive by definition)."""
+    now = datetime.now(timezone.utc).timestamp()
+    for s in sessions:
+        if s.get("status") == "running" and s.get("id") not in keep:
+            seen = datetime.fromisoformat(s.get("last_seen") or s["started"]).timestamp()
+            if now - seen > silence:
+                s["status"] = "interrupted"
+
+
+def step_status(sessions: list[dict]) -> str:
+    """running while a session runs; else the last worked session's outcome (done / failed / interrupted); a step
+    whose sessions all found its outputs (skipped) is done."""
+    outcomes = [s.get("status") for s in sessions]
+    if "running" in outcomes:
+        return "running"
+    worked = [o for o in outcomes if o != "skipped"]
+    return worked[-1] if worked else ("done" if outcomes else "pending")
 
 
 def busy_seconds(sessions: list[dict]) -> float:

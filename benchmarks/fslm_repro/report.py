@@ -197,7 +197,7 @@ def cost_section(summaries: dict, systems: dict, run_of: dict, timing: dict | No
                   f"at each start {min(loads, default=0)}–{max(loads, default=0)} ({timing['cpu_count']} cores). "
                   "x base is that s/item over the base model's."]
     else:
-        lines += ["", "No `timing` step yet: the full runs' seconds below may come from different sessions and machines."]
+        lines += ["", "No `timing` step yet: the full runs' seconds above may come from different sessions and machines."]
     lines += ["", "s/item, full run: wall time over the full run's sessions, on a shared 2-core CPU (each run's run.json has the "
               "load average and, since session 9, the CPU of every session); CPU s is process CPU time; threads: torch "
               "threads of the evaluating process. Stage outputs reused: the share of this system's stage generations "
@@ -378,7 +378,9 @@ def run(recipe: Recipe, log=print) -> Path:
               "|---|---|---:|---:|---|"]
     for step, e in sorted(steps.items(), key=lambda kv: STEPS.index(kv[0]) if kv[0] in STEPS else len(STEPS)):
         lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} | {step_cpus(e['sessions'])} |")
-    lines += ["", "The report step itself (seconds) is logged in steps.json after this file is written."]
+    lines += ["", "The report step's own row shows it running: its time is logged in steps.json after this file is written. "
+              "interrupted: a session that stopped without logging its end (killed, or its machine went away); its "
+              "time counts up to its last heartbeat (once a minute)."]
     lines += ["", f"Regenerate: `python benchmarks/fslm_repro/run.py --scale {recipe.scale}` (resumes; finished steps are skipped)."]
     labelled = [(systems[n]["label"], s) for n, s in summaries.items()]
     write_atomic(out / "results.png", chart_png(labelled))

@@ -119,7 +119,7 @@ def test_two_processes_logging_one_step_keep_both_sessions(tmp_path):
     other.finish("eval", b, "done")
     mine.finish("eval", a, "done")
     entry = json.loads((recipe.out / "steps.json").read_text())["steps"]["eval"]
-    assert [s["id"] for s in entry["sessions"]] == [b["id"], a["id"]] and entry["status"] == "done"
+    assert [s["id"] for s in entry["sessions"]] == [a["id"], b["id"]] and entry["status"] == "done"  # in start order
 
 
 def test_stacks_that_reuse_the_trained_stack_s_outputs_run_after_it(tmp_path):
@@ -155,3 +155,53 @@ def test_a_job_waits_for_the_run_whose_stage_outputs_it_reuses(two_jobs):
         holder.close()
         runner.join(timeout=120)
     assert job_done(first) and job_done(second)
+
+
+def test_a_running_step_is_logged_at_start_and_on_every_heartbeat(tmp_path):
+    """A session killed without warning (SIGKILL, the machine going away) keeps its time up to the last beat."""
+    import time
+
+    from recipe import Recipe, StepLog
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", heartbeat_seconds=0.05)
+    book = StepLog(recipe)
+    session = book.start("distill")
+    entry = json.loads((recipe.out / "steps.json").read_text())["steps"]["distill"]
+    assert entry["status"] == "running" and entry["sessions"][0]["id"] == session["id"] and "t0" not in entry["sessions"][0]
+    time.sleep(0.4)
+    entry = json.loads((recipe.out / "steps.json").read_text())["steps"]["distill"]
+    assert entry["status"] == "running" and 0.1 < entry["sessions"][0]["wall_seconds"] == entry["wall_seconds"] < 5
+    assert entry["sessions"][0]["last_seen"]
+    book.finish("distill", session, "done")
+    entry = json.loads((recipe.out / "steps.json").read_text())["steps"]["distill"]
+    assert [s["status"] for s in entry["sessions"]] == ["done"] and "last_seen" not in entry["sessions"][0]
+    assert entry["status"] == "done" and entry["wall_seconds"] >= 0.4
+
+
+def test_a_session_that_stopped_beating_is_marked_interrupted_and_keeps_its_time(tmp_path):
+    from recipe import Recipe, StepLog
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", heartbeat_seconds=60)
+    recipe.out.mkdir(parents=True)
+    dead = {"id": "deadbeef0000", "pid": 1, "started": "2026-01-01T10:00:00+00:00", "last_seen": "2026-01-01T10:30:00+00:00",
+            "status": "running", "wall_seconds": 1800.0}
+    (recipe.out / "steps.json").write_text(json.dumps({"identity": recipe.identity(),
+                                                       "steps": {"distill": {"status": "running", "wall_seconds": 1800.0, "sessions": [dead]}}}))
+    book = StepLog(recipe)
+    mine = book.start("finetune")  # any write looks at every step's sessions
+    steps = json.loads((recipe.out / "steps.json").read_text())["steps"]
+    assert steps["distill"]["sessions"][0]["status"] == "interrupted" and steps["distill"]["status"] == "interrupted"
+    assert steps["distill"]["wall_seconds"] == 1800.0  # the time up to its last beat still counts
+    assert steps["finetune"]["sessions"][0]["status"] == "running"  # its own session is fresh, never interrupted
+    book.finish("finetune", mine, "failed", "KeyboardInterrupt")
+
+
+def test_step_status_follows_the_last_session_that_worked():
+    from recipe import step_status
+
+    assert step_status([]) == "pending"
+    assert step_status([{"status": "failed"}, {"status": "done"}, {"status": "skipped"}]) == "done"
+    assert step_status([{"status": "done"}, {"status": "running"}]) == "running"
+    assert step_status([{"status": "done"}, {"status": "failed"}]) == "failed"  # e.g. a report redone after new results
+    assert step_status([{"status": "skipped"}]) == "done"
+    assert step_status([{"status": "interrupted"}]) == "interrupted"
