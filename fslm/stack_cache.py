@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -102,6 +103,48 @@ class StageCache:
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM stage_outputs").fetchone()[0])
+
+    def export_jsonl(self, path: str | Path) -> int:
+        """Append to a JSONL text copy the entries it lacks; returns how many. The text file can live where the
+        SQLite file cannot (in git, beside the results), so a cache survives losing the machine it was built on."""
+        import fcntl
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # two exporting processes append one after the other
+            fh.seek(0)
+            data = fh.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            if len(complete) < len(data):  # a torn last line from a killed export: drop it before appending
+                fh.truncate(len(complete))
+            have = {json.loads(line)["key"] for line in complete.splitlines() if line.strip()}
+            rows = self._db.execute("SELECT key, value FROM stage_outputs ORDER BY rowid").fetchall()
+            new = [(k, v) for k, v in rows if k not in have]
+            fh.seek(0, 2)
+            fh.write(b"".join(json.dumps({"key": k, "value": json.loads(v)}, ensure_ascii=False).encode("utf-8") + b"\n" for k, v in new))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return len(new)
+
+    def import_jsonl(self, path: str | Path) -> int:
+        """Add the entries of a JSONL copy (`export_jsonl`) that this cache lacks; returns how many were added."""
+        path = Path(path)
+        if not path.is_file():
+            return 0
+        entries = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
+            if not line.endswith("\n"):
+                break  # torn last line: an export was killed mid-write
+            try:
+                row = json.loads(line)
+                entries.append((row["key"], json.dumps(asdict(Generation(**row["value"])), ensure_ascii=False)))
+            except (ValueError, KeyError, TypeError) as err:
+                raise DataError(f"{path}:{number}: not a stage cache entry ({err}); expected {{\"key\": ..., \"value\": {{...}}}}") from None
+        before = len(self)
+        with self._db:
+            self._db.executemany("INSERT OR IGNORE INTO stage_outputs (key, value) VALUES (?, ?)", entries)
+        return len(self) - before
 
 
 __all__ = ["StageCache", "adapter_digest", "cacheable"]

@@ -60,6 +60,32 @@ def test_a_rerun_generates_nothing_and_returns_the_same_trace(tiny_engine, tmp_p
     assert [[r.output for r in res.trace] for res in first] == [[r.output for r in res.trace] for res in plain]
 
 
+def test_a_text_copy_carries_the_cache_to_another_machine(tiny_engine, tmp_path):
+    """export_jsonl / import_jsonl: the SQLite file stays behind with the machine; the JSONL copy travels (in git)."""
+    cfg = parse_stack_config(CFG)
+    copy = tmp_path / "out" / "stage_outputs.jsonl"
+    with StageCache(tmp_path / "old.sqlite") as cache:
+        first = Stack(cfg, tiny_engine, cache=cache).run_batch(PROMPTS)
+        assert cache.export_jsonl(copy) == 12 and cache.export_jsonl(copy) == 0  # appends only what the file lacks
+    with open(copy, "ab") as fh:
+        fh.write(b'{"key": "torn')  # an export killed mid-line
+    with StageCache(tmp_path / "new.sqlite") as cache:
+        assert cache.import_jsonl(copy) == 12 and cache.import_jsonl(copy) == 0
+        engine = CountingEngine(tiny_engine)
+        again = Stack(cfg, engine, cache=cache).run_batch(PROMPTS)
+        assert engine.generated == [] and traces(again) == traces(first)  # same texts, same recorded costs
+        assert cache.export_jsonl(copy) == 0 and copy.read_bytes().endswith(b"\n")  # the torn tail is dropped
+    assert len(copy.read_text().splitlines()) == 12
+    assert StageCache(tmp_path / "none.sqlite").import_jsonl(tmp_path / "missing.jsonl") == 0
+
+
+def test_a_text_copy_with_a_bad_line_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "stage_outputs.jsonl"
+    bad.write_text('{"key": "k", "value": {"text": "x"}}\n')
+    with StageCache(tmp_path / "c.sqlite") as cache, pytest.raises(DataError, match=r"stage_outputs.jsonl:1: not a stage cache entry"):
+        cache.import_jsonl(bad)
+
+
 def test_an_ablation_reuses_the_stages_whose_inputs_it_shares(tiny_engine, tmp_path):
     cfg = parse_stack_config(CFG)
     with StageCache(tmp_path / "stages.sqlite") as cache:

@@ -54,6 +54,22 @@ def stage_cache_path(recipe: Recipe) -> Path:
     return recipe.work / "stage_outputs.sqlite"
 
 
+def stage_cache_copy(recipe: Recipe) -> Path:
+    """The cache's text copy, kept with the results: the SQLite file in --work is lost with its machine, and the
+    systems that reuse the trained stack's outputs may run in a later session on another one."""
+    return recipe.out / "stage_outputs.jsonl"
+
+
+def sync_stage_cache(recipe: Recipe, log=print) -> None:
+    """Level the SQLite cache and its text copy in both directions (entries are immutable: a union is exact)."""
+    from fslm.stack_cache import StageCache
+
+    with StageCache(stage_cache_path(recipe)) as cache:
+        added, exported = cache.import_jsonl(stage_cache_copy(recipe)), cache.export_jsonl(stage_cache_copy(recipe))
+    if added or exported:
+        log(f"  stage cache: {added} entries read from {stage_cache_copy(recipe).name}, {exported} written to it")
+
+
 def with_stage_cache(recipe: Recipe, spec: SystemSpec) -> SystemSpec:
     """Stacks share one stage cache: an ablation or a later attempt reuses every stage output whose input, adapter
     bytes and settings it shares with a system evaluated before it (fslm.stack_cache); model systems have no stages."""
@@ -226,6 +242,7 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
     with it and the job is taken over here (fslm.evaluate resumes it). A job whose `after` folders are not complete
     waits for them rather than generating the stage outputs they will put in the shared cache."""
     waiting: set[Path] = set()
+    sync_stage_cache(recipe, log)
     for job in jobs:
         if job_done(job):
             log(f"  {job.spec.name}: done ({job.expected} items{', ' + job.split if job.split else ''})")
@@ -251,6 +268,8 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
                                 recipe.isolate_eval, split=job.split)
             except RunFolderBusy:  # another process took it between the check and the start: wait for it
                 continue
+            finally:
+                sync_stage_cache(recipe, log)
             if not job_done(job):
                 raise ConfigError(f"{job.folder}: the evaluation ended without all {job.expected} items in summary.json; "
                                   "rerun to resume it")

@@ -336,6 +336,12 @@ def test_ablations_reuse_the_stage_outputs_they_share_with_the_trained_stack(smo
     assert "| trained stack without reasoning (intent still runs; no stage reads it) | " in cost and f" | {share}% |" in cost
     assert "| base model alone (" in cost and " | — |" in cost  # a model alone has no stages to reuse
 
+    from fslm.stack_cache import StageCache
+
+    copy = recipe.out / "stage_outputs.jsonl"  # the text copy that travels with the results
+    with StageCache(recipe.work / "stage_outputs.sqlite") as cache:
+        assert len(copy.read_text().splitlines()) == len(cache) >= 3 * n + generated
+
 
 def test_teacher_measurements_from_another_setup_are_measured_again(smoke_run, tmp_path):
     """A work dir measured with older teacher prompts must not decide the teacher (a stale row skipped the measure)."""
