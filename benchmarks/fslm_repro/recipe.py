@@ -149,7 +149,7 @@ class StepLog:
 
     def start(self, step: str) -> dict:
         """A new session of `step`, logged now as running; ids tell two processes' sessions of one step apart."""
-        session = {"id": uuid.uuid4().hex[:12], "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        session = {"id": uuid.uuid4().hex[:12], "pid": os.getpid(), "started": utc_now(),
                    "loadavg_start": round(os.getloadavg()[0], 2), "cpu": cpu_model(), "status": "running", "wall_seconds": 0.0,
                    "t0": time.perf_counter()}
         with self._mutex:
@@ -180,7 +180,7 @@ class StepLog:
                 if not self._running:
                     return
                 for step, session in list(self._running.values()):
-                    session.update(wall_seconds=round(time.perf_counter() - session["t0"], 2), last_seen=_now())
+                    session.update(wall_seconds=round(time.perf_counter() - session["t0"], 2), last_seen=utc_now())
                     self._log(step, session)
 
     def _log(self, step: str, session: dict) -> None:
@@ -209,7 +209,8 @@ class StepLog:
             write_json(self.path, self.data)
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Timestamps in steps.json and the steps' own JSON files."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 

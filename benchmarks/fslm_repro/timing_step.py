@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
 from fslm.cpu import cpu_model, pick_threads
@@ -22,7 +21,7 @@ from fslm.evaluate.store import write_json
 
 from eval_step import evaluate_system, expected_items, run_complete, systems
 from lanes import threads_env
-from recipe import Recipe, read_json
+from recipe import Recipe, read_json, utc_now
 
 
 def timing_dir(recipe: Recipe) -> Path:
@@ -56,7 +55,7 @@ def run(recipe: Recipe, log=print) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     threads = pick_threads()  # fixed once: every system runs with the same threads, whatever the load does meanwhile
     n_items = sum(len(select_items(t, recipe.timing_limit)) for t in parse_tasks(recipe.tasks))
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = utc_now()
     with threads_env(threads):
         for spec in specs:
             log(f"  {spec.name}: timing {recipe.timing_limit} items per task ({n_items} items, {threads} thread(s))")
