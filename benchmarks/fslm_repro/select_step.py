@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fslm.errors import ConfigError
-from fslm.evaluate import parse_tasks, select_items
+from fslm.evaluate import compare, parse_tasks, select_items
 from fslm.evaluate.heldout import EVAL_RESERVE, HELDOUT
 from fslm.evaluate.store import write_json
 
@@ -103,6 +103,22 @@ def run(recipe: Recipe, log=print) -> dict:
     return data
 
 
+def heldout_vs_base(recipe: Recipe, names: list[str]) -> dict[str, str]:
+    """Each system's held-out macro minus the base model's, with its paired-bootstrap CI: at ~50 items per task a
+    held-out ranking alone says little."""
+    base = select_dir(recipe) / "base"
+    if "base" not in names:
+        return {}
+    cells = {}
+    for name in names:
+        if name == "base":
+            continue
+        macro = compare(select_dir(recipe) / name, base, out_dir=recipe.out / "compare" / f"heldout-{name}-vs-base")["tasks"]["macro"]
+        star = "*" if macro["ci95"][0] > 0 or macro["ci95"][1] < 0 else ""
+        cells[name] = f"{100 * macro['diff']:+.1f}{star} ({100 * macro['ci95'][0]:+.1f} to {100 * macro['ci95'][1]:+.1f})"
+    return cells
+
+
 def markdown(recipe: Recipe, test_macro: dict[str, float]) -> list[str]:
     """RESULTS.md's section: held-out numbers beside test numbers, and what was shipped."""
     data = read_json(recipe.out / "select.json")
@@ -111,11 +127,13 @@ def markdown(recipe: Recipe, test_macro: dict[str, float]) -> list[str]:
     lines = ["## Which attempt ships (chosen on held-out items)", "",
              f"Rule: {data['rule']}. Held-out items: `--split heldout`, {data['items_per_system']} per system (up to "
              f"{data['limit']} per task from dev/train splits, or from past item {EVAL_RESERVE} of a task's only split), disjoint "
-             "from the items above.", "", "| system | held-out macro | test macro (above) |", "|---|---:|---:|"]
+             "from the items above. Held-out vs base: paired bootstrap 95% CI in points (`compare/heldout-<system>-vs-base/`).",
+             "", "| system | held-out macro | held-out vs base (95% CI) | test macro (above) |", "|---|---:|---:|---:|"]
+    vs_base = heldout_vs_base(recipe, data["attempts"] + data["context"])
     for name in data["attempts"] + data["context"]:
         mark = " **(chosen)**" if name == data["chosen"] else ""
         test = f"{100 * test_macro[name]:.1f}" if name in test_macro else "—"
-        lines.append(f"| {data['labels'][name]}{mark} | {100 * data['heldout_macro'][name]:.1f} | {test} |")
+        lines.append(f"| {data['labels'][name]}{mark} | {100 * data['heldout_macro'][name]:.1f} | {vs_base.get(name, '—')} | {test} |")
     lines.append("")
     if data["beaten_by_context"]:
         names = ", ".join(data["labels"][n] for n in data["beaten_by_context"])

@@ -225,6 +225,10 @@ def test_select_chooses_an_attempt_on_heldout_items_only(smoke_run):
     text = (recipe.out / "RESULTS.md").read_text()
     assert "## Which attempt ships (chosen on held-out items)" in text and "**(chosen)**" in text
     assert "| held-out (select step) | 10 |" in text and "| test (the items above) | 10 |" in text  # the sum-rule check
+    assert "| system | held-out macro | held-out vs base (95% CI) | test macro (above) |" in text
+    vs_base = json.loads((recipe.out / "compare" / "heldout-stack-trained-vs-base" / "compare.json").read_text())["tasks"]["macro"]
+    assert vs_base["n"] == info["items_per_system"]
+    assert abs(vs_base["diff"] - (info["heldout_macro"]["stack-trained"] - info["heldout_macro"]["base"])) < 1e-3
 
 
 def test_ship_puts_the_chosen_adapters_where_the_packaged_stack_names_them(smoke_run):
