@@ -113,6 +113,13 @@ class Recipe:
     def runs_dir(self) -> Path:
         return self.out / "runs"
 
+    @property
+    def steps_off(self) -> set[str]:
+        """Steps this recipe's settings turn off: they run, find nothing to do, and count as off, not done."""
+        off = {"choice": not self.choice_records, "neutral": not self.neutral, "retrieval": not self.retrieval,
+               "select": not self.select_limit}
+        return {step for step, is_off in off.items() if is_off}
+
 
 def slug(ref: str) -> str:
     """A file-name-safe name for a model reference (tiny test models are folder paths)."""

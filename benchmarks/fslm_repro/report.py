@@ -316,8 +316,9 @@ def run(recipe: Recipe, log=print) -> Path:
         else:
             delta = "(baseline)"
         lines.append(f"| {systems[name]['label']} | " + " | ".join(cells) + f" | {delta} |")
-    lines += ["", f"macro without {swing}: the task whose accuracy differs most between systems left out (at 40 items a yes/no "
-              "prior can swing one task by 50 points).", "", "`*`: the CI excludes zero. Per-task CIs: `compare/<system>-vs-base/compare.md`; per-item outputs: `runs/<system>/items.jsonl`.", "",
+    spread = [100 * s["tasks"][swing]["acc"] for s in summaries.values() if swing in s["tasks"]]
+    lines += ["", f"macro without {swing}: the task whose accuracy differs most between systems left out (here from "
+              f"{min(spread):.1f} to {max(spread):.1f}%, so it can decide a macro difference on its own).", "", "`*`: the CI excludes zero. Per-task CIs: `compare/<system>-vs-base/compare.md`; per-item outputs: `runs/<system>/items.jsonl`.", "",
               *cost_section(summaries, systems, run_of, read_json(out / "timing.json")),
               "![results](results.png)", ""]
     if "stack-trained" in summaries:
@@ -377,7 +378,7 @@ def run(recipe: Recipe, log=print) -> Path:
     lines += ["", "## Wall time per step", "", "| step | status | wall time | sessions | CPUs of the sessions that worked |",
               "|---|---|---:|---:|---|"]
     for step, e in sorted(steps.items(), key=lambda kv: STEPS.index(kv[0]) if kv[0] in STEPS else len(STEPS)):
-        lines.append(f"| {step} | {e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} | {step_cpus(e['sessions'])} |")
+        lines.append(f"| {step} | {'off' if step in recipe.steps_off else e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} | {step_cpus(e['sessions'])} |")
     lines += ["", "The report step's own row shows it running: its time is logged in steps.json after this file is written. "
               "interrupted: a session that stopped without logging its end (killed, or its machine went away); its "
               "time counts up to its last heartbeat (once a minute)."]

@@ -71,10 +71,8 @@ def status(recipe: Recipe) -> dict:
     recent = [r["seconds"]["total"] for r in records[-RECENT_RECORDS:] if (r.get("seconds") or {}).get("total")]
     per_record = sum(recent) / len(recent) if recent else None
     rows = runs(recipe)
-    off = {"choice": not recipe.choice_records, "neutral": not recipe.neutral, "retrieval": not recipe.retrieval,
-           "select": not recipe.select_limit}
     return {
-        "steps": {name: "off" if off.get(name) else ("done" if STEP_FUNCS[name][0](recipe) else "to do") for name in STEPS},
+        "steps": {name: "off" if name in recipe.steps_off else ("done" if STEP_FUNCS[name][0](recipe) else "to do") for name in STEPS},
         "distill": {"written": written, "selected": len(wanted),
                     "teacher_seconds_per_record": round(per_record, 2) if per_record else None,
                     "hours_left": round((len(wanted) - written) * per_record / 3600, 2) if per_record else None},

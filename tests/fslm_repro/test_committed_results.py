@@ -1,4 +1,4 @@
-"""The README's pilot row quotes numbers from the committed pilot results: each must be one the recipe generated."""
+"""The README's FSLM rows quote numbers from the committed results: each must be one the recipe generated."""
 
 from __future__ import annotations
 
@@ -6,29 +6,38 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
-PILOT = REPO / "benchmarks" / "results" / "fslm_repro_pilot"
+RESULTS = REPO / "benchmarks" / "results"
+ROWS = {  # README row prefix -> results folder, fewest decimals the row must quote
+    "| FSLM reproduction, pilot scale": ("fslm_repro_pilot", 20),
+    "| FSLM reproduction, full scale": ("fslm_repro", 8),
+}
 
 
-def generated_numbers() -> set[str]:
-    """Every macro, macro difference, CI bound, held-out macro and s/item ratio in the pilot's JSON outputs, as the
-    README writes them (one decimal; differences also without their sign)."""
+def generated_numbers(results: Path) -> set[str]:
+    """Every macro (test and held-out runs), macro difference, CI bound, held-out macro and s/item ratio in a
+    recipe's JSON outputs, as the README writes them (one decimal; differences also without their sign)."""
     values: list[float] = []
-    for summary in (PILOT / "runs").glob("*/summary.json"):
+    for summary in [*(results / "runs").glob("*/summary.json"), *(results / "select").glob("*/summary.json")]:
         values.append(json.loads(summary.read_text())["macro_acc"])
-    for cmp in (PILOT / "compare").glob("*/compare.json"):
+    for cmp in (results / "compare").glob("*/compare.json"):
         macro = json.loads(cmp.read_text())["tasks"]["macro"]
         values += [macro["diff"], *macro["ci95"], -macro["diff"]]
-    values += json.loads((PILOT / "select.json").read_text())["heldout_macro"].values()
+    if (results / "select.json").is_file():
+        values += json.loads((results / "select.json").read_text())["heldout_macro"].values()
     out = {f"{100 * v:.1f}" for v in values} | {f"{100 * v:+.1f}" for v in values}
-    cost = {p.parent.name: json.loads(p.read_text())["cost"]["seconds_per_item"] for p in (PILOT / "runs").glob("*/summary.json")}
-    out.add(f"{cost['stack-trained'] / cost['base']:.1f}")
+    cost = {p.parent.name: json.loads(p.read_text())["cost"]["seconds_per_item"] for p in (results / "runs").glob("*/summary.json")}
+    out |= {f"{cost[name] / cost['base']:.1f}" for name in cost if "base" in cost}
     return out
 
 
-def test_every_decimal_in_the_readme_pilot_row_comes_from_the_results():
-    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| FSLM reproduction, pilot scale"))
+@pytest.mark.parametrize("prefix", ROWS)
+def test_every_decimal_in_a_readme_fslm_row_comes_from_the_results(prefix: str):
+    folder, fewest = ROWS[prefix]
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(prefix))
     quoted = re.findall(r"(?<![\w-])[+-]?\d+\.\d(?![\w.])", row)  # not model names (Qwen2.5-Coder-0.5B)
-    assert len(quoted) >= 20
-    known = generated_numbers()
+    assert len(quoted) >= fewest
+    known = generated_numbers(RESULTS / folder)
     assert [q for q in quoted if q not in known and q.lstrip("+-") not in known] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -296,6 +297,9 @@ def test_report_has_the_table_and_numbers_from_the_runs(smoke_run):
         assert label in text
     base = json.loads((recipe.out / "runs" / "base" / "summary.json").read_text())
     assert f"**{100 * base['macro_acc']:.1f}**" in text
+    swing = re.search(r"macro without (\w+): the task whose accuracy differs most between systems left out \(here from ([\d.]+) to ([\d.]+)%", text)
+    accs = [100 * json.loads(p.read_text())["tasks"][swing[1]]["acc"] for p in (recipe.out / "runs").glob("*/summary.json")]
+    assert (swing[2], swing[3]) == (f"{min(accs):.1f}", f"{max(accs):.1f}")
     assert "Smoke scale" in text and "## Example traces" in text and "| finetune | done |" in text
     cmp = json.loads((recipe.out / "compare" / "stack-trained-vs-base" / "compare.json").read_text())["tasks"]["macro"]
     headline = next(line for line in text.splitlines() if line.startswith("- trained stack vs base model alone"))
@@ -506,3 +510,17 @@ def test_report_before_the_eval_step_shows_the_baselines_so_far(smoke_run, tmp_p
     assert "**Not evaluated yet** (rerun the recipe to finish them): trained stack." in text
     assert "| same stack, no adapters |" in text and "## Example traces" not in text
     assert "What training adds" not in text  # needs the trained stack
+
+
+def test_wall_time_table_says_off_for_steps_the_settings_turn_off(smoke_run, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    import report
+
+    recipe, _, _ = smoke_run
+    out = tmp_path / "out"
+    shutil.copytree(recipe.out, out)
+    report.run(replace(recipe, out=out, choice_records=0), log=lambda _: None)
+    table = (out / "RESULTS.md").read_text().split("## Wall time per step")[1]
+    assert "| choice | off |" in table and "| finetune | done |" in table
