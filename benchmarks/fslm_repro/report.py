@@ -28,6 +28,11 @@ def excludes_zero(ci: list[float]) -> bool:
     return ci[0] > EPS or ci[1] < -EPS
 
 
+def delta_cell(entry: dict) -> str:
+    """A table cell for one paired comparison: difference, 95% CI, and `*` when the CI excludes zero."""
+    return f"{pts(entry['diff'])} ({pts(entry['ci95'][0])} to {pts(entry['ci95'][1])})" + (" *" if excludes_zero(entry["ci95"]) else "")
+
+
 def verdict(entry: dict, a: str, b: str) -> str:
     """One honest sentence about acc(a) - acc(b) with its paired 95% CI."""
     lo, hi = entry["ci95"]
@@ -312,7 +317,7 @@ def run(recipe: Recipe, log=print) -> Path:
         cells.append(f"{100 * sum(rest) / len(rest):.1f}" if rest else "—")
         if name in vs_base:
             e = vs_base[name]["macro"]
-            delta = f"{pts(e['diff'])} ({pts(e['ci95'][0])} to {pts(e['ci95'][1])})" + (" *" if excludes_zero(e["ci95"]) else "")
+            delta = delta_cell(e)
         else:
             delta = "(baseline)"
         lines.append(f"| {systems[name]['label']} | " + " | ".join(cells) + f" | {delta} |")
@@ -346,7 +351,7 @@ def run(recipe: Recipe, log=print) -> Path:
                          f"{pct(a['acc_named'])} | {pct(a['acc_other'])} |")
         lines.append("")
     lines += sum_rule_markdown(recipe, run_of, summaries)
-    lines += select_step.markdown(recipe, {name: s["macro_acc"] for name, s in summaries.items()})
+    lines += select_step.markdown(recipe, {name: s["macro_acc"] for name, s in summaries.items()}, delta_cell)
     if (out / ANALYSIS).is_file():  # findings written by a person from the traces; the tables above stay generated
         lines += [(out / ANALYSIS).read_text(encoding="utf-8").rstrip(), ""]
     lines += ["## How the stack was built", ""]

@@ -13,6 +13,7 @@ out/select.json        held-out macro per candidate, the rule, the chosen attemp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fslm.errors import ConfigError
@@ -103,24 +104,19 @@ def run(recipe: Recipe, log=print) -> dict:
     return data
 
 
-def heldout_vs_base(recipe: Recipe, names: list[str]) -> dict[str, str]:
-    """Each system's held-out macro minus the base model's, with its paired-bootstrap CI: at ~50 items per task a
-    held-out ranking alone says little."""
-    base = select_dir(recipe) / "base"
+def heldout_vs_base(recipe: Recipe, names: list[str]) -> dict[str, dict]:
+    """Each system's held-out macro minus the base model's with its paired-bootstrap CI (compare's macro entry): at
+    ~50 items per task a held-out ranking alone says little."""
     if "base" not in names:
         return {}
-    cells = {}
-    for name in names:
-        if name == "base":
-            continue
-        macro = compare(select_dir(recipe) / name, base, out_dir=recipe.out / "compare" / f"heldout-{name}-vs-base")["tasks"]["macro"]
-        star = "*" if macro["ci95"][0] > 0 or macro["ci95"][1] < 0 else ""
-        cells[name] = f"{100 * macro['diff']:+.1f}{star} ({100 * macro['ci95'][0]:+.1f} to {100 * macro['ci95'][1]:+.1f})"
-    return cells
+    base = select_dir(recipe) / "base"
+    return {name: compare(select_dir(recipe) / name, base, out_dir=recipe.out / "compare" / f"heldout-{name}-vs-base")["tasks"]["macro"]
+            for name in names if name != "base"}
 
 
-def markdown(recipe: Recipe, test_macro: dict[str, float]) -> list[str]:
-    """RESULTS.md's section: held-out numbers beside test numbers, and what was shipped."""
+def markdown(recipe: Recipe, test_macro: dict[str, float], delta_cell: Callable[[dict], str]) -> list[str]:
+    """RESULTS.md's section: held-out numbers beside test numbers, and what was shipped; `delta_cell` formats a
+    comparison as the report's other tables do."""
     data = read_json(recipe.out / "select.json")
     if not data:
         return []
@@ -133,7 +129,7 @@ def markdown(recipe: Recipe, test_macro: dict[str, float]) -> list[str]:
     for name in data["attempts"] + data["context"]:
         mark = " **(chosen)**" if name == data["chosen"] else ""
         test = f"{100 * test_macro[name]:.1f}" if name in test_macro else "—"
-        lines.append(f"| {data['labels'][name]}{mark} | {100 * data['heldout_macro'][name]:.1f} | {vs_base.get(name, '—')} | {test} |")
+        lines.append(f"| {data['labels'][name]}{mark} | {100 * data['heldout_macro'][name]:.1f} | {delta_cell(vs_base[name]) if name in vs_base else '—'} | {test} |")
     lines.append("")
     if data["beaten_by_context"]:
         names = ", ".join(data["labels"][n] for n in data["beaten_by_context"])
