@@ -60,7 +60,7 @@ def eval_command(
     base: bool = typer.Option(False, "--base", help="With --stack: its base model alone (raw prompts, no stages)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Items per batch (and per resumable write)."),
     stage_cache: Optional[Path] = typer.Option(None, "--stage-cache", help="With --stack: reuse (and add to) greedy stage outputs in this SQLite file; stacks sharing a stage generate it once."),
-    answer_format: str = typer.Option("stack", "--answer-format", help="With --stack: 'stack' (the answer stage scores options in its chat format) or 'raw' (the base model scores lm-eval's raw context with the earlier texts in front)."),
+    answer_format: str = typer.Option("stack", "--answer-format", help="With --stack: 'stack' (the answer stage scores options in its chat format) or 'raw' (the base model scores lm-eval's raw context with the earlier texts in front) or 'raw-adapter' (the same raw contexts scored with the final stage's adapter: one trained on raw contexts)."),
     json_output: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of a table."),
 ) -> None:
     """Evaluate --model M or --stack S on benchmark tasks (acc, acc_norm, 95% CIs, costs)."""

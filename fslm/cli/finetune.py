@@ -10,7 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fslm.cli.common import console, out, print_json
-from fslm.finetune import ALL_PROJECTIONS, FinetuneReport, TrainOptions, finetune
+from fslm.errors import InputError
+from fslm.finetune import ALL_PROJECTIONS, FinetuneReport, TrainOptions, finetune, finetune_pairs
 
 
 def render_report(report: FinetuneReport) -> None:
@@ -42,6 +43,7 @@ def finetune_command(
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where the CPU has native bf16) | bf16 | fp32."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: picked from the machine's load)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    pairs: bool = typer.Option(False, "--pairs", help="--data holds (context, continuation) pairs ({id, context, continuation} per line): train the one stage named by --stages to be scored on raw contexts (`fslm eval --answer-format raw-adapter`)."),
 ) -> None:
     """Fine-tune one LoRA adapter per stage on distilled data and write a runnable trained stack."""
     options = TrainOptions(
@@ -59,7 +61,12 @@ def finetune_command(
                 tasks[stage] = bar.add_task(stage, total=total, loss="-")
             bar.update(tasks[stage], completed=step, total=total, loss=f"{loss:.3f}")
 
-        report = finetune(stack, data, out_dir, options, stages=chosen, progress=progress)
+        if pairs:
+            if not chosen or len(chosen) != 1:
+                raise InputError("--pairs trains one stage: name it with --stages (e.g. --stages answer)")
+            report = finetune_pairs(stack, chosen[0], data, out_dir, options, progress=progress)
+        else:
+            report = finetune(stack, data, out_dir, options, stages=chosen, progress=progress)
     if json_output:
         print_json(report.to_dict())
     else:

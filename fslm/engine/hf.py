@@ -145,7 +145,7 @@ class HFEngine:
         return results
 
     # ---- scoring --------------------------------------------------------------------------------------------------
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """lm-eval-harness's split: trailing context spaces move to the continuation, tokens cut at len(enc(ctx))."""
         spaces = len(context) - len(context.rstrip())
         if spaces:
@@ -161,7 +161,7 @@ class HFEngine:
     def score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None) -> list[Score]:
         if len(contexts) != len(continuations):
             raise ValueError("contexts and continuations must have the same length")
-        pairs = [self._encode_pair(c, x) for c, x in zip(contexts, continuations)]
+        pairs = [self.encode_pair(c, x) for c, x in zip(contexts, continuations)]
         for i, (ctx, cont) in enumerate(pairs):
             if not cont:
                 raise InputError(f"continuation {i} is empty after tokenization")

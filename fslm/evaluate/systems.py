@@ -114,7 +114,8 @@ class ModelSystem:
         ]
 
 
-ANSWER_FORMATS = ("stack", "raw")
+ANSWER_FORMATS = ("stack", "raw", "raw-adapter")
+RAW_FORMATS = ("raw", "raw-adapter")  # the final stage reads lm-eval's raw context, not its chat prompt
 
 
 class StackSystem:
@@ -123,7 +124,9 @@ class StackSystem:
 
     answer_format "raw" replaces the final stage by the base model alone (no adapter) scoring lm-eval's raw context,
     exactly as `ModelSystem` does, with the texts the final stage would read as labelled lines in front: a paired
-    test of whether the earlier texts help a plain scorer, free of the chat format's own effect."""
+    test of whether the earlier texts help a plain scorer, free of the chat format's own effect. "raw-adapter" scores
+    the same raw contexts with the final stage's adapter on: for an answer adapter trained on raw contexts
+    (`fslm.finetune.finetune_pairs`), which the chat format would run wrongly."""
 
     supports_fewshot = False
 
@@ -131,11 +134,15 @@ class StackSystem:
                  answer_format: str = "stack"):
         if answer_format not in ANSWER_FORMATS:
             raise InputError(f"answer format {answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)}")
+        final = stack.config.stages[-1]
+        if answer_format == "raw-adapter" and stack.adapter_for(final) is None:
+            raise InputError(f"answer format 'raw-adapter': the final stage {final.name!r} of stack {stack.config.name!r} has no "
+                             "adapter to score with (adapters off, or none in its config); use 'raw' for the base model")
         self.stack = stack
         self.engine = stack.engine
         self.adapters = adapters
         self.answer_format = answer_format
-        suffix = ("" if adapters else "-no-adapters") + ("" if answer_format == "stack" else "+raw-answer")
+        suffix = ("" if adapters else "-no-adapters") + {"stack": "", "raw": "+raw-answer", "raw-adapter": "+raw-adapter-answer"}[answer_format]
         self.name = name or f"stack:{stack.config.name}{suffix}"
         self.load_seconds = load_seconds
 
@@ -177,9 +184,13 @@ class StackSystem:
             return None
         return self.stack.adapter_for(self.stack.config.stages[-1])
 
+    @property
+    def _reads_raw(self) -> bool:
+        return self.answer_format in RAW_FORMATS
+
     def _scored(self, item: Item, result) -> tuple[list[str], tuple[str, ...], str]:
         """(one context per option, the options' continuations, the text recorded as the final stage's input)."""
-        if self.answer_format == "raw":
+        if self._reads_raw:
             notes = raw_notes(self.stack.config, result.outputs)
             contexts = [notes + build_context(item, (), choice=i if item.contexts else None) for i in range(len(item.choices))]
             return contexts, tuple(item.continuations), contexts[0]
@@ -223,7 +234,7 @@ class StackSystem:
         """Generation tasks run the whole stack; the answer stage's own generation settings apply."""
         if any(shots.get(item.id) for item in items):
             raise InputError("few-shot examples apply to --model systems only; evaluate stacks zero-shot")
-        if self.answer_format == "raw":
+        if self._reads_raw:
             return self._raw_generate(items, params)
         results = self.stack.run_batch([stack_prompt(item) for item in items])
         return [
@@ -239,11 +250,12 @@ class StackSystem:
         ]
 
     def _raw_generate(self, items: Sequence[Item], params: GenerationParams) -> list[Outcome]:
-        """Answer format "raw" on a generation task: the base model continues lm-eval's raw context after the notes."""
+        """A raw answer format on a generation task: the base model (or the final adapter: "raw-adapter") continues
+        lm-eval's raw context after the notes."""
         early = len(self.stack.config.stages) - 1
         results = self.stack.run_batch([stack_prompt(item) for item in items], stages=early)
         contexts = [raw_notes(self.stack.config, r.outputs) + build_context(item) for item, r in zip(items, results, strict=True)]
-        gens = self.engine.generate(contexts, params)
+        gens = self.engine.generate(contexts, params, adapter=self._final_adapter())
         return [
             Outcome(
                 prompt=r.prompt,

@@ -2,6 +2,8 @@
 
 The input is built by `Stack.stage_input` (the code `Stack.run` uses) with the DISTILLED earlier-stage targets as the
 earlier outputs (teacher forcing), so a stage never trains on a prompt layout it will not see at inference.
+`pair_examples` is the other kind: (context, continuation) pairs split into tokens exactly as the engine's `score`
+splits them, for an answer stage that is scored on raw contexts (`--answer-format raw-adapter`).
 """
 
 from __future__ import annotations
@@ -83,3 +85,31 @@ def build_examples(cfg: StackConfig, engine, records: Sequence[dict], max_length
             else:
                 data[stage.name].examples.append(example)
     return list(data.values())
+
+
+def usable_pairs(rows: Sequence[dict], where: str) -> list[dict]:
+    """Rows with a non-empty string id, context and continuation; anything else is a data error naming the line."""
+    usable = []
+    for n, row in enumerate(rows, 1):
+        line = f"{where}: line {row.get('_line', n)}"
+        for key in ("id", "context", "continuation"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataError(f"{line}: missing or empty {key!r} (a pair row is {{id, context, continuation}})")
+        usable.append(row)
+    if not usable:
+        raise DataError(f"{where}: no (context, continuation) pairs to train on")
+    return usable
+
+
+def pair_examples(stage: str, engine, rows: Sequence[dict], max_length: int) -> StageData:
+    """The loss falls on the continuation's tokens only, split from the context as `engine.score` splits them, so
+    the adapter learns the very log-probabilities it is scored by; pairs longer than max_length are counted, never cut."""
+    data = StageData(stage)
+    for row in rows:
+        context, continuation = engine.encode_pair(row["context"], row["continuation"])
+        example = Example(row["id"], tuple(context), tuple(continuation))
+        if example.length > max_length:
+            data.skipped_too_long += 1
+        else:
+            data.examples.append(example)
+    return data

@@ -22,9 +22,9 @@ import torch
 from fslm.config import StackConfig, load_default_stack_config, load_stack_config
 from fslm.distill.store import read_distilled
 from fslm.engine import load_engine
-from fslm.errors import ConfigError
+from fslm.errors import ConfigError, DataError
 from fslm.finetune.checkpoint import load_done, mark_done, write_json_atomic
-from fslm.finetune.examples import build_examples, usable_records
+from fslm.finetune.examples import StageData, build_examples, pair_examples, usable_pairs, usable_records
 from fslm.finetune.trainer import StageResult, TrainOptions, mean_loss, train_stage
 
 
@@ -122,8 +122,6 @@ def finetune(
     progress: Callable[[str, int, int, float], None] | None = None,
 ) -> FinetuneReport:
     """Python twin of `fslm finetune`. Rerunning with the same arguments resumes (finished stages are skipped)."""
-    from peft import LoraConfig, get_peft_model
-
     options = options or TrainOptions()
     options.validate()
     cfg = stack if isinstance(stack, StackConfig) else load_default_stack_config() if stack is None else load_stack_config(stack)
@@ -145,47 +143,118 @@ def finetune(
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(records))
     log = {"stack": cfg.name, "base_model": cfg.base_model, "data": str(data), "options": asdict(options), "stages": {}}
     for stage_data in build_examples(cfg, engine, records, options.max_length):
-        name = stage_data.stage
-        if name not in chosen:
+        if stage_data.stage in chosen:
+            base = _train_adapter(stage_data, engine, base, cfg, names.index(stage_data.stage), out, options, pad_id, log, report,
+                                  eval_loss, progress)
+    _write_trained(cfg, out, [n for n in names if n in log["stages"]], log, report, t0)
+    return report
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """A pairs JSONL file ({id, context, continuation} per line); a malformed line is an error naming it."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: pairs file not found (one JSON object per line: id, context, continuation)")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
             continue
-        if not stage_data.examples:
-            raise ConfigError(f"stage {name!r}: every example is longer than --max-length {options.max_length}; raise it")
-        ckpt_dir = out / "checkpoints" / name
-        fingerprint = {**options.math_fingerprint(), "data": stage_data.fingerprint(), "base_model": cfg.base_model}
-        done = load_done(ckpt_dir)
-        if done is not None and done.get("fingerprint") == fingerprint and (out / "adapters" / name / "adapter_model.safetensors").is_file():
-            log["stages"][name] = done["log_entry"]
-            report.stages[name] = {**done["log_entry"]["summary"], "skipped": "already trained"}
-            continue
-        if done is not None:
-            raise ConfigError(f"{out}: stage {name!r} was trained with other options or data; use a new --out")
-        torch.manual_seed(options.seed + names.index(name))
-        lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                          target_modules=list(options.targets), task_type="CAUSAL_LM")
         try:
-            peft_model = get_peft_model(base, lora)
-        except ValueError as err:
-            raise ConfigError(f"--targets {','.join(options.targets)}: {err}") from None
-        try:
-            before = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
-            result: StageResult = train_stage(
-                peft_model, stage_data.examples, options, ckpt_dir, fingerprint, pad_id,
-                (lambda step, total, loss, _n=name: progress(_n, step, total, loss)) if progress else None,
-            )
-            after = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
-            _save_adapter(peft_model, out / "adapters" / name, options.save_dtype)
-        finally:
-            base = peft_model.unload()  # the shared base model goes back to plain weights
-            base.eval()
-        result.skipped_too_long = stage_data.skipped_too_long
-        summary = result.summary()
-        if eval_loss:
-            summary.update(loss_before=round(before, 4), loss_after=round(after, 4))
-        entry = {"summary": summary, "steps": result.steps}
-        mark_done(ckpt_dir, {"fingerprint": fingerprint, "log_entry": entry})
-        log["stages"][name] = entry
-        report.stages[name] = summary
-    trained = [n for n in names if n in log["stages"]]
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {number}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {number}: expected a JSON object with id, context, continuation")
+        rows.append({**row, "_line": number})
+    return usable_pairs(rows, str(path))
+
+
+def finetune_pairs(
+    stack: str | Path | StackConfig | None,
+    stage: str,
+    data: str | Path,
+    out: str | Path,
+    options: TrainOptions | None = None,
+    *,
+    engine=None,
+    progress: Callable[[str, int, int, float], None] | None = None,
+) -> FinetuneReport:
+    """Train `stage`'s adapter on (context, continuation) pairs (`read_pairs`): the loss is the continuation's
+    log-probability after the context, exactly what `engine.score` measures, so the adapter is fit to be scored on
+    raw contexts (`--answer-format raw-adapter`), not to reply in the stage's chat format. Resumes like `finetune`;
+    the other stages keep their adapters (by absolute path) in out/stack.yaml."""
+    options = options or TrainOptions()
+    options.validate()
+    cfg = stack if isinstance(stack, StackConfig) else load_default_stack_config() if stack is None else load_stack_config(stack)
+    names = [s.name for s in cfg.stages]
+    if stage not in names:
+        raise ConfigError(f"stage {stage!r}: not a stage of {cfg.name!r} (stages: {names})")
+    if cfg.stages[names.index(stage)].is_retrieval:
+        raise ConfigError(f"stage {stage!r} retrieves passages; it has no model to train")
+    out = Path(out)
+    rows = read_pairs(data)
+    engine = engine or load_engine(cfg.base_model, dtype="float32")
+    pad_id = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else engine.eos_ids[0]
+    t0 = time.perf_counter()
+    report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(rows))
+    log = {"stack": cfg.name, "base_model": cfg.base_model, "data": str(data), "kind": "pairs", "options": asdict(options), "stages": {}}
+    stage_data = pair_examples(stage, engine, rows, options.max_length)
+    _train_adapter(stage_data, engine, engine.base, cfg, names.index(stage), out, options, pad_id, log, report, False, progress)
+    _write_trained(cfg, out, [stage], log, report, t0)
+    return report
+
+
+def _train_adapter(stage_data: StageData, engine, base, cfg: StackConfig, seed_offset: int, out: Path, options: TrainOptions,
+                   pad_id: int, log: dict, report: FinetuneReport, eval_loss: bool, progress) -> object:
+    """Train (or resume, or skip when done with the same options and data) one stage's adapter into
+    out/adapters/<stage>; returns the base model, back to plain weights."""
+    from peft import LoraConfig, get_peft_model
+
+    name = stage_data.stage
+    if not stage_data.examples:
+        raise ConfigError(f"stage {name!r}: every example is longer than --max-length {options.max_length}; raise it")
+    ckpt_dir = out / "checkpoints" / name
+    fingerprint = {**options.math_fingerprint(), "data": stage_data.fingerprint(), "base_model": cfg.base_model}
+    done = load_done(ckpt_dir)
+    if done is not None and done.get("fingerprint") == fingerprint and (out / "adapters" / name / "adapter_model.safetensors").is_file():
+        log["stages"][name] = done["log_entry"]
+        report.stages[name] = {**done["log_entry"]["summary"], "skipped": "already trained"}
+        return base
+    if done is not None:
+        raise ConfigError(f"{out}: stage {name!r} was trained with other options or data; use a new --out")
+    torch.manual_seed(options.seed + seed_offset)
+    lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                      target_modules=list(options.targets), task_type="CAUSAL_LM")
+    try:
+        peft_model = get_peft_model(base, lora)
+    except ValueError as err:
+        raise ConfigError(f"--targets {','.join(options.targets)}: {err}") from None
+    try:
+        before = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
+        result: StageResult = train_stage(
+            peft_model, stage_data.examples, options, ckpt_dir, fingerprint, pad_id,
+            (lambda step, total, loss, _n=name: progress(_n, step, total, loss)) if progress else None,
+        )
+        after = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
+        _save_adapter(peft_model, out / "adapters" / name, options.save_dtype)
+    finally:
+        base = peft_model.unload()  # the shared base model goes back to plain weights
+        base.eval()
+    result.skipped_too_long = stage_data.skipped_too_long
+    summary = result.summary()
+    if eval_loss:
+        summary.update(loss_before=round(before, 4), loss_after=round(after, 4))
+    entry = {"summary": summary, "steps": result.steps}
+    mark_done(ckpt_dir, {"fingerprint": fingerprint, "log_entry": entry})
+    log["stages"][name] = entry
+    report.stages[name] = summary
+    return base
+
+
+def _write_trained(cfg: StackConfig, out: Path, trained: Sequence[str], log: dict, report: FinetuneReport, t0: float) -> None:
+    """stack.yaml naming the new adapters (atomically), train_log.json and the loss plot."""
     new_cfg = trained_stack_config(cfg, out, trained)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".stack.yaml.tmp"
@@ -195,4 +264,3 @@ def finetune(
     log["summary"] = report.stages
     write_json_atomic(out / "train_log.json", log)
     plot_losses(log, out / "loss.png")
-    return report

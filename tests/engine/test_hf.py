@@ -52,7 +52,7 @@ def test_context_window_overflow_is_a_clear_error(tiny_engine):
 
 
 def reference_logprob(engine, context, continuation):
-    ctx, cont = engine._encode_pair(context, continuation)
+    ctx, cont = engine.encode_pair(context, continuation)
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
         logits = engine.base(input_ids=ids).logits[0].float().log_softmax(-1)

@@ -198,6 +198,30 @@ def test_stack_params_touched_counts_adapters(tiny_model_dir, tiny_adapters, tmp
     assert StackSystem(system.stack, answer_format="raw").params_touched == engine.params  # the base model answers
 
 
+def test_raw_adapter_answer_format_scores_raw_contexts_under_the_final_adapter(tiny_model_dir, tiny_adapters, tiny_data, tmp_path):
+    """"raw-adapter": the contexts of "raw", scored with the answer stage's adapter on (one trained on raw pairs)."""
+    from fslm.engine import load_engine
+
+    cfg = dict(STACK, stages=[dict(STACK["stages"][0]), dict(STACK["stages"][1], adapter=str(tiny_adapters["answer"]))])
+    engine = load_engine(str(tiny_model_dir))  # its own engine: adapters must not leak into the shared one
+    stack = Stack(parse_stack_config(cfg), engine)
+    trained = evaluate(StackSystem(stack, answer_format="raw-adapter"), ["arc_easy", "gsm8k"], out_dir=tmp_path / "ra")
+    raw = evaluate(StackSystem(stack, answer_format="raw"), ["arc_easy"])
+    assert trained.system == f"stack:{STACK['name']}+raw-adapter-answer" and trained.data["answer_format"] == "raw-adapter"
+    arc = [r for r in trained.rows if r["task"] == "arc_easy"]
+    for row, plain, item in zip(arc, raw.rows, load_task("arc_easy"), strict=True):
+        notes = f"{stack.config.stages[0].display_label}: {row['stages']['facts'].strip()}\n\n"
+        direct = engine.score([notes + item.context] * len(item.choices), list(item.continuations), adapter="answer")
+        assert row["choice_scores"] == pytest.approx([s.logprob for s in direct], abs=1e-4)
+        assert row["choice_scores"] != pytest.approx(plain["choice_scores"], abs=1e-4)  # the adapter is on
+    assert StackSystem(stack, answer_format="raw-adapter").params_touched > StackSystem(stack, answer_format="raw").params_touched
+    gsm = [r for r in trained.rows if r["task"] == "gsm8k"]
+    assert gsm and all(r["generation"] is not None for r in gsm)
+    plain_stack = Stack(parse_stack_config(STACK), engine)
+    with pytest.raises(InputError, match="has no adapter to score with"):
+        StackSystem(plain_stack, answer_format="raw-adapter")
+
+
 def test_compare_two_runs(model_system, tiny_data, tmp_path):
     a = tmp_path / "a"
     evaluate(model_system, ["arc_easy"], out_dir=a)
