@@ -24,19 +24,21 @@ BUSY_EXIT = 75  # an isolated eval worker found its run folder locked by another
 
 
 UNTRAINED_KINDS = ("base", "promptonly", "model", "format", "retrieval", "retrieval-chat")
+RAW_TRAINED_LABEL = "retrieved solved questions, corpus with unevaluated test items -> answer adapter trained on raw-scored choice questions"
 
 
 @dataclass(frozen=True)
 class SystemSpec:
     name: str  # run folder name under <out>/runs/
     label: str  # as shown in RESULTS.md
-    kind: str  # trained | base | promptonly | model | format | notes | retrieval | retrieval-chat | ablation
+    kind: str  # trained | base | promptonly | model | format | notes | retrieval | retrieval-chat | scorer | ablation
     stack: Path | None = None
     model: str | None = None
     adapters: bool = True
     base: bool = False
     stage_cache: str | None = None  # a StageCache file shared by the recipe's stacks (see `with_stage_cache`)
-    answer_format: str = "stack"  # "raw": the base model scores lm-eval's raw context after the earlier texts
+    answer_format: str = "stack"  # "raw": the base model scores lm-eval's raw context after the earlier texts;
+    # "raw-adapter": the same contexts scored under the final stage's adapter (attempt 5)
 
     @property
     def needs_training(self) -> bool:
@@ -148,6 +150,11 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
         specs.append(SystemSpec("stack-retrieval-tail-raw", "base model in its own format reading retrieved solved "
                                 "questions, corpus with unevaluated test items", "retrieval", stack=stack_path(recipe, "tail"),
                                 answer_format="raw"))
+        if recipe.scorer_records:  # attempt 5: the same passages, an answer adapter trained on raw scoring pairs
+            import scorer_step
+
+            specs.append(SystemSpec("stack-scorer", RAW_TRAINED_LABEL, "scorer", stack=scorer_step.stack_path(recipe),
+                                    answer_format="raw-adapter"))
     if recipe.neutral:
         specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
                                 "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))

@@ -86,18 +86,19 @@ class Lane:
 
 
 def wait_for_finetune(recipe: Recipe, log) -> bool:
-    """Block until the main lane has trained the stack (the eval step needs it); False if that lane is gone."""
+    """Block until the main lane has trained the stack and the scorer (the eval step runs both); False if that lane is gone."""
     import time
 
+    import scorer_step
     from pipeline import finetune_done
 
     parent = os.getppid()
     said = False
-    while not finetune_done(recipe):
+    while not (finetune_done(recipe) and scorer_step.done(recipe)):  # the eval step runs the stacks both make
         if os.getppid() != parent or parent == 1:
             return False
         if not said:
-            log("waiting for the main lane's finetune step before helping with the eval step")
+            log("waiting for the main lane's finetune and scorer steps before helping with the eval step")
             said = True
         time.sleep(recipe.poll_seconds)
     return True

@@ -22,7 +22,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "retrieval", "baselines", "select", "eval", "timing", "report", "ship")
+STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "retrieval", "scorer", "baselines", "select", "eval", "timing", "report", "ship")
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the chosen attempt here: `fslm run` uses it
 # The stack attempt 1 trains (prompt-only), fixed here rather than read from the packaged default, which the ship
@@ -43,10 +43,10 @@ SCALES = {
     "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 0,
              "select_limit": 50, "neutral": False},
     "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 240,
-              "select_limit": 16, "timing_limit": 5,
+              "select_limit": 16, "timing_limit": 5, "scorer_records": 0,
               "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
     "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6, "select_limit": 2,
-              "timing_limit": 1},
+              "timing_limit": 1, "scorer_records": 20},
 }
 # Settings that define the experiment: an out dir that holds results of other settings is refused.
 IDENTITY_FIELDS = ("scale", "teacher_records", "distill_records", "eval_limit", "tasks", "student", "data", "stack",
@@ -77,6 +77,8 @@ class Recipe:
     select_limit: int = 50  # step `select`: held-out items per task that choose the attempt to ship; 0: ship attempt 1
     neutral: bool = True  # attempt 3 (step `neutral`): reasoning notes that pick no answer, from an unhinted teacher
     retrieval: bool = True  # attempt 4 (step `retrieval`): BM25-retrieved solved train/dev questions as the notes
+    # attempt 5 (step `scorer`): the retrieval stack's answer stage trained on this many raw-scored choice questions; 0: off
+    scorer_records: int = 1000
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
     timing_limit: int = 10  # step `timing`: test items per task on which every system is timed again, in one session
@@ -117,7 +119,7 @@ class Recipe:
     def steps_off(self) -> set[str]:
         """Steps this recipe's settings turn off: they run, find nothing to do, and count as off, not done."""
         off = {"choice": not self.choice_records, "neutral": not self.neutral, "retrieval": not self.retrieval,
-               "select": not self.select_limit}
+               "scorer": not (self.retrieval and self.scorer_records), "select": not self.select_limit}
         return {step for step, is_off in off.items() if is_off}
 
 

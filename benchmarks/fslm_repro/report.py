@@ -103,6 +103,22 @@ def unseen_texts(base: dict, stack: dict) -> dict:
     return {key: {**row, "stages": (stack.get(key) or {}).get("stages")} for key, row in base.items()}
 
 
+def scorer_verdicts(name: str, summaries: dict, systems: dict, run_of: dict, cmp_dir: Path, vs_base: dict, base_label: str) -> list[str]:
+    """Attempt 5 against the base model, against the same passages read by the untrained base model (what training
+    the scorer adds), and against each larger single model (the issue's 'close to a 4x larger model')."""
+    label = systems[name]["label"]
+    lines = ["- Attempt 5 (trained scorer): " + verdict(vs_base, label, base_label)]
+    pair = "stack-retrieval-tail-raw"
+    if pair in summaries:
+        entry = compare(run_of[name], run_of[pair], out_dir=cmp_dir / f"{name}-vs-{pair}")["tasks"]["macro"]
+        lines.append("- What training the scorer adds (same passages, same format): " + verdict(entry, label, systems[pair]["label"]))
+    for other in summaries:
+        if systems[other]["kind"] == "model":
+            entry = compare(run_of[name], run_of[other], out_dir=cmp_dir / f"{name}-vs-{other}")["tasks"]["macro"]
+            lines.append("- Against a larger single model: " + verdict(entry, label, systems[other]["label"]))
+    return lines
+
+
 def widest_task(summaries: dict, tasks: list[str]) -> str:
     """The task whose accuracy spreads most across systems: reported separately because one task can carry the macro."""
     def spread(task: str) -> float:
@@ -297,6 +313,8 @@ def run(recipe: Recipe, log=print) -> Path:
                 entry = compare(run_of[name], run_of["base-stackformat"], out_dir=cmp_dir / f"{name}-vs-base-stackformat")["tasks"]["macro"]
                 lines.append("- Do retrieved passages help the answer stage (same format): "
                              + verdict(entry, systems[name]["label"], systems["base-stackformat"]["label"]))
+        if systems[name]["kind"] == "scorer":
+            lines += scorer_verdicts(name, summaries, systems, run_of, cmp_dir, vs_base[name]["macro"], base_label)
     intro = {"promptonly": "What training adds: ", "format": "Same prompt format: "}
     for name, entry in headline.items():
         what = intro.get(systems[name]["kind"], "")

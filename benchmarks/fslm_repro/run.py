@@ -1,5 +1,5 @@
-"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> retrieval -> baselines -> select -> eval
--> timing -> report -> ship, every step resumable.
+"""Issue 5 in one command: teachers -> distill -> finetune -> choice -> neutral -> retrieval -> scorer -> baselines -> select
+-> eval -> timing -> report -> ship, every step resumable.
 
     python benchmarks/fslm_repro/run.py [--scale full|pilot|smoke] [--only STEP,...] [--out DIR] [--lanes 2]
 
@@ -28,6 +28,7 @@ import neutral_step  # noqa: E402
 import pipeline  # noqa: E402
 import report  # noqa: E402
 import retrieval_step  # noqa: E402
+import scorer_step  # noqa: E402
 import select_step  # noqa: E402
 import ship_step  # noqa: E402
 import teachers_step  # noqa: E402
@@ -43,6 +44,7 @@ STEP_FUNCS: dict[str, tuple[Callable[[Recipe], bool], Callable]] = {
     "choice": (choice_step.done, choice_step.run),
     "neutral": (neutral_step.done, neutral_step.run),
     "retrieval": (retrieval_step.done, retrieval_step.run),
+    "scorer": (scorer_step.done, scorer_step.run),
     "baselines": (baselines_step.done, baselines_step.run),
     "select": (select_step.done, select_step.run),
     "eval": (eval_step.eval_done, eval_step.run_eval),
@@ -148,6 +150,7 @@ def main(
     student: Optional[str] = typer.Option(None, "--student", help="Base model of every stage (default: the stack's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 1)."),
     choice_records: Optional[int] = typer.Option(None, "--choice-records", help="Attempt 2's choice-style records (pilot: 240; full: 0 = attempt 2 off)."),
+    scorer_records: Optional[int] = typer.Option(None, "--scorer-records", help="Attempt 5's raw-scored choice questions for the retrieval stack's answer adapter (full: 1000; 0: off)."),
     neutral: Optional[bool] = typer.Option(None, "--neutral/--no-neutral", help="Attempt 3 (reasoning notes that pick no answer; default: on at pilot and smoke scale, off at full scale)."),
     show_status: bool = typer.Option(False, "--status", help="Print where the run stands (steps, records, items per run, hours left at measured rates) and exit; safe beside a running recipe."),
     as_json: bool = typer.Option(False, "--json", help="With --status: print JSON."),
@@ -162,7 +165,7 @@ def main(
             scale, out, work, teacher=teacher, teacher_candidates=_split(candidates), teacher_dtype=teacher_dtype,
             budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit, select_limit=select_limit, timing_limit=timing_limit,
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
-            choice_records=choice_records, neutral=neutral,
+            choice_records=choice_records, neutral=neutral, scorer_records=scorer_records,
         )
         if show_status:
             import json

@@ -24,7 +24,8 @@ from fslm.evaluate.store import write_json
 from eval_step import EvalJob, SystemSpec, ablations, run_jobs, systems, write_prompt_stacks
 from recipe import Recipe, read_json
 
-CONTEXT = ("stack-answer-only", "base-stackformat", "base", "stack-retrieval-raw", "stack-retrieval", "stack-retrieval-tail-raw")
+CONTEXT = ("stack-answer-only", "base-stackformat", "base", "stack-retrieval-raw", "stack-retrieval", "stack-retrieval-tail-raw",
+           "stack-scorer")
 RULE = "highest held-out macro accuracy among the trained 4-stage attempts (tie: the earlier attempt)"
 
 

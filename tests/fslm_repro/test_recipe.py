@@ -48,8 +48,8 @@ def smoke_run(smoke_world, tmp_path_factory):
 def test_every_step_writes_its_outputs(smoke_run):
     recipe, steps, logs = smoke_run
     out = recipe.out
-    assert set(steps["steps"]) == {"teachers", "distill", "finetune", "choice", "neutral", "retrieval", "baselines", "select",
-                                   "eval", "timing", "report", "ship"}
+    assert set(steps["steps"]) == {"teachers", "distill", "finetune", "choice", "neutral", "retrieval", "scorer", "baselines",
+                                   "select", "eval", "timing", "report", "ship"}
     assert all(e["status"] == "done" and e["wall_seconds"] > 0 for e in steps["steps"].values())
     assert any(line.startswith("[lanes] baselines,eval in a second process") for line in logs)
     assert not any("[baselines]" in line for line in logs)  # it ran in the lane (whose log goes to stdout), not here
@@ -79,7 +79,7 @@ def test_every_step_writes_its_outputs(smoke_run):
     index = json.loads((out / "systems.json").read_text())
     expected = {"stack-trained", "stack-trained-choice", "stack-trained-neutral", "base", "base-stackformat", "stack-answer-only", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
                 "stack-no-reasoning", "stack-2stage", "stack-notes-raw", "stack-retrieval-raw", "stack-retrieval",
-                "stack-retrieval-tail-raw"}
+                "stack-retrieval-tail-raw", "stack-scorer"}
     assert set(index["systems"]) == expected
     for name in expected:
         summary = json.loads((out / "runs" / name / "summary.json").read_text())
@@ -203,6 +203,54 @@ def test_neutral_step_redistills_only_reasoning_without_the_gold_and_retrains_re
     assert info["reused"] == len(reused)
 
 
+def test_scorer_step_trains_the_retrieval_stacks_answer_stage_on_raw_pairs_never_on_evaluated_or_heldout_items(smoke_run):
+    from fslm.config import load_stack_config
+    from fslm.evaluate import select_items
+    from fslm.evaluate.heldout import HELDOUT
+    from fslm.tasks import build_context, load_task
+
+    import scorer_step
+
+    recipe, _, _ = smoke_run
+    info = json.loads((recipe.out / "scorer.json").read_text())
+    rows = [json.loads(line) for line in (recipe.work / "scorer" / "pairs.jsonl").read_text().splitlines()]
+    choice = [t for t in TASKS if t != "gsm8k"]
+    share = -(-recipe.scorer_records // len(choice))
+    assert info["pairs"] == len(rows) and info["per_task"] == {t: share for t in choice}  # an equal share per task
+    assert info["answer_stage"]["examples"] + info["answer_stage"]["skipped_too_long"] == len(rows)
+    evaluated = {it.id for t in TASKS for it in select_items(t, 300)}
+    heldout = {it.id for t in TASKS for it in select_items(t, 100, HELDOUT)}
+    assert not {r["id"] for r in rows} & (evaluated | heldout)
+    items = {it.id: it for t in choice for split in ("validation", "test", "train", "dev") for it in _load(load_task, t, split)}
+    for row in rows:  # the evaluation's raw context after the passages; the gold option's continuation
+        item = items[row["id"]]
+        gold = int(item.gold)
+        assert row["context"].startswith("Related solved questions: ")
+        assert row["context"].endswith(build_context(item, (), choice=gold if item.contexts else None))
+        assert row["continuation"] == item.continuations[gold]
+        passages = row["context"].split("\n\n")[0]
+        assert " ".join(item.question.split()).casefold() not in " ".join(passages.split()).casefold()  # never its own passage
+    cfg = load_stack_config(scorer_step.stack_path(recipe))
+    assert [s.name for s in cfg.stages] == ["related", "answer"] and cfg.stages[0].adapter is None
+    adapter = cfg.adapter_path(cfg.stages[1])
+    assert adapter.resolve() == (recipe.out / "trained_stack_scorer" / "adapters" / "answer").resolve()
+    summary = json.loads((recipe.out / "runs" / "stack-scorer" / "summary.json").read_text())
+    assert summary["answer_format"] == "raw-adapter" and summary["stages"] == ["related", "answer"]
+    text = (recipe.out / "RESULTS.md").read_text()
+    assert "- Attempt 5 (trained scorer): retrieved solved questions, corpus with unevaluated test items -> answer adapter" in text
+    assert "- What training the scorer adds (same passages, same format): " in text
+    assert "- Against a larger single model: " in text
+
+
+def _load(load_task, task, split):
+    from fslm.errors import FslmError
+
+    try:
+        return load_task(task, split=split)
+    except FslmError:  # the task has no such split
+        return []
+
+
 def test_select_chooses_an_attempt_on_heldout_items_only(smoke_run):
     from fslm.evaluate import select_items
     from fslm.evaluate.heldout import HELDOUT
@@ -211,7 +259,7 @@ def test_select_chooses_an_attempt_on_heldout_items_only(smoke_run):
     info = json.loads((recipe.out / "select.json").read_text())
     assert info["attempts"] == ["stack-trained", "stack-trained-choice", "stack-trained-neutral"]
     assert info["context"] == ["base", "base-stackformat", "stack-answer-only", "stack-retrieval-raw", "stack-retrieval",
-                               "stack-retrieval-tail-raw"]
+                               "stack-retrieval-tail-raw", "stack-scorer"]
     best = max(info["heldout_macro"][n] for n in info["attempts"])
     assert info["chosen"] == next(n for n in info["attempts"] if info["heldout_macro"][n] == best)  # ties: the earlier
     assert info["beaten_by_context"] == [n for n in info["context"] if info["heldout_macro"][n] > best]
