@@ -289,13 +289,18 @@ def run_complete(folder: Path, expected: int) -> bool:
     return summary is not None and summary.get("n_items") == expected
 
 
+SCORE_ONLY_FIRST = ("scorer",)  # kinds that generate no stage text (~1 s/item): measured first, so a session that
+# stops early still has them; the report keeps the order of `systems`
+
+
 def eval_jobs(recipe: Recipe) -> list[EvalJob]:
     """The eval step's runs; the stacks that share the trained stack's stage outputs come after it."""
     expected = expected_items(recipe)
     trained = recipe.runs_dir / "stack-trained"
     reuses = lambda s: s.kind in ("notes", "ablation") and s.name != "stack-answer-only"  # noqa: E731
+    specs = sorted(systems(recipe), key=lambda s: s.kind not in SCORE_ONLY_FIRST)  # stable: the rest keep their order
     return [EvalJob(s, recipe.runs_dir / s.name, recipe.eval_limit, expected, after=(trained,) if reuses(s) else ())
-            for s in systems(recipe)]
+            for s in specs]
 
 
 def run_eval(recipe: Recipe, log=print) -> dict:

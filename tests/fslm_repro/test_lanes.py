@@ -130,8 +130,17 @@ def test_stacks_that_reuse_the_trained_stack_s_outputs_run_after_it(tmp_path):
     after = {j.spec.name: [f.name for f in j.after] for j in eval_jobs(recipe)}
     for name in ("stack-notes-raw", "stack-no-intent", "stack-no-facts", "stack-no-reasoning", "stack-2stage"):
         assert after[name] == ["stack-trained"]
-    for name in ("stack-trained", "base", "stack-promptonly", "stack-answer-only", "base-stackformat", "stack-retrieval"):
+    for name in ("stack-trained", "base", "stack-promptonly", "stack-answer-only", "base-stackformat", "stack-retrieval", "stack-scorer"):
         assert after[name] == []
+
+
+def test_eval_measures_the_score_only_attempt_first_and_keeps_the_others_in_report_order(tmp_path):
+    from eval_step import eval_jobs, systems
+    from recipe import Recipe
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"])
+    order = [j.spec.name for j in eval_jobs(recipe)]
+    assert order[0] == "stack-scorer" and order[1:] == [s.name for s in systems(recipe) if s.name != "stack-scorer"]
 
 
 @needs_data
