@@ -239,7 +239,7 @@ def test_scorer_step_trains_the_retrieval_stacks_answer_stage_on_raw_pairs_never
     text = (recipe.out / "RESULTS.md").read_text()
     assert "- Attempt 5 (trained scorer): retrieved solved questions, corpus with unevaluated test items -> answer adapter" in text
     assert "- What training the scorer adds (same passages, same format): " in text
-    assert "- Against a larger single model: " in text
+    assert "- Against a larger single model: " in text and "(Not like for like: attempt 5's adapter saw" in text
 
 
 def _load(load_task, task, split):
