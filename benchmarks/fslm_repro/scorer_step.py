@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections import Counter
 from pathlib import Path
 
 from fslm.config import load_stack_config
@@ -159,10 +160,7 @@ def run(recipe: Recipe, log=print) -> dict:
     shutil.rmtree(adapter_dir(recipe), ignore_errors=True)
     tmp.rename(adapter_dir(recipe))
     _write_stack(recipe)
-    per_task: dict[str, int] = {}
-    for row in rows:
-        per_task[row["task"]] = per_task.get(row["task"], 0) + 1
-    data = {"records": recipe.scorer_records, "pairs": len(rows), "per_task": per_task, "corpus": CORPUS, "seed": SEED,
+    data = {"records": recipe.scorer_records, "pairs": len(rows), "per_task": dict(Counter(row["task"] for row in rows)), "corpus": CORPUS, "seed": SEED,
             "max_length": MAX_LENGTH, "rank": options.rank, "alpha": options.alpha, "targets": list(options.targets),
             "answer_stage": report.stages.get(cfg.stages[-1].name, {})}
     write_json(recipe.out / "scorer.json", data)
