@@ -85,7 +85,7 @@ class Lane:
         _stop_group(self.proc)
 
 
-def wait_for_finetune(recipe: Recipe, log) -> bool:
+def wait_for_training(recipe: Recipe, log) -> bool:
     """Block until the main lane has trained the stack and the scorer (the eval step runs both); False if that lane is gone."""
     import time
 
@@ -108,7 +108,7 @@ def run_lane(recipe: Recipe, steps: list[str], log) -> None:
     from run import run_recipe
 
     for step in steps:
-        if step in LANE_HELPS and not wait_for_finetune(recipe, log):
+        if step in LANE_HELPS and not wait_for_training(recipe, log):
             log("the main lane is gone; stopping")
             return
         run_recipe(recipe, [step], log=log)

@@ -16,7 +16,7 @@ nor the held-out items are ever trained on.
 
 work/scorer/pairs.jsonl                    the training pairs (rebuilt identically from the data; seconds)
 work/finetune-scorer/                      fslm.finetune_pairs' folder (resumes from checkpoints)
-work/scorer/stack.yaml                     retrieve (tail index) -> answer with the trained adapter
+work/retrieval/tail/stack-scorer.yaml      retrieve (tail index) -> answer with the trained adapter
 out/trained_stack_scorer/                  the adapter (fp16), train_log.json, loss.png: what survives the machine
 out/scorer.json                            questions per task, skipped pairs, losses, options
 """
@@ -55,7 +55,7 @@ def adapter_dir(recipe: Recipe) -> Path:
 
 
 def stack_path(recipe: Recipe) -> Path:
-    return recipe.work / "scorer" / "stack.yaml"
+    return retrieval_step.folder(recipe, CORPUS) / "stack-scorer.yaml"
 
 
 def choice_tasks(recipe: Recipe) -> list[str]:
@@ -107,16 +107,18 @@ def _options(recipe: Recipe) -> TrainOptions:
                         max_length=MAX_LENGTH, save_dtype="float16", save_every=25)
 
 
-def _write_stack(recipe: Recipe) -> Path:
-    """The retrieval (tail) stack with the trained adapter on its answer stage; in --work, beside the index it names."""
+def _stack_yaml(recipe: Recipe) -> str:
+    """The retrieval (tail) stack with the trained adapter on its answer stage. It sits beside that stack, so its
+    relative index path holds; the adapter is named by absolute path (it lives in --out)."""
     cfg = load_stack_config(retrieval_step.stack_path(recipe, CORPUS))
     answer = cfg.stages[-1]
-    stages = [*cfg.stages[:-1], answer.model_copy(update={"adapter": str(adapter_dir(recipe) / "adapters" / answer.name)})]
-    index = cfg.stages[0].retrieve.model_copy(update={"index": str(cfg.index_path(cfg.stages[0]))})
-    stages[0] = stages[0].model_copy(update={"retrieve": index})
-    text = cfg.model_copy(update={"name": "retrieval-scorer", "stages": stages,
+    stages = [*cfg.stages[:-1], answer.model_copy(update={"adapter": str(adapter_dir(recipe).resolve() / "adapters" / answer.name)})]
+    return cfg.model_copy(update={"name": "retrieval-scorer", "stages": stages,
                                   "description": "BM25-retrieved solved questions -> answer adapter trained on raw scoring pairs"}).to_yaml()
-    path = stack_path(recipe)
+
+
+def _write_stack(recipe: Recipe) -> Path:
+    text, path = _stack_yaml(recipe), stack_path(recipe)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         write_atomic(path, text)
     return path
@@ -127,8 +129,8 @@ def done(recipe: Recipe) -> bool:
         return True
     data = read_json(recipe.out / "scorer.json")
     adapter = adapter_dir(recipe) / "adapters" / "answer" / "adapter_model.safetensors"
-    return (data is not None and data.get("records") == recipe.scorer_records and adapter.is_file()
-            and stack_path(recipe).is_file() and retrieval_step.done(recipe))
+    return (data is not None and data.get("records") == recipe.scorer_records and adapter.is_file() and retrieval_step.done(recipe)
+            and stack_path(recipe).is_file() and stack_path(recipe).read_text(encoding="utf-8") == _stack_yaml(recipe))
 
 
 def run(recipe: Recipe, log=print) -> dict:

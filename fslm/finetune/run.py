@@ -138,7 +138,7 @@ def finetune(
     records = usable_records(cfg, read_distilled(data), str(data))
     engine = engine or load_engine(cfg.base_model, dtype="float32")
     base = engine.base
-    pad_id = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else engine.eos_ids[0]
+    pad_id = _pad_id(engine)
     t0 = time.perf_counter()
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(records))
     log = {"stack": cfg.name, "base_model": cfg.base_model, "data": str(data), "options": asdict(options), "stages": {}}
@@ -196,7 +196,7 @@ def finetune_pairs(
     out = Path(out)
     rows = read_pairs(data)
     engine = engine or load_engine(cfg.base_model, dtype="float32")
-    pad_id = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else engine.eos_ids[0]
+    pad_id = _pad_id(engine)
     t0 = time.perf_counter()
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(rows))
     log = {"stack": cfg.name, "base_model": cfg.base_model, "data": str(data), "kind": "pairs", "options": asdict(options), "stages": {}}
@@ -204,6 +204,10 @@ def finetune_pairs(
     _train_adapter(stage_data, engine, engine.base, cfg, names.index(stage), out, options, pad_id, log, report, False, progress)
     _write_trained(cfg, out, [stage], log, report, t0)
     return report
+
+
+def _pad_id(engine) -> int:
+    return engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else engine.eos_ids[0]
 
 
 def _train_adapter(stage_data: StageData, engine, base, cfg: StackConfig, seed_offset: int, out: Path, options: TrainOptions,
