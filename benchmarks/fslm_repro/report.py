@@ -215,8 +215,13 @@ def cost_section(summaries: dict, systems: dict, run_of: dict, timing: dict | No
                      f"{c.get('cpu_seconds')} | {c['peak_rss_mb']} | {threads} | {reused} |")
     if timing:
         loads = [r["loadavg_start"][0] for r in timed.values() if r.get("loadavg_start")]
+        when = f"one after another in one session ({timing['started']})"
+        if timing.get("resumed"):  # older timing.json files have no such field: they were always one session
+            days = sorted({r["timed_at"] for r in timed.values() if r.get("timed_at")})
+            when = (f"one after another, resumed once stopped ({', '.join(timing['resumed'])} timed by an earlier attempt on "
+                    f"the same CPU and threads; from {days[0]} to {days[-1]})")
         lines += ["", f"Timed together: the `timing` step ran every system on the same {timing['items_per_system']} test items "
-                  f"({timing['setup']['limit']} per task), one after another in one session ({timing['started']}), on "
+                  f"({timing['setup']['limit']} per task), {when}, on "
                   f"{timing['cpu']} with {timing['threads']} torch thread(s) each and no stage cache; 1-min load average "
                   f"at each start {min(loads, default=0)}–{max(loads, default=0)} ({timing['cpu_count']} cores). "
                   "x base is that s/item over the base model's."]

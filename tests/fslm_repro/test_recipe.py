@@ -123,6 +123,57 @@ def test_timing_step_times_every_reported_system_together_without_the_stage_cach
     assert not (recipe.out / ".timing.tmp").exists()
 
 
+def test_a_stopped_timing_step_keeps_the_systems_it_finished_and_times_the_rest(smoke_run, tmp_path, monkeypatch):
+    import shutil
+    from dataclasses import replace
+
+    import report
+    import timing_step
+
+    recipe, _, _ = smoke_run
+    out = tmp_path / "out"
+    shutil.copytree(recipe.out, out, ignore=shutil.ignore_patterns("timing", "timing.json"))
+    copy = replace(recipe, out=out)
+    real, timed = timing_step.evaluate_system, []
+
+    def stops_at_the_third(spec, tasks, limit, folder, *args):
+        if len(timed) == 2:
+            folder.mkdir(parents=True)
+            (folder / "items.jsonl").write_text('{"half": "written"}\n')  # an unfinished timing left behind
+            raise KeyboardInterrupt
+        timed.append(spec.name)
+        real(spec, tasks, limit, folder, *args)
+
+    monkeypatch.setattr(timing_step, "evaluate_system", stops_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        timing_step.run(copy, log=lambda _: None)
+    assert not (out / "timing.json").exists() and not (out / "timing").exists()
+    first_two = list(timed)
+
+    monkeypatch.setattr(timing_step, "evaluate_system", lambda spec, *a: (timed.append(spec.name), real(spec, *a)))
+    data = timing_step.run(copy, log=lambda _: None)
+    names = data["setup"]["systems"]
+    assert timed == first_two + names[2:]  # the third system timed again from its first item, the first two kept
+    assert data["resumed"] == sorted(first_two) and timing_step.done(copy)
+    assert all(data["systems"][n]["seconds_per_item"] > 0 and data["systems"][n]["timed_at"] for n in names)
+    assert json.loads((out / "timing" / names[2] / "summary.json").read_text())["n_items"] == data["items_per_system"]
+    assert not (out / ".timing.tmp").exists() and not (out / "timing" / timing_step.CONDITIONS).exists()
+    report.run(copy, log=lambda _: None)
+    assert f"resumed once stopped ({', '.join(sorted(first_two))} timed by an earlier attempt" in (out / "RESULTS.md").read_text()
+
+
+def test_timing_from_another_cpu_or_thread_count_is_not_resumed(tmp_path):
+    import timing_step
+
+    tmp = tmp_path / ".timing.tmp"
+    conditions = {"setup": {"systems": ["base"], "limit": 1, "tasks": ["arc_easy"]}, "cpu": "some CPU", "threads": 2}
+    assert timing_step._resumable(tmp, conditions, 1) == set()
+    (tmp / "base").mkdir()
+    (tmp / "base" / "summary.json").write_text(json.dumps({"n_items": 1}))
+    assert timing_step._resumable(tmp, conditions, 1) == {"base"}
+    assert timing_step._resumable(tmp, {**conditions, "threads": 1}, 1) == set() and not (tmp / "base").exists()
+
+
 def test_wall_time_table_names_the_cpus_each_step_ran_on(smoke_run):
     from fslm.cpu import cpu_model
 
