@@ -85,6 +85,7 @@ class Recipe:
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own
     heartbeat_seconds: float = 60.0  # how often a running step's session is written to steps.json
     poll_seconds: float = 30.0  # how often a step waiting for a run folder another process writes looks again
+    warm_cache: bool = True  # a lane that would wait for a stack run generates its stage texts from the end (warm_cache.py)
     ship_to: Path | None = None  # folder of the packaged default.yaml whose adapters the ship step replaces; None: no ship
 
     @classmethod

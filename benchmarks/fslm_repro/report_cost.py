@@ -38,7 +38,8 @@ def cost_section(summaries: dict, systems: dict, run_of: dict, timing: dict | No
     lines += ["", "s/item, full run: wall time over the full run's sessions, on a shared 2-core CPU (each run's run.json has the "
               "load average and, since session 9, the CPU of every session); CPU s is process CPU time; threads: torch "
               "threads of the evaluating process. Stage outputs reused: the share of this system's stage generations "
-              "found in the recipe's stage cache (asked identically by a system evaluated before it); their tokens and "
+              "found in the recipe's stage cache (asked identically by a system evaluated before it, or generated ahead of "
+              "this run by the other lane: warm_cache.py); their tokens and "
               "seconds count at the cost measured when they were generated, so s/item and tokens describe the system "
               "as configured, while CPU s is what this run spent.", ""]
     return lines

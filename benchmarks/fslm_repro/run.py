@@ -155,6 +155,7 @@ def main(
     show_status: bool = typer.Option(False, "--status", help="Print where the run stands (steps, records, items per run, hours left at measured rates) and exit; safe beside a running recipe."),
     as_json: bool = typer.Option(False, "--json", help="With --status: print JSON."),
     lanes: int = typer.Option(1, "--lanes", min=1, max=2, help="2: a second process runs the baselines step beside the others, then helps with eval; each gets half of FSLM_THREADS (or of the cores)."),
+    warm_cache: bool = typer.Option(True, "--warm-cache/--no-warm-cache", help="With --lanes 2: a lane that would wait for a stack run the ablations reuse generates that run's stage texts from its last item backwards into the shared stage cache."),
 ) -> None:
     """Reproduce issue 5 end to end (resumable)."""
     from fslm.cli.common import guarded
@@ -165,7 +166,7 @@ def main(
             scale, out, work, teacher=teacher, teacher_candidates=_split(candidates), teacher_dtype=teacher_dtype,
             budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit, select_limit=select_limit, timing_limit=timing_limit,
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
-            choice_records=choice_records, neutral=neutral, scorer_records=scorer_records,
+            choice_records=choice_records, neutral=neutral, scorer_records=scorer_records, warm_cache=warm_cache,
         )
         if show_status:
             import json

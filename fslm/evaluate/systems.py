@@ -198,12 +198,26 @@ class StackSystem:
         conts = stack_continuations(item)
         return [text] * len(conts), conts, text
 
+    def _run_stages(self, items: Sequence[Item], final: bool) -> list:
+        """The stack's stages on the items' prompts: all of them (final) or all but the answer stage (its input is
+        then scored, or read raw)."""
+        return self.stack.run_batch([stack_prompt(item) for item in items], stages=None if final else len(self.stack.config.stages) - 1)
+
+    def warm(self, items: Sequence[Item]) -> None:
+        """Generate the stage texts that answering `items` would, without scoring or answering. With a stage cache
+        shared by several processes, another process evaluating this stack on these items then reads them instead of
+        generating them: two processes can split one stack's run (fslm.stack_cache)."""
+        choice = [item for item in items if item.choices]
+        free = [item for item in items if not item.choices]
+        if choice:
+            self._run_stages(choice, final=False)
+        if free:
+            self._run_stages(free, final=not self._reads_raw)
+
     def answer_choices(self, items: Sequence[Item], shots: Shots) -> list[Outcome]:
         if any(shots.get(item.id) for item in items):
             raise InputError("few-shot examples apply to --model systems only; evaluate stacks zero-shot")
-        prompts = [stack_prompt(item) for item in items]
-        early = len(self.stack.config.stages) - 1
-        results = self.stack.run_batch(prompts, stages=early)
+        results = self._run_stages(items, final=False)
         scored = [self._scored(item, r) for item, r in zip(items, results, strict=True)]
         contexts = [c for ctxs, _, _ in scored for c in ctxs]
         continuations = [c for _, conts, _ in scored for c in conts]
@@ -236,7 +250,7 @@ class StackSystem:
             raise InputError("few-shot examples apply to --model systems only; evaluate stacks zero-shot")
         if self._reads_raw:
             return self._raw_generate(items, params)
-        results = self.stack.run_batch([stack_prompt(item) for item in items])
+        results = self._run_stages(items, final=True)
         return [
             Outcome(
                 prompt=r.prompt,
@@ -252,8 +266,7 @@ class StackSystem:
     def _raw_generate(self, items: Sequence[Item], params: GenerationParams) -> list[Outcome]:
         """A raw answer format on a generation task: the base model (or the final adapter: "raw-adapter") continues
         lm-eval's raw context after the notes."""
-        early = len(self.stack.config.stages) - 1
-        results = self.stack.run_batch([stack_prompt(item) for item in items], stages=early)
+        results = self._run_stages(items, final=False)
         contexts = [raw_notes(self.stack.config, r.outputs) + build_context(item) for item, r in zip(items, results, strict=True)]
         gens = self.engine.generate(contexts, params, adapter=self._final_adapter())
         return [

@@ -187,6 +187,25 @@ def test_raw_answer_format_is_the_model_alone_reading_the_earlier_texts(tiny_eng
         StackSystem(stack, answer_format="chat")
 
 
+@pytest.mark.parametrize("answer_format", ["stack", "raw"])
+def test_warming_a_shared_stage_cache_leaves_an_evaluation_nothing_to_generate(tiny_engine, tiny_data, tmp_path, answer_format):
+    """warm() generates exactly the stage texts an evaluation asks for: a second process evaluating the same stack
+    with the same cache file reads every one of them, and its rows are those of an uncached run."""
+    from fslm.stack_cache import StageCache
+
+    cfg = parse_stack_config(STACK)
+    items = [it for task in ("arc_easy", "gsm8k") for it in select_items(task)]
+    with StageCache(tmp_path / "stages.sqlite") as cache:
+        StackSystem(Stack(cfg, tiny_engine, cache=cache), answer_format=answer_format).warm(items[::-1])
+        assert cache.misses > 0 and cache.hits == 0
+    with StageCache(tmp_path / "stages.sqlite") as cache:
+        warmed = evaluate(StackSystem(Stack(cfg, tiny_engine, cache=cache), answer_format=answer_format), ["arc_easy", "gsm8k"])
+        assert cache.misses == 0 and cache.hits > 0
+    fresh = evaluate(StackSystem(Stack(cfg, tiny_engine), answer_format=answer_format), ["arc_easy", "gsm8k"])
+    drop = lambda row: {k: v for k, v in row.items() if k != "seconds"}  # noqa: E731 (scoring time differs)
+    assert [drop(r) for r in warmed.rows] == [drop(r) for r in fresh.rows]
+
+
 def test_stack_params_touched_counts_adapters(tiny_model_dir, tiny_adapters, tmp_path):
     from fslm.engine import load_engine
 

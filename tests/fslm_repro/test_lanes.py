@@ -214,3 +214,70 @@ def test_step_status_follows_the_last_session_that_worked():
     assert step_status([{"status": "done"}, {"status": "failed"}]) == "failed"  # e.g. a report redone after new results
     assert step_status([{"status": "skipped"}]) == "done"
     assert step_status([{"status": "interrupted"}]) == "interrupted"
+
+
+@pytest.fixture()
+def stack_jobs(smoke_world, tmp_path):
+    """A 4-stage stack's run that another process holds, and an ablation-like job that reuses its stage outputs."""
+    from eval_step import EvalJob, SystemSpec
+    from recipe import Recipe
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy", "gsm8k"], isolate_eval=False,
+                              poll_seconds=0.05, eval_batch=1)
+    spec = SystemSpec("trained", "trained", "trained", stack=smoke_world["stack"])
+    held = EvalJob(spec, recipe.out / "runs" / "trained", 2, 4)
+    after = EvalJob(replace(spec, name="ablation"), recipe.out / "runs" / "ablation", 2, 4, after=(held.folder,))
+    return recipe, held, after
+
+
+@needs_data
+def test_a_lane_waiting_for_a_stack_run_generates_its_stage_texts_from_the_end(stack_jobs):
+    from eval_step import job_done, run_jobs
+
+    recipe, held, after = stack_jobs
+    logs: list[str] = []
+    holder = hold(held.folder)  # the other lane's worker, which has not written a row yet
+    runner = threading.Thread(target=run_jobs, args=(recipe, [held, after], logs.append))
+    runner.start()
+    try:
+        for _ in range(1200):
+            if any("generated ahead" in line for line in logs):
+                break
+            threading.Event().wait(0.1)
+        assert "  trained: 4 items' stage texts generated ahead of its evaluator" in logs
+        assert not job_done(held) and not job_done(after)  # warming writes no row of the run
+    finally:
+        holder.close()  # the other worker stops: this process takes the run over and reads every stage text
+        runner.join(timeout=300)
+    assert not runner.is_alive() and job_done(held) and job_done(after)
+    cache = json.loads((held.folder / "run.json").read_text())["sessions"][0]["stage_cache"]
+    assert cache["misses"] == 0 and cache["hits"] == 2 * 3 + 2 * 4  # 3 early stages per choice item, 4 per gsm8k item
+
+
+@needs_data
+def test_warming_stops_where_the_evaluator_has_caught_up(stack_jobs, monkeypatch):
+    """The evaluator writes rows from the first item on while the warming works back from the last: they meet in the
+    middle, and the warming never generates an item the evaluator has done."""
+    from fslm.evaluate import StackSystem
+    from fslm.evaluate.store import read_rows
+
+    import warm_cache
+
+    recipe, held, after = stack_jobs
+    order = [json.dumps({"id": i, "task": t}) for t, i in
+             [(t, it.id) for t in ("arc_easy", "gsm8k") for it in warm_cache.select_items(t, 2)]]
+    real, warmed_ids = StackSystem.warm, []
+
+    def warm_then_the_evaluator_writes_a_row(self, items):
+        real(self, items)
+        warmed_ids.extend(it.id for it in items)
+        done = len(read_rows(held.folder))
+        with open(held.folder / "items.jsonl", "a") as fh:
+            fh.write(order[done] + "\n")
+
+    monkeypatch.setattr(StackSystem, "warm", warm_then_the_evaluator_writes_a_row)
+    with hold(held.folder):
+        assert warm_cache.warmable(held, [held, after]) and not warm_cache.warmable(held, [held])
+        assert warm_cache.warm_from_the_end(recipe, held, log=lambda _: None) == 2
+    ids = [json.loads(line)["id"] for line in order]
+    assert warmed_ids == ids[:1:-1] and set(read_rows(held.folder)) == set(ids[:2])  # last two warmed, first two done

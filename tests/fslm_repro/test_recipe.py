@@ -38,6 +38,7 @@ def smoke_run(smoke_world, tmp_path_factory):
         teacher_candidates=[str(m["teacher_a"]), str(m["teacher_b"])], big_models=[str(m["big"])],
         data=str(smoke_world["data"]), stack=str(smoke_world["stack"]), teacher_dtype="float32",
         isolate_eval=False,  # a process per system would double this test's time; isolation is tested below
+        warm_cache=False,  # which lane generates what would depend on timing; test_lanes tests the warming
         tasks=TASKS, ship_to=ship_to, poll_seconds=0.2,
     )
     logs: list[str] = []
