@@ -247,8 +247,8 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
     """Complete every job, in order. A run folder that another process is writing (the other lane, a second recipe
     command) is left to it and waited for, never written beside it; if that process dies, the folder's lock goes
     with it and the job is taken over here (fslm.evaluate resumes it). A job whose `after` folders are not complete
-    waits for them rather than generating the stage outputs they will put in the shared cache; meanwhile, if
-    recipe.warm_cache, this process generates that run's stage texts from its end (warm_cache.py)."""
+    waits for them rather than generating the stage outputs they will put in the shared cache. A process left with
+    nothing to take warms the cache for a stack run the other holds, from its end (warm_cache.py; recipe.warm_cache)."""
     from warm_cache import warm_from_the_end, warmable
 
     waiting: set[Path] = set()
@@ -263,7 +263,7 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
         ready = [j for j in pending if all(run_complete(f, j.expected) for f in j.after if f in listed)]
         free = [j for j in ready if not folder_busy(j.folder)]
         if not free:
-            hot = [j for j in ready if recipe.warm_cache and j.folder not in warmed and warmable(j, pending)]
+            hot = [j for j in ready if recipe.warm_cache and j.folder not in warmed and warmable(j)]
             if hot:
                 warmed.add(hot[0].folder)  # once: it stops where the evaluator caught up
                 warm_from_the_end(recipe, hot[0], log)

@@ -2,8 +2,8 @@
 same stack's stage texts from the last item backwards into the shared stage cache (fslm's StackSystem.warm). The
 evaluating process reads them when it gets there, so the run ends about twice as soon.
 
-Used by `eval_step.run_jobs` when the lane would otherwise sit idle waiting for that run (the ablations reuse its
-stage outputs). The run's own rows, scores and cost columns stay its own: a cached stage output carries the tokens
+Used by `eval_step.run_jobs` when a process has no run to take and would otherwise sit idle: waiting for the trained
+stack's run (the ablations reuse its stage outputs), or for the last runs the other process holds. The run's own rows, scores and cost columns stay its own: a cached stage output carries the tokens
 and seconds measured when it was generated (fslm.stack_cache), and run.json counts the reused share. The warming
 stops at the first batch the evaluating process has already reached, so at most one batch is generated twice.
 """
@@ -18,13 +18,12 @@ from fslm.evaluate.store import folder_busy, read_rows
 from recipe import Recipe
 
 
-def warmable(job, pending: list) -> bool:
-    """A stack run another process is writing, which other pending jobs wait for."""
+def warmable(job) -> bool:
+    """A stack run (it has stages to generate) that another process is writing and has not finished."""
     from eval_step import run_complete
 
     stack = job.spec.model is None and not job.spec.base
-    awaited = any(job.folder in other.after for other in pending if other is not job)
-    return stack and awaited and folder_busy(job.folder) and not run_complete(job.folder, job.expected)
+    return stack and folder_busy(job.folder) and not run_complete(job.folder, job.expected)
 
 
 def warm_from_the_end(recipe: Recipe, job, log=print) -> int:

@@ -231,7 +231,7 @@ def stack_jobs(smoke_world, tmp_path):
 
 
 @needs_data
-def test_a_lane_waiting_for_a_stack_run_generates_its_stage_texts_from_the_end(stack_jobs):
+def test_a_lane_with_nothing_to_take_generates_the_held_stack_run_s_stage_texts_from_the_end(stack_jobs):
     from eval_step import job_done, run_jobs
 
     recipe, held, after = stack_jobs
@@ -277,7 +277,7 @@ def test_warming_stops_where_the_evaluator_has_caught_up(stack_jobs, monkeypatch
 
     monkeypatch.setattr(StackSystem, "warm", warm_then_the_evaluator_writes_a_row)
     with hold(held.folder):
-        assert warm_cache.warmable(held, [held, after]) and not warm_cache.warmable(held, [held])
+        assert warm_cache.warmable(held) and not warm_cache.warmable(replace(held, spec=replace(held.spec, base=True)))
         assert warm_cache.warm_from_the_end(recipe, held, log=lambda _: None) == 2
     ids = [json.loads(line)["id"] for line in order]
     assert warmed_ids == ids[:1:-1] and set(read_rows(held.folder)) == set(ids[:2])  # last two warmed, first two done
