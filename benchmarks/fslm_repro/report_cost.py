@@ -35,7 +35,8 @@ def cost_section(summaries: dict, systems: dict, run_of: dict, timing: dict | No
                   "x base is that s/item over the base model's."]
     else:
         lines += ["", "No `timing` step yet: the full runs' seconds above may come from different sessions and machines."]
-    lines += ["", "s/item, full run: wall time over the full run's sessions, on a shared 2-core CPU (each run's run.json has the "
+    lines += ["", "s/item, full run: the mean of the items' measured seconds (each item's share of its batch's time), over the "
+              "full run's sessions on a shared 2-core CPU (each run's run.json has the "
               "load average and, since session 9, the CPU of every session); CPU s is process CPU time; threads: torch "
               "threads of the evaluating process. Stage outputs reused: the share of this system's stage generations "
               "found in the recipe's stage cache (asked identically by a system evaluated before it, or generated ahead of "
