@@ -37,14 +37,36 @@ def delta_cell(entry: dict) -> str:
 
 
 def verdict(entry: dict, a: str, b: str) -> str:
-    """One honest sentence about acc(a) - acc(b) with its paired 95% CI."""
+    """One honest sentence about acc(a) - acc(b) with its paired 95% CI; when the entry carries the macro with each
+    task left out (`without`, see `with_leave_one_out`), a verdict that excludes zero also says whether one task carries it."""
     lo, hi = entry["ci95"]
     head = f"{a} vs {b}: {pts(entry['diff'])} pts (95% CI {pts(lo)} to {pts(hi)}, n={entry['n']})"
     if lo > EPS:
-        return f"{head}: better; the CI excludes zero."
+        return f"{head}: better; the CI excludes zero." + one_task_check(entry, better=True)
     if hi < -EPS:
-        return f"{head}: worse; the CI excludes zero."
+        return f"{head}: worse; the CI excludes zero." + one_task_check(entry, better=False)
     return f"{head}: no difference detectable at this sample size; the CI includes zero."
+
+
+def one_task_check(entry: dict, better: bool) -> str:
+    """Does a macro verdict rest on one task? The weakest of the macros with one task left out, from the same replicates."""
+    without = entry.get("without")
+    if not without:
+        return ""
+    task, e = (min if better else max)(without.items(), key=lambda kv: kv[1]["ci95"][0 if better else 1])
+    lo, hi = e["ci95"]
+    weakest = f"without {task}, {pts(e['diff'])} pts (CI {pts(lo)} to {pts(hi)})"
+    if (lo > EPS) if better else (hi < -EPS):
+        return f" It holds with any one task left out (weakest: {weakest})."
+    return f" It rests on one task: {weakest}, the CI includes zero."
+
+
+def with_leave_one_out(result: dict) -> dict:
+    """compare()'s per-task entries, the macro entry carrying the macro with each task left out (for `verdict`)."""
+    tasks = dict(result["tasks"])
+    if result.get("macro_without"):
+        tasks["macro"] = {**tasks["macro"], "without": result["macro_without"]}
+    return tasks
 
 
 def scorer_verdicts(name: str, summaries: dict, systems: dict, run_of: dict, cmp_dir: Path, vs_base: dict, base_label: str) -> list[str]:
@@ -54,11 +76,11 @@ def scorer_verdicts(name: str, summaries: dict, systems: dict, run_of: dict, cmp
     lines = ["- Attempt 5 (trained scorer): " + verdict(vs_base, label, base_label)]
     pair = "stack-retrieval-tail-raw"
     if pair in summaries:
-        entry = compare(run_of[name], run_of[pair], out_dir=cmp_dir / f"{name}-vs-{pair}")["tasks"]["macro"]
+        entry = with_leave_one_out(compare(run_of[name], run_of[pair], out_dir=cmp_dir / f"{name}-vs-{pair}"))["macro"]
         lines.append("- What training the scorer adds (same passages, same format): " + verdict(entry, label, systems[pair]["label"]))
     models = [other for other in summaries if systems[other]["kind"] == "model"]
     for other in models:
-        entry = compare(run_of[name], run_of[other], out_dir=cmp_dir / f"{name}-vs-{other}")["tasks"]["macro"]
+        entry = with_leave_one_out(compare(run_of[name], run_of[other], out_dir=cmp_dir / f"{name}-vs-{other}"))["macro"]
         lines.append("- Against a larger single model: " + verdict(entry, label, systems[other]["label"]))
     if models:
         lines.append("  (Not like for like: attempt 5's adapter saw the benchmarks' own kind of question, 100 unevaluated items per "
@@ -118,9 +140,9 @@ def done(recipe: Recipe) -> bool:
 def verdict_section(recipe: Recipe, summaries: dict, systems: dict, run_of: dict, cmp_dir: Path, vs_base: dict) -> list[str]:
     """One sentence per comparison the issue asks about, each worded from its CI."""
     trained = "stack-trained" in summaries  # a report made while the eval step runs may not have it yet
-    vs_trained = {name: compare(run_of[name], run_of["stack-trained"], out_dir=cmp_dir / f"{name}-vs-trained")["tasks"]
+    vs_trained = {name: with_leave_one_out(compare(run_of[name], run_of["stack-trained"], out_dir=cmp_dir / f"{name}-vs-trained"))
                   for name in summaries if trained and systems[name]["kind"] == "ablation"}
-    headline = {name: compare(run_of["stack-trained"], run_of[name], out_dir=cmp_dir / f"trained-vs-{name}")["tasks"]["macro"]
+    headline = {name: with_leave_one_out(compare(run_of["stack-trained"], run_of[name], out_dir=cmp_dir / f"trained-vs-{name}"))["macro"]
                 for name in summaries if trained and systems[name]["kind"] in ("promptonly", "model", "format")}
     base_label = systems["base"]["label"]
     lines = ["## Verdict", ""]
@@ -141,7 +163,7 @@ def verdict_section(recipe: Recipe, summaries: dict, systems: dict, run_of: dict
         if kind == "retrieval-chat":
             lines.append("- Attempt 4 (retrieval): " + verdict(vs_base[name]["macro"], label, base_label))
             if "base-stackformat" in summaries:
-                entry = compare(run_of[name], run_of["base-stackformat"], out_dir=cmp_dir / f"{name}-vs-base-stackformat")["tasks"]["macro"]
+                entry = with_leave_one_out(compare(run_of[name], run_of["base-stackformat"], out_dir=cmp_dir / f"{name}-vs-base-stackformat"))["macro"]
                 lines.append("- Do retrieved passages help the answer stage (same format): "
                              + verdict(entry, label, systems["base-stackformat"]["label"]))
         if kind == "scorer":
@@ -220,7 +242,7 @@ def run(recipe: Recipe, log=print) -> Path:
     pending = [info["label"] for name, info in systems.items() if name not in summaries]
     run_of = {name: out / info["run"] for name, info in systems.items()}
     cmp_dir = out / "compare"
-    vs_base = {name: compare(run_of[name], run_of["base"], out_dir=cmp_dir / f"{name}-vs-base")["tasks"]
+    vs_base = {name: with_leave_one_out(compare(run_of[name], run_of["base"], out_dir=cmp_dir / f"{name}-vs-base"))
                for name in summaries if name != "base"}
 
     lines = [f"# FSLM reproduction (issue 5) — scale `{recipe.scale}`", ""]

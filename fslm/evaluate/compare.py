@@ -56,7 +56,8 @@ def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
 
 def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed: int = SEED,
             out_dir: str | Path | None = None) -> dict:
-    """Per task and macro: acc of A, acc of B, A - B and its paired-bootstrap 95% CI, on the items both runs share.
+    """Per task and macro: acc of A, acc of B, A - B and its paired-bootstrap 95% CI, on the items both runs share;
+    and the macro with each task left out in turn (`macro_without`, from the same replicates).
 
     Items only one run has are left out and counted (`only_a`, `only_b`). With `out_dir`, writes compare.json and
     compare.md there.
@@ -72,13 +73,15 @@ def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed:
     for task, item_id in shared:
         per_a.setdefault(task, []).append(a[(task, item_id)])
         per_b.setdefault(task, []).append(b[(task, item_id)])
+    tasks = paired_bootstrap(per_a, per_b, n_boot=n_boot, seed=seed, leave_one_out=True)
     result = {
         "a": {"run": str(run_a), "system": name_a},
         "b": {"run": str(run_b), "system": name_b},
         "only_a": len(a) - len(shared),
         "only_b": len(b) - len(shared),
         "n_boot": n_boot,
-        "tasks": paired_bootstrap(per_a, per_b, n_boot=n_boot, seed=seed),
+        "tasks": tasks,
+        "macro_without": tasks.pop("macro_without", {}),  # the macro with each task left out in turn (3+ tasks)
         "notes": format_notes(info_a, info_b),
     }
     if out_dir is not None:
@@ -107,4 +110,10 @@ def compare_markdown(result: dict) -> str:
             f"| {name} | {e['n']} | {100 * e['a']:.1f} | {100 * e['b']:.1f} | {100 * e['diff']:+.1f} | "
             f"{100 * lo:+.1f} to {100 * hi:+.1f} | {e['p_le_0']:.3f} |"
         )
+    if result.get("macro_without"):
+        lines += ["", "Macro with one task left out (does the macro difference rest on one task?):", "",
+                  "| left out | A % | B % | A − B (pts) | 95% CI (pts) |", "|---|---:|---:|---:|---|"]
+        for task, e in result["macro_without"].items():
+            lines.append(f"| {task} | {100 * e['a']:.1f} | {100 * e['b']:.1f} | {100 * e['diff']:+.1f} | "
+                         f"{100 * e['ci95'][0]:+.1f} to {100 * e['ci95'][1]:+.1f} |")
     return "\n".join(lines) + "\n"

@@ -61,31 +61,39 @@ def paired_bootstrap(
     n_boot: int = N_BOOT,
     seed: int = SEED,
     confidence: float = 0.95,
-) -> dict[str, dict[str, float | int | list[float]]]:
+    leave_one_out: bool = False,
+) -> dict[str, dict]:
     """Paired bootstrap of mean(a) - mean(b) per task (items aligned by position) and for the macro average.
 
     Resampling the same item indices for both runs keeps the pairing, so the interval reflects the per-item
     disagreement of the two systems rather than the (much larger) spread of item difficulty.
-    Returns {task: {n, a, b, diff, ci95, p_le_0}} plus a "macro" entry.
+    Returns {task: {n, a, b, diff, ci95, p_le_0}} plus a "macro" entry. leave_one_out: also "macro_without" =
+    {task: the macro entry over every other task}, from the same replicates (so it is the macro's own CI with that
+    task taken out), for three tasks or more: does a macro verdict rest on one task?
     """
     rng = np.random.default_rng(seed)
     out: dict[str, dict] = {}
-    macro_reps = []
+    task_reps: dict[str, np.ndarray] = {}
     for task in a:
         va, vb = np.asarray(a[task], dtype=np.float64), np.asarray(b[task], dtype=np.float64)
         if va.shape != vb.shape:
             raise ValueError(f"{task}: {va.size} items in A but {vb.size} in B; align them first")
         if va.size == 0:
             continue
-        reps = _boot_means(va - vb, n_boot, rng)
-        macro_reps.append(reps)
-        out[task] = _diff_entry(int(va.size), float(va.mean()), float(vb.mean()), reps, confidence)
-    if macro_reps:
-        reps = np.mean(macro_reps, axis=0)
-        ma = float(np.mean([out[t]["a"] for t in out]))
-        mb = float(np.mean([out[t]["b"] for t in out]))
-        out["macro"] = _diff_entry(sum(int(out[t]["n"]) for t in list(out)), ma, mb, reps, confidence)
+        task_reps[task] = _boot_means(va - vb, n_boot, rng)
+        out[task] = _diff_entry(int(va.size), float(va.mean()), float(vb.mean()), task_reps[task], confidence)
+    if task_reps:
+        out["macro"] = _macro_entry(out, task_reps, list(task_reps), confidence)
+    if leave_one_out and len(task_reps) >= 3:
+        out["macro_without"] = {t: _macro_entry(out, task_reps, [k for k in task_reps if k != t], confidence) for t in task_reps}
     return out
+
+
+def _macro_entry(entries: dict, task_reps: dict[str, np.ndarray], tasks: list[str], confidence: float) -> dict:
+    reps = np.mean([task_reps[t] for t in tasks], axis=0)
+    ma = float(np.mean([entries[t]["a"] for t in tasks]))
+    mb = float(np.mean([entries[t]["b"] for t in tasks]))
+    return _diff_entry(sum(int(entries[t]["n"]) for t in tasks), ma, mb, reps, confidence)
 
 
 def _diff_entry(n: int, mean_a: float, mean_b: float, reps: np.ndarray, confidence: float) -> dict:

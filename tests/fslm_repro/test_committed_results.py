@@ -17,14 +17,15 @@ ROWS = {  # README row prefix -> results folder, fewest decimals the row must qu
 
 
 def generated_numbers(results: Path) -> set[str]:
-    """Every macro (test and held-out runs), macro difference, CI bound, held-out macro and the trained stack's s/item ratio to the base model in a
+    """Every macro (test and held-out runs), macro difference (also with one task left out), CI bound, held-out macro and the trained stack's s/item ratio to the base model in a
     recipe's JSON outputs, as the README writes them (one decimal; differences also without their sign)."""
     values: list[float] = []
     for summary in [*(results / "runs").glob("*/summary.json"), *(results / "select").glob("*/summary.json")]:
         values.append(json.loads(summary.read_text())["macro_acc"])
     for cmp in (results / "compare").glob("*/compare.json"):
-        macro = json.loads(cmp.read_text())["tasks"]["macro"]
-        values += [macro["diff"], *macro["ci95"], -macro["diff"]]
+        data = json.loads(cmp.read_text())
+        for macro in [data["tasks"]["macro"], *data.get("macro_without", {}).values()]:
+            values += [macro["diff"], *macro["ci95"], -macro["diff"]]
     if (results / "select.json").is_file():
         values += json.loads((results / "select.json").read_text())["heldout_macro"].values()
     out = {f"{100 * v:.1f}" for v in values} | {f"{100 * v:+.1f}" for v in values}

@@ -42,6 +42,20 @@ def test_verdict_wording_follows_the_interval(ci, word):
     assert ("excludes zero" in text) == (word != "includes zero")
 
 
+def test_a_verdict_that_excludes_zero_says_whether_one_task_carries_it():
+    from report import verdict
+
+    def entry(diff, lo, hi):
+        return {"diff": diff, "ci95": [lo, hi], "n": 100}
+
+    rests = {**entry(0.03, 0.01, 0.05), "without": {"boolq": entry(0.01, -0.01, 0.03), "piqa": entry(0.04, 0.02, 0.06)}}
+    assert verdict(rests, "A", "B").endswith("It rests on one task: without boolq, +1.0 pts (CI -1.0 to +3.0), the CI includes zero.")
+    holds = {**entry(-0.03, -0.05, -0.01), "without": {"boolq": entry(-0.02, -0.04, -0.005), "piqa": entry(-0.04, -0.06, -0.02)}}
+    assert verdict(holds, "A", "B").endswith("It holds with any one task left out (weakest: without boolq, -2.0 pts (CI -4.0 to -0.5)).")
+    unsure = {**entry(0.01, -0.01, 0.03), "without": rests["without"]}
+    assert verdict(unsure, "A", "B").endswith("the CI includes zero.") and "task" not in verdict(unsure, "A", "B")
+
+
 def test_examples_are_picked_by_rule():
     from report import pick_examples
 
