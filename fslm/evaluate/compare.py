@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fslm.errors import DataError, InputError
 from fslm.evaluate.stats import N_BOOT, SEED, paired_bootstrap
+from fslm.evaluate.systems import RAW_FORMATS
 from fslm.evaluate.store import ITEMS, write_atomic, write_json
 
 
@@ -14,11 +15,18 @@ from fslm.evaluate.store import ITEMS, write_atomic, write_json
 PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt with the options listed"}
 
 
+def prompt_format(info: dict) -> str | None:
+    """How a run's final scorer was asked: a stack with a raw answer format reads lm-eval's raw context, as a model does."""
+    if info.get("kind") == "stack" and info.get("answer_format") in RAW_FORMATS:
+        return PROMPT_FORMATS["model"]
+    return PROMPT_FORMATS.get(info.get("kind", ""))
+
+
 def format_notes(a: dict, b: dict) -> list[str]:
     """Warnings for differences other than the systems themselves: a 135M model's per-task accuracy moves by tens of
     points between prompt formats (BoolQ's yes/no prior flips), so such a difference is not the stack's doing."""
     notes = []
-    fa, fb = PROMPT_FORMATS.get(a.get("kind", "")), PROMPT_FORMATS.get(b.get("kind", ""))
+    fa, fb = prompt_format(a), prompt_format(b)
     if fa and fb and fa != fb:
         notes.append(f"A is asked with {fa}, B with {fb}: the difference mixes the prompt format with the systems. "
                      "Compare a stack with its base model in the same format too (a one-stage stack of the answer stage "
@@ -48,7 +56,7 @@ def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
     if summary.is_file():
         try:
             data = json.loads(summary.read_text(encoding="utf-8"))
-            info.update({k: data[k] for k in ("system", "kind", "num_fewshot") if k in data})
+            info.update({k: data[k] for k in ("system", "kind", "num_fewshot", "answer_format") if k in data})
         except json.JSONDecodeError:
             pass
     return info, values

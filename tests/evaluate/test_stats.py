@@ -99,6 +99,11 @@ def test_compare_warns_when_the_two_runs_use_different_prompt_formats(tmp_path):
     assert len(result["notes"]) == 2 and "mixes the prompt format" in result["notes"][0] and "0-shot, B is 5-shot" in result["notes"][1]
     assert "**Note:** A is asked with the stack's chat prompt" in (tmp_path / "cmp" / "compare.md").read_text()
     assert compare(stack, other_stack, n_boot=200)["notes"] == []
+    raw_stack = _fake_run(tmp_path / "raw", "stack", [1, 0, 1, 1])
+    summary = raw_stack / "summary.json"
+    summary.write_text(summary.read_text().replace('"kind": "stack"', '"kind": "stack", "answer_format": "raw-adapter"'))
+    assert compare(raw_stack, _fake_run(tmp_path / "model0", "model", [0, 0, 0, 1]), n_boot=200)["notes"] == []  # both raw
+    assert "mixes the prompt format" in compare(raw_stack, stack, n_boot=200)["notes"][0]
 
 
 def test_compare_reports_the_macro_with_each_task_left_out(tmp_path):
