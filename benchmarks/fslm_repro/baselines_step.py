@@ -17,7 +17,7 @@ from eval_step import EvalJob, expected_items, job_done, run_jobs, systems, writ
 from recipe import Recipe
 
 # Cheap systems first (a lane that stops early leaves the most comparisons), the 3-stage generating one last.
-ORDER = ("base", "format", "retrieval", "retrieval-chat", "model", "promptonly")
+ORDER = ("base", "format", "retrieval", "retrieval-chat", "model", "model-retrieval", "promptonly")
 
 
 def jobs(recipe: Recipe) -> list[EvalJob]:

@@ -23,7 +23,7 @@ from recipe import Recipe, read_json, slug
 BUSY_EXIT = 75  # an isolated eval worker found its run folder locked by another process (EX_TEMPFAIL)
 
 
-UNTRAINED_KINDS = ("base", "promptonly", "model", "format", "retrieval", "retrieval-chat")
+UNTRAINED_KINDS = ("base", "promptonly", "model", "format", "retrieval", "retrieval-chat", "model-retrieval")
 RAW_TRAINED_LABEL = "retrieved solved questions, corpus with unevaluated test items -> answer adapter trained on raw-scored choice questions"
 
 
@@ -31,7 +31,7 @@ RAW_TRAINED_LABEL = "retrieved solved questions, corpus with unevaluated test it
 class SystemSpec:
     name: str  # run folder name under <out>/runs/
     label: str  # as shown in RESULTS.md
-    kind: str  # trained | base | promptonly | model | format | notes | retrieval | retrieval-chat | scorer | ablation
+    kind: str  # trained | base | promptonly | model | format | notes | retrieval | retrieval-chat | model-retrieval | scorer | ablation
     stack: Path | None = None
     model: str | None = None
     adapters: bool = True
@@ -141,6 +141,7 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     specs.append(SystemSpec("stack-notes-raw", "base model in its own format reading the trained stack's texts", "notes",
                             stack=trained, answer_format="raw"))
     if recipe.retrieval:  # attempt 4: the notes are retrieved solved questions (retrieval_step), nothing trained
+        import retrieval_step
         from retrieval_step import stack_path
 
         specs.append(SystemSpec("stack-retrieval-raw", "base model in its own format reading retrieved solved questions",
@@ -150,6 +151,10 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
         specs.append(SystemSpec("stack-retrieval-tail-raw", "base model in its own format reading retrieved solved "
                                 "questions, corpus with unevaluated test items", "retrieval", stack=stack_path(recipe, "tail"),
                                 answer_format="raw"))
+        for model in retrieval_step.passage_readers(recipe):  # a larger model reading the same passages as attempt 5
+            specs.append(SystemSpec(f"model-{slug(model)}-retrieval-tail-raw", f"{model} in its own format reading retrieved "
+                                    "solved questions, corpus with unevaluated test items", "model-retrieval",
+                                    stack=retrieval_step.reader_stack_path(recipe, model), answer_format="raw"))
         if recipe.scorer_records:  # attempt 5: the same passages, an answer adapter trained on raw scoring pairs
             import scorer_step
 

@@ -43,7 +43,7 @@ SCALES = {
     "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 0,
              "select_limit": 50, "neutral": False},
     "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 240,
-              "select_limit": 16, "timing_limit": 5, "scorer_records": 0,
+              "select_limit": 16, "timing_limit": 5, "scorer_records": 0, "passage_readers": 0,
               "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
     "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6, "select_limit": 2,
               "timing_limit": 1, "scorer_records": 20},
@@ -79,6 +79,8 @@ class Recipe:
     retrieval: bool = True  # attempt 4 (step `retrieval`): BM25-retrieved solved train/dev questions as the notes
     # attempt 5 (step `scorer`): the retrieval stack's answer stage trained on this many raw-scored choice questions; 0: off
     scorer_records: int = 1000
+    # the first N of big_models also read the tail corpus's passages in their own format: attempt 5 like for like
+    passage_readers: int = 1
     adapter_budget_bytes: int = ADAPTER_BUDGET_BYTES
     eval_batch: int = 32
     timing_limit: int = 10  # step `timing`: test items per task on which every system is timed again, in one session

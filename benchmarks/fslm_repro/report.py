@@ -85,7 +85,18 @@ def scorer_verdicts(name: str, summaries: dict, systems: dict, run_of: dict, cmp
     if models:
         lines.append("  (Not like for like: attempt 5's adapter saw the benchmarks' own kind of question, 100 unevaluated items per "
                      "task, and reads retrieved solved questions; the larger models answer zero-shot with neither.)")
+    readers = [other for other in summaries if systems[other]["kind"] == "model-retrieval"]
+    for other in readers:
+        entry = with_leave_one_out(compare(run_of[name], run_of[other], out_dir=cmp_dir / f"{name}-vs-{other}"))["macro"]
+        lines.append("- Against a larger model reading the same passages in the same format: " + verdict(entry, label, systems[other]["label"]))
+    if readers:
+        lines.append("  (Like for like but for the training: only attempt 5's adapter saw 100 unevaluated items per task.)")
     return lines
+
+
+def reader_of(name: str) -> str:
+    """The model-alone run a passage reader (`model-<ref>-retrieval-tail-raw`) pairs with."""
+    return name.removesuffix("-retrieval-tail-raw")
 
 
 def widest_task(summaries: dict, tasks: list[str]) -> str:
@@ -160,6 +171,9 @@ def verdict_section(recipe: Recipe, summaries: dict, systems: dict, run_of: dict
             lines.append("- Do the texts help a plain scorer: " + verdict(vs_base[name]["macro"], label, base_label))
         if kind == "retrieval":
             lines.append("- Do retrieved passages help a plain scorer: " + verdict(vs_base[name]["macro"], label, base_label))
+        if kind == "model-retrieval" and reader_of(name) in summaries:
+            entry = with_leave_one_out(compare(run_of[name], run_of[reader_of(name)], out_dir=cmp_dir / f"{name}-vs-{reader_of(name)}"))["macro"]
+            lines.append("- Do retrieved passages help a larger model: " + verdict(entry, label, systems[reader_of(name)]["label"]))
         if kind == "retrieval-chat":
             lines.append("- Attempt 4 (retrieval): " + verdict(vs_base[name]["macro"], label, base_label))
             if "base-stackformat" in summaries:

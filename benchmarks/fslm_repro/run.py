@@ -151,6 +151,7 @@ def main(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 1)."),
     choice_records: Optional[int] = typer.Option(None, "--choice-records", help="Attempt 2's choice-style records (pilot: 240; full: 0 = attempt 2 off)."),
     scorer_records: Optional[int] = typer.Option(None, "--scorer-records", help="Attempt 5's raw-scored choice questions for the retrieval stack's answer adapter (full: 1000; 0: off)."),
+    passage_readers: Optional[int] = typer.Option(None, "--passage-readers", help="How many of --big-models (in order) also read attempt 5's retrieved passages (full: 1; pilot: 0)."),
     neutral: Optional[bool] = typer.Option(None, "--neutral/--no-neutral", help="Attempt 3 (reasoning notes that pick no answer; default: on at pilot and smoke scale, off at full scale)."),
     show_status: bool = typer.Option(False, "--status", help="Print where the run stands (steps, records, items per run, hours left at measured rates) and exit; safe beside a running recipe."),
     as_json: bool = typer.Option(False, "--json", help="With --status: print JSON."),
@@ -166,7 +167,7 @@ def main(
             scale, out, work, teacher=teacher, teacher_candidates=_split(candidates), teacher_dtype=teacher_dtype,
             budget_hours=budget_hours, distill_records=records, teacher_records=teacher_records, eval_limit=limit, select_limit=select_limit, timing_limit=timing_limit,
             tasks=_split(tasks), big_models=_split(big_models), data=data, stack=stack, student=student, epochs=epochs,
-            choice_records=choice_records, neutral=neutral, scorer_records=scorer_records, warm_cache=warm_cache,
+            choice_records=choice_records, neutral=neutral, scorer_records=scorer_records, warm_cache=warm_cache, passage_readers=passage_readers,
         )
         if show_status:
             import json

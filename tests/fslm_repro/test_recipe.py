@@ -80,7 +80,7 @@ def test_every_step_writes_its_outputs(smoke_run):
     index = json.loads((out / "systems.json").read_text())
     expected = {"stack-trained", "stack-trained-choice", "stack-trained-neutral", "base", "base-stackformat", "stack-answer-only", "stack-promptonly", "model-big", "stack-no-intent", "stack-no-facts",
                 "stack-no-reasoning", "stack-2stage", "stack-notes-raw", "stack-retrieval-raw", "stack-retrieval",
-                "stack-retrieval-tail-raw", "stack-scorer"}
+                "stack-retrieval-tail-raw", "model-big-retrieval-tail-raw", "stack-scorer"}
     assert set(index["systems"]) == expected
     for name in expected:
         summary = json.loads((out / "runs" / name / "summary.json").read_text())
@@ -292,6 +292,32 @@ def test_scorer_step_trains_the_retrieval_stacks_answer_stage_on_raw_pairs_never
     assert "- Attempt 5 (trained scorer): retrieved solved questions, corpus with unevaluated test items -> answer adapter" in text
     assert "- What training the scorer adds (same passages, same format): " in text
     assert "- Against a larger single model: " in text and "(Not like for like: attempt 5's adapter saw" in text
+
+
+def test_a_larger_model_reads_the_same_passages_as_attempt_5(smoke_run):
+    from fslm.config import load_stack_config
+
+    from recipe import slug
+    from retrieval_step import reader_stack_path
+
+    recipe, _, _ = smoke_run
+    big = recipe.big_models[0]
+    name = f"model-{slug(big)}-retrieval-tail-raw"
+    assert load_stack_config(reader_stack_path(recipe, big)).base_model == big
+    reader, student = read_rows(recipe, name), read_rows(recipe, "stack-retrieval-tail-raw")
+    assert [r["stages"] for r in reader] == [r["stages"] for r in student] and reader[0]["stages"]["related"]
+    assert [r["choice_scores"] for r in reader if r["choice_scores"]] != [r["choice_scores"] for r in student if r["choice_scores"]]
+    assert json.loads((recipe.runs_dir / name / "summary.json").read_text())["answer_format"] == "raw"
+    text = (recipe.out / "RESULTS.md").read_text()
+    assert f"- Do retrieved passages help a larger model: {big} in its own format reading retrieved solved questions" in text
+    assert "- Against a larger model reading the same passages in the same format: " in text
+    from dataclasses import replace
+
+    from eval_step import systems
+
+    kinds = lambda r: [s.kind for s in systems(r)].count("model-retrieval")  # noqa: E731
+    assert kinds(recipe) == 1 and kinds(replace(recipe, passage_readers=0)) == 0
+    assert kinds(replace(recipe, big_models=[big, "other-model"])) == 1  # the first big model only, by default
 
 
 def _load(load_task, task, split):
