@@ -142,14 +142,13 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
                             stack=trained, answer_format="raw"))
     if recipe.retrieval:  # attempt 4: the notes are retrieved solved questions (retrieval_step), nothing trained
         import retrieval_step
-        from retrieval_step import stack_path
 
         specs.append(SystemSpec("stack-retrieval-raw", "base model in its own format reading retrieved solved questions",
-                                "retrieval", stack=stack_path(recipe), answer_format="raw"))
+                                "retrieval", stack=retrieval_step.stack_path(recipe), answer_format="raw"))
         specs.append(SystemSpec("stack-retrieval", "retrieved solved questions -> answer stage (no adapters)",
-                                "retrieval-chat", stack=stack_path(recipe), adapters=False))
+                                "retrieval-chat", stack=retrieval_step.stack_path(recipe), adapters=False))
         specs.append(SystemSpec("stack-retrieval-tail-raw", "base model in its own format reading retrieved solved "
-                                "questions, corpus with unevaluated test items", "retrieval", stack=stack_path(recipe, "tail"),
+                                "questions, corpus with unevaluated test items", "retrieval", stack=retrieval_step.stack_path(recipe, "tail"),
                                 answer_format="raw"))
         for model in retrieval_step.passage_readers(recipe):  # a larger model reading the same passages as attempt 5
             specs.append(SystemSpec(f"model-{slug(model)}-retrieval-tail-raw", f"{model} in its own format reading retrieved "
