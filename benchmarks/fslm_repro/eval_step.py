@@ -308,11 +308,14 @@ SCORE_ONLY_FIRST = ("scorer",)  # kinds that generate no stage text (~1 s/item):
 
 
 def eval_jobs(recipe: Recipe) -> list[EvalJob]:
-    """The eval step's runs; the stacks that share the trained stack's stage outputs come after it."""
+    """The eval step's runs; the stacks that share the trained stack's stage outputs come after it. The systems the
+    `baselines` step owns come last: alone, that step has run them already; beside a lane (`--lanes 2`), taking the
+    one the lane is about to start would leave the lane waiting for it while the trained systems queue up."""
     expected = expected_items(recipe)
     trained = recipe.runs_dir / "stack-trained"
     reuses = lambda s: s.kind in ("notes", "ablation") and s.name != "stack-answer-only"  # noqa: E731
-    specs = sorted(systems(recipe), key=lambda s: s.kind not in SCORE_ONLY_FIRST)  # stable: the rest keep their order
+    # stable: within each group the systems keep their report order
+    specs = sorted(systems(recipe), key=lambda s: (not s.needs_training, s.kind not in SCORE_ONLY_FIRST))
     return [EvalJob(s, recipe.runs_dir / s.name, recipe.eval_limit, expected, after=(trained,) if reuses(s) else ())
             for s in specs]
 

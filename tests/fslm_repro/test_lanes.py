@@ -134,13 +134,16 @@ def test_stacks_that_reuse_the_trained_stack_s_outputs_run_after_it(tmp_path):
         assert after[name] == []
 
 
-def test_eval_measures_the_score_only_attempt_first_and_keeps_the_others_in_report_order(tmp_path):
+def test_eval_measures_the_score_only_attempt_first_and_leaves_the_baselines_step_s_systems_last(tmp_path):
     from eval_step import eval_jobs, systems
     from recipe import Recipe
 
     recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"])
     order = [j.spec.name for j in eval_jobs(recipe)]
-    assert order[0] == "stack-scorer" and order[1:] == [s.name for s in systems(recipe) if s.name != "stack-scorer"]
+    trained = [s.name for s in systems(recipe) if s.needs_training and s.name != "stack-scorer"]
+    untrained = [s.name for s in systems(recipe) if not s.needs_training]
+    assert "base" in untrained and "stack-no-intent" in trained  # both groups are there to order
+    assert order == ["stack-scorer"] + trained + untrained  # each group in report order
 
 
 @needs_data
