@@ -68,10 +68,11 @@ def _fmt_hms(seconds: float) -> str:
 
 
 def wall_time_section(recipe: Recipe, steps: dict) -> list[str]:
-    lines = ["## Wall time per step", "", "| step | status | wall time | sessions | CPUs of the sessions that worked |",
+    lines = ["## Wall time per step", "", "| step | status | wall time | sessions that worked | CPUs of the sessions that worked |",
              "|---|---|---:|---:|---|"]
     for step, e in sorted(steps.items(), key=lambda kv: STEPS.index(kv[0]) if kv[0] in STEPS else len(STEPS)):
-        lines.append(f"| {step} | {'off' if step in recipe.steps_off else e['status']} | {_fmt_hms(e['wall_seconds'])} | {len(e['sessions'])} | {step_cpus(e['sessions'])} |")
+        worked = sum(s.get("status") != "skipped" for s in e["sessions"])  # not every rerun that found it done
+        lines.append(f"| {step} | {'off' if step in recipe.steps_off else e['status']} | {_fmt_hms(e['wall_seconds'])} | {worked} | {step_cpus(e['sessions'])} |")
     return lines + ["", "The report step's own row shows it running: its time is logged in steps.json after this file is written. "
                     "interrupted: a session that stopped without logging its end (killed, or its machine went away); its "
                     "time counts up to its last heartbeat (once a minute)."]

@@ -638,6 +638,17 @@ def test_report_before_the_eval_step_shows_the_baselines_so_far(smoke_run, tmp_p
     assert "What training adds" not in text  # needs the trained stack
 
 
+def test_wall_time_table_counts_only_the_sessions_that_worked_on_a_step(tmp_path):
+    from recipe import Recipe
+    from report_cost import wall_time_section
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work")
+    done = {"status": "done", "cpu": "CPU A"}
+    steps = {"distill": {"status": "done", "wall_seconds": 90, "sessions": [done, {"status": "skipped"}, {"status": "skipped"}]}}
+    row = next(line for line in wall_time_section(recipe, steps) if line.startswith("| distill |"))
+    assert row == "| distill | done | 1m30s | 1 | CPU A |"
+
+
 def test_wall_time_table_says_off_for_steps_the_settings_turn_off(smoke_run, tmp_path):
     import shutil
     from dataclasses import replace
