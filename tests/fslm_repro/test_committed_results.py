@@ -43,3 +43,26 @@ def test_every_decimal_in_a_readme_fslm_row_comes_from_the_results(prefix: str):
     assert len(quoted) >= fewest
     known = generated_numbers(RESULTS / folder)
     assert [q for q in quoted if q not in known and q.lstrip("+-") not in known] == []
+
+
+def decimals(text: str) -> list[str]:
+    return re.findall(r"(?<![\w-])[+-]?\d+\.\d+(?![\w.])", text)
+
+
+@pytest.mark.parametrize("folder", ["fslm_repro_pilot", "fslm_repro"])
+def test_every_decimal_in_the_hand_written_analysis_is_one_the_recipe_wrote(folder: str):
+    """ANALYSIS.md is written by a person from the tables; its numbers must be the tables' (RESULTS.md without the
+    analysis, the per-task comparisons, the runs' JSON), not remembered or rounded differently."""
+    results = RESULTS / folder
+    analysis = results / "ANALYSIS.md"
+    if not analysis.is_file():
+        pytest.skip(f"no {analysis.relative_to(REPO)} yet")
+    text = analysis.read_text(encoding="utf-8").rstrip()
+    report = (results / "RESULTS.md").read_text(encoding="utf-8")
+    assert text in report, "RESULTS.md includes ANALYSIS.md verbatim: rerun the report step"
+    generated = report.replace(text, "") + "".join(p.read_text(encoding="utf-8") for p in (results / "compare").glob("*/compare.md"))
+    known = set(decimals(generated)) | generated_numbers(results)
+    known |= {f"{float(k):.1f}" for k in known if len(k.split(".")[1]) > 1}  # a table's 41.88 quoted as 41.9
+    known |= {k.lstrip("+-") for k in known}
+    assert len(decimals(text)) >= 10
+    assert [d for d in decimals(text) if d.lstrip("+-") not in known] == []
