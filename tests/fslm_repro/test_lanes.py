@@ -284,3 +284,24 @@ def test_warming_stops_where_the_evaluator_has_caught_up(stack_jobs, monkeypatch
         assert warm_cache.warm_from_the_end(recipe, held, log=lambda _: None) == 2
     ids = [json.loads(line)["id"] for line in order]
     assert warmed_ids == ids[:1:-1] and set(read_rows(held.folder)) == set(ids[:2])  # last two warmed, first two done
+
+
+def test_ablations_that_only_score_run_before_those_that_generate_texts_of_their_own(tmp_path):
+    from eval_step import ablations, eval_jobs, systems, texts_to_generate
+    from fslm.evaluate.store import write_atomic
+    from recipe import Recipe
+
+    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"])
+    trained = recipe.trained_dir / "stack.yaml"
+    trained.parent.mkdir(parents=True)
+    write_atomic(trained, recipe.stack_config().to_yaml())
+    specs = {s.name: s for s in ablations(recipe, write=True)}
+    # facts sees only the prompt, so its texts are the trained stack's; reasoning sees intent and facts
+    new = {name: texts_to_generate(s.stack, trained) for name, s in specs.items()}
+    assert new == {"stack-answer-only": 0, "stack-no-intent": 1, "stack-no-facts": 1, "stack-no-reasoning": 0, "stack-2stage": 0}
+    assert texts_to_generate(trained, trained) == 0
+    order = [j.spec.name for j in eval_jobs(recipe)]
+    trained_group = [s.name for s in systems(recipe) if s.needs_training]
+    assert order.index("stack-2stage") < order.index("stack-no-intent") < order.index("stack-no-facts")
+    assert order.index("stack-no-reasoning") < order.index("stack-no-intent")
+    assert order.index("stack-trained") < order.index("stack-no-reasoning") and set(order[:len(trained_group)]) == set(trained_group)
