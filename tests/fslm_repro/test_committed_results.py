@@ -18,8 +18,10 @@ ROWS = {  # README row prefix -> results folder, fewest decimals the row must qu
 
 
 def generated_numbers(results: Path) -> set[str]:
-    """Every macro and per-task accuracy (test and held-out runs), macro and per-task difference (also with one task left out), CI bound, held-out macro and the trained stack's s/item ratio to the base model in a
-    recipe's JSON outputs, as the README writes them (one decimal; differences also without their sign)."""
+    """Every macro and per-task accuracy (test and held-out runs), macro and per-task difference (also with one task
+    left out), CI bound, held-out macro, the trained stack's s/item ratio to the base model in its full run and every
+    system's when timed together, in a recipe's JSON outputs, as the README writes them (one decimal; differences also
+    without their sign)."""
     values: list[float] = []
     for summary in [*(results / "runs").glob("*/summary.json"), *(results / "select").glob("*/summary.json")]:
         data = json.loads(summary.read_text())
@@ -34,6 +36,9 @@ def generated_numbers(results: Path) -> set[str]:
     cost = {p.parent.name: json.loads(p.read_text())["cost"]["seconds_per_item"] for p in (results / "runs").glob("*/summary.json")}
     if {"stack-trained", "base"} <= cost.keys():
         out.add(f"{cost['stack-trained'] / cost['base']:.1f}")
+    if (results / "timing.json").is_file():  # each system's seconds over the base model's, timed together
+        timed = json.loads((results / "timing.json").read_text())["systems"]
+        out |= {f"{row['seconds_per_item'] / timed['base']['seconds_per_item']:.1f}" for row in timed.values()}
     return out
 
 
