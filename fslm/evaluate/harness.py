@@ -94,9 +94,9 @@ def agreement(system, tasks: list[str], limit: int, *, out: str | Path | None = 
         ours, theirs = built.tasks[task], results[TASK_PREFIX + task]
         metric = "exact_match" if metric_name(task) == "exact_match" else "acc"
         b = {"acc": ours["acc"], "acc_norm": ours["acc_norm"]}
-        h = {"acc": round(theirs[f"{metric},none"], 4), "acc_norm": None}
+        h = {"acc": round(theirs[f"{metric},none"], 6), "acc_norm": None}
         if ours["acc_norm"] is not None:
-            h["acc_norm"] = round(theirs["acc_norm,none"], 4)
+            h["acc_norm"] = round(theirs["acc_norm,none"], 6)
         tol = 1e-3 if metric_name(task) == "mc2" else 1e-9  # mc2 is a float mass; padding changes the 6th digit
         same = all((b[k] is None) == (h[k] is None) and (b[k] is None or abs(b[k] - h[k]) <= tol) for k in b)
         report[task] = {"n": ours["n"], "builtin": b, "lm_eval": h, "same": same}
