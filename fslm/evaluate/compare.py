@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from fslm.errors import DataError, InputError
@@ -68,7 +69,7 @@ def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed:
     and the macro with each task left out in turn (`macro_without`, from the same replicates).
 
     Items only one run has are left out and counted (`only_a`, `only_b`). With `out_dir`, writes compare.json and
-    compare.md there.
+    compare.md there, naming each run by its path from `out_dir`.
     """
     info_a, a = read_run(run_a)
     info_b, b = read_run(run_b)
@@ -94,6 +95,8 @@ def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed:
     }
     if out_dir is not None:
         folder = Path(out_dir)
+        for side, run in (("a", run_a), ("b", run_b)):  # from compare.json's folder: results stay valid when moved or cloned
+            result[side]["run"] = os.path.relpath(Path(run).resolve(), folder.resolve())
         write_json(folder / "compare.json", result)
         write_atomic(folder / "compare.md", compare_markdown(result))
     return result

@@ -121,6 +121,7 @@ def test_compare_reports_the_macro_with_each_task_left_out(tmp_path):
     a = run("a", {"boolq": [1] * 30, "piqa": [1, 0] * 15, "arc_easy": [0, 1] * 15})
     b = run("b", {"boolq": [0] * 30, "piqa": [1, 0] * 15, "arc_easy": [0, 1] * 15})
     result = compare(a, b, out_dir=tmp_path / "cmp", n_boot=200)
+    assert (result["a"]["run"], result["b"]["run"]) == ("../a", "../b")  # relative to compare.json: no machine's paths
     assert set(result["tasks"]) == {"boolq", "piqa", "arc_easy", "macro"}  # per-task entries stay as they were
     assert result["macro_without"]["boolq"]["diff"] == 0.0 and result["macro_without"]["piqa"]["diff"] == pytest.approx(0.5)
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["macro_without"]["boolq"]["ci95"] == [0.0, 0.0]
