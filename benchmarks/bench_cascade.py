@@ -29,8 +29,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from fslm.collaborate.cascade import (  # noqa: E402
-    SIGNALS, always, by_task, calibrate, cascade_point, curve, evaluate, load_pairs, plot_curves, random_escalation,
-    write_json, write_text,
+    SIGNALS,
+    always,
+    by_task,
+    calibrate,
+    cascade_point,
+    curve,
+    evaluate,
+    load_pairs,
+    plot_curves,
+    random_escalation,
+    write_json,
+    write_text,
 )
 from fslm.collaborate.live import verify_signal_rows, write_jsonl  # noqa: E402
 from fslm.collaborate.route import eval_runs, train_runs  # noqa: E402
@@ -76,8 +86,12 @@ def per_task(pairs, signal: str, threshold: float) -> dict:
     out = {}
     for task, group in sorted(by_task(pairs).items()):
         at = cascade_point(group, signal, threshold)
-        out[task] = {"n": len(group), "small_acc": round(always(group, "small").acc, 4),
-                     "large_acc": round(always(group, "large").acc, 4), **{k: round(v, 4) for k, v in at.to_dict().items()}}
+        out[task] = {
+            "n": len(group),
+            "small_acc": round(always(group, "small").acc, 4),
+            "large_acc": round(always(group, "large").acc, 4),
+            **{k: round(v, 4) for k, v in at.to_dict().items()},
+        }
     return out
 
 
@@ -102,40 +116,71 @@ def router_by_target(calib, report) -> list[dict]:
 def router_markdown(rep: dict) -> str:
     from fslm.collaborate.route import markdown as base
 
-    lines = [base(rep), "Each policy tuned on the calibration half for a target share of the large model's accuracy:", "",
-             "| target | router acc | router share | random acc | random share | cascade acc | cascade share |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        base(rep),
+        "Each policy tuned on the calibration half for a target share of the large model's accuracy:",
+        "",
+        "| target | router acc | router share | random acc | random share | cascade acc | cascade share |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rep["by_target"]:
-        lines.append(f"| {r['target']:.0%} | {r['router']['acc']:.3f} | {r['router']['compute_share']:.3f} | {r['random']['acc']:.3f} | "
-                     f"{r['random']['compute_share']:.3f} | {r['cascade']['acc']:.3f} | {r['cascade']['compute_share']:.3f} |")
+        lines.append(
+            f"| {r['target']:.0%} | {r['router']['acc']:.3f} | {r['router']['compute_share']:.3f} | {r['random']['acc']:.3f} | "
+            f"{r['random']['compute_share']:.3f} | {r['cascade']['acc']:.3f} | {r['cascade']['compute_share']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Cascade: {result['small']} -> {result['large']}", "",
-             f"Report items: {result['n']} ({', '.join(result['tasks'])}; first {result['limit']} per task, the hash-split half "
-             f"not used for calibration). Threshold calibrated on {result['n_calibration']} other items for >= "
-             f"{result['target']:.0%} of the large model's accuracy. Compute share = (small FLOPs on every item + signal FLOPs "
-             "+ large FLOPs on escalated items) / large FLOPs on every item, FLOPs = 2 x params x tokens.", "",
-             "| policy | accuracy | compute share | escalated |", "|---|---|---|---|"]
+    lines = [
+        f"# Cascade: {result['small']} -> {result['large']}",
+        "",
+        f"Report items: {result['n']} ({', '.join(result['tasks'])}; first {result['limit']} per task, the hash-split half "
+        f"not used for calibration). Threshold calibrated on {result['n_calibration']} other items for >= "
+        f"{result['target']:.0%} of the large model's accuracy. Compute share = (small FLOPs on every item + signal FLOPs "
+        "+ large FLOPs on escalated items) / large FLOPs on every item, FLOPs = 2 x params x tokens.",
+        "",
+        "| policy | accuracy | compute share | escalated |",
+        "|---|---|---|---|",
+    ]
     first = result["signals"][SIGNALS[0]]
-    lines.append(f"| always small | {first['always_small']['acc']:.3f} | {first['always_small']['compute_share']:.3f} | 0% |")
+    lines.append(
+        f"| always small | {first['always_small']['acc']:.3f} | {first['always_small']['compute_share']:.3f} | 0% |"
+    )
     lines.append(f"| always large | {first['always_large']['acc']:.3f} | 1.000 | 100% |")
     for name, rep in result["signals"].items():
         c, r = rep["calibrated"], rep["random_same_rate"]
-        lines.append(f"| cascade, {name} < {c['threshold']:.3f} | {c['acc']:.3f} | {c['compute_share']:.3f} | {c['escalation_rate']:.1%} |")
-        lines.append(f"| random escalation at {name}'s rate | {r['acc']:.3f} | {r['compute_share']:.3f} | {r['escalation_rate']:.1%} |")
-    lines += ["", "Per task at the calibrated margin threshold:", "", "| task | n | small | large | cascade | compute share | escalated |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| cascade, {name} < {c['threshold']:.3f} | {c['acc']:.3f} | {c['compute_share']:.3f} | {c['escalation_rate']:.1%} |"
+        )
+        lines.append(
+            f"| random escalation at {name}'s rate | {r['acc']:.3f} | {r['compute_share']:.3f} | {r['escalation_rate']:.1%} |"
+        )
+    lines += [
+        "",
+        "Per task at the calibrated margin threshold:",
+        "",
+        "| task | n | small | large | cascade | compute share | escalated |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task, t in result["per_task"].items():
-        lines.append(f"| {task} | {t['n']} | {t['small_acc']:.3f} | {t['large_acc']:.3f} | {t['acc']:.3f} | {t['compute_share']:.3f} | {t['escalation_rate']:.1%} |")
-    lines += ["", "Thresholds calibrated for other targets (calibration half), measured on the report half:", "",
-              "| target | signal | threshold | accuracy | compute share | escalated | random escalation acc, same rate |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {task} | {t['n']} | {t['small_acc']:.3f} | {t['large_acc']:.3f} | {t['acc']:.3f} | {t['compute_share']:.3f} | {t['escalation_rate']:.1%} |"
+        )
+    lines += [
+        "",
+        "Thresholds calibrated for other targets (calibration half), measured on the report half:",
+        "",
+        "| target | signal | threshold | accuracy | compute share | escalated | random escalation acc, same rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in result["by_target"]:
         for signal in SIGNALS:
             p = row[signal]
-            lines.append(f"| {row['target']:.0%} | {signal} | {p['threshold']:.3f} | {p['acc']:.3f} | {p['compute_share']:.3f} | "
-                         f"{p['escalation_rate']:.1%} | {p['random_same_rate_acc']:.3f} |")
+            lines.append(
+                f"| {row['target']:.0%} | {signal} | {p['threshold']:.3f} | {p['acc']:.3f} | {p['compute_share']:.3f} | "
+                f"{p['escalation_rate']:.1%} | {p['random_same_rate_acc']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -167,16 +212,27 @@ def main() -> None:
         write_subset(large_run, keys, split_dir / name / "large")
     log(f"{len(pairs)} paired items: {len(calib)} for calibration, {len(report)} for the report")
 
-    result = {"small": args.small, "large": args.large, "large_dtype": args.large_dtype, "tasks": tasks, "limit": args.limit, "target": args.target,
-              "n_calibration": len(calib), "cost_unit": "flops", "signals": {}}
+    result = {
+        "small": args.small,
+        "large": args.large,
+        "large_dtype": args.large_dtype,
+        "tasks": tasks,
+        "limit": args.limit,
+        "target": args.target,
+        "n_calibration": len(calib),
+        "cost_unit": "flops",
+        "signals": {},
+    }
     calibrations = {}
     for signal in SIGNALS:
         cal = calibrate(calib, signal, args.target)
         calibrations[signal] = cal
         cal.save(split_dir / f"calibration-{signal}.json")
         result["signals"][signal] = evaluate(report, cal)
-        log(f"cascade[{signal}]: threshold {cal.threshold:.4f} -> report acc {result['signals'][signal]['calibrated']['acc']:.4f} "
-            f"at share {result['signals'][signal]['calibrated']['compute_share']:.4f}")
+        log(
+            f"cascade[{signal}]: threshold {cal.threshold:.4f} -> report acc {result['signals'][signal]['calibrated']['acc']:.4f} "
+            f"at share {result['signals'][signal]['calibrated']['compute_share']:.4f}"
+        )
     # Other quality targets (same calibration half, same report half): where the target bites depends on how much
     # better the large model is.
     result["by_target"] = []
@@ -185,12 +241,22 @@ def main() -> None:
         for signal in SIGNALS:
             cal = calibrate(calib, signal, target)
             at = cascade_point(report, signal, cal.threshold)
-            row[signal] = {**at.to_dict(), "random_same_rate_acc": round(random_escalation(report, at.escalation_rate).acc, 6)}
+            row[signal] = {
+                **at.to_dict(),
+                "random_same_rate_acc": round(random_escalation(report, at.escalation_rate).acc, 6),
+            }
         result["by_target"].append(row)
     main_rep = result["signals"]["margin"]
     # The issue's schema at the top level (margin signal), the rest alongside.
-    cascade_json = {"large_acc": main_rep["large_acc"], "small_acc": main_rep["small_acc"], "points": main_rep["points"],
-                    "n": main_rep["n"], "signal": "margin", **result, "per_task": per_task(report, "margin", calibrations["margin"].threshold)}
+    cascade_json = {
+        "large_acc": main_rep["large_acc"],
+        "small_acc": main_rep["small_acc"],
+        "points": main_rep["points"],
+        "n": main_rep["n"],
+        "signal": "margin",
+        **result,
+        "per_task": per_task(report, "margin", calibrations["margin"].threshold),
+    }
     out = args.out
     write_json(out / f"cascade{args.suffix}.json", cascade_json)
     write_text(out / f"cascade{args.suffix}.md", markdown(cascade_json))
@@ -198,7 +264,9 @@ def main() -> None:
     curves["random escalation"] = [random_escalation(report, r / 20) for r in range(21)]
     markers = {"always small": always(report, "small"), "always large": always(report, "large")}
     markers.update({f"calibrated ({s})": cascade_point(report, s, calibrations[s].threshold) for s in SIGNALS})
-    plot_curves(out / f"cascade{args.suffix}.png", curves, markers, f"{args.small} -> {args.large}, {len(report)} report items")
+    plot_curves(
+        out / f"cascade{args.suffix}.png", curves, markers, f"{args.small} -> {args.large}, {len(report)} report items"
+    )
 
     log("router: train on the calibration half, evaluate on the report half")
     router_dir = out / f"router{args.suffix}"
@@ -206,8 +274,13 @@ def main() -> None:
     # eval_runs writes router.{json,md,png}; with a suffix it writes them to a scratch folder first, so the
     # unsuffixed results of another configuration are never overwritten.
     report_dir = out if not args.suffix else args.work / f"router-report{args.suffix}"
-    rep = eval_runs(router_dir, split_dir / "report" / "small", split_dir / "report" / "large",
-                    calibration=split_dir / "calibration-margin.json", out_dir=report_dir)
+    rep = eval_runs(
+        router_dir,
+        split_dir / "report" / "small",
+        split_dir / "report" / "large",
+        calibration=split_dir / "calibration-margin.json",
+        out_dir=report_dir,
+    )
     rep["by_target"] = router_by_target(calib, report)
     write_json(out / f"router{args.suffix}.json", rep)
     write_text(out / f"router{args.suffix}.md", router_markdown(rep))

@@ -52,24 +52,36 @@ def run_method(name: str, items, texts, decode, cache_path: Path, batch: int) ->
         gens = decode([texts[i] for i in chunk])
         for i, g in zip(chunk, gens):
             pred = final_number(g.text)
-            done[items[i].id] = {"id": items[i].id, "gold": items[i].gold, "prediction": pred,
-                                 "correct": numbers_match(pred, str(items[i].gold)), "text": g.text, "tokens_out": g.tokens_out,
-                                 "finish_reason": g.finish_reason, "repeated_4gram": round(repeated_ngram_fraction(g.text), 4),
-                                 "seconds": round(g.seconds, 3)}
+            done[items[i].id] = {
+                "id": items[i].id,
+                "gold": items[i].gold,
+                "prediction": pred,
+                "correct": numbers_match(pred, str(items[i].gold)),
+                "text": g.text,
+                "tokens_out": g.tokens_out,
+                "finish_reason": g.finish_reason,
+                "repeated_4gram": round(repeated_ngram_fraction(g.text), 4),
+                "seconds": round(g.seconds, 3),
+            }
         write_jsonl(cache_path, [done[it.id] for it in items if it.id in done])
-        log(f"{name}: {len([it for it in items if it.id in done])}/{len(items)} ({time.perf_counter() - t0:.0f}s for {len(chunk)})")
+        log(
+            f"{name}: {len([it for it in items if it.id in done])}/{len(items)} ({time.perf_counter() - t0:.0f}s for {len(chunk)})"
+        )
     return [done[it.id] for it in items]
 
 
 def summarize(rows: list[dict]) -> dict:
     n = len(rows)
-    return {"n": n, "acc": round(sum(r["correct"] for r in rows) / n, 4),
-            "repeated_4gram": round(sum(r["repeated_4gram"] for r in rows) / n, 4),
-            "loops": sum(r["repeated_4gram"] > 0.2 for r in rows),
-            "hit_length_limit": sum(r["finish_reason"] == "length" for r in rows),
-            "no_number": sum(r["prediction"] is None for r in rows),
-            "tokens_out_per_item": round(sum(r["tokens_out"] for r in rows) / n, 1),
-            "seconds_per_item": round(sum(r["seconds"] for r in rows) / n, 3)}
+    return {
+        "n": n,
+        "acc": round(sum(r["correct"] for r in rows) / n, 4),
+        "repeated_4gram": round(sum(r["repeated_4gram"] for r in rows) / n, 4),
+        "loops": sum(r["repeated_4gram"] > 0.2 for r in rows),
+        "hit_length_limit": sum(r["finish_reason"] == "length" for r in rows),
+        "no_number": sum(r["prediction"] is None for r in rows),
+        "tokens_out_per_item": round(sum(r["tokens_out"] for r in rows) / n, 1),
+        "seconds_per_item": round(sum(r["seconds"] for r in rows) / n, 3),
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -116,31 +128,62 @@ def main() -> None:
     texts = [expert.render_chat([{"role": "user", "content": f"{INSTRUCTION}\n\n{it.question}"}]) for it in items]
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     tag = f"{args.expert}-{args.dtype}-{args.max_new_tokens}"
-    greedy = run_method("greedy", items, texts, lambda t: expert.generate(t, params), args.work / f"greedy-{tag}.jsonl", args.batch)
+    greedy = run_method(
+        "greedy", items, texts, lambda t: expert.generate(t, params), args.work / f"greedy-{tag}.jsonl", args.batch
+    )
     amateur = load_engine(args.amateur, dtype=args.dtype)
     cd = ContrastiveParams(alpha=args.alpha, amateur_temperature=args.amateur_temperature)
-    cd_rows = run_method("contrastive", items, texts, lambda t: contrastive_generate(expert, amateur, t, params, cd, batch_size=args.batch),
-                         args.work / f"contrastive-{tag}-{args.amateur}-a{args.alpha}-t{args.amateur_temperature}.jsonl", args.batch)
+    cd_rows = run_method(
+        "contrastive",
+        items,
+        texts,
+        lambda t: contrastive_generate(expert, amateur, t, params, cd, batch_size=args.batch),
+        args.work / f"contrastive-{tag}-{args.amateur}-a{args.alpha}-t{args.amateur_temperature}.jsonl",
+        args.batch,
+    )
     g, c = summarize(greedy), summarize(cd_rows)
     both = sum(a["correct"] and b["correct"] for a, b in zip(greedy, cd_rows))
-    result = {"task": "gsm8k", "split": "test", "n": len(items), "expert": args.expert, "amateur": args.amateur,
-              "alpha": args.alpha, "amateur_temperature": args.amateur_temperature, "dtype": args.dtype,
-              "max_new_tokens": args.max_new_tokens, "prompt": INSTRUCTION, "greedy": g, "contrastive": c,
-              "agreement": {"both_correct": both, "only_greedy": sum(a["correct"] and not b["correct"] for a, b in zip(greedy, cd_rows)),
-                            "only_contrastive": sum(b["correct"] and not a["correct"] for a, b in zip(greedy, cd_rows))}}
+    result = {
+        "task": "gsm8k",
+        "split": "test",
+        "n": len(items),
+        "expert": args.expert,
+        "amateur": args.amateur,
+        "alpha": args.alpha,
+        "amateur_temperature": args.amateur_temperature,
+        "dtype": args.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "prompt": INSTRUCTION,
+        "greedy": g,
+        "contrastive": c,
+        "agreement": {
+            "both_correct": both,
+            "only_greedy": sum(a["correct"] and not b["correct"] for a, b in zip(greedy, cd_rows)),
+            "only_contrastive": sum(b["correct"] and not a["correct"] for a, b in zip(greedy, cd_rows)),
+        },
+    }
     write_json(args.out / "contrastive.json", result)
-    lines = [f"# Contrastive decoding on GSM8K ({len(items)} test items)", "",
-             f"Expert {args.expert}, amateur {args.amateur} (same tokenizer), alpha {args.alpha}, amateur temperature "
-             f"{args.amateur_temperature}, {args.dtype}, zero-shot chat prompt, up to {args.max_new_tokens} new tokens. Accuracy = "
-             "exact match of the final number; repeated 4-grams = share of word 4-grams already seen in the same output; loops = "
-             "outputs with more than 20% repeated 4-grams.", "",
-             "| decoding | accuracy | repeated 4-grams | loops | hit length limit | no number | tokens/item | s/item |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Contrastive decoding on GSM8K ({len(items)} test items)",
+        "",
+        f"Expert {args.expert}, amateur {args.amateur} (same tokenizer), alpha {args.alpha}, amateur temperature "
+        f"{args.amateur_temperature}, {args.dtype}, zero-shot chat prompt, up to {args.max_new_tokens} new tokens. Accuracy = "
+        "exact match of the final number; repeated 4-grams = share of word 4-grams already seen in the same output; loops = "
+        "outputs with more than 20% repeated 4-grams.",
+        "",
+        "| decoding | accuracy | repeated 4-grams | loops | hit length limit | no number | tokens/item | s/item |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in (("greedy (expert alone)", g), ("contrastive", c)):
-        lines.append(f"| {name} | {s['acc']:.3f} | {s['repeated_4gram']:.3f} | {s['loops']} | {s['hit_length_limit']} | "
-                     f"{s['no_number']} | {s['tokens_out_per_item']} | {s['seconds_per_item']} |")
+        lines.append(
+            f"| {name} | {s['acc']:.3f} | {s['repeated_4gram']:.3f} | {s['loops']} | {s['hit_length_limit']} | "
+            f"{s['no_number']} | {s['tokens_out_per_item']} | {s['seconds_per_item']} |"
+        )
     a = result["agreement"]
-    lines += ["", f"Both right on {a['both_correct']} items; only greedy right on {a['only_greedy']}; only contrastive right on {a['only_contrastive']}."]
+    lines += [
+        "",
+        f"Both right on {a['both_correct']} items; only greedy right on {a['only_greedy']}; only contrastive right on {a['only_contrastive']}.",
+    ]
     write_text(args.out / "contrastive.md", "\n".join(lines) + "\n")
     plot(result, args.out / "contrastive.png")
     log(json.dumps({"greedy": g, "contrastive": c}))

@@ -62,7 +62,12 @@ def decode_speed(engine, batch: int, new_tokens: int) -> dict:
     finally:
         engine.eos_ids = eos
     tokens = sum(o.tokens_out for o in outs)
-    return {"batch": batch, "new_tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 2)}
+    return {
+        "batch": batch,
+        "new_tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 2),
+    }
 
 
 def hf_generate_texts(engine, texts: list[str], params) -> list[str]:
@@ -85,9 +90,18 @@ def hf_generate_texts(engine, texts: list[str], params) -> list[str]:
         processors.append(GeneratedNoRepeatNGram(params.no_repeat_ngram_size, width))
     with torch.inference_mode():
         out = engine.base.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=False,
-            temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=engine.eos_ids,
-            logits_processor=LogitsProcessorList(processors), stop_strings=list(params.stop) or None, tokenizer=tok,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=engine.eos_ids,
+            logits_processor=LogitsProcessorList(processors),
+            stop_strings=list(params.stop) or None,
+            tokenizer=tok,
         )
     texts_out = []
     for row in range(len(batch)):
@@ -123,12 +137,20 @@ def stage_batches(engine, batch: int = 16) -> list[dict]:
         new = engine.generate(texts, params)
         t_new = time.perf_counter() - t0
         lengths = [g.tokens_out for g in new]
-        rows.append({
-            "stage": stage.name, "batch": batch, "max_new_tokens": params.max_new_tokens,
-            "tokens_out_min": min(lengths), "tokens_out_max": max(lengths), "tokens_out_mean": round(sum(lengths) / batch, 1),
-            "hf_generate_s": round(t_old, 3), "fslm_decode_s": round(t_new, 3), "speedup": round(t_old / t_new, 2),
-            "identical": old == [g.text for g in new],
-        })
+        rows.append(
+            {
+                "stage": stage.name,
+                "batch": batch,
+                "max_new_tokens": params.max_new_tokens,
+                "tokens_out_min": min(lengths),
+                "tokens_out_max": max(lengths),
+                "tokens_out_mean": round(sum(lengths) / batch, 1),
+                "hf_generate_s": round(t_old, 3),
+                "fslm_decode_s": round(t_new, 3),
+                "speedup": round(t_old / t_new, 2),
+                "identical": old == [g.text for g in new],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -152,7 +174,9 @@ def child_peak_rss(mode: str, model: str, adapters_dir: str) -> dict:
 
     engine = load_engine(model)
     if mode == "single":
-        engine.generate([engine.render_chat([{"role": "user", "content": PROMPTS[0]}])], GenerationParams(max_new_tokens=16))
+        engine.generate(
+            [engine.render_chat([{"role": "user", "content": PROMPTS[0]}])], GenerationParams(max_new_tokens=16)
+        )
         stages = 1
     else:
         cfg = load_default_stack_config().without_adapters()
@@ -184,7 +208,9 @@ def make_adapters(model: str, folder: Path, rank: int = 16) -> None:
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     for i, stage in enumerate(load_default_stack_config().stages):
         torch.manual_seed(i)
-        peft_model = get_peft_model(loaded.model, LoraConfig(r=rank, lora_alpha=32, target_modules=targets, init_lora_weights=False))
+        peft_model = get_peft_model(
+            loaded.model, LoraConfig(r=rank, lora_alpha=32, target_modules=targets, init_lora_weights=False)
+        )
         peft_model.save_pretrained(folder / stage.name)
         loaded.model = peft_model.unload()
 
@@ -196,7 +222,9 @@ def memory_comparison(model: str) -> dict:
         for mode in ("single", "stack"):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", mode, "--model", model, "--adapters", tmp],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = runs["stack"]["peak_rss_mb"] / runs["single"]["peak_rss_mb"]
@@ -241,7 +269,9 @@ def to_markdown(result: dict) -> str:
             )
         total_old = sum(r["hf_generate_s"] for r in result["stages"])
         total_new = sum(r["fslm_decode_s"] for r in result["stages"])
-        lines.append(f"| **all stages** | | | {round(total_old, 2)} | {round(total_new, 2)} | **{round(total_old / total_new, 2)}x** | |")
+        lines.append(
+            f"| **all stages** | | | {round(total_old, 2)} | {round(total_new, 2)} | **{round(total_old / total_new, 2)}x** | |"
+        )
     mem = result["memory"]
     lines += [
         "",

@@ -92,7 +92,10 @@ def one_request(client: httpx.Client, url: str, model: str, prompt: str, timeout
     body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
     try:
         resp = client.post(url + "/v1/chat/completions", json=body, timeout=timeout)
-        status, data = resp.status_code, (resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {})
+        status, data = (
+            resp.status_code,
+            (resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}),
+        )
     except httpx.HTTPError as err:  # counted as a lost request
         status, data = -1, {"error": {"message": f"{type(err).__name__}: {err}"}}
     t1 = time.perf_counter()
@@ -111,8 +114,17 @@ def one_request(client: httpx.Client, url: str, model: str, prompt: str, timeout
     return rec
 
 
-def run_phase(name: str, url: str, model: str, prompts: list[str], clients: int, duration: float, timeout: float, pid: int,
-              indices: list[int] | None = None) -> dict:
+def run_phase(
+    name: str,
+    url: str,
+    model: str,
+    prompts: list[str],
+    clients: int,
+    duration: float,
+    timeout: float,
+    pid: int,
+    indices: list[int] | None = None,
+) -> dict:
     """`clients` threads draw prompt indices in order (`indices`, or 0, 1, 2... cycling) until `duration` has passed."""
     order = indices if indices is not None else None
     counter = itertools.count()
@@ -150,8 +162,16 @@ def run_phase(name: str, url: str, model: str, prompts: list[str], clients: int,
     sent = len(records) + sum(t.is_alive() for t in threads)  # a thread still waiting holds one unanswered request
     for r in records:
         r["t_start"], r["t_end"] = round(r["t_start"] - start, 3), round(r["t_end"] - start, 3)
-    return {"name": name, "clients": clients, "duration_s": duration, "wall_s": wall, "sent": sent, "records": records,
-            "server_cpu_s": cpu_seconds(pid) - cpu0, "loadavg_1m": load.values}
+    return {
+        "name": name,
+        "clients": clients,
+        "duration_s": duration,
+        "wall_s": wall,
+        "sent": sent,
+        "records": records,
+        "server_cpu_s": cpu_seconds(pid) - cpu0,
+        "loadavg_1m": load.values,
+    }
 
 
 def summarize(phases: list[dict]) -> dict:
@@ -188,10 +208,27 @@ def summarize(phases: list[dict]) -> dict:
 
 
 def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from fslm.cli import main; main()", "serve", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms),
-           "--batch-max-wait-ms", str(args.batch_max_wait_ms), "--queue-size", str(args.queue_size),
-           "--trace-history", "50", "--no-persist-traces", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from fslm.cli import main; main()",
+        "serve",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(args.max_batch),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--batch-max-wait-ms",
+        str(args.batch_max_wait_ms),
+        "--queue-size",
+        str(args.queue_size),
+        "--trace-history",
+        "50",
+        "--no-persist-traces",
+        "--log-level",
+        "warning",
+    ]
     if args.stack:
         cmd += ["--stack", args.stack]
     env = {**os.environ, "FSLM_LOG_TRACES": "false"}
@@ -227,7 +264,8 @@ def bound_lines(bound: dict | None) -> list[str]:
         f"{c['decode_step_ms_b16']} ms at batch 16. The {bound['requests']} requests process {bound['prompt_tokens']} "
         f"stage-input tokens and generate {bound['completion_tokens']}: modeled sequential {bound['modeled_sequential_s']} s "
         f"(measured {bound['measured_sequential_s']} s); perfect batching (every step 16 live rows, no padding) would still "
-        f"take {bound['ideal_batched_s']} s, {bound['prefill_share_of_ideal']:.0%} of it prefill.", "",
+        f"take {bound['ideal_batched_s']} s, {bound['prefill_share_of_ideal']:.0%} of it prefill.",
+        "",
     ]
 
 
@@ -267,9 +305,14 @@ def throughput_bound(summary: dict, records: list[dict], costs: dict) -> dict:
     sequential_s = tokens_in / costs["prefill_tokens_per_s_b1"] + tokens_out * costs["decode_step_ms_b1"] / 1000
     ideal_s = prefill_s + tokens_out * costs["decode_step_ms_b16"] / 16 / 1000
     return {
-        "components": costs, "requests": len(ok), "prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-        "modeled_sequential_s": round(sequential_s, 1), "measured_sequential_s": summary["sequential"]["wall_s"],
-        "ideal_batched_s": round(ideal_s, 1), "prefill_share_of_ideal": round(prefill_s / ideal_s, 3),
+        "components": costs,
+        "requests": len(ok),
+        "prompt_tokens": tokens_in,
+        "completion_tokens": tokens_out,
+        "modeled_sequential_s": round(sequential_s, 1),
+        "measured_sequential_s": summary["sequential"]["wall_s"],
+        "ideal_batched_s": round(ideal_s, 1),
+        "prefill_share_of_ideal": round(prefill_s / ideal_s, 3),
         "max_ratio": round(sequential_s / ideal_s, 2),
     }
 
@@ -285,27 +328,48 @@ def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
         os.replace(tmp, out / name)
 
     atomic("summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic("items.jsonl", "".join(json.dumps({k: v for k, v in r.items()}) + "\n" for p in phases for r in p["records"]))
+    atomic(
+        "items.jsonl", "".join(json.dumps({k: v for k, v in r.items()}) + "\n" for p in phases for r in p["records"])
+    )
     s, c = summary["sequential"], summary["concurrent"]
-    rows = [("requests completed (200)", "completed_200"), ("5xx", "status_5xx"), ("429", "status_429"), ("lost", "lost"),
-            ("wall time (s)", "wall_s"), ("throughput (req/s)", "throughput_rps"), ("generated tokens/s", "generated_tokens_per_s"),
-            ("latency p50 (s)", "latency_p50_s"), ("latency p95 (s)", "latency_p95_s"), ("mean batch size", "mean_batch_size"),
-            ("server CPU cores used", "server_cpu_cores_used"), ("requests per server CPU-second", "requests_per_server_cpu_s"),
-            ("machine load avg (1 min, mean)", "loadavg_1m_mean")]
-    lines = [f"# fslm serve load test (stack {summary['stack']}, {summary['machine']['cpus']} CPUs, "
-             f"torch threads: {summary['machine']['torch_threads']})", "",
-             f"| | sequential (1 client) | concurrent ({c['clients']} clients) |", "|---|---|---|"]
+    rows = [
+        ("requests completed (200)", "completed_200"),
+        ("5xx", "status_5xx"),
+        ("429", "status_429"),
+        ("lost", "lost"),
+        ("wall time (s)", "wall_s"),
+        ("throughput (req/s)", "throughput_rps"),
+        ("generated tokens/s", "generated_tokens_per_s"),
+        ("latency p50 (s)", "latency_p50_s"),
+        ("latency p95 (s)", "latency_p95_s"),
+        ("mean batch size", "mean_batch_size"),
+        ("server CPU cores used", "server_cpu_cores_used"),
+        ("requests per server CPU-second", "requests_per_server_cpu_s"),
+        ("machine load avg (1 min, mean)", "loadavg_1m_mean"),
+    ]
+    lines = [
+        f"# fslm serve load test (stack {summary['stack']}, {summary['machine']['cpus']} CPUs, "
+        f"torch threads: {summary['machine']['torch_threads']})",
+        "",
+        f"| | sequential (1 client) | concurrent ({c['clients']} clients) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {label} | {s[key]} | {c[key]} |" for label, key in rows]
     st = summary["settings"]
-    lines += ["", f"**Throughput ratio (concurrent / sequential): {summary['throughput_ratio']}x** "
-              f"(goal >= {summary['goal_ratio']}x: {'met' if summary['goal_met'] else 'NOT met'}); "
-              f"generated tokens/s ratio {summary['tokens_per_s_ratio']}x; per server CPU-second {summary['per_cpu_second_ratio']}x.",
-              f"Sequential phase: {summary['sequential_covered']}. Identical answers for prompts served in both modes: "
-              f"{summary['same_answer_rate']}.", "",
-              *bound_lines(summary.get("bound")),
-              f"Settings: {st['clients']} clients for {st['duration_s']:.0f} s, max_batch={st['max_batch']}, "
-              f"batch_wait_ms={st['batch_wait_ms']}, batch_max_wait_ms={st['batch_max_wait_ms']}, queue_size={st['queue_size']}. "
-              f"Generated {summary['generated_at']}.", ""]
+    lines += [
+        "",
+        f"**Throughput ratio (concurrent / sequential): {summary['throughput_ratio']}x** "
+        f"(goal >= {summary['goal_ratio']}x: {'met' if summary['goal_met'] else 'NOT met'}); "
+        f"generated tokens/s ratio {summary['tokens_per_s_ratio']}x; per server CPU-second {summary['per_cpu_second_ratio']}x.",
+        f"Sequential phase: {summary['sequential_covered']}. Identical answers for prompts served in both modes: "
+        f"{summary['same_answer_rate']}.",
+        "",
+        *bound_lines(summary.get("bound")),
+        f"Settings: {st['clients']} clients for {st['duration_s']:.0f} s, max_batch={st['max_batch']}, "
+        f"batch_wait_ms={st['batch_wait_ms']}, batch_max_wait_ms={st['batch_max_wait_ms']}, queue_size={st['queue_size']}. "
+        f"Generated {summary['generated_at']}.",
+        "",
+    ]
     atomic("table.md", "\n".join(lines))
     try:
         import matplotlib
@@ -314,10 +378,16 @@ def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-        axes[0].bar(["sequential", f"{c['clients']} clients"], [s["throughput_rps"], c["throughput_rps"]], color=["#98a2b3", "#4f46e5"])
+        axes[0].bar(
+            ["sequential", f"{c['clients']} clients"],
+            [s["throughput_rps"], c["throughput_rps"]],
+            color=["#98a2b3", "#4f46e5"],
+        )
         axes[0].set_title(f"throughput (req/s), ratio {summary['throughput_ratio']}x")
-        lats = {name: [r["latency"] for p in phases if p["name"] == name for r in p["records"] if r["status"] == 200]
-                for name in ("sequential", "concurrent")}
+        lats = {
+            name: [r["latency"] for p in phases if p["name"] == name for r in p["records"] if r["status"] == 200]
+            for name in ("sequential", "concurrent")
+        }
         top = max((max(v) for v in lats.values() if v), default=1.0) * 1.05
         bins = [top * i / 40 for i in range(41)]  # shared bins, so a tight cluster stays visible
         for (name, lat), color in zip(lats.items(), ("#98a2b3", "#4f46e5")):
@@ -346,26 +416,45 @@ def main() -> None:
     ap.add_argument("--batch-max-wait-ms", type=float, default=100.0)
     ap.add_argument("--queue-size", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=64, help="distinct prompts cycled through, in order")
-    ap.add_argument("--timeout", type=float, default=900.0, help="per-request client timeout (the server gives up at 600 s)")
-    ap.add_argument("--threads", type=int, default=0, help="FSLM_THREADS for the server (0 = torch default); 1 avoids OpenMP oversubscription on a busy CPU")
+    ap.add_argument(
+        "--timeout", type=float, default=900.0, help="per-request client timeout (the server gives up at 600 s)"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="FSLM_THREADS for the server (0 = torch default); 1 avoids OpenMP oversubscription on a busy CPU",
+    )
     ap.add_argument("--goal", type=float, default=5.0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--resume", action="store_true", help="reuse phases saved by an interrupted run")
-    ap.add_argument("--bound-only", action="store_true", help="only (re)measure component costs and the ratio bound for the saved run")
-    ap.add_argument("--replot", action="store_true", help="only rebuild table.md and chart.png from summary.json + items.jsonl")
+    ap.add_argument(
+        "--bound-only",
+        action="store_true",
+        help="only (re)measure component costs and the ratio bound for the saved run",
+    )
+    ap.add_argument(
+        "--replot", action="store_true", help="only rebuild table.md and chart.png from summary.json + items.jsonl"
+    )
     args = ap.parse_args()
     if args.bound_only:
         summary = json.loads((args.out / "summary.json").read_text())
         records = [json.loads(line) for line in (args.out / "items.jsonl").open()]
         summary["bound"] = throughput_bound(summary, records, component_costs(args.threads, args.stack))
-        phases = [{"name": name, "records": [r for r in records if r["phase"] == name]} for name in ("concurrent", "sequential")]
+        phases = [
+            {"name": name, "records": [r for r in records if r["phase"] == name]}
+            for name in ("concurrent", "sequential")
+        ]
         write_outputs(args.out, summary, phases)
         print(json.dumps(summary["bound"], indent=2))
         return
     if args.replot:
         summary = json.loads((args.out / "summary.json").read_text())
         records = [json.loads(line) for line in (args.out / "items.jsonl").open()]
-        phases = [{"name": name, "records": [r for r in records if r["phase"] == name]} for name in ("concurrent", "sequential")]
+        phases = [
+            {"name": name, "records": [r for r in records if r["phase"] == name]}
+            for name in ("concurrent", "sequential")
+        ]
         write_outputs(args.out, summary, phases)
         return
 
@@ -400,9 +489,12 @@ def main() -> None:
             saved.write_text(json.dumps(phase))
             phases[name] = phase
             part = summarize([phase])
-            print(f"  {part['completed_200']} ok, {part['status_5xx']} 5xx, {part['lost']} lost, {part['throughput_rps']} req/s, "
-                  f"p50 {part['latency_p50_s']} s, p95 {part['latency_p95_s']} s, batch {part['mean_batch_size']}, "
-                  f"server CPU {part['server_cpu_cores_used']} cores, load {part['loadavg_1m_mean']}", flush=True)
+            print(
+                f"  {part['completed_200']} ok, {part['status_5xx']} 5xx, {part['lost']} lost, {part['throughput_rps']} req/s, "
+                f"p50 {part['latency_p50_s']} s, p95 {part['latency_p95_s']} s, batch {part['mean_batch_size']}, "
+                f"server CPU {part['server_cpu_cores_used']} cores, load {part['loadavg_1m_mean']}",
+                flush=True,
+            )
         metrics_text = httpx.get(url + "/metrics", timeout=10).text
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -413,8 +505,11 @@ def main() -> None:
 
     seq, conc = summarize([phases["sequential"]]), summarize([phases["concurrent"]])
     seq_answers = {r["prompt_index"]: r["answer"] for r in phases["sequential"]["records"] if r["status"] == 200}
-    both = [(seq_answers[r["prompt_index"]], r["answer"]) for r in phases["concurrent"]["records"]
-            if r["status"] == 200 and r["prompt_index"] in seq_answers]
+    both = [
+        (seq_answers[r["prompt_index"]], r["answer"])
+        for r in phases["concurrent"]["records"]
+        if r["status"] == 200 and r["prompt_index"] in seq_answers
+    ]
 
     def ratio(key):
         return round(conc[key] / seq[key], 2) if seq[key] else None
@@ -422,11 +517,21 @@ def main() -> None:
     summary = {
         "stack": health["model"],
         "stages": [s["name"] for s in health["stages"]],
-        "settings": {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "batch_max_wait_ms": args.batch_max_wait_ms,
-                     "queue_size": args.queue_size, "clients": args.clients, "duration_s": args.duration,
-                     "seq_cap_s": args.seq_cap, "prompts": len(prompts)},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads or "default",
-                    "note": "CPU shared with other workloads; see loadavg and server_cpu_cores_used"},
+        "settings": {
+            "max_batch": args.max_batch,
+            "batch_wait_ms": args.batch_wait_ms,
+            "batch_max_wait_ms": args.batch_max_wait_ms,
+            "queue_size": args.queue_size,
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "seq_cap_s": args.seq_cap,
+            "prompts": len(prompts),
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads or "default",
+            "note": "CPU shared with other workloads; see loadavg and server_cpu_cores_used",
+        },
         "server_load_seconds": round(load_s, 1),
         "concurrent": conc,
         "sequential": seq,
@@ -438,16 +543,28 @@ def main() -> None:
         "zero_5xx": seq["status_5xx"] + conc["status_5xx"] == 0,
         "no_lost_requests": seq["lost"] + conc["lost"] == 0,
         "same_answer_rate": f"{sum(a == b for a, b in both)}/{len(both)}",
-        "server_batch_metrics": [line for line in metrics_text.splitlines() if line.startswith("fslm_batch_size_") and "bucket" not in line],
+        "server_batch_metrics": [
+            line for line in metrics_text.splitlines() if line.startswith("fslm_batch_size_") and "bucket" not in line
+        ],
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     summary["goal_met"] = bool(summary["throughput_ratio"] and summary["throughput_ratio"] >= args.goal)
     ordered = [phases["concurrent"], phases["sequential"]]
-    summary["bound"] = throughput_bound(summary, [r for p in ordered for r in p["records"]], component_costs(args.threads, args.stack))
+    summary["bound"] = throughput_bound(
+        summary, [r for p in ordered for r in p["records"]], component_costs(args.threads, args.stack)
+    )
     write_outputs(args.out, summary, ordered)
     for name in phases:
         (args.out / f".phase_{name}.json").unlink(missing_ok=True)
-    keys = ("throughput_ratio", "tokens_per_s_ratio", "per_cpu_second_ratio", "goal_met", "zero_5xx", "no_lost_requests", "same_answer_rate")
+    keys = (
+        "throughput_ratio",
+        "tokens_per_s_ratio",
+        "per_cpu_second_ratio",
+        "goal_met",
+        "zero_5xx",
+        "no_lost_requests",
+        "same_answer_rate",
+    )
     print(json.dumps({k: summary[k] for k in keys}))
     print(f"results in {args.out}")
 

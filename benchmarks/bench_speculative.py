@@ -37,28 +37,60 @@ PROSE_AND_CODE = [
     "customers(id, name) and orders(id, customer_id, amount).",
     "List five practical tips for writing clear emails.",
 ]
-PARAGRAPH = ("The old lighthouse stood at the edge of the cliff. Every night its keeper climbed the spiral stairs, "
-             "lit the great lamp and watched the ships pass safely through the narrow strait. In winter the storms "
-             "were fierce, and the keeper wrote each one down in a thick leather logbook.")
-CODE = ("def mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(value)\n\n"
-        "def variance(values):\n    m = mean(values)\n    return sum((v - m) ** 2 for v in values) / len(values)\n")
+PARAGRAPH = (
+    "The old lighthouse stood at the edge of the cliff. Every night its keeper climbed the spiral stairs, "
+    "lit the great lamp and watched the ships pass safely through the narrow strait. In winter the storms "
+    "were fierce, and the keeper wrote each one down in a thick leather logbook."
+)
+CODE = (
+    "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(value)\n\n"
+    "def variance(values):\n    m = mean(values)\n    return sum((v - m) ** 2 for v in values) / len(values)\n"
+)
 COPY_HEAVY = [
     f"Rewrite this paragraph in the present tense:\n\n{PARAGRAPH}",
     f"Fix the bug in this code and return the whole corrected code:\n\n{CODE}",
     f"Repeat this paragraph exactly, then add one sentence:\n\n{PARAGRAPH}",
 ]
-STACK_PROMPTS = ["Why do leaves change colour in autumn?", "What is the capital of Australia and why was it chosen?",
-                 "How does a refrigerator keep food cold?", "Who wrote Pride and Prejudice?"]
+STACK_PROMPTS = [
+    "Why do leaves change colour in autumn?",
+    "What is the capital of Australia and why was it chosen?",
+    "How does a refrigerator keep food cold?",
+    "Who wrote Pride and Prejudice?",
+]
 
 # label, target, target dtype, draft (or "lookup:N"), draft dtype, draft tokens, prompt set
 CONFIGS = [
     ("smollm2->qwen0.5b (universal)", "qwen2.5-coder-0.5b", "float32", "smollm2-135m", "float32", None, "prose_code"),
-    ("qwen0.5b->qwen1.5b default", "qwen2.5-coder-1.5b", "float32", "qwen2.5-coder-0.5b", "float32", None, "prose_code"),
+    (
+        "qwen0.5b->qwen1.5b default",
+        "qwen2.5-coder-1.5b",
+        "float32",
+        "qwen2.5-coder-0.5b",
+        "float32",
+        None,
+        "prose_code",
+    ),
     ("qwen0.5b->qwen1.5b k=3", "qwen2.5-coder-1.5b", "float32", "qwen2.5-coder-0.5b", "float32", 3, "prose_code"),
     ("prompt lookup -> qwen1.5b, ordinary", "qwen2.5-coder-1.5b", "float32", "lookup:10", None, None, "prose_code"),
     ("prompt lookup -> qwen1.5b, copy-heavy", "qwen2.5-coder-1.5b", "float32", "lookup:10", None, None, "copy"),
-    ("qwen0.5b(bf16)->qwen1.5b k=3", "qwen2.5-coder-1.5b", "float32", "qwen2.5-coder-0.5b", "bfloat16", 3, "prose_code"),
-    ("qwen0.5b->qwen1.5b k=3 (both bf16, 2 threads)", "qwen2.5-coder-1.5b", "bfloat16", "qwen2.5-coder-0.5b", "bfloat16", 3, "prose_code"),
+    (
+        "qwen0.5b(bf16)->qwen1.5b k=3",
+        "qwen2.5-coder-1.5b",
+        "float32",
+        "qwen2.5-coder-0.5b",
+        "bfloat16",
+        3,
+        "prose_code",
+    ),
+    (
+        "qwen0.5b->qwen1.5b k=3 (both bf16, 2 threads)",
+        "qwen2.5-coder-1.5b",
+        "bfloat16",
+        "qwen2.5-coder-0.5b",
+        "bfloat16",
+        3,
+        "prose_code",
+    ),
 ]
 # bf16 matmuls are only fast here with more than one thread (1-thread bf16 prefill was ~7x slower than fp32).
 THREADS = {"qwen0.5b->qwen1.5b k=3 (both bf16, 2 threads)": 2}
@@ -122,11 +154,25 @@ def _run_pair(engines: Engines, cfg: tuple, max_new_tokens: int) -> dict:
     load0 = os.getloadavg()[0]
     report, plain, fast = compare_with_plain(assisted, texts, GenerationParams(max_new_tokens=max_new_tokens))
     out = report.to_dict()
-    out.update(label=label, target_dtype=t_dtype, draft_dtype=d_dtype, prompts_kind=kind, universal=assisted.universal,
-               loadavg=[round(load0, 2), round(os.getloadavg()[0], 2)],
-               per_prompt=[{"plain_s": round(p.seconds, 3), "assisted_s": round(f.seconds, 3), "tokens": p.tokens_out,
-                            "acceptance": round(f.acceptance, 3), "identical": p.text == f.text} for p, f in zip(plain, fast)],
-               sample=fast[0].text[:300])
+    out.update(
+        label=label,
+        target_dtype=t_dtype,
+        draft_dtype=d_dtype,
+        prompts_kind=kind,
+        universal=assisted.universal,
+        loadavg=[round(load0, 2), round(os.getloadavg()[0], 2)],
+        per_prompt=[
+            {
+                "plain_s": round(p.seconds, 3),
+                "assisted_s": round(f.seconds, 3),
+                "tokens": p.tokens_out,
+                "acceptance": round(f.acceptance, 3),
+                "identical": p.text == f.text,
+            }
+            for p, f in zip(plain, fast)
+        ],
+        sample=fast[0].text[:300],
+    )
     return out
 
 
@@ -154,23 +200,39 @@ def run_stack(engines: Engines, base_model: str, max_prompts: int) -> dict:
     plain_s = sum(v[0] for v in per_stage.values())
     fast_s = sum(v[1] for v in per_stage.values())
     stats = fast_engine.draft_stats
-    return {"target": f"stack:default@{base_model}", "draft": "prompt-lookup(10)", "label": f"prompt lookup in Stack.run ({base_model})",
-            "speedup": round(plain_s / fast_s, 4), "acceptance": round(stats.acceptance, 4), "identical": identical,
-            "prompts": max_prompts, "tokens": tokens, "plain_seconds": round(plain_s, 2), "assisted_seconds": round(fast_s, 2),
-            "per_stage_speedup": {k: round(v[0] / v[1], 3) if v[1] else None for k, v in per_stage.items()}}
+    return {
+        "target": f"stack:default@{base_model}",
+        "draft": "prompt-lookup(10)",
+        "label": f"prompt lookup in Stack.run ({base_model})",
+        "speedup": round(plain_s / fast_s, 4),
+        "acceptance": round(stats.acceptance, 4),
+        "identical": identical,
+        "prompts": max_prompts,
+        "tokens": tokens,
+        "plain_seconds": round(plain_s, 2),
+        "assisted_seconds": round(fast_s, 2),
+        "per_stage_speedup": {k: round(v[0] / v[1], 3) if v[1] else None for k, v in per_stage.items()},
+    }
 
 
 def markdown(results: list[dict], setup: dict) -> str:
-    lines = ["# Speculative decoding (greedy, batch 1, CPU)", "",
-             f"torch threads {setup['threads']} (unless the configuration says otherwise), {setup['max_new_tokens']} new tokens max per prompt; plain and assisted "
-             "alternate per prompt. Speedup = plain seconds / assisted seconds over the same prompts; acceptance = accepted / "
-             "drafted tokens; identical = every assisted text equals the plain greedy text.", "",
-             "| configuration | target | drafter | speedup | acceptance | identical | plain tok/s | prompts |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Speculative decoding (greedy, batch 1, CPU)",
+        "",
+        f"torch threads {setup['threads']} (unless the configuration says otherwise), {setup['max_new_tokens']} new tokens max per prompt; plain and assisted "
+        "alternate per prompt. Speedup = plain seconds / assisted seconds over the same prompts; acceptance = accepted / "
+        "drafted tokens; identical = every assisted text equals the plain greedy text.",
+        "",
+        "| configuration | target | drafter | speedup | acceptance | identical | plain tok/s | prompts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         tps = f"{r['plain_tokens_per_s']:.2f}" if "plain_tokens_per_s" in r else "-"
         dtype = f" ({r.get('target_dtype')})" if r.get("target_dtype") else ""
-        lines.append(f"| {r['label']} | {r['target']}{dtype} | {r['draft']} | {r['speedup']:.2f}x | {r['acceptance']:.1%} | "
-                     f"{'yes' if r['identical'] else 'NO'} | {tps} | {r['prompts']} |")
+        lines.append(
+            f"| {r['label']} | {r['target']}{dtype} | {r['draft']} | {r['speedup']:.2f}x | {r['acceptance']:.1%} | "
+            f"{'yes' if r['identical'] else 'NO'} | {tps} | {r['prompts']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -188,7 +250,13 @@ def plot(results: list[dict], path: Path) -> None:
     ax.axvline(1.0, color="black", lw=1)
     ax.axvline(2.0, color="gray", lw=1, ls="--")
     for y, (s, r) in enumerate(zip(speed, results[::-1])):
-        ax.text(s + 0.03, y, f"{s:.2f}x, acc {r['acceptance']:.0%}" + ("" if r["identical"] else ", NOT identical"), va="center", fontsize=8)
+        ax.text(
+            s + 0.03,
+            y,
+            f"{s:.2f}x, acc {r['acceptance']:.0%}" + ("" if r["identical"] else ", NOT identical"),
+            va="center",
+            fontsize=8,
+        )
     ax.set_xlabel("speedup over plain greedy of the same target (batch 1)")
     ax.set_title("speculative decoding on a 2-core CPU")
     fig.tight_layout()
@@ -219,12 +287,20 @@ def main() -> None:
         if args.only and label not in args.only:
             continue
         log(f"running: {label}")
-        res = run_pair(engines, cfg, args.max_new_tokens) if kind == "pair" else run_stack(engines, cfg, len(STACK_PROMPTS))
+        res = (
+            run_pair(engines, cfg, args.max_new_tokens)
+            if kind == "pair"
+            else run_stack(engines, cfg, len(STACK_PROMPTS))
+        )
         write_json(cache, res)
         log(f"  speedup {res['speedup']:.2f}x, acceptance {res['acceptance']:.1%}, identical {res['identical']}")
         results.append(res)
-    setup = {"threads": torch.get_num_threads(), "max_new_tokens": args.max_new_tokens, "cpu_count": os.cpu_count(),
-             "note": "shared 2-core machine; loadavg per configuration is recorded (start, end)"}
+    setup = {
+        "threads": torch.get_num_threads(),
+        "max_new_tokens": args.max_new_tokens,
+        "cpu_count": os.cpu_count(),
+        "note": "shared 2-core machine; loadavg per configuration is recorded (start, end)",
+    }
     write_json(args.out / "speculative.json", {"pairs": results, "setup": setup})
     write_text(args.out / "speculative.md", markdown(results, setup))
     plot(results, args.out / "speculative.png")

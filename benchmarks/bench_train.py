@@ -36,8 +36,14 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train"
 def machine() -> dict:
     import torch
 
-    return {"cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
-            "default_threads": torch.get_num_threads(), "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "default_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 # ---- speed -----------------------------------------------------------------------------------------------------------
@@ -56,7 +62,11 @@ def speed_examples(engine, n: int, max_length: int):
     for item in items:
         if item.gold is None:
             continue
-        ex = Example(item.id, tuple(engine.encode(stack.stage_input(0, item.prompt, {}))), tuple(engine.encode(item.gold)) + (eos,))
+        ex = Example(
+            item.id,
+            tuple(engine.encode(stack.stage_input(0, item.prompt, {}))),
+            tuple(engine.encode(item.gold)) + (eos,),
+        )
         if ex.length <= max_length:
             out.append(ex)
         if len(out) == n:
@@ -78,11 +88,15 @@ def run_speed(args) -> dict:
     pad = engine.tokenizer.pad_token_id
     common = dict(batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, max_length=args.max_length)
     configs = {
-        "naive": TrainOptions(**common, bucketing=False, precision="fp32", target_logits_only=False, auto_threads=False),
+        "naive": TrainOptions(
+            **common, bucketing=False, precision="fp32", target_logits_only=False, auto_threads=False
+        ),
         "naive+thr": TrainOptions(**common, bucketing=False, precision="fp32", target_logits_only=False),
         "optimized": TrainOptions(**common),
     }
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(TrainOptions().targets), task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(TrainOptions().targets), task_type="CAUSAL_LM"
+    )
     torch.manual_seed(0)
     model = get_peft_model(engine.base, lora, adapter_name="naive")
     for name in list(configs)[1:]:
@@ -96,8 +110,12 @@ def run_speed(args) -> dict:
     model.set_adapter("naive")
     apply_threads()  # evaluations are not timed; use the fast setting for them
     loss_before = mean_loss(model, examples, pad, TrainOptions(precision="fp32"))
-    optimizers = {name: torch.optim.AdamW([p for k, p in model.named_parameters() if f".{name}." in k], lr=args.lr, weight_decay=0.0)
-                  for name in configs}
+    optimizers = {
+        name: torch.optim.AdamW(
+            [p for k, p in model.named_parameters() if f".{name}." in k], lr=args.lr, weight_decay=0.0
+        )
+        for name in configs
+    }
     per_epoch = -(-len(examples) // args.batch_size)
     total = per_epoch * args.epochs
     logs: dict[str, list[dict]] = {name: [] for name in configs}
@@ -108,7 +126,9 @@ def run_speed(args) -> dict:
             for name, opt in configs.items():
                 model.set_adapter(name)
                 model.train()
-                threads = apply_threads(opt.threads, busy=True) if (opt.auto_threads or opt.threads) else default_threads
+                threads = (
+                    apply_threads(opt.threads, busy=True) if (opt.auto_threads or opt.threads) else default_threads
+                )
                 torch.set_num_threads(threads)
                 optimizer = optimizers[name]
                 for group in optimizer.param_groups:
@@ -121,29 +141,53 @@ def run_speed(args) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 seconds = time.perf_counter() - t0
-                logs[name].append({"step": step + 1, "loss": round(float(loss.detach()), 5), "tokens": tokens,
-                                   "padded_tokens": len(batch) * max(e.length for e in batch), "seconds": round(seconds, 3),
-                                   "threads": threads, "load_avg": round(os.getloadavg()[0], 2)})
-                print(f"step {step + 1}/{total} {name:10s} loss {float(loss):.3f} {tokens / seconds:7.1f} tok/s ({threads} thr)", flush=True)
+                logs[name].append(
+                    {
+                        "step": step + 1,
+                        "loss": round(float(loss.detach()), 5),
+                        "tokens": tokens,
+                        "padded_tokens": len(batch) * max(e.length for e in batch),
+                        "seconds": round(seconds, 3),
+                        "threads": threads,
+                        "load_avg": round(os.getloadavg()[0], 2),
+                    }
+                )
+                print(
+                    f"step {step + 1}/{total} {name:10s} loss {float(loss):.3f} {tokens / seconds:7.1f} tok/s ({threads} thr)",
+                    flush=True,
+                )
     eval_threads = apply_threads()
-    result = {"machine": machine(), "examples": len(examples), "epochs": args.epochs, "batch_size": args.batch_size,
-              "max_length": args.max_length, "lr": args.lr, "loss_before": round(loss_before, 4),
-              "bf16_used": use_bf16(configs["optimized"]), "eval_threads": eval_threads, "configs": {}}
+    result = {
+        "machine": machine(),
+        "examples": len(examples),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "lr": args.lr,
+        "loss_before": round(loss_before, 4),
+        "bf16_used": use_bf16(configs["optimized"]),
+        "eval_threads": eval_threads,
+        "configs": {},
+    }
     for name, steps in logs.items():
         model.set_adapter(name)
         busy = sum(s["seconds"] for s in steps)
         tokens = sum(s["tokens"] for s in steps)
         result["configs"][name] = {
-            "tokens_per_s": round(tokens / busy, 1), "seconds": round(busy, 1), "tokens": tokens,
+            "tokens_per_s": round(tokens / busy, 1),
+            "seconds": round(busy, 1),
+            "tokens": tokens,
             "padding_share": round(1 - tokens / sum(s["padded_tokens"] for s in steps), 3),
             "final_loss": round(mean_loss(model, examples, pad, TrainOptions(precision="fp32")), 4),
-            "threads_used": sorted({s["threads"] for s in steps}), "steps": steps,
+            "threads_used": sorted({s["threads"] for s in steps}),
+            "steps": steps,
         }
     base = result["configs"]["naive"]["tokens_per_s"]
     for entry in result["configs"].values():
         entry["speedup_vs_naive"] = round(entry["tokens_per_s"] / base, 2)
     result["algorithmic_speedup_same_threads"] = round(
-        result["configs"]["optimized"]["tokens_per_s"] / result["configs"]["naive+thr"]["tokens_per_s"], 2)
+        result["configs"]["optimized"]["tokens_per_s"] / result["configs"]["naive+thr"]["tokens_per_s"], 2
+    )
     return result
 
 
@@ -162,10 +206,15 @@ def write_speed(result: dict) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, c in result["configs"].items():
-        lines.append(f"| {name} | {c['tokens_per_s']} | {c['speedup_vs_naive']}x | {c['padding_share']:.1%} | "
-                     f"{','.join(map(str, c['threads_used']))} | {c['seconds']} | {c['final_loss']} |")
-    lines += ["", f"optimized vs naive+thr (bucketing + target-only logits + bf16 where native, same thread choice): "
-              f"{result['algorithmic_speedup_same_threads']}x"]
+        lines.append(
+            f"| {name} | {c['tokens_per_s']} | {c['speedup_vs_naive']}x | {c['padding_share']:.1%} | "
+            f"{','.join(map(str, c['threads_used']))} | {c['seconds']} | {c['final_loss']} |"
+        )
+    lines += [
+        "",
+        f"optimized vs naive+thr (bucketing + target-only logits + bf16 where native, same thread choice): "
+        f"{result['algorithmic_speedup_same_threads']}x",
+    ]
     (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
@@ -178,7 +227,11 @@ def write_speed(result: dict) -> None:
     a.set_ylabel("train tokens/s")
     a.set_title("throughput (same run, interleaved)")
     for n in names:
-        b.plot([s["step"] for s in result["configs"][n]["steps"]], [s["loss"] for s in result["configs"][n]["steps"]], label=n)
+        b.plot(
+            [s["step"] for s in result["configs"][n]["steps"]],
+            [s["loss"] for s in result["configs"][n]["steps"]],
+            label=n,
+        )
     b.set_xlabel("step")
     b.set_ylabel("batch loss")
     b.legend()
@@ -214,18 +267,26 @@ def run_e2e(args) -> dict:
     distilled, trained = work / "distilled.jsonl", work / "stack"
     wall, cpu, report = timed(fslm + ["distill", "--limit", str(args.records), "--out", str(distilled), "--json"], log)
     result["phases"]["distill"] = {"wall_s": wall, "cpu_s": cpu, "report": report}
-    wall, cpu, report = timed(fslm + ["finetune", "--data", str(distilled), "--out", str(trained), "--json"] + args.finetune_args, log)
+    wall, cpu, report = timed(
+        fslm + ["finetune", "--data", str(distilled), "--out", str(trained), "--json"] + args.finetune_args, log
+    )
     result["phases"]["finetune"] = {"wall_s": wall, "cpu_s": cpu, "report": report}
     from fslm.distill import load_instructions
 
     held_out = [i for i in load_instructions(None, limit=args.records + 40)[0][args.records :] if i.gold][:4]
     wall, cpu, report = timed(fslm + ["run", "--stack", str(trained / "stack.yaml"), "--json", held_out[0].prompt], log)
-    result["phases"]["run"] = {"wall_s": wall, "cpu_s": cpu, "answer": report["answer"] if report else None,
-                               "trace": [{k: r[k] for k in ("stage", "output", "adapter")} for r in (report or {}).get("trace", [])]}
+    result["phases"]["run"] = {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "answer": report["answer"] if report else None,
+        "trace": [{k: r[k] for k in ("stage", "output", "adapter")} for r in (report or {}).get("trace", [])],
+    }
     result["total_wall_s"] = round(sum(p["wall_s"] for p in result["phases"].values()), 1)
     result["total_cpu_s"] = round(sum(p["cpu_s"] for p in result["phases"].values()), 1)
     result["machine_end"] = machine()
-    (work / "e2e.partial.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))  # the timings survive a kill below
+    (work / "e2e.partial.json").write_text(
+        json.dumps(result, indent=1, ensure_ascii=False)
+    )  # the timings survive a kill below
     result["examples"] = compare_outputs(trained / "stack.yaml", held_out)
     if (trained / "loss.png").is_file():
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -235,9 +296,8 @@ def run_e2e(args) -> dict:
 
 def compare_outputs(trained_stack: Path, items) -> list[dict]:
     """Held-out Alpaca prompts through the untrained default stack and the trained one (not part of the timing)."""
-    from fslm.stack import Stack
-
     from fslm.cpu import apply_threads
+    from fslm.stack import Stack
 
     apply_threads()  # torch's default 2 threads crawl when other processes share the cores (see fslm/cpu.py)
     tuned = Stack.load(trained_stack)
@@ -263,11 +323,15 @@ def write_e2e(result: dict) -> None:
         f"| distill | {d['wall_s']} | {d['cpu_s']} | kept {d['report']['kept']} of {d['report']['records']}; filtered {d['report']['filtered']} |",
     ]
     for name, s in (f["report"] or {}).get("stages", {}).items():
-        lines.append(f"| finetune {name} | {s['seconds']} | | {s['examples']} examples, {s['steps']} steps, loss {s['first_loss']} -> "
-                     f"{s['final_loss']}, {s['tokens_per_second']} tok/s |")
-    lines += [f"| finetune (total, incl. model load) | {f['wall_s']} | {f['cpu_s']} | |",
-              f"| run trained stack (1 prompt, incl. model load) | {result['phases']['run']['wall_s']} | {result['phases']['run']['cpu_s']} | |",
-              f"| **total** | **{result['total_wall_s']}** ({result['total_wall_s'] / 60:.1f} min) | {result['total_cpu_s']} | |"]
+        lines.append(
+            f"| finetune {name} | {s['seconds']} | | {s['examples']} examples, {s['steps']} steps, loss {s['first_loss']} -> "
+            f"{s['final_loss']}, {s['tokens_per_second']} tok/s |"
+        )
+    lines += [
+        f"| finetune (total, incl. model load) | {f['wall_s']} | {f['cpu_s']} | |",
+        f"| run trained stack (1 prompt, incl. model load) | {result['phases']['run']['wall_s']} | {result['phases']['run']['cpu_s']} | |",
+        f"| **total** | **{result['total_wall_s']}** ({result['total_wall_s'] / 60:.1f} min) | {result['total_cpu_s']} | |",
+    ]
     (RESULTS / "e2e.md").write_text("\n".join(lines) + "\n")
 
 

@@ -27,7 +27,9 @@ class GenerationConfig(BaseModel):
     repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
-    no_repeat_ngram_size: int = Field(0, ge=0, le=64, description="ban repeating an n-gram of the generated text (0 = off)")
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=64, description="ban repeating an n-gram of the generated text (0 = off)"
+    )
 
 
 class RetrieveConfig(BaseModel):
@@ -35,7 +37,9 @@ class RetrieveConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    index: str = Field(..., min_length=1, description="folder written by `fslm retrieve index`, relative to the stack file")
+    index: str = Field(
+        ..., min_length=1, description="folder written by `fslm retrieve index`, relative to the stack file"
+    )
     k: int = Field(3, ge=1, le=20, description="passages per query")
     max_chars: int = Field(400, ge=20, le=4000, description="a longer passage is cut at a word and ends with ' …'")
 
@@ -75,10 +79,12 @@ class StageConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _model_or_retriever(self) -> "StageConfig":
+    def _model_or_retriever(self) -> StageConfig:
         if self.retrieve is None:
             if not self.instruction.strip():
-                raise ValueError("instruction: required for a model stage (only a stage with 'retrieve' may leave it out)")
+                raise ValueError(
+                    "instruction: required for a model stage (only a stage with 'retrieve' may leave it out)"
+                )
             return self
         extra = [f for f in ("adapter", "teacher_prompt") if getattr(self, f) is not None]
         if extra:
@@ -90,7 +96,7 @@ class StageConfig(BaseModel):
         return self.retrieve is not None
 
     @model_validator(mode="after")
-    def _targets_fit_generation(self) -> "StageConfig":
+    def _targets_fit_generation(self) -> StageConfig:
         limit, budget = self.max_target_tokens, self.generation.max_new_tokens
         if limit is not None and limit > budget:
             raise ValueError(
@@ -119,7 +125,7 @@ class StackConfig(BaseModel):
     source_path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
-    def _stages_see_only_the_past(self) -> "StackConfig":
+    def _stages_see_only_the_past(self) -> StackConfig:
         seen: set[str] = set()
         for i, stage in enumerate(self.stages):
             if stage.name in seen:
@@ -168,7 +174,7 @@ class StackConfig(BaseModel):
         read = {name for s in self.stages for name in s.sees}
         return [s.name for s in self.stages[:-1] if s.name not in read]
 
-    def without_adapters(self) -> "StackConfig":
+    def without_adapters(self) -> StackConfig:
         """The same stack prompt-only: what the trained adapters add is measured against this."""
         return self.model_copy(update={"stages": [s.model_copy(update={"adapter": None}) for s in self.stages]})
 
@@ -192,7 +198,9 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
 
 def parse_stack_config(data: object, where: str = "<config>", source_path: Path | None = None) -> StackConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping with 'name' and 'stages' at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{where}: expected a mapping with 'name' and 'stages' at the top level, got {type(data).__name__}"
+        )
     try:
         cfg = StackConfig.model_validate(data)
     except ValidationError as err:
@@ -223,15 +231,19 @@ def check_adapters(cfg: StackConfig) -> None:
         where = cfg.source_path or "<config>"
         index = cfg.index_path(stage)
         if index is not None and not (index / MANIFEST).is_file():
-            raise ConfigError(f"{where}: stages.{i}.retrieve.index: no retrieval index in {index} (build one with "
-                              "`fslm retrieve corpus` then `fslm retrieve index`)")
+            raise ConfigError(
+                f"{where}: stages.{i}.retrieve.index: no retrieval index in {index} (build one with "
+                "`fslm retrieve corpus` then `fslm retrieve index`)"
+            )
         path = cfg.adapter_path(stage)
         if path is None:
             continue
         if not (path / "adapter_config.json").is_file():
             raise ConfigError(f"{where}: stages.{i}.adapter: no adapter_config.json in {path}")
         if not any(path.glob("adapter_model.safetensors")):
-            raise ConfigError(f"{where}: stages.{i}.adapter: no adapter_model.safetensors in {path} (only safetensors are loaded)")
+            raise ConfigError(
+                f"{where}: stages.{i}.adapter: no adapter_model.safetensors in {path} (only safetensors are loaded)"
+            )
 
 
 def default_stack_path() -> Path:
@@ -260,7 +272,9 @@ def without_stage(cfg: StackConfig, name: str) -> StackConfig:
     if name not in names:
         raise ConfigError(f"stack {cfg.name!r} has no stage {name!r}; stages: {names}")
     if name == names[-1]:
-        raise ConfigError(f"stage {name!r} is the final (answer) stage of {cfg.name!r}; only earlier stages can be removed")
+        raise ConfigError(
+            f"stage {name!r} is the final (answer) stage of {cfg.name!r}; only earlier stages can be removed"
+        )
     stages = []
     for i, stage in enumerate(cfg.stages):
         if stage.name == name:

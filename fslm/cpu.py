@@ -101,5 +101,7 @@ def cpu_model(cpuinfo: str | None = None) -> str:
             import platform
 
             return platform.processor() or platform.machine() or "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown")
+    name = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown"
+    )
     return f"{name} ({'native bf16' if bf16_is_fast(cpuinfo) else 'no native bf16'})"

@@ -8,7 +8,7 @@ from pathlib import Path
 BLOCK = 1 << 20
 
 
-def hash_file(h: "hashlib._Hash", path: str | Path) -> None:
+def hash_file(h: hashlib._Hash, path: str | Path) -> None:
     """Feed a file's bytes into `h` (several files can share one digest)."""
     with Path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(BLOCK), b""):

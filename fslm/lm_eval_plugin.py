@@ -36,8 +36,15 @@ def _flag(value: object) -> bool:
 class FslmLM(LM):
     """lm-eval LM over an fslm system (a model alone, or a stack with or without its adapters)."""
 
-    def __init__(self, model: str | None = None, stack: str | None = None, no_adapters: object = False,
-                 dtype: str | None = None, system: ModelSystem | StackSystem | None = None, **_: object):
+    def __init__(
+        self,
+        model: str | None = None,
+        stack: str | None = None,
+        no_adapters: object = False,
+        dtype: str | None = None,
+        system: ModelSystem | StackSystem | None = None,
+        **_: object,
+    ):
         super().__init__()
         self.system = system or load_system(model=model, stack=stack, adapters=not _flag(no_adapters), dtype=dtype)
         self.engine = self.system.engine
@@ -56,7 +63,9 @@ class FslmLM(LM):
     def _score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None):
         out: list[tuple[float, bool]] = []
         for start in range(0, len(contexts), _CHUNK):
-            scores = self.engine.score(contexts[start : start + _CHUNK], continuations[start : start + _CHUNK], adapter=adapter)
+            scores = self.engine.score(
+                contexts[start : start + _CHUNK], continuations[start : start + _CHUNK], adapter=adapter
+            )
             out.extend((s.logprob, s.is_greedy) for s in scores)
         return out
 
@@ -98,7 +107,9 @@ class FslmLM(LM):
         tokens = self.engine.encode(text)
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         contexts, continuations = [], []
-        for pair in get_rolling_token_windows(token_list=tokens, prefix_token=prefix, max_seq_len=window - 1, context_len=1):
+        for pair in get_rolling_token_windows(
+            token_list=tokens, prefix_token=prefix, max_seq_len=window - 1, context_len=1
+        ):
             ctx, pred = make_disjoint_window(pair)
             ctx = [t for t in ctx if t != prefix] if ctx == [prefix] else ctx
             contexts.append(tokenizer.decode(ctx) if ctx else "")

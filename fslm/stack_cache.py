@@ -62,7 +62,7 @@ class StageCache:
         self.misses = 0
         self._adapters: dict[str, str | None] = {}
 
-    def __enter__(self) -> "StageCache":
+    def __enter__(self) -> StageCache:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -71,12 +71,17 @@ class StageCache:
     def close(self) -> None:
         self._db.close()
 
-    def key(self, *, model: str, dtype: str | None, adapter: str | Path | None, text: str, params: GenerationParams) -> str:
+    def key(
+        self, *, model: str, dtype: str | None, adapter: str | Path | None, text: str, params: GenerationParams
+    ) -> str:
         where = None if adapter is None else str(adapter)
         if where not in self._adapters:
             self._adapters[where] = adapter_digest(adapter)
-        blob = json.dumps({"model": model, "dtype": dtype, "adapter": self._adapters[where], "input": text,
-                           "params": asdict(params)}, sort_keys=True, ensure_ascii=False)
+        blob = json.dumps(
+            {"model": model, "dtype": dtype, "adapter": self._adapters[where], "input": text, "params": asdict(params)},
+            sort_keys=True,
+            ensure_ascii=False,
+        )
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Generation]:
@@ -122,7 +127,12 @@ class StageCache:
             rows = self._db.execute("SELECT key, value FROM stage_outputs ORDER BY rowid").fetchall()
             new = [(k, v) for k, v in rows if k not in have]
             fh.seek(0, 2)
-            fh.write(b"".join(json.dumps({"key": k, "value": json.loads(v)}, ensure_ascii=False).encode("utf-8") + b"\n" for k, v in new))
+            fh.write(
+                b"".join(
+                    json.dumps({"key": k, "value": json.loads(v)}, ensure_ascii=False).encode("utf-8") + b"\n"
+                    for k, v in new
+                )
+            )
             fh.flush()
             os.fsync(fh.fileno())
         return len(new)
@@ -140,7 +150,9 @@ class StageCache:
                 row = json.loads(line)
                 entries.append((row["key"], json.dumps(asdict(Generation(**row["value"])), ensure_ascii=False)))
             except (ValueError, KeyError, TypeError) as err:
-                raise DataError(f"{path}:{number}: not a stage cache entry ({err}); expected {{\"key\": ..., \"value\": {{...}}}}") from None
+                raise DataError(
+                    f'{path}:{number}: not a stage cache entry ({err}); expected {{"key": ..., "value": {{...}}}}'
+                ) from None
         before = len(self)
         with self._db:
             self._db.executemany("INSERT OR IGNORE INTO stage_outputs (key, value) VALUES (?, ?)", entries)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
@@ -52,7 +53,7 @@ class LocalTeacher:
         self._busy = False
 
     @classmethod
-    def load(cls, ref: str, *, dtype: str = "float32") -> "LocalTeacher":
+    def load(cls, ref: str, *, dtype: str = "float32") -> LocalTeacher:
         return cls(load_engine(ref, dtype=dtype))
 
     def generate(self, requests: Sequence[Messages], params: GenerationParams) -> list[TeacherReply]:
@@ -89,7 +90,9 @@ class HTTPTeacher:
         max_backoff: float = 8.0,
     ):
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"teacher URL {base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
+            raise ConfigError(
+                f"teacher URL {base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)"
+            )
         if concurrency < 1 or attempts < 1:
             raise ConfigError("teacher concurrency and attempts must be >= 1")
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -103,7 +106,12 @@ class HTTPTeacher:
         self.retries = 0  # transient failures survived, for reports and tests
 
     def _body(self, messages: Messages, params: GenerationParams) -> dict:
-        body: dict = {"model": self.model, "messages": list(messages), "max_tokens": params.max_new_tokens, "temperature": params.temperature}
+        body: dict = {
+            "model": self.model,
+            "messages": list(messages),
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+        }
         if params.temperature > 0 and params.top_p < 1.0:
             body["top_p"] = params.top_p
         if params.stop:
@@ -114,7 +122,9 @@ class HTTPTeacher:
             body["repetition_penalty"] = params.repetition_penalty  # vLLM/Ollama extension; omitted when unused
         return body
 
-    async def _one(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, messages: Messages, params: GenerationParams) -> TeacherReply:
+    async def _one(
+        self, client: httpx.AsyncClient, gate: asyncio.Semaphore, messages: Messages, params: GenerationParams
+    ) -> TeacherReply:
         body = self._body(messages, params)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),

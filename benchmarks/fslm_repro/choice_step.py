@@ -17,6 +17,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline import distilled_path
+from recipe import Recipe, read_json
+from variants import package_variant
+
 from fslm.config import load_stack_config
 from fslm.distill import DistillStore, read_distilled
 from fslm.engine import load_engine
@@ -26,10 +30,6 @@ from fslm.evaluate.store import write_atomic, write_json
 from fslm.finetune import TrainOptions, finetune
 from fslm.stack import Stack
 from fslm.tasks import load_task
-
-from pipeline import distilled_path
-from recipe import Recipe, read_json
-from variants import package_variant
 
 # (task, split the evaluation never reads). Each contributes up to a third of `choice_records`, in file order.
 SOURCES = (("arc_challenge", "validation"), ("mmlu", "dev"), ("openbookqa", "train"))
@@ -51,7 +51,9 @@ def questions(recipe: Recipe) -> list[dict]:
 
 
 def done(recipe: Recipe) -> bool:
-    return recipe.choice_records == 0 or (read_json(recipe.out / "choice.json") is not None and (choice_dir(recipe) / "stack.yaml").is_file())
+    return recipe.choice_records == 0 or (
+        read_json(recipe.out / "choice.json") is not None and (choice_dir(recipe) / "stack.yaml").is_file()
+    )
 
 
 def _self_targets(recipe: Recipe, rows: list[dict], log) -> Path:
@@ -67,11 +69,22 @@ def _self_targets(recipe: Recipe, rows: list[dict], log) -> Path:
                 batch = todo[start : start + BATCH]
                 log(f"    earlier-stage texts: {len(rows) - len(todo) + start}/{len(rows)} questions")
                 results = stack.run_batch([r["prompt"] for r in batch], stages=early)
-                store.append([{
-                    "id": r["id"], "prompt": r["prompt"], "gold": r["gold"], "hinted": False, "kept": True, "filtered": [],
-                    "targets": {**{t.stage: t.output for t in res.trace}, answer: r["gold"]},
-                    "teacher": f"self:{trained}", "stack": stack.config.name,
-                } for r, res in zip(batch, results, strict=True)])
+                store.append(
+                    [
+                        {
+                            "id": r["id"],
+                            "prompt": r["prompt"],
+                            "gold": r["gold"],
+                            "hinted": False,
+                            "kept": True,
+                            "filtered": [],
+                            "targets": {**{t.stage: t.output for t in res.trace}, answer: r["gold"]},
+                            "teacher": f"self:{trained}",
+                            "stack": stack.config.name,
+                        }
+                        for r, res in zip(batch, results, strict=True)
+                    ]
+                )
             del stack
     return path
 
@@ -88,18 +101,42 @@ def run(recipe: Recipe, log=print) -> dict:
     alpaca = [r for r in read_distilled(distilled_path(recipe)) if r.get("kept")]
     combined = recipe.work / "choice" / "train.jsonl"
     mixed = alpaca + list(read_distilled(targets))
-    write_atomic(combined, "".join(json.dumps({k: v for k, v in r.items() if k != "_line"}, ensure_ascii=False) + "\n" for r in mixed))
+    write_atomic(
+        combined,
+        "".join(json.dumps({k: v for k, v in r.items() if k != "_line"}, ensure_ascii=False) + "\n" for r in mixed),
+    )
 
     plan = read_json(recipe.work / "finetune" / "rank.json")
     cfg = load_stack_config(trained)  # intermediate adapters stay (finetune keeps them by absolute path)
-    options = TrainOptions(rank=plan["rank"], alpha=plan["alpha"], targets=tuple(plan["targets"]), epochs=recipe.epochs, save_dtype="float16")
+    options = TrainOptions(
+        rank=plan["rank"],
+        alpha=plan["alpha"],
+        targets=tuple(plan["targets"]),
+        epochs=recipe.epochs,
+        save_dtype="float16",
+    )
     work = recipe.work / "finetune-choice"
     answer = cfg.stages[-1].name
-    report = finetune(cfg, combined, work, options, stages=[answer], engine=load_engine(cfg.base_model, dtype="float32"),
-                      progress=lambda stage, step, total, loss: log(f"    {stage} {step}/{total} loss {loss:.3f}") if step % 10 == 0 or step == total else None)
+    report = finetune(
+        cfg,
+        combined,
+        work,
+        options,
+        stages=[answer],
+        engine=load_engine(cfg.base_model, dtype="float32"),
+        progress=lambda stage, step, total, loss: (
+            log(f"    {stage} {step}/{total} loss {loss:.3f}") if step % 10 == 0 or step == total else None
+        ),
+    )
 
     package_variant(recipe, cfg, work, [answer], choice_dir(recipe), "choice")
-    data = {"sources": [f"{t}:{s}" for t, s in SOURCES], "questions": len(rows), "alpaca_records": len(alpaca),
-            "train_records": len(mixed), "answer_stage": report.stages.get(answer, {}), "rank": plan["rank"]}
+    data = {
+        "sources": [f"{t}:{s}" for t, s in SOURCES],
+        "questions": len(rows),
+        "alpaca_records": len(alpaca),
+        "train_records": len(mixed),
+        "answer_stage": report.stages.get(answer, {}),
+        "rank": plan["rank"],
+    }
     write_json(recipe.out / "choice.json", data)
     return data

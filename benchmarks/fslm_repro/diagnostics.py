@@ -15,8 +15,16 @@ from fslm.tasks import Item
 
 def _item(row: dict) -> Item:
     choices = tuple(row["choices"])
-    return Item(id=str(row["id"]), task=row["task"], question="", choices=choices, gold=row["gold"], context="",
-                continuations=choices, gold_set=tuple(row.get("gold_set") or ()))
+    return Item(
+        id=str(row["id"]),
+        task=row["task"],
+        question="",
+        choices=choices,
+        gold=row["gold"],
+        context="",
+        continuations=choices,
+        gold_set=tuple(row.get("gold_set") or ()),
+    )
 
 
 def sum_rule(with_texts: dict, without_texts: dict) -> dict | None:

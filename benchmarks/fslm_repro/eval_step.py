@@ -13,12 +13,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from recipe import Recipe, read_json, slug
+
 from fslm.config import keep_stages, load_stack_config, without_stage
 from fslm.errors import ConfigError
 from fslm.evaluate import evaluate, load_system, parse_tasks, select_items
 from fslm.evaluate.store import RunFolderBusy, folder_busy, write_atomic, write_json
-
-from recipe import Recipe, read_json, slug
 
 BUSY_EXIT = 75  # an isolated eval worker found its run folder locked by another process (EX_TEMPFAIL)
 
@@ -48,8 +48,13 @@ class SystemSpec:
     def load(self):
         if self.model is not None:
             return load_system(model=self.model)
-        return load_system(stack=self.stack, adapters=self.adapters, base=self.base, stage_cache=self.stage_cache,
-                           answer_format=self.answer_format)
+        return load_system(
+            stack=self.stack,
+            adapters=self.adapters,
+            base=self.base,
+            stage_cache=self.stage_cache,
+            answer_format=self.answer_format,
+        )
 
 
 def stage_cache_path(recipe: Recipe) -> Path:
@@ -100,7 +105,9 @@ def ablations(recipe: Recipe, write: bool = False) -> list[SystemSpec]:
     (do the earlier texts help the final scorer at all?), one without each intermediate stage, the two-stage version.
     write: (re)write their YAML files from the trained stack (which must exist); without it, only the specs."""
     trained = recipe.trained_dir / "stack.yaml"
-    cfg = load_stack_config(trained) if write else recipe.stack_config()  # same stages and prompts; names and labels agree
+    cfg = (
+        load_stack_config(trained) if write else recipe.stack_config()
+    )  # same stages and prompts; names and labels agree
     variants = [("answer-only", "answer stage alone (no earlier texts)", keep_stages(cfg, [cfg.stages[-1].name]))]
     for stage in cfg.stages[:-1]:
         variant = without_stage(cfg, stage.name)
@@ -124,47 +131,116 @@ def systems(recipe: Recipe) -> list[SystemSpec]:
     untrained = prompt_stack_dir(recipe)
     specs = [
         SystemSpec("stack-trained", "trained stack", "trained", stack=trained),
-        SystemSpec("base", f"base model alone ({recipe.stack_config().base_model})", "base", stack=untrained / "stack.yaml", base=True),
+        SystemSpec(
+            "base",
+            f"base model alone ({recipe.stack_config().base_model})",
+            "base",
+            stack=untrained / "stack.yaml",
+            base=True,
+        ),
     ]
     # The baselines issue 5 asks for come before the attempts: a session that stops early leaves a usable comparison.
-    specs.append(SystemSpec("stack-promptonly", "same stack, no adapters", "promptonly", stack=untrained / "stack.yaml", adapters=False))
+    specs.append(
+        SystemSpec(
+            "stack-promptonly", "same stack, no adapters", "promptonly", stack=untrained / "stack.yaml", adapters=False
+        )
+    )
     specs += [SystemSpec(f"model-{slug(m)}", f"{m} alone", "model", model=m) for m in recipe.big_models]
     variants = ablations(recipe)
     # The base model asked the way the stack's answer stage is asked (chat prompt, options listed, each option's text
     # scored), with no adapter and no earlier texts: separates the prompt format's effect from the stack's.
-    specs.append(SystemSpec("base-stackformat", "base model in the answer stage's format (no adapters, no earlier texts)", "format",
-                            stack=untrained / "stack-answer-only.yaml", adapters=False))
+    specs.append(
+        SystemSpec(
+            "base-stackformat",
+            "base model in the answer stage's format (no adapters, no earlier texts)",
+            "format",
+            stack=untrained / "stack-answer-only.yaml",
+            adapters=False,
+        )
+    )
     specs.append(variants[0])  # the answer stage alone: seconds per item, like the base model
     # The base model exactly as in `base`, with the trained stack's texts in front: do they help a plain scorer at all,
     # with the chat format and the answer adapter out of the picture? (Paired with `base`; costs only scoring once the
     # stage cache holds the trained stack's texts.)
-    specs.append(SystemSpec("stack-notes-raw", "base model in its own format reading the trained stack's texts", "notes",
-                            stack=trained, answer_format="raw"))
+    specs.append(
+        SystemSpec(
+            "stack-notes-raw",
+            "base model in its own format reading the trained stack's texts",
+            "notes",
+            stack=trained,
+            answer_format="raw",
+        )
+    )
     if recipe.retrieval:  # attempt 4: the notes are retrieved solved questions (retrieval_step), nothing trained
         import retrieval_step
 
-        specs.append(SystemSpec("stack-retrieval-raw", "base model in its own format reading retrieved solved questions",
-                                "retrieval", stack=retrieval_step.stack_path(recipe), answer_format="raw"))
-        specs.append(SystemSpec("stack-retrieval", "retrieved solved questions -> answer stage (no adapters)",
-                                "retrieval-chat", stack=retrieval_step.stack_path(recipe), adapters=False))
-        specs.append(SystemSpec("stack-retrieval-tail-raw", "base model in its own format reading retrieved solved "
-                                "questions, corpus with unevaluated test items", "retrieval", stack=retrieval_step.stack_path(recipe, "tail"),
-                                answer_format="raw"))
+        specs.append(
+            SystemSpec(
+                "stack-retrieval-raw",
+                "base model in its own format reading retrieved solved questions",
+                "retrieval",
+                stack=retrieval_step.stack_path(recipe),
+                answer_format="raw",
+            )
+        )
+        specs.append(
+            SystemSpec(
+                "stack-retrieval",
+                "retrieved solved questions -> answer stage (no adapters)",
+                "retrieval-chat",
+                stack=retrieval_step.stack_path(recipe),
+                adapters=False,
+            )
+        )
+        specs.append(
+            SystemSpec(
+                "stack-retrieval-tail-raw",
+                "base model in its own format reading retrieved solved questions, corpus with unevaluated test items",
+                "retrieval",
+                stack=retrieval_step.stack_path(recipe, "tail"),
+                answer_format="raw",
+            )
+        )
         for model in retrieval_step.passage_readers(recipe):  # a larger model reading the same passages as attempt 5
-            specs.append(SystemSpec(f"model-{slug(model)}-retrieval-tail-raw", f"{model} in its own format reading retrieved "
-                                    "solved questions, corpus with unevaluated test items", "model-retrieval",
-                                    stack=retrieval_step.reader_stack_path(recipe, model), answer_format="raw"))
+            specs.append(
+                SystemSpec(
+                    f"model-{slug(model)}-retrieval-tail-raw",
+                    f"{model} in its own format reading retrieved solved questions, corpus with unevaluated test items",
+                    "model-retrieval",
+                    stack=retrieval_step.reader_stack_path(recipe, model),
+                    answer_format="raw",
+                )
+            )
         if recipe.scorer_records:  # attempt 5: the same passages, an answer adapter trained on raw scoring pairs
             import scorer_step
 
-            specs.append(SystemSpec("stack-scorer", RAW_TRAINED_LABEL, "scorer", stack=scorer_step.stack_path(recipe),
-                                    answer_format="raw-adapter"))
+            specs.append(
+                SystemSpec(
+                    "stack-scorer",
+                    RAW_TRAINED_LABEL,
+                    "scorer",
+                    stack=scorer_step.stack_path(recipe),
+                    answer_format="raw-adapter",
+                )
+            )
     if recipe.neutral:
-        specs.append(SystemSpec("stack-trained-neutral", "trained stack with reasoning notes that pick no answer (unhinted teacher)",
-                                "trained", stack=recipe.out / "trained_stack_neutral" / "stack.yaml"))
+        specs.append(
+            SystemSpec(
+                "stack-trained-neutral",
+                "trained stack with reasoning notes that pick no answer (unhinted teacher)",
+                "trained",
+                stack=recipe.out / "trained_stack_neutral" / "stack.yaml",
+            )
+        )
     if recipe.choice_records:
-        specs.append(SystemSpec("stack-trained-choice", "trained stack with the answer stage retrained on choice-style train questions",
-                                "trained", stack=recipe.out / "trained_stack_choice" / "stack.yaml"))
+        specs.append(
+            SystemSpec(
+                "stack-trained-choice",
+                "trained stack with the answer stage retrained on choice-style train questions",
+                "trained",
+                stack=recipe.out / "trained_stack_choice" / "stack.yaml",
+            )
+        )
     return specs + variants[1:]
 
 
@@ -184,8 +260,15 @@ def _evaluate_here(spec: SystemSpec, tasks, limit: int, folder: str, batch_size:
     evaluate(system, tasks, limit, out_dir=folder, batch_size=batch_size, split=split)
 
 
-def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_size: int = 32, isolate: bool = True,
-                    split: str | None = None) -> None:
+def evaluate_system(
+    spec: SystemSpec,
+    tasks,
+    limit: int,
+    folder: Path,
+    batch_size: int = 32,
+    isolate: bool = True,
+    split: str | None = None,
+) -> None:
     """Evaluate one system. isolate: in a fresh process, so its peak RSS is its own. ru_maxrss never goes down and
     Linux carries it across fork+exec, so the worker is started by a small shell that forks it (`sh -c 'cmd; exit'`
     cannot exec in place): the worker inherits the shell's few MB, not this process's loaded models."""
@@ -196,13 +279,22 @@ def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_siz
     import subprocess
     import sys
 
-    args = json.dumps({"spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
-                       "tasks": tasks, "limit": limit, "folder": str(folder), "batch_size": batch_size,
-                       "split": split})
+    args = json.dumps(
+        {
+            "spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
+            "tasks": tasks,
+            "limit": limit,
+            "folder": str(folder),
+            "batch_size": batch_size,
+            "split": split,
+        }
+    )
     # Its own process group, so that stopping the recipe (Ctrl-C, SIGTERM) stops the worker too instead of leaving it
     # writing beside a restarted recipe.
-    proc = subprocess.Popen(["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, str(Path(__file__).resolve()), args],
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, str(Path(__file__).resolve()), args],
+        start_new_session=True,
+    )
     try:
         code = proc.wait()
     except BaseException:
@@ -211,8 +303,10 @@ def evaluate_system(spec: SystemSpec, tasks, limit: int, folder: Path, batch_siz
     if code == BUSY_EXIT:
         raise RunFolderBusy(f"{folder}: another process is evaluating into it")
     if code != 0:
-        raise ConfigError(f"evaluating {spec.name} failed in its subprocess (exit code {code}; its error is printed above); "
-                          f"rerun to resume from {folder}")
+        raise ConfigError(
+            f"evaluating {spec.name} failed in its subprocess (exit code {code}; its error is printed above); "
+            f"rerun to resume from {folder}"
+        )
 
 
 def _stop_group(proc, grace: float = 30.0) -> None:
@@ -235,6 +329,7 @@ def _stop_group(proc, grace: float = 30.0) -> None:
 @dataclass(frozen=True)
 class EvalJob:
     """One run folder to complete: a system on `limit` items per task of a split (None: the test items)."""
+
     spec: SystemSpec
     folder: Path
     limit: int
@@ -276,8 +371,11 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
             for job in pending:
                 if job.folder not in waiting:
                     waiting.add(job.folder)
-                    why = f"another process is evaluating it ({job.folder})" if job in ready else \
-                        f"it reuses the stage outputs of {', '.join(f.name for f in job.after)}"
+                    why = (
+                        f"another process is evaluating it ({job.folder})"
+                        if job in ready
+                        else f"it reuses the stage outputs of {', '.join(f.name for f in job.after)}"
+                    )
                     log(f"  {job.spec.name}: {why}; waiting")
             time.sleep(recipe.poll_seconds)
         else:
@@ -285,15 +383,24 @@ def run_jobs(recipe: Recipe, jobs: list[EvalJob], log=print) -> None:
             what = f"{job.limit} {job.split + ' ' if job.split else ''}items per task"
             log(f"  {job.spec.name}: evaluating {what} -> {job.folder}")
             try:
-                evaluate_system(with_stage_cache(recipe, job.spec), recipe.tasks, job.limit, job.folder, recipe.eval_batch,
-                                recipe.isolate_eval, split=job.split)
+                evaluate_system(
+                    with_stage_cache(recipe, job.spec),
+                    recipe.tasks,
+                    job.limit,
+                    job.folder,
+                    recipe.eval_batch,
+                    recipe.isolate_eval,
+                    split=job.split,
+                )
             except RunFolderBusy:  # another process took it between the check and the start: wait for it
                 continue
             finally:
                 sync_stage_cache(recipe, log)
             if not job_done(job):
-                raise ConfigError(f"{job.folder}: the evaluation ended without all {job.expected} items in summary.json; "
-                                  "rerun to resume it")
+                raise ConfigError(
+                    f"{job.folder}: the evaluation ended without all {job.expected} items in summary.json; "
+                    "rerun to resume it"
+                )
         pending = [j for j in pending if not job_done(j)]
 
 
@@ -330,11 +437,19 @@ def eval_jobs(recipe: Recipe) -> list[EvalJob]:
     trained = recipe.runs_dir / "stack-trained"
     trained_yaml = recipe.trained_dir / "stack.yaml"
     reuses = lambda s: s.kind in ("notes", "ablation") and s.name != "stack-answer-only"  # noqa: E731
-    order = lambda s: (not s.needs_training, s.kind not in SCORE_ONLY_FIRST,  # noqa: E731
-                       texts_to_generate(s.stack, trained_yaml) if reuses(s) else 0)
+
+    def order(s):
+        return (
+            not s.needs_training,
+            s.kind not in SCORE_ONLY_FIRST,
+            texts_to_generate(s.stack, trained_yaml) if reuses(s) else 0,
+        )
+
     specs = sorted(systems(recipe), key=order)  # stable: otherwise the systems keep their report order
-    return [EvalJob(s, recipe.runs_dir / s.name, recipe.eval_limit, expected, after=(trained,) if reuses(s) else ())
-            for s in specs]
+    return [
+        EvalJob(s, recipe.runs_dir / s.name, recipe.eval_limit, expected, after=(trained,) if reuses(s) else ())
+        for s in specs
+    ]
 
 
 def run_eval(recipe: Recipe, log=print) -> dict:
@@ -351,9 +466,20 @@ def run_eval(recipe: Recipe, log=print) -> dict:
 
 def system_index(recipe: Recipe) -> dict:
     """systems.json's content: every system's label, kind and run folder, and the items each run must hold."""
-    index = {spec.name: {"label": spec.label, "kind": spec.kind, "run": str((recipe.runs_dir / spec.name).relative_to(recipe.out))}
-             for spec in systems(recipe)}
-    return {"systems": index, "items_per_system": expected_items(recipe), "limit": recipe.eval_limit, "tasks": parse_tasks(recipe.tasks)}
+    index = {
+        spec.name: {
+            "label": spec.label,
+            "kind": spec.kind,
+            "run": str((recipe.runs_dir / spec.name).relative_to(recipe.out)),
+        }
+        for spec in systems(recipe)
+    }
+    return {
+        "systems": index,
+        "items_per_system": expected_items(recipe),
+        "limit": recipe.eval_limit,
+        "tasks": parse_tasks(recipe.tasks),
+    }
 
 
 if __name__ == "__main__":  # the isolated worker of evaluate_system

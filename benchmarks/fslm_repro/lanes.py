@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from recipe import Recipe
+
 from fslm.errors import ConfigError
 from fslm.settings import get_settings
-
-from recipe import Recipe
 
 LANE_STEPS = ("baselines",)  # what the second lane runs instead of the main one
 LANE_HELPS = ("eval",)  # what it then runs beside the main one (each takes the systems the other does not hold)
@@ -70,14 +70,19 @@ class Lane:
     def __init__(self, recipe: Recipe, steps: list[str], threads: int):
         self.steps = steps
         env = {**os.environ, "FSLM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), recipe_to_json(recipe), json.dumps(steps)],
-                                     env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), recipe_to_json(recipe), json.dumps(steps)],
+            env=env,
+            start_new_session=True,
+        )
 
     def wait(self) -> None:
         code = self.proc.wait()
         if code != 0:
-            raise ConfigError(f"the lane running {','.join(self.steps)} failed (exit code {code}; its error is printed above "
-                              "with a '[lane]' prefix); rerun to resume")
+            raise ConfigError(
+                f"the lane running {','.join(self.steps)} failed (exit code {code}; its error is printed above "
+                "with a '[lane]' prefix); rerun to resume"
+            )
 
     def stop(self) -> None:
         from eval_step import _stop_group
@@ -118,7 +123,9 @@ if __name__ == "__main__":
     from fslm.errors import FslmError
 
     try:
-        run_lane(recipe_from_json(sys.argv[1]), json.loads(sys.argv[2]), log=lambda msg: print(f"[lane] {msg}", flush=True))
+        run_lane(
+            recipe_from_json(sys.argv[1]), json.loads(sys.argv[2]), log=lambda msg: print(f"[lane] {msg}", flush=True)
+        )
     except FslmError as err:
         print(f"[lane] error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fslm.config import StackConfig, load_stack_config
@@ -22,7 +22,21 @@ from fslm.errors import ConfigError
 from fslm.evaluate.store import write_json
 from fslm.settings import get_settings
 
-STEPS = ("teachers", "distill", "finetune", "choice", "neutral", "retrieval", "scorer", "baselines", "select", "eval", "timing", "report", "ship")
+STEPS = (
+    "teachers",
+    "distill",
+    "finetune",
+    "choice",
+    "neutral",
+    "retrieval",
+    "scorer",
+    "baselines",
+    "select",
+    "eval",
+    "timing",
+    "report",
+    "ship",
+)
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_STACKS = REPO / "fslm" / "stacks"  # the ship step puts the chosen attempt here: `fslm run` uses it
 # The stack attempt 1 trains (prompt-only), fixed here rather than read from the packaged default, which the ship
@@ -40,17 +54,54 @@ SCALES = {
     # last by 5+ points, and attempts 1 and 3 (neutral reasoning notes) apart by noise (held-out 31.3 vs 32.0, test
     # 32.1 vs 32.4: select.json, RESULTS.md); they would add ~6 h and ~5 h of this CPU. `--choice-records 900` and
     # `--neutral` put them back. Attempt 4 (retrieval) trains nothing and stays on.
-    "full": {"teacher_records": 20, "distill_records": 2000, "eval_limit": 300, "distill_batch": 8, "choice_records": 0,
-             "select_limit": 50, "neutral": False},
-    "pilot": {"teacher_records": 20, "distill_records": 256, "eval_limit": 40, "distill_batch": 8, "choice_records": 240,
-              "select_limit": 16, "timing_limit": 5, "scorer_records": 0, "passage_readers": 0,
-              "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"]},
-    "smoke": {"teacher_records": 3, "distill_records": 6, "eval_limit": 2, "distill_batch": 4, "choice_records": 6, "select_limit": 2,
-              "timing_limit": 1, "scorer_records": 20},
+    "full": {
+        "teacher_records": 20,
+        "distill_records": 2000,
+        "eval_limit": 300,
+        "distill_batch": 8,
+        "choice_records": 0,
+        "select_limit": 50,
+        "neutral": False,
+    },
+    "pilot": {
+        "teacher_records": 20,
+        "distill_records": 256,
+        "eval_limit": 40,
+        "distill_batch": 8,
+        "choice_records": 240,
+        "select_limit": 16,
+        "timing_limit": 5,
+        "scorer_records": 0,
+        "passage_readers": 0,
+        "teacher_candidates": ["qwen2.5-coder-0.5b", "gemma3-270m", "smollm2-135m"],
+    },
+    "smoke": {
+        "teacher_records": 3,
+        "distill_records": 6,
+        "eval_limit": 2,
+        "distill_batch": 4,
+        "choice_records": 6,
+        "select_limit": 2,
+        "timing_limit": 1,
+        "scorer_records": 20,
+    },
 }
 # Settings that define the experiment: an out dir that holds results of other settings is refused.
-IDENTITY_FIELDS = ("scale", "teacher_records", "distill_records", "eval_limit", "tasks", "student", "data", "stack",
-                   "teacher_candidates", "big_models", "two_stage", "epochs", "adapter_budget_bytes")
+IDENTITY_FIELDS = (
+    "scale",
+    "teacher_records",
+    "distill_records",
+    "eval_limit",
+    "tasks",
+    "student",
+    "data",
+    "stack",
+    "teacher_candidates",
+    "big_models",
+    "two_stage",
+    "epochs",
+    "adapter_budget_bytes",
+)
 
 
 @dataclass
@@ -87,14 +138,20 @@ class Recipe:
     isolate_eval: bool = True  # one process per evaluated system, so each peak RSS is that system's own
     heartbeat_seconds: float = 60.0  # how often a running step's session is written to steps.json
     poll_seconds: float = 30.0  # how often a step waiting for a run folder another process writes looks again
-    warm_cache: bool = True  # a lane that would wait for a stack run generates its stage texts from the end (warm_cache.py)
-    ship_to: Path | None = None  # folder of the packaged default.yaml whose adapters the ship step replaces; None: no ship
+    warm_cache: bool = (
+        True  # a lane that would wait for a stack run generates its stage texts from the end (warm_cache.py)
+    )
+    ship_to: Path | None = (
+        None  # folder of the packaged default.yaml whose adapters the ship step replaces; None: no ship
+    )
 
     @classmethod
-    def for_scale(cls, scale: str, out: Path | None = None, work: Path | None = None, **overrides) -> "Recipe":
+    def for_scale(cls, scale: str, out: Path | None = None, work: Path | None = None, **overrides) -> Recipe:
         if scale not in SCALES:
             raise ConfigError(f"--scale {scale!r}: expected one of {sorted(SCALES)}")
-        default_out = {"full": DEFAULT_OUT, "pilot": DEFAULT_OUT.with_name("fslm_repro_pilot")}.get(scale, REPO / "runs" / f"fslm_repro_{scale}")
+        default_out = {"full": DEFAULT_OUT, "pilot": DEFAULT_OUT.with_name("fslm_repro_pilot")}.get(
+            scale, REPO / "runs" / f"fslm_repro_{scale}"
+        )
         out = Path(out) if out else default_out
         work = Path(work) if work else get_settings().cache_dir / "fslm_repro" / scale
         values = {**SCALES[scale], **{k: v for k, v in overrides.items() if v is not None}}
@@ -121,8 +178,13 @@ class Recipe:
     @property
     def steps_off(self) -> set[str]:
         """Steps this recipe's settings turn off: they run, find nothing to do, and count as off, not done."""
-        off = {"choice": not self.choice_records, "neutral": not self.neutral, "retrieval": not self.retrieval,
-               "scorer": not (self.retrieval and self.scorer_records), "select": not self.select_limit}
+        off = {
+            "choice": not self.choice_records,
+            "neutral": not self.neutral,
+            "retrieval": not self.retrieval,
+            "scorer": not (self.retrieval and self.scorer_records),
+            "select": not self.select_limit,
+        }
         return {step for step, is_off in off.items() if is_off}
 
 
@@ -154,16 +216,25 @@ class StepLog:
         if self.data.get("identity") != recipe.identity():
             old = self.data.get("identity") or {}
             changed = sorted(k for k in set(old) | set(recipe.identity()) if old.get(k) != recipe.identity().get(k))
-            raise ConfigError(f"{recipe.out} holds a run with other settings (differs in: {', '.join(changed)}); use another --out")
+            raise ConfigError(
+                f"{recipe.out} holds a run with other settings (differs in: {', '.join(changed)}); use another --out"
+            )
         self._running: dict[str, tuple[str, dict]] = {}  # session id -> (step, session)
         self._mutex = threading.Lock()
         self._beat: threading.Thread | None = None
 
     def start(self, step: str) -> dict:
         """A new session of `step`, logged now as running; ids tell two processes' sessions of one step apart."""
-        session = {"id": uuid.uuid4().hex[:12], "pid": os.getpid(), "started": utc_now(),
-                   "loadavg_start": round(os.getloadavg()[0], 2), "cpu": cpu_model(), "status": "running", "wall_seconds": 0.0,
-                   "t0": time.perf_counter()}
+        session = {
+            "id": uuid.uuid4().hex[:12],
+            "pid": os.getpid(),
+            "started": utc_now(),
+            "loadavg_start": round(os.getloadavg()[0], 2),
+            "cpu": cpu_model(),
+            "status": "running",
+            "wall_seconds": 0.0,
+            "t0": time.perf_counter(),
+        }
         with self._mutex:
             self._running[session["id"]] = (step, session)
             self._log(step, session)
@@ -177,7 +248,12 @@ class StepLog:
             self._running.pop(session["id"], None)
             seconds = round(time.perf_counter() - session.pop("t0"), 2)
             session.pop("last_seen", None)
-            session.update(wall_seconds=seconds, status=status, loadavg_end=round(os.getloadavg()[0], 2), **({"note": note} if note else {}))
+            session.update(
+                wall_seconds=seconds,
+                status=status,
+                loadavg_end=round(os.getloadavg()[0], 2),
+                **({"note": note} if note else {}),
+            )
             self._log(step, session)
 
     def reload(self) -> dict:
@@ -223,13 +299,13 @@ class StepLog:
 
 def utc_now() -> str:
     """Timestamps in steps.json and the steps' own JSON files."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def mark_interrupted(sessions: list[dict], silence: float, keep: set[str] = frozenset()) -> None:
     """Running sessions not heard from for `silence` seconds died without logging their end (ids in `keep` are
     this process's own, alive by definition)."""
-    now = datetime.now(timezone.utc).timestamp()
+    now = datetime.now(UTC).timestamp()
     for s in sessions:
         if s.get("status") == "running" and s.get("id") not in keep:
             seen = datetime.fromisoformat(s.get("last_seen") or s["started"]).timestamp()
@@ -250,8 +326,12 @@ def step_status(sessions: list[dict]) -> str:
 def busy_seconds(sessions: list[dict]) -> float:
     """Wall time the step was running: the union of its non-skipped sessions' intervals (resumed sessions add up;
     two lanes running it at once count once)."""
-    spans = sorted((t, t + s["wall_seconds"]) for s in sessions if s.get("status") != "skipped"
-                   for t in [datetime.fromisoformat(s["started"]).timestamp()])
+    spans = sorted(
+        (t, t + s["wall_seconds"])
+        for s in sessions
+        if s.get("status") != "skipped"
+        for t in [datetime.fromisoformat(s["started"]).timestamp()]
+    )
     total, end = 0.0, float("-inf")
     for start, stop in spans:
         total += max(0.0, stop - max(start, end))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fslm.evaluate.store import read_rows
-
 import diagnostics
 import select_step
 from recipe import Recipe
+
+from fslm.evaluate.store import read_rows
 
 PROMPT_CHARS = 700
 
@@ -35,11 +35,17 @@ def pick_examples(stack: dict, base: dict) -> list[tuple[str, str, dict | None, 
     good = sorted([p for p in pairs if p[1]["correct"] and p[2]["correct"]], key=lambda p: margin(p[1]))
     ordinary = [good[len(good) // 2]] if good else []
     specs = [
-        ("The stack beat the base model", "stack right, base wrong; the largest margin of the stack's gold choice", beat),
+        (
+            "The stack beat the base model",
+            "stack right, base wrong; the largest margin of the stack's gold choice",
+            beat,
+        ),
         ("A stage went wrong", "stack wrong, base right; the stack's most confident wrong pick", wrong),
         ("An ordinary good answer", "both right; the median margin of the stack's gold choice", ordinary),
     ]
-    return [(title, rule, found[0][1] if found else None, found[0][2] if found else None) for title, rule, found in specs]
+    return [
+        (title, rule, found[0][1] if found else None, found[0][2] if found else None) for title, rule, found in specs
+    ]
 
 
 def anchoring(rows: dict, final: str = "answer") -> dict | None:
@@ -63,8 +69,14 @@ def anchoring(rows: dict, final: str = "answer") -> dict | None:
             right_other += bool(row["correct"])
     if named + other == 0:
         return None
-    return {"items": named + other, "named": named, "followed": followed, "named_is_gold": gold,
-            "acc_named": right_named / named if named else None, "acc_other": right_other / other if other else None}
+    return {
+        "items": named + other,
+        "named": named,
+        "followed": followed,
+        "named_is_gold": gold,
+        "acc_named": right_named / named if named else None,
+        "acc_other": right_other / other if other else None,
+    }
 
 
 def unseen_texts(base: dict, stack: dict) -> dict:
@@ -84,33 +96,60 @@ def trace_markdown(title: str, rule: str, row: dict | None, base: dict | None) -
     lines.append("")
     lines += ["| option | stack log-prob | |", "|---|---:|---|"]
     for j, (choice, score) in enumerate(zip(row["choices"], row["choice_scores"])):
-        marks = ", ".join(m for m, on in (("gold", j == row["gold"]), ("stack's pick", j == row["prediction"]),
-                                          ("base's pick", base is not None and j == base["prediction"])) if on)
+        marks = ", ".join(
+            m
+            for m, on in (
+                ("gold", j == row["gold"]),
+                ("stack's pick", j == row["prediction"]),
+                ("base's pick", base is not None and j == base["prediction"]),
+            )
+            if on
+        )
         lines.append(f"| {choice[:120]} | {score:.2f} | {marks} |")
     return lines + [""]
 
 
 def sum_rule_markdown(recipe: Recipe, run_of: dict, summaries: dict) -> list[str]:
     """The trained stack's answer stage scoring with the earlier texts, without them, and with both scores added."""
-    pairs = [("held-out (select step)", select_step.select_dir(recipe) / "stack-trained", select_step.select_dir(recipe) / "stack-answer-only"),
-             ("test (the items above)", run_of.get("stack-trained"), run_of.get("stack-answer-only"))]
+    pairs = [
+        (
+            "held-out (select step)",
+            select_step.select_dir(recipe) / "stack-trained",
+            select_step.select_dir(recipe) / "stack-answer-only",
+        ),
+        ("test (the items above)", run_of.get("stack-trained"), run_of.get("stack-answer-only")),
+    ]
     rows = []
     for where, texts, plain in pairs:
-        if texts is None or plain is None or not (texts / "summary.json").is_file() or not (plain / "summary.json").is_file():
+        if (
+            texts is None
+            or plain is None
+            or not (texts / "summary.json").is_file()
+            or not (plain / "summary.json").is_file()
+        ):
             continue
         a, b = read_items(texts), read_items(plain)
         rule = diagnostics.sum_rule(a, b)
         if rule:
             shared = [k for k in a if k in b]
-            rows.append(f"| {where} | {rule['n']} | {100 * diagnostics.macro_of(a, shared):.1f} | "
-                        f"{100 * diagnostics.macro_of(b, shared):.1f} | {100 * rule['macro']:.1f} |")
+            rows.append(
+                f"| {where} | {rule['n']} | {100 * diagnostics.macro_of(a, shared):.1f} | "
+                f"{100 * diagnostics.macro_of(b, shared):.1f} | {100 * rule['macro']:.1f} |"
+            )
     if not rows:
         return []
-    return ["## Would the answer stage do better adding its no-text score?", "",
-            "Attempt 1's answer stage scores each option after the earlier texts (trained stack) and with no earlier texts "
-            "(answer stage alone); the sum rule picks the option with the highest sum of the two log-probabilities. A "
-            "check computed from the two runs' per-item scores, with no free parameter; not a system of its own.", "",
-            "| items | n | with texts | without texts | sum of both |", "|---|---:|---:|---:|---:|", *rows, ""]
+    return [
+        "## Would the answer stage do better adding its no-text score?",
+        "",
+        "Attempt 1's answer stage scores each option after the earlier texts (trained stack) and with no earlier texts "
+        "(answer stage alone); the sum rule picks the option with the highest sum of the two log-probabilities. A "
+        "check computed from the two runs' per-item scores, with no free parameter; not a system of its own.",
+        "",
+        "| items | n | with texts | without texts | sum of both |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def traces_section(stack: Path, base: Path) -> list[str]:
@@ -122,8 +161,11 @@ def traces_section(stack: Path, base: Path) -> list[str]:
 
 def anchoring_section(summaries: dict, systems: dict, run_of: dict) -> list[str]:
     """`anchoring` for every stack, with the base model reading nothing as the control."""
-    stacks = {name: anchoring(read_items(run_of[name]), final=summaries[name]["stages"][-1])
-              for name in summaries if systems[name]["kind"] != "base" and name.startswith("stack")}
+    stacks = {
+        name: anchoring(read_items(run_of[name]), final=summaries[name]["stages"][-1])
+        for name in summaries
+        if systems[name]["kind"] != "base" and name.startswith("stack")
+    }
     stacks = {k: v for k, v in stacks.items() if v and v.get("named")}
     if not stacks:
         return []
@@ -131,20 +173,40 @@ def anchoring_section(summaries: dict, systems: dict, run_of: dict) -> list[str]
     if "stack-trained" in summaries:  # control: how often the base model picks the named option unseen
         control = unseen_texts(read_items(run_of["base"]), read_items(run_of["stack-trained"]))
         stacks["base-control"] = anchoring(control, final=summaries["stack-trained"]["stages"][-1])
-        labels["base-control"] = f"{systems['base']['label']}, never shown the texts (control: the trained stack's texts)"
-    lines = ["## Does the answer stage follow the earlier stages?", "",
-             "Multiple-choice items whose intent/facts/reasoning texts name exactly one option (by its text): how often the "
-             "stack then picks that option, and how often that option is right."
-             + (" The last row is the control: the base model alone, which never saw those texts, on the same items."
-                if "base-control" in stacks else ""), "",
-             "| system | MC items | one option named | stack picks it | named option is gold | acc where named | acc elsewhere |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+        labels["base-control"] = (
+            f"{systems['base']['label']}, never shown the texts (control: the trained stack's texts)"
+        )
+    lines = [
+        "## Does the answer stage follow the earlier stages?",
+        "",
+        "Multiple-choice items whose intent/facts/reasoning texts name exactly one option (by its text): how often the "
+        "stack then picks that option, and how often that option is right."
+        + (
+            " The last row is the control: the base model alone, which never saw those texts, on the same items."
+            if "base-control" in stacks
+            else ""
+        ),
+        "",
+        "| system | MC items | one option named | stack picks it | named option is gold | acc where named | acc elsewhere |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     pct = lambda x: "—" if x is None else f"{100 * x:.1f}"  # noqa: E731
     for name, a in stacks.items():
-        lines.append(f"| {labels[name]} | {a['items']} | {a['named']} | {a['followed']} | {a['named_is_gold']} | "
-                     f"{pct(a['acc_named'])} | {pct(a['acc_other'])} |")
+        lines.append(
+            f"| {labels[name]} | {a['items']} | {a['named']} | {a['followed']} | {a['named_is_gold']} | "
+            f"{pct(a['acc_named'])} | {pct(a['acc_other'])} |"
+        )
     return lines + [""]
 
 
-__all__ = ["anchoring", "anchoring_section", "margin", "pick_examples", "read_items", "sum_rule_markdown", "trace_markdown",
-           "traces_section", "unseen_texts"]
+__all__ = [
+    "anchoring",
+    "anchoring_section",
+    "margin",
+    "pick_examples",
+    "read_items",
+    "sum_rule_markdown",
+    "trace_markdown",
+    "traces_section",
+    "unseen_texts",
+]

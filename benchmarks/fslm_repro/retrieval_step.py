@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recipe import Recipe, read_json, slug
+
 from fslm.config import load_stack_config, parse_stack_config
 from fslm.evaluate.heldout import EVAL_RESERVE
 from fslm.evaluate.store import write_atomic, write_json
 from fslm.retrieve import Retriever, index_passages
 from fslm.retrieve.corpus import HELDOUT_KEEP, write_corpus
-
-from recipe import Recipe, read_json, slug
 
 K, MAX_CHARS = 3, 400  # fixed before any number was seen; not tuned
 STAGE, LABEL = "related", "Related solved questions"
@@ -68,8 +68,10 @@ def stack_yaml(recipe: Recipe, base_model: str | None = None) -> str:
         "description": f"{K} BM25-retrieved solved questions -> answer stage, no adapters",
         "stages": [
             {"name": STAGE, "label": LABEL, "retrieve": {"index": "index", "k": K, "max_chars": MAX_CHARS}},
-            {**answer.model_dump(mode="json", exclude_none=True, exclude={"adapter", "teacher_prompt", "template"}),
-             "sees": ["prompt", STAGE]},
+            {
+                **answer.model_dump(mode="json", exclude_none=True, exclude={"adapter", "teacher_prompt", "template"}),
+                "sees": ["prompt", STAGE],
+            },
         ],
     }
     return parse_stack_config(data, "retrieval stack").to_yaml()
@@ -77,10 +79,17 @@ def stack_yaml(recipe: Recipe, base_model: str | None = None) -> str:
 
 def done(recipe: Recipe) -> bool:
     data = read_json(recipe.out / "retrieval.json")
-    return (data is not None and set(data.get("corpora", {})) == set(CORPORA)
-            and all((folder(recipe, c) / "index" / "manifest.json").is_file() and stack_path(recipe, c).is_file()
-                    and stack_path(recipe, c).read_text(encoding="utf-8") == stack_yaml(recipe) for c in CORPORA)
-            and all(_written(reader_stack_path(recipe, m), stack_yaml(recipe, m)) for m in passage_readers(recipe)))
+    return (
+        data is not None
+        and set(data.get("corpora", {})) == set(CORPORA)
+        and all(
+            (folder(recipe, c) / "index" / "manifest.json").is_file()
+            and stack_path(recipe, c).is_file()
+            and stack_path(recipe, c).read_text(encoding="utf-8") == stack_yaml(recipe)
+            for c in CORPORA
+        )
+        and all(_written(reader_stack_path(recipe, m), stack_yaml(recipe, m)) for m in passage_readers(recipe))
+    )
 
 
 def _written(path: Path, text: str) -> bool:
@@ -98,9 +107,13 @@ def run(recipe: Recipe, log=print) -> dict:
         retriever: Retriever = index_passages(corpus, root / "index")
         write_atomic(stack_path(recipe, name), stack_yaml(recipe))
         load_stack_config(stack_path(recipe, name))  # the written stack must load, index included
-        corpora[name] = {"passages": len(retriever.passages), "eval_tail": eval_tail,
-                         "sources": {k: v.to_dict() for k, v in stats.items()}, "index": retriever.manifest,
-                         "stack": str(stack_path(recipe, name))}
+        corpora[name] = {
+            "passages": len(retriever.passages),
+            "eval_tail": eval_tail,
+            "sources": {k: v.to_dict() for k, v in stats.items()},
+            "index": retriever.manifest,
+            "stack": str(stack_path(recipe, name)),
+        }
         log(f"  indexed {len(retriever.passages)} passages")
     for model in passage_readers(recipe):  # the tail corpus's passages, read by a larger model
         write_atomic(reader_stack_path(recipe, model), stack_yaml(recipe, model))

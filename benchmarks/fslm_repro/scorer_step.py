@@ -29,6 +29,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import retrieval_step
+from recipe import Recipe, read_json
+
 from fslm.config import load_stack_config
 from fslm.engine import load_engine
 from fslm.errors import ConfigError
@@ -41,9 +44,6 @@ from fslm.retrieve import Retriever
 from fslm.retrieve.corpus import HELDOUT_KEEP, corpus_splits, reserved_items
 from fslm.stack import retrieve_records
 from fslm.tasks import Item, build_context, get_task, load_task
-
-import retrieval_step
-from recipe import Recipe, read_json
 
 CORPUS = "tail"  # the passages `stack-retrieval-tail-raw` reads: the scorer is trained to read the same
 MAX_LENGTH = 1024  # tokens per pair; longer pairs are skipped and counted in scorer.json, never cut
@@ -89,12 +89,15 @@ def pairs(recipe: Recipe, items: list[Item]) -> list[dict]:
     cfg = load_stack_config(retrieval_step.stack_path(recipe, CORPUS))
     stage = cfg.stages[0]
     retriever = Retriever.load(cfg.index_path(stage))
-    records = retrieve_records(cfg, stage, retriever, [(stack_prompt(item), {}) for item in items],
-                               avoid=[item.question for item in items])
+    records = retrieve_records(
+        cfg, stage, retriever, [(stack_prompt(item), {}) for item in items], avoid=[item.question for item in items]
+    )
     rows = []
     for item, record in zip(items, records, strict=True):
         gold = int(item.gold)
-        context = raw_notes(cfg, {stage.name: record.output}) + build_context(item, (), choice=gold if item.contexts else None)
+        context = raw_notes(cfg, {stage.name: record.output}) + build_context(
+            item, (), choice=gold if item.contexts else None
+        )
         rows.append({"id": item.id, "task": item.task, "context": context, "continuation": item.continuations[gold]})
     return rows
 
@@ -102,9 +105,18 @@ def pairs(recipe: Recipe, items: list[Item]) -> list[dict]:
 def _options(recipe: Recipe) -> TrainOptions:
     plan = read_json(recipe.out / "finetune.json")
     if plan is None:
-        raise ConfigError(f"no {recipe.out / 'finetune.json'}: run the 'finetune' step first (the scorer uses its rank and targets)")
-    return TrainOptions(rank=plan["rank"], alpha=plan["alpha"], targets=tuple(plan["targets"]), epochs=recipe.epochs,
-                        max_length=MAX_LENGTH, save_dtype="float16", save_every=25)
+        raise ConfigError(
+            f"no {recipe.out / 'finetune.json'}: run the 'finetune' step first (the scorer uses its rank and targets)"
+        )
+    return TrainOptions(
+        rank=plan["rank"],
+        alpha=plan["alpha"],
+        targets=tuple(plan["targets"]),
+        epochs=recipe.epochs,
+        max_length=MAX_LENGTH,
+        save_dtype="float16",
+        save_every=25,
+    )
 
 
 def _stack_yaml(recipe: Recipe) -> str:
@@ -112,9 +124,17 @@ def _stack_yaml(recipe: Recipe) -> str:
     relative index path holds; the adapter is named by absolute path (it lives in --out)."""
     cfg = load_stack_config(retrieval_step.stack_path(recipe, CORPUS))
     answer = cfg.stages[-1]
-    stages = [*cfg.stages[:-1], answer.model_copy(update={"adapter": str(adapter_dir(recipe).resolve() / "adapters" / answer.name)})]
-    return cfg.model_copy(update={"name": "retrieval-scorer", "stages": stages,
-                                  "description": "BM25-retrieved solved questions -> answer adapter trained on raw scoring pairs"}).to_yaml()
+    stages = [
+        *cfg.stages[:-1],
+        answer.model_copy(update={"adapter": str(adapter_dir(recipe).resolve() / "adapters" / answer.name)}),
+    ]
+    return cfg.model_copy(
+        update={
+            "name": "retrieval-scorer",
+            "stages": stages,
+            "description": "BM25-retrieved solved questions -> answer adapter trained on raw scoring pairs",
+        }
+    ).to_yaml()
 
 
 def _write_stack(recipe: Recipe) -> Path:
@@ -129,8 +149,14 @@ def done(recipe: Recipe) -> bool:
         return True
     data = read_json(recipe.out / "scorer.json")
     adapter = adapter_dir(recipe) / "adapters" / "answer" / "adapter_model.safetensors"
-    return (data is not None and data.get("records") == recipe.scorer_records and adapter.is_file() and retrieval_step.done(recipe)
-            and stack_path(recipe).is_file() and stack_path(recipe).read_text(encoding="utf-8") == _stack_yaml(recipe))
+    return (
+        data is not None
+        and data.get("records") == recipe.scorer_records
+        and adapter.is_file()
+        and retrieval_step.done(recipe)
+        and stack_path(recipe).is_file()
+        and stack_path(recipe).read_text(encoding="utf-8") == _stack_yaml(recipe)
+    )
 
 
 def run(recipe: Recipe, log=print) -> dict:
@@ -139,7 +165,11 @@ def run(recipe: Recipe, log=print) -> dict:
     if not retrieval_step.done(recipe):
         raise ConfigError("the scorer reads the 'retrieval' step's tail index: run that step first (it takes seconds)")
     data = read_json(recipe.out / "scorer.json")
-    if data is not None and data.get("records") == recipe.scorer_records and (adapter_dir(recipe) / "adapters" / "answer").is_dir():
+    if (
+        data is not None
+        and data.get("records") == recipe.scorer_records
+        and (adapter_dir(recipe) / "adapters" / "answer").is_dir()
+    ):
         _write_stack(recipe)  # trained in an earlier session, maybe on another machine: only the stack file was missing
         log(f"  adapter found in {adapter_dir(recipe)}; wrote {stack_path(recipe)}")
         return data
@@ -151,9 +181,17 @@ def run(recipe: Recipe, log=print) -> dict:
     cfg = load_stack_config(retrieval_step.stack_path(recipe, CORPUS))
     work = recipe.work / "finetune-scorer"
     options = _options(recipe)
-    report = finetune_pairs(cfg, cfg.stages[-1].name, path, work, options, engine=load_engine(cfg.base_model, dtype="float32"),
-                            progress=lambda stage, step, total, loss: log(f"    {stage} {step}/{total} loss {loss:.3f}")
-                            if step % 10 == 0 or step == total else None)
+    report = finetune_pairs(
+        cfg,
+        cfg.stages[-1].name,
+        path,
+        work,
+        options,
+        engine=load_engine(cfg.base_model, dtype="float32"),
+        progress=lambda stage, step, total, loss: (
+            log(f"    {stage} {step}/{total} loss {loss:.3f}") if step % 10 == 0 or step == total else None
+        ),
+    )
     tmp = adapter_dir(recipe).with_name(f".{adapter_dir(recipe).name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(work / "adapters", tmp / "adapters")
@@ -162,9 +200,18 @@ def run(recipe: Recipe, log=print) -> dict:
     shutil.rmtree(adapter_dir(recipe), ignore_errors=True)
     tmp.rename(adapter_dir(recipe))
     _write_stack(recipe)
-    data = {"records": recipe.scorer_records, "pairs": len(rows), "per_task": dict(Counter(row["task"] for row in rows)), "corpus": CORPUS, "seed": SEED,
-            "max_length": MAX_LENGTH, "rank": options.rank, "alpha": options.alpha, "targets": list(options.targets),
-            "answer_stage": report.stages.get(cfg.stages[-1].name, {})}
+    data = {
+        "records": recipe.scorer_records,
+        "pairs": len(rows),
+        "per_task": dict(Counter(row["task"] for row in rows)),
+        "corpus": CORPUS,
+        "seed": SEED,
+        "max_length": MAX_LENGTH,
+        "rank": options.rank,
+        "alpha": options.alpha,
+        "targets": list(options.targets),
+        "answer_stage": report.stages.get(cfg.stages[-1].name, {}),
+    }
     write_json(recipe.out / "scorer.json", data)
     return data
 

@@ -16,16 +16,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from eval_step import EvalJob, SystemSpec, ablations, run_jobs, systems, write_prompt_stacks
+from recipe import Recipe, read_json
+
 from fslm.errors import ConfigError
 from fslm.evaluate import compare, parse_tasks, select_items
 from fslm.evaluate.heldout import EVAL_RESERVE, HELDOUT
 from fslm.evaluate.store import write_json
 
-from eval_step import EvalJob, SystemSpec, ablations, run_jobs, systems, write_prompt_stacks
-from recipe import Recipe, read_json
-
-CONTEXT = ("stack-answer-only", "base-stackformat", "base", "stack-retrieval-raw", "stack-retrieval", "stack-retrieval-tail-raw",
-           "stack-scorer")
+CONTEXT = (
+    "stack-answer-only",
+    "base-stackformat",
+    "base",
+    "stack-retrieval-raw",
+    "stack-retrieval",
+    "stack-retrieval-tail-raw",
+    "stack-scorer",
+)
 RULE = "highest held-out macro accuracy among the trained 4-stage attempts (tie: the earlier attempt)"
 
 
@@ -69,7 +76,9 @@ def chosen_stack(recipe: Recipe) -> Path:
     for spec in candidates(recipe)[0]:
         if spec.name == (name or "stack-trained"):
             return spec.stack
-    raise ConfigError(f"{recipe.out / 'select.json'} chose {name!r}, which is not an attempt of this recipe; delete it to redo 'select'")
+    raise ConfigError(
+        f"{recipe.out / 'select.json'} chose {name!r}, which is not an attempt of this recipe; delete it to redo 'select'"
+    )
 
 
 def done(recipe: Recipe) -> bool:
@@ -96,10 +105,18 @@ def run(recipe: Recipe, log=print) -> dict:
     run_jobs(recipe, jobs(recipe, attempts + context), log)
     macro = {s.name: _summary(recipe, s.name, expected)["macro_acc"] for s in attempts + context}
     best = max(attempts, key=lambda s: macro[s.name])  # max keeps the first of equal values: the earlier attempt
-    data = {"split": HELDOUT, "limit": recipe.select_limit, "items_per_system": expected, "rule": RULE,
-            "attempts": [s.name for s in attempts], "context": [s.name for s in context],
-            "labels": {s.name: s.label for s in attempts + context}, "heldout_macro": macro, "chosen": best.name,
-            "beaten_by_context": [n for n in (s.name for s in context) if macro[n] > macro[best.name]]}
+    data = {
+        "split": HELDOUT,
+        "limit": recipe.select_limit,
+        "items_per_system": expected,
+        "rule": RULE,
+        "attempts": [s.name for s in attempts],
+        "context": [s.name for s in context],
+        "labels": {s.name: s.label for s in attempts + context},
+        "heldout_macro": macro,
+        "chosen": best.name,
+        "beaten_by_context": [n for n in (s.name for s in context) if macro[n] > macro[best.name]],
+    }
     write_json(recipe.out / "select.json", data)
     log(f"  chosen on held-out items: {best.name} ({100 * macro[best.name]:.1f}% macro)")
     return data
@@ -111,8 +128,13 @@ def heldout_vs_base(recipe: Recipe, names: list[str]) -> dict[str, dict]:
     if "base" not in names:
         return {}
     base = select_dir(recipe) / "base"
-    return {name: compare(select_dir(recipe) / name, base, out_dir=recipe.out / "compare" / f"heldout-{name}-vs-base")["tasks"]["macro"]
-            for name in names if name != "base"}
+    return {
+        name: compare(select_dir(recipe) / name, base, out_dir=recipe.out / "compare" / f"heldout-{name}-vs-base")[
+            "tasks"
+        ]["macro"]
+        for name in names
+        if name != "base"
+    }
 
 
 def markdown(recipe: Recipe, test_macro: dict[str, float], delta_cell: Callable[[dict], str]) -> list[str]:
@@ -121,16 +143,23 @@ def markdown(recipe: Recipe, test_macro: dict[str, float], delta_cell: Callable[
     data = read_json(recipe.out / "select.json")
     if not data:
         return []
-    lines = ["## Which attempt ships (chosen on held-out items)", "",
-             f"Rule: {data['rule']}. Held-out items: `--split heldout`, {data['items_per_system']} per system (up to "
-             f"{data['limit']} per task from dev/train splits, or from past item {EVAL_RESERVE} of a task's only split), disjoint "
-             "from the items above. Held-out vs base: paired bootstrap 95% CI in points (`compare/heldout-<system>-vs-base/`).",
-             "", "| system | held-out macro | held-out vs base (95% CI) | test macro (above) |", "|---|---:|---:|---:|"]
+    lines = [
+        "## Which attempt ships (chosen on held-out items)",
+        "",
+        f"Rule: {data['rule']}. Held-out items: `--split heldout`, {data['items_per_system']} per system (up to "
+        f"{data['limit']} per task from dev/train splits, or from past item {EVAL_RESERVE} of a task's only split), disjoint "
+        "from the items above. Held-out vs base: paired bootstrap 95% CI in points (`compare/heldout-<system>-vs-base/`).",
+        "",
+        "| system | held-out macro | held-out vs base (95% CI) | test macro (above) |",
+        "|---|---:|---:|---:|",
+    ]
     vs_base = heldout_vs_base(recipe, data["attempts"] + data["context"])
     for name in data["attempts"] + data["context"]:
         mark = " **(chosen)**" if name == data["chosen"] else ""
         test = f"{100 * test_macro[name]:.1f}" if name in test_macro else "—"
-        lines.append(f"| {data['labels'][name]}{mark} | {100 * data['heldout_macro'][name]:.1f} | {delta_cell(vs_base[name]) if name in vs_base else '—'} | {test} |")
+        lines.append(
+            f"| {data['labels'][name]}{mark} | {100 * data['heldout_macro'][name]:.1f} | {delta_cell(vs_base[name]) if name in vs_base else '—'} | {test} |"
+        )
     lines.append("")
     if data["beaten_by_context"]:
         names = ", ".join(data["labels"][n] for n in data["beaten_by_context"])

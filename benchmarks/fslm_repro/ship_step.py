@@ -10,16 +10,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fslm.config import StackConfig, load_stack_config
-from fslm.errors import ConfigError
-from fslm.evaluate.store import write_atomic
-
 from pipeline import adapters_bytes
 from recipe import Recipe
 from select_step import chosen_stack
 
-HEADER = ("# The default FSLM stack: four roles on ONE base model, each with a LoRA adapter.\n"
-          "# Written by benchmarks/fslm_repro (step `ship`) from {source}: the attempt chosen on held-out items.\n")
+from fslm.config import StackConfig, load_stack_config
+from fslm.errors import ConfigError
+from fslm.evaluate.store import write_atomic
+
+HEADER = (
+    "# The default FSLM stack: four roles on ONE base model, each with a LoRA adapter.\n"
+    "# Written by benchmarks/fslm_repro (step `ship`) from {source}: the attempt chosen on held-out items.\n"
+)
 
 
 def _shipped_dir(recipe: Recipe) -> Path:
@@ -38,14 +40,23 @@ def _packaged(recipe: Recipe, chosen: StackConfig) -> tuple[StackConfig, StackCo
     for i, stage in enumerate(current.stages):
         want = f"default/adapters/{stage.name}"
         if stage.adapter != want:
-            raise ConfigError(f"{current.source_path}: stages.{i}.adapter is {stage.adapter!r}; expected {want!r} (where the ship step puts it)")
+            raise ConfigError(
+                f"{current.source_path}: stages.{i}.adapter is {stage.adapter!r}; expected {want!r} (where the ship step puts it)"
+            )
     if [s.name for s in current.stages] != [s.name for s in chosen.stages]:
-        raise ConfigError(f"{current.source_path}: stages {[s.name for s in current.stages]} differ from the chosen "
-                          f"stack's {[s.name for s in chosen.stages]} ({chosen.source_path})")
+        raise ConfigError(
+            f"{current.source_path}: stages {[s.name for s in current.stages]} differ from the chosen "
+            f"stack's {[s.name for s in chosen.stages]} ({chosen.source_path})"
+        )
     if _prompts(current) == _prompts(chosen):
         return current, current
-    wanted = chosen.model_copy(update={"name": current.name, "description": current.description,
-                                       "stages": [s.model_copy(update={"adapter": f"default/adapters/{s.name}"}) for s in chosen.stages]})
+    wanted = chosen.model_copy(
+        update={
+            "name": current.name,
+            "description": current.description,
+            "stages": [s.model_copy(update={"adapter": f"default/adapters/{s.name}"}) for s in chosen.stages],
+        }
+    )
     return wanted, current
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fslm.evaluate.store import folder_busy, read_rows
-
 from recipe import STEPS, Recipe, read_json
+
+from fslm.evaluate.store import folder_busy, read_rows
 
 RECENT_RECORDS = 64  # the distill rate shown: these last records' teacher seconds (the load changes over a long run)
 
@@ -53,15 +53,25 @@ def runs(recipe: Recipe) -> list[RunStatus]:
         jobs += [("select", j) for j in select_step.jobs(recipe, attempts + context) if j.folder not in seen]
     seen |= {j.folder for _, j in jobs}
     jobs += [("eval", j) for j in eval_step.eval_jobs(recipe) if j.folder not in seen]
-    return [RunStatus(step, j.spec.name, str(j.folder.relative_to(recipe.out)), min(len(read_rows(j.folder)), j.expected), j.expected,
-                      folder_busy(j.folder), _rate(j.folder)) for step, j in jobs]
+    return [
+        RunStatus(
+            step,
+            j.spec.name,
+            str(j.folder.relative_to(recipe.out)),
+            min(len(read_rows(j.folder)), j.expected),
+            j.expected,
+            folder_busy(j.folder),
+            _rate(j.folder),
+        )
+        for step, j in jobs
+    ]
 
 
 def status(recipe: Recipe) -> dict:
     """Python twin of `run.py --status`."""
+    import pipeline
     from run import STEP_FUNCS
 
-    import pipeline
     from fslm.distill import load_instructions, read_distilled
 
     path = pipeline.distilled_path(recipe)
@@ -72,10 +82,16 @@ def status(recipe: Recipe) -> dict:
     per_record = sum(recent) / len(recent) if recent else None
     rows = runs(recipe)
     return {
-        "steps": {name: "off" if name in recipe.steps_off else ("done" if STEP_FUNCS[name][0](recipe) else "to do") for name in STEPS},
-        "distill": {"written": written, "selected": len(wanted),
-                    "teacher_seconds_per_record": round(per_record, 2) if per_record else None,
-                    "hours_left": round((len(wanted) - written) * per_record / 3600, 2) if per_record else None},
+        "steps": {
+            name: "off" if name in recipe.steps_off else ("done" if STEP_FUNCS[name][0](recipe) else "to do")
+            for name in STEPS
+        },
+        "distill": {
+            "written": written,
+            "selected": len(wanted),
+            "teacher_seconds_per_record": round(per_record, 2) if per_record else None,
+            "hours_left": round((len(wanted) - written) * per_record / 3600, 2) if per_record else None,
+        },
         "runs": [{**asdict(r), "hours_left": r.hours_left} for r in rows],
         "hours_left_measured": round(sum(r.hours_left or 0 for r in rows), 1),
         "runs_not_started": sum(1 for r in rows if r.items == 0),
@@ -85,20 +101,30 @@ def status(recipe: Recipe) -> dict:
 def _distill_rate(d: dict) -> str:
     if d.get("teacher_seconds_per_record") is None:
         return ""
-    return (f", {d['teacher_seconds_per_record']:.2f} s/record of teacher time over the last {RECENT_RECORDS} "
-            f"(the load of that moment), {d['hours_left']:.2f} h left at that rate")
+    return (
+        f", {d['teacher_seconds_per_record']:.2f} s/record of teacher time over the last {RECENT_RECORDS} "
+        f"(the load of that moment), {d['hours_left']:.2f} h left at that rate"
+    )
 
 
 def render(data: dict) -> str:
     """A plain-text table (the CLI prints it; `--json` gives the dict)."""
-    lines = ["steps: " + "  ".join(f"{k} {v}" for k, v in data["steps"].items()),
-             f"distill: {data['distill']['written']}/{data['distill']['selected']} records" + _distill_rate(data["distill"]), "",
-             f"{'step':<10} {'system':<34} {'items':>11} {'s/item':>7} {'h left':>7}"]
+    lines = [
+        "steps: " + "  ".join(f"{k} {v}" for k, v in data["steps"].items()),
+        f"distill: {data['distill']['written']}/{data['distill']['selected']} records" + _distill_rate(data["distill"]),
+        "",
+        f"{'step':<10} {'system':<34} {'items':>11} {'s/item':>7} {'h left':>7}",
+    ]
     for r in data["runs"]:
         rate = f"{r['seconds_per_item']:.2f}" if r["seconds_per_item"] is not None else "—"
         left = f"{r['hours_left']:.2f}" if r["hours_left"] is not None else "—"
         mark = " *" if r["busy"] else ""
-        lines.append(f"{r['step']:<10} {r['system'][:34]:<34} {r['items']:>5}/{r['expected']:<5} {rate:>7} {left:>7}{mark}")
-    lines += ["", f"* being written now; hours left at measured rates: {data['hours_left_measured']} "
-              f"(+ {data['runs_not_started']} runs not started)"]
+        lines.append(
+            f"{r['step']:<10} {r['system'][:34]:<34} {r['items']:>5}/{r['expected']:<5} {rate:>7} {left:>7}{mark}"
+        )
+    lines += [
+        "",
+        f"* being written now; hours left at measured rates: {data['hours_left_measured']} "
+        f"(+ {data['runs_not_started']} runs not started)",
+    ]
     return "\n".join(lines)

@@ -17,7 +17,9 @@ import gc
 import os
 import shutil
 import time
-from typing import Sequence
+from collections.abc import Sequence
+
+from recipe import Recipe, read_json, slug
 
 from fslm.config import StackConfig, keep_stages
 from fslm.cpu import current_threads
@@ -28,8 +30,6 @@ from fslm.errors import ConfigError, FslmError
 from fslm.evaluate.store import write_atomic, write_json
 from fslm.stack import Stack
 from fslm.teachers import LocalTeacher, TeacherReply
-
-from recipe import Recipe, read_json, slug
 
 TIE_POINTS = 0.10
 SHOW_RECORDS = 2  # texts per candidate printed in teachers.md (all are in teachers/<candidate>.jsonl)
@@ -80,8 +80,13 @@ def measure_options(recipe: Recipe) -> DistillOptions:
 
 def setup(recipe: Recipe, cfg: StackConfig) -> dict:
     """What a measurement depends on; a saved row measured under another setup (say, older teacher prompts) is stale."""
-    return {"distill": distill_identity(cfg, measure_options(recipe)), "records": recipe.teacher_records,
-            "dtype": recipe.teacher_dtype, "batch": recipe.distill_batch, "data": recipe.data}
+    return {
+        "distill": distill_identity(cfg, measure_options(recipe)),
+        "records": recipe.teacher_records,
+        "dtype": recipe.teacher_dtype,
+        "batch": recipe.distill_batch,
+        "data": recipe.data,
+    }
 
 
 def measure(recipe: Recipe, cfg: StackConfig, ref: str) -> dict:
@@ -107,20 +112,34 @@ def measure(recipe: Recipe, cfg: StackConfig, ref: str) -> dict:
     del teacher.inner
     gc.collect()
     records = read_distilled(texts)
-    asked = [r for r in records if r.get("targets") and not any(f.startswith(f"{cfg.stages[-1].name}:") for f in r["filtered"])]
+    asked = [
+        r
+        for r in records
+        if r.get("targets") and not any(f.startswith(f"{cfg.stages[-1].name}:") for f in r["filtered"])
+    ]
     gain, gain_n = gold_gain(cfg, records)
     per_record = report.seconds / max(len(asked), 1)
     row = {
-        "teacher": ref, "params": params, "dtype": recipe.teacher_dtype, "records": report.records, "asked": len(asked),
-        "kept": report.kept, "kept_rate": round(report.kept / len(asked), 4) if asked else 0.0,
-        "filtered": report.filtered, "tokens_out": teacher.tokens_out,
+        "teacher": ref,
+        "params": params,
+        "dtype": recipe.teacher_dtype,
+        "records": report.records,
+        "asked": len(asked),
+        "kept": report.kept,
+        "kept_rate": round(report.kept / len(asked), 4) if asked else 0.0,
+        "filtered": report.filtered,
+        "tokens_out": teacher.tokens_out,
         "tokens_per_second": round(teacher.tokens_out / teacher.seconds, 2) if teacher.seconds else 0.0,
-        "seconds": round(report.seconds, 2), "load_seconds": round(load_seconds, 2),
+        "seconds": round(report.seconds, 2),
+        "load_seconds": round(load_seconds, 2),
         "seconds_per_asked_record": round(per_record, 3),
         "projected_distill_hours": round(per_record * recipe.distill_records / 3600, 2),
-        "gold_gain_nats_per_token": gain, "gold_gain_n": gain_n, "setup": wanted,
+        "gold_gain_nats_per_token": gain,
+        "gold_gain_n": gain_n,
+        "setup": wanted,
         # Speed decides feasibility: a busy machine makes a teacher look slower (rerun after deleting its row).
-        "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)], "threads": current_threads(),
+        "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "threads": current_threads(),
     }
     write_json(result_path, row)
     return row
@@ -138,12 +157,18 @@ def choose(rows: Sequence[dict], budget_hours: float) -> tuple[dict, str]:
         note = f" (every candidate is projected over {budget_hours} h; the fastest was kept)"
     best = max(r["kept_rate"] for r in feasible)
     tied = [r for r in feasible if r["kept_rate"] >= best - TIE_POINTS - 1e-9]
-    tied.sort(key=lambda r: (-(r["gold_gain_nats_per_token"] if r["gold_gain_nats_per_token"] is not None else float("-inf")),
-                             r["projected_distill_hours"]))
+    tied.sort(
+        key=lambda r: (
+            -(r["gold_gain_nats_per_token"] if r["gold_gain_nats_per_token"] is not None else float("-inf")),
+            r["projected_distill_hours"],
+        )
+    )
     chosen = tied[0]
-    reason = (f"{chosen['teacher']}: kept rate {chosen['kept_rate']:.0%} (best feasible {best:.0%}; {len(tied)} within "
-              f"{TIE_POINTS:.0%}), gold gain {chosen['gold_gain_nats_per_token']}, projected {chosen['projected_distill_hours']} h "
-              f"<= budget {budget_hours} h{note}")
+    reason = (
+        f"{chosen['teacher']}: kept rate {chosen['kept_rate']:.0%} (best feasible {best:.0%}; {len(tied)} within "
+        f"{TIE_POINTS:.0%}), gold gain {chosen['gold_gain_nats_per_token']}, projected {chosen['projected_distill_hours']} h "
+        f"<= budget {budget_hours} h{note}"
+    )
     return chosen, reason
 
 
@@ -154,10 +179,12 @@ def busy_while_measured(row: dict) -> bool:
 
 def markdown(rows: Sequence[dict], chosen: str, reason: str, texts: dict[str, list[dict]], cfg: StackConfig) -> str:
     lines = [
-        "# Teacher candidates", "",
+        "# Teacher candidates",
+        "",
         "Each candidate distilled the same records (answer-hinted, the stack's teacher prompts). kept rate = records "
         "whose texts pass every distill filter / records that reached the teacher; gold gain = how much the teacher's "
-        "texts raise the untrained student's log-probability of the gold answer (nats/token, kept records).", "",
+        "texts raise the untrained student's log-probability of the gold answer (nats/token, kept records).",
+        "",
         "| teacher | params | tok/s | s/record | projected distill h | asked | kept | kept rate | gold gain (n) | top filters | load avg (start, end) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
@@ -166,14 +193,23 @@ def markdown(rows: Sequence[dict], chosen: str, reason: str, texts: dict[str, li
             lines.append(f"| {r['teacher']} | not available: {r['error'][:120]} ||||||||||")
             continue
         top = ", ".join(f"{k} {v}" for k, v in sorted(r["filtered"].items(), key=lambda kv: -kv[1])[:3]) or "-"
-        gain = "-" if r["gold_gain_nats_per_token"] is None else f"{r['gold_gain_nats_per_token']:+.3f} ({r['gold_gain_n']})"
-        lines.append(f"| {r['teacher']} | {r['params'] / 1e6:.0f}M | {r['tokens_per_second']:.1f} | {r['seconds_per_asked_record']:.1f} | "
-                     f"{r['projected_distill_hours']:.2f} | {r['asked']} | {r['kept']} | {r['kept_rate']:.0%} | {gain} | {top} | "
-                     f"{', '.join(map(str, r['loadavg'])) if r.get('loadavg') else '—'} |")
+        gain = (
+            "-"
+            if r["gold_gain_nats_per_token"] is None
+            else f"{r['gold_gain_nats_per_token']:+.3f} ({r['gold_gain_n']})"
+        )
+        lines.append(
+            f"| {r['teacher']} | {r['params'] / 1e6:.0f}M | {r['tokens_per_second']:.1f} | {r['seconds_per_asked_record']:.1f} | "
+            f"{r['projected_distill_hours']:.2f} | {r['asked']} | {r['kept']} | {r['kept_rate']:.0%} | {gain} | {top} | "
+            f"{', '.join(map(str, r['loadavg'])) if r.get('loadavg') else '—'} |"
+        )
     busy = [r["teacher"] for r in rows if busy_while_measured(r)]
     if busy:
-        lines += ["", f"**Measured on a busy machine** (load average above its torch threads + 0.5): {', '.join(busy)}. "
-                  "Their speed is understated; delete their rows under the work dir's `teachers/` and rerun to measure again."]
+        lines += [
+            "",
+            f"**Measured on a busy machine** (load average above its torch threads + 0.5): {', '.join(busy)}. "
+            "Their speed is understated; delete their rows under the work dir's `teachers/` and rerun to measure again.",
+        ]
     lines += ["", f"**Chosen: {chosen}** — {reason}", "", "Rule: " + " ".join(__doc__.split("Rule:")[1].split()), ""]
     for ref, records in texts.items():
         lines += [f"## {ref}: first {len(records)} records that reached the teacher", ""]
@@ -204,10 +240,17 @@ def committed(recipe: Recipe) -> bool:
 def done(recipe: Recipe) -> bool:
     data = read_json(recipe.out / "teachers.json")
     wanted = setup(recipe, recipe.stack_config())
-    if data is not None and [r["teacher"] for r in data["candidates"]] == list(recipe.teacher_candidates) and committed(recipe):
+    if (
+        data is not None
+        and [r["teacher"] for r in data["candidates"]] == list(recipe.teacher_candidates)
+        and committed(recipe)
+    ):
         return True
-    return (data is not None and [r["teacher"] for r in data["candidates"]] == list(recipe.teacher_candidates)
-            and all("error" not in r and r.get("setup") == wanted for r in data["candidates"]))
+    return (
+        data is not None
+        and [r["teacher"] for r in data["candidates"]] == list(recipe.teacher_candidates)
+        and all("error" not in r and r.get("setup") == wanted for r in data["candidates"])
+    )
 
 
 def run(recipe: Recipe, log=print) -> dict:

@@ -19,13 +19,13 @@ import os
 import shutil
 from pathlib import Path
 
-from fslm.cpu import cpu_model, pick_threads
-from fslm.evaluate import parse_tasks, select_items
-from fslm.evaluate.store import write_json
-
 from eval_step import evaluate_system, expected_items, run_complete, systems
 from lanes import threads_env
 from recipe import Recipe, read_json, utc_now
+
+from fslm.cpu import cpu_model, pick_threads
+from fslm.evaluate import parse_tasks, select_items
+from fslm.evaluate.store import write_json
 
 
 def timing_dir(recipe: Recipe) -> Path:
@@ -66,16 +66,27 @@ def run(recipe: Recipe, log=print) -> dict:
             if spec.name in kept:
                 log(f"  {spec.name}: timed already on this CPU with {threads} thread(s); kept")
                 continue
-            shutil.rmtree(tmp / spec.name, ignore_errors=True)  # an unfinished timing restarts: its seconds are one sitting's
+            shutil.rmtree(
+                tmp / spec.name, ignore_errors=True
+            )  # an unfinished timing restarts: its seconds are one sitting's
             log(f"  {spec.name}: timing {recipe.timing_limit} items per task ({n_items} items, {threads} thread(s))")
-            evaluate_system(spec, recipe.tasks, recipe.timing_limit, tmp / spec.name, recipe.eval_batch, recipe.isolate_eval)
+            evaluate_system(
+                spec, recipe.tasks, recipe.timing_limit, tmp / spec.name, recipe.eval_batch, recipe.isolate_eval
+            )
     rows = {spec.name: _row(tmp / spec.name) for spec in specs}
     base = rows.get("base", {}).get("seconds_per_item")
     for row in rows.values():
         row["x_base"] = round(row["seconds_per_item"] / base, 2) if base else None
-    data = {"setup": conditions["setup"], "started": started, "cpu": conditions["cpu"],
-            "cpu_count": os.cpu_count(), "threads": threads, "items_per_system": n_items,
-            "resumed": sorted(kept), "systems": rows}
+    data = {
+        "setup": conditions["setup"],
+        "started": started,
+        "cpu": conditions["cpu"],
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "items_per_system": n_items,
+        "resumed": sorted(kept),
+        "systems": rows,
+    }
     (tmp / CONDITIONS).unlink(missing_ok=True)
     shutil.rmtree(timing_dir(recipe), ignore_errors=True)
     tmp.rename(timing_dir(recipe))
@@ -99,10 +110,15 @@ def _resumable(tmp: Path, conditions: dict, n_items: int) -> set[str]:
 def _row(folder: Path) -> dict:
     summary = read_json(folder / "summary.json") or {}
     cost, session = summary.get("cost", {}), (summary.get("sessions") or [{}])[-1]
-    return {"seconds_per_item": cost.get("seconds_per_item"), "generated_tokens_per_item": cost.get("generated_tokens_per_item"),
-            "peak_rss_mb": cost.get("peak_rss_mb"), "load_seconds": cost.get("load_seconds"),
-            "timed_at": session.get("started"),
-            "loadavg_start": session.get("loadavg_start"), "loadavg_end": session.get("loadavg_end")}
+    return {
+        "seconds_per_item": cost.get("seconds_per_item"),
+        "generated_tokens_per_item": cost.get("generated_tokens_per_item"),
+        "peak_rss_mb": cost.get("peak_rss_mb"),
+        "load_seconds": cost.get("load_seconds"),
+        "timed_at": session.get("started"),
+        "loadavg_start": session.get("loadavg_start"),
+        "loadavg_end": session.get("loadavg_end"),
+    }
 
 
 __all__ = ["done", "run", "timed_systems", "timing_dir"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fslm.config import StackConfig
-
 from recipe import Recipe
+
+from fslm.config import StackConfig
 
 
 def package_variant(recipe: Recipe, cfg: StackConfig, work: Path, retrained: list[str], out: Path, suffix: str) -> Path:
@@ -24,9 +24,19 @@ def package_variant(recipe: Recipe, cfg: StackConfig, work: Path, retrained: lis
         shutil.copytree(work / "adapters" / stage, tmp / "adapters" / stage)
     for name in ("train_log.json", "loss.png"):
         shutil.copyfile(work / name, tmp / name)
-    stages = [s.model_copy(update={"adapter": f"adapters/{s.name}" if s.name in retrained else f"../{recipe.trained_dir.name}/adapters/{s.name}"})
-              for s in cfg.stages]
-    (tmp / "stack.yaml").write_text(cfg.model_copy(update={"name": f"{cfg.name}-{suffix}", "stages": stages}).to_yaml(), encoding="utf-8")
+    stages = [
+        s.model_copy(
+            update={
+                "adapter": f"adapters/{s.name}"
+                if s.name in retrained
+                else f"../{recipe.trained_dir.name}/adapters/{s.name}"
+            }
+        )
+        for s in cfg.stages
+    ]
+    (tmp / "stack.yaml").write_text(
+        cfg.model_copy(update={"name": f"{cfg.name}-{suffix}", "stages": stages}).to_yaml(), encoding="utf-8"
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out / "stack.yaml"

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import gc
 
+from recipe import Recipe
+
 from fslm.evaluate import parse_tasks, select_items
 from fslm.evaluate.store import folder_busy, read_rows
-
-from recipe import Recipe
 
 
 def warmable(job) -> bool:
@@ -36,21 +36,25 @@ def warm_from_the_end(recipe: Recipe, job, log=print) -> int:
     todo = [(task, item) for task, item in plan if item.id not in done]
     if not todo:
         return 0
-    log(f"  {job.spec.name}: another process is evaluating it; generating its stage texts from the last of its "
-        f"{len(todo)} remaining items backwards into the shared stage cache")
+    log(
+        f"  {job.spec.name}: another process is evaluating it; generating its stage texts from the last of its "
+        f"{len(todo)} remaining items backwards into the shared stage cache"
+    )
     system = with_stage_cache(recipe, job.spec).load()
     warmed = 0
     try:
         while todo:
             task = todo[-1][0]
-            size = recipe.eval_batch if todo[-1][1].choices else max(1, min(recipe.eval_batch, 16))  # as fslm.evaluate batches
+            size = (
+                recipe.eval_batch if todo[-1][1].choices else max(1, min(recipe.eval_batch, 16))
+            )  # as fslm.evaluate batches
             batch = [item for t, item in todo[-size:] if t == task]
             if run_complete(job.folder, job.expected) or not folder_busy(job.folder):
                 break  # finished, or its process stopped: the job queue takes over (and reads what is warmed)
             if any(item.id in read_rows(job.folder) for item in batch):
                 break  # the evaluator has reached this batch
             system.warm(batch)
-            del todo[-len(batch):]
+            del todo[-len(batch) :]
             warmed += len(batch)
     finally:
         del system

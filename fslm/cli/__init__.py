@@ -10,15 +10,34 @@ from fslm.cli.lazy import LazyGroup, Verb
 VERBS: dict[str, Verb] = {
     # The core loop: run a stack, build one (distill -> finetune), measure it, serve it.
     "run": Verb("run", "run_command", "Answer PROMPT with a stack and print the answer and every stage's text."),
-    "models": Verb("models", "models_command", "List the models resolvable offline: name, source, parameters, cached or not."),
-    "distill": Verb("distill", "distill_command", "Have a teacher write every stage's target text for instruction data (resumable JSONL)."),
-    "finetune": Verb("finetune", "finetune_command", "Fine-tune one LoRA adapter per stage on distilled data and write a runnable trained stack."),
-    "serve": Verb("serve", "serve_command",
-                  "Serve a stack over HTTP: POST /v1/chat/completions (OpenAI format + fslm_trace), /metrics, viewer at /ui."),
+    "models": Verb(
+        "models", "models_command", "List the models resolvable offline: name, source, parameters, cached or not."
+    ),
+    "distill": Verb(
+        "distill",
+        "distill_command",
+        "Have a teacher write every stage's target text for instruction data (resumable JSONL).",
+    ),
+    "finetune": Verb(
+        "finetune",
+        "finetune_command",
+        "Fine-tune one LoRA adapter per stage on distilled data and write a runnable trained stack.",
+    ),
+    "serve": Verb(
+        "serve",
+        "serve_command",
+        "Serve a stack over HTTP: POST /v1/chat/completions (OpenAI format + fslm_trace), /metrics, viewer at /ui.",
+    ),
     # Small/large collaboration.
-    "generate": Verb("generate", "generate_command", "Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur."),
+    "generate": Verb(
+        "generate",
+        "generate_command",
+        "Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur.",
+    ),
     "stack": Verb("stack", "app", "Check and inspect stack configs."),
-    "eval": Verb("eval", "app", "Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs."),
+    "eval": Verb(
+        "eval", "app", "Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs."
+    ),
     "cascade": Verb("cascade", "app", "Cascade: escalate to a larger system when the small one is unsure."),
     "route": Verb("route", "app", "Learned router: predict from the prompt whether the small system will be right."),
     "retrieve": Verb("retrieve", "app", "Retrieval: build a passage corpus, index it (BM25), search it."),

@@ -7,7 +7,6 @@ work on `fslm eval` per-item runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -25,11 +24,15 @@ class _RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, help="Cascade: escalate to a larger system when the small one is unsure.")
+app = typer.Typer(
+    cls=_RunByDefault, no_args_is_help=True, help="Cascade: escalate to a larger system when the small one is unsure."
+)
 
 SMALL_RUN = typer.Option(..., "--small", help="Small system's `fslm eval` run folder (or its items.jsonl).")
 LARGE_RUN = typer.Option(..., "--large", help="Large system's `fslm eval` run folder on the same items.")
-SIGNALS = typer.Option(None, "--signals", help="Signals JSONL from `fslm cascade signals` (needed for --signal verify).")
+SIGNALS = typer.Option(
+    None, "--signals", help="Signals JSONL from `fslm cascade signals` (needed for --signal verify)."
+)
 
 
 def _points_table(title: str, rows: list[tuple[str, dict]]) -> Table:
@@ -44,16 +47,20 @@ def _points_table(title: str, rows: list[tuple[str, dict]]) -> Table:
 @app.command("run")
 @guarded
 def run_command(
-    prompts: Optional[List[str]] = typer.Argument(None, help="Prompts to answer (omit with --task)."),
+    prompts: list[str] | None = typer.Argument(None, help="Prompts to answer (omit with --task)."),
     small: str = typer.Option(..., "--small", help="Small system: model reference or stack YAML."),
     large: str = typer.Option(..., "--large", help="Large system: model reference or stack YAML."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Escalate when confidence < this, in [0, 1]."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Take signal and threshold from `fslm cascade calibrate`."),
-    signal: str = typer.Option("verify", "--signal", help="verify (any prompt) or margin (multiple-choice --task only)."),
-    task: Optional[str] = typer.Option(None, "--task", help="Run on a multiple-choice task's items instead of prompts."),
-    split: Optional[str] = typer.Option(None, "--split"),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write items.jsonl + summary.json here (with --task)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Escalate when confidence < this, in [0, 1]."),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="Take signal and threshold from `fslm cascade calibrate`."
+    ),
+    signal: str = typer.Option(
+        "verify", "--signal", help="verify (any prompt) or margin (multiple-choice --task only)."
+    ),
+    task: str | None = typer.Option(None, "--task", help="Run on a multiple-choice task's items instead of prompts."),
+    split: str | None = typer.Option(None, "--split"),
+    limit: int | None = typer.Option(None, "--limit", min=1),
+    out_dir: Path | None = typer.Option(None, "--out", help="Write items.jsonl + summary.json here (with --task)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -88,7 +95,9 @@ def run_command(
         if json_output:
             print_json(summary)
         else:
-            out.print(f"{task}: accuracy {summary['acc']:.3f} on {summary['n']} items, escalated {summary['escalation_rate']:.1%}")
+            out.print(
+                f"{task}: accuracy {summary['acc']:.3f} on {summary['n']} items, escalated {summary['escalation_rate']:.1%}"
+            )
         return
     with status("answering…", enabled=not json_output):
         results = cascade_prompts(prompts or [], small_sys, large_sys, threshold)
@@ -96,7 +105,11 @@ def run_command(
         print_json([r.to_dict() for r in results])
         return
     for r in results:
-        who = f"[yellow]large[/] (small confidence {r.confidence:.2f} < {threshold})" if r.escalated else f"[green]small[/] (confidence {r.confidence:.2f})"
+        who = (
+            f"[yellow]large[/] (small confidence {r.confidence:.2f} < {threshold})"
+            if r.escalated
+            else f"[green]small[/] (confidence {r.confidence:.2f})"
+        )
         out.print(f"[bold]{r.prompt}[/]\n  answered by {who}\n  {r.answer}")
 
 
@@ -105,10 +118,12 @@ def run_command(
 def calibrate_command(
     small: Path = SMALL_RUN,
     large: Path = LARGE_RUN,
-    signal: str = typer.Option("margin", "--signal", help="margin (choice probability margin) or verify (self-verification)."),
+    signal: str = typer.Option(
+        "margin", "--signal", help="margin (choice probability margin) or verify (self-verification)."
+    ),
     target: float = typer.Option(0.95, "--target", help="Keep this fraction of the large system's accuracy."),
-    signals: Optional[Path] = SIGNALS,
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Write the calibration JSON here."),
+    signals: Path | None = SIGNALS,
+    out_file: Path | None = typer.Option(None, "--out", help="Write the calibration JSON here."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Choose the cheapest threshold reaching TARGET x the large system's accuracy on calibration (dev/train) runs."""
@@ -120,8 +135,10 @@ def calibrate_command(
         return
     met = "" if cal.met else "  [red](target not reached: most accurate threshold shown)[/]"
     out.print(f"signal {cal.signal}: escalate when < [bold]{cal.threshold:.4f}[/] on {cal.n} calibration items{met}")
-    out.print(f"accuracy {cal.acc:.3f} (small {cal.small_acc:.3f}, large {cal.large_acc:.3f}, target {cal.target:.0%} of large) "
-              f"at compute share {cal.compute_share:.3f}, escalating {cal.escalation_rate:.1%}")
+    out.print(
+        f"accuracy {cal.acc:.3f} (small {cal.small_acc:.3f}, large {cal.large_acc:.3f}, target {cal.target:.0%} of large) "
+        f"at compute share {cal.compute_share:.3f}, escalating {cal.escalation_rate:.1%}"
+    )
 
 
 @app.command("eval")
@@ -130,8 +147,8 @@ def eval_command(
     small: Path = SMALL_RUN,
     large: Path = LARGE_RUN,
     calibration: Path = typer.Option(..., "--calibration", help="From `fslm cascade calibrate` (on OTHER items)."),
-    signals: Optional[Path] = SIGNALS,
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write cascade.json, cascade.md and cascade.png here."),
+    signals: Path | None = SIGNALS,
+    out_dir: Path | None = typer.Option(None, "--out", help="Write cascade.json, cascade.md and cascade.png here."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """The calibrated cascade on report items vs always-small, always-large and random escalation."""
@@ -141,8 +158,12 @@ def eval_command(
     if json_output:
         print_json({k: v for k, v in report.items() if k != "points"})
         return
-    rows = [("always small", report["always_small"]), ("always large", report["always_large"]),
-            (f"cascade ({report['signal']})", report["calibrated"]), ("random, same rate", report["random_same_rate"])]
+    rows = [
+        ("always small", report["always_small"]),
+        ("always large", report["always_large"]),
+        (f"cascade ({report['signal']})", report["calibrated"]),
+        ("random, same rate", report["random_same_rate"]),
+    ]
     out.print(_points_table(f"cascade on {report['n']} items", rows))
 
 
@@ -151,7 +172,9 @@ def eval_command(
 def signals_command(
     run: Path = typer.Option(..., "--run", help="The small system's `fslm eval` run whose answers get verified."),
     model: str = typer.Option(..., "--model", "-m", help="Verifier model (AutoMix: the small model itself)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split the run was evaluated on (default: the task's eval split)."),
+    split: str | None = typer.Option(
+        None, "--split", help="Split the run was evaluated on (default: the task's eval split)."
+    ),
     out_file: Path = typer.Option(..., "--out", help="Signals JSONL to write."),
 ) -> None:
     """Self-verification: P(yes) that the small answer is correct, per item of a run (for --signal verify)."""

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -43,21 +50,37 @@ def render_report(report: DistillReport) -> None:
 
 
 def distill_command(
-    stack: Optional[Path] = typer.Option(None, "--stack", "-s", help="Stack YAML whose stages get targets (default: packaged stack)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Alpaca JSON list or JSONL (default: $FSLM_DATA_DIR/alpaca/random_9k.json)."),
+    stack: Path | None = typer.Option(
+        None, "--stack", "-s", help="Stack YAML whose stages get targets (default: packaged stack)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Alpaca JSON list or JSONL (default: $FSLM_DATA_DIR/alpaca/random_9k.json)."
+    ),
     out_path: Path = typer.Option(Path("distilled.jsonl"), "--out", "-o", help="Output JSONL; rerunning resumes it."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Local teacher model reference (default: the stack's base model)."),
-    teacher_url: Optional[str] = typer.Option(None, "--teacher-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
-    teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="Model name served at --teacher-url."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="NAME of the env var that holds the API key."),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="Local teacher model reference (default: the stack's base model)."
+    ),
+    teacher_url: str | None = typer.Option(
+        None, "--teacher-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."
+    ),
+    teacher_model: str | None = typer.Option(None, "--teacher-model", help="Model name served at --teacher-url."),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", help="NAME of the env var that holds the API key."),
     concurrency: int = typer.Option(4, "--concurrency", help="HTTP teacher: requests in flight."),
     timeout: float = typer.Option(60.0, "--timeout", help="HTTP teacher: seconds per request before a retry."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use the first N unique records."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Use the first N unique records."),
     batch_size: int = typer.Option(16, "--batch-size", help="Records per teacher batch (and per fsync)."),
     no_hints: bool = typer.Option(False, "--no-hints", help="Never show the teacher the gold output."),
-    no_leak: Optional[str] = typer.Option(None, "--no-leak", help="Comma-separated stages that must not contain the gold answer."),
-    reuse: Optional[Path] = typer.Option(None, "--reuse", help="Earlier distilled JSONL: keep its targets for the stages not in --redo."),
-    redo: Optional[str] = typer.Option(None, "--redo", help="Comma-separated stages to redistill (with --reuse), e.g. after editing their teacher_prompt."),
+    no_leak: str | None = typer.Option(
+        None, "--no-leak", help="Comma-separated stages that must not contain the gold answer."
+    ),
+    reuse: Path | None = typer.Option(
+        None, "--reuse", help="Earlier distilled JSONL: keep its targets for the stages not in --redo."
+    ),
+    redo: str | None = typer.Option(
+        None,
+        "--redo",
+        help="Comma-separated stages to redistill (with --reuse), e.g. after editing their teacher_prompt.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Have a teacher write every stage's target text for instruction data (resumable JSONL)."""
@@ -65,17 +88,37 @@ def distill_command(
 
     cfg = load_default_stack_config() if stack is None else load_stack_config(stack)
     options = DistillOptions(
-        limit=limit, batch_size=batch_size, hints=not no_hints,
+        limit=limit,
+        batch_size=batch_size,
+        hints=not no_hints,
         no_leak=None if no_leak is None else [s.strip() for s in no_leak.split(",") if s.strip()],
-        reuse=reuse, redo=[s.strip() for s in (redo or "").split(",") if s.strip()],
+        reuse=reuse,
+        redo=[s.strip() for s in (redo or "").split(",") if s.strip()],
     )
 
     def load_teacher():  # called by distill() only after the data validated and if work is left
         if not json_output:
             console.print("loading teacher…", style="dim")
-        return make_teacher(teacher, url=teacher_url, model=teacher_model, api_key_env=api_key_env,
-                            concurrency=concurrency, timeout=timeout, default_ref=cfg.base_model, dtype=cfg.dtype)
-    columns = [TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        return make_teacher(
+            teacher,
+            url=teacher_url,
+            model=teacher_model,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            timeout=timeout,
+            default_ref=cfg.base_model,
+            dtype=cfg.dtype,
+        )
+
+    columns = [
+        TextColumn("[bold]distill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, disable=json_output) as bar:
         task = bar.add_task("distill", total=None)
 

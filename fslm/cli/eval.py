@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -23,7 +22,8 @@ def _progress(event: dict) -> None:
         console.print(
             f"  {event['task']}: {event['done']}/{event['total']}  acc {100 * event['acc']:.1f}%  "
             f"({event['elapsed']:.0f} s)",
-            style="dim", highlight=False,
+            style="dim",
+            highlight=False,
         )
 
 
@@ -34,40 +34,77 @@ def _print_summary(data: dict) -> None:
     for task, t in data["tasks"].items():
         lo, hi = t["ci95"]
         norm = "—" if t["acc_norm"] is None else f"{100 * t['acc_norm']:.1f}"
-        table.add_row(task, str(t["n"]), f"{100 * t['acc']:.1f}", f"{100 * lo:.1f}–{100 * hi:.1f}", norm,
-                      f"{t['tokens_out_per_item']}", f"{t['seconds_per_item']}")
+        table.add_row(
+            task,
+            str(t["n"]),
+            f"{100 * t['acc']:.1f}",
+            f"{100 * lo:.1f}–{100 * hi:.1f}",
+            norm,
+            f"{t['tokens_out_per_item']}",
+            f"{t['seconds_per_item']}",
+        )
     mlo, mhi = data["macro_ci95"]
     cost = data["cost"]
-    table.add_row("macro", str(data["n_items"]), f"{100 * data['macro_acc']:.1f}", f"{100 * mlo:.1f}–{100 * mhi:.1f}", "",
-                  f"{cost['generated_tokens_per_item']}", f"{cost['seconds_per_item']}", style="bold")
+    table.add_row(
+        "macro",
+        str(data["n_items"]),
+        f"{100 * data['macro_acc']:.1f}",
+        f"{100 * mlo:.1f}–{100 * mhi:.1f}",
+        "",
+        f"{cost['generated_tokens_per_item']}",
+        f"{cost['seconds_per_item']}",
+        style="bold",
+    )
     out.print(table)
-    out.print(f"params touched {data['params_touched']:,} · wall {cost['wall_seconds']} s · peak RSS {cost['peak_rss_mb']} MB",
-              highlight=False)
+    out.print(
+        f"params touched {data['params_touched']:,} · wall {cost['wall_seconds']} s · peak RSS {cost['peak_rss_mb']} MB",
+        highlight=False,
+    )
 
 
 @app.callback()
 @guarded
 def eval_command(
     ctx: typer.Context,
-    stack: Optional[str] = typer.Option(None, "--stack", "-s", help="Stack YAML to evaluate, or 'default'."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model reference to evaluate alone (raw lm-eval prompts)."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated task names (default: all)."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="First N items per task (MMLU: subjects interleaved)."),
-    num_fewshot: int = typer.Option(0, "--num-fewshot", "-k", help="Few-shot examples from the task's train/dev split."),
-    split: Optional[str] = typer.Option(None, "--split", help="Evaluate another split (e.g. validation, train, dev)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder: items.jsonl, summary.json, table.md, chart.png; reruns resume."),
-    no_adapters: bool = typer.Option(False, "--no-adapters", help="With --stack: the same stack with every LoRA adapter off."),
+    stack: str | None = typer.Option(None, "--stack", "-s", help="Stack YAML to evaluate, or 'default'."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model reference to evaluate alone (raw lm-eval prompts)."
+    ),
+    tasks: str | None = typer.Option(None, "--tasks", "-t", help="Comma-separated task names (default: all)."),
+    limit: int | None = typer.Option(
+        None, "--limit", "-n", help="First N items per task (MMLU: subjects interleaved)."
+    ),
+    num_fewshot: int = typer.Option(
+        0, "--num-fewshot", "-k", help="Few-shot examples from the task's train/dev split."
+    ),
+    split: str | None = typer.Option(None, "--split", help="Evaluate another split (e.g. validation, train, dev)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder: items.jsonl, summary.json, table.md, chart.png; reruns resume."
+    ),
+    no_adapters: bool = typer.Option(
+        False, "--no-adapters", help="With --stack: the same stack with every LoRA adapter off."
+    ),
     base: bool = typer.Option(False, "--base", help="With --stack: its base model alone (raw prompts, no stages)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Items per batch (and per resumable write)."),
-    stage_cache: Optional[Path] = typer.Option(None, "--stage-cache", help="With --stack: reuse (and add to) greedy stage outputs in this SQLite file; stacks sharing a stage generate it once."),
-    answer_format: str = typer.Option("stack", "--answer-format", help="With --stack: 'stack' (the answer stage scores options in its chat format) or 'raw' (the base model scores lm-eval's raw context with the earlier texts in front) or 'raw-adapter' (the same raw contexts scored with the final stage's adapter: one trained on raw contexts)."),
+    stage_cache: Path | None = typer.Option(
+        None,
+        "--stage-cache",
+        help="With --stack: reuse (and add to) greedy stage outputs in this SQLite file; stacks sharing a stage generate it once.",
+    ),
+    answer_format: str = typer.Option(
+        "stack",
+        "--answer-format",
+        help="With --stack: 'stack' (the answer stage scores options in its chat format) or 'raw' (the base model scores lm-eval's raw context with the earlier texts in front) or 'raw-adapter' (the same raw contexts scored with the final stage's adapter: one trained on raw contexts).",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of a table."),
 ) -> None:
     """Evaluate --model M or --stack S on benchmark tasks (acc, acc_norm, 95% CIs, costs)."""
     if ctx.invoked_subcommand is not None:
         return
     if stack is None and model is None:
-        raise InputError("give --model M (e.g. smollm2-135m) or --stack S (a stack YAML or 'default'); see fslm eval --help")
+        raise InputError(
+            "give --model M (e.g. smollm2-135m) or --stack S (a stack YAML or 'default'); see fslm eval --help"
+        )
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     from fslm.evaluate import evaluate, load_system, parse_tasks, select_items
@@ -76,11 +113,25 @@ def eval_command(
     for name in names:  # bad task names, data dirs and records fail before the slow model load
         select_items(name, limit, split)
     with status("loading model…"):
-        system = load_system(model=model, stack=stack, adapters=not no_adapters, base=base, stage_cache=stage_cache,
-                             answer_format=answer_format)
+        system = load_system(
+            model=model,
+            stack=stack,
+            adapters=not no_adapters,
+            base=base,
+            stage_cache=stage_cache,
+            answer_format=answer_format,
+        )
     console.print(f"evaluating {system.name} on {', '.join(names)}" + (f" → {out_dir}" if out_dir else ""), style="dim")
-    summary = evaluate(system, names, limit, num_fewshot, out_dir, split=split, batch_size=batch_size,
-                       progress=None if json_output else _progress)
+    summary = evaluate(
+        system,
+        names,
+        limit,
+        num_fewshot,
+        out_dir,
+        split=split,
+        batch_size=batch_size,
+        progress=None if json_output else _progress,
+    )
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if json_output:
@@ -94,7 +145,7 @@ def eval_command(
 def compare_command(
     run_a: Path = typer.Argument(..., help="Run folder A (written by fslm eval --out)."),
     run_b: Path = typer.Argument(..., help="Run folder B."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write compare.json and compare.md here."),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Also write compare.json and compare.md here."),
     n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples."),
     json_output: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:

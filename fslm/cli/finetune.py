@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,39 +19,75 @@ def render_report(report: FinetuneReport) -> None:
         table.add_column(col, justify="left" if col in ("stage", "note") else "right", no_wrap=col != "note")
     for name, s in report.stages.items():
         note = s.get("skipped") or (f"resumed at step {s['resumed_from_step']}" if s.get("resumed_from_step") else "")
-        table.add_row(name, str(s["examples"]), str(s["skipped_too_long"]), str(s["steps"]), f"{s['first_loss']:.3f}->{s['final_loss']:.3f}",
-                      f"{s['tokens_per_second']:.0f}", f"{s['seconds']:.0f}", note)
+        table.add_row(
+            name,
+            str(s["examples"]),
+            str(s["skipped_too_long"]),
+            str(s["steps"]),
+            f"{s['first_loss']:.3f}->{s['final_loss']:.3f}",
+            f"{s['tokens_per_second']:.0f}",
+            f"{s['seconds']:.0f}",
+            note,
+        )
     out.print(table)
-    out.print(f"run it: [bold]fslm run --stack {report.stack_path} \"your question\"[/]")
+    out.print(f'run it: [bold]fslm run --stack {report.stack_path} "your question"[/]')
 
 
 def finetune_command(
     data: Path = typer.Option(..., "--data", help="Distilled JSONL written by `fslm distill`."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for stack.yaml, adapters/, train_log.json, loss.png."),
-    stack: Optional[Path] = typer.Option(None, "--stack", "-s", help="Stack YAML to train (default: packaged stack)."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages to train (default: all)."),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for stack.yaml, adapters/, train_log.json, loss.png."
+    ),
+    stack: Path | None = typer.Option(None, "--stack", "-s", help="Stack YAML to train (default: packaged stack)."),
+    stages: str | None = typer.Option(None, "--stages", help="Comma-separated stages to train (default: all)."),
     rank: int = typer.Option(16, "--rank", help="LoRA rank."),
     alpha: int = typer.Option(32, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
-    targets: str = typer.Option(",".join(ALL_PROJECTIONS), "--targets", help="Comma-separated module names that get LoRA."),
+    targets: str = typer.Option(
+        ",".join(ALL_PROJECTIONS), "--targets", help="Comma-separated module names that get LoRA."
+    ),
     lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (linear warmup, linear decay)."),
     epochs: int = typer.Option(1, "--epochs", help="Passes over each stage's examples."),
     max_length: int = typer.Option(512, "--max-length", help="Longer examples are skipped (counted), never cut."),
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per optimizer step."),
     save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed", help="Seed for LoRA init, data order and dropout."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where the CPU has native bf16) | bf16 | fp32."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: picked from the machine's load)."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 autocast where the CPU has native bf16) | bf16 | fp32."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Torch threads (default: picked from the machine's load)."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    pairs: bool = typer.Option(False, "--pairs", help="--data holds (context, continuation) pairs ({id, context, continuation} per line): train the one stage named by --stages to be scored on raw contexts (`fslm eval --answer-format raw-adapter`)."),
+    pairs: bool = typer.Option(
+        False,
+        "--pairs",
+        help="--data holds (context, continuation) pairs ({id, context, continuation} per line): train the one stage named by --stages to be scored on raw contexts (`fslm eval --answer-format raw-adapter`).",
+    ),
 ) -> None:
     """Fine-tune one LoRA adapter per stage on distilled data and write a runnable trained stack."""
     options = TrainOptions(
-        rank=rank, alpha=alpha, targets=tuple(t.strip() for t in targets.split(",") if t.strip()), lr=lr, epochs=epochs,
-        max_length=max_length, batch_size=batch_size, save_every=save_every, seed=seed, precision=precision, threads=threads,
+        rank=rank,
+        alpha=alpha,
+        targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+        lr=lr,
+        epochs=epochs,
+        max_length=max_length,
+        batch_size=batch_size,
+        save_every=save_every,
+        seed=seed,
+        precision=precision,
+        threads=threads,
     )
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, disable=json_output) as bar:
         tasks: dict[str, int] = {}
 

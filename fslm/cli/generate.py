@@ -3,8 +3,6 @@ or an amateur model (contrastive decoding)."""
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 from rich.table import Table
 
@@ -15,17 +13,31 @@ from fslm.models import DEFAULT_MODEL
 def generate_command(
     prompt: str = typer.Argument(..., help="The instruction (chat-rendered) or, with --raw, the text to continue."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target/expert model reference."),
-    draft: Optional[str] = typer.Option(None, "--draft", help="Draft model for speculative decoding (output == --model greedy)."),
-    prompt_lookup: Optional[int] = typer.Option(None, "--prompt-lookup", min=1, help="Speculate by copying N tokens from the prompt (no draft model)."),
-    draft_tokens: Optional[int] = typer.Option(None, "--draft-tokens", min=1, help="Tokens the draft proposes per step (default: transformers' adaptive 20)."),
-    amateur: Optional[str] = typer.Option(None, "--amateur", help="Amateur model for contrastive decoding (same tokenizer as --model)."),
-    alpha: float = typer.Option(0.1, "--alpha", help="Contrastive plausibility cut: keep tokens with p >= alpha * max p."),
+    draft: str | None = typer.Option(
+        None, "--draft", help="Draft model for speculative decoding (output == --model greedy)."
+    ),
+    prompt_lookup: int | None = typer.Option(
+        None, "--prompt-lookup", min=1, help="Speculate by copying N tokens from the prompt (no draft model)."
+    ),
+    draft_tokens: int | None = typer.Option(
+        None, "--draft-tokens", min=1, help="Tokens the draft proposes per step (default: transformers' adaptive 20)."
+    ),
+    amateur: str | None = typer.Option(
+        None, "--amateur", help="Amateur model for contrastive decoding (same tokenizer as --model)."
+    ),
+    alpha: float = typer.Option(
+        0.1, "--alpha", help="Contrastive plausibility cut: keep tokens with p >= alpha * max p."
+    ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", min=1),
-    stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 for the target/expert."),
-    helper_dtype: Optional[str] = typer.Option(None, "--helper-dtype", help="dtype of the draft/amateur (default: --dtype)."),
+    helper_dtype: str | None = typer.Option(
+        None, "--helper-dtype", help="dtype of the draft/amateur (default: --dtype)."
+    ),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
-    compare: bool = typer.Option(False, "--compare", help="Also run plain greedy; report speedup and whether the texts are identical."),
+    compare: bool = typer.Option(
+        False, "--compare", help="Also run plain greedy; report speedup and whether the texts are identical."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur."""
@@ -33,9 +45,19 @@ def generate_command(
 
     with status("loading models and generating…", enabled=not json_output):
         result = generate(
-            prompt, model=model, draft=draft, prompt_lookup=prompt_lookup, amateur=amateur, alpha=alpha,
-            max_new_tokens=max_new_tokens, stop=stop, dtype=dtype, helper_dtype=helper_dtype,
-            draft_tokens=draft_tokens, raw=raw, compare=compare,
+            prompt,
+            model=model,
+            draft=draft,
+            prompt_lookup=prompt_lookup,
+            amateur=amateur,
+            alpha=alpha,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            dtype=dtype,
+            helper_dtype=helper_dtype,
+            draft_tokens=draft_tokens,
+            raw=raw,
+            compare=compare,
         )
     if json_output:
         print_json(result.to_dict())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -17,13 +16,22 @@ app = typer.Typer(no_args_is_help=True, help="Retrieval: build a passage corpus,
 @guarded
 def corpus_command(
     out_path: Path = typer.Option(..., "--out", help="Passage JSONL to write."),
-    sources: Optional[List[str]] = typer.Option(None, "--source", help="A task with a train/dev split, or 'alpaca' "
-                                                "(repeatable). Default: every such task, then alpaca."),
-    alpaca: Optional[Path] = typer.Option(None, "--alpaca", help="Alpaca file (default: the shared random_9k.json)."),
-    heldout_keep: int = typer.Option(100, "--heldout-keep", min=0,
-                                     help="Held-out items per task (`--split heldout`) kept out of the corpus."),
-    eval_tail: Optional[int] = typer.Option(None, "--eval-tail", min=1, help="Also use each task's evaluation split "
-                                            "past its first N items (what `fslm eval --limit <= N` never reads)."),
+    sources: list[str] | None = typer.Option(
+        None,
+        "--source",
+        help="A task with a train/dev split, or 'alpaca' (repeatable). Default: every such task, then alpaca.",
+    ),
+    alpaca: Path | None = typer.Option(None, "--alpaca", help="Alpaca file (default: the shared random_9k.json)."),
+    heldout_keep: int = typer.Option(
+        100, "--heldout-keep", min=0, help="Held-out items per task (`--split heldout`) kept out of the corpus."
+    ),
+    eval_tail: int | None = typer.Option(
+        None,
+        "--eval-tail",
+        min=1,
+        help="Also use each task's evaluation split "
+        "past its first N items (what `fslm eval --limit <= N` never reads).",
+    ),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Solved train/dev questions and Alpaca records as passages, minus every evaluation and held-out item."""
@@ -45,7 +53,7 @@ def corpus_command(
 @app.command("index")
 @guarded
 def index_command(
-    passages: Path = typer.Argument(..., help="Passage JSONL ({\"text\", \"id\"?, \"source\"?} per line)."),
+    passages: Path = typer.Argument(..., help='Passage JSONL ({"text", "id"?, "source"?} per line).'),
     out_dir: Path = typer.Option(..., "--out", help="Index folder to write (replaced atomically if it exists)."),
 ) -> None:
     """Build a BM25 index (bm25s, English stopwords + Snowball stemmer) over a passage file."""
@@ -60,7 +68,7 @@ def index_command(
 @guarded
 def search_command(
     index_dir: Path = typer.Argument(..., help="Folder written by `fslm retrieve index`."),
-    queries: List[str] = typer.Argument(..., help="Queries."),
+    queries: list[str] = typer.Argument(..., help="Queries."),
     k: int = typer.Option(3, "-k", min=1, help="Passages per query."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -69,9 +77,24 @@ def search_command(
 
     results = search(index_dir, queries, k)
     if json_output:
-        print_json([{"query": q, "hits": [{"rank": h.rank, "score": round(h.score, 4), "id": h.passage.id,
-                                           "source": h.passage.source, "text": h.passage.text} for h in hits]}
-                    for q, hits in zip(queries, results, strict=True)])
+        print_json(
+            [
+                {
+                    "query": q,
+                    "hits": [
+                        {
+                            "rank": h.rank,
+                            "score": round(h.score, 4),
+                            "id": h.passage.id,
+                            "source": h.passage.source,
+                            "text": h.passage.text,
+                        }
+                        for h in hits
+                    ],
+                }
+                for q, hits in zip(queries, results, strict=True)
+            ]
+        )
         return
     for query, hits in zip(queries, results, strict=True):
         out.print(f"[bold]{query}[/]", highlight=False)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from fslm.cli.common import guarded, out, print_json, status
 
-app = typer.Typer(no_args_is_help=True, help="Learned router: predict from the prompt whether the small system will be right.")
+app = typer.Typer(
+    no_args_is_help=True, help="Learned router: predict from the prompt whether the small system will be right."
+)
 
 
 @app.command("train")
@@ -19,7 +20,9 @@ def train_command(
     small: Path = typer.Option(..., "--small", help="Small system's `fslm eval` run on train/dev items."),
     large: Path = typer.Option(..., "--large", help="Large system's run on the same items."),
     out_dir: Path = typer.Option(..., "--out", help="Router folder to write (router.safetensors + router.json)."),
-    target: float = typer.Option(0.95, "--target", help="Threshold keeps this fraction of the large system's accuracy."),
+    target: float = typer.Option(
+        0.95, "--target", help="Threshold keeps this fraction of the large system's accuracy."
+    ),
     c: float = typer.Option(1.0, "--c", help="Inverse L2 regularization strength of the logistic regression."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -33,8 +36,10 @@ def train_command(
         return
     oof = router.meta["train_oof"]
     out.print(f"router saved to {out_dir}: send to large when P(small right) < {router.threshold:.4f}")
-    out.print(f"on {router.meta['n_train']} training items (out-of-fold): accuracy {oof['acc']:.3f} at compute share "
-              f"{oof['compute_share']:.3f}, {oof['escalation_rate']:.1%} to large")
+    out.print(
+        f"on {router.meta['n_train']} training items (out-of-fold): accuracy {oof['acc']:.3f} at compute share "
+        f"{oof['compute_share']:.3f}, {oof['escalation_rate']:.1%} to large"
+    )
 
 
 @app.command("eval")
@@ -43,9 +48,9 @@ def eval_command(
     router: Path = typer.Option(..., "--router", help="Folder written by `fslm route train`."),
     small: Path = typer.Option(..., "--small", help="Small system's run on held-out items."),
     large: Path = typer.Option(..., "--large", help="Large system's run on the same items."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Cascade calibration to compare against."),
-    signals: Optional[Path] = typer.Option(None, "--signals", help="Signals JSONL (if the cascade uses --signal verify)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write router.json, router.md and router.png here."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="Cascade calibration to compare against."),
+    signals: Path | None = typer.Option(None, "--signals", help="Signals JSONL (if the cascade uses --signal verify)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Write router.json, router.md and router.png here."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Router vs random routing at the same rate vs the calibrated cascade, on items the router never saw."""
@@ -69,7 +74,7 @@ def eval_command(
 @app.command("predict")
 @guarded
 def predict_command(
-    prompts: List[str] = typer.Argument(..., help="Prompts to route."),
+    prompts: list[str] = typer.Argument(..., help="Prompts to route."),
     router: Path = typer.Option(..., "--router", help="Folder written by `fslm route train`."),
 ) -> None:
     """Print P(small system right) and the routing decision for each prompt (no LM is run)."""
@@ -77,5 +82,9 @@ def predict_command(
 
     model = Router.load(router)
     probs = model.predict(embed(prompts).vectors)
-    print_json([{"prompt": p, "p_small_right": round(float(x), 4), "route": "small" if x >= model.threshold else "large"}
-                for p, x in zip(prompts, probs)])
+    print_json(
+        [
+            {"prompt": p, "p_small_right": round(float(x), 4), "route": "small" if x >= model.threshold else "large"}
+            for p, x in zip(prompts, probs)
+        ]
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.panel import Panel
@@ -20,14 +19,32 @@ def render_result(result: StackResult, show_inputs: bool = False) -> None:
             body.append("input:\n", style="dim")
             body.append(rec.input + "\n\n", style="dim")
         body.append(rec.output or "(empty)")
-        subtitle = f"{rec.tokens_in} tok in · {rec.tokens_out} tok out · {rec.seconds:.2f}s" + (f" · adapter {rec.adapter}" if rec.adapter else "")
-        out.print(Panel(body, title=f"[bold]{i}. {rec.stage}[/]", subtitle=subtitle, title_align="left", subtitle_align="right", border_style="cyan"))
-    out.print(Panel(Text(result.answer or "(empty)", style="bold"), title="[bold green]answer[/]", title_align="left", border_style="green"))
+        subtitle = f"{rec.tokens_in} tok in · {rec.tokens_out} tok out · {rec.seconds:.2f}s" + (
+            f" · adapter {rec.adapter}" if rec.adapter else ""
+        )
+        out.print(
+            Panel(
+                body,
+                title=f"[bold]{i}. {rec.stage}[/]",
+                subtitle=subtitle,
+                title_align="left",
+                subtitle_align="right",
+                border_style="cyan",
+            )
+        )
+    out.print(
+        Panel(
+            Text(result.answer or "(empty)", style="bold"),
+            title="[bold green]answer[/]",
+            title_align="left",
+            border_style="green",
+        )
+    )
 
 
 def run_command(
     prompt: str = typer.Argument(..., help="The question or instruction to answer."),
-    stack: Optional[Path] = typer.Option(None, "--stack", "-s", help="Stack YAML (default: the packaged 4-stage stack)."),
+    stack: Path | None = typer.Option(None, "--stack", "-s", help="Stack YAML (default: the packaged 4-stage stack)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object {answer, trace} instead of panels."),
     show_inputs: bool = typer.Option(False, "--inputs", help="Also show the exact text each stage was given."),
     no_adapters: bool = typer.Option(False, "--no-adapters", help="Run the stack prompt-only (its LoRA adapters off)."),

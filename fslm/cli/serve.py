@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from pydantic import ValidationError
@@ -13,20 +12,30 @@ from fslm.errors import ConfigError
 
 
 def serve_command(
-    stack: Optional[Path] = typer.Option(None, "--stack", "-s", help="Stack YAML (default: the packaged 4-stage stack)."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind; use 0.0.0.0 only behind a firewall or with an API key."),
+    stack: Path | None = typer.Option(None, "--stack", "-s", help="Stack YAML (default: the packaged 4-stage stack)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind; use 0.0.0.0 only behind a firewall or with an API key."
+    ),
     port: int = typer.Option(8000, help="TCP port."),
     max_batch: int = typer.Option(16, "--max-batch", help="Most requests run together in one batched stack run."),
-    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", help="A batch closes after this long with no new request..."),
-    batch_max_wait_ms: float = typer.Option(100.0, "--batch-max-wait-ms", help="...or this long after its first request."),
+    batch_wait_ms: float = typer.Option(
+        10.0, "--batch-wait-ms", help="A batch closes after this long with no new request..."
+    ),
+    batch_max_wait_ms: float = typer.Option(
+        100.0, "--batch-max-wait-ms", help="...or this long after its first request."
+    ),
     queue_size: int = typer.Option(64, "--queue-size", help="Requests allowed to wait; more get 429 + Retry-After."),
-    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", help="Default: the stack's max_prompt_tokens."),
+    max_prompt_tokens: int | None = typer.Option(
+        None, "--max-prompt-tokens", help="Default: the stack's max_prompt_tokens."
+    ),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Largest max_tokens a request may ask for."),
     max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="Include fslm_trace in responses by default."),
     trace_history: int = typer.Option(200, "--trace-history", help="Traces kept in memory for the /ui viewer."),
-    persist_traces: Optional[bool] = typer.Option(
-        None, "--persist-traces/--no-persist-traces", help="Append traces to SQLite under the cache dir (default: FSLM_LOG_TRACES)."
+    persist_traces: bool | None = typer.Option(
+        None,
+        "--persist-traces/--no-persist-traces",
+        help="Append traces to SQLite under the cache dir (default: FSLM_LOG_TRACES).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
@@ -36,15 +45,29 @@ def serve_command(
 
     try:
         settings = ServeSettings(
-            host=host, port=port, max_batch=max_batch, batch_wait_ms=batch_wait_ms, batch_max_wait_ms=batch_max_wait_ms, queue_size=queue_size,
-            max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, max_body_bytes=max_body_bytes,
-            trace=trace, trace_history=trace_history, persist_traces=persist_traces,
+            host=host,
+            port=port,
+            max_batch=max_batch,
+            batch_wait_ms=batch_wait_ms,
+            batch_max_wait_ms=batch_max_wait_ms,
+            queue_size=queue_size,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            max_body_bytes=max_body_bytes,
+            trace=trace,
+            trace_history=trace_history,
+            persist_traces=persist_traces,
         )
     except ValidationError as err:
-        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in err.errors()
+        )
         raise ConfigError(f"invalid serve option: {problems}") from None
     with status("loading stack and model…"):
         loaded = Stack.load(stack)
     key = " (API key required)" if settings.resolved_api_key() else ""
-    console.print(f"serving stack [bold]{loaded.config.name}[/] on http://{host}:{port}/v1{key} · viewer http://{host}:{port}/ui", highlight=False)
+    console.print(
+        f"serving stack [bold]{loaded.config.name}[/] on http://{host}:{port}/v1{key} · viewer http://{host}:{port}/ui",
+        highlight=False,
+    )
     serve(loaded, settings, log_level=log_level)

@@ -17,10 +17,15 @@ app = typer.Typer(help="Check and inspect stack configs.", no_args_is_help=True)
 def validate_command(path: Path = typer.Argument(..., help="Stack YAML file to check.")) -> None:
     """Validate a stack file: schema, stage references, templates and adapter folders."""
     cfg = validate_stack(path)
-    out.print(f"[green]ok[/] {path}: stack {cfg.name!r}, {len(cfg.stages)} stages ({', '.join(s.name for s in cfg.stages)}) on {cfg.base_model}")
+    out.print(
+        f"[green]ok[/] {path}: stack {cfg.name!r}, {len(cfg.stages)} stages ({', '.join(s.name for s in cfg.stages)}) on {cfg.base_model}"
+    )
     for name in cfg.unread_stages():
-        out.print(f"[yellow]note:[/] no later stage reads the text of stage {name!r} (it runs, and shows in the trace, "
-                  "but cannot change the answer); add it to a later stage's `sees` or remove it", highlight=False)
+        out.print(
+            f"[yellow]note:[/] no later stage reads the text of stage {name!r} (it runs, and shows in the trace, "
+            "but cannot change the answer); add it to a later stage's `sees` or remove it",
+            highlight=False,
+        )
 
 
 @app.command("show")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from fslm.collaborate.runs import Pair, check_threshold
 from fslm.errors import DataError, InputError
@@ -75,7 +75,9 @@ def cascade_point(pairs: Sequence[Pair], signal: str, threshold: float) -> Point
 def always(pairs: Sequence[Pair], which: str) -> Point:
     """Always-small (threshold 0) or always-large (no small call at all)."""
     cost = sum(p.small_cost if which == "small" else p.large_cost for p in pairs)
-    return Point(0.0 if which == "small" else 1.0, accuracy(pairs, which), cost / _large_total(pairs), float(which == "large"))
+    return Point(
+        0.0 if which == "small" else 1.0, accuracy(pairs, which), cost / _large_total(pairs), float(which == "large")
+    )
 
 
 def random_escalation(pairs: Sequence[Pair], rate: float, *, small_first: bool = True) -> Point:
@@ -126,7 +128,7 @@ class Calibration:
         return write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
+    def load(cls, path: str | Path) -> Calibration:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: calibration file not found; create it with `fslm cascade calibrate`")
@@ -151,9 +153,21 @@ def calibrate(pairs: Sequence[Pair], signal: str = "margin", target: float = 0.9
     points = curve(pairs, signal)
     goal = target * large_acc
     ok = [p for p in points if p.acc >= goal - 1e-12]
-    best = min(ok, key=lambda p: (p.compute_share, -p.acc)) if ok else max(points, key=lambda p: (p.acc, -p.compute_share))
-    return Calibration(signal, best.threshold, target, small_acc, large_acc, best.acc, best.compute_share,
-                       best.escalation_rate, len(pairs), bool(ok))
+    best = (
+        min(ok, key=lambda p: (p.compute_share, -p.acc)) if ok else max(points, key=lambda p: (p.acc, -p.compute_share))
+    )
+    return Calibration(
+        signal,
+        best.threshold,
+        target,
+        small_acc,
+        large_acc,
+        best.acc,
+        best.compute_share,
+        best.escalation_rate,
+        len(pairs),
+        bool(ok),
+    )
 
 
 def evaluate(pairs: Sequence[Pair], calibration: Calibration, *, thresholds: Sequence[float] | None = None) -> dict:
@@ -196,7 +210,9 @@ def write_json(path: str | Path, obj: object) -> Path:
     return write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def plot_curves(path: str | Path, curves: Mapping[str, Sequence[Point]], markers: Mapping[str, Point], title: str) -> Path:
+def plot_curves(
+    path: str | Path, curves: Mapping[str, Sequence[Point]], markers: Mapping[str, Point], title: str
+) -> Path:
     """Accuracy vs compute share: one line per signal, the random-escalation line, and the fixed systems as dots."""
     import matplotlib
 
@@ -206,8 +222,13 @@ def plot_curves(path: str | Path, curves: Mapping[str, Sequence[Point]], markers
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for label, points in curves.items():
         pts = sorted(points, key=lambda p: p.compute_share)
-        ax.plot([p.compute_share for p in pts], [p.acc for p in pts], marker="." if len(pts) < 60 else None,
-                linestyle="--" if label.startswith("random") else "-", label=label)
+        ax.plot(
+            [p.compute_share for p in pts],
+            [p.acc for p in pts],
+            marker="." if len(pts) < 60 else None,
+            linestyle="--" if label.startswith("random") else "-",
+            label=label,
+        )
     for label, p in markers.items():
         ax.scatter([p.compute_share], [p.acc], s=60, zorder=5, label=label)
     ax.set_xlabel("compute share (cost / always-large cost)")
@@ -233,8 +254,15 @@ def load_pairs(small: str | Path, large: str | Path, signals: str | Path | None 
     return pair_runs(read_run(small), read_run(large), signals=values, signal_costs=costs)
 
 
-def calibrate_runs(small: str | Path, large: str | Path, *, signal: str = "margin", target: float = 0.95,
-                   signals: str | Path | None = None, out: str | Path | None = None) -> Calibration:
+def calibrate_runs(
+    small: str | Path,
+    large: str | Path,
+    *,
+    signal: str = "margin",
+    target: float = 0.95,
+    signals: str | Path | None = None,
+    out: str | Path | None = None,
+) -> Calibration:
     """Python twin of `fslm cascade calibrate`: choose the threshold on calibration (dev/train) runs."""
     cal = calibrate(load_pairs(small, large, signals), signal, target)
     if out is not None:
@@ -243,18 +271,33 @@ def calibrate_runs(small: str | Path, large: str | Path, *, signal: str = "margi
 
 
 def markdown(report: Mapping) -> str:
-    rows = [("always small", report["always_small"]), ("always large", report["always_large"]),
-            (f"cascade ({report['signal']} < {report['calibrated']['threshold']:.3f})", report["calibrated"]),
-            ("random escalation, same rate", report["random_same_rate"])]
-    lines = [f"Cascade on {report['n']} items (threshold calibrated on {report['calibrated']['calibrated_on']} other items, "
-             f"target {report['calibrated']['target']:.0%} of large accuracy)", "",
-             "| system | accuracy | compute share | escalated |", "|---|---|---|---|"]
-    lines += [f"| {name} | {p['acc']:.3f} | {p['compute_share']:.3f} | {p['escalation_rate']:.1%} |" for name, p in rows]
+    rows = [
+        ("always small", report["always_small"]),
+        ("always large", report["always_large"]),
+        (f"cascade ({report['signal']} < {report['calibrated']['threshold']:.3f})", report["calibrated"]),
+        ("random escalation, same rate", report["random_same_rate"]),
+    ]
+    lines = [
+        f"Cascade on {report['n']} items (threshold calibrated on {report['calibrated']['calibrated_on']} other items, "
+        f"target {report['calibrated']['target']:.0%} of large accuracy)",
+        "",
+        "| system | accuracy | compute share | escalated |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {p['acc']:.3f} | {p['compute_share']:.3f} | {p['escalation_rate']:.1%} |" for name, p in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
-def evaluate_runs(small: str | Path, large: str | Path, calibration: str | Path | Calibration, *,
-                  signals: str | Path | None = None, out_dir: str | Path | None = None) -> dict:
+def evaluate_runs(
+    small: str | Path,
+    large: str | Path,
+    calibration: str | Path | Calibration,
+    *,
+    signals: str | Path | None = None,
+    out_dir: str | Path | None = None,
+) -> dict:
     """Python twin of `fslm cascade eval`: the calibrated cascade on report runs, with curve PNG and markdown."""
     cal = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
     pairs = load_pairs(small, large, signals)
@@ -266,7 +309,10 @@ def evaluate_runs(small: str | Path, large: str | Path, calibration: str | Path 
         curves = {f"cascade ({name})": curve(pairs, name) for name in SIGNALS if all(name in p.signals for p in pairs)}
         rates = [i / 20 for i in range(21)]
         curves["random escalation"] = [random_escalation(pairs, r) for r in rates]
-        markers = {"always small": always(pairs, "small"), "always large": always(pairs, "large"),
-                   "calibrated cascade": Point(**{k: report["calibrated"][k] for k in Point.__dataclass_fields__})}
+        markers = {
+            "always small": always(pairs, "small"),
+            "always large": always(pairs, "large"),
+            "calibrated cascade": Point(**{k: report["calibrated"][k] for k in Point.__dataclass_fields__}),
+        }
         plot_curves(out / "cascade.png", curves, markers, f"cascade on {len(pairs)} items")
     return report

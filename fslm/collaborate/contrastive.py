@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -46,7 +46,9 @@ def check_pair(expert: HFEngine, amateur: HFEngine) -> None:
         )
 
 
-def contrastive_scores(expert_logits: torch.Tensor, amateur_logits: torch.Tensor, params: ContrastiveParams) -> torch.Tensor:
+def contrastive_scores(
+    expert_logits: torch.Tensor, amateur_logits: torch.Tensor, params: ContrastiveParams
+) -> torch.Tensor:
     """Per-token CD scores for one step ([batch, vocab]); implausible tokens get -inf."""
     vocab = min(expert_logits.shape[-1], amateur_logits.shape[-1])
     expert_lp = torch.log_softmax(expert_logits[..., :vocab].float(), dim=-1)
@@ -61,7 +63,9 @@ def _forward(model, ids, attention, positions, cache):
 
 
 @torch.inference_mode()
-def _decode_batch(expert: HFEngine, amateur: HFEngine, batch: list[list[int]], params: GenerationParams, cd: ContrastiveParams):
+def _decode_batch(
+    expert: HFEngine, amateur: HFEngine, batch: list[list[int]], params: GenerationParams, cd: ContrastiveParams
+):
     device = expert.device
     pad_id = expert.tokenizer.pad_token_id
     width = max(len(ids) for ids in batch)
@@ -114,15 +118,19 @@ def contrastive_generate(
     if params.temperature > 0:
         raise InputError("contrastive decoding here is greedy over the CD score; set temperature to 0")
     if params.repetition_penalty != 1.0 or getattr(params, "no_repeat_ngram_size", 0):
-        raise InputError("contrastive decoding already penalizes what the amateur repeats; leave repetition_penalty and "
-                         "no_repeat_ngram_size off")
+        raise InputError(
+            "contrastive decoding already penalizes what the amateur repeats; leave repetition_penalty and "
+            "no_repeat_ngram_size off"
+        )
     encoded = [expert.encode(t) for t in texts]
     window = min(expert.context_window, amateur.context_window)
     for i, ids in enumerate(encoded):
         if not ids:
             raise InputError(f"input {i} is empty")
         if len(ids) + params.max_new_tokens > window:
-            raise InputError(f"input {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the context window ({window})")
+            raise InputError(
+                f"input {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the context window ({window})"
+            )
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(texts)
     for start in range(0, len(order), batch_size):

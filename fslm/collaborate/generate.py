@@ -3,8 +3,8 @@ amateur model (contrastive decoding)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from fslm.engine import Engine, GenerationParams, load_engine
 from fslm.errors import InputError
@@ -84,15 +84,30 @@ def generate(
     if draft or prompt_lookup:
         from fslm.collaborate.speculative import AssistedEngine, compare_with_plain
 
-        assisted = AssistedEngine(target, get(draft, "helper") if draft else None, prompt_lookup=prompt_lookup,  # type: ignore[arg-type]
-                                  draft_tokens=draft_tokens)
+        assisted = AssistedEngine(
+            target,
+            get(draft, "helper") if draft else None,
+            prompt_lookup=prompt_lookup,  # type: ignore[arg-type]
+            draft_tokens=draft_tokens,
+        )
         if compare:
             report, plain, fast = compare_with_plain(assisted, [text], params)
             gen, baseline = fast[0], {**report.to_dict(), "text": plain[0].text}
         else:
             gen = assisted.generate([text], params)[0]
-        return GenerateResult(gen.text, model, "speculative" if draft else "prompt-lookup", assisted.drafter, gen.tokens_in,
-                              gen.tokens_out, gen.seconds, round(gen.acceptance, 4), gen.drafted, gen.accepted, baseline)
+        return GenerateResult(
+            gen.text,
+            model,
+            "speculative" if draft else "prompt-lookup",
+            assisted.drafter,
+            gen.tokens_in,
+            gen.tokens_out,
+            gen.seconds,
+            round(gen.acceptance, 4),
+            gen.drafted,
+            gen.accepted,
+            baseline,
+        )
     if compare:
         plain = target.generate([text], params)[0]
         baseline = {"text": plain.text, "tokens_out": plain.tokens_out, "seconds": round(plain.seconds, 4)}
@@ -101,6 +116,8 @@ def generate(
 
         cd = ContrastiveParams(alpha=alpha, amateur_temperature=amateur_temperature)
         gen = contrastive_generate(target, get(amateur, "helper"), [text], params, cd)[0]  # type: ignore[arg-type]
-        return GenerateResult(gen.text, model, "contrastive", amateur, gen.tokens_in, gen.tokens_out, gen.seconds, baseline=baseline)
+        return GenerateResult(
+            gen.text, model, "contrastive", amateur, gen.tokens_in, gen.tokens_out, gen.seconds, baseline=baseline
+        )
     gen = target.generate([text], params)[0]
     return GenerateResult(gen.text, model, "greedy", None, gen.tokens_in, gen.tokens_out, gen.seconds)

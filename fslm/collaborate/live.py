@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from fslm.collaborate.runs import check_threshold, choice_margin
 from fslm.engine import Engine, GenerationParams, load_engine
 from fslm.errors import InputError
 from fslm.tasks import Item
 
-VERIFY_TEMPLATE = "Question: {question}\nProposed answer: {answer}\nIs the proposed answer correct? Answer yes or no.\nAnswer:"
+VERIFY_TEMPLATE = (
+    "Question: {question}\nProposed answer: {answer}\nIs the proposed answer correct? Answer yes or no.\nAnswer:"
+)
 VERIFY_CHOICES = (" yes", " no")
 
 
@@ -58,8 +60,13 @@ class System:
         if self.stack is not None:
             results = self.stack.run_batch(prompts)
             return [
-                Answer(r.answer, sum(s.tokens_in for s in r.trace), sum(s.tokens_out for s in r.trace),
-                       sum(s.seconds for s in r.trace), r.to_dict()["trace"])
+                Answer(
+                    r.answer,
+                    sum(s.tokens_in for s in r.trace),
+                    sum(s.tokens_out for s in r.trace),
+                    sum(s.seconds for s in r.trace),
+                    r.to_dict()["trace"],
+                )
                 for r in results
             ]
         texts = [self.engine.render_chat([{"role": "user", "content": p}]) for p in prompts]
@@ -72,14 +79,18 @@ class System:
 
         for item in items:
             if not item.choices:
-                raise InputError(f"{item.id}: live cascades score multiple-choice items; {item.task} is a generation task")
+                raise InputError(
+                    f"{item.id}: live cascades score multiple-choice items; {item.task} is a generation task"
+                )
         system = StackSystem(self.stack) if self.stack is not None else ModelSystem(self.engine)
         return [make_row(item, outcome) for item, outcome in zip(items, system.answer_choices(items, {}), strict=True)]
 
 
 def verify(engine: Engine, questions: Sequence[str], answers: Sequence[str]) -> list[tuple[float, int, float]]:
     """(P(yes), tokens scored, seconds) per (question, answer): the model judging an answer, AutoMix-style."""
-    contexts = [VERIFY_TEMPLATE.format(question=q.strip(), answer=a.strip()) for q, a in zip(questions, answers, strict=True)]
+    contexts = [
+        VERIFY_TEMPLATE.format(question=q.strip(), answer=a.strip()) for q, a in zip(questions, answers, strict=True)
+    ]
     t0 = time.perf_counter()
     scores = engine.score([c for c in contexts for _ in VERIFY_CHOICES], [x for _ in contexts for x in VERIFY_CHOICES])
     seconds = (time.perf_counter() - t0) / max(len(contexts), 1)
@@ -104,8 +115,13 @@ def verify_signal_rows(engine: Engine, items: Sequence[Item], rows: Sequence[dic
         raise InputError("no run rows match the loaded task items (check --split) or rows lack an integer 'prediction'")
     results = verify(engine, [it.question for _, it in pairs], [it.choices[r["prediction"]] for r, it in pairs])
     return [
-        {"task": r["task"], "id": r["id"], "verify": round(p, 6), "verify_flops": 2.0 * engine.params * tokens,
-         "verify_seconds": round(sec, 5)}
+        {
+            "task": r["task"],
+            "id": r["id"],
+            "verify": round(p, 6),
+            "verify_flops": 2.0 * engine.params * tokens,
+            "verify_seconds": round(sec, 5),
+        }
         for (r, _), (p, tokens, sec) in zip(pairs, results, strict=True)
     ]
 
@@ -121,8 +137,11 @@ class CascadeAnswer:
 
     def to_dict(self) -> dict:
         return {
-            "prompt": self.prompt, "answer": self.answer, "escalated": self.escalated,
-            "confidence": round(self.confidence, 4), "small": self.small.__dict__,
+            "prompt": self.prompt,
+            "answer": self.answer,
+            "escalated": self.escalated,
+            "confidence": round(self.confidence, 4),
+            "small": self.small.__dict__,
             "large": self.large.__dict__ if self.large else None,
         }
 
@@ -132,7 +151,9 @@ def cascade_prompts(prompts: Sequence[str], small: System, large: System, thresh
     check_threshold(threshold)
     first = small.answer(prompts)
     checks = verify(small.engine, prompts, [a.text for a in first])
-    results = [CascadeAnswer(p, a.text, c[0] < threshold, c[0], a) for p, a, c in zip(prompts, first, checks, strict=True)]
+    results = [
+        CascadeAnswer(p, a.text, c[0] < threshold, c[0], a) for p, a, c in zip(prompts, first, checks, strict=True)
+    ]
     redo = [r for r in results if r.escalated]
     if redo:
         for r, big in zip(redo, large.answer([r.prompt for r in redo]), strict=True):
@@ -140,7 +161,9 @@ def cascade_prompts(prompts: Sequence[str], small: System, large: System, thresh
     return results
 
 
-def cascade_items(items: Sequence[Item], small: System, large: System, *, signal: str, threshold: float) -> tuple[list[dict], dict]:
+def cascade_items(
+    items: Sequence[Item], small: System, large: System, *, signal: str, threshold: float
+) -> tuple[list[dict], dict]:
     """Score items with the small system, escalate low-confidence ones to the large system; rows + summary."""
     check_threshold(threshold)
     rows = small.score_items(items)
@@ -165,8 +188,13 @@ def cascade_items(items: Sequence[Item], small: System, large: System, *, signal
         row["confidence"] = conf[i]
         row["stages"] = ["small", "large"] if row["escalated"] else ["small"]
     summary = {
-        "small": small.ref, "large": large.ref, "signal": signal, "threshold": threshold, "n": len(rows),
-        "acc": sum(r["correct"] for r in rows) / len(rows), "escalation_rate": len(escalate) / len(rows),
+        "small": small.ref,
+        "large": large.ref,
+        "signal": signal,
+        "threshold": threshold,
+        "n": len(rows),
+        "acc": sum(r["correct"] for r in rows) / len(rows),
+        "escalation_rate": len(escalate) / len(rows),
         "flops": cost,
     }
     return rows, summary

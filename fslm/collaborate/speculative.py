@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -34,7 +34,7 @@ class DraftStats:
     def acceptance(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
 
-    def add(self, other: "DraftStats") -> None:
+    def add(self, other: DraftStats) -> None:
         self.drafted += other.drafted
         self.accepted += other.accepted
         self.steps += other.steps
@@ -160,7 +160,9 @@ class AssistedEngine:
     def score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None) -> list[Score]:
         return self.target.score(contexts, continuations, adapter)
 
-    def generate(self, texts: Sequence[str], params: GenerationParams, adapter: str | None = None) -> list[SpecGeneration]:
+    def generate(
+        self, texts: Sequence[str], params: GenerationParams, adapter: str | None = None
+    ) -> list[SpecGeneration]:
         return [self._generate_one(text, params, adapter) for text in texts]
 
     def _assist_kwargs(self) -> dict:
@@ -249,7 +251,9 @@ class PairReport:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def compare_with_plain(assisted: AssistedEngine, texts: Sequence[str], params: GenerationParams) -> tuple[PairReport, list[Generation], list[SpecGeneration]]:
+def compare_with_plain(
+    assisted: AssistedEngine, texts: Sequence[str], params: GenerationParams
+) -> tuple[PairReport, list[Generation], list[SpecGeneration]]:
     """Time the target alone (batch 1, like the assisted path) and assisted, and check the texts are identical.
 
     The two run alternately per prompt, so on a shared machine both see the same background load.

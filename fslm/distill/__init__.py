@@ -3,12 +3,30 @@
 from fslm.distill.data import Instruction, default_data_path, load_instructions
 from fslm.distill.filters import check_target, is_repetitive, leaks_answer
 from fslm.distill.runner import (
-    DistillOptions, DistillReport, distill, distill_identity, leak_stages, summarize, teacher_messages,
+    DistillOptions,
+    DistillReport,
+    distill,
+    distill_identity,
+    leak_stages,
+    summarize,
+    teacher_messages,
 )
 from fslm.distill.store import DistillStore, read_distilled
 
 __all__ = [
-    "DistillOptions", "DistillReport", "DistillStore", "Instruction", "check_target", "default_data_path", "distill",
+    "DistillOptions",
+    "DistillReport",
+    "DistillStore",
+    "Instruction",
+    "check_target",
+    "default_data_path",
+    "distill",
     "distill_identity",
-    "is_repetitive", "leak_stages", "leaks_answer", "load_instructions", "read_distilled", "summarize", "teacher_messages",
+    "is_repetitive",
+    "leak_stages",
+    "leaks_answer",
+    "load_instructions",
+    "read_distilled",
+    "summarize",
+    "teacher_messages",
 ]

@@ -48,7 +48,9 @@ def _decode(path: Path) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); re-save the file as UTF-8"
+        ) from None
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise DataError(f"{path}: empty file; expected a JSON list or JSONL of {{instruction, input, output}} records")
@@ -86,7 +88,9 @@ def _json_list(path: Path, text: str) -> list[tuple[int, object]]:
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}: record {len(items) + 1} (line {err.lineno}, column {err.colno}): malformed JSON: {err.msg}") from None
+            raise DataError(
+                f"{path}: record {len(items) + 1} (line {err.lineno}, column {err.colno}): malformed JSON: {err.msg}"
+            ) from None
         items.append((line_at(pos), obj))
         pos = end
     if text[pos + 1 :].strip():
@@ -109,11 +113,15 @@ def _jsonl(path: Path, text: str) -> list[tuple[int, object]]:
 def _field(where: str, obj: dict, name: str, required: bool) -> str | None:
     if name not in obj or obj[name] is None:
         if required:
-            raise DataError(f"{where}: missing required field {name!r} (an Alpaca record needs instruction, optional input and output)")
+            raise DataError(
+                f"{where}: missing required field {name!r} (an Alpaca record needs instruction, optional input and output)"
+            )
         return None
     value = obj[name]
     if not isinstance(value, str):
-        raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__} {json.dumps(value)[:60]}")
+        raise DataError(
+            f"{where}: field {name!r} must be a string, got {type(value).__name__} {json.dumps(value)[:60]}"
+        )
     return value
 
 
@@ -132,7 +140,9 @@ def load_instructions(path: str | Path | None = None, limit: int | None = None) 
     is_list = text.lstrip().startswith("[")
     raw = _json_list(path, text) if is_list else _jsonl(path, text)
     if not raw:
-        raise DataError(f"{path}: no records found; expected a JSON list or JSONL of {{instruction, input, output}} records")
+        raise DataError(
+            f"{path}: no records found; expected a JSON list or JSONL of {{instruction, input, output}} records"
+        )
     records: list[Instruction] = []
     seen: set[str] = set()
     duplicates = 0
@@ -154,7 +164,9 @@ def load_instructions(path: str | Path | None = None, limit: int | None = None) 
             duplicates += 1
             continue
         seen.add(rid)
-        records.append(Instruction(rid, index, instruction.strip(), input_, output.strip() if output is not None else None))
+        records.append(
+            Instruction(rid, index, instruction.strip(), input_, output.strip() if output is not None else None)
+        )
         if limit is not None and len(records) >= limit:
             break
     return records, duplicates

@@ -9,7 +9,7 @@ stage that must not give it away; words it shares with the prompt do not count).
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -76,7 +76,9 @@ def check_target(
     if not text.strip():
         return ["empty"]
     reasons = []
-    if finish_reason == "length" or (max_tokens is not None and count_tokens is not None and count_tokens(text) > max_tokens):
+    if finish_reason == "length" or (
+        max_tokens is not None and count_tokens is not None and count_tokens(text) > max_tokens
+    ):
         reasons.append("too_long")
     if any(s and s in text for s in stop):
         reasons.append("stop_string")

@@ -14,9 +14,9 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, load_default_stack_config, load_stack_config
 from fslm.distill.data import Instruction, load_instructions
@@ -36,7 +36,9 @@ class DistillOptions:
     batch_size: int = 16  # records per teacher batch; also the fsync unit
     hints: bool = True  # show the teacher the gold output when a record has one
     no_leak: Sequence[str] | None = None  # stages that must not contain the gold answer; None: see leak_stages()
-    length_slack: float = 1.0  # a target may use up to slack * the stage's max_new_tokens (unless max_target_tokens is set)
+    length_slack: float = (
+        1.0  # a target may use up to slack * the stage's max_new_tokens (unless max_target_tokens is set)
+    )
     trim: bool = True  # a too-long target keeps its whole leading sentences that fit (see trim_to_sentences)
     # Redistill some stages only (a new teacher prompt for one role): targets of the other stages come from `reuse`,
     # an earlier distilled file, for the records it kept; records it lacks or did not keep are distilled in full.
@@ -82,8 +84,11 @@ def leak_stages(cfg: StackConfig, no_leak: Sequence[str] | None) -> set[str]:
 def distill_identity(cfg: StackConfig, options: DistillOptions) -> dict:
     """What shapes a distilled record besides its instruction: each stage's config (prompts, limits; not its adapter)
     and the options that change targets or filters. Kept beside the output so a resume cannot mix setups."""
+
     def digest(stage: StageConfig) -> str:
-        unset = {"retrieve"} if stage.retrieve is None else set()  # model stages keep the digests they had before retrieval
+        unset = (
+            {"retrieve"} if stage.retrieve is None else set()
+        )  # model stages keep the digests they had before retrieval
         text = json.dumps(stage.model_dump(mode="json", exclude={"adapter", *unset}), sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -92,8 +97,13 @@ def distill_identity(cfg: StackConfig, options: DistillOptions) -> dict:
         "student": cfg.base_model,  # its tokenizer measures target lengths
         "stages": {s.name: digest(s) for s in cfg.stages},
         **({"indexes": indexes} if indexes else {}),  # a rebuilt index changes the passages later stages read
-        "options": {"hints": options.hints, "no_leak": sorted(options.no_leak) if options.no_leak is not None else None,
-                    "length_slack": options.length_slack, "trim": options.trim, "redo": sorted(options.redo)},
+        "options": {
+            "hints": options.hints,
+            "no_leak": sorted(options.no_leak) if options.no_leak is not None else None,
+            "length_slack": options.length_slack,
+            "trim": options.trim,
+            "redo": sorted(options.redo),
+        },
     }
 
 
@@ -110,21 +120,28 @@ def check_teacher_prompts(cfg: StackConfig) -> None:
         allowed = {PROMPT, ANSWER} | {s.name for s in cfg.stages[:i]}
         for name in PLACEHOLDER.findall(stage.teacher_prompt or ""):
             if name not in allowed:
-                raise ConfigError(f"{where}: stages.{i}.teacher_prompt: placeholder {{{name}}} is not one of {sorted(allowed)}")
+                raise ConfigError(
+                    f"{where}: stages.{i}.teacher_prompt: placeholder {{{name}}} is not one of {sorted(allowed)}"
+                )
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def teacher_messages(cfg: StackConfig, index: int, prompt: str, targets: dict[str, str], gold: str | None) -> list[dict[str, str]]:
+def teacher_messages(
+    cfg: StackConfig, index: int, prompt: str, targets: dict[str, str], gold: str | None
+) -> list[dict[str, str]]:
     """What the teacher is asked for stage `index`; `gold` is None in unhinted mode."""
     stage = cfg.stages[index]
     student = stage_messages(cfg, index, prompt, targets)
     values = {PROMPT: prompt, **targets}
     uses_answer = stage.teacher_prompt is not None and "{answer}" in stage.teacher_prompt
     if stage.teacher_prompt is not None and (gold is not None or not uses_answer):
-        return [{"role": "system", "content": stage.instruction}, {"role": "user", "content": _fill(stage.teacher_prompt, {**values, ANSWER: gold or ""})}]
+        return [
+            {"role": "system", "content": stage.instruction},
+            {"role": "user", "content": _fill(stage.teacher_prompt, {**values, ANSWER: gold or ""})},
+        ]
     if gold is None:
         return student  # no hint: the teacher plays the stage exactly as the student will
     return [student[0], {"role": "user", "content": student[1]["content"] + HINT_SUFFIX.format(gold)}]
@@ -154,7 +171,9 @@ def load_reuse(cfg: StackConfig, options: DistillOptions) -> dict[str, dict[str,
     names = [s.name for s in cfg.stages]
     unknown = [n for n in options.redo if n not in names]
     if unknown or not options.redo:
-        raise ConfigError(f"--redo: expected one or more of the stages of {cfg.name!r} {names}, got {list(options.redo) or 'none'}")
+        raise ConfigError(
+            f"--redo: expected one or more of the stages of {cfg.name!r} {names}, got {list(options.redo) or 'none'}"
+        )
     path = Path(options.reuse)
     if not path.is_file():
         raise ConfigError(f"--reuse {path}: no such distilled file")
@@ -168,7 +187,13 @@ def load_reuse(cfg: StackConfig, options: DistillOptions) -> dict[str, dict[str,
 
 
 class _Distiller:
-    def __init__(self, cfg: StackConfig, teacher: Teacher, options: DistillOptions, reused: dict[str, dict[str, str]] | None = None):
+    def __init__(
+        self,
+        cfg: StackConfig,
+        teacher: Teacher,
+        options: DistillOptions,
+        reused: dict[str, dict[str, str]] | None = None,
+    ):
         self.cfg, self.teacher, self.options = cfg, teacher, options
         self.no_leak = leak_stages(cfg, options.no_leak)
         self.count_tokens = _token_counter(cfg, teacher)
@@ -190,15 +215,23 @@ class _Distiller:
                 rec["reused"] = sorted(self.reused[rec["id"]])
         for rec, gold in zip(records, golds):
             if gold is not None:  # a gold answer the answer stage could never produce is useless: check it first
-                reasons = check_target(gold, max_tokens=self._budget(final), count_tokens=self.count_tokens, stop=final.generation.stop)
+                reasons = check_target(
+                    gold, max_tokens=self._budget(final), count_tokens=self.count_tokens, stop=final.generation.stop
+                )
                 rec["filtered"] = [f"{final.name}:{r}" for r in reasons]
         for index, stage in enumerate(cfg.stages):
             last = index == len(cfg.stages) - 1
             alive = [k for k, rec in enumerate(records) if not rec["filtered"]]
             if stage.is_retrieval:
-                self._retrieve(stage, [k for k in alive if stage.name not in records[k].get("reused", ())], items, records)
+                self._retrieve(
+                    stage, [k for k in alive if stage.name not in records[k].get("reused", ())], items, records
+                )
                 continue
-            asked = [k for k in alive if not (last and golds[k] is not None) and stage.name not in records[k].get("reused", ())]
+            asked = [
+                k
+                for k in alive
+                if not (last and golds[k] is not None) and stage.name not in records[k].get("reused", ())
+            ]
             for k in alive:
                 if last and golds[k] is not None:
                     records[k]["targets"][stage.name], records[k]["seconds"][stage.name] = golds[k], 0.0
@@ -218,8 +251,13 @@ class _Distiller:
                 rec["seconds"][stage.name] = round(reply.seconds, 4)
                 leak_answer = golds[k] if stage.name in self.no_leak else None
                 reasons = check_target(
-                    text, finish_reason=finish, max_tokens=self._budget(stage),
-                    count_tokens=self.count_tokens, stop=stage.generation.stop, answer=leak_answer, prompt=items[k].prompt,
+                    text,
+                    finish_reason=finish,
+                    max_tokens=self._budget(stage),
+                    count_tokens=self.count_tokens,
+                    stop=stage.generation.stop,
+                    answer=leak_answer,
+                    prompt=items[k].prompt,
                 )
                 rec["filtered"] = [f"{stage.name}:{r}" for r in reasons]
         for rec in records:
@@ -229,16 +267,30 @@ class _Distiller:
 
     def _retrieve(self, stage: StageConfig, todo: list[int], items: Sequence[Instruction], records: list[dict]) -> None:
         """A retrieve stage's target is what it will read at run time (no teacher), never the record's own text."""
-        made = retrieve_records(self.cfg, stage, self.retrievers[stage.name],
-                                [(items[k].prompt, records[k]["targets"]) for k in todo], avoid=[items[k].prompt for k in todo])
+        made = retrieve_records(
+            self.cfg,
+            stage,
+            self.retrievers[stage.name],
+            [(items[k].prompt, records[k]["targets"]) for k in todo],
+            avoid=[items[k].prompt for k in todo],
+        )
         for k, record in zip(todo, made, strict=True):
             records[k]["targets"][stage.name] = record.output
             records[k]["seconds"][stage.name] = record.seconds
 
     def _new_record(self, item: Instruction, gold: str | None) -> dict:
         return {
-            "id": item.id, "index": item.index, "prompt": item.prompt, "gold": item.gold, "hinted": gold is not None,
-            "targets": {}, "kept": False, "filtered": [], "teacher": self.teacher.id, "stack": self.cfg.name, "seconds": {},
+            "id": item.id,
+            "index": item.index,
+            "prompt": item.prompt,
+            "gold": item.gold,
+            "hinted": gold is not None,
+            "targets": {},
+            "kept": False,
+            "filtered": [],
+            "teacher": self.teacher.id,
+            "stack": self.cfg.name,
+            "seconds": {},
         }
 
 
@@ -268,7 +320,13 @@ def distill(
     options = options or DistillOptions()
     if options.batch_size < 1:
         raise ConfigError("batch size must be >= 1")
-    cfg = stack if isinstance(stack, StackConfig) else load_default_stack_config() if stack is None else load_stack_config(stack)
+    cfg = (
+        stack
+        if isinstance(stack, StackConfig)
+        else load_default_stack_config()
+        if stack is None
+        else load_stack_config(stack)
+    )
     check_teacher_prompts(cfg)
     leak_stages(cfg, options.no_leak)
     items, duplicates = load_instructions(data, options.limit)
@@ -276,7 +334,9 @@ def distill(
     t0 = time.perf_counter()
     with DistillStore(out, distill_identity(cfg, options)) as store:
         todo = [it for it in items if it.id not in store.done]
-        report = DistillReport(str(out), "", len(items), duplicates, len(items) - len(todo), 0, 0, repaired_bytes=store.repaired_bytes)
+        report = DistillReport(
+            str(out), "", len(items), duplicates, len(items) - len(todo), 0, 0, repaired_bytes=store.repaired_bytes
+        )
         if progress:
             progress(0, len(todo))
         if todo:
@@ -286,8 +346,10 @@ def distill(
                 teacher = teacher()
             others = sorted(store.teachers - {teacher.id})
             if others:
-                raise DataError(f"{out}: its records were written by {', '.join(others)}, not {teacher.id}; resume with the "
-                                f"same teacher, or write to a new --out")
+                raise DataError(
+                    f"{out}: its records were written by {', '.join(others)}, not {teacher.id}; resume with the "
+                    f"same teacher, or write to a new --out"
+                )
             report.teacher = teacher.id
             worker = _Distiller(cfg, teacher, options, reused)
             for start in range(0, len(todo), options.batch_size):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from fslm.errors import DataError
 
@@ -48,8 +48,10 @@ def identity_mismatch(path: Path, stored: dict, wanted: dict) -> str | None:
             problems.append(f"{key}: file has {a!r}, this run has {b!r}")
     if not problems:
         return None
-    return (f"{path}: its records were distilled with a different setup ({'; '.join(problems)}). Write to a new --out, "
-            f"delete the file, or redistill only the changed stages with --reuse {path} --redo STAGE into a new file")
+    return (
+        f"{path}: its records were distilled with a different setup ({'; '.join(problems)}). Write to a new --out, "
+        f"delete the file, or redistill only the changed stages with --reuse {path} --redo STAGE into a new file"
+    )
 
 
 class DistillStore:
@@ -66,14 +68,16 @@ class DistillStore:
         self.repaired_bytes = 0
         self._fh = None
 
-    def __enter__(self) -> "DistillStore":
+    def __enter__(self) -> DistillStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a+b")
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._fh.close()
-            raise DataError(f"{self.path}: another `fslm distill` is writing this file; wait for it or pick another --out") from None
+            raise DataError(
+                f"{self.path}: another `fslm distill` is writing this file; wait for it or pick another --out"
+            ) from None
         try:
             self._recover()
             if self.identity is not None:

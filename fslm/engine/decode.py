@@ -11,8 +11,8 @@ batch-mates never change a row's output: greedy in a batch equals greedy alone.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -130,7 +130,14 @@ def decode_batch(
 
     cache = DynamicCache()
     extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True, **extra)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        **extra,
+    )
     logits = out.logits[:, -1, :].float()
     cache = out.past_key_values
 
@@ -180,7 +187,13 @@ def decode_batch(
                 seen = seen[index]
             rows = [rows[i] for i in keep]
         attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=attention,
+            position_ids=next_pos,
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits = out.logits[:, -1, :].float()
         cache = out.past_key_values
         next_pos = next_pos + 1

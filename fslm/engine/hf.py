@@ -6,7 +6,7 @@ import contextlib
 import copy
 import time
 from collections import defaultdict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -18,8 +18,14 @@ from fslm.models import LoadedModel, load_model
 
 
 class HFEngine:
-    def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, score_batch_tokens: int = 4096,
-                 score_logits_bytes: int = 1 << 30):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        batch_size: int = 16,
+        score_batch_tokens: int = 4096,
+        score_logits_bytes: int = 1 << 30,
+    ):
         apply_threads()  # all cores on an idle machine, fewer when others are busy (FSLM_THREADS wins)
         self.model_ref = loaded.source.ref
         self.base = loaded.model
@@ -42,7 +48,7 @@ class HFEngine:
         self.eos_ids = sorted({i for i in ids if i is not None})
 
     @classmethod
-    def from_ref(cls, model_ref: str, *, dtype: str = "float32", **kwargs) -> "HFEngine":
+    def from_ref(cls, model_ref: str, *, dtype: str = "float32", **kwargs) -> HFEngine:
         return cls(load_model(model_ref, dtype=dtype), **kwargs)
 
     @property
@@ -95,7 +101,10 @@ class HFEngine:
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             # Base models: a plain transcript the model can continue.
-            parts = [f"{m['content']}" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+            parts = [
+                f"{m['content']}" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}"
+                for m in messages
+            ]
             return "\n\n".join(parts) + "\n\nAssistant:"
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
@@ -129,7 +138,11 @@ class HFEngine:
     def _generate_batch(self, batch: list[list[int]], params: GenerationParams, adapter: str | None):
         with self._active(adapter) as model:
             decoded = decode_batch(
-                model, batch, params, pad_id=self.tokenizer.pad_token_id, eos_ids=self.eos_ids,
+                model,
+                batch,
+                params,
+                pad_id=self.tokenizer.pad_token_id,
+                eos_ids=self.eos_ids,
                 decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
             )
         self.stats.calls += 1
@@ -212,10 +225,14 @@ class HFEngine:
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
             # Logits only from the earliest position any row needs: the lm_head is a fifth of the model's FLOPs.
             offset = min(len(pairs[i][0]) for i in batch) - 1
-            logits = model(input_ids=ids, attention_mask=mask, **self._keep_logits(width - offset)).logits[:, -(width - offset) :]
+            logits = model(input_ids=ids, attention_mask=mask, **self._keep_logits(width - offset)).logits[
+                :, -(width - offset) :
+            ]
             self.stats.calls += 1
             self.stats.forward_tokens += int(mask.sum())
-            for row, i in enumerate(batch):  # log-softmax of the continuation positions only: no second full-size tensor
+            for row, i in enumerate(
+                batch
+            ):  # log-softmax of the continuation positions only: no second full-size tensor
                 ctx, cont = pairs[i]
                 first = len(ctx) - 1 - offset
                 rows = torch.log_softmax(logits[row, first : first + len(cont)].float(), dim=-1)
@@ -241,7 +258,9 @@ class HFEngine:
             k = j
         if k < min_tokens:
             return None
-        out = model(input_ids=torch.tensor([list(first[:k])], device=self.device), use_cache=True, **self._keep_logits(1))
+        out = model(
+            input_ids=torch.tensor([list(first[:k])], device=self.device), use_cache=True, **self._keep_logits(1)
+        )
         self.stats.calls += 1
         self.stats.forward_tokens += k
         return k, out.past_key_values
@@ -252,7 +271,12 @@ class HFEngine:
         With `head` (k, cache of ctx[:k]) only the rest of the context is run, on a copy of that cache."""
         if head is not None:
             k, cache = head
-            out = model(input_ids=torch.tensor([ctx[k:]], device=self.device), past_key_values=copy.deepcopy(cache), use_cache=True, **self._keep_logits(1))
+            out = model(
+                input_ids=torch.tensor([ctx[k:]], device=self.device),
+                past_key_values=copy.deepcopy(cache),
+                use_cache=True,
+                **self._keep_logits(1),
+            )
             ctx = ctx[k:]  # for the token count below
         else:
             out = model(input_ids=torch.tensor([ctx], device=self.device), use_cache=True, **self._keep_logits(1))

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from fslm.errors import DataError, InputError
 from fslm.evaluate.stats import N_BOOT, SEED, paired_bootstrap
-from fslm.evaluate.systems import RAW_FORMATS
 from fslm.evaluate.store import ITEMS, write_atomic, write_json
-
+from fslm.evaluate.systems import RAW_FORMATS
 
 # How each kind of system is asked: a model gets lm-eval's raw context, a stack its chat prompt with the options listed.
 PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt with the options listed"}
@@ -29,9 +28,11 @@ def format_notes(a: dict, b: dict) -> list[str]:
     notes = []
     fa, fb = prompt_format(a), prompt_format(b)
     if fa and fb and fa != fb:
-        notes.append(f"A is asked with {fa}, B with {fb}: the difference mixes the prompt format with the systems. "
-                     "Compare a stack with its base model in the same format too (a one-stage stack of the answer stage "
-                     "with --no-adapters).")
+        notes.append(
+            f"A is asked with {fa}, B with {fb}: the difference mixes the prompt format with the systems. "
+            "Compare a stack with its base model in the same format too (a one-stage stack of the answer stage "
+            "with --no-adapters)."
+        )
     if a.get("num_fewshot", 0) != b.get("num_fewshot", 0):
         notes.append(f"A is {a.get('num_fewshot', 0)}-shot, B is {b.get('num_fewshot', 0)}-shot.")
     return notes
@@ -51,7 +52,9 @@ def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
             row = json.loads(line)
             values[(str(row["task"]), str(row["id"]))] = float(row["acc"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise DataError(f"{items}:{lineno}: malformed row; expected a JSON object with 'task', 'id' and 'acc'") from None
+            raise DataError(
+                f"{items}:{lineno}: malformed row; expected a JSON object with 'task', 'id' and 'acc'"
+            ) from None
     summary = items.parent / "summary.json"
     info: dict = {"system": items.parent.name}
     if summary.is_file():
@@ -63,8 +66,9 @@ def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
     return info, values
 
 
-def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed: int = SEED,
-            out_dir: str | Path | None = None) -> dict:
+def compare(
+    run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed: int = SEED, out_dir: str | Path | None = None
+) -> dict:
     """Per task and macro: acc of A, acc of B, A - B and its paired-bootstrap 95% CI, on the items both runs share;
     and the macro with each task left out in turn (`macro_without`, from the same replicates).
 
@@ -95,7 +99,10 @@ def compare(run_a: str | Path, run_b: str | Path, *, n_boot: int = N_BOOT, seed:
     }
     if out_dir is not None:
         folder = Path(out_dir)
-        for side, run in (("a", run_a), ("b", run_b)):  # from compare.json's folder: results stay valid when moved or cloned
+        for side, run in (
+            ("a", run_a),
+            ("b", run_b),
+        ):  # from compare.json's folder: results stay valid when moved or cloned
             result[side]["run"] = os.path.relpath(Path(run).resolve(), folder.resolve())
         write_json(folder / "compare.json", result)
         write_atomic(folder / "compare.md", compare_markdown(result))
@@ -122,9 +129,16 @@ def compare_markdown(result: dict) -> str:
             f"{100 * lo:+.1f} to {100 * hi:+.1f} | {e['p_le_0']:.3f} |"
         )
     if result.get("macro_without"):
-        lines += ["", "Macro with one task left out (does the macro difference rest on one task?):", "",
-                  "| left out | A % | B % | A − B (pts) | 95% CI (pts) |", "|---|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "Macro with one task left out (does the macro difference rest on one task?):",
+            "",
+            "| left out | A % | B % | A − B (pts) | 95% CI (pts) |",
+            "|---|---:|---:|---:|---|",
+        ]
         for task, e in result["macro_without"].items():
-            lines.append(f"| {task} | {100 * e['a']:.1f} | {100 * e['b']:.1f} | {100 * e['diff']:+.1f} | "
-                         f"{100 * e['ci95'][0]:+.1f} to {100 * e['ci95'][1]:+.1f} |")
+            lines.append(
+                f"| {task} | {100 * e['a']:.1f} | {100 * e['b']:.1f} | {100 * e['diff']:+.1f} | "
+                f"{100 * e['ci95'][0]:+.1f} to {100 * e['ci95'][1]:+.1f} |"
+            )
     return "\n".join(lines) + "\n"

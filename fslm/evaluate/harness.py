@@ -29,7 +29,7 @@ def to_doc(item: Item) -> dict:
     if item.task == "mmlu":  # lm-eval renders the description before any few-shot examples
         desc = item.meta.get("description", "")
         doc["description"] = desc
-        doc["context"] = item.context[len(desc):] if item.context.startswith(desc) else item.context
+        doc["context"] = item.context[len(desc) :] if item.context.startswith(desc) else item.context
     if not item.choices:
         doc["answer"] = str(item.gold)
         doc["solution"] = item.meta.get("solution", str(item.gold))  # the few-shot target, as lm-eval's gsm8k
@@ -70,7 +70,9 @@ def harness_dataset(fslm_task: str, **_: object):
     return datasets.load_dataset("json", data_files=files)
 
 
-def agreement(system, tasks: list[str], limit: int, *, out: str | Path | None = None, gen_max_tokens: int = 256) -> dict:
+def agreement(
+    system, tasks: list[str], limit: int, *, out: str | Path | None = None, gen_max_tokens: int = 256
+) -> dict:
     """Run the same items through `fslm eval` and through lm-eval with the fslm model; compare accuracies.
 
     Returns {task: {"n", "builtin": {metric: value}, "lm_eval": {metric: value}, "same": bool}}.
@@ -85,8 +87,11 @@ def agreement(system, tasks: list[str], limit: int, *, out: str | Path | None = 
 
     built = evaluate(system, tasks, limit, gen_max_tokens=gen_max_tokens)
     results = lm_eval.simple_evaluate(
-        model=FslmLM(system=system), tasks=[TASK_PREFIX + t for t in tasks], limit=limit,
-        task_manager=TaskManager(include_path=str(tasks_dir()), include_defaults=False), bootstrap_iters=0,
+        model=FslmLM(system=system),
+        tasks=[TASK_PREFIX + t for t in tasks],
+        limit=limit,
+        task_manager=TaskManager(include_path=str(tasks_dir()), include_defaults=False),
+        bootstrap_iters=0,
         gen_kwargs={"max_gen_toks": gen_max_tokens},
     )["results"]
     report = {}
@@ -100,7 +105,12 @@ def agreement(system, tasks: list[str], limit: int, *, out: str | Path | None = 
         tol = 1e-3 if metric_name(task) == "mc2" else 1e-9  # mc2 is a float mass; padding changes the 6th digit
         same = all((b[k] is None) == (h[k] is None) and (b[k] is None or abs(b[k] - h[k]) <= tol) for k in b)
         report[task] = {"n": ours["n"], "builtin": b, "lm_eval": h, "same": same}
-    summary = {"system": system.name, "limit": limit, "tasks": report, "all_same": all(r["same"] for r in report.values())}
+    summary = {
+        "system": system.name,
+        "limit": limit,
+        "tasks": report,
+        "all_same": all(r["same"] for r in report.values()),
+    }
     if out is not None:
         write_json(Path(out), summary)
     return summary

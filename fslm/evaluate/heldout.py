@@ -39,8 +39,10 @@ def heldout_items(task: str, reserved: list[Item] | None = None) -> list[Item]:
     split, skip = heldout_source(task)
     items = select_items(task, None, split)
     if skip and len(items) <= skip:
-        raise InputError(f"{task}: its only split {split!r} has {len(items)} items, all reserved for evaluation "
-                         f"(the first {EVAL_RESERVE}); it has no held-out items")
+        raise InputError(
+            f"{task}: its only split {split!r} has {len(items)} items, all reserved for evaluation "
+            f"(the first {EVAL_RESERVE}); it has no held-out items"
+        )
     reserved = select_items(task, EVAL_RESERVE) if reserved is None else reserved
     if skip:  # the few-shot pool sits right after the reserve; held-out items come from the other end
         reserved = reserved + items[skip : skip + FEWSHOT_TAIL]
@@ -56,6 +58,8 @@ def tail_fewshot_pool(task: str) -> list[Item]:
 
     items = select_items(task, None)
     if len(items) < EVAL_RESERVE + FEWSHOT_TAIL:
-        raise InputError(f"{task}: no train/dev split and only {len(items)} items in {get_task(task).split!r}, too few "
-                         f"to keep {FEWSHOT_TAIL} few-shot examples past the first {EVAL_RESERVE}; use --num-fewshot 0")
+        raise InputError(
+            f"{task}: no train/dev split and only {len(items)} items in {get_task(task).split!r}, too few "
+            f"to keep {FEWSHOT_TAIL} few-shot examples past the first {EVAL_RESERVE}; use --num-fewshot 0"
+        )
     return without_overlap(items[EVAL_RESERVE : EVAL_RESERVE + FEWSHOT_TAIL], items[:EVAL_RESERVE])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fslm.evaluate.scoring import metric_name
@@ -25,8 +25,17 @@ def _r(x: float, nd: int = 6) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), nd)
 
 
-def build_summary(system, plan: Mapping[str, Sequence], rows: Sequence[dict], sessions: Sequence[dict], *,
-                  notes: Sequence[str] = (), limit: int | None = None, num_fewshot: int = 0, split: str | None = None) -> dict:
+def build_summary(
+    system,
+    plan: Mapping[str, Sequence],
+    rows: Sequence[dict],
+    sessions: Sequence[dict],
+    *,
+    notes: Sequence[str] = (),
+    limit: int | None = None,
+    num_fewshot: int = 0,
+    split: str | None = None,
+) -> dict:
     """summary.json content: per-task n/acc/acc_norm/ci95 and costs, macro accuracy with its CI, run costs."""
     by_task: dict[str, list[dict]] = {task: [] for task in plan}
     for row in rows:
@@ -80,7 +89,7 @@ def build_summary(system, plan: Mapping[str, Sequence], rows: Sequence[dict], se
         "cost": cost,
         "notes": list(notes),
         "sessions": list(sessions),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -115,10 +124,16 @@ def table_markdown(summary: Mapping) -> str:
         f"| **macro** | acc | {summary['n_items']} | **{_fmt(summary['macro_acc'])}** | {_fmt(mlo)}–{_fmt(mhi)} | — | "
         f"{cost['tokens_in_per_item']} | {cost['generated_tokens_per_item']} | {cost['seconds_per_item']} |"
     )
-    loads = [f"{s['loadavg_start'][0]}→{s['loadavg_end'][0]}" for s in summary.get("sessions", []) if s.get("items_evaluated")]
+    loads = [
+        f"{s['loadavg_start'][0]}→{s['loadavg_end'][0]}"
+        for s in summary.get("sessions", [])
+        if s.get("items_evaluated")
+    ]
     if loads:
-        lines.append(f"\nMachine load (1-min load average at start→end of each session that evaluated items, "
-                     f"{summary['sessions'][-1].get('cpu_count')} cores, shared with other jobs): {', '.join(loads)}.")
+        lines.append(
+            f"\nMachine load (1-min load average at start→end of each session that evaluated items, "
+            f"{summary['sessions'][-1].get('cpu_count')} cores, shared with other jobs): {', '.join(loads)}."
+        )
     for note in summary.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fslm.cpu import cpu_model, current_threads
@@ -83,7 +83,9 @@ def _spread_subjects(items: list[Item]) -> list[Item]:
     return out
 
 
-def select_items(task: str, limit: int | None = None, split: str | None = None, notes: list[str] | None = None) -> list[Item]:
+def select_items(
+    task: str, limit: int | None = None, split: str | None = None, notes: list[str] | None = None
+) -> list[Item]:
     """The items a run evaluates: file order (MMLU: subjects interleaved), first `limit`. The lm-eval task files
     are written in the same order, so `lm_eval --limit N` scores the same items."""
     if limit is not None and limit < 1:
@@ -91,13 +93,17 @@ def select_items(task: str, limit: int | None = None, split: str | None = None, 
     if split == HELDOUT:
         items = heldout_items(task)
         if limit is not None and limit > len(items) and notes is not None:
-            notes.append(f"{task}: --limit {limit} is larger than its {len(items)} held-out items; using all {len(items)}")
+            notes.append(
+                f"{task}: --limit {limit} is larger than its {len(items)} held-out items; using all {len(items)}"
+            )
         return items if limit is None else items[:limit]
     items = load_task(task, split=split)
     if task == "mmlu":
         items = _spread_subjects(items)
     if limit is not None and limit > len(items) and notes is not None:
-        notes.append(f"{task}: --limit {limit} is larger than the {len(items)} items in its split; using all {len(items)}")
+        notes.append(
+            f"{task}: --limit {limit} is larger than the {len(items)} items in its split; using all {len(items)}"
+        )
     return items if limit is None else items[:limit]
 
 
@@ -105,7 +111,9 @@ def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
     if k <= 0:
         return {}
     if split == HELDOUT:
-        raise InputError("--split heldout reads the dev/train splits few-shot examples come from; evaluate it zero-shot")
+        raise InputError(
+            "--split heldout reads the dev/train splits few-shot examples come from; evaluate it zero-shot"
+        )
     spec = get_task(task)
     if split is not None and spec.fewshot_split in (split, {"dev": "validation", "validation": "dev"}.get(split)):
         raise InputError(f"{task}: few-shot examples come from split {spec.fewshot_split!r}, the split being evaluated")
@@ -121,9 +129,11 @@ def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
         ids = {it.id for it in pool}
         clash = [it.id for it in items if it.id in ids]
         if clash:
-            raise InputError(f"{task}: its few-shot examples are its items {EVAL_RESERVE}..{EVAL_RESERVE + FEWSHOT_TAIL} in "
-                             f"evaluation order, and {len(clash)} of them would be evaluated too (e.g. {clash[0]!r}); use "
-                             f"--limit {EVAL_RESERVE} or less, or --num-fewshot 0")
+            raise InputError(
+                f"{task}: its few-shot examples are its items {EVAL_RESERVE}..{EVAL_RESERVE + FEWSHOT_TAIL} in "
+                f"evaluation order, and {len(clash)} of them would be evaluated too (e.g. {clash[0]!r}); use "
+                f"--limit {EVAL_RESERVE} or less, or --num-fewshot 0"
+            )
         if k > len(pool):
             raise InputError(f"{task}: asked for {k} few-shot examples; its pool has {len(pool)}")
         shots = random.Random(FEWSHOT_SEED).sample(pool, k)
@@ -139,19 +149,37 @@ def make_row(item: Item, outcome: Outcome) -> dict:
         assert outcome.choice_scores is not None and outcome.choice_chars is not None
         res = score_choices(item, outcome.choice_scores, outcome.choice_chars)
         row.update(
-            choices=list(item.choices), choice_scores=outcome.choice_scores, choice_tokens=outcome.choice_tokens,
-            choice_chars=outcome.choice_chars, prediction=res.prediction, prediction_norm=res.prediction_norm,
-            gold=item.gold, correct=res.correct, acc=res.acc, acc_norm=res.acc_norm,
+            choices=list(item.choices),
+            choice_scores=outcome.choice_scores,
+            choice_tokens=outcome.choice_tokens,
+            choice_chars=outcome.choice_chars,
+            prediction=res.prediction,
+            prediction_norm=res.prediction_norm,
+            gold=item.gold,
+            correct=res.correct,
+            acc=res.acc,
+            acc_norm=res.acc_norm,
         )
         if item.gold_set:
             row["gold_set"] = list(item.gold_set)
     else:
         predicted = extract_number(outcome.generation or "")
         ok = numbers_match(predicted, str(item.gold))
-        row.update(choice_scores=None, generation=outcome.generation, prediction=predicted, gold=item.gold,
-                   correct=ok, acc=float(ok), acc_norm=None)
-    row.update(tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out, seconds=outcome.seconds,
-               source=item.meta.get("source", ""))
+        row.update(
+            choice_scores=None,
+            generation=outcome.generation,
+            prediction=predicted,
+            gold=item.gold,
+            correct=ok,
+            acc=float(ok),
+            acc_norm=None,
+        )
+    row.update(
+        tokens_in=outcome.tokens_in,
+        tokens_out=outcome.tokens_out,
+        seconds=outcome.seconds,
+        source=item.meta.get("source", ""),
+    )
     return row
 
 
@@ -162,8 +190,13 @@ def _answer(system: System, batch: list[Item], shots: Shots, gen_max_tokens: int
 
 
 def _identity(system: System, num_fewshot: int, split: str | None, gen_max_tokens: int) -> dict:
-    identity = {"system": system.name, "num_fewshot": num_fewshot, "split": split, "prompt_version": PROMPT_VERSION,
-                "gen_max_tokens": gen_max_tokens}
+    identity = {
+        "system": system.name,
+        "num_fewshot": num_fewshot,
+        "split": split,
+        "prompt_version": PROMPT_VERSION,
+        "gen_max_tokens": gen_max_tokens,
+    }
     sha = getattr(system, "config_sha256", None)
     return identity | ({"stack_config_sha256": sha} if sha else {})
 
@@ -187,8 +220,11 @@ class _Session:
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         }
         if self.cache is not None:  # reused stage outputs: their tokens and seconds are those measured when generated
-            fields["stage_cache"] = {"path": str(self.cache.path), "hits": self.cache.hits - self.cache0[0],
-                                     "misses": self.cache.misses - self.cache0[1]}
+            fields["stage_cache"] = {
+                "path": str(self.cache.path),
+                "hits": self.cache.hits - self.cache0[0],
+                "misses": self.cache.misses - self.cache0[1],
+            }
         self.store.update_session(fields)
 
 
@@ -217,7 +253,9 @@ def evaluate(
     """
     if isinstance(system, (str, Path)):
         ref = str(system)
-        system = load_system(stack=ref) if ref == "default" or ref.endswith((".yaml", ".yml")) else load_system(model=ref)
+        system = (
+            load_system(stack=ref) if ref == "default" or ref.endswith((".yaml", ".yml")) else load_system(model=ref)
+        )
     if num_fewshot < 0:
         raise InputError(f"--num-fewshot must be >= 0, got {num_fewshot}")
     if num_fewshot and not getattr(system, "supports_fewshot", False):
@@ -227,9 +265,22 @@ def evaluate(
     plan = {task: select_items(task, limit, split, notes) for task in names}  # every data error before any work
     check_no_retrieval_leak(system, plan)
     shots = {task: _shots(task, items, num_fewshot, split) for task, items in plan.items()}
-    with RunStore(Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens)) as store:
-        return _evaluate_into(store, system, plan, shots, notes, limit=limit, num_fewshot=num_fewshot, split=split,
-                              batch_size=batch_size, gen_max_tokens=gen_max_tokens, progress=progress)
+    with RunStore(
+        Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens)
+    ) as store:
+        return _evaluate_into(
+            store,
+            system,
+            plan,
+            shots,
+            notes,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            split=split,
+            batch_size=batch_size,
+            gen_max_tokens=gen_max_tokens,
+            progress=progress,
+        )
 
 
 def check_no_retrieval_leak(system: System, plan: dict[str, list[Item]]) -> None:
@@ -243,21 +294,35 @@ def check_no_retrieval_leak(system: System, plan: dict[str, list[Item]]) -> None
             raise InputError(
                 f"{len(leaked)} of the items to evaluate are passages of stage {stage!r}'s retrieval index (e.g. "
                 f"{leaked[0]!r}): the stage would read their answers. Evaluate other items (--limit, --split) or rebuild "
-                "the corpus without them (`fslm retrieve corpus` leaves out every item `fslm eval` reads by default)")
+                "the corpus without them (`fslm retrieve corpus` leaves out every item `fslm eval` reads by default)"
+            )
 
 
-def _evaluate_into(store: RunStore, system: System, plan: dict[str, list[Item]], shots: dict[str, Shots], notes: list[str], *,
-                   limit: int | None, num_fewshot: int, split: str | None, batch_size: int, gen_max_tokens: int,
-                   progress: Progress | None) -> Summary:
+def _evaluate_into(
+    store: RunStore,
+    system: System,
+    plan: dict[str, list[Item]],
+    shots: dict[str, Shots],
+    notes: list[str],
+    *,
+    limit: int | None,
+    num_fewshot: int,
+    split: str | None,
+    batch_size: int,
+    gen_max_tokens: int,
+    progress: Progress | None,
+) -> Summary:
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    store.add_session({
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_seconds": system.load_seconds,
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu_model(),
-        "threads": current_threads(),
-    })
+    store.add_session(
+        {
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load_seconds": system.load_seconds,
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            "cpu_count": os.cpu_count(),
+            "cpu": cpu_model(),
+            "threads": current_threads(),
+        }
+    )
     session = _Session(store, t0, cpu0, system)
     done_before = store.done()
     for task, items in plan.items():
@@ -268,25 +333,49 @@ def _evaluate_into(store: RunStore, system: System, plan: dict[str, list[Item]],
         size = batch_size if items and items[0].choices else max(1, min(batch_size, 16))
         for start in range(0, len(todo), size):
             batch = todo[start : start + size]
-            rows = [make_row(it, out) for it, out in zip(batch, _answer(system, batch, shots[task], gen_max_tokens), strict=True)]
+            rows = [
+                make_row(it, out)
+                for it, out in zip(batch, _answer(system, batch, shots[task], gen_max_tokens), strict=True)
+            ]
             store.append(rows)
             finished += len(batch)
             session.update(len(batch))
             if progress:
                 scored = [store.rows[it.id]["acc"] for it in items if it.id in store.rows]
-                progress({"task": task, "done": finished, "total": len(items), "new": len(batch),
-                          "acc": sum(scored) / len(scored), "elapsed": time.perf_counter() - t0})
+                progress(
+                    {
+                        "task": task,
+                        "done": finished,
+                        "total": len(items),
+                        "new": len(batch),
+                        "acc": sum(scored) / len(scored),
+                        "elapsed": time.perf_counter() - t0,
+                    }
+                )
     session.update(0)
     planned = {it.id for items in plan.values() for it in items}
     outside = len(set(store.rows) - planned)
     if outside:  # kept (nothing on disk is dropped), but a reader of items.jsonl should know they are not in this run
-        notes.append(f"{outside} row(s) in {store.folder}/items.jsonl are not among this run's items (an earlier --tasks, "
-                     "--limit or data version); summary.json leaves them out")
+        notes.append(
+            f"{outside} row(s) in {store.folder}/items.jsonl are not among this run's items (an earlier --tasks, "
+            "--limit or data version); summary.json leaves them out"
+        )
     rows = [store.rows[it.id] for items in plan.values() for it in items]
-    data = build_summary(system, plan, rows, store.sessions, notes=notes, limit=limit, num_fewshot=num_fewshot, split=split)
+    data = build_summary(
+        system, plan, rows, store.sessions, notes=notes, limit=limit, num_fewshot=num_fewshot, split=split
+    )
     if store.folder is not None:
         write_outputs(store.folder, data)
     return Summary(data, rows, store.folder)
 
 
-__all__ = ["ModelSystem", "StackSystem", "Summary", "evaluate", "load_system", "make_row", "parse_tasks", "select_items"]
+__all__ = [
+    "ModelSystem",
+    "StackSystem",
+    "Summary",
+    "evaluate",
+    "load_system",
+    "make_row",
+    "parse_tasks",
+    "select_items",
+]

@@ -85,7 +85,9 @@ def paired_bootstrap(
     if task_reps:
         out["macro"] = _macro_entry(out, task_reps, list(task_reps), confidence)
     if leave_one_out and len(task_reps) >= 3:
-        out["macro_without"] = {t: _macro_entry(out, task_reps, [k for k in task_reps if k != t], confidence) for t in task_reps}
+        out["macro_without"] = {
+            t: _macro_entry(out, task_reps, [k for k in task_reps if k != t], confidence) for t in task_reps
+        }
     return out
 
 

@@ -100,7 +100,7 @@ class RunStore:
             self._lock_fh.close()  # closing releases the lock
             self._lock_fh = None
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -113,8 +113,10 @@ class RunStore:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise RunFolderBusy(f"{self.folder}: another evaluation is writing this run folder; wait for it to finish "
-                             "(or stop it) or pass another --out") from None
+            raise RunFolderBusy(
+                f"{self.folder}: another evaluation is writing this run folder; wait for it to finish "
+                "(or stop it) or pass another --out"
+            ) from None
         self._lock_fh = fh
 
     @property
@@ -170,7 +172,9 @@ class RunStore:
                         raise ValueError("expected a JSON object with an 'id'")
                 except ValueError as err:
                     if not is_last:
-                        raise DataError(f"{path}:{lineno}: malformed row ({err}); fix or delete that line to resume") from None
+                        raise DataError(
+                            f"{path}:{lineno}: malformed row ({err}); fix or delete that line to resume"
+                        ) from None
                     with path.open("r+b") as fh:  # a torn final write from a killed run: drop it
                         fh.truncate(offset)
                     break

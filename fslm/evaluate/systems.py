@@ -108,8 +108,13 @@ class ModelSystem:
         prompts = [build_context(item, shots.get(item.id, ())) for item in items]
         gens = self.engine.generate(prompts, params)
         return [
-            Outcome(prompt=p, generation=cut_at(g.text, params.stop).strip(), tokens_in=g.tokens_in, tokens_out=g.tokens_out,
-                    seconds=round(g.seconds, 5))
+            Outcome(
+                prompt=p,
+                generation=cut_at(g.text, params.stop).strip(),
+                tokens_in=g.tokens_in,
+                tokens_out=g.tokens_out,
+                seconds=round(g.seconds, 5),
+            )
             for p, g in zip(prompts, gens, strict=True)
         ]
 
@@ -130,19 +135,31 @@ class StackSystem:
 
     supports_fewshot = False
 
-    def __init__(self, stack: Stack, name: str | None = None, load_seconds: float = 0.0, adapters: bool = True,
-                 answer_format: str = "stack"):
+    def __init__(
+        self,
+        stack: Stack,
+        name: str | None = None,
+        load_seconds: float = 0.0,
+        adapters: bool = True,
+        answer_format: str = "stack",
+    ):
         if answer_format not in ANSWER_FORMATS:
             raise InputError(f"answer format {answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)}")
         final = stack.config.stages[-1]
         if answer_format == "raw-adapter" and stack.adapter_for(final) is None:
-            raise InputError(f"answer format 'raw-adapter': the final stage {final.name!r} of stack {stack.config.name!r} has no "
-                             "adapter to score with (adapters off, or none in its config); use 'raw' for the base model")
+            raise InputError(
+                f"answer format 'raw-adapter': the final stage {final.name!r} of stack {stack.config.name!r} has no "
+                "adapter to score with (adapters off, or none in its config); use 'raw' for the base model"
+            )
         self.stack = stack
         self.engine = stack.engine
         self.adapters = adapters
         self.answer_format = answer_format
-        suffix = ("" if adapters else "-no-adapters") + {"stack": "", "raw": "+raw-answer", "raw-adapter": "+raw-adapter-answer"}[answer_format]
+        suffix = ("" if adapters else "-no-adapters") + {
+            "stack": "",
+            "raw": "+raw-answer",
+            "raw-adapter": "+raw-adapter-answer",
+        }[answer_format]
         self.name = name or f"stack:{stack.config.name}{suffix}"
         self.load_seconds = load_seconds
 
@@ -192,7 +209,9 @@ class StackSystem:
         """(one context per option, the options' continuations, the text recorded as the final stage's input)."""
         if self._reads_raw:
             notes = raw_notes(self.stack.config, result.outputs)
-            contexts = [notes + build_context(item, (), choice=i if item.contexts else None) for i in range(len(item.choices))]
+            contexts = [
+                notes + build_context(item, (), choice=i if item.contexts else None) for i in range(len(item.choices))
+            ]
             return contexts, tuple(item.continuations), contexts[0]
         text = self.stack.answer_input(result)
         conts = stack_continuations(item)
@@ -201,7 +220,9 @@ class StackSystem:
     def _run_stages(self, items: Sequence[Item], final: bool) -> list:
         """The stack's stages on the items' prompts: all of them (final) or all but the answer stage (its input is
         then scored, or read raw)."""
-        return self.stack.run_batch([stack_prompt(item) for item in items], stages=None if final else len(self.stack.config.stages) - 1)
+        return self.stack.run_batch(
+            [stack_prompt(item) for item in items], stages=None if final else len(self.stack.config.stages) - 1
+        )
 
     def warm(self, items: Sequence[Item]) -> None:
         """Generate the stage texts that answering `items` would, without scoring or answering. With a stage cache
@@ -229,7 +250,11 @@ class StackSystem:
             mine = scores[k : k + len(conts)]
             k += len(conts)
             trace = result.trace
-            read = self.engine.count_tokens(text) if len(set(ctxs)) == 1 else sum(self.engine.count_tokens(c) for c in ctxs)
+            read = (
+                self.engine.count_tokens(text)
+                if len(set(ctxs)) == 1
+                else sum(self.engine.count_tokens(c) for c in ctxs)
+            )
             outcomes.append(
                 Outcome(
                     prompt=result.prompt,
@@ -267,7 +292,10 @@ class StackSystem:
         """A raw answer format on a generation task: the base model (or the final adapter: "raw-adapter") continues
         lm-eval's raw context after the notes."""
         results = self._run_stages(items, final=False)
-        contexts = [raw_notes(self.stack.config, r.outputs) + build_context(item) for item, r in zip(items, results, strict=True)]
+        contexts = [
+            raw_notes(self.stack.config, r.outputs) + build_context(item)
+            for item, r in zip(items, results, strict=True)
+        ]
         gens = self.engine.generate(contexts, params, adapter=self._final_adapter())
         return [
             Outcome(
@@ -298,8 +326,14 @@ def _adapter_params(path: Path) -> int:
 
 
 def load_system(
-    *, model: str | None = None, stack: str | Path | None = None, adapters: bool = True, base: bool = False,
-    dtype: str | None = None, stage_cache: str | Path | None = None, answer_format: str = "stack",
+    *,
+    model: str | None = None,
+    stack: str | Path | None = None,
+    adapters: bool = True,
+    base: bool = False,
+    dtype: str | None = None,
+    stage_cache: str | Path | None = None,
+    answer_format: str = "stack",
 ) -> ModelSystem | StackSystem:
     """Build a system from CLI-style choices: --model M, or --stack S (the packaged default when S is
     "default"), optionally without its adapters, or its base model alone (`base=True`). `stage_cache`: a
@@ -327,5 +361,9 @@ def load_system(
         cfg = cfg.without_adapters()
     engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
     cache = StageCache(stage_cache) if stage_cache is not None else None
-    return StackSystem(Stack(cfg, engine, cache=cache), load_seconds=round(time.perf_counter() - t0, 2), adapters=adapters,
-                       answer_format=answer_format)
+    return StackSystem(
+        Stack(cfg, engine, cache=cache),
+        load_seconds=round(time.perf_counter() - t0, 2),
+        adapters=adapters,
+        answer_format=answer_format,
+    )

@@ -22,7 +22,9 @@ from fslm.errors import DataError
 
 def write_json_atomic(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8") as fh:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
+    ) as fh:
         json.dump(data, fh, indent=1, ensure_ascii=False)
         fh.flush()
         os.fsync(fh.fileno())
@@ -34,7 +36,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     tensors = {}
     for index, slots in state["state"].items():
         for name, value in slots.items():
-            tensors[f"{index}.{name}"] = (value if torch.is_tensor(value) else torch.tensor(value)).detach().clone().contiguous()
+            tensors[f"{index}.{name}"] = (
+                (value if torch.is_tensor(value) else torch.tensor(value)).detach().clone().contiguous()
+            )
     return tensors, state["param_groups"]
 
 
@@ -58,7 +62,9 @@ class Checkpoint:
         torch.set_rng_state(load_file(self.folder / "rng.safetensors")["torch"])
 
 
-def save_checkpoint(root: Path, step: int, adapter: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, meta: dict) -> Path:
+def save_checkpoint(
+    root: Path, step: int, adapter: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, meta: dict
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     opt_tensors, groups = _optimizer_tensors(optimizer)
@@ -87,7 +93,9 @@ def load_checkpoint(root: Path) -> Checkpoint | None:
         meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         adapter = load_file(folder / "adapter.safetensors")
     except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{root}: unreadable checkpoint ({type(err).__name__}: {err}); delete {root} to restart this stage") from None
+        raise DataError(
+            f"{root}: unreadable checkpoint ({type(err).__name__}: {err}); delete {root} to restart this stage"
+        ) from None
     return Checkpoint(int(pointer["step"]), meta, adapter, folder)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from fslm.config import StackConfig
 from fslm.errors import DataError
@@ -58,7 +58,9 @@ def usable_records(cfg: StackConfig, records: Sequence[dict], where: str) -> lis
             raise DataError(f"{line}: missing 'targets' (a mapping stage -> text)")
         missing = [n for n in names if not isinstance(targets.get(n), str)]
         if missing:
-            raise DataError(f"{line}: no target text for stage(s) {missing} of stack {cfg.name!r}; distill with this stack")
+            raise DataError(
+                f"{line}: no target text for stage(s) {missing} of stack {cfg.name!r}; distill with this stack"
+            )
         usable.append(rec)
     if not usable:
         raise DataError(f"{where}: no usable (kept) records to train on")
@@ -79,7 +81,9 @@ def build_examples(cfg: StackConfig, engine, records: Sequence[dict], max_length
             if stage.is_retrieval:
                 continue
             prompt = stack.stage_input(index, rec["prompt"], {s.name: targets[s.name] for s in cfg.stages[:index]})
-            example = Example(rec["id"], tuple(engine.encode(prompt)), tuple(engine.encode(targets[stage.name].strip())) + (eos,))
+            example = Example(
+                rec["id"], tuple(engine.encode(prompt)), tuple(engine.encode(targets[stage.name].strip())) + (eos,)
+            )
             if example.length > max_length:
                 data[stage.name].skipped_too_long += 1
             else:

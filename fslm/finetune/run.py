@@ -13,9 +13,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -54,7 +54,9 @@ def _save_adapter(peft_model, target: Path, dtype: str = "float32") -> None:
         from safetensors.torch import load_file, save_file
 
         weights = tmp / "adapter_model.safetensors"
-        tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in load_file(weights).items()}
+        tensors = {
+            k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in load_file(weights).items()
+        }
         save_file(tensors, weights, metadata={"format": "pt"})
     if target.exists():
         shutil.rmtree(target)
@@ -124,7 +126,13 @@ def finetune(
     """Python twin of `fslm finetune`. Rerunning with the same arguments resumes (finished stages are skipped)."""
     options = options or TrainOptions()
     options.validate()
-    cfg = stack if isinstance(stack, StackConfig) else load_default_stack_config() if stack is None else load_stack_config(stack)
+    cfg = (
+        stack
+        if isinstance(stack, StackConfig)
+        else load_default_stack_config()
+        if stack is None
+        else load_stack_config(stack)
+    )
     names = [s.name for s in cfg.stages]
     chosen = list(stages) if stages else names
     unknown = [s for s in chosen if s not in names]
@@ -132,7 +140,9 @@ def finetune(
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages of {cfg.name!r}: {names}")
     retrieval = [s.name for s in cfg.stages if s.is_retrieval]
     if stages and set(chosen) & set(retrieval):
-        raise ConfigError(f"--stages: {sorted(set(chosen) & set(retrieval))} retrieve passages; they have no model to train")
+        raise ConfigError(
+            f"--stages: {sorted(set(chosen) & set(retrieval))} retrieve passages; they have no model to train"
+        )
     chosen = [n for n in chosen if n not in retrieval]
     out = Path(out)
     records = usable_records(cfg, read_distilled(data), str(data))
@@ -144,8 +154,20 @@ def finetune(
     log = {"stack": cfg.name, "base_model": cfg.base_model, "data": str(data), "options": asdict(options), "stages": {}}
     for stage_data in build_examples(cfg, engine, records, options.max_length):
         if stage_data.stage in chosen:
-            base = _train_adapter(stage_data, engine, base, cfg, names.index(stage_data.stage), out, options, pad_id, log, report,
-                                  eval_loss, progress)
+            base = _train_adapter(
+                stage_data,
+                engine,
+                base,
+                cfg,
+                names.index(stage_data.stage),
+                out,
+                options,
+                pad_id,
+                log,
+                report,
+                eval_loss,
+                progress,
+            )
     _write_trained(cfg, out, [n for n in names if n in log["stages"]], log, report, t0)
     return report
 
@@ -187,7 +209,13 @@ def finetune_pairs(
     the other stages keep their adapters (by absolute path) in out/stack.yaml."""
     options = options or TrainOptions()
     options.validate()
-    cfg = stack if isinstance(stack, StackConfig) else load_default_stack_config() if stack is None else load_stack_config(stack)
+    cfg = (
+        stack
+        if isinstance(stack, StackConfig)
+        else load_default_stack_config()
+        if stack is None
+        else load_stack_config(stack)
+    )
     names = [s.name for s in cfg.stages]
     if stage not in names:
         raise ConfigError(f"stage {stage!r}: not a stage of {cfg.name!r} (stages: {names})")
@@ -199,9 +227,18 @@ def finetune_pairs(
     pad_id = _pad_id(engine)
     t0 = time.perf_counter()
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(rows))
-    log = {"stack": cfg.name, "base_model": cfg.base_model, "data": str(data), "kind": "pairs", "options": asdict(options), "stages": {}}
+    log = {
+        "stack": cfg.name,
+        "base_model": cfg.base_model,
+        "data": str(data),
+        "kind": "pairs",
+        "options": asdict(options),
+        "stages": {},
+    }
     stage_data = pair_examples(stage, engine, rows, options.max_length)
-    _train_adapter(stage_data, engine, engine.base, cfg, names.index(stage), out, options, pad_id, log, report, False, progress)
+    _train_adapter(
+        stage_data, engine, engine.base, cfg, names.index(stage), out, options, pad_id, log, report, False, progress
+    )
     _write_trained(cfg, out, [stage], log, report, t0)
     return report
 
@@ -210,8 +247,20 @@ def _pad_id(engine) -> int:
     return engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else engine.eos_ids[0]
 
 
-def _train_adapter(stage_data: StageData, engine, base, cfg: StackConfig, seed_offset: int, out: Path, options: TrainOptions,
-                   pad_id: int, log: dict, report: FinetuneReport, eval_loss: bool, progress) -> object:
+def _train_adapter(
+    stage_data: StageData,
+    engine,
+    base,
+    cfg: StackConfig,
+    seed_offset: int,
+    out: Path,
+    options: TrainOptions,
+    pad_id: int,
+    log: dict,
+    report: FinetuneReport,
+    eval_loss: bool,
+    progress,
+) -> object:
     """Train (or resume, or skip when done with the same options and data) one stage's adapter into
     out/adapters/<stage>; returns the base model, back to plain weights."""
     from peft import LoraConfig, get_peft_model
@@ -222,15 +271,24 @@ def _train_adapter(stage_data: StageData, engine, base, cfg: StackConfig, seed_o
     ckpt_dir = out / "checkpoints" / name
     fingerprint = {**options.math_fingerprint(), "data": stage_data.fingerprint(), "base_model": cfg.base_model}
     done = load_done(ckpt_dir)
-    if done is not None and done.get("fingerprint") == fingerprint and (out / "adapters" / name / "adapter_model.safetensors").is_file():
+    if (
+        done is not None
+        and done.get("fingerprint") == fingerprint
+        and (out / "adapters" / name / "adapter_model.safetensors").is_file()
+    ):
         log["stages"][name] = done["log_entry"]
         report.stages[name] = {**done["log_entry"]["summary"], "skipped": "already trained"}
         return base
     if done is not None:
         raise ConfigError(f"{out}: stage {name!r} was trained with other options or data; use a new --out")
     torch.manual_seed(options.seed + seed_offset)
-    lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                      target_modules=list(options.targets), task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=options.rank,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=list(options.targets),
+        task_type="CAUSAL_LM",
+    )
     try:
         peft_model = get_peft_model(base, lora)
     except ValueError as err:
@@ -238,7 +296,12 @@ def _train_adapter(stage_data: StageData, engine, base, cfg: StackConfig, seed_o
     try:
         before = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
         result: StageResult = train_stage(
-            peft_model, stage_data.examples, options, ckpt_dir, fingerprint, pad_id,
+            peft_model,
+            stage_data.examples,
+            options,
+            ckpt_dir,
+            fingerprint,
+            pad_id,
             (lambda step, total, loss, _n=name: progress(_n, step, total, loss)) if progress else None,
         )
         after = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
@@ -257,7 +320,9 @@ def _train_adapter(stage_data: StageData, engine, base, cfg: StackConfig, seed_o
     return base
 
 
-def _write_trained(cfg: StackConfig, out: Path, trained: Sequence[str], log: dict, report: FinetuneReport, t0: float) -> None:
+def _write_trained(
+    cfg: StackConfig, out: Path, trained: Sequence[str], log: dict, report: FinetuneReport, t0: float
+) -> None:
     """stack.yaml naming the new adapters (atomically), train_log.json and the loss plot."""
     new_cfg = trained_stack_config(cfg, out, trained)
     out.mkdir(parents=True, exist_ok=True)

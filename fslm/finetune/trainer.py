@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +52,30 @@ class TrainOptions:
 
     def math_fingerprint(self) -> dict:
         """Options a checkpoint must agree with to be resumed (speed options may change between runs)."""
-        keep = ("rank", "alpha", "dropout", "targets", "lr", "epochs", "max_length", "batch_size", "warmup", "seed", "bucketing")
+        keep = (
+            "rank",
+            "alpha",
+            "dropout",
+            "targets",
+            "lr",
+            "epochs",
+            "max_length",
+            "batch_size",
+            "warmup",
+            "seed",
+            "bucketing",
+        )
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
 
     def validate(self) -> None:
-        if self.rank < 1 or self.alpha <= 0 or self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.save_every < 1:
+        if (
+            self.rank < 1
+            or self.alpha <= 0
+            or self.lr <= 0
+            or self.epochs < 1
+            or self.batch_size < 1
+            or self.save_every < 1
+        ):
             raise ConfigError("rank, alpha, lr, epochs, batch size and save-every must all be positive")
         if self.max_length < 8:
             raise ConfigError("--max-length must be at least 8 tokens")
@@ -117,11 +136,15 @@ class StageResult:
         losses = [s["loss"] for s in self.steps]
         k = max(1, min(5, len(losses) // 4))
         return {
-            "examples": self.examples, "skipped_too_long": self.skipped_too_long, "steps": len(self.steps),
+            "examples": self.examples,
+            "skipped_too_long": self.skipped_too_long,
+            "steps": len(self.steps),
             "first_loss": round(sum(losses[:k]) / k, 4) if losses else None,
             "final_loss": round(sum(losses[-k:]) / k, 4) if losses else None,
-            "tokens_per_second": round(self.tokens_per_second, 1), "seconds": round(self.seconds, 1),
-            "resumed_from_step": self.resumed_from, "precision": self.precision,
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "seconds": round(self.seconds, 1),
+            "resumed_from_step": self.resumed_from,
+            "precision": self.precision,
         }
 
 
@@ -141,7 +164,9 @@ def _tensors(batch: Sequence[Example], pad_id: int):
     return ids, mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(labels)
 
 
-def batch_loss(peft_model, batch: Sequence[Example], pad_id: int, options: TrainOptions, bf16: bool) -> tuple[torch.Tensor, int, int]:
+def batch_loss(
+    peft_model, batch: Sequence[Example], pad_id: int, options: TrainOptions, bf16: bool
+) -> tuple[torch.Tensor, int, int]:
     """Mean cross-entropy over the target tokens of a batch; returns (loss, real tokens, target tokens)."""
     ids, mask, rows, cols, labels = _tensors(batch, pad_id)
     inner = peft_model.get_base_model()
@@ -213,14 +238,28 @@ def train_stage(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            result.steps.append({
-                "step": step, "epoch": epoch, "loss": round(float(loss), 5), "lr": lr, "tokens": tokens,
-                "target_tokens": target_tokens, "seconds": round(time.perf_counter() - t0, 4), "threads": torch.get_num_threads(),
-            })
+            result.steps.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": round(float(loss), 5),
+                    "lr": lr,
+                    "tokens": tokens,
+                    "target_tokens": target_tokens,
+                    "seconds": round(time.perf_counter() - t0, 4),
+                    "threads": torch.get_num_threads(),
+                }
+            )
             if progress:
                 progress(step, total, float(loss))
             if step % options.save_every == 0 and step < total:
-                save_checkpoint(checkpoint_dir, step, lora_state(peft_model), optimizer, {"fingerprint": fingerprint, "log": result.steps})
+                save_checkpoint(
+                    checkpoint_dir,
+                    step,
+                    lora_state(peft_model),
+                    optimizer,
+                    {"fingerprint": fingerprint, "log": result.steps},
+                )
     peft_model.eval()
     result.seconds = time.perf_counter() - t_start
     result.train_tokens = sum(s["tokens"] for s in result.steps)

@@ -71,7 +71,9 @@ def item_passage(item: Item) -> Passage:
         answer = item.meta.get("solution") or str(item.gold)
     subject = item.meta.get("subject")
     lead = f"({subject.replace('_', ' ')}) " if subject else ""
-    return Passage(item.id, f"{lead}{item.question.strip()}\nAnswer: {answer.strip()}", item.meta.get("source", item.task))
+    return Passage(
+        item.id, f"{lead}{item.question.strip()}\nAnswer: {answer.strip()}", item.meta.get("source", item.task)
+    )
 
 
 @dataclass
@@ -109,8 +111,10 @@ def build_corpus(
         if source != ALPACA:
             get_task(source)  # unknown names fail before any loading
             if not corpus_splits(source) and eval_tail is None:
-                raise InputError(f"task {source!r} has only its evaluation split in the data; nothing to put in a corpus "
-                                 "(unless its items past the evaluated ones are allowed: eval_tail / --eval-tail)")
+                raise InputError(
+                    f"task {source!r} has only its evaluation split in the data; nothing to put in a corpus "
+                    "(unless its items past the evaluated ones are allowed: eval_tail / --eval-tail)"
+                )
     reserved = reserved if reserved is not None else reserved_items(heldout_keep, eval_tail)
     passages: list[Passage] = []
     texts: set[str] = set()
@@ -134,7 +138,11 @@ def build_corpus(
             for rec in records:
                 if rec.gold is None:
                     continue
-                offer(ALPACA, Passage(f"alpaca/{rec.id}", f"{rec.prompt}\nAnswer: {rec.gold}", f"alpaca:{rec.index}"), rec.prompt)
+                offer(
+                    ALPACA,
+                    Passage(f"alpaca/{rec.id}", f"{rec.prompt}\nAnswer: {rec.gold}", f"alpaca:{rec.index}"),
+                    rec.prompt,
+                )
             continue
         for split in corpus_splits(source):
             for item in load_task(source, split=split):
@@ -145,8 +153,14 @@ def build_corpus(
     return passages, stats
 
 
-def write_corpus(out: str | Path, sources: Sequence[str] | None = None, *, alpaca_path: str | Path | None = None,
-                 heldout_keep: int = HELDOUT_KEEP, eval_tail: int | None = None) -> dict[str, SourceStats]:
+def write_corpus(
+    out: str | Path,
+    sources: Sequence[str] | None = None,
+    *,
+    alpaca_path: str | Path | None = None,
+    heldout_keep: int = HELDOUT_KEEP,
+    eval_tail: int | None = None,
+) -> dict[str, SourceStats]:
     """Python twin of `fslm retrieve corpus`: build the passages and write them as JSONL (atomically)."""
     from fslm.retrieve.index import write_passages
 

@@ -13,9 +13,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from fslm.digest import file_sha256
 from fslm.errors import DataError, InputError
@@ -77,7 +77,7 @@ def read_passages(path: str | Path) -> list[Passage]:
                 raise DataError(f"{where}: field 'source' must be a string")
             passages.append(Passage(pid, text.strip(), source))
     if not passages:
-        raise DataError(f"{path}: no passages; expected JSONL lines like {{\"text\": \"...\"}}")
+        raise DataError(f'{path}: no passages; expected JSONL lines like {{"text": "..."}}')
     return passages
 
 
@@ -86,7 +86,9 @@ def write_passages(passages: Iterable[Passage], path: str | Path) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False) as fh:
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as fh:
         for p in passages:
             fh.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
             n += 1
@@ -110,15 +112,19 @@ def read_manifest(index_dir: str | Path) -> dict:
     index_dir = Path(index_dir)
     path = index_dir / MANIFEST
     if not path.is_file():
-        raise DataError(f"{index_dir}: not an fslm retrieval index (no {MANIFEST}); build one with `fslm retrieve index`")
+        raise DataError(
+            f"{index_dir}: not an fslm retrieval index (no {MANIFEST}); build one with `fslm retrieve index`"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err.msg})") from None
     if manifest.get("format") != FORMAT or manifest.get("stemmer") != STEMMER or manifest.get("stopwords") != STOPWORDS:
-        raise DataError(f"{path}: built as {manifest.get('format')!r} (stemmer {manifest.get('stemmer')!r}, "
-                        f"stopwords {manifest.get('stopwords')!r}); this fslm reads {FORMAT!r} ({STEMMER!r}, "
-                        f"{STOPWORDS!r}): rebuild the index")
+        raise DataError(
+            f"{path}: built as {manifest.get('format')!r} (stemmer {manifest.get('stemmer')!r}, "
+            f"stopwords {manifest.get('stopwords')!r}); this fslm reads {FORMAT!r} ({STEMMER!r}, "
+            f"{STOPWORDS!r}): rebuild the index"
+        )
     return manifest
 
 
@@ -131,19 +137,28 @@ class Retriever:
         self.manifest = manifest
 
     @classmethod
-    def build(cls, passages: Sequence[Passage]) -> "Retriever":
+    def build(cls, passages: Sequence[Passage]) -> Retriever:
         import bm25s
 
         if not passages:
             raise InputError("cannot build an index over zero passages")
         tokens = _tokenize([p.text for p in passages])
         if not tokens.vocab:
-            raise InputError(f"none of the {len(passages)} passages has an indexable term (a word of 2+ letters that is "
-                             "not an English stopword); nothing to search")
+            raise InputError(
+                f"none of the {len(passages)} passages has an indexable term (a word of 2+ letters that is "
+                "not an English stopword); nothing to search"
+            )
         bm25 = bm25s.BM25()
         bm25.index(tokens, show_progress=False)
-        manifest = {"format": FORMAT, "passages": len(passages), "stopwords": STOPWORDS, "stemmer": STEMMER,
-                    "k1": bm25.k1, "b": bm25.b, "method": bm25.method}
+        manifest = {
+            "format": FORMAT,
+            "passages": len(passages),
+            "stopwords": STOPWORDS,
+            "stemmer": STEMMER,
+            "k1": bm25.k1,
+            "b": bm25.b,
+            "method": bm25.method,
+        }
         return cls(bm25, list(passages), manifest)
 
     def save(self, out_dir: str | Path) -> Path:
@@ -172,19 +187,30 @@ class Retriever:
         return out_dir
 
     @classmethod
-    def load(cls, index_dir: str | Path) -> "Retriever":
+    def load(cls, index_dir: str | Path) -> Retriever:
         import bm25s
 
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)
         passages = read_passages(index_dir / PASSAGES)
-        if len(passages) != manifest.get("passages") or file_sha256(index_dir / PASSAGES) != manifest.get("passages_sha256"):
-            raise DataError(f"{index_dir / PASSAGES}: does not match {MANIFEST} (edited after indexing?); rebuild the index")
+        if len(passages) != manifest.get("passages") or file_sha256(index_dir / PASSAGES) != manifest.get(
+            "passages_sha256"
+        ):
+            raise DataError(
+                f"{index_dir / PASSAGES}: does not match {MANIFEST} (edited after indexing?); rebuild the index"
+            )
         bm25 = bm25s.BM25.load(str(index_dir / BM25_DIR), allow_pickle=False, show_progress=False)
         return cls(bm25, passages, manifest)
 
-    def search(self, queries: Sequence[str], k: int = 3, *, avoid: Sequence[str | None] | None = None,
-               overlap_with: Sequence[str | None] | None = None, ngram: int = OVERLAP_NGRAM) -> list[list[Hit]]:
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 3,
+        *,
+        avoid: Sequence[str | None] | None = None,
+        overlap_with: Sequence[str | None] | None = None,
+        ngram: int = OVERLAP_NGRAM,
+    ) -> list[list[Hit]]:
         """The k best passages per query, best first; passages that share no term with the query are left out
         (a query of stopwords only gets no hits). `avoid[i]`: drop query i's hits whose text contains this text
         (whitespace and case aside), e.g. the record being distilled, so a stage never reads its own answer.

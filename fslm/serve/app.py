@@ -12,10 +12,11 @@ import math
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,7 +59,9 @@ class ServeState:
             on_batch=lambda report: self.metrics.observe_batch(report),
         )
         self.metrics = ServeMetrics(lambda: self.queue.depth, lambda: self.queue.running)
-        self.traces = TraceStore(settings.trace_history, settings.resolved_trace_db() if settings.resolved_persist() else None)
+        self.traces = TraceStore(
+            settings.trace_history, settings.resolved_trace_db() if settings.resolved_persist() else None
+        )
 
     def _run_batch(self, prompts, cap: int | None) -> list[StackResult]:
         return self._stack_for(cap).run_batch(prompts)
@@ -84,7 +87,10 @@ class ServeState:
             self.metrics.rejected.labels("queue_full").inc()
             retry = max(1, math.ceil(self.queue.last_batch_seconds or 1.0))
             raise APIError(
-                429, f"server busy: {err}; retry after {retry} s", type="rate_limit_error", code="rate_limit_exceeded",
+                429,
+                f"server busy: {err}; retry after {retry} s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
                 headers={"Retry-After": str(retry)},
             ) from None
 
@@ -92,10 +98,18 @@ class ServeState:
         future = asyncio.wrap_future(job.future)
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise APIError(503, f"no answer within {timeout:.0f} s; the server is overloaded", type="server_error", code="timeout", headers={"Retry-After": "5"}) from None
+        except TimeoutError:
+            raise APIError(
+                503,
+                f"no answer within {timeout:.0f} s; the server is overloaded",
+                type="server_error",
+                code="timeout",
+                headers={"Retry-After": "5"},
+            ) from None
         except QueueFull as err:
-            raise APIError(503, str(err), type="server_error", code="unavailable", headers={"Retry-After": "5"}) from None
+            raise APIError(
+                503, str(err), type="server_error", code="unavailable", headers={"Retry-After": "5"}
+            ) from None
         except FslmError as err:
             raise APIError(400, str(err), code="invalid_input") from None
 
@@ -110,7 +124,9 @@ class ServeState:
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body has {declared} bytes; this server accepts at most {limit}", code="request_too_large")
+        raise APIError(
+            413, f"request body has {declared} bytes; this server accepts at most {limit}", code="request_too_large"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -156,18 +172,25 @@ def _install_error_handlers(app: FastAPI, state: ServeState) -> None:
     async def _http_error(request: Request, err: StarletteHTTPException):
         kind = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
         message = f"{request.method} {request.url.path}: {err.detail}"
-        return JSONResponse(error_body(message, "invalid_request_error", None, kind), status_code=err.status_code, headers=err.headers)
+        return JSONResponse(
+            error_body(message, "invalid_request_error", None, kind), status_code=err.status_code, headers=err.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _query_error(request: Request, err: RequestValidationError):
         problem = err.errors()[0]
         loc = ".".join(str(p) for p in problem["loc"][1:]) or None
-        return JSONResponse(error_body(f"{loc}: {problem['msg']}", "invalid_request_error", loc, "invalid_value"), status_code=400)
+        return JSONResponse(
+            error_body(f"{loc}: {problem['msg']}", "invalid_request_error", loc, "invalid_value"), status_code=400
+        )
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, err: Exception):
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body("internal server error (see the server log)", "server_error", None, "internal_error"), status_code=500)
+        return JSONResponse(
+            error_body("internal server error (see the server log)", "server_error", None, "internal_error"),
+            status_code=500,
+        )
 
 
 def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings | None = None) -> FastAPI:
@@ -184,7 +207,13 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         await run_in_threadpool(state.queue.stop)
         state.traces.close()
 
-    app = FastAPI(title="fslm", description="OpenAI-compatible API over an fslm stack", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="fslm",
+        description="OpenAI-compatible API over an fslm stack",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.fslm = state
     app.add_middleware(_CountRequests, metrics=state.metrics)
     _install_error_handlers(app, state)
@@ -196,8 +225,10 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), state.api_key.encode()):
             state.metrics.rejected.labels("unauthorized").inc()
             raise APIError(
-                401, "missing or invalid API key: send the header 'Authorization: Bearer <key>' (the server's FSLM_API_KEY)",
-                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"},
+                401,
+                "missing or invalid API key: send the header 'Authorization: Bearer <key>' (the server's FSLM_API_KEY)",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
             )
 
     api = APIRouter(dependencies=[Depends(require_key)])
@@ -230,8 +261,14 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
     def model_card() -> dict[str, Any]:
-        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "fslm",
-                "fslm_stages": stack.stage_names, "fslm_base_model": stack.config.base_model}
+        return {
+            "id": state.model_name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "fslm",
+            "fslm_stages": stack.stage_names,
+            "fslm_base_model": stack.config.base_model,
+        }
 
     @api.get("/v1/models")
     async def list_models() -> dict:
@@ -240,7 +277,12 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
     @api.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict:
         if model_id != state.model_name:
-            raise APIError(404, f"model {model_id!r} does not exist; this server serves {state.model_name!r}", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {model_id!r} does not exist; this server serves {state.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
         return model_card()
 
     @api.get("/v1/traces")
@@ -251,7 +293,12 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
     async def get_trace(trace_id: str) -> dict:
         record = state.traces.get(trace_id)
         if record is None:
-            raise APIError(404, f"no trace {trace_id!r} (only the last {settings.trace_history} are kept in memory)", param="trace_id", code="not_found")
+            raise APIError(
+                404,
+                f"no trace {trace_id!r} (only the last {settings.trace_history} are kept in memory)",
+                param="trace_id",
+                code="not_found",
+            )
         return record
 
     @api.post("/v1/chat/completions")
@@ -259,11 +306,21 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         t0 = time.perf_counter()
         req = parse_request(await _read_body(request, settings.max_body_bytes))
         if req.model is not None and req.model != state.model_name:
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves {state.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {req.model!r} does not exist; this server serves {state.model_name!r} (GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
         requested = req.new_token_cap
         if requested is not None and requested > settings.max_new_tokens:
             param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-            raise APIError(400, f"{param}={requested} exceeds this server's limit of {settings.max_new_tokens}", param=param, code="invalid_value")
+            raise APIError(
+                400,
+                f"{param}={requested} exceeds this server's limit of {settings.max_new_tokens}",
+                param=param,
+                code="invalid_value",
+            )
         prompt = messages_to_prompt(req.messages)
         # Short prompts tokenize in well under a millisecond: do it inline, so requests of a burst reach the queue
         # close together (a thread-pool hop per request adds scheduling delay on a busy CPU).
@@ -272,7 +329,12 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         else:
             n_tokens = await run_in_threadpool(stack.engine.count_tokens, prompt)
         if n_tokens > state.max_prompt_tokens:
-            raise APIError(400, f"messages: the prompt built from them has {n_tokens} tokens; this server accepts at most {state.max_prompt_tokens}. Shorten it (fslm never truncates silently).", param="messages", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"messages: the prompt built from them has {n_tokens} tokens; this server accepts at most {state.max_prompt_tokens}. Shorten it (fslm never truncates silently).",
+                param="messages",
+                code="context_length_exceeded",
+            )
         want_trace = settings.trace if req.fslm_trace is None else req.fslm_trace
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
         cap = state.answer_cap(requested)
@@ -282,25 +344,47 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         job = state.submit(prompt, cap)
         result = await state.result(job, settings.request_timeout_s)
         record = state.finish(cid, result, job, t0)
-        return JSONResponse(completion_object(cid, state.model_name, result.answer, record["finish_reason"], usage(result), record if want_trace else None))
+        return JSONResponse(
+            completion_object(
+                cid,
+                state.model_name,
+                result.answer,
+                record["finish_reason"],
+                usage(result),
+                record if want_trace else None,
+            )
+        )
 
     app.include_router(api)
     return app
 
 
-async def _stream(state: ServeState, cid: str, prompt: str, cap: int | None, want_trace: bool, include_usage: bool, t0: float) -> StreamingResponse:
+async def _stream(
+    state: ServeState, cid: str, prompt: str, cap: int | None, want_trace: bool, include_usage: bool, t0: float
+) -> StreamingResponse:
     """SSE: a 'queued' chunk at once, a 'running' event when the batch starts, then the answer in word pieces."""
     loop = asyncio.get_running_loop()
     started = asyncio.Event()
-    job = state.submit(prompt, cap, on_start=lambda: loop.call_soon_threadsafe(started.set))  # 429 before the stream opens
+    job = state.submit(
+        prompt, cap, on_start=lambda: loop.call_soon_threadsafe(started.set)
+    )  # 429 before the stream opens
     model = state.model_name
 
     async def events() -> AsyncIterator[str]:
         future = asyncio.wrap_future(job.future)
         try:
-            yield sse(chunk_object(cid, model, {"role": "assistant", "content": ""}, fslm_event={"status": "queued", "queue_depth": state.queue.depth}))
+            yield sse(
+                chunk_object(
+                    cid,
+                    model,
+                    {"role": "assistant", "content": ""},
+                    fslm_event={"status": "queued", "queue_depth": state.queue.depth},
+                )
+            )
             waiter = asyncio.ensure_future(started.wait())
-            await asyncio.wait({future, waiter}, timeout=state.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {future, waiter}, timeout=state.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
             waiter.cancel()
             if started.is_set():
                 yield sse(chunk_object(cid, model, {}, fslm_event={"status": "running", "batch_size": job.batch_size}))
@@ -323,10 +407,14 @@ async def _stream(state: ServeState, cid: str, prompt: str, cap: int | None, wan
             if not future.done():
                 future.cancel()  # client went away: a request not yet started is dropped from the queue
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
-def serve(stack: Stack | str | Path | None = None, settings: ServeSettings | None = None, *, log_level: str = "info") -> None:
+def serve(
+    stack: Stack | str | Path | None = None, settings: ServeSettings | None = None, *, log_level: str = "info"
+) -> None:
     """Python twin of `fslm serve`: load the stack, then run uvicorn until interrupted."""
     import uvicorn
 
@@ -334,4 +422,11 @@ def serve(stack: Stack | str | Path | None = None, settings: ServeSettings | Non
     app = create_app(stack, settings)
     # A backstop on open connections (uvicorn answers 503 beyond it); the bounded queue answers 429 well before.
     limit = (settings.queue_size + settings.max_batch) * 2 + 100
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, limit_concurrency=limit, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        limit_concurrency=limit,
+        timeout_graceful_shutdown=5,
+    )

@@ -15,8 +15,8 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from fslm.errors import FslmError
 from fslm.stack import StackResult

@@ -30,7 +30,12 @@ def messages_to_prompt(messages: list[ChatMessage]) -> str:
         )
     question = last.text(last_index).strip()
     if not question:
-        raise APIError(400, f"messages[{last_index}].content is empty: give the question to answer", param=f"messages.{last_index}.content", code="empty_prompt")
+        raise APIError(
+            400,
+            f"messages[{last_index}].content is empty: give the question to answer",
+            param=f"messages.{last_index}.content",
+            code="empty_prompt",
+        )
     history = []
     for i, message in enumerate(messages[:last_index]):
         if message.role in ("user", "assistant"):
@@ -46,7 +51,11 @@ def usage(result: StackResult) -> dict[str, int]:
     """Tokens over ALL stages: what the answer cost, not just the final stage's text."""
     prompt_tokens = sum(r.tokens_in for r in result.trace)
     completion_tokens = sum(r.tokens_out for r in result.trace)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def trace_record(cid: str, model: str, result: StackResult, job: Job, latency: float) -> dict:

@@ -64,8 +64,10 @@ class ChatMessage(_Model):
         for j, part in enumerate(self.content):
             if part.type != "text" or part.text is None:
                 raise APIError(
-                    400, f"messages[{index}].content[{j}]: only text parts are supported (got type {part.type!r})",
-                    param=f"messages.{index}.content.{j}.type", code="unsupported_content",
+                    400,
+                    f"messages[{index}].content[{j}]: only text parts are supported (got type {part.type!r})",
+                    param=f"messages.{index}.content.{j}.type",
+                    code="unsupported_content",
                 )
             pieces.append(part.text)
         return "\n".join(pieces)
@@ -110,7 +112,9 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
     except ValidationError as err:
         raise _validation_error(err) from None
     if request.tools:
-        raise APIError(400, "tools/function calling is not supported by fslm stacks", param="tools", code="unsupported_parameter")
+        raise APIError(
+            400, "tools/function calling is not supported by fslm stacks", param="tools", code="unsupported_parameter"
+        )
     return request
 
 
@@ -123,7 +127,12 @@ def _validation_error(err: ValidationError) -> APIError:
     if loc == "messages" and problem["type"] == "too_short":
         msg = "messages must contain at least one message"
     more = f" (+{err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
-    return APIError(400, f"{loc}: {msg}{got_text}{more}", param=loc, code="invalid_value" if problem["type"] != "missing" else "missing_field")
+    return APIError(
+        400,
+        f"{loc}: {msg}{got_text}{more}",
+        param=loc,
+        code="invalid_value" if problem["type"] != "missing" else "missing_field",
+    )
 
 
 def completion_object(cid: str, model: str, answer: str, finish_reason: str, usage: dict, trace: dict | None) -> dict:
@@ -134,7 +143,12 @@ def completion_object(cid: str, model: str, answer: str, finish_reason: str, usa
         "model": model,
         "system_fingerprint": f"fslm-{FSLM_VERSION}",
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish_reason, "logprobs": None}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
         ],
         "usage": usage,
     }

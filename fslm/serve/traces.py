@@ -42,7 +42,9 @@ class TraceStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(SCHEMA)
-        rows = self._db.execute("SELECT record FROM serve_traces ORDER BY created DESC LIMIT ?", (self.keep,)).fetchall()
+        rows = self._db.execute(
+            "SELECT record FROM serve_traces ORDER BY created DESC LIMIT ?", (self.keep,)
+        ).fetchall()
         for (text,) in reversed(rows):
             record = json.loads(text)
             self._items[record["id"]] = record
@@ -61,7 +63,14 @@ class TraceStore:
                 try:
                     self._db.execute(
                         "INSERT OR REPLACE INTO serve_traces VALUES (?, ?, ?, ?, ?, ?)",
-                        (record["id"], record["created"], record["model"], record["prompt"], record["answer"], json.dumps(record)),
+                        (
+                            record["id"],
+                            record["created"],
+                            record["model"],
+                            record["prompt"],
+                            record["answer"],
+                            json.dumps(record),
+                        ),
                     )
                 except sqlite3.Error as err:  # a full disk must not fail the request that was already answered
                     log.warning("could not persist trace %s: %s", record["id"], err)

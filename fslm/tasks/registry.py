@@ -23,58 +23,124 @@ def _spec(name: str, kind: str, split: str, fewshot: str | None, splits: tuple[s
 
 _ENTRIES: list[tuple[TaskSpec, Loader]] = [
     (
-        _spec("arc_easy", _MC, "test", None, ("test",),
-              "ARC-Easy grade-school science questions (MosaicML converted copy)"),
+        _spec(
+            "arc_easy",
+            _MC,
+            "test",
+            None,
+            ("test",),
+            "ARC-Easy grade-school science questions (MosaicML converted copy)",
+        ),
         J.load_arc_easy,
     ),
     (
-        _spec("arc_challenge", _MC, "test", "validation", ("test", "validation"),
-              "ARC-Challenge hard grade-school science questions (AI2 jsonl)"),
+        _spec(
+            "arc_challenge",
+            _MC,
+            "test",
+            "validation",
+            ("test", "validation"),
+            "ARC-Challenge hard grade-school science questions (AI2 jsonl)",
+        ),
         J.load_arc_challenge,
     ),
     (
-        _spec("hellaswag", _MC, "validation", None, ("validation",),
-              "HellaSwag commonsense sentence completion (llama.cpp text layout)"),
+        _spec(
+            "hellaswag",
+            _MC,
+            "validation",
+            None,
+            ("validation",),
+            "HellaSwag commonsense sentence completion (llama.cpp text layout)",
+        ),
         T.load_hellaswag,
     ),
     (
-        _spec("mmlu", _MC, "test", "dev", ("test", "dev"),
-              "MMLU 57-subject knowledge questions, scored on the letters A-D"),
+        _spec(
+            "mmlu",
+            _MC,
+            "test",
+            "dev",
+            ("test", "dev"),
+            "MMLU 57-subject knowledge questions, scored on the letters A-D",
+        ),
         T.load_mmlu,
     ),
     (
-        _spec("truthfulqa_mc1", _MC, "validation", None, ("validation",),
-              "TruthfulQA, one true answer among the choices (6-shot QA primer)"),
+        _spec(
+            "truthfulqa_mc1",
+            _MC,
+            "validation",
+            None,
+            ("validation",),
+            "TruthfulQA, one true answer among the choices (6-shot QA primer)",
+        ),
         T.load_truthfulqa,
     ),
     (
-        _spec("truthfulqa_mc2", _MC, "validation", None, ("validation",),
-              "TruthfulQA, several true answers; score = normalised probability mass on gold_set"),
+        _spec(
+            "truthfulqa_mc2",
+            _MC,
+            "validation",
+            None,
+            ("validation",),
+            "TruthfulQA, several true answers; score = normalised probability mass on gold_set",
+        ),
         T.load_truthfulqa,
     ),
     (
-        _spec("winogrande", _MC, "validation", None, ("validation",),
-              "WinoGrande pronoun resolution with lm-eval partial scoring (per-choice contexts)"),
+        _spec(
+            "winogrande",
+            _MC,
+            "validation",
+            None,
+            ("validation",),
+            "WinoGrande pronoun resolution with lm-eval partial scoring (per-choice contexts)",
+        ),
         J.load_winogrande,
     ),
     (
-        _spec("piqa", _MC, "validation", None, ("validation",),
-              "PIQA physical commonsense: pick the better of two solutions"),
+        _spec(
+            "piqa",
+            _MC,
+            "validation",
+            None,
+            ("validation",),
+            "PIQA physical commonsense: pick the better of two solutions",
+        ),
         J.load_piqa,
     ),
     (
-        _spec("boolq", _MC, "validation", None, ("validation",),
-              "BoolQ yes/no questions about a passage (MosaicML converted copy)"),
+        _spec(
+            "boolq",
+            _MC,
+            "validation",
+            None,
+            ("validation",),
+            "BoolQ yes/no questions about a passage (MosaicML converted copy)",
+        ),
         J.load_boolq,
     ),
     (
-        _spec("openbookqa", _MC, "test", "train", ("test", "validation", "train"),
-              "OpenBookQA elementary science; the question stem is completed by a choice"),
+        _spec(
+            "openbookqa",
+            _MC,
+            "test",
+            "train",
+            ("test", "validation", "train"),
+            "OpenBookQA elementary science; the question stem is completed by a choice",
+        ),
         T.load_openbookqa,
     ),
     (
-        _spec("gsm8k", "generate", "test", "train", ("test", "train"),
-              "GSM8K grade-school math word problems; gold = the final number"),
+        _spec(
+            "gsm8k",
+            "generate",
+            "test",
+            "train",
+            ("test", "train"),
+            "GSM8K grade-school math word problems; gold = the final number",
+        ),
         J.load_gsm8k,
     ),
 ]
@@ -134,7 +200,11 @@ def without_overlap(pool: list[Item], reserved: list[Item]) -> list[Item]:
     same question copied into two splits must not be both an example and a test item."""
     ids = {it.id for it in reserved}
     questions = {normalize_text(it.question) for it in reserved if it.question.strip()}
-    return [it for it in pool if it.id not in ids and (not it.question.strip() or normalize_text(it.question) not in questions)]
+    return [
+        it
+        for it in pool
+        if it.id not in ids and (not it.question.strip() or normalize_text(it.question) not in questions)
+    ]
 
 
 def fewshot_items(
@@ -162,7 +232,9 @@ def fewshot_items(
         subjects = sorted({it.meta.get("subject", "") for it in pool} - {""})
         pool = [it for it in pool if it.meta.get("subject") == subject]
         if not pool:
-            raise FslmError(f"no few-shot examples for subject {subject!r} in task {name!r}; known: {', '.join(subjects) or 'none'}")
+            raise FslmError(
+                f"no few-shot examples for subject {subject!r} in task {name!r}; known: {', '.join(subjects) or 'none'}"
+            )
         if k > len(pool):
             raise FslmError(f"asked for {k} few-shot examples but subject {subject!r} has {len(pool)}")
         return pool[:k]

@@ -18,7 +18,12 @@ def tiny_stack_file(tiny_model_dir, tmp_path):
         "base_model": str(tiny_model_dir),
         "stages": [
             {"name": "intent", "instruction": "Restate.", "generation": {"max_new_tokens": 5}},
-            {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "intent"], "generation": {"max_new_tokens": 5}},
+            {
+                "name": "answer",
+                "instruction": "Answer.",
+                "sees": ["prompt", "intent"],
+                "generation": {"max_new_tokens": 5},
+            },
         ],
     }
     path = tmp_path / "stack.yaml"
@@ -34,7 +39,11 @@ def test_run_json_has_answer_and_trace(tiny_stack_file):
     assert [t["stage"] for t in data["trace"]] == ["intent", "answer"]
     for rec in data["trace"]:
         assert isinstance(rec["input"], str) and isinstance(rec["output"], str)
-        assert isinstance(rec["tokens_in"], int) and isinstance(rec["tokens_out"], int) and isinstance(rec["seconds"], float)
+        assert (
+            isinstance(rec["tokens_in"], int)
+            and isinstance(rec["tokens_out"], int)
+            and isinstance(rec["seconds"], float)
+        )
     assert data["answer"] == data["trace"][-1]["output"]
 
 
@@ -62,7 +71,9 @@ def test_user_errors_exit_2_without_traceback(tiny_stack_file, tmp_path, args, m
 
 def test_unknown_model_lists_known_names(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "base_model": "gpt-17", "stages": [{"name": "answer", "instruction": "A."}]}))
+    path.write_text(
+        yaml.safe_dump({"name": "x", "base_model": "gpt-17", "stages": [{"name": "answer", "instruction": "A."}]})
+    )
     result = runner.invoke(app, ["run", "--stack", str(path), "hi"])
     assert result.exit_code == 2 and "smollm2-135m" in result.output and "pip install" in result.output
 
@@ -79,14 +90,20 @@ def test_stack_validate_ok_and_broken(tiny_stack_file, tmp_path):
 
 def test_stack_validate_notes_a_stage_nobody_reads(tmp_path):
     stack = tmp_path / "unread.yaml"
-    stack.write_text("name: u\nstages:\n  - {name: intent, instruction: R.}\n  - {name: answer, instruction: A., sees: [prompt]}\n")
+    stack.write_text(
+        "name: u\nstages:\n  - {name: intent, instruction: R.}\n  - {name: answer, instruction: A., sees: [prompt]}\n"
+    )
     result = runner.invoke(app, ["stack", "validate", str(stack)])
-    assert result.exit_code == 0 and "no later stage reads the text of stage 'intent'" in " ".join(result.output.split())
+    assert result.exit_code == 0 and "no later stage reads the text of stage 'intent'" in " ".join(
+        result.output.split()
+    )
 
 
 def test_stack_validate_missing_adapter(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "stages": [{"name": "answer", "instruction": "A.", "adapter": "adapters/answer"}]}))
+    path.write_text(
+        yaml.safe_dump({"name": "x", "stages": [{"name": "answer", "instruction": "A.", "adapter": "adapters/answer"}]})
+    )
     result = runner.invoke(app, ["stack", "validate", str(path)])
     assert result.exit_code == 2 and "stages.0.adapter" in result.output
 

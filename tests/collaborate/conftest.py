@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import build_tiny_model  # tests/conftest.py (tests/ is on sys.path under pytest)
 
 
@@ -44,16 +43,28 @@ def write_run(folder: Path, rows: list[dict], summary: dict | None = None) -> Pa
     return folder
 
 
-def make_rows(outcomes: list[tuple[bool, list[float]]], *, task: str = "arc_easy", tokens: int = 10, prefix: str = "q") -> list[dict]:
+def make_rows(
+    outcomes: list[tuple[bool, list[float]]], *, task: str = "arc_easy", tokens: int = 10, prefix: str = "q"
+) -> list[dict]:
     """fslm-eval-style rows: (correct, choice_scores) per item."""
     rows = []
     for i, (correct, scores) in enumerate(outcomes):
         pred = max(range(len(scores)), key=scores.__getitem__)
-        rows.append({
-            "id": f"{task}/test/{i}", "task": task, "prompt": f"Question: {prefix} number {i}?\nAnswer:", "stages": [],
-            "choice_scores": scores, "prediction": pred, "gold": pred if correct else (pred + 1) % len(scores),
-            "correct": correct, "tokens_in": tokens, "tokens_out": 0, "seconds": 0.01,
-        })
+        rows.append(
+            {
+                "id": f"{task}/test/{i}",
+                "task": task,
+                "prompt": f"Question: {prefix} number {i}?\nAnswer:",
+                "stages": [],
+                "choice_scores": scores,
+                "prediction": pred,
+                "gold": pred if correct else (pred + 1) % len(scores),
+                "correct": correct,
+                "tokens_in": tokens,
+                "tokens_out": 0,
+                "seconds": 0.01,
+            }
+        )
     return rows
 
 

@@ -18,6 +18,7 @@ from fslm.collaborate.cascade import (
 )
 from fslm.collaborate.runs import choice_margin, pair_runs, read_run, split_pairs
 from fslm.errors import DataError, InputError
+
 from .conftest import make_rows, write_run
 
 # (small correct, small top-choice probability) -> margins .9 .8 .6 .5 .2 .1 .04 0
@@ -31,8 +32,12 @@ def two_choice(p: float) -> list[float]:
 
 @pytest.fixture()
 def runs(tmp_path):
-    small = write_run(tmp_path / "small", make_rows([(c, two_choice(p)) for c, p in SMALL]), {"system": "small", "params": 100})
-    large = write_run(tmp_path / "large", make_rows([(c, two_choice(0.7)) for c in LARGE]), {"system": "large", "params": 400})
+    small = write_run(
+        tmp_path / "small", make_rows([(c, two_choice(p)) for c, p in SMALL]), {"system": "small", "params": 100}
+    )
+    large = write_run(
+        tmp_path / "large", make_rows([(c, two_choice(0.7)) for c in LARGE]), {"system": "large", "params": 400}
+    )
     return small, large
 
 
@@ -67,7 +72,9 @@ def test_random_escalation_is_the_exact_expectation(pairs):
 
 
 def test_calibrate_picks_the_cheapest_threshold_meeting_the_target(pairs):
-    cal = calibrate(pairs, "margin", target=0.95)  # goal .95 * 7/8 = .83: escalating the 3 items with margin <= .1 is enough
+    cal = calibrate(
+        pairs, "margin", target=0.95
+    )  # goal .95 * 7/8 = .83: escalating the 3 items with margin <= .1 is enough
     assert cal.met and cal.acc == pytest.approx(7 / 8) and cal.escalation_rate == pytest.approx(3 / 8)
     assert 0.1 < cal.threshold <= 0.2 and cal.compute_share == pytest.approx(20 / 32)
     assert cal.small_acc == 0.5 and cal.large_acc == 7 / 8 and cal.n == 8
@@ -77,8 +84,10 @@ def test_calibrate_picks_the_cheapest_threshold_meeting_the_target(pairs):
 
 def test_verify_signal_from_signals_file_adds_its_cost(runs, tmp_path):
     signals = tmp_path / "signals.jsonl"
-    rows = [{"task": "arc_easy", "id": f"arc_easy/test/{i}", "verify": v, "verify_flops": 500.0}
-            for i, v in enumerate([0.9, 0.9, 0.9, 0.2, 0.9, 0.3, 0.1, 0.2])]
+    rows = [
+        {"task": "arc_easy", "id": f"arc_easy/test/{i}", "verify": v, "verify_flops": 500.0}
+        for i, v in enumerate([0.9, 0.9, 0.9, 0.2, 0.9, 0.3, 0.1, 0.2])
+    ]
     signals.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cal = calibrate_runs(runs[0], runs[1], signal="verify", target=1.0, signals=signals)
     # goal 7/8: escalating items 3, 6, 7 (verify <= .2) reaches it; cost 8*(2000+500) + 3*8000

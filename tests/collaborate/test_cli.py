@@ -21,15 +21,32 @@ def last_json(output: str):
 
 @pytest.fixture()
 def runs(tmp_path):
-    outcomes = [(i % 3 != 0, [math.log(p), math.log(1 - p)]) for i, p in enumerate([0.55, 0.9, 0.8, 0.52, 0.95, 0.7] * 3)]
+    outcomes = [
+        (i % 3 != 0, [math.log(p), math.log(1 - p)]) for i, p in enumerate([0.55, 0.9, 0.8, 0.52, 0.95, 0.7] * 3)
+    ]
     small = write_run(tmp_path / "small", make_rows(outcomes), {"params": 100})
     large = write_run(tmp_path / "large", make_rows([(True, [0.0, -1.0])] * len(outcomes)), {"params": 400})
     return small, large
 
 
 def test_generate_with_draft_is_identical(tiny_model_dir, tiny_draft_dir):
-    result = runner.invoke(app, ["generate", "--model", str(tiny_model_dir), "--draft", str(tiny_draft_dir), "--draft-tokens", "3",
-                                 "-n", "8", "--compare", "--json", "What is the capital of France?"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_model_dir),
+            "--draft",
+            str(tiny_draft_dir),
+            "--draft-tokens",
+            "3",
+            "-n",
+            "8",
+            "--compare",
+            "--json",
+            "What is the capital of France?",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = last_json(result.stdout)
     assert data["mode"] == "speculative" and data["baseline"]["identical"] is True
@@ -37,18 +54,36 @@ def test_generate_with_draft_is_identical(tiny_model_dir, tiny_draft_dir):
 
 
 def test_generate_contrastive_and_plain(tiny_model_dir, tiny_draft_dir):
-    cd = runner.invoke(app, ["generate", "-m", str(tiny_model_dir), "--amateur", str(tiny_draft_dir), "--alpha", "0.1", "-n", "8", "--json", "Hi"])
+    cd = runner.invoke(
+        app,
+        [
+            "generate",
+            "-m",
+            str(tiny_model_dir),
+            "--amateur",
+            str(tiny_draft_dir),
+            "--alpha",
+            "0.1",
+            "-n",
+            "8",
+            "--json",
+            "Hi",
+        ],
+    )
     assert cd.exit_code == 0, cd.output
     assert last_json(cd.stdout)["mode"] == "contrastive"
     plain = runner.invoke(app, ["generate", "-m", str(tiny_model_dir), "-n", "8", "Hi"])
     assert plain.exit_code == 0, plain.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--amateur", "OTHER", "--alpha", "0.1"], "one tokenizer"),
-    (["--amateur", "DRAFT", "--alpha", "1.5"], "alpha"),
-    (["--draft", "DRAFT", "--amateur", "DRAFT"], "choose one"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--amateur", "OTHER", "--alpha", "0.1"], "one tokenizer"),
+        (["--amateur", "DRAFT", "--alpha", "1.5"], "alpha"),
+        (["--draft", "DRAFT", "--amateur", "DRAFT"], "choose one"),
+    ],
+)
 def test_generate_bad_input_exits_2(tiny_model_dir, tiny_draft_dir, tiny_other_tok_dir, args, message):
     args = [str(tiny_other_tok_dir) if a == "OTHER" else str(tiny_draft_dir) if a == "DRAFT" else a for a in args]
     result = runner.invoke(app, ["generate", "-m", str(tiny_model_dir), "-n", "4", *args, "Hi"])
@@ -58,12 +93,39 @@ def test_generate_bad_input_exits_2(tiny_model_dir, tiny_draft_dir, tiny_other_t
 
 def test_cascade_calibrate_then_eval(runs, tmp_path):
     small, large = runs
-    cal = runner.invoke(app, ["cascade", "calibrate", "--small", str(small), "--large", str(large), "--target", "0.9",
-                              "--out", str(tmp_path / "cal.json"), "--json"])
+    cal = runner.invoke(
+        app,
+        [
+            "cascade",
+            "calibrate",
+            "--small",
+            str(small),
+            "--large",
+            str(large),
+            "--target",
+            "0.9",
+            "--out",
+            str(tmp_path / "cal.json"),
+            "--json",
+        ],
+    )
     assert cal.exit_code == 0, cal.output
     assert 0 <= last_json(cal.stdout)["threshold"] <= 1
-    ev = runner.invoke(app, ["cascade", "eval", "--small", str(small), "--large", str(large), "--calibration", str(tmp_path / "cal.json"),
-                             "--out", str(tmp_path / "out")])
+    ev = runner.invoke(
+        app,
+        [
+            "cascade",
+            "eval",
+            "--small",
+            str(small),
+            "--large",
+            str(large),
+            "--calibration",
+            str(tmp_path / "cal.json"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert ev.exit_code == 0, ev.output
     assert "random" in ev.stdout
     data = json.loads((tmp_path / "out" / "cascade.json").read_text())
@@ -73,7 +135,16 @@ def test_cascade_calibrate_then_eval(runs, tmp_path):
 def test_cascade_bad_input_exits_2(runs, tmp_path, tiny_model_dir, tiny_draft_dir):
     small, large = runs
     cases = [
-        ["cascade", "eval", "--small", str(small), "--large", str(large), "--calibration", str(tmp_path / "missing.json")],
+        [
+            "cascade",
+            "eval",
+            "--small",
+            str(small),
+            "--large",
+            str(large),
+            "--calibration",
+            str(tmp_path / "missing.json"),
+        ],
         ["cascade", "calibrate", "--small", str(tmp_path / "nothing"), "--large", str(large)],
         ["cascade", "calibrate", "--small", str(small), "--large", str(large), "--signal", "verify"],
         ["cascade", "Hi", "--small", str(tiny_model_dir), "--large", str(tiny_draft_dir), "--threshold", "1.5"],
@@ -86,13 +157,29 @@ def test_cascade_bad_input_exits_2(runs, tmp_path, tiny_model_dir, tiny_draft_di
 
 
 def test_cascade_live_prompt_by_default(tiny_model_dir, tiny_draft_dir):
-    result = runner.invoke(app, ["cascade", "What is the capital of France?", "--small", str(tiny_model_dir), "--large",
-                                 str(tiny_draft_dir), "--threshold", "1.0", "--max-new-tokens", "6", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "cascade",
+            "What is the capital of France?",
+            "--small",
+            str(tiny_model_dir),
+            "--large",
+            str(tiny_draft_dir),
+            "--threshold",
+            "1.0",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [row] = last_json(result.stdout)
     assert row["escalated"] is True and row["answer"] == row["large"]["text"]
 
 
 def test_route_bad_input_exits_2(runs, tmp_path):
-    result = runner.invoke(app, ["route", "eval", "--router", str(tmp_path), "--small", str(runs[0]), "--large", str(runs[1])])
+    result = runner.invoke(
+        app, ["route", "eval", "--router", str(tmp_path), "--small", str(runs[0]), "--large", str(runs[1])]
+    )
     assert result.exit_code == 2 and "not a router folder" in result.output

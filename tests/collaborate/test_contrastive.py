@@ -36,7 +36,9 @@ def test_scores_follow_the_paper():
     assert scores.argmax().item() == 1  # the expert's greedy choice (0) loses to what the amateur underrates
     # The amateur temperature flattens the amateur before the subtraction.
     hot = contrastive_scores(expert, amateur, ContrastiveParams(alpha=0.25, amateur_temperature=2.0))
-    assert hot[0, 0].item() == pytest.approx(math.log(0.5) - torch.log_softmax(amateur / 2.0, -1)[0, 0].item(), rel=1e-5)
+    assert hot[0, 0].item() == pytest.approx(
+        math.log(0.5) - torch.log_softmax(amateur / 2.0, -1)[0, 0].item(), rel=1e-5
+    )
 
 
 def test_alpha_one_is_expert_greedy(tiny_engine, draft_engine, texts):
@@ -59,7 +61,9 @@ def test_stop_strings_cut_the_text(tiny_engine, draft_engine, texts):
     free = contrastive_generate(tiny_engine, draft_engine, texts[:1], PARAMS)[0]
     assert len(free.text) > 3
     stop = free.text[2:4]
-    cut = contrastive_generate(tiny_engine, draft_engine, texts[:1], GenerationParams(max_new_tokens=16, stop=(stop,)))[0]
+    cut = contrastive_generate(tiny_engine, draft_engine, texts[:1], GenerationParams(max_new_tokens=16, stop=(stop,)))[
+        0
+    ]
     assert stop not in cut.text and free.text.startswith(cut.text) and cut.finish_reason == "stop"
 
 

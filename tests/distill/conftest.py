@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 ALPACA = [
-    {"instruction": f"What is {n} plus {n}?", "input": "", "output": f"The sum of {n} and {n} is {2 * n}."} for n in range(1, 13)
+    {"instruction": f"What is {n} plus {n}?", "input": "", "output": f"The sum of {n} and {n} is {2 * n}."}
+    for n in range(1, 13)
 ] + [
     {"instruction": "Classify the tone of this sentence.", "input": "She always finds a way.", "output": "Positive"},
     {"instruction": "Name a planet.", "input": "<noinput>", "output": "Jupiter is the largest planet."},
@@ -23,11 +24,26 @@ def tiny_stack(model_dir: Path) -> dict:
         "base_model": str(model_dir),
         "max_prompt_tokens": 256,
         "stages": [
-            {"name": "intent", "instruction": "Restate.", "sees": ["prompt"], "generation": {"max_new_tokens": 8},
-             "teacher_prompt": "Request: {prompt}\nResponse: {answer}\nRestate the request."},
-            {"name": "facts", "instruction": "Facts.", "sees": ["prompt", "intent"], "generation": {"max_new_tokens": 8},
-             "teacher_prompt": "Question: {prompt}\nIntent: {intent}\nAnswer: {answer}\nList the facts."},
-            {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "generation": {"max_new_tokens": 48}},
+            {
+                "name": "intent",
+                "instruction": "Restate.",
+                "sees": ["prompt"],
+                "generation": {"max_new_tokens": 8},
+                "teacher_prompt": "Request: {prompt}\nResponse: {answer}\nRestate the request.",
+            },
+            {
+                "name": "facts",
+                "instruction": "Facts.",
+                "sees": ["prompt", "intent"],
+                "generation": {"max_new_tokens": 8},
+                "teacher_prompt": "Question: {prompt}\nIntent: {intent}\nAnswer: {answer}\nList the facts.",
+            },
+            {
+                "name": "answer",
+                "instruction": "Answer.",
+                "sees": ["prompt", "facts"],
+                "generation": {"max_new_tokens": 48},
+            },
         ],
     }
 

@@ -67,11 +67,15 @@ class FaultyTeacher:
     @staticmethod
     def _answer(key: str, body: dict) -> JSONResponse:
         text = f"fact {int(key[:6], 16) % 10}"
-        return JSONResponse({
-            "id": f"chatcmpl-{key[:12]}", "object": "chat.completion", "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
-        })
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{key[:12]}",
+                "object": "chat.completion",
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+            }
+        )
 
     @staticmethod
     async def _dropped():

@@ -46,12 +46,28 @@ def test_the_real_alpaca_file_loads_via_settings():
 
 
 BAD = {
-    "missing_field": (b'{"instruction": "a", "output": "b"}\n{"input": "x", "output": "y"}\n', "line 2", "missing required field 'instruction'"),
-    "wrong_type": (b'[\n {"instruction": "a", "output": "b"},\n {"instruction": "c",\n  "output": 5}\n]', "record 2 (line 3)", "'output' must be a string, got int"),
+    "missing_field": (
+        b'{"instruction": "a", "output": "b"}\n{"input": "x", "output": "y"}\n',
+        "line 2",
+        "missing required field 'instruction'",
+    ),
+    "wrong_type": (
+        b'[\n {"instruction": "a", "output": "b"},\n {"instruction": "c",\n  "output": 5}\n]',
+        "record 2 (line 3)",
+        "'output' must be a string, got int",
+    ),
     "not_an_object": (b'["just a string"]', "record 1", "expected a JSON object"),
     "empty_file": (b"   \n", "empty file", "JSON list or JSONL"),
-    "non_utf8": (b'{"instruction": "a", "output": "b"}\n\n{"instruction": "caf\xe9", "output": "x"}\n', "line 3", "not UTF-8"),
-    "malformed_jsonl": (b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', "line 2", "malformed JSON"),
+    "non_utf8": (
+        b'{"instruction": "a", "output": "b"}\n\n{"instruction": "caf\xe9", "output": "x"}\n',
+        "line 3",
+        "not UTF-8",
+    ),
+    "malformed_jsonl": (
+        b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n',
+        "line 2",
+        "malformed JSON",
+    ),
     "malformed_list": (b'[{"instruction": "a", "output": "b"} {"instruction": "c"}]', "line 1", "expected ',' or ']'"),
     "empty_instruction": (b'{"instruction": "  ", "output": "b"}\n', "record 1 (line 1)", "'instruction' is empty"),
 }
@@ -72,7 +88,9 @@ def test_cli_exits_2_on_bad_data_without_traceback(tmp_path, stack_file, case):
     content, where, what = BAD[case]
     path = tmp_path / "bad.json"
     path.write_bytes(content)
-    result = CliRunner().invoke(app, ["distill", "--stack", str(stack_file), "--data", str(path), "--out", str(tmp_path / "o.jsonl")])
+    result = CliRunner().invoke(
+        app, ["distill", "--stack", str(stack_file), "--data", str(path), "--out", str(tmp_path / "o.jsonl")]
+    )
     assert result.exit_code == 2, result.output
     assert where in result.output and what in result.output and "Traceback" not in result.output
     assert "loading teacher" not in result.output  # data is validated before any model is loaded

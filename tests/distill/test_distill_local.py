@@ -14,7 +14,14 @@ def test_distill_writes_every_record_once_with_hints_and_resumes(tiny_engine, st
     out = tmp_path / "d.jsonl"
     teacher = LocalTeacher(tiny_engine)
     seen = []
-    report = distill(stack_file, alpaca_file, out, teacher=teacher, options=DistillOptions(batch_size=4), progress=lambda d, t: seen.append((d, t)))
+    report = distill(
+        stack_file,
+        alpaca_file,
+        out,
+        teacher=teacher,
+        options=DistillOptions(batch_size=4),
+        progress=lambda d, t: seen.append((d, t)),
+    )
     items, _ = load_instructions(alpaca_file)
     lines = read_lines(out)
     assert [r["id"] for r in lines] == [i.id for i in items] and report.written == len(items) == report.records
@@ -35,7 +42,9 @@ def test_distill_writes_every_record_once_with_hints_and_resumes(tiny_engine, st
     unhinted = next(r for r in lines if not r["hinted"])
     assert "answer" in unhinted["targets"] or unhinted["filtered"]  # no gold: the teacher writes the answer too
 
-    again = distill(stack_file, alpaca_file, out, teacher=lambda: (_ for _ in ()).throw(AssertionError("teacher not needed")))
+    again = distill(
+        stack_file, alpaca_file, out, teacher=lambda: (_ for _ in ()).throw(AssertionError("teacher not needed"))
+    )
     assert again.written == 0 and again.already_done == len(items) and read_lines(out) == lines
 
 
@@ -50,4 +59,7 @@ def test_teacher_prompts_carry_the_hint_and_fall_back_without_gold(tiny_model_di
     # a stage without teacher_prompt gets the student's input plus the hint
     plain = cfg.model_copy(update={"stages": [s.model_copy(update={"teacher_prompt": None}) for s in cfg.stages]})
     msgs = teacher_messages(plain, 0, "Q?", {}, "Gold.")
-    assert msgs[1]["content"].startswith(stage_messages(plain, 0, "Q?", {})[1]["content"]) and "Gold." in msgs[1]["content"]
+    assert (
+        msgs[1]["content"].startswith(stage_messages(plain, 0, "Q?", {})[1]["content"])
+        and "Gold." in msgs[1]["content"]
+    )

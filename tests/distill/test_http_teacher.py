@@ -4,14 +4,13 @@ every record exactly once. Non-retryable errors and exhausted retries fail clear
 from __future__ import annotations
 
 import pytest
+from live_server import running_server
 from typer.testing import CliRunner
 
 from fslm.cli import app
 from fslm.distill import distill, load_instructions
 from fslm.errors import FslmError
 from fslm.teachers import HTTPTeacher, TeacherError
-
-from live_server import running_server
 
 from .conftest import read_lines
 from .fake_teacher import FaultyTeacher
@@ -46,13 +45,27 @@ def test_cli_uses_the_api_key_from_the_named_env_var(stack_file, alpaca_file, tm
     server = FaultyTeacher(slow_seconds=0.0, api_key="sekrit")
     monkeypatch.setenv("MY_TEACHER_KEY", "sekrit")
     with running_server(server.app, path="/v1") as url:
-        base = ["distill", "--stack", str(stack_file), "--data", str(alpaca_file), "--teacher-url", url, "--teacher-model", "m"]
-        ok = CliRunner().invoke(app, base + ["--out", str(tmp_path / "a.jsonl"), "--api-key-env", "MY_TEACHER_KEY", "--limit", "3"])
+        base = [
+            "distill",
+            "--stack",
+            str(stack_file),
+            "--data",
+            str(alpaca_file),
+            "--teacher-url",
+            url,
+            "--teacher-model",
+            "m",
+        ]
+        ok = CliRunner().invoke(
+            app, base + ["--out", str(tmp_path / "a.jsonl"), "--api-key-env", "MY_TEACHER_KEY", "--limit", "3"]
+        )
         assert ok.exit_code == 0, ok.output
         assert len(read_lines(tmp_path / "a.jsonl")) == 3 and "kept" in ok.output
         denied = CliRunner().invoke(app, base + ["--out", str(tmp_path / "b.jsonl")])
         assert denied.exit_code == 2 and "HTTP 401" in denied.output and "Traceback" not in denied.output
-        missing = CliRunner().invoke(app, base + ["--out", str(tmp_path / "c.jsonl"), "--api-key-env", "NOT_SET_ANYWHERE"])
+        missing = CliRunner().invoke(
+            app, base + ["--out", str(tmp_path / "c.jsonl"), "--api-key-env", "NOT_SET_ANYWHERE"]
+        )
         assert missing.exit_code == 2 and "NOT_SET_ANYWHERE" in missing.output
 
 

@@ -20,10 +20,23 @@ def _lines(path: Path) -> int:
 
 
 def test_sigkill_then_rerun_gives_every_record_exactly_once(stack_file, tmp_path):
-    records = [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"The sum is {2 * i + 1}."} for i in range(120)]
+    records = [
+        {"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"The sum is {2 * i + 1}."} for i in range(120)
+    ]
     data = write_alpaca(tmp_path / "many.jsonl", records, jsonl=True)
     out = tmp_path / "d.jsonl"
-    cmd = FSLM + ["distill", "--stack", str(stack_file), "--data", str(data), "--out", str(out), "--batch-size", "4", "--json"]
+    cmd = FSLM + [
+        "distill",
+        "--stack",
+        str(stack_file),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--json",
+    ]
     env = {**os.environ, "FSLM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240

@@ -32,7 +32,11 @@ class ScriptedTeacher:
 
 
 RECORDS = [
-    {"instruction": "Complete the sentence: the cat sat on the warm mat by the", "input": "", "output": "The cat sat on the warm mat by the fire."},
+    {
+        "instruction": "Complete the sentence: the cat sat on the warm mat by the",
+        "input": "",
+        "output": "The cat sat on the warm mat by the fire.",
+    },
     {"instruction": "What is two plus two?", "input": "", "output": "Two plus two is four, the sum of the numbers."},
 ]
 
@@ -57,15 +61,30 @@ def test_max_target_tokens_sets_the_answer_limit(tmp_path, tiny_model_dir):
 
 def test_intent_may_repeat_the_prompt_but_not_the_answer(tmp_path, tiny_model_dir):
     # the first gold repeats its prompt: an intent that repeats the same words gives nothing away; the second is leaked
-    filtered = _run(tmp_path, tiny_model_dir, None, "the cat sat on the warm mat by the; two plus two is four, the sum of the numbers")
+    filtered = _run(
+        tmp_path,
+        tiny_model_dir,
+        None,
+        "the cat sat on the warm mat by the; two plus two is four, the sum of the numbers",
+    )
     assert filtered == [[], ["intent:answer_leak"]]
 
 
 def test_a_target_limit_above_the_generation_budget_is_a_config_error():
-    cfg = {"name": "s", "stages": [{"name": "answer", "instruction": "A.", "generation": {"max_new_tokens": 64}, "max_target_tokens": 65}]}
+    cfg = {
+        "name": "s",
+        "stages": [
+            {"name": "answer", "instruction": "A.", "generation": {"max_new_tokens": 64}, "max_target_tokens": 65}
+        ],
+    }
     with pytest.raises(ConfigError, match=r"stages\.0: max_target_tokens 65 exceeds generation\.max_new_tokens 64"):
         parse_stack_config(cfg, "s.yaml")
-    assert parse_stack_config({**cfg, "stages": [{**cfg["stages"][0], "max_target_tokens": 64}]}).stages[0].max_target_tokens == 64
+    assert (
+        parse_stack_config({**cfg, "stages": [{**cfg["stages"][0], "max_target_tokens": 64}]})
+        .stages[0]
+        .max_target_tokens
+        == 64
+    )
 
 
 def test_trim_keeps_whole_leading_sentences_that_fit():
@@ -75,7 +94,10 @@ def test_trim_keeps_whole_leading_sentences_that_fit():
     assert trim_to_sentences(text, 8, count) == "The first sentence has six words."
     assert trim_to_sentences(text, 5, count) is None  # not even one sentence fits
     assert trim_to_sentences("Short. Too", 10, count) is None  # what fits is under min_words
-    assert trim_to_sentences('He said "stop." Then he left the room quietly.', 3 + 6, count) == 'He said "stop." Then he left the room quietly.'
+    assert (
+        trim_to_sentences('He said "stop." Then he left the room quietly.', 3 + 6, count)
+        == 'He said "stop." Then he left the room quietly.'
+    )
 
 
 @given(st.lists(st.sampled_from(["a", "bb", "c.", "d!", "e?", " ", "f\n"]), max_size=40), st.integers(1, 30))
@@ -94,7 +116,9 @@ def test_a_long_target_is_trimmed_and_kept_or_dropped_when_trim_is_off(tmp_path,
     long_facts = f"{first} " + "They also sleep a great deal during the long warm day " * 3
     cfg = tiny_stack(tiny_model_dir)
     cfg["stages"][0]["generation"]["max_new_tokens"] = 64
-    cfg["stages"][1]["generation"]["max_new_tokens"] = len(AutoTokenizer.from_pretrained(tiny_model_dir)(first + " They")["input_ids"]) + 1
+    cfg["stages"][1]["generation"]["max_new_tokens"] = (
+        len(AutoTokenizer.from_pretrained(tiny_model_dir)(first + " They")["input_ids"]) + 1
+    )
     stack = tmp_path / "stack.yaml"
     stack.write_text(yaml.safe_dump(cfg))
     teacher = ScriptedTeacher({"Restate.": "A request about a cat.", "Facts.": long_facts})

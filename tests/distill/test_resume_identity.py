@@ -35,7 +35,9 @@ def test_resume_with_the_same_setup_finishes_the_file(world):
     assert report.already_done == 2 and report.written == 1
     assert teacher.asked == {"Restate.": 1, "Facts.": 1}
     assert len(read_lines(out)) == 3
-    assert json.loads(identity_path(out).read_text())["stages"].keys() == {s["name"] for s in yaml.safe_load(stack.read_text())["stages"]}
+    assert json.loads(identity_path(out).read_text())["stages"].keys() == {
+        s["name"] for s in yaml.safe_load(stack.read_text())["stages"]
+    }
 
 
 def test_resume_after_a_teacher_prompt_changed_is_refused_and_names_the_stage(world):
@@ -82,4 +84,7 @@ def test_stage_digests_are_stable_across_versions(tiny_model_dir):
     must leave model stages' digests alone; change these values only with a note that old files need --redo."""
     cfg = StackConfig.model_validate(tiny_stack(tiny_model_dir))
     assert distill_identity(cfg, DistillOptions())["stages"] == {
-        "intent": "f348071a1f7d4c08", "facts": "6572a7892d2d315a", "answer": "996bed2a5dbe3bc0"}
+        "intent": "f348071a1f7d4c08",
+        "facts": "6572a7892d2d315a",
+        "answer": "996bed2a5dbe3bc0",
+    }

@@ -73,7 +73,13 @@ def test_redo_needs_reuse_and_known_stages(world, tmp_path):
     with pytest.raises(ConfigError, match=r"--redo: expected one or more of the stages .*'fact'"):
         distill(stack, data, tmp_path / "o.jsonl", teacher=teacher, options=DistillOptions(reuse=first, redo=["fact"]))
     with pytest.raises(ConfigError, match="no such distilled file"):
-        distill(stack, data, tmp_path / "o.jsonl", teacher=teacher, options=DistillOptions(reuse=tmp_path / "nope.jsonl", redo=["facts"]))
+        distill(
+            stack,
+            data,
+            tmp_path / "o.jsonl",
+            teacher=teacher,
+            options=DistillOptions(reuse=tmp_path / "nope.jsonl", redo=["facts"]),
+        )
     assert sum(teacher.asked.values()) == 0
 
 
@@ -83,9 +89,30 @@ def test_cli_redo_without_reuse_exits_2_before_loading_a_teacher(world, tmp_path
     from fslm.cli import app
 
     stack, data, first = world
-    result = CliRunner().invoke(app, ["distill", "--stack", str(stack), "--data", str(data), "--out", str(tmp_path / "o.jsonl"),
-                                      "--redo", "facts"])
+    result = CliRunner().invoke(
+        app,
+        ["distill", "--stack", str(stack), "--data", str(data), "--out", str(tmp_path / "o.jsonl"), "--redo", "facts"],
+    )
     assert result.exit_code == 2 and "--redo needs --reuse" in result.output and "loading teacher" not in result.output
-    ok = CliRunner().invoke(app, ["distill", "--stack", str(stack), "--data", str(data), "--out", str(tmp_path / "o.jsonl"),
-                                  "--reuse", str(first), "--redo", "facts", "--teacher", str(stack.parent / "missing-model"), "--json"])
-    assert ok.exit_code == 2 and "missing-model" in ok.output, ok.output  # past the option checks: fails on the unknown teacher
+    ok = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            "--stack",
+            str(stack),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+            "--reuse",
+            str(first),
+            "--redo",
+            "facts",
+            "--teacher",
+            str(stack.parent / "missing-model"),
+            "--json",
+        ],
+    )
+    assert ok.exit_code == 2 and "missing-model" in ok.output, (
+        ok.output
+    )  # past the option checks: fails on the unknown teacher

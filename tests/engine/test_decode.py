@@ -14,10 +14,17 @@ def encoded(engine):
 
 def hf_greedy(engine, ids, max_new, eos):
     out = engine.base.generate(
-        input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=max_new,
-        do_sample=False, eos_token_id=eos, pad_token_id=engine.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=engine.tokenizer.pad_token_id,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
-    new = out[0, len(ids):].tolist()
+    new = out[0, len(ids) :].tolist()
     return new[: new.index(eos[0])] if eos[0] in new else new
 
 

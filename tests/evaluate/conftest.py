@@ -15,9 +15,17 @@ needs_data = pytest.mark.skipif(
 )
 
 ARC_EASY = [
-    {"query": "Question: Which gas do plants take in?", "choices": ["oxygen", "carbon dioxide", "helium", "neon"], "gold": 1},
+    {
+        "query": "Question: Which gas do plants take in?",
+        "choices": ["oxygen", "carbon dioxide", "helium", "neon"],
+        "gold": 1,
+    },
     {"query": "Question: What has eight legs?", "choices": ["a spider", "a dog", "a bird", "a fish"], "gold": 0},
-    {"query": "Question: Water boils at what temperature?", "choices": ["10 degrees", "50 degrees", "100 degrees", "0 degrees"], "gold": 2},
+    {
+        "query": "Question: Water boils at what temperature?",
+        "choices": ["10 degrees", "50 degrees", "100 degrees", "0 degrees"],
+        "gold": 2,
+    },
 ]
 GSM8K = [
     {"question": "Tom has 2 apples and buys 2 more. How many apples?", "answer": "2 + 2 = 4\n#### 4"},

@@ -61,13 +61,34 @@ def test_eval_and_compare_end_to_end(tiny_data, tiny_model_dir, tmp_path):
 
 def test_stack_with_raw_answer_and_a_stage_cache(tiny_data, tiny_model_dir, tmp_path):
     stack = tmp_path / "stack.yaml"
-    stack.write_text(json.dumps({"name": "two", "base_model": str(tiny_model_dir), "stages": [
-        {"name": "facts", "instruction": "Facts.", "generation": {"max_new_tokens": 4}},
-        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"]}]}))
+    stack.write_text(
+        json.dumps(
+            {
+                "name": "two",
+                "base_model": str(tiny_model_dir),
+                "stages": [
+                    {"name": "facts", "instruction": "Facts.", "generation": {"max_new_tokens": 4}},
+                    {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"]},
+                ],
+            }
+        )
+    )
     cache = tmp_path / "stages.sqlite"
     for out in ("a", "b"):
-        code, text = run("eval", "--stack", str(stack), "--tasks", "arc_easy", "--answer-format", "raw",
-                         "--stage-cache", str(cache), "--out", str(tmp_path / out), "--json")
+        code, text = run(
+            "eval",
+            "--stack",
+            str(stack),
+            "--tasks",
+            "arc_easy",
+            "--answer-format",
+            "raw",
+            "--stage-cache",
+            str(cache),
+            "--out",
+            str(tmp_path / out),
+            "--json",
+        )
         assert code == 0, text
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["system"] == "stack:two+raw-answer" and summary["answer_format"] == "raw"
@@ -87,7 +108,9 @@ def test_real_default_model_on_two_tasks(tmp_path, monkeypatch):
     if not (REAL_DATA / "README.md").is_file():
         pytest.skip("benchmark data not present")
     out = tmp_path / "real"
-    code, text = run("eval", "--model", "smollm2-135m", "--tasks", "arc_easy,hellaswag", "--limit", "4", "--out", str(out))
+    code, text = run(
+        "eval", "--model", "smollm2-135m", "--tasks", "arc_easy,hellaswag", "--limit", "4", "--out", str(out)
+    )
     assert code == 0, text
     data = json.loads((out / "summary.json").read_text())
     assert data["tasks"]["arc_easy"]["n"] == 4 and data["tasks"]["hellaswag"]["acc_norm"] is not None

@@ -80,5 +80,7 @@ def test_few_shot_on_a_single_split_task_reads_the_pool_and_refuses_to_evaluate_
     shots = random.Random(FEWSHOT_SEED).sample(tail_fewshot_pool("boolq"), 2)  # lm-eval's default sampler
     assert summary.data["num_fewshot"] == 2 and summary.data["n_items"] == 1
     assert summary.rows[0]["prompt"] == build_context(select_items("boolq", 1)[0], shots)
-    with pytest.raises(InputError, match=r"boolq: its few-shot examples are its items 300\.\.400 .* use --limit 300 or less"):
+    with pytest.raises(
+        InputError, match=r"boolq: its few-shot examples are its items 300\.\.400 .* use --limit 300 or less"
+    ):
         evaluate(model_system, ["boolq"], 301, num_fewshot=2)

@@ -64,11 +64,29 @@ def test_documents_keep_the_lm_eval_layout():
 
 
 def test_lm_eval_cli_wrapper_runs_offline(tiny_model_dir, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FSLM_CACHE_DIR=str(tmp_path / "cache"),
-               HF_DATASETS_CACHE=str(tmp_path / "hf"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        FSLM_CACHE_DIR=str(tmp_path / "cache"),
+        HF_DATASETS_CACHE=str(tmp_path / "hf"),
+    )
     out = tmp_path / "lm_eval_out"
-    cmd = [sys.executable, "-m", "fslm.lm_eval_plugin", "--model", "fslm", "--model_args", f"model={tiny_model_dir}",
-           "--tasks", "fslm_arc_easy,fslm_piqa", "--limit", "2", "--output_path", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fslm.lm_eval_plugin",
+        "--model",
+        "fslm",
+        "--model_args",
+        f"model={tiny_model_dir}",
+        "--tasks",
+        "fslm_arc_easy,fslm_piqa",
+        "--limit",
+        "2",
+        "--output_path",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fslm_arc_easy" in proc.stdout and "acc" in proc.stdout
@@ -87,7 +105,7 @@ def test_plugin_methods_in_model_and_stack_mode(model_system, tiny_engine):
     from fslm.stack import Stack
 
     lm = FslmLM(system=model_system)
-    (lp, greedy), = lm.loglikelihood([_Req("Question: sky?\nAnswer:", " blue")])
+    ((lp, greedy),) = lm.loglikelihood([_Req("Question: sky?\nAnswer:", " blue")])
     assert lp == pytest.approx(tiny_engine.score(["Question: sky?\nAnswer:"], [" blue"])[0].logprob, abs=1e-5)
     rolled = lm.loglikelihood_rolling([_Req("the quick brown fox")])[0]
     assert rolled == pytest.approx(tiny_engine.score([""], ["the quick brown fox"])[0].logprob, abs=1e-5)
@@ -97,9 +115,19 @@ def test_plugin_methods_in_model_and_stack_mode(model_system, tiny_engine):
     texts = lm.generate_until([_Req("Question: 2+2?\nAnswer:", {"until": ["\n"], "max_gen_toks": 5})])
     assert isinstance(texts[0], str) and "\n" not in texts[0]
 
-    cfg = {"name": "t", "base_model": "tiny", "stages": [
-        {"name": "facts", "instruction": "Facts.", "generation": {"max_new_tokens": 4}},
-        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "generation": {"max_new_tokens": 4}}]}
+    cfg = {
+        "name": "t",
+        "base_model": "tiny",
+        "stages": [
+            {"name": "facts", "instruction": "Facts.", "generation": {"max_new_tokens": 4}},
+            {
+                "name": "answer",
+                "instruction": "Answer.",
+                "sees": ["prompt", "facts"],
+                "generation": {"max_new_tokens": 4},
+            },
+        ],
+    }
     stack = Stack(parse_stack_config(cfg), tiny_engine)
     slm = FslmLM(system=StackSystem(stack))
     ctx = "Question: sky?\nAnswer:"

@@ -19,8 +19,10 @@ class _Described:
 
 
 def _rows(task: str, correct: list[bool]) -> list[dict]:
-    return [{"task": task, "acc": float(c), "acc_norm": None, "tokens_in": 3, "tokens_out": 1, "seconds": 0.1}
-            for c in correct]
+    return [
+        {"task": task, "acc": float(c), "acc_norm": None, "tokens_in": 3, "tokens_out": 1, "seconds": 0.1}
+        for c in correct
+    ]
 
 
 def _summary(a: list[bool], b: list[bool]) -> dict:

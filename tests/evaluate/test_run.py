@@ -14,8 +14,21 @@ from fslm.tasks import load_task
 
 from .conftest import needs_data
 
-ROW_KEYS = {"id", "task", "prompt", "stages", "choice_scores", "prediction", "gold", "correct", "acc", "acc_norm",
-            "tokens_in", "tokens_out", "seconds"}
+ROW_KEYS = {
+    "id",
+    "task",
+    "prompt",
+    "stages",
+    "choice_scores",
+    "prediction",
+    "gold",
+    "correct",
+    "acc",
+    "acc_norm",
+    "tokens_in",
+    "tokens_out",
+    "seconds",
+}
 
 
 def test_run_writes_four_outputs_with_the_documented_schema(model_system, tiny_data, tmp_path):
@@ -60,7 +73,9 @@ def test_rerun_skips_done_items_and_resumes_after_a_torn_write(model_system, tin
     items_path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
     calls = []
     original = model_system.answer_choices
-    monkeypatch.setattr(model_system, "answer_choices", lambda items, shots: calls.append(len(items)) or original(items, shots))
+    monkeypatch.setattr(
+        model_system, "answer_choices", lambda items, shots: calls.append(len(items)) or original(items, shots)
+    )
     second = evaluate(model_system, ["arc_easy"], out_dir=out)
     assert calls == [1]  # only the torn item was redone
     assert second.tasks["arc_easy"]["acc"] == first.tasks["arc_easy"]["acc"]
@@ -188,7 +203,9 @@ def test_raw_answer_format_is_the_model_alone_reading_the_earlier_texts(tiny_eng
 
 
 @pytest.mark.parametrize("answer_format", ["stack", "raw"])
-def test_warming_a_shared_stage_cache_leaves_an_evaluation_nothing_to_generate(tiny_engine, tiny_data, tmp_path, answer_format):
+def test_warming_a_shared_stage_cache_leaves_an_evaluation_nothing_to_generate(
+    tiny_engine, tiny_data, tmp_path, answer_format
+):
     """warm() generates exactly the stage texts an evaluation asks for: a second process evaluating the same stack
     with the same cache file reads every one of them, and its rows are those of an uncached run."""
     from fslm.stack_cache import StageCache
@@ -199,7 +216,9 @@ def test_warming_a_shared_stage_cache_leaves_an_evaluation_nothing_to_generate(t
         StackSystem(Stack(cfg, tiny_engine, cache=cache), answer_format=answer_format).warm(items[::-1])
         assert cache.misses > 0 and cache.hits == 0
     with StageCache(tmp_path / "stages.sqlite") as cache:
-        warmed = evaluate(StackSystem(Stack(cfg, tiny_engine, cache=cache), answer_format=answer_format), ["arc_easy", "gsm8k"])
+        warmed = evaluate(
+            StackSystem(Stack(cfg, tiny_engine, cache=cache), answer_format=answer_format), ["arc_easy", "gsm8k"]
+        )
         assert cache.misses == 0 and cache.hits > 0
     fresh = evaluate(StackSystem(Stack(cfg, tiny_engine), answer_format=answer_format), ["arc_easy", "gsm8k"])
     drop = lambda row: {k: v for k, v in row.items() if k != "seconds"}  # noqa: E731 (scoring time differs)
@@ -217,8 +236,10 @@ def test_stack_params_touched_counts_adapters(tiny_model_dir, tiny_adapters, tmp
     assert StackSystem(system.stack, answer_format="raw").params_touched == engine.params  # the base model answers
 
 
-def test_raw_adapter_answer_format_scores_raw_contexts_under_the_final_adapter(tiny_model_dir, tiny_adapters, tiny_data, tmp_path):
-    """"raw-adapter": the contexts of "raw", scored with the answer stage's adapter on (one trained on raw pairs)."""
+def test_raw_adapter_answer_format_scores_raw_contexts_under_the_final_adapter(
+    tiny_model_dir, tiny_adapters, tiny_data, tmp_path
+):
+    """ "raw-adapter": the contexts of "raw", scored with the answer stage's adapter on (one trained on raw pairs)."""
     from fslm.engine import load_engine
 
     cfg = dict(STACK, stages=[dict(STACK["stages"][0]), dict(STACK["stages"][1], adapter=str(tiny_adapters["answer"]))])
@@ -226,14 +247,19 @@ def test_raw_adapter_answer_format_scores_raw_contexts_under_the_final_adapter(t
     stack = Stack(parse_stack_config(cfg), engine)
     trained = evaluate(StackSystem(stack, answer_format="raw-adapter"), ["arc_easy", "gsm8k"], out_dir=tmp_path / "ra")
     raw = evaluate(StackSystem(stack, answer_format="raw"), ["arc_easy"])
-    assert trained.system == f"stack:{STACK['name']}+raw-adapter-answer" and trained.data["answer_format"] == "raw-adapter"
+    assert (
+        trained.system == f"stack:{STACK['name']}+raw-adapter-answer" and trained.data["answer_format"] == "raw-adapter"
+    )
     arc = [r for r in trained.rows if r["task"] == "arc_easy"]
     for row, plain, item in zip(arc, raw.rows, load_task("arc_easy"), strict=True):
         notes = f"{stack.config.stages[0].display_label}: {row['stages']['facts'].strip()}\n\n"
         direct = engine.score([notes + item.context] * len(item.choices), list(item.continuations), adapter="answer")
         assert row["choice_scores"] == pytest.approx([s.logprob for s in direct], abs=1e-4)
         assert row["choice_scores"] != pytest.approx(plain["choice_scores"], abs=1e-4)  # the adapter is on
-    assert StackSystem(stack, answer_format="raw-adapter").params_touched > StackSystem(stack, answer_format="raw").params_touched
+    assert (
+        StackSystem(stack, answer_format="raw-adapter").params_touched
+        > StackSystem(stack, answer_format="raw").params_touched
+    )
     gsm = [r for r in trained.rows if r["task"] == "gsm8k"]
     assert gsm and all(r["generation"] is not None for r in gsm)
     plain_stack = Stack(parse_stack_config(STACK), engine)

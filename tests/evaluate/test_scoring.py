@@ -10,8 +10,16 @@ from fslm.tasks import Item
 
 
 def mc_item(task="arc_easy", gold=0, choices=("a", "bbbbbbbbbb", "cc"), gold_set=()):
-    return Item(id=f"{task}/x", task=task, question="Q?", choices=tuple(choices), gold=gold, context="Question: Q?\nAnswer:",
-                continuations=tuple(" " + c for c in choices), gold_set=tuple(gold_set))
+    return Item(
+        id=f"{task}/x",
+        task=task,
+        question="Q?",
+        choices=tuple(choices),
+        gold=gold,
+        context="Question: Q?\nAnswer:",
+        continuations=tuple(" " + c for c in choices),
+        gold_set=tuple(gold_set),
+    )
 
 
 def test_acc_uses_the_raw_sum_and_acc_norm_divides_by_choice_characters():
@@ -74,6 +82,13 @@ def test_stack_prompt_lists_options_and_scores_plain_choice_text():
     prompt = stack_prompt(item)
     assert prompt == "Q?\n\nOptions:\nA. red\nB. blue"
     assert stack_continuations(item) == ("red", "blue")
-    gen = Item(id="gsm8k/1", task="gsm8k", question="2+2?", choices=(), gold="4", context="Question: 2+2?\nAnswer:",
-               continuations=())
+    gen = Item(
+        id="gsm8k/1",
+        task="gsm8k",
+        question="2+2?",
+        choices=(),
+        gold="4",
+        context="Question: 2+2?\nAnswer:",
+        continuations=(),
+    )
     assert stack_prompt(gen) == "2+2?"

@@ -60,7 +60,10 @@ def test_leaving_out_the_one_task_that_carries_a_macro_difference_removes_it():
     rng = np.random.default_rng(1)
     same = {t: rng.integers(0, 2, 200).astype(float).tolist() for t in ("t1", "t2", "t3")}
     a = {**same, "big": [1.0] * 150 + [0.0] * 50}
-    b = {**{t: [1.0 - x if i % 10 == 0 else x for i, x in enumerate(v)] for t, v in same.items()}, "big": [0.0] * 150 + [1.0] * 50}
+    b = {
+        **{t: [1.0 - x if i % 10 == 0 else x for i, x in enumerate(v)] for t, v in same.items()},
+        "big": [0.0] * 150 + [1.0] * 50,
+    }
     out = paired_bootstrap(a, b, leave_one_out=True)
     assert out["macro"]["ci95"][0] > 0  # the whole macro says A is better...
     without = out["macro_without"]
@@ -72,7 +75,8 @@ def test_leaving_out_the_one_task_that_carries_a_macro_difference_removes_it():
         assert entry["n"] == sum(out[t]["n"] for t in others)
     assert without["t1"]["ci95"][0] > 0
     assert "macro_without" not in paired_bootstrap(a, b) and "macro_without" not in paired_bootstrap(
-        {"x": [1.0], "y": [0.0]}, {"x": [0.0], "y": [1.0]}, leave_one_out=True)  # two tasks: nothing to learn
+        {"x": [1.0], "y": [0.0]}, {"x": [0.0], "y": [1.0]}, leave_one_out=True
+    )  # two tasks: nothing to learn
 
 
 def test_paired_bootstrap_rejects_misaligned_runs():
@@ -84,7 +88,9 @@ def _fake_run(folder, kind, accs, fewshot=0):
     import json
 
     folder.mkdir()
-    (folder / "items.jsonl").write_text("".join(json.dumps({"task": "boolq", "id": str(i), "acc": a}) + "\n" for i, a in enumerate(accs)))
+    (folder / "items.jsonl").write_text(
+        "".join(json.dumps({"task": "boolq", "id": str(i), "acc": a}) + "\n" for i, a in enumerate(accs))
+    )
     (folder / "summary.json").write_text(json.dumps({"system": f"{kind}:x", "kind": kind, "num_fewshot": fewshot}))
     return folder
 
@@ -96,13 +102,21 @@ def test_compare_warns_when_the_two_runs_use_different_prompt_formats(tmp_path):
     model = _fake_run(tmp_path / "model", "model", [0, 0, 0, 1], fewshot=5)
     other_stack = _fake_run(tmp_path / "stack2", "stack", [1, 0, 0, 1])
     result = compare(stack, model, out_dir=tmp_path / "cmp", n_boot=200)
-    assert len(result["notes"]) == 2 and "mixes the prompt format" in result["notes"][0] and "0-shot, B is 5-shot" in result["notes"][1]
+    assert (
+        len(result["notes"]) == 2
+        and "mixes the prompt format" in result["notes"][0]
+        and "0-shot, B is 5-shot" in result["notes"][1]
+    )
     assert "**Note:** A is asked with the stack's chat prompt" in (tmp_path / "cmp" / "compare.md").read_text()
     assert compare(stack, other_stack, n_boot=200)["notes"] == []
     raw_stack = _fake_run(tmp_path / "raw", "stack", [1, 0, 1, 1])
     summary = raw_stack / "summary.json"
-    summary.write_text(summary.read_text().replace('"kind": "stack"', '"kind": "stack", "answer_format": "raw-adapter"'))
-    assert compare(raw_stack, _fake_run(tmp_path / "model0", "model", [0, 0, 0, 1]), n_boot=200)["notes"] == []  # both raw
+    summary.write_text(
+        summary.read_text().replace('"kind": "stack"', '"kind": "stack", "answer_format": "raw-adapter"')
+    )
+    assert (
+        compare(raw_stack, _fake_run(tmp_path / "model0", "model", [0, 0, 0, 1]), n_boot=200)["notes"] == []
+    )  # both raw
     assert "mixes the prompt format" in compare(raw_stack, stack, n_boot=200)["notes"][0]
 
 
@@ -114,7 +128,9 @@ def test_compare_reports_the_macro_with_each_task_left_out(tmp_path):
     def run(name, accs):
         folder = tmp_path / name
         folder.mkdir()
-        rows = [{"task": task, "id": str(i), "acc": acc} for task, values in accs.items() for i, acc in enumerate(values)]
+        rows = [
+            {"task": task, "id": str(i), "acc": acc} for task, values in accs.items() for i, acc in enumerate(values)
+        ]
         (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return folder
 
@@ -123,7 +139,9 @@ def test_compare_reports_the_macro_with_each_task_left_out(tmp_path):
     result = compare(a, b, out_dir=tmp_path / "cmp", n_boot=200)
     assert (result["a"]["run"], result["b"]["run"]) == ("../a", "../b")  # relative to compare.json: no machine's paths
     assert set(result["tasks"]) == {"boolq", "piqa", "arc_easy", "macro"}  # per-task entries stay as they were
-    assert result["macro_without"]["boolq"]["diff"] == 0.0 and result["macro_without"]["piqa"]["diff"] == pytest.approx(0.5)
+    assert result["macro_without"]["boolq"]["diff"] == 0.0 and result["macro_without"]["piqa"]["diff"] == pytest.approx(
+        0.5
+    )
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["macro_without"]["boolq"]["ci95"] == [0.0, 0.0]
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "Macro with one task left out" in md and "| boolq | 50.0 | 50.0 | +0.0 | +0.0 to +0.0 |" in md

@@ -18,9 +18,19 @@ def tiny_stack(model_dir: Path) -> dict:
         "max_prompt_tokens": 256,
         "stages": [
             {"name": "intent", "instruction": "Restate.", "sees": ["prompt"], "generation": {"max_new_tokens": 12}},
-            {"name": "facts", "instruction": "Facts.", "sees": ["prompt", "intent"], "generation": {"max_new_tokens": 12}},
-            {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "template": "Q: {prompt} F: {facts}",
-             "generation": {"max_new_tokens": 12}},
+            {
+                "name": "facts",
+                "instruction": "Facts.",
+                "sees": ["prompt", "intent"],
+                "generation": {"max_new_tokens": 12},
+            },
+            {
+                "name": "answer",
+                "instruction": "Answer.",
+                "sees": ["prompt", "facts"],
+                "template": "Q: {prompt} F: {facts}",
+                "generation": {"max_new_tokens": 12},
+            },
         ],
     }
 
@@ -29,11 +39,20 @@ def distilled_records(n: int) -> list[dict]:
     out = []
     for i in range(n):
         a, b = i % 10, (i * 3) % 10
-        out.append({
-            "id": f"r{i}", "prompt": f"What is {a} plus {b}?", "kept": True, "filtered": [], "hinted": True,
-            "targets": {"intent": f"The user wants {a} plus {b}.", "facts": f"{WORDS[a]} and {WORDS[b]}",
-                        "answer": f"It is {a + b}."},
-        })
+        out.append(
+            {
+                "id": f"r{i}",
+                "prompt": f"What is {a} plus {b}?",
+                "kept": True,
+                "filtered": [],
+                "hinted": True,
+                "targets": {
+                    "intent": f"The user wants {a} plus {b}.",
+                    "facts": f"{WORDS[a]} and {WORDS[b]}",
+                    "answer": f"It is {a + b}.",
+                },
+            }
+        )
     out.append({"id": "dropped", "prompt": "x", "kept": False, "filtered": ["intent:empty"], "targets": {"intent": ""}})
     return out
 

@@ -19,7 +19,14 @@ def test_fp16_adapters_are_half_size_and_behave_like_fp32(stack_file, distilled_
     runs = {}
     for dtype in ("float32", "float16"):
         options = TrainOptions(rank=4, alpha=8, epochs=1, batch_size=8, lr=5e-3, save_dtype=dtype)
-        finetune(stack_file, distilled_file, tmp_path / dtype, options, stages=["answer"], engine=load_engine(str(tiny_model_dir)))
+        finetune(
+            stack_file,
+            distilled_file,
+            tmp_path / dtype,
+            options,
+            stages=["answer"],
+            engine=load_engine(str(tiny_model_dir)),
+        )
         runs[dtype] = tmp_path / dtype / "adapters" / "answer"
     assert _dtypes(runs["float32"]) == {"torch.float32"} and _dtypes(runs["float16"]) == {"torch.float16"}
     size = {d: (p / "adapter_model.safetensors").stat().st_size for d, p in runs.items()}
@@ -30,8 +37,9 @@ def test_fp16_adapters_are_half_size_and_behave_like_fp32(stack_file, distilled_
         engine.add_adapter(dtype, str(path))
     prompts = ["What is 3 plus 4?", "Name a planet."]
     params = GenerationParams(max_new_tokens=12)
-    assert [g.text for g in engine.generate(prompts, params, adapter="float16")] == \
-        [g.text for g in engine.generate(prompts, params, adapter="float32")]
+    assert [g.text for g in engine.generate(prompts, params, adapter="float16")] == [
+        g.text for g in engine.generate(prompts, params, adapter="float32")
+    ]
     a = engine.score(prompts, [" seven", " Jupiter"], adapter="float32")
     b = engine.score(prompts, [" seven", " Jupiter"], adapter="float16")
     assert all(abs(x.logprob - y.logprob) < 1e-2 for x, y in zip(a, b))

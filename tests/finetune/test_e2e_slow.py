@@ -27,7 +27,9 @@ def test_distill_finetune_run_on_the_default_stack(tmp_path):
     t0 = time.perf_counter()
     report = distill(None, None, tmp_path / "d.jsonl", teacher=LocalTeacher(engine), options=DistillOptions(limit=16))
     assert report.written == 16 and report.kept >= 2, report
-    trained = finetune(None, tmp_path / "d.jsonl", tmp_path / "out", TrainOptions(max_length=384, save_every=2), engine=engine)
+    trained = finetune(
+        None, tmp_path / "d.jsonl", tmp_path / "out", TrainOptions(max_length=384, save_every=2), engine=engine
+    )
     assert set(trained.stages) == {"intent", "facts", "reasoning", "answer"}
     assert all(s["steps"] >= 1 and s["final_loss"] > 0 for s in trained.stages.values())
     result = Stack.load(tmp_path / "out" / "stack.yaml", engine=engine).run("Name three primary colors.")

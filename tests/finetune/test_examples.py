@@ -37,13 +37,17 @@ def test_too_long_examples_are_skipped_and_counted(stack_file, distilled_file, f
     records = usable_records(cfg, read_distilled(distilled_file), "d")
     lengths = sorted(ex.length for ex in build_examples(cfg, fresh_engine, records, 512)[2].examples)
     short = build_examples(cfg, fresh_engine, records, max_length=lengths[7])[2]
-    assert len(short.examples) + short.skipped_too_long == 16 and short.skipped_too_long == sum(n > lengths[7] for n in lengths)
+    assert len(short.examples) + short.skipped_too_long == 16 and short.skipped_too_long == sum(
+        n > lengths[7] for n in lengths
+    )
 
 
 def test_records_without_every_stage_target_are_data_errors(stack_file, tmp_path):
     cfg = load_stack_config(stack_file)
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"id": "a", "prompt": "p", "kept": True, "targets": {"intent": "i", "facts": "f"}}) + "\n")
+    path.write_text(
+        json.dumps({"id": "a", "prompt": "p", "kept": True, "targets": {"intent": "i", "facts": "f"}}) + "\n"
+    )
     with pytest.raises(DataError, match=r"line 1 \(id 'a'\): no target text for stage\(s\) \['answer'\]"):
         usable_records(cfg, read_distilled(path), str(path))
     path.write_text(json.dumps({"id": "a", "prompt": "p", "kept": False}) + "\n")
@@ -58,7 +62,9 @@ def test_target_only_logits_give_the_same_loss_as_full_logits(stack_file, distil
     data = build_examples(cfg, fresh_engine, usable_records(cfg, read_distilled(distilled_file), "d"), 512)
     batch = data[1].examples[:5]
     torch.manual_seed(0)
-    model = get_peft_model(fresh_engine.base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        fresh_engine.base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     model.eval()
     pad = fresh_engine.tokenizer.pad_token_id
     fast, n_fast, t_fast = batch_loss(model, batch, pad, TrainOptions(target_logits_only=True), bf16=False)
@@ -70,7 +76,9 @@ def test_target_only_logits_give_the_same_loss_as_full_logits(stack_file, distil
 
 def test_batch_plans_cover_every_example_once_and_bucketing_cuts_padding(stack_file, distilled_file, fresh_engine):
     cfg = load_stack_config(stack_file)
-    examples = build_examples(cfg, fresh_engine, usable_records(cfg, read_distilled(distilled_file), "d"), 512)[2].examples
+    examples = build_examples(cfg, fresh_engine, usable_records(cfg, read_distilled(distilled_file), "d"), 512)[
+        2
+    ].examples
     for bucketing in (True, False):
         options = TrainOptions(batch_size=4, bucketing=bucketing)
         plan = plan_batches(examples, options, epoch=0)

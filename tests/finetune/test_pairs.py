@@ -20,8 +20,10 @@ FAST = dict(epochs=8, batch_size=4, lr=3e-3, rank=8, alpha=16, save_every=10, th
 
 def pair_rows(n: int) -> list[dict]:
     """A raw-context pattern the base model cannot know: 'Digit a in words:' -> ' WORDS[a]'."""
-    return [{"id": f"p{i}", "context": f"Notes: item {i}\n\nDigit {i % 10} in words:", "continuation": f" {WORDS[i % 10]}"}
-            for i in range(n)]
+    return [
+        {"id": f"p{i}", "context": f"Notes: item {i}\n\nDigit {i % 10} in words:", "continuation": f" {WORDS[i % 10]}"}
+        for i in range(n)
+    ]
 
 
 def write_rows(path, rows) -> None:
@@ -35,18 +37,24 @@ def test_pair_examples_split_tokens_as_score_does(fresh_engine):
     for ex, row in zip(data.examples, rows, strict=True):
         ctx, cont = fresh_engine.encode_pair(row["context"], row["continuation"])
         assert (list(ex.prompt_ids), list(ex.target_ids)) == (ctx, cont)  # the loss falls on the continuation only
-        assert fresh_engine.tokenizer.decode(list(ex.prompt_ids) + list(ex.target_ids)) == row["context"] + row["continuation"]
+        assert (
+            fresh_engine.tokenizer.decode(list(ex.prompt_ids) + list(ex.target_ids))
+            == row["context"] + row["continuation"]
+        )
     longest = max(e.length for e in data.examples)
     short = pair_examples("answer", fresh_engine, rows, max_length=longest - 1)
     assert short.skipped_too_long == sum(e.length == longest for e in data.examples) and short.skipped_too_long >= 1
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"id": "a", "context": "c"}\n', "line 1: missing or empty 'continuation'"),
-    ('{"id": "a", "context": "c", "continuation": "x"}\n[1]\n', "line 2: expected a JSON object"),
-    ('{"id": "a"\n', "line 1: not valid JSON"),
-    ("\n", "no (context, continuation) pairs"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"id": "a", "context": "c"}\n', "line 1: missing or empty 'continuation'"),
+        ('{"id": "a", "context": "c", "continuation": "x"}\n[1]\n', "line 2: expected a JSON object"),
+        ('{"id": "a"\n', "line 1: not valid JSON"),
+        ("\n", "no (context, continuation) pairs"),
+    ],
+)
 def test_bad_pair_files_name_the_line(tmp_path, content, message):
     path = tmp_path / "pairs.jsonl"
     path.write_text(content)
@@ -58,7 +66,9 @@ def test_finetune_pairs_raises_the_gold_continuations_score(stack_file, fresh_en
     rows = pair_rows(20)
     write_rows(tmp_path / "pairs.jsonl", rows)
     before = fresh_engine.score([r["context"] for r in rows], [r["continuation"] for r in rows])
-    report = finetune_pairs(stack_file, "answer", tmp_path / "pairs.jsonl", tmp_path / "out", TrainOptions(**FAST), engine=fresh_engine)
+    report = finetune_pairs(
+        stack_file, "answer", tmp_path / "pairs.jsonl", tmp_path / "out", TrainOptions(**FAST), engine=fresh_engine
+    )
     assert list(report.stages) == ["answer"] and report.stages["answer"]["examples"] == 20
     assert report.stages["answer"]["final_loss"] < report.stages["answer"]["first_loss"]
     cfg = load_stack_config(tmp_path / "out" / "stack.yaml")
@@ -69,7 +79,9 @@ def test_finetune_pairs_raises_the_gold_continuations_score(stack_file, fresh_en
     assert gain > 1.0, gain  # nats per continuation: it learned the pattern it is scored on
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert log["kind"] == "pairs" and log["stages"]["answer"]["summary"]["examples"] == 20
-    again = finetune_pairs(stack_file, "answer", tmp_path / "pairs.jsonl", tmp_path / "out", TrainOptions(**FAST), engine=fresh_engine)
+    again = finetune_pairs(
+        stack_file, "answer", tmp_path / "pairs.jsonl", tmp_path / "out", TrainOptions(**FAST), engine=fresh_engine
+    )
     assert again.stages["answer"]["skipped"] == "already trained"
 
 
@@ -81,7 +93,16 @@ def test_finetune_pairs_refuses_unknown_stages(stack_file, fresh_engine, tmp_pat
 
 def test_cli_pairs_needs_one_stage(stack_file, tmp_path):
     write_rows(tmp_path / "pairs.jsonl", pair_rows(2))
-    args = ["finetune", "--stack", str(stack_file), "--data", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "o"), "--pairs"]
+    args = [
+        "finetune",
+        "--stack",
+        str(stack_file),
+        "--data",
+        str(tmp_path / "pairs.jsonl"),
+        "--out",
+        str(tmp_path / "o"),
+        "--pairs",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "--pairs trains one stage" in result.output, result.output
     assert yaml.safe_load(stack_file.read_text())["name"] == "tiny"

@@ -28,7 +28,9 @@ def trained(tiny_model_dir, tmp_path_factory):
     (root / "stack.yaml").write_text(yaml.safe_dump(tiny_stack(tiny_model_dir)))
     (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in distilled_records(16)))
     engine = load_engine(str(tiny_model_dir))
-    report = finetune(root / "stack.yaml", root / "d.jsonl", root / "out", TrainOptions(**FAST), engine=engine, eval_loss=True)
+    report = finetune(
+        root / "stack.yaml", root / "d.jsonl", root / "out", TrainOptions(**FAST), engine=engine, eval_loss=True
+    )
     return root, report, engine
 
 
@@ -80,16 +82,23 @@ def test_rerun_skips_finished_stages_and_refuses_other_options(trained):
     again = finetune(root / "stack.yaml", root / "d.jsonl", root / "out", TrainOptions(**FAST), engine=engine)
     assert {s.get("skipped") for s in again.stages.values()} == {"already trained"}
     with pytest.raises(ConfigError, match="trained with other options or data"):
-        finetune(root / "stack.yaml", root / "d.jsonl", root / "out", TrainOptions(**{**FAST, "lr": 1e-3}), engine=engine)
+        finetune(
+            root / "stack.yaml", root / "d.jsonl", root / "out", TrainOptions(**{**FAST, "lr": 1e-3}), engine=engine
+        )
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "no distilled records"),
-    (b'{"id": "a", "prompt": "p", "targets": {"intent": 3}}\n', "line 1 (id 'a'): no target text"),
-    (b'{"id": "a"\n', "line 1: corrupt distilled record"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "no distilled records"),
+        (b'{"id": "a", "prompt": "p", "targets": {"intent": 3}}\n', "line 1 (id 'a'): no target text"),
+        (b'{"id": "a"\n', "line 1: corrupt distilled record"),
+    ],
+)
 def test_cli_bad_distilled_data_exits_2(tmp_path, stack_file, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(content)
-    result = CliRunner().invoke(app, ["finetune", "--stack", str(stack_file), "--data", str(path), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["finetune", "--stack", str(stack_file), "--data", str(path), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import build_tiny_model  # tests/conftest.py (tests/ is on sys.path under pytest)
+
 from fslm.settings import get_settings
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "fslm_repro"
@@ -28,8 +28,9 @@ ALPACA = [
 ]
 
 
-needs_data = pytest.mark.skipif(not (get_settings().data_dir / "README.md").is_file(),
-                                reason="benchmark data dir not present (set FSLM_DATA_DIR)")
+needs_data = pytest.mark.skipif(
+    not (get_settings().data_dir / "README.md").is_file(), reason="benchmark data dir not present (set FSLM_DATA_DIR)"
+)
 
 
 def tiny_model(folder: Path, seed: int) -> Path:
@@ -42,18 +43,42 @@ def tiny_model(folder: Path, seed: int) -> Path:
 
 
 def smoke_stack(student: Path) -> dict:
-    gen = {"max_new_tokens": 64, "stop": [" ", "e", "a", "o", "i", "s"]}  # random tiny-model text hits one fast: a short, finished target
+    gen = {
+        "max_new_tokens": 64,
+        "stop": [" ", "e", "a", "o", "i", "s"],
+    }  # random tiny-model text hits one fast: a short, finished target
     return {
-        "name": "smoke", "base_model": str(student), "max_prompt_tokens": 100000,
+        "name": "smoke",
+        "base_model": str(student),
+        "max_prompt_tokens": 100000,
         "stages": [
-            {"name": "intent", "instruction": "Restate.", "sees": ["prompt"], "generation": gen,
-             "teacher_prompt": "Request: {prompt}\nResponse: {answer}\nRestate the request."},
-            {"name": "facts", "instruction": "Facts.", "sees": ["prompt"], "generation": gen,
-             "teacher_prompt": "Question: {prompt}\nAnswer: {answer}\nList the facts."},
-            {"name": "reasoning", "instruction": "Reason.", "sees": ["prompt", "intent", "facts"], "generation": gen,
-             "teacher_prompt": "Question: {prompt}\nFacts: {facts}\nAnswer: {answer}\nExplain."},
-            {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts", "reasoning"],
-             "generation": {"max_new_tokens": 48, "stop": ["\n\n"]}},
+            {
+                "name": "intent",
+                "instruction": "Restate.",
+                "sees": ["prompt"],
+                "generation": gen,
+                "teacher_prompt": "Request: {prompt}\nResponse: {answer}\nRestate the request.",
+            },
+            {
+                "name": "facts",
+                "instruction": "Facts.",
+                "sees": ["prompt"],
+                "generation": gen,
+                "teacher_prompt": "Question: {prompt}\nAnswer: {answer}\nList the facts.",
+            },
+            {
+                "name": "reasoning",
+                "instruction": "Reason.",
+                "sees": ["prompt", "intent", "facts"],
+                "generation": gen,
+                "teacher_prompt": "Question: {prompt}\nFacts: {facts}\nAnswer: {answer}\nExplain.",
+            },
+            {
+                "name": "answer",
+                "instruction": "Answer.",
+                "sees": ["prompt", "facts", "reasoning"],
+                "generation": {"max_new_tokens": 48, "stop": ["\n\n"]},
+            },
         ],
     }
 
@@ -61,7 +86,10 @@ def smoke_stack(student: Path) -> dict:
 @pytest.fixture(scope="session")
 def smoke_world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("repro")
-    models = {name: tiny_model(root / name, seed) for name, seed in (("student", 0), ("teacher_a", 1), ("teacher_b", 2), ("big", 3))}
+    models = {
+        name: tiny_model(root / name, seed)
+        for name, seed in (("student", 0), ("teacher_a", 1), ("teacher_b", 2), ("big", 3))
+    }
     stack = root / "stack.yaml"
     stack.write_text(yaml.safe_dump(smoke_stack(models["student"])))
     data = root / "alpaca.json"

@@ -33,7 +33,10 @@ def generated_numbers(results: Path) -> set[str]:
     if (results / "select.json").is_file():
         values += json.loads((results / "select.json").read_text())["heldout_macro"].values()
     out = {f"{100 * v:.1f}" for v in values} | {f"{100 * v:+.1f}" for v in values}
-    cost = {p.parent.name: json.loads(p.read_text())["cost"]["seconds_per_item"] for p in (results / "runs").glob("*/summary.json")}
+    cost = {
+        p.parent.name: json.loads(p.read_text())["cost"]["seconds_per_item"]
+        for p in (results / "runs").glob("*/summary.json")
+    }
     if {"stack-trained", "base"} <= cost.keys():
         out.add(f"{cost['stack-trained'] / cost['base']:.1f}")
     if (results / "timing.json").is_file():  # each system's seconds over the base model's, timed together
@@ -48,7 +51,9 @@ def test_every_decimal_in_a_readme_fslm_row_comes_from_the_results(prefix: str):
     row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(prefix))
     quoted = re.findall(r"(?<![\w-])[+-]?\d+\.\d(?![\w.])", row)  # not model names (Qwen2.5-Coder-0.5B)
     assert len(quoted) >= fewest
-    known = generated_numbers(RESULTS / folder)  # the JSON numbers only: a README row quotes accuracies, differences, CIs
+    known = generated_numbers(
+        RESULTS / folder
+    )  # the JSON numbers only: a README row quotes accuracies, differences, CIs
     assert [q for q in quoted if q not in known and q.lstrip("+-") not in known] == []
 
 
@@ -79,7 +84,9 @@ def test_every_decimal_in_the_hand_written_analysis_is_one_the_recipe_wrote(fold
     text = analysis_text(results)
     if not text:
         pytest.skip(f"no ANALYSIS.md in {results.relative_to(REPO)} yet")
-    assert text in (results / "RESULTS.md").read_text(encoding="utf-8"), "RESULTS.md includes ANALYSIS.md verbatim: rerun the report step"
+    assert text in (results / "RESULTS.md").read_text(encoding="utf-8"), (
+        "RESULTS.md includes ANALYSIS.md verbatim: rerun the report step"
+    )
     assert len(decimals(text)) >= 10
     known = reported_numbers(results)
     assert [d for d in decimals(text) if d.lstrip("+-") not in known] == []

@@ -47,7 +47,7 @@ def test_stopping_the_worker_stops_its_whole_process_group(tmp_path):
     from eval_step import _stop_group
 
     pid_file = tmp_path / "grandchild.pid"
-    proc = subprocess.Popen(["/bin/sh", "-c", f'sleep 300 & echo $! > {pid_file}; wait'], start_new_session=True)
+    proc = subprocess.Popen(["/bin/sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait"], start_new_session=True)
     for _ in range(100):
         if pid_file.is_file() and pid_file.read_text().strip():
             break
@@ -63,4 +63,6 @@ def test_stopping_the_worker_stops_its_whole_process_group(tmp_path):
         time.sleep(0.05)
     else:
         raise AssertionError(f"grandchild {grandchild} survived")
-    assert not Path(f"/proc/{grandchild}").exists() or "zombie" in Path(f"/proc/{grandchild}/status").read_text().lower()
+    assert (
+        not Path(f"/proc/{grandchild}").exists() or "zombie" in Path(f"/proc/{grandchild}/status").read_text().lower()
+    )

@@ -27,8 +27,9 @@ def two_jobs(smoke_world, tmp_path):
     from eval_step import EvalJob, SystemSpec
     from recipe import Recipe
 
-    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"], isolate_eval=False,
-                              poll_seconds=0.05)
+    recipe = Recipe.for_scale(
+        "smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"], isolate_eval=False, poll_seconds=0.05
+    )
     spec = SystemSpec("model-big", "big", "model", model=str(smoke_world["models"]["big"]))
     jobs = [EvalJob(replace(spec, name=name), tmp_path / "out" / "runs" / name, 1, 1) for name in ("held", "free")]
     return recipe, jobs
@@ -59,8 +60,9 @@ def test_a_job_another_process_holds_is_waited_for_and_taken_over_when_released(
 
 @needs_data
 def test_an_isolated_worker_that_finds_its_folder_held_reports_busy(two_jobs):
-    from fslm.evaluate.store import RunFolderBusy
     from eval_step import evaluate_system
+
+    from fslm.evaluate.store import RunFolderBusy
 
     _, (held, _) = two_jobs
     with hold(held.folder):
@@ -73,15 +75,23 @@ def test_the_lane_gets_the_same_recipe(tmp_path):
     from lanes import recipe_from_json, recipe_to_json
     from recipe import Recipe
 
-    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"], student="/models/x",
-                              ship_to=tmp_path / "stacks", poll_seconds=0.5)
+    recipe = Recipe.for_scale(
+        "smoke",
+        tmp_path / "out",
+        tmp_path / "work",
+        tasks=["arc_easy"],
+        student="/models/x",
+        ship_to=tmp_path / "stacks",
+        poll_seconds=0.5,
+    )
     assert recipe_from_json(recipe_to_json(recipe)) == recipe
     assert json.loads(recipe_to_json(recipe))["out"] == str(tmp_path / "out")
 
 
 def test_each_lane_gets_its_share_of_the_threads_and_the_setting_is_restored(monkeypatch):
-    from fslm.settings import get_settings
     from lanes import lane_threads, threads_env
+
+    from fslm.settings import get_settings
 
     monkeypatch.setenv("FSLM_THREADS", "2")
     get_settings.cache_clear()
@@ -130,7 +140,15 @@ def test_stacks_that_reuse_the_trained_stack_s_outputs_run_after_it(tmp_path):
     after = {j.spec.name: [f.name for f in j.after] for j in eval_jobs(recipe)}
     for name in ("stack-notes-raw", "stack-no-intent", "stack-no-facts", "stack-no-reasoning", "stack-2stage"):
         assert after[name] == ["stack-trained"]
-    for name in ("stack-trained", "base", "stack-promptonly", "stack-answer-only", "base-stackformat", "stack-retrieval", "stack-scorer"):
+    for name in (
+        "stack-trained",
+        "base",
+        "stack-promptonly",
+        "stack-answer-only",
+        "base-stackformat",
+        "stack-retrieval",
+        "stack-scorer",
+    ):
         assert after[name] == []
 
 
@@ -179,7 +197,11 @@ def test_a_running_step_is_logged_at_start_and_on_every_heartbeat(tmp_path):
     book = StepLog(recipe)
     session = book.start("distill")
     entry = json.loads((recipe.out / "steps.json").read_text())["steps"]["distill"]
-    assert entry["status"] == "running" and entry["sessions"][0]["id"] == session["id"] and "t0" not in entry["sessions"][0]
+    assert (
+        entry["status"] == "running"
+        and entry["sessions"][0]["id"] == session["id"]
+        and "t0" not in entry["sessions"][0]
+    )
     time.sleep(0.4)
     entry = json.loads((recipe.out / "steps.json").read_text())["steps"]["distill"]
     assert entry["status"] == "running" and 0.1 < entry["sessions"][0]["wall_seconds"] == entry["wall_seconds"] < 5
@@ -195,10 +217,22 @@ def test_a_session_that_stopped_beating_is_marked_interrupted_and_keeps_its_time
 
     recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", heartbeat_seconds=60)
     recipe.out.mkdir(parents=True)
-    dead = {"id": "deadbeef0000", "pid": 1, "started": "2026-01-01T10:00:00+00:00", "last_seen": "2026-01-01T10:30:00+00:00",
-            "status": "running", "wall_seconds": 1800.0}
-    (recipe.out / "steps.json").write_text(json.dumps({"identity": recipe.identity(),
-                                                       "steps": {"distill": {"status": "running", "wall_seconds": 1800.0, "sessions": [dead]}}}))
+    dead = {
+        "id": "deadbeef0000",
+        "pid": 1,
+        "started": "2026-01-01T10:00:00+00:00",
+        "last_seen": "2026-01-01T10:30:00+00:00",
+        "status": "running",
+        "wall_seconds": 1800.0,
+    }
+    (recipe.out / "steps.json").write_text(
+        json.dumps(
+            {
+                "identity": recipe.identity(),
+                "steps": {"distill": {"status": "running", "wall_seconds": 1800.0, "sessions": [dead]}},
+            }
+        )
+    )
     book = StepLog(recipe)
     mine = book.start("finetune")  # any write looks at every step's sessions
     steps = json.loads((recipe.out / "steps.json").read_text())["steps"]
@@ -225,8 +259,15 @@ def stack_jobs(smoke_world, tmp_path):
     from eval_step import EvalJob, SystemSpec
     from recipe import Recipe
 
-    recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy", "gsm8k"], isolate_eval=False,
-                              poll_seconds=0.05, eval_batch=1)
+    recipe = Recipe.for_scale(
+        "smoke",
+        tmp_path / "out",
+        tmp_path / "work",
+        tasks=["arc_easy", "gsm8k"],
+        isolate_eval=False,
+        poll_seconds=0.05,
+        eval_batch=1,
+    )
     spec = SystemSpec("trained", "trained", "trained", stack=smoke_world["stack"])
     held = EvalJob(spec, recipe.out / "runs" / "trained", 2, 4)
     after = EvalJob(replace(spec, name="ablation"), recipe.out / "runs" / "ablation", 2, 4, after=(held.folder,))
@@ -261,14 +302,16 @@ def test_a_lane_with_nothing_to_take_generates_the_held_stack_run_s_stage_texts_
 def test_warming_stops_where_the_evaluator_has_caught_up(stack_jobs, monkeypatch):
     """The evaluator writes rows from the first item on while the warming works back from the last: they meet in the
     middle, and the warming never generates an item the evaluator has done."""
+    import warm_cache
+
     from fslm.evaluate import StackSystem
     from fslm.evaluate.store import read_rows
 
-    import warm_cache
-
     recipe, held, after = stack_jobs
-    order = [json.dumps({"id": i, "task": t}) for t, i in
-             [(t, it.id) for t in ("arc_easy", "gsm8k") for it in warm_cache.select_items(t, 2)]]
+    order = [
+        json.dumps({"id": i, "task": t})
+        for t, i in [(t, it.id) for t in ("arc_easy", "gsm8k") for it in warm_cache.select_items(t, 2)]
+    ]
     real, warmed_ids = StackSystem.warm, []
 
     def warm_then_the_evaluator_writes_a_row(self, items):
@@ -288,8 +331,9 @@ def test_warming_stops_where_the_evaluator_has_caught_up(stack_jobs, monkeypatch
 
 def test_ablations_that_only_score_run_before_those_that_generate_texts_of_their_own(tmp_path):
     from eval_step import ablations, eval_jobs, systems, texts_to_generate
-    from fslm.evaluate.store import write_atomic
     from recipe import Recipe
+
+    from fslm.evaluate.store import write_atomic
 
     recipe = Recipe.for_scale("smoke", tmp_path / "out", tmp_path / "work", tasks=["arc_easy"])
     trained = recipe.trained_dir / "stack.yaml"
@@ -298,10 +342,18 @@ def test_ablations_that_only_score_run_before_those_that_generate_texts_of_their
     specs = {s.name: s for s in ablations(recipe, write=True)}
     # facts sees only the prompt, so its texts are the trained stack's; reasoning sees intent and facts
     new = {name: texts_to_generate(s.stack, trained) for name, s in specs.items()}
-    assert new == {"stack-answer-only": 0, "stack-no-intent": 1, "stack-no-facts": 1, "stack-no-reasoning": 0, "stack-2stage": 0}
+    assert new == {
+        "stack-answer-only": 0,
+        "stack-no-intent": 1,
+        "stack-no-facts": 1,
+        "stack-no-reasoning": 0,
+        "stack-2stage": 0,
+    }
     assert texts_to_generate(trained, trained) == 0
     order = [j.spec.name for j in eval_jobs(recipe)]
     trained_group = [s.name for s in systems(recipe) if s.needs_training]
     assert order.index("stack-2stage") < order.index("stack-no-intent") < order.index("stack-no-facts")
     assert order.index("stack-no-reasoning") < order.index("stack-no-intent")
-    assert order.index("stack-trained") < order.index("stack-no-reasoning") and set(order[:len(trained_group)]) == set(trained_group)
+    assert order.index("stack-trained") < order.index("stack-no-reasoning") and set(order[: len(trained_group)]) == set(
+        trained_group
+    )

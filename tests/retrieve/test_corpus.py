@@ -15,8 +15,9 @@ from fslm.retrieve.corpus import Reserved, build_corpus, corpus_splits, default_
 from fslm.settings import get_settings
 from fslm.tasks import load_task, normalize_text
 
-needs_data = pytest.mark.skipif(not (get_settings().data_dir / "arc_challenge").is_dir(),
-                                reason="shared benchmark data not found")
+needs_data = pytest.mark.skipif(
+    not (get_settings().data_dir / "arc_challenge").is_dir(), reason="shared benchmark data not found"
+)
 
 
 def test_sources_are_the_tasks_with_a_train_or_dev_split():
@@ -29,10 +30,12 @@ def test_sources_are_the_tasks_with_a_train_or_dev_split():
 
 
 def test_alpaca_records_become_passages_and_reserved_questions_are_dropped(tmp_path):
-    records = [{"instruction": "Name a planet.", "input": "", "output": "Jupiter."},
-               {"instruction": "What is two plus two?", "input": "", "output": "Four."},
-               {"instruction": "Write a poem.", "input": "", "output": ""},  # no answer: not a passage
-               {"instruction": "Name a  PLANET.", "input": "", "output": "Jupiter."}]
+    records = [
+        {"instruction": "Name a planet.", "input": "", "output": "Jupiter."},
+        {"instruction": "What is two plus two?", "input": "", "output": "Four."},
+        {"instruction": "Write a poem.", "input": "", "output": ""},  # no answer: not a passage
+        {"instruction": "Name a  PLANET.", "input": "", "output": "Jupiter."},
+    ]
     path = tmp_path / "a.json"
     path.write_text(json.dumps(records))
     reserved = Reserved(questions={normalize_text("what is two plus two?")})
@@ -77,7 +80,9 @@ def test_cli_corpus_index_search(tmp_path, monkeypatch):
     res = runner.invoke(app, ["retrieve", "index", str(corpus), "--out", str(tmp_path / "idx")])
     assert res.exit_code == 0, res.output
     first = read_passages(corpus)[0]
-    res = runner.invoke(app, ["retrieve", "search", str(tmp_path / "idx"), first.text.split("\n")[0], "-k", "2", "--json"])
+    res = runner.invoke(
+        app, ["retrieve", "search", str(tmp_path / "idx"), first.text.split("\n")[0], "-k", "2", "--json"]
+    )
     assert res.exit_code == 0, res.output
     hits = json.loads(res.output)[0]["hits"]
     assert hits[0]["id"] == first.id and len(hits) <= 2

@@ -44,7 +44,9 @@ def test_overlap_with_drops_passages_that_copy_a_run_of_the_text(index_dir):
     retriever = Retriever.load(index_dir)
     query = "Question: At what temperature does water boil?\nAnswer:"
     assert [h.passage.id for h in retriever.search([query], k=1)[0]] == ["boil"]
-    copied = "Q: water BOILS at 100 degrees, Celsius at sea level? A:"  # the passage's 8-word run, case and commas aside
+    copied = (
+        "Q: water BOILS at 100 degrees, Celsius at sea level? A:"  # the passage's 8-word run, case and commas aside
+    )
     assert "boil" not in [h.passage.id for h in retriever.search([copied], k=3, overlap_with=[copied])[0]]
     unrelated = "Question: What temperature makes water boil quickly?"  # shares words, not a run of 8
     assert [h.passage.id for h in retriever.search([unrelated], k=1, overlap_with=[unrelated])[0]] == ["boil"]
@@ -52,12 +54,15 @@ def test_overlap_with_drops_passages_that_copy_a_run_of_the_text(index_dir):
         retriever.search([query], overlap_with=[query, query])
 
 
-@pytest.mark.parametrize("a,b,n,shared", [
-    ("one two three four", "x one two three four y", 3, True),
-    ("one two three four", "one two x three four", 3, False),
-    ("Cats chase mice.", "At night, cats chase mice at the barn", 8, True),  # shorter than n: all of it appears
-    ("", "anything", 8, False),
-])
+@pytest.mark.parametrize(
+    "a,b,n,shared",
+    [
+        ("one two three four", "x one two three four y", 3, True),
+        ("one two three four", "one two x three four", 3, False),
+        ("Cats chase mice.", "At night, cats chase mice at the barn", 8, True),  # shorter than n: all of it appears
+        ("", "anything", 8, False),
+    ],
+)
 def test_shares_run(a, b, n, shared):
     from fslm.retrieve.index import shares_run
 
@@ -117,8 +122,10 @@ def test_bad_passage_files_name_the_line_and_field(tmp_path, rows, message):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.text(alphabet="abcdefgh xyz", min_size=1, max_size=30).filter(str.strip), min_size=1, max_size=8),
-       st.integers(1, 5))
+@given(
+    st.lists(st.text(alphabet="abcdefgh xyz", min_size=1, max_size=30).filter(str.strip), min_size=1, max_size=8),
+    st.integers(1, 5),
+)
 def test_search_returns_at_most_k_ranked_hits_from_the_corpus(texts, k):
     from bm25s.stopwords import STOPWORDS_EN
 

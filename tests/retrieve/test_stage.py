@@ -24,8 +24,13 @@ def retrieval_stack(model: str, index: str = "index") -> dict:
         "max_prompt_tokens": 256,
         "stages": [
             {"name": "related", "label": "Related", "retrieve": {"index": index, "k": 2, "max_chars": 60}},
-            {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "related"], "template": "Q: {prompt}\nR: {related}",
-             "generation": {"max_new_tokens": 48}},
+            {
+                "name": "answer",
+                "instruction": "Answer.",
+                "sees": ["prompt", "related"],
+                "template": "Q: {prompt}\nR: {related}",
+                "generation": {"max_new_tokens": 48},
+            },
         ],
     }
 
@@ -99,8 +104,10 @@ class StageTeacher:
 
 
 def test_distill_writes_the_passages_as_the_retrieve_stage_target_never_the_record_itself(stack_file, tmp_path):
-    records = [{"instruction": "Cats chase mice at night.", "input": "", "output": "Yes."},
-               {"instruction": "Do magnets attract iron nails?", "input": "", "output": "Yes, they do."}]
+    records = [
+        {"instruction": "Cats chase mice at night.", "input": "", "output": "Yes."},
+        {"instruction": "Do magnets attract iron nails?", "input": "", "output": "Yes, they do."},
+    ]
     data = tmp_path / "a.json"
     data.write_text(json.dumps(records))
     teacher = StageTeacher()
@@ -111,12 +118,21 @@ def test_distill_writes_the_passages_as_the_retrieve_stage_target_never_the_reco
     assert "Cats chase mice" not in rows[0]["targets"]["related"]  # its own text is avoided
     assert rows[1]["targets"]["related"].startswith("[1] A magnet attracts iron nails")
     identity = json.loads((tmp_path / "d.jsonl.identity.json").read_text())
-    assert identity["indexes"]["related"] == json.loads((stack_file.parent / "index" / "manifest.json").read_text())["passages_sha256"]
+    assert (
+        identity["indexes"]["related"]
+        == json.loads((stack_file.parent / "index" / "manifest.json").read_text())["passages_sha256"]
+    )
 
 
 def test_finetune_trains_only_model_stages_and_keeps_the_index_reachable(stack_file, tiny_engine, tmp_path):
     cfg = load_stack_config(stack_file)
-    records = [{"id": "r", "prompt": "Do magnets attract iron?", "targets": {"related": "[1] A magnet attracts iron.", "answer": "Yes."}}]
+    records = [
+        {
+            "id": "r",
+            "prompt": "Do magnets attract iron?",
+            "targets": {"related": "[1] A magnet attracts iron.", "answer": "Yes."},
+        }
+    ]
     data = build_examples(cfg, tiny_engine, records, max_length=512)
     assert [d.stage for d in data] == ["answer"]
     moved = trained_stack_config(cfg, tmp_path / "elsewhere", ["answer"])
@@ -125,9 +141,9 @@ def test_finetune_trains_only_model_stages_and_keeps_the_index_reachable(stack_f
 
 
 def test_evaluation_refuses_items_the_retrieve_stage_could_find(tmp_path, tiny_model_dir, tiny_engine):
+    from fslm.errors import InputError
     from fslm.evaluate import StackSystem, evaluate
     from fslm.retrieve import Passage, Retriever
-    from fslm.errors import InputError
     from fslm.tasks import load_task
 
     from .test_corpus import needs_data
@@ -135,8 +151,12 @@ def test_evaluation_refuses_items_the_retrieve_stage_could_find(tmp_path, tiny_m
     if needs_data.args[0]:
         pytest.skip("shared benchmark data not found")
     item = load_task("arc_easy", limit=2)[1]
-    Retriever.build([Passage(item.id, f"{item.question}\nAnswer: {item.choices[item.gold]}"),
-                     Passage("other", "An unrelated passage about magnets.")]).save(tmp_path / "index")
+    Retriever.build(
+        [
+            Passage(item.id, f"{item.question}\nAnswer: {item.choices[item.gold]}"),
+            Passage("other", "An unrelated passage about magnets."),
+        ]
+    ).save(tmp_path / "index")
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(retrieval_stack(str(tiny_model_dir))))
     system = StackSystem(Stack(load_stack_config(path), tiny_engine))

@@ -16,14 +16,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live_server import running_server
 
 from fslm.serve import ServeSettings, create_app
 
-from live_server import running_server
-
 CHROMIUM = os.environ.get("FSLM_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "serve" / "viewer.png"
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -45,7 +51,8 @@ def submit(page, prompt: str, timeout_ms: int) -> None:
     page.click("#run")
     page.wait_for_function(
         "([prev]) => { const v = document.getElementById('view'); return v.dataset.trace && v.dataset.trace !== prev; }",
-        arg=[previous], timeout=timeout_ms,
+        arg=[previous],
+        timeout=timeout_ms,
     )
 
 
@@ -83,7 +90,9 @@ def test_viewer_shows_stage_cards_and_history(browser, tiny_stack):
         items = page.locator("#history li[data-id]")
         assert items.nth(0).locator(".h-prompt").inner_text() == second  # newest first
         items.nth(1).click()  # browse back to the first trace
-        page.wait_for_function(f"document.querySelector('.question') && document.querySelector('.question').textContent === {first!r}")
+        page.wait_for_function(
+            f"document.querySelector('.question') && document.querySelector('.question').textContent === {first!r}"
+        )
         check_cards(page, expected[first])
         assert page.locator("#history li.active .h-prompt").inner_text() == first
         page.reload()  # a deep link (#trace=<id>) reopens the same trace
@@ -129,8 +138,12 @@ def test_real_default_stack_screenshot(browser):
         assert [cards.nth(i).get_attribute("data-stage") for i in range(cards.count())] == stack.stage_names
         trace = httpx.get(url + "/v1/traces", timeout=10).json()["data"]
         assert {t["prompt"] for t in trace} == {prompt, *others}
-        record = httpx.get(f"{url}/v1/traces/{trace[0]['id']}" if trace[0]["prompt"] == prompt else
-                           f"{url}/v1/traces/{next(t['id'] for t in trace if t['prompt'] == prompt)}", timeout=10).json()
+        record = httpx.get(
+            f"{url}/v1/traces/{trace[0]['id']}"
+            if trace[0]["prompt"] == prompt
+            else f"{url}/v1/traces/{next(t['id'] for t in trace if t['prompt'] == prompt)}",
+            timeout=10,
+        ).json()
         for i, stage in enumerate(record["stages"]):
             assert cards.nth(i).locator(".output").inner_text().strip() == (stage["output"] or "(no output)")
         page.locator("#refresh").click()

@@ -15,7 +15,13 @@ TINY_STACK = {
     "base_model": "tiny",
     "max_prompt_tokens": 128,
     "stages": [
-        {"name": "intent", "label": "Intent", "instruction": "Restate.", "sees": ["prompt"], "generation": {"max_new_tokens": 6}},
+        {
+            "name": "intent",
+            "label": "Intent",
+            "instruction": "Restate.",
+            "sees": ["prompt"],
+            "generation": {"max_new_tokens": 6},
+        },
         {"name": "facts", "instruction": "Facts.", "sees": ["prompt", "intent"], "generation": {"max_new_tokens": 6}},
         {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "generation": {"max_new_tokens": 8}},
     ],

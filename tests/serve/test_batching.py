@@ -7,14 +7,13 @@ import threading
 
 import httpx
 import pytest
+from live_server import running_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from fslm.errors import InputError
 from fslm.serve import ServeSettings, create_app
 from fslm.serve.batching import BatchQueue, QueueFull
 from fslm.stack import StackResult, StageRecord
-
-from live_server import running_server
 
 from .conftest import wait_until
 
@@ -87,7 +86,9 @@ def fake_results(prompts, cap=None):
         raise InputError("bad prompt")
     if any(p == "boom" for p in prompts):
         raise RuntimeError("engine exploded")
-    return [StackResult(p, f"answer to {p} cap={cap}", [StageRecord("answer", p, p.upper(), 1, 2, 0.0)]) for p in prompts]
+    return [
+        StackResult(p, f"answer to {p} cap={cap}", [StageRecord("answer", p, p.upper(), 1, 2, 0.0)]) for p in prompts
+    ]
 
 
 class Recorder:

@@ -17,7 +17,9 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def ask(client, prompt: str, headers=None):
-    return client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}]}, headers=headers)
+    return client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}]}, headers=headers
+    )
 
 
 def samples(text: str) -> dict[str, float]:
@@ -35,7 +37,12 @@ def test_health_is_open_everything_else_needs_the_key(tiny_stack):
         assert health.status_code == 200
         assert health.json()["status"] == "ok" and health.json()["auth"] is True
         assert [s["name"] for s in health.json()["stages"]] == ["intent", "facts", "answer"]
-        for method, path in [("GET", "/metrics"), ("GET", "/v1/models"), ("GET", "/v1/traces"), ("POST", "/v1/chat/completions")]:
+        for method, path in [
+            ("GET", "/metrics"),
+            ("GET", "/v1/models"),
+            ("GET", "/v1/traces"),
+            ("POST", "/v1/chat/completions"),
+        ]:
             for headers in (None, {"Authorization": "Bearer nope"}, {"Authorization": KEY}):
                 resp = client.request(method, path, headers=headers)
                 assert resp.status_code == 401, (path, headers)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import openai
 import pytest
+from live_server import running_server
 from openai import OpenAI
 
 from fslm.serve import ServeSettings, create_app
-
-from live_server import running_server
 
 QUESTION = "What is the capital of France?"
 
@@ -47,7 +46,10 @@ def test_streaming_pieces_join_to_the_answer(server):
     expected = stack.run(QUESTION).answer
     chunks = list(
         client(url).chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": QUESTION}], stream=True, stream_options={"include_usage": True}
+            model="tiny",
+            messages=[{"role": "user", "content": QUESTION}],
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     assert all(c.object == "chat.completion.chunk" for c in chunks)
@@ -88,5 +90,7 @@ def test_api_key_through_the_client(tiny_stack):
         with pytest.raises(openai.AuthenticationError) as err:
             client(url, "wrong").models.list()
         assert err.value.body["code"] == "invalid_api_key"
-        resp = client(url, "s3cret").chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}])
+        resp = client(url, "s3cret").chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": QUESTION}]
+        )
         assert resp.choices[0].message.content is not None

@@ -183,7 +183,10 @@ def test_first_piqa_boolq_obqa_gsm8k(loaded: _Cache) -> None:
     assert obqa.id == "openbookqa/8-343"
     assert obqa.context.endswith("they decide the best way to save money is to")
     assert obqa.choices == (
-        "make more phone calls", "quit eating lunch out", "buy less with monopoly money", "have lunch with friends"
+        "make more phone calls",
+        "quit eating lunch out",
+        "buy less with monopoly money",
+        "have lunch with friends",
     )
     assert obqa.gold == 1
 
@@ -257,7 +260,9 @@ def test_fewshot_formatting(loaded: _Cache) -> None:
     assert format_fewshot([gsm]) == f"Question: {gsm.question}\nAnswer: {gsm.meta['solution']}\n\n"
 
     wino = loaded["winogrande", None][0]
-    assert format_fewshot([wino]) == "Sarah was a much better surgeon than Maria so Maria always got the easier cases.\n\n"
+    assert (
+        format_fewshot([wino]) == "Sarah was a much better surgeon than Maria so Maria always got the easier cases.\n\n"
+    )
     with pytest.raises(ValueError):
         build_context(wino, [wino])
     assert format_fewshot([]) == ""
@@ -304,14 +309,56 @@ GOOD_ARC = {"choices": ["a", "b"], "query": "Question: q?", "gold": 1}
 @pytest.mark.parametrize(
     ("name", "rel", "lines", "bad_line", "expected"),
     [
-        ("arc_easy", "arc_easy/arc_easy.jsonl", [json.dumps(GOOD_ARC), '{"query": "Question: x", "choices": ['], 2, "JSON"),
-        ("arc_easy", "arc_easy/arc_easy.jsonl", [json.dumps(GOOD_ARC), json.dumps({**GOOD_ARC, "gold": 5})], 2, "'gold'"),
-        ("boolq", "boolq/boolq.jsonl", [json.dumps({"query": "no question here", "choices": ["no", "yes"], "gold": 0})], 1, "Question"),
-        ("winogrande", "winogrande/dev.jsonl", ['{"qID": "x", "sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}'], 1, "'_'"),
+        (
+            "arc_easy",
+            "arc_easy/arc_easy.jsonl",
+            [json.dumps(GOOD_ARC), '{"query": "Question: x", "choices": ['],
+            2,
+            "JSON",
+        ),
+        (
+            "arc_easy",
+            "arc_easy/arc_easy.jsonl",
+            [json.dumps(GOOD_ARC), json.dumps({**GOOD_ARC, "gold": 5})],
+            2,
+            "'gold'",
+        ),
+        (
+            "boolq",
+            "boolq/boolq.jsonl",
+            [json.dumps({"query": "no question here", "choices": ["no", "yes"], "gold": 0})],
+            1,
+            "Question",
+        ),
+        (
+            "winogrande",
+            "winogrande/dev.jsonl",
+            ['{"qID": "x", "sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}'],
+            1,
+            "'_'",
+        ),
         ("gsm8k", "gsm8k/test.jsonl", ['{"question": "1+1?", "answer": "2"}'], 1, "####"),
-        ("arc_challenge", "arc_challenge/ARC-Challenge-Test.jsonl", ['{"id": "x", "question": {"stem": "s", "choices": []}}'], 1, "answerKey"),
-        ("openbookqa", "openbookqa/test.tsv", ["ID\tQuestion Stem\tChoices\tComplete Question\tAnswer Key", "1\tstem\t(A) a (B) b\tx\tA"], 2, "Choices"),
-        ("mmlu", "mmlu/test/anatomy_test.csv", ["question,choice0,choice1,choice2,choice3,answer", "q,a,b,c,d,1", "q2,a,b,c,d,E"], 3, "answer"),
+        (
+            "arc_challenge",
+            "arc_challenge/ARC-Challenge-Test.jsonl",
+            ['{"id": "x", "question": {"stem": "s", "choices": []}}'],
+            1,
+            "answerKey",
+        ),
+        (
+            "openbookqa",
+            "openbookqa/test.tsv",
+            ["ID\tQuestion Stem\tChoices\tComplete Question\tAnswer Key", "1\tstem\t(A) a (B) b\tx\tA"],
+            2,
+            "Choices",
+        ),
+        (
+            "mmlu",
+            "mmlu/test/anatomy_test.csv",
+            ["question,choice0,choice1,choice2,choice3,answer", "q,a,b,c,d,1", "q2,a,b,c,d,E"],
+            3,
+            "answer",
+        ),
         ("hellaswag", "hellaswag/hellaswag_val_full.txt", ["Act: ctx he", "7", "a", "b", "c", "d"], 2, "label 0-3"),
     ],
 )
@@ -378,7 +425,9 @@ def test_without_overlap_drops_shared_ids_and_reworded_whitespace_case_copies():
     from fslm.tasks import Item, without_overlap
 
     def item(i, q):
-        return Item(id=f"t/{i}", task="t", question=q, choices=("a", "b"), gold=0, context=q, continuations=(" a", " b"))
+        return Item(
+            id=f"t/{i}", task="t", question=q, choices=("a", "b"), gold=0, context=q, continuations=(" a", " b")
+        )
 
     reserved = [item(0, "What is  the capital of France?"), item(1, "Name a planet.")]
     pool = [item(1, "A different question"), item(2, "what is the CAPITAL of france?"), item(3, "How many legs?")]
