@@ -27,6 +27,7 @@ VERBS: dict[str, Verb] = {
         "serve",
         "serve_command",
         "Serve a stack over HTTP: POST /v1/chat/completions (OpenAI format + fslm_trace), /metrics, viewer at /ui.",
+        extra="serve",
     ),
     # Small/large collaboration.
     "generate": Verb(
@@ -36,11 +37,23 @@ VERBS: dict[str, Verb] = {
     ),
     "stack": Verb("stack", "app", "Check and inspect stack configs."),
     "eval": Verb(
-        "eval", "app", "Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs."
+        "eval",
+        "app",
+        "Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs.",
+        extra="eval",
     ),
-    "cascade": Verb("cascade", "app", "Cascade: escalate to a larger system when the small one is unsure."),
-    "route": Verb("route", "app", "Learned router: predict from the prompt whether the small system will be right."),
-    "retrieve": Verb("retrieve", "app", "Retrieval: build a passage corpus, index it (BM25), search it."),
+    "cascade": Verb(
+        "cascade", "app", "Cascade: escalate to a larger system when the small one is unsure.", extra="collaborate"
+    ),
+    "route": Verb(
+        "route",
+        "app",
+        "Learned router: predict from the prompt whether the small system will be right.",
+        extra="collaborate",
+    ),
+    "retrieve": Verb(
+        "retrieve", "app", "Retrieval: build a passage corpus, index it (BM25), search it.", extra="retrieve"
+    ),
 }
 
 

@@ -14,6 +14,7 @@ class Verb(NamedTuple):
     module: str  # fslm.cli.<module>
     attr: str  # a command function (wrapped in `guarded`) or a typer.Typer sub-app
     summary: str  # what `fslm --help` lists; tests/cli checks it equals the loaded command's first help paragraph
+    extra: str | None = None  # the optional extra (fslm/extras.py) the verb needs; None = the core
 
 
 class LazyGroup(TyperGroup):
@@ -45,6 +46,11 @@ class LazyGroup(TyperGroup):
         from fslm.cli.common import guarded
 
         verb = self.verbs[name]
+        if verb.extra is not None:
+            from fslm.extras import missing
+
+            if missing(verb.extra):
+                return _needs_extra(name, verb)
         target = getattr(importlib.import_module(f"fslm.cli.{verb.module}"), verb.attr)
         holder = typer.Typer()
         if isinstance(target, typer.Typer):
@@ -52,3 +58,21 @@ class LazyGroup(TyperGroup):
         else:
             holder.command(name)(guarded(target))
         return typer.main.get_group(holder).commands[name]
+
+
+def _needs_extra(name: str, verb: Verb) -> click.Command:
+    """Stands in for a verb whose extra is not installed: any use of it prints the install command and exits 2."""
+    from fslm.cli.common import guarded
+    from fslm.extras import require
+
+    @guarded
+    def unavailable() -> None:
+        require(verb.extra, f"`fslm {name}`")
+
+    return click.Command(
+        name,
+        help=verb.summary,
+        callback=unavailable,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+        add_help_option=False,
+    )

@@ -20,6 +20,7 @@ from fslm.evaluate.report import build_summary, write_outputs
 from fslm.evaluate.scoring import extract_number, numbers_match, score_choices
 from fslm.evaluate.store import RunStore
 from fslm.evaluate.systems import ModelSystem, Outcome, Shots, StackSystem, System, load_system
+from fslm.extras import require
 from fslm.tasks import Item, fewshot_items, get_task, list_tasks, load_task
 
 # lm-eval's gsm8k generation settings (greedy, stop before the model invents a next question).
@@ -251,6 +252,7 @@ def evaluate(
     generation, exact match of the final number. With `out_dir`, rows are appended per batch and a rerun skips
     the items already done. Returns the summary (also written as summary.json, table.md and chart.png).
     """
+    require("eval", "evaluation (its chart.png)")
     if isinstance(system, (str, Path)):
         ref = str(system)
         system = (

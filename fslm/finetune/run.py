@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -332,4 +333,5 @@ def _write_trained(
     report.seconds = round(time.perf_counter() - t0, 1)
     log["summary"] = report.stages
     write_json_atomic(out / "train_log.json", log)
-    plot_losses(log, out / "loss.png")
+    if find_spec("matplotlib") is not None:  # a nicety (in the eval extra): training itself needs only the core
+        plot_losses(log, out / "loss.png")

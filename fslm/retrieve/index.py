@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fslm.digest import file_sha256
 from fslm.errors import DataError, InputError
+from fslm.extras import require
 from fslm.tasks import normalize_text
 
 MANIFEST = "manifest.json"
@@ -101,6 +102,7 @@ _WORD = re.compile(r"\w+")
 
 
 def _tokenize(texts: Sequence[str]):
+    require("retrieve", "BM25 retrieval")
     import bm25s
     import Stemmer
 
@@ -188,6 +190,7 @@ class Retriever:
 
     @classmethod
     def load(cls, index_dir: str | Path) -> Retriever:
+        require("retrieve", "BM25 retrieval")
         import bm25s
 
         index_dir = Path(index_dir)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,6 +92,48 @@ def test_lm_eval_cli_wrapper_runs_offline(tiny_model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fslm_arc_easy" in proc.stdout and "acc" in proc.stdout
     assert tasks_dir().joinpath("fslm_arc_easy.yaml").is_file()
+
+
+def test_the_lm_eval_command_finds_the_fslm_model(tiny_model_dir, tmp_path):
+    """What README tells users to type: lm-eval's own console script, `--model fslm`, our task folder included."""
+    lm_eval = Path(sys.executable).with_name("lm_eval")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        FSLM_CACHE_DIR=str(tmp_path / "cache"),
+        HF_DATASETS_CACHE=str(tmp_path / "hf"),
+    )
+    cmd = [
+        str(lm_eval),
+        "--model",
+        "fslm",
+        "--model_args",
+        f"model={tiny_model_dir}",
+        "--tasks",
+        "fslm_arc_easy",
+        "--include_path",
+        str(tasks_dir()),
+        "--limit",
+        "3",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|fslm_arc_easy")]
+    assert table and "acc" in table[0], proc.stdout[-2000:]
+
+
+def test_the_startup_hook_registers_fslm_lazily():
+    """The .pth hook adds a placeholder when lm-eval's registry loads, and imports nothing of fslm until asked."""
+    code = (
+        "import sys; import lm_eval.api.registry as r; "
+        "assert 'fslm' in r.model_registry, 'not registered'; "
+        "assert 'fslm.lm_eval_plugin' not in sys.modules, 'imported too early'; "
+        "cls = r.get_model('fslm'); print(cls.__module__ + '.' + cls.__name__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "fslm.lm_eval_plugin.FslmLM"
 
 
 class _Req:
