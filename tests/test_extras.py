@@ -14,16 +14,18 @@ import fslm.extras
 from fslm.cli import app
 from fslm.extras import EXTRAS, MissingExtraError, missing, require
 
-# Runs a CLI verb in a fresh interpreter where every extra's packages raise ImportError, as if never installed.
+# Runs a CLI verb in a fresh interpreter where every extra's packages are invisible to the import system (find_spec
+# returns None, import fails), exactly as if they were not installed.
 WITHOUT_EXTRAS = """
-import importlib.abc, sys
+import importlib.machinery, sys
 BLOCKED = set({blocked!r})
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
+class Hidden(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        return None
-sys.meta_path.insert(0, Block())
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = Hidden
 from fslm.cli import main
 sys.argv = ["fslm", *{argv!r}]
 main()
