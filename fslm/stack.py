@@ -153,6 +153,21 @@ def load_retrievers(cfg: StackConfig) -> dict[str, Retriever]:
     return {s.name: Retriever.load(cfg.index_path(s)) for s in cfg.stages if s.is_retrieval}  # type: ignore[arg-type]
 
 
+def check_prompt_text(prompt: object) -> str:
+    """The prompt, stripped, if a model can be given it; InputError otherwise. Needs no model, so callers (the CLI)
+    check before loading one: an empty prompt, or lone surrogates (undecodable bytes from a shell arrive as those),
+    which no tokenizer or UTF-8 writer accepts."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("empty prompt: give the question or instruction to answer")
+    for i, ch in enumerate(prompt):
+        if "\ud800" <= ch <= "\udfff":
+            raise InputError(
+                f"prompt is not valid text: character {i + 1} is an undecodable byte or lone surrogate "
+                f"({ch.encode('utf-8', 'backslashreplace').decode()}); pass UTF-8 text"
+            )
+    return prompt.strip()
+
+
 class Stack:
     """N stages on one shared engine; each stage may activate its own LoRA adapter."""
 
@@ -189,15 +204,14 @@ class Stack:
         return self.engine.render_chat(messages) if self.config.chat_template else _raw_text(messages)
 
     def _check_prompt(self, prompt: str) -> str:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("empty prompt: give the question or instruction to answer")
+        prompt = check_prompt_text(prompt)
         n = self.engine.count_tokens(prompt)
         if n > self.config.max_prompt_tokens:
             raise InputError(
                 f"prompt has {n} tokens; this stack accepts at most {self.config.max_prompt_tokens} "
                 f"(max_prompt_tokens in the stack config). Shorten it; fslm never truncates silently."
             )
-        return prompt.strip()
+        return prompt
 
     def run(self, prompt: str) -> StackResult:
         return self.run_batch([prompt])[0]

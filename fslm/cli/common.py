@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,12 +21,23 @@ console = Console(stderr=True)
 out = Console()
 
 
-def quiet_libraries() -> None:
-    """Keep transformers/HF progress chatter out of user output; fslm shows its own spinner.
+# Libraries whose deprecation notices are for fslm's developers, not for a person running a command.
+_LIBRARIES = r"(transformers|torch|peft|accelerate|huggingface_hub|tokenizers|gguf|sentence_transformers|lm_eval)"
 
-    Environment defaults reach transformers when a verb imports it later, so light verbs (`fslm models`) never pay
-    for importing it here; if it is already imported (tests, notebooks) it is told directly.
+
+def quiet_libraries() -> None:
+    """Keep transformers/HF progress chatter and library deprecation notices out of user output.
+
+    Only the CLI calls this: Python users of fslm see every warning as usual. `python -W ...` or PYTHONWARNINGS
+    still wins (then nothing is filtered). Environment defaults reach transformers when a verb imports it later, so
+    light verbs (`fslm models`) never pay for importing it here; if it is already imported (tests, notebooks) it is
+    told directly.
     """
+    if not sys.warnoptions:
+        for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
+        # transformers warns about its own deprecated arguments from the caller's frame (fslm's engine)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(deprecated|will be removed).*")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

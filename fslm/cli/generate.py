@@ -42,6 +42,9 @@ def generate_command(
 ) -> None:
     """Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur."""
     from fslm.collaborate.generate import generate
+    from fslm.stack import check_prompt_text
+
+    check_prompt_text(prompt)  # before any model loads
 
     with status("loading models and generating…", enabled=not json_output):
         result = generate(

@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from fslm.cli.common import out, print_json, status
-from fslm.stack import Stack, StackResult
+from fslm.stack import Stack, StackResult, check_prompt_text
 
 
 def render_result(result: StackResult, show_inputs: bool = False) -> None:
@@ -50,6 +50,7 @@ def run_command(
     no_adapters: bool = typer.Option(False, "--no-adapters", help="Run the stack prompt-only (its LoRA adapters off)."),
 ) -> None:
     """Answer PROMPT with a stack and print the answer and every stage's text."""
+    prompt = check_prompt_text(prompt)  # before the model loads: a bad prompt costs no load
     with status("loading stack and model…", enabled=True):
         loaded = Stack.load(stack, adapters=not no_adapters)
     with status(f"running {len(loaded.config.stages)} stages…", enabled=not json_output):
