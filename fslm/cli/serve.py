@@ -63,9 +63,9 @@ def serve_command(
             f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in err.errors()
         )
         raise ConfigError(f"invalid serve option: {problems}") from None
+    key = " (API key required)" if settings.resolved_api_key() else ""  # a blank key fails here, before any load
     with status("loading stack and model…"):
         loaded = Stack.load(stack)
-    key = " (API key required)" if settings.resolved_api_key() else ""
     console.print(
         f"serving stack [bold]{loaded.config.name}[/] on http://{host}:{port}/v1{key} · viewer http://{host}:{port}/ui",
         highlight=False,

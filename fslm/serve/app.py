@@ -20,7 +20,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,7 +36,17 @@ from fslm.serve.batching import BatchQueue, Job, QueueFull
 from fslm.serve.chat import messages_to_prompt, trace_record, usage
 from fslm.serve.config import ServeSettings
 from fslm.serve.metrics import ServeMetrics
-from fslm.serve.schemas import APIError, answer_pieces, chunk_object, completion_object, error_body, parse_request, sse
+from fslm.serve.schemas import (
+    APIError,
+    ChatCompletionRequest,
+    answer_pieces,
+    chunk_object,
+    completion_object,
+    error_body,
+    error_responses,
+    parse_request,
+    sse,
+)
 from fslm.serve.traces import TraceStore
 from fslm.stack import Stack, StackResult
 
@@ -193,6 +210,28 @@ def _install_error_handlers(app: FastAPI, state: ServeState) -> None:
         )
 
 
+REQUEST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+}
+
+
+def _document_request_models(app: FastAPI) -> None:
+    """Put ChatCompletionRequest (and the models it uses) into the OpenAPI components the request body refers to."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            request = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request.pop("$defs", {}))
+            components["ChatCompletionRequest"] = request
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings | None = None) -> FastAPI:
     """Python twin of `fslm serve` (without starting uvicorn): an ASGI app around one loaded stack."""
     settings = settings or ServeSettings()
@@ -256,7 +295,7 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         page = resources.files("fslm.serve").joinpath("static/index.html").read_text(encoding="utf-8")
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401))
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
@@ -270,11 +309,11 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
             "fslm_base_model": stack.config.base_model,
         }
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=error_responses(401))
     async def list_models() -> dict:
         return {"object": "list", "data": [model_card()]}
 
-    @api.get("/v1/models/{model_id:path}")
+    @api.get("/v1/models/{model_id:path}", responses=error_responses(401, 404))
     async def get_model(model_id: str) -> dict:
         if model_id != state.model_name:
             raise APIError(
@@ -285,11 +324,11 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
             )
         return model_card()
 
-    @api.get("/v1/traces")
+    @api.get("/v1/traces", responses=error_responses(400, 401))
     async def list_traces(limit: int = Query(50, ge=1, le=1000)) -> dict:
         return {"object": "list", "data": state.traces.list(limit), "persistent": state.traces.persistent}
 
-    @api.get("/v1/traces/{trace_id}")
+    @api.get("/v1/traces/{trace_id}", responses=error_responses(401, 404))
     async def get_trace(trace_id: str) -> dict:
         record = state.traces.get(trace_id)
         if record is None:
@@ -301,7 +340,12 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
             )
         return record
 
-    @api.post("/v1/chat/completions")
+    @api.post(
+        "/v1/chat/completions",
+        # The body is read by hand (size limit first, then strict JSON), so FastAPI cannot infer it: declared here.
+        openapi_extra={"requestBody": REQUEST_BODY},
+        responses=error_responses(400, 401, 404, 413, 429, 503, 504),
+    )
     async def chat_completions(request: Request) -> Response:
         t0 = time.perf_counter()
         req = parse_request(await _read_body(request, settings.max_body_bytes))
@@ -356,6 +400,7 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         )
 
     app.include_router(api)
+    _document_request_models(app)
     return app
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fslm.errors import ConfigError
 from fslm.settings import get_settings
 
 
@@ -34,7 +35,14 @@ class ServeSettings(BaseModel):
     model_name: str | None = Field(None, description="the id clients send as `model`; default: the stack's name")
 
     def resolved_api_key(self) -> str | None:
-        return self.api_key if self.api_key is not None else get_settings().api_key
+        """The bearer key clients must send, or None (open). A key that is set but blank is refused: running open,
+        or accepting an empty `Bearer `, when the user clearly meant to require a key would be the unsafe reading."""
+        key, source = (
+            (self.api_key, "api_key") if self.api_key is not None else (get_settings().api_key, "FSLM_API_KEY")
+        )
+        if key is not None and not key.strip():
+            raise ConfigError(f"{source} is set but empty; give a real key, or unset it to serve without one")
+        return key.strip() if key is not None else None
 
     def resolved_persist(self) -> bool:
         return self.persist_traces if self.persist_traces is not None else get_settings().log_traces

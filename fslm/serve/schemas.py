@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fslm import __version__ as FSLM_VERSION
+from fslm.io import JsonError, loads_json
 
 
 class APIError(Exception):
@@ -35,6 +36,33 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx, as OpenAI's API writes it; the OpenAPI schema documents it for each route."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status it can answer with, all carrying ErrorResponse."""
+    why = {
+        400: "the request is malformed (the message and `param` name the field)",
+        401: "missing or wrong API key",
+        404: "unknown model or trace",
+        413: "request body too large",
+        429: "queue full: retry after the Retry-After header",
+        503: "the server is shutting down or its worker failed",
+        504: "the answer took longer than the request timeout",
+    }
+    return {status: {"model": ErrorResponse, "description": why[status]} for status in statuses}
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -102,8 +130,14 @@ class ChatCompletionRequest(_Model):
 def parse_request(body: bytes) -> ChatCompletionRequest:
     """Bytes -> validated request, or an APIError whose message and `param` name the bad field."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise APIError(
+            400, f"request body is not UTF-8 (byte {err.start}: 0x{body[err.start]:02x})", code="invalid_json"
+        ) from None
+    try:  # strict: nesting depth, lone surrogates ("\ud800") and 4300-digit numbers are errors, not crashes
+        data = loads_json(text)
+    except JsonError as err:
         raise APIError(400, f"request body is not valid JSON: {err}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")

@@ -81,6 +81,13 @@ CASES = [
         "messages",
     ),
     ("body_too_large", with_(messages=[{"role": "user", "content": "x" * 5000}]), 413, "request_too_large", None),
+    # Hostile bodies an outside probe turned into 500s: each is a 400 now, decided before any parsing blows up.
+    ("lone_surrogate_escape", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}', 400, "invalid_json", None),
+    ("deeply_nested_array", b"[" * 2000 + b"]" * 2000, 400, "invalid_json", None),
+    ("deeply_nested_field", b'{"messages": ' + b"[" * 1500 + b"]" * 1500 + b"}", 400, "invalid_json", None),
+    ("invalid_utf8_inside", b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', 400, "invalid_json", None),
+    ("max_tokens_float", with_(max_tokens=1e308), 400, "invalid_value", "max_tokens"),
+    ("max_tokens_huge_int", with_(max_tokens=10**100), 400, "invalid_value", "max_tokens"),
 ]
 
 
@@ -154,3 +161,48 @@ def test_max_tokens_caps_the_answer_stage(api):
     stages = resp.json()["fslm_trace"]["stages"]
     assert stages[-1]["tokens_out"] <= 2 and stages[0]["stage"] == "intent"
     assert stack.config.stages[-1].generation.max_new_tokens == 8  # the served stack itself is untouched
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(api):
+    """No Content-Length (chunked transfer): the limit is enforced while reading, not trusted from a header."""
+    client, _ = api
+
+    def chunks():
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(64):
+            yield b"x" * 1024
+        yield b'"}]}'
+
+    resp = client.post("/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("key", ["", "   ", "\n"])
+def test_a_blank_api_key_is_a_startup_error_not_an_open_server(tiny_stack, key):
+    from fslm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="api_key is set but empty"):
+        create_app(tiny_stack, ServeSettings(api_key=key))
+
+
+def test_a_blank_fslm_api_key_makes_fslm_serve_exit_2(monkeypatch):
+    from typer.testing import CliRunner
+
+    from fslm.cli import app
+    from fslm.settings import reset_settings
+
+    monkeypatch.setenv("FSLM_API_KEY", "  ")
+    reset_settings()
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: FSLM_API_KEY is set but empty")
+
+
+def test_a_number_past_pythons_digit_limit_is_a_400(tiny_stack):
+    """json.loads raises ValueError on integers of more than 4300 digits (CVE-2020-10735's limit): not a 500."""
+    app = create_app(tiny_stack, ServeSettings(max_body_bytes=8192))
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * 5000 + b"}"
+    with TestClient(app) as client:
+        resp = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
+    assert "unreadable number" in resp.json()["error"]["message"]

@@ -1,0 +1,243 @@
+"""Reading files a user hands to fslm: bounded in size, decoded strictly, parsed without surprises.
+
+Every loader (stack YAML, instruction data, distilled records, pairs, benchmark files, caches, model configs) reads
+through these helpers, so a bad file always ends in ONE FslmError naming the file and, where there are lines, the
+line, never a UnicodeDecodeError, RecursionError or MemoryError traceback:
+
+* `read_bytes` refuses non-regular files (a FIFO would block forever, /dev/zero never ends) and files above a cap,
+  before reading more than the cap;
+* `decode_text` decodes strict UTF-8 (a leading BOM is dropped) and names the line and column of a bad byte;
+* `loads_json` turns every way `json.loads` can fail (bad syntax, nesting past the recursion limit, an integer of
+  more than 4300 digits) into `JsonError`, and refuses values nested deeper than MAX_JSON_DEPTH and lone
+  surrogates (`"\\ud800"`): JSON can spell them, Python keeps them, and they crash tokenizers and UTF-8 file
+  writes far from the file that carried them;
+* `load_yaml` parses with `StrictYamlLoader`, a SafeLoader without anchors and aliases (the "billion laughs" alias
+  bomb expands a few hundred bytes into gigabytes) and with a nesting limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fslm.errors import DataError, FslmError
+
+MAX_DATA_BYTES = 512 << 20  # one data file (instruction data, distilled records, benchmark files, caches)
+MAX_YAML_DEPTH = 32  # a stack file nests 4 levels deep; anything far deeper is not a stack
+MAX_JSON_DEPTH = 100  # fslm's records nest 3-4 levels; this leaves room and keeps repr()/json.dumps of them safe
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # only a text with such an escape can decode to a surrogate
+
+
+def printable(text: str) -> str:
+    """`text` safe to print or encode as UTF-8: lone surrogates become `\\udXXX` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def read_bytes(path: str | Path, *, limit: int = MAX_DATA_BYTES, error: type[FslmError] = DataError) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; anything else is `error` naming the file.
+
+    Opened non-blocking so that a FIFO passed by mistake is refused instead of waiting for a writer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise error(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{path}: not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as err:
+        raise error(f"{path}: cannot read ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise error(f"{path}: larger than {_size(limit)}, the most fslm reads from a file like this; split it")
+    return raw
+
+
+def decode_text(path: str | Path, raw: bytes, *, error: type[FslmError] = DataError) -> str:
+    """Strict UTF-8 (a leading BOM dropped); a bad byte is `error` naming its line and column."""
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise error(
+            f"{path}: line {line}, column {column}: not UTF-8 text (byte 0x{raw[err.start]:02x}: {err.reason}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def read_text(path: str | Path, *, limit: int = MAX_DATA_BYTES, error: type[FslmError] = DataError) -> str:
+    """`read_bytes` then `decode_text`."""
+    return decode_text(path, read_bytes(path, limit=limit, error=error), error=error)
+
+
+def lines(text: str) -> Iterator[tuple[int, str]]:
+    """(1-based number, line) of every non-blank line, split on "\\n" only (a "\\r" before it dropped).
+
+    str.splitlines would also split on U+2028, U+0085 and other characters that `json.dumps(ensure_ascii=False)`
+    writes raw inside strings, cutting a valid JSONL record in two."""
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield number, line.removesuffix("\r")
+
+
+class JsonError(ValueError):
+    """Why a JSON text was refused, without file or line: the caller knows those and adds them."""
+
+
+def loads_json(text: str, **kwargs: Any) -> Any:
+    """`json.loads`, but every failure is a JsonError (see `_checked`)."""
+    return _checked(text, lambda: json.loads(text, **kwargs), walk=_may_need_walk(text))
+
+
+def decode_json_at(decoder: json.JSONDecoder, text: str, pos: int) -> tuple[Any, int]:
+    """`decoder.raw_decode(text, pos)` (one value of a larger document), failing like `loads_json`. The value is
+    always walked: scanning the whole document for escapes once per value would be quadratic."""
+    value, end = _checked(text, lambda: decoder.raw_decode(text, pos), walk=False)
+    problem = value_problem(value)
+    if problem is not None:
+        raise JsonError(problem)
+    return value, end
+
+
+def _checked(text: str, parse: Callable[[], Any], *, walk: bool) -> Any:
+    """Run a JSON parse; syntax errors, nesting past the recursion limit and integers of more than 4300 digits
+    become JsonError, and so does a value nested deeper than MAX_JSON_DEPTH or holding a lone surrogate."""
+    try:
+        result = parse()
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno}, column {err.colno}" if "\n" in text.strip() else f"column {err.colno}"
+        raise JsonError(f"{err.msg} at {where}") from None
+    except RecursionError:
+        raise JsonError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as err:  # int() of a number with more than sys.get_int_max_str_digits() digits
+        raise JsonError(f"unreadable number ({str(err).split(':')[0]})") from None
+    problem = value_problem(result) if walk else None
+    if problem is not None:
+        raise JsonError(problem)
+    return result
+
+
+def _may_need_walk(text: str) -> bool:
+    """Cheap test first: only text with a surrogate escape, or with enough brackets to nest deep, needs a walk."""
+    return bool(_SURROGATE_ESCAPE.search(text)) or text.count("[") + text.count("{") > MAX_JSON_DEPTH
+
+
+def value_problem(value: Any) -> str | None:
+    """Why a parsed JSON/YAML value is unfit for fslm, or None: nesting deeper than MAX_JSON_DEPTH (later repr()
+    or json.dumps of it could overflow), or a string holding a lone surrogate, named by its field path (e.g.
+    "field 'targets.answer'"). Iterative, so it cannot overflow the stack itself."""
+    todo: list[tuple[str, Any, int]] = [("", value, 0)]
+    while todo:
+        where, item, depth = todo.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"nested more than {MAX_JSON_DEPTH} levels deep"
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return f"{_field(where)} holds a lone surrogate (\\ud800-\\udfff), which is not text"
+        elif isinstance(item, dict):
+            for key, sub in reversed(list(item.items())):
+                name = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return f"the name of {_field(name)} holds a lone surrogate (\\ud800-\\udfff), which is not text"
+                todo.append((name, sub, depth + 1))
+        elif isinstance(item, (list, tuple)):
+            todo.extend((f"{where}[{i}]", sub, depth + 1) for i, sub in reversed(list(enumerate(item))))
+    return None
+
+
+def _field(where: str) -> str:
+    return f"field {printable(where)!r}" if where else "the value"
+
+
+def replace_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, for text from outside (a teacher's HTTP reply) that must
+    be stored and tokenized, not refused."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+class StrictYamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no Python objects) that also refuses anchors and aliases and deep nesting.
+
+    Anchors and aliases are refused outright rather than counted: a stack file has no use for them (each stage is
+    written out in full), and an alias bomb ("billion laughs": nine levels of nine aliases each) expands a few
+    hundred bytes into gigabytes. A value that YAML accepts but Python cannot build (the date 2001-02-30, an integer
+    of 5000 digits) becomes a YAML error at its line instead of a ValueError traceback."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"YAML {kind}{event.anchor} is not allowed here: write each value out in full",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as err:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({str(err).split(':')[0]})", node.start_mark
+            ) from None
+
+
+def load_yaml(text: str, where: str, *, error: type[FslmError]) -> Any:
+    """Parse one YAML document with StrictYamlLoader; any problem is `error` naming `where`, line and column."""
+    try:
+        loader = StrictYamlLoader(text)  # the reader checks for unprintable characters here already
+        try:
+            value = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        raise error(f"{where}:{_yaml_position(err)} malformed YAML: {_yaml_problem(err)}") from None
+    problem = value_problem(value)
+    if problem is not None:
+        raise error(f"{where}: {problem}")
+    return value
+
+
+def _yaml_position(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f" line {mark.line + 1}, column {mark.column + 1}:"
+    if isinstance(err, yaml.reader.ReaderError):
+        return f" character {err.position + 1}:"
+    return ""
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    if isinstance(err, yaml.reader.ReaderError):
+        return f"{err.reason} (#x{err.character:04x})"
+    return printable(str(getattr(err, "problem", None) or err))
