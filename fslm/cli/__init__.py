@@ -35,7 +35,13 @@ VERBS: dict[str, Verb] = {
         "generate_command",
         "Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur.",
     ),
-    "stack": Verb("stack", "app", "Check and inspect stack configs."),
+    "stack": Verb("stack", "app", "Check, inspect and pack stack configs."),
+    "experiment": Verb(
+        "experiment",
+        "app",
+        "Run an experiment from one YAML spec: train, evaluate, compare, report; reruns resume.",
+        extra="eval",
+    ),
     "eval": Verb(
         "eval",
         "app",

@@ -1,0 +1,167 @@
+"""What an experiment still has to do, read from the spec and from disk.
+
+One job per training step, per evaluated system (`runs/<system>/`) and per selection candidate
+(`select/<system>/`). Nothing records progress besides the outputs themselves: an evaluation is done when its run
+folder holds a row for every planned item and a summary of all of them; a training step when its marker
+(`train/<step>.done.json`, written after the library call returned) matches the step as specified now.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fslm.errors import DataError
+from fslm.evaluate.heldout import HELDOUT
+from fslm.evaluate.run import select_items
+from fslm.evaluate.store import folder_busy, read_rows
+from fslm.experiment.fingerprint import fingerprint, recorded
+from fslm.experiment.spec import ExperimentSpec
+from fslm.experiment.steps import FinetuneStep, PairsStep
+from fslm.experiment.variants import TRAIN, stack_step, train_dir
+
+EVAL, SELECT, TRAIN_JOB = "eval", "select", "train"
+RUNS, SELECT_DIR, COMPARE, LOGS = "runs", "select", "compare", "logs"
+DONE, PARTIAL, TODO, RUNNING, STALE = "done", "partial", "not started", "running", "stale"
+
+
+@dataclass
+class Job:
+    kind: str  # train | eval | select
+    name: str  # the training step or system
+    folder: Path
+    deps: list[str] = field(default_factory=list)  # keys of the jobs that must be done first
+    split: str | None = None  # eval/select: the `split` argument of evaluate
+    limit: int | None = None
+    total: int = 0  # eval/select: items planned
+    done: int = 0  # eval/select: of those, rows on disk
+    state: str = TODO
+    summary: dict | None = None  # eval/select: summary.json once done
+    fingerprint: dict | None = None  # eval/select: what its rows must have been computed with (fingerprint.py)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def progress(self) -> str:
+        if self.kind == TRAIN_JOB:
+            return self.state
+        if self.state == DONE:
+            return f"done {self.total}/{self.total}"
+        if self.state == TODO:
+            return f"not started 0/{self.total}"
+        if self.state == STALE:
+            return f"stale {self.done}/{self.total} (spec or adapters changed; rerun moves it aside)"
+        return f"{self.state} {self.done}/{self.total}"
+
+
+@dataclass
+class Plan:
+    spec: ExperimentSpec
+    jobs: dict[str, Job]
+    items: dict[tuple[str | None, int | None], dict[str, list[str]]]  # (split, limit) -> task -> item ids
+
+    def todo(self) -> list[Job]:
+        return [job for job in self.jobs.values() if job.state != DONE]
+
+    def runs(self, kind: str = EVAL) -> dict[str, Job]:
+        return {job.name: job for job in self.jobs.values() if job.kind == kind}
+
+
+def marker_path(spec: ExperimentSpec, step: str) -> Path:
+    return spec.out_dir / TRAIN / f"{step}.done.json"
+
+
+def step_fingerprint(spec: ExperimentSpec, step: str) -> dict:
+    return {"step": step, **spec.training[step].model_dump(mode="json")}
+
+
+def _train_deps(spec: ExperimentSpec, step: str) -> list[str]:
+    body = spec.training[step].body
+    deps = []
+    if isinstance(body, (FinetuneStep, PairsStep)) and body.stack in spec.training:
+        deps.append(f"{TRAIN_JOB}:{body.stack}")
+    if isinstance(body, FinetuneStep) and body.data in spec.training:
+        deps.append(f"{TRAIN_JOB}:{body.data}")
+    return deps
+
+
+def _train_job(spec: ExperimentSpec, step: str) -> Job:
+    job = Job(TRAIN_JOB, step, train_dir(spec, step), deps=_train_deps(spec, step))
+    marker = marker_path(spec, step)
+    if marker.is_file():
+        try:
+            done = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == step_fingerprint(spec, step)
+        except json.JSONDecodeError:
+            done = False
+        job.state = DONE if done else PARTIAL  # a marker of an edited step: rerun (the library decides what to redo)
+    elif job.folder.exists():
+        job.state = PARTIAL
+    return job
+
+
+def planned_items(task_names: list[str], split: str | None, limit: int | None) -> dict[str, list[str]]:
+    """task -> ids of the items `evaluate` will score, in its order (every data error before any work)."""
+    return {task: [item.id for item in select_items(task, limit, split)] for task in task_names}
+
+
+def read_eval_state(job: Job, ids: dict[str, list[str]]) -> None:
+    """Fill a job's done/total/state/summary from its run folder."""
+    wanted = {i for task_ids in ids.values() for i in task_ids}
+    job.total = len(wanted)
+    try:
+        rows = read_rows(job.folder)
+    except DataError:
+        rows = {}  # the evaluation itself reports the malformed line when it resumes
+    job.done = len(wanted & rows.keys())
+    summary_path = job.folder / "summary.json"
+    if summary_path.is_file():
+        try:
+            job.summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            job.summary = None
+    old = recorded(job.folder)
+    if folder_busy(job.folder):
+        job.state = RUNNING
+    elif old is not None and job.fingerprint is not None and old != job.fingerprint:
+        job.state = STALE
+        job.summary = None
+    elif job.done == job.total and job.summary is not None and job.summary.get("n_items") == job.total:
+        job.state = DONE
+    else:
+        job.state = PARTIAL if job.done else TODO
+        job.summary = None
+
+
+def build_plan(spec: ExperimentSpec) -> Plan:
+    """Every job of the experiment with its state on disk, dependencies first."""
+    jobs: dict[str, Job] = {}
+    for step in spec.training:
+        job = _train_job(spec, step)
+        jobs[job.key] = job
+    tasks = spec.evaluation.task_names
+    items: dict[tuple[str | None, int | None], dict[str, list[str]]] = {}
+    passes = [(EVAL, RUNS, list(spec.systems), spec.test_split(), spec.evaluation.limit)]
+    if spec.selection is not None:
+        passes.append((SELECT, SELECT_DIR, spec.selection.systems, HELDOUT, spec.selection.limit))
+    for kind, folder, names, split, limit in passes:
+        if (split, limit) not in items:
+            items[(split, limit)] = planned_items(tasks, split, limit)
+        for name in names:
+            step = stack_step(spec, name)
+            job = Job(
+                kind,
+                name,
+                spec.out_dir / folder / name,
+                deps=[f"{TRAIN_JOB}:{step}"] if step else [],
+                split=split,
+                limit=limit,
+                fingerprint=fingerprint(spec, name, split, spec.fewshot(name) if kind == EVAL else 0),
+            )
+            read_eval_state(job, items[(split, limit)])
+            if job.state == DONE and any(jobs[d].state != DONE for d in job.deps):
+                job.state, job.summary = PARTIAL, None  # its training step is to be (re)run first
+            jobs[job.key] = job
+    return Plan(spec, jobs, items)

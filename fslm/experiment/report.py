@@ -1,0 +1,228 @@
+"""RESULTS.md, results.json and pareto.png of an experiment, written from its run folders (see results.py).
+
+Files are rewritten only when their content changes, so a rerun of a finished experiment leaves them untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from fslm.evaluate.store import write_atomic
+from fslm.experiment.plan import DONE, Plan
+from fslm.experiment.results import gather
+from fslm.experiment.spec import ExperimentSpec
+
+RESULTS_JSON, PARETO = "results.json", "pareto.png"
+MAX_TRACE_CHARS = 600
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(ci: list | None) -> str:
+    return "—" if not ci or ci[0] is None else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def frontier(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names on the Pareto frontier of (seconds per item, accuracy): no other point is at least as fast and as
+    accurate and better in one of the two. Sorted by cost."""
+    names = []
+    for name, (cost, acc) in points.items():
+        dominated = any(
+            c <= cost and a >= acc and (c < cost or a > acc) for other, (c, a) in points.items() if other != name
+        )
+        if not dominated:
+            names.append(name)
+    return sorted(names, key=lambda n: points[n][0])
+
+
+def pareto_png(results: dict) -> bytes | None:
+    """Macro accuracy against seconds per item, one labelled point per finished system, the frontier joined."""
+    points = {
+        name: (max(e["seconds_per_item"], 1e-6), e["macro_acc"])
+        for name, e in results["systems"].items()
+        if e.get("macro_acc") is not None
+    }
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = frontier(points)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, (cost, acc) in points.items():
+        on = name in best
+        ax.scatter(cost, 100 * acc, s=36, color="#DD8452" if on else "#4C72B0", edgecolor="black", linewidth=0.5)
+        ax.annotate(name, (cost, 100 * acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.plot([points[n][0] for n in best], [100 * points[n][1] for n in best], color="#DD8452", linewidth=1, zorder=0)
+    costs = [c for c, _ in points.values()]
+    if max(costs) / min(costs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("seconds per item (this machine)")
+    ax.set_ylabel("macro accuracy %")
+    ax.set_title(f"{results['name']}: accuracy vs cost ({results['items_per_system']} items per system)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _systems_table(results: dict) -> list[str]:
+    tasks = results["evaluation"]["tasks"]
+    head = ["system", "what", "macro %", "95% CI", *tasks, "s/item", "tokens in/item", "gen. tokens/item", "params"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|---|" + "---:|" * (len(tasks) + 4)]
+    for name, e in results["systems"].items():
+        if e.get("macro_acc") is None:
+            lines.append(f"| {name} | {e['label']} | {e.get('progress', 'not run')} |" + " |" * (len(head) - 3))
+            continue
+        cells = [
+            name,
+            e["label"],
+            f"**{_pct(e['macro_acc'])}**",
+            _ci(e["macro_ci95"]),
+            *[_pct(e["tasks"][t]["acc"]) for t in tasks],
+            f"{e['seconds_per_item']:g}",
+            f"{e['tokens_in_per_item']:g}",
+            f"{e['generated_tokens_per_item']:g}",
+            f"{e['params_touched']:,}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _comparisons(results: dict) -> list[str]:
+    tasks = results["evaluation"]["tasks"]
+    lines = [
+        "## Comparisons",
+        "",
+        "Paired bootstrap of acc(A) − acc(B) on the items both runs share (`fslm.evaluate.compare`); points, "
+        "95% CI of the macro difference, and the per-task differences.",
+        "",
+        "| A | B | A − B macro (pts) | 95% CI | P(A ≤ B) | " + " | ".join(tasks) + " |",
+        "|---|---|---:|---|---:|" + "---:|" * len(tasks),
+    ]
+    notes = []
+    for c in results["comparisons"]:
+        a, b = (f"{c[side]} (selected)" if side in c.get("selected", []) else c[side] for side in ("a", "b"))
+        b += " (held-out)" if c.get("heldout") else ""
+        if c["state"] != DONE:
+            lines.append(f"| {a} | {b} | {c['state']} |" + " |" * (len(tasks) + 2))
+            continue
+        m = c["tasks"]["macro"]
+        per_task = [_pts(c["tasks"][t]["diff"]) if t in c["tasks"] else "—" for t in tasks]
+        lo, hi = m["ci95"]
+        lines.append(
+            f"| {a} | {b} | **{_pts(m['diff'])}** | {_pts(lo)} to {_pts(hi)} | {m['p_le_0']:.3f} | "
+            + " | ".join(per_task)
+            + " |"
+        )
+        notes += [f"{c['a']} vs {c['b']}: {note}" for note in c.get("notes", [])]
+    return lines + [""] + [f"Note: {n}\n" for n in dict.fromkeys(notes)]
+
+
+def _selection(sel: dict) -> list[str]:
+    lines = [
+        "## Selection on held-out items",
+        "",
+        f"Rule, fixed before any held-out number was seen: among {', '.join(sel['among'])}, {sel['rule']}; "
+        f"{sel['limit'] or 'all'} held-out items per task (`--split heldout`: items no test run reads).",
+        "",
+        "| candidate | held-out macro % | 95% CI |",
+        "|---|---:|---|",
+    ]
+    for name in [*sel["among"], *sel["context"]]:
+        mark = " ← chosen" if name == sel["chosen"] else " (context, never chosen)" if name in sel["context"] else ""
+        lines.append(f"| {name}{mark} | {_pct(sel['heldout_macro'][name])} | {_ci(sel['heldout_macro_ci95'][name])} |")
+    chosen = sel["chosen"] or "not yet (some held-out runs are unfinished)"
+    lines += ["", f"Chosen: **{chosen}**."]
+    if sel["beaten_by_context"]:
+        lines.append(f"Context systems with a higher held-out macro: {', '.join(sel['beaten_by_context'])}.")
+    return [*lines, ""]
+
+
+def _clip(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= MAX_TRACE_CHARS else text[:MAX_TRACE_CHARS] + " …"
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in _clip(text).splitlines()) or "> "
+
+
+def _traces(results: dict) -> list[str]:
+    lines = ["## Example traces", ""]
+    for t in results["traces"]:
+        lines += [f"### {t['system']}: {t['rule']}", ""]
+        if t.get("state") != DONE:
+            lines += ["(waiting for its runs)", ""]
+        elif not t["items"]:
+            lines += ["(no item matches)", ""]
+        for item in t["items"]:
+            verdict = "right" if item["correct"] else "wrong"
+            lines += [f"**{item['id']}** ({verdict}: predicted {item['prediction']!r}, gold {item['gold']!r})", ""]
+            lines += [_quote(item["prompt"]), ""]
+            for stage, text in item["stages"].items():
+                lines += [f"*{stage}*:", "", _quote(text), ""]
+    return lines
+
+
+def results_markdown(results: dict, pareto: bool) -> str:
+    ev = results["evaluation"]
+    lines = [f"# {results.get('title') or results['name']}", ""]
+    if results["description"]:
+        lines += [results["description"].strip(), ""]
+    lines += [
+        f"Tasks {', '.join(ev['tasks'])}; split {ev['split']}; {ev['limit'] or 'all'} items per task "
+        f"({results['items_per_system']} per system); model systems {ev['num_fewshot']}-shot, stacks zero-shot; "
+        f"generation budget {ev['gen_max_tokens']} tokens. Written by `fslm experiment run` from the run folders "
+        "under runs/ (items.jsonl per item, summary.json per system); seconds are this machine's.",
+        "",
+        "## Systems",
+        "",
+        *_systems_table(results),
+        "",
+    ]
+    if pareto:
+        lines += [
+            f"![accuracy vs seconds per item]({PARETO})",
+            "",
+            "Systems on the frontier (no other system is both at least as accurate and at least as fast) are joined.",
+            "",
+        ]
+    if results["comparisons"]:
+        lines += _comparisons(results)
+    if results["selection"]:
+        lines += _selection(results["selection"])
+    if results["traces"]:
+        lines += _traces(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _write_if_changed(path: Path, data: str | bytes) -> None:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if not path.is_file() or path.read_bytes() != raw:
+        write_atomic(path, raw)
+
+
+def write_report(spec: ExperimentSpec, plan: Plan) -> Path:
+    """Write results.json, pareto.png and RESULTS.md under the experiment's folder; returns RESULTS.md's path."""
+    results = gather(spec, plan)
+    results["title"] = spec.report.title
+    out = spec.out_dir
+    _write_if_changed(out / RESULTS_JSON, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    png = pareto_png(results) if spec.report.pareto else None
+    if png is not None:
+        _write_if_changed(out / PARETO, png)
+    _write_if_changed(out / spec.report.file, results_markdown(results, png is not None))
+    return out / spec.report.file

@@ -1,0 +1,213 @@
+"""The experiment spec validates itself and names the field; variants are written as stack files that move."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fslm.config import load_stack_config
+from fslm.errors import ConfigError
+from fslm.experiment import load_spec, parse_spec
+from fslm.experiment.variants import stack_path, system_stack
+
+from .conftest import write_spec
+
+BASE = {"name": "x", "evaluation": {"tasks": ["arc_easy"]}, "systems": {"a": {"model": "m"}}}
+
+
+def spec_with(**changes) -> dict:
+    return {**BASE, **changes}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            spec_with(systems={"a": {"model": "m", "stack": "s.yaml"}}),
+            "systems.a: give exactly one of model, stack, from",
+        ),
+        (
+            spec_with(systems={"a": {"model": "m", "patch": {"drop": ["x"]}}}),
+            "systems.a: patch: apply to stack systems",
+        ),
+        (spec_with(systems={"a": {"stack": "s.yaml", "modle": 1}}), "systems.a.modle: Extra inputs are not permitted"),
+        (spec_with(systems={"a": {"from": "b"}}), "systems.a.from: 'b' is not a system of this spec"),
+        (spec_with(systems={"a": {"from": "b"}, "b": {"from": "a"}}), "systems.a.from: a loop (a -> b -> a)"),
+        (spec_with(systems={"a": {"stack": "trained"}}), "systems.a.stack: 'trained' is not 'default', a .yaml path"),
+        (spec_with(systems={"a": {"stack": "default", "num_fewshot": 2}}), "systems.a: num_fewshot: stacks are"),
+        (spec_with(systems={"a b": {"model": "m"}}), "systems: 'a b' is not a usable name"),
+        (spec_with(systems={"selected": {"model": "m"}}), "systems.selected: 'selected' is reserved"),
+        (spec_with(systems={"a": {"stack": "s.yaml", "answer_format": "chat"}}), "systems.a.answer_format: Input"),
+        (spec_with(evaluation={"tasks": ["arc_easy", "nope"]}), "evaluation: tasks.1: unknown task 'nope'"),
+        (spec_with(evaluation={"tasks": ["arc_easy"], "limit": 0}), "evaluation.limit: Input should be greater"),
+        (spec_with(evaluation={"tasks": ["arc_easy"], "split": "dev"}), "evaluation.split: Input should be 'test'"),
+        (spec_with(evaluation={"tasks": ["arc_easy"], "split": "heldout", "num_fewshot": 1}), "num_fewshot: held-out"),
+        (spec_with(comparisons=[["a", "c"]]), "comparisons.0.b: 'c' is not a system of this spec"),
+        (spec_with(comparisons=[["a"]]), "comparisons.0: a pair [A, B] has two system names, got 1"),
+        (spec_with(comparisons=[["a", "a"]]), "comparisons.0: compares 'a' with itself"),
+        (spec_with(comparisons=[["selected", "a"]]), "comparisons.0.a: 'selected' names the selection's choice"),
+        (
+            spec_with(
+                systems={"a": {"model": "m"}, "b": {"model": "m"}},
+                selection={"among": ["a"]},
+                comparisons=[{"a": "a", "b": "b", "heldout": True}],
+            ),
+            "comparisons.0.b: heldout compares held-out runs, and 'b' is not in selection",
+        ),
+        (spec_with(selection={"among": ["a", "z"]}), "selection.among.1: 'z' is not a system of this spec"),
+        (spec_with(selection={"among": []}), "selection.among: List should have at least 1 item"),
+        (spec_with(selection={"among": ["a"], "context": ["a"]}), "selection: a system is listed twice"),
+        (spec_with(selection={"among": ["a"], "context": ["q"]}), "selection.context.0: 'q' is not a system"),
+        (spec_with(report={"traces": [{"system": "q"}]}), "report.traces.0.system: 'q' is not a system"),
+        (
+            spec_with(report={"traces": [{"system": "a", "task": "boolq"}]}),
+            "report.traces.0.task: 'boolq' is not among",
+        ),
+        (spec_with(training={"t": {"finetune": {"data": "d"}}}), "training.t.finetune.data: 'd' is not a distill step"),
+        (
+            spec_with(training={"t": {"finetune": {"data": "d.jsonl", "options": {"rnk": 4}}}}),
+            "options: unknown option",
+        ),
+        (spec_with(training={"t": {}}), "training.t: give exactly one of distill, finetune, finetune_pairs"),
+        (spec_with(training={"a": {"distill": {}}}), "training: ['a'] are also system names"),
+        (
+            spec_with(training={"t": {"finetune": {"stack": "t", "data": "d.jsonl"}}}),
+            "training.t: its stack comes from itself",
+        ),
+        ({"name": "x", "systems": {"a": {"model": "m"}}}, "evaluation: Field required"),
+    ],
+)
+def test_errors_name_the_field(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_spec(data, "exp.yaml")
+    assert str(err.value).startswith("exp.yaml: invalid experiment spec")
+    assert message in str(err.value)
+
+
+def test_a_valid_spec_parses_pairs_and_fewshot(tmp_path):
+    spec = parse_spec(
+        spec_with(
+            evaluation={"tasks": "all", "num_fewshot": 5},
+            systems={"a": {"model": "m"}, "b": {"model": "m", "num_fewshot": 0}, "c": {"stack": "default"}},
+            comparisons=[["a", "b"], {"a": "c", "b": "a"}],
+        ),
+        "exp.yaml",
+        tmp_path / "exp.yaml",
+    )
+    assert [(p.a, p.b) for p in spec.comparisons] == [("a", "b"), ("c", "a")]
+    assert (spec.fewshot("a"), spec.fewshot("b"), spec.fewshot("c")) == (5, 0, 0)
+    assert "gsm8k" in spec.evaluation.task_names and spec.out_dir == tmp_path / "exp"
+
+
+def test_load_spec_reports_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="experiment spec not found"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsystems: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+, column \d+: malformed YAML"):
+        load_spec(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_spec(bad)
+    bad.write_text("!!python/object/apply:os.system ['echo hi']\n")  # safe_load refuses Python objects
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_spec(bad)
+
+
+STACK = {
+    "name": "three",
+    "base_model": "m",
+    "stages": [
+        {"name": "intent", "instruction": "Restate.", "adapter": "adapters/intent"},
+        {"name": "facts", "instruction": "Facts.", "sees": ["prompt", "intent"], "adapter": "adapters/facts"},
+        {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts"], "adapter": "adapters/answer"},
+    ],
+}
+
+
+@pytest.fixture()
+def variant_spec(tmp_path):
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks" / "three.yaml").write_text(yaml.safe_dump(STACK))
+    systems = {
+        "full": {"stack": "stacks/three.yaml"},
+        "no-facts": {"from": "full", "patch": {"drop": ["facts"]}},
+        "short": {
+            "from": "no-facts",
+            "patch": {"stages": {"answer": {"instruction": "Be brief.", "generation": {"max_new_tokens": 3}}}},
+        },
+        "swapped": {"from": "full", "patch": {"adapters": {"answer": "other/answer", "intent": None}}},
+        "answer-only": {"from": "full", "patch": {"keep": ["answer"], "name": "solo"}},
+    }
+    return load_spec(write_spec(tmp_path, spec_with(systems=systems, out="results")))
+
+
+def test_variants_apply_patches_along_the_from_chain(variant_spec, tmp_path):
+    short = system_stack(variant_spec, "short")
+    assert [s.name for s in short.stages] == ["intent", "answer"] and short.name == "short"
+    answer = short.stages[-1]
+    assert answer.instruction == "Be brief." and answer.generation.max_new_tokens == 3 and answer.sees == ["prompt"]
+    swapped = system_stack(variant_spec, "swapped")
+    assert swapped.adapter_path(swapped.stages[0]) is None
+    assert swapped.adapter_path(swapped.stages[2]) == tmp_path / "other" / "answer"
+    assert system_stack(variant_spec, "answer-only").name == "solo"
+
+
+def test_a_variant_is_written_with_paths_relative_to_its_file(variant_spec, tmp_path):
+    assert stack_path(variant_spec, "full") == tmp_path / "stacks" / "three.yaml"  # unpatched: the file itself
+    path = stack_path(variant_spec, "no-facts")
+    assert path == tmp_path / "results" / "stacks" / "no-facts.yaml"
+    written = yaml.safe_load(path.read_text())
+    assert [s["adapter"] for s in written["stages"]] == ["../../stacks/adapters/intent", "../../stacks/adapters/answer"]
+    cfg = load_stack_config(path)
+    assert cfg.adapter_path(cfg.stages[0]).resolve() == (tmp_path / "stacks" / "adapters" / "intent").resolve()
+    mtime = path.stat().st_mtime_ns
+    stack_path(variant_spec, "no-facts")
+    assert path.stat().st_mtime_ns == mtime  # unchanged content is not rewritten
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"drop": ["nope"]}, "systems.bad.patch.drop.0: no stage 'nope'"),
+        ({"keep": ["intent"]}, "final (answer) stage"),
+        ({"stages": {"nope": {"instruction": "x"}}}, "systems.bad.patch.stages.nope: stack 'three' has no such stage"),
+        ({"adapters": {"nope": None}}, "systems.bad.patch.adapters.nope"),
+        ({"stages": {"facts": {"sees": ["answer"]}}}, "stages.1.sees.0: 'answer' is not 'prompt' or an EARLIER stage"),
+        ({"drop": ["intent"], "stages": {"facts": {"template": "{intent}"}}}, "stages.1.template uses {intent}"),
+    ],
+)
+def test_bad_patches_name_the_system_and_field(tmp_path, patch, message):
+    (tmp_path / "three.yaml").write_text(yaml.safe_dump(STACK))
+    spec = load_spec(write_spec(tmp_path, spec_with(systems={"bad": {"stack": "three.yaml", "patch": patch}})))
+    with pytest.raises(ConfigError) as err:
+        system_stack(spec, "bad")
+    assert "systems.bad.patch" in str(err.value) and message in str(err.value)
+
+
+def test_overrides_set_dotted_keys_before_validation(tmp_path):
+    path = write_spec(tmp_path, spec_with(evaluation={"tasks": ["arc_easy"], "limit": 300}))
+    spec = load_spec(path, {"evaluation.limit": 40, "out": "runs/pilot", "systems.b.model": "other"})
+    assert (
+        spec.evaluation.limit == 40
+        and spec.out_dir == tmp_path / "runs" / "pilot"
+        and spec.systems["b"].model == "other"
+    )
+    assert load_spec(path).evaluation.limit == 300  # the file is untouched
+    with pytest.raises(ConfigError, match="evaluation.limit: Input should be greater than or equal to 1"):
+        load_spec(path, {"evaluation.limit": 0})
+    with pytest.raises(ConfigError, match="--set name.x: name is not a mapping"):
+        load_spec(path, {"name.x": 1})
+
+
+def test_cli_set_values_are_read_as_yaml():
+    from fslm.cli.experiment import parse_settings
+    from fslm.errors import InputError
+
+    assert parse_settings(["evaluation.limit=40", "evaluation.tasks=[boolq, piqa]", "name=x=y"]) == {
+        "evaluation.limit": 40,
+        "evaluation.tasks": ["boolq", "piqa"],
+        "name": "x=y",
+    }
+    with pytest.raises(InputError, match="expected KEY=VALUE"):
+        parse_settings(["evaluation.limit"])
