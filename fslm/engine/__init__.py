@@ -5,7 +5,8 @@ An engine holds ONE copy of a base model plus any number of named LoRA adapters,
 - generate continuations for a batch of texts under one adapter (or none),
 - score continuations (sum of log-probabilities) under one adapter (or none).
 
-A second backend (e.g. llama.cpp) implements the same protocol without touching stack logic.
+Backends: `hf.py` (transformers + PEFT, the reference) and `llamacpp.py` (llama.cpp on GGUF weights); both implement
+the same protocol, so nothing above this package changes with the backend.
 """
 
 from __future__ import annotations
@@ -79,15 +80,43 @@ class Engine(Protocol):
     ) -> list[Score]: ...
 
 
-def load_engine(model_ref: str, *, dtype: str = "float32", backend: str = "hf", **kwargs) -> Engine:
-    """Build an engine for a model reference; the only place that picks a backend."""
-    if backend == "hf":
-        from fslm.engine.hf import HFEngine
+BACKENDS = ("hf", "llamacpp", "auto")
+_HF_OPTIONS = ("batch_size", "score_batch_tokens", "score_logits_bytes")
 
-        return HFEngine.from_ref(model_ref, dtype=dtype, **kwargs)
+
+def load_engine(model_ref: str, *, dtype: str = "float32", backend: str = "hf", **kwargs) -> Engine:
+    """Build an engine for a model reference; the only place that picks a backend.
+
+    "hf": transformers + PEFT, the reference. "llamacpp": llama.cpp on GGUF weights (`fslm[fast]`, docs/engine.md).
+    "auto": llama.cpp where it can run this model, else HF, said once on stderr."""
     from fslm.errors import FslmError
 
-    raise FslmError(f"unknown engine backend {backend!r}; available: hf")
+    if backend not in BACKENDS:
+        raise FslmError(f"unknown engine backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if backend in ("llamacpp", "auto"):
+        from fslm.engine.llamacpp import LlamaCppEngine
+
+        try:
+            return LlamaCppEngine.from_ref(model_ref, dtype=dtype, **kwargs)
+        except FslmError as err:  # runtime not installed, a hub reference, an architecture it cannot convert
+            if backend == "llamacpp":
+                raise
+            _note_once(f"note: {err}; using the HF engine")
+            kwargs = {k: v for k, v in kwargs.items() if k in _HF_OPTIONS}  # drop llama.cpp-only options
+    from fslm.engine.hf import HFEngine
+
+    return HFEngine.from_ref(model_ref, dtype=dtype, **kwargs)
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    import sys
+
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(message, file=sys.stderr)
 
 
 __all__ = ["Engine", "EngineStats", "Generation", "GenerationParams", "Score", "load_engine"]

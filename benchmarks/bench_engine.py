@@ -1,0 +1,453 @@
+"""HF (fp32, the reference engine) vs the llama.cpp engine, measured in ONE run on one machine.
+
+    FSLM_THREADS=2 python benchmarks/bench_engine.py                  # full run: run it alone on a quiet machine
+    python benchmarks/bench_engine.py --smoke --out /tmp/bench-smoke  # tiny sizes: proves the script works (minutes)
+
+What it measures (both engines, same threads, same prompts):
+- machine: CPU model and the flags that decide kernels (avx2, avx512*, amx*), copy bandwidth of a numpy copy
+  (STREAM convention: bytes read + bytes written per second, best of several copies of a 256 MiB array);
+- batch-1 decode tok/s of the model: (tokens of a 64-token generation - tokens of a 1-token generation) / (time
+  difference), so prefill is excluded; best of --repeats; and its fraction of the memory-bandwidth bound, where the
+  bound = copy bandwidth / bytes of weights read per token (all tensors of the GGUF; all parameters in fp32 for HF);
+- batch-16 decode tok/s the same way with 16 different prompts, and the ratio llama.cpp / HF;
+- the packaged default 4-stage stack on a short question at batch 1: p50 seconds over --repeats runs (after a warm-up),
+  and the base model answering the same question alone (the answer stage's generation settings, no adapter): the
+  ratio stack p50 / base p50; for both engines;
+- parity: greedy texts of both engines on a few chat prompts (identical count, identical first token), and a paired
+  bootstrap of the accuracy difference of the base model on --parity-tasks x --parity-limit items (`fslm eval`'s own
+  evaluate() and compare(); needs the `eval` extra), whose macro 95% CI should include 0.
+
+Writes to --out (default benchmarks/results/engine/): results.json (everything), summary.json (the keys the issue
+fixes; what this script does not measure is null: serve_ratio needs `fslm serve --engine`, eval_vs_lmeval needs
+lm-eval's HF backend timed on the same items), RESULTS.md and engine.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG_PROMPTS = [
+    "Write a long story about a dragon who learns to bake bread.",
+    "Explain in detail how a steam engine works.",
+    "Describe a walk through a busy city market, with many details.",
+    "Write a letter to a friend about your summer holidays.",
+    "Explain the water cycle to a child, step by step.",
+    "Write a long poem about the sea.",
+    "Describe how to plant and care for a vegetable garden.",
+    "Tell the history of the bicycle.",
+    "Write a detailed recipe for vegetable soup.",
+    "Explain why exercise is good for health, with examples.",
+    "Describe the life of a honey bee.",
+    "Write a story about a robot who wants to become a painter.",
+    "Explain how the internet works to someone from the 1800s.",
+    "Describe a football match as a radio commentator.",
+    "Write a travel guide for a small mountain village.",
+    "Explain the rules of chess.",
+]
+PARITY_PROMPTS = [
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "How many legs does a spider have?",
+    "Name three primary colors.",
+    "What is photosynthesis?",
+    "Who wrote Romeo and Juliet?",
+    "What is 12 times 12?",
+    "Give me a synonym for happy.",
+]
+SUMMARY_KEYS = (
+    "cpu",
+    "engine",
+    "weight_format",
+    "decode_b1_tok_s",
+    "decode_b1_fraction_of_bound",
+    "decode_b16_vs_hf",
+    "stack_p50_seconds",
+    "stack_vs_base_latency",
+    "serve_ratio",
+    "eval_vs_lmeval",
+    "parity_ci_includes_zero",
+)
+
+
+def cpu_facts() -> dict:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    flags: set[str] = set()
+    model = platform.processor() or "unknown"
+    for line in text.splitlines():
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+        if line.startswith("model name") and model in ("unknown", ""):
+            model = line.split(":", 1)[1].strip()
+    if model in ("unknown", "", "x86_64"):
+        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), model)
+    kernel_flags = sorted(
+        f for f in flags if f in ("avx2", "fma", "f16c") or f.startswith(("avx512", "amx", "avx_vnni"))
+    )
+    return {"model": model, "cores": os.cpu_count(), "flags": kernel_flags}
+
+
+def cpu_label(facts: dict) -> str:
+    f = set(facts["flags"])
+    isa = (
+        "AMX"
+        if any(x.startswith("amx") for x in f)
+        else "AVX-512"
+        if "avx512f" in f
+        else "AVX2"
+        if "avx2" in f
+        else "?"
+    )
+    return f"{facts['model']} ({isa}; {facts['cores']} cores)"
+
+
+def copy_bandwidth(mib: int = 256, repeats: int = 7) -> float:
+    """Bytes read + written per second by numpy copying a `mib` MiB array (best of `repeats`)."""
+    import numpy as np
+
+    src = np.ones(mib << 18, dtype=np.float32)  # mib MiB
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def chat(engine, text: str) -> str:
+    return engine.render_chat([{"role": "user", "content": text}])
+
+
+def decode_rate(engine, prompts: list[str], new_tokens: int, repeats: int) -> dict:
+    """Decode tokens/s without prefill: (tokens(new) - tokens(1)) / (best t(new) - best t(1)) over `repeats` runs."""
+    from fslm.engine import GenerationParams
+
+    texts = [chat(engine, p) for p in prompts]
+    engine.generate(texts, GenerationParams(max_new_tokens=4))  # warm-up (allocations, first-call costs)
+    short_s, long_s, tokens = [], [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        short = engine.generate(texts, GenerationParams(max_new_tokens=1))
+        t1 = time.perf_counter()
+        long = engine.generate(texts, GenerationParams(max_new_tokens=new_tokens))
+        t2 = time.perf_counter()
+        short_s.append(t1 - t0)
+        long_s.append(t2 - t1)
+        tokens = sum(g.tokens_out for g in long) - sum(g.tokens_out for g in short)
+    spent = min(long_s) - min(short_s)
+    rate = tokens / spent if spent > 0 and tokens > 0 else float("nan")
+    return {
+        "tok_s": rate,
+        "decoded_tokens": tokens,
+        "rows": len(texts),
+        "seconds_new_tokens": long_s,
+        "seconds_one_token": short_s,
+    }
+
+
+def stack_latency(engine, question: str, repeats: int) -> dict:
+    """p50 seconds of the default stack on `question` and of the base model answering it alone (same engine)."""
+    from fslm.stack import Stack, generation_params
+
+    stack = Stack.load(None, engine=engine)
+    answer_params = generation_params(stack.config.stages[-1])
+    stack.run(question)  # warm-up
+    stack_s, base_s, answer = [], [], ""
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        answer = stack.run(question).answer
+        stack_s.append(time.perf_counter() - t0)
+    text = chat(engine, question)
+    engine.generate([text], answer_params)
+    base_answer = ""
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        base_answer = engine.generate([text], answer_params)[0].text
+        base_s.append(time.perf_counter() - t0)
+    return {
+        "stack_p50_seconds": statistics.median(stack_s),
+        "base_p50_seconds": statistics.median(base_s),
+        "stack_vs_base_latency": statistics.median(stack_s) / statistics.median(base_s),
+        "stack_runs": stack_s,
+        "base_runs": base_s,
+        "stack_answer": answer,
+        "base_answer": base_answer,
+    }
+
+
+def text_parity(fast, ref, n_prompts: int, new_tokens: int) -> dict:
+    from fslm.engine import GenerationParams
+
+    texts = [chat(ref, p) for p in PARITY_PROMPTS[:n_prompts]]
+    params = GenerationParams(max_new_tokens=new_tokens, no_repeat_ngram_size=4)
+    a, b = fast.generate(texts, params), ref.generate(texts, params)
+    first = GenerationParams(max_new_tokens=1)
+    fa, fb = fast.generate(texts, first), ref.generate(texts, first)
+    single = [fast.generate([t], params)[0].text for t in texts]
+    return {
+        "prompts": len(texts),
+        "identical_texts": sum(x.text == y.text for x, y in zip(a, b)),
+        "identical_first_token": sum(x.text == y.text for x, y in zip(fa, fb)),
+        "fast_batch_equals_one_by_one": all(s == x.text for s, x in zip(single, a)),
+        "pairs": [{"prompt": p, "fast": x.text, "hf": y.text} for p, x, y in zip(PARITY_PROMPTS, a, b)],
+    }
+
+
+def eval_parity(fast, ref, tasks: str, limit: int, out: Path) -> dict:
+    """Paired bootstrap CI of accuracy(fast) - accuracy(HF) for the base model (fslm's evaluate + compare)."""
+    from fslm.evaluate.compare import compare
+    from fslm.evaluate.run import evaluate
+    from fslm.evaluate.systems import ModelSystem
+
+    runs = {}
+    for name, engine in (("llamacpp", fast), ("hf", ref)):
+        folder = out / "parity" / name
+        t0 = time.perf_counter()
+        evaluate(ModelSystem(engine, name=f"model:{engine.model_ref}:{name}"), tasks, limit=limit, out_dir=folder)
+        runs[name] = {"folder": str(folder), "seconds": time.perf_counter() - t0}
+    result = compare(runs["llamacpp"]["folder"], runs["hf"]["folder"], out_dir=out / "parity")
+    macro = result["tasks"].get("macro", {})
+    ci = macro.get("ci95")
+    per_task = {t: {"diff": v.get("diff"), "ci95": v.get("ci95"), "n": v.get("n")} for t, v in result["tasks"].items()}
+    return {
+        "tasks": tasks,
+        "limit": limit,
+        "macro_diff": macro.get("diff"),
+        "macro_ci95": ci,
+        "ci_includes_zero": bool(ci is not None and ci[0] <= 0 <= ci[1]),
+        "per_task": per_task,
+        "eval_seconds": {k: v["seconds"] for k, v in runs.items()},
+    }
+
+
+def weight_bytes_hf(engine) -> int:
+    seen, total = set(), 0
+    for p in engine.base.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+    return total
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hf, ll = results["hf"], results["llamacpp"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    names = ["HF fp32", f"llama.cpp {ll['weight_format']}"]
+    colors = ["#888888", "#1f77b4"]
+    ax = axes[0]
+    ax.bar(names, [hf["decode_b1"]["tok_s"], ll["decode_b1"]["tok_s"]], color=colors)
+    for x, key in enumerate(("hf", "llamacpp")):
+        ax.hlines(results[key]["bound_tok_s"], x - 0.4, x + 0.4, colors="red", linestyles="dashed")
+    ax.set_title("batch-1 decode tok/s (red: bandwidth bound)")
+    ax = axes[1]
+    ax.bar(names, [hf["decode_b16"]["tok_s"], ll["decode_b16"]["tok_s"]], color=colors)
+    ax.set_title(f"batch-{ll['decode_b16']['rows']} decode tok/s")
+    ax = axes[2]
+    width = 0.38
+    for i, key in enumerate(("hf", "llamacpp")):
+        lat = results[key].get("stack")
+        if lat:
+            ax.bar(
+                [0 + (i - 0.5) * width, 1 + (i - 0.5) * width],
+                [lat["base_p50_seconds"], lat["stack_p50_seconds"]],
+                width,
+                color=colors[i],
+                label=names[i],
+            )
+    ax.set_xticks([0, 1], ["base model alone", "4-stage stack"])
+    ax.set_title("p50 seconds, short question, batch 1")
+    ax.legend()
+    fig.suptitle(f"{results['model']} on {cpu_label(results['cpu'])}, {results['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: dict, summary: dict) -> str:
+    hf, ll = results["hf"], results["llamacpp"]
+    lines = [
+        "# Engine benchmark: HF fp32 vs llama.cpp",
+        "",
+        f"- CPU: {cpu_label(results['cpu'])}; flags: {' '.join(results['cpu']['flags'])}",
+        f"- model: {results['model']}; threads: {results['threads']}; new tokens: {results['new_tokens']}; "
+        f"repeats: {results['repeats']}; copy bandwidth (read+write): {results['copy_bandwidth_gb_s']:.1f} GB/s",
+        f"- llama-cpp-python {results['versions'].get('llama_cpp')}, torch {results['versions'].get('torch')}, "
+        f"transformers {results['versions'].get('transformers')}",
+        "",
+        "| | HF fp32 | llama.cpp |",
+        "|---|---|---|",
+        f"| weight format | fp32 | {ll['weight_format']} |",
+        f"| weight bytes read per token | {hf['weight_bytes'] / 1e6:.1f} MB | {ll['weight_bytes'] / 1e6:.1f} MB |",
+        f"| bandwidth bound, batch 1 | {hf['bound_tok_s']:.1f} tok/s | {ll['bound_tok_s']:.1f} tok/s |",
+        f"| batch-1 decode | {hf['decode_b1']['tok_s']:.1f} tok/s ({hf['fraction_of_bound']:.0%} of bound) | "
+        f"{ll['decode_b1']['tok_s']:.1f} tok/s ({ll['fraction_of_bound']:.0%} of bound) |",
+        f"| batch-{ll['decode_b16']['rows']} decode | {hf['decode_b16']['tok_s']:.1f} tok/s | "
+        f"{ll['decode_b16']['tok_s']:.1f} tok/s ({summary['decode_b16_vs_hf']:.2f}x HF) |",
+    ]
+    for key, label in (("hf", "HF"), ("llamacpp", "llama.cpp")):
+        lat = results[key].get("stack")
+        if lat:
+            lines.append(
+                f"| {label}: stack p50 / base p50 | {lat['stack_p50_seconds']:.2f} s / {lat['base_p50_seconds']:.2f} s "
+                f"= {lat['stack_vs_base_latency']:.2f}x | |"
+            )
+    tp = results.get("text_parity")
+    if tp:
+        lines += [
+            "",
+            f"Greedy text parity on {tp['prompts']} chat prompts: {tp['identical_texts']} identical texts, "
+            f"{tp['identical_first_token']} identical first tokens; llama.cpp batch == one-by-one: "
+            f"{tp['fast_batch_equals_one_by_one']}.",
+        ]
+    ep = results.get("eval_parity")
+    if ep:
+        lines += [
+            "",
+            f"Accuracy parity ({ep['tasks']}, {ep['limit']} items per task), llama.cpp - HF: macro "
+            f"{ep['macro_diff']:+.4f}, 95% CI {ep['macro_ci95']}; includes 0: {ep['ci_includes_zero']}.",
+            "",
+            "| task | n | diff | 95% CI |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {t} | {v['n']} | {v['diff']:+.4f} | {v['ci95']} |" for t, v in ep["per_task"].items()]
+    lines += ["", "summary.json:", "", "```json", json.dumps(summary, indent=2), "```", ""]
+    if results.get("smoke"):
+        lines.insert(2, "**SMOKE RUN (tiny sizes): these numbers are not results.**\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--weight-format", default="auto", help="llama.cpp weights: auto (the GGUF as shipped), q8_0, f32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--question", default="What is the capital of France?")
+    ap.add_argument("--parity-prompts", type=int, default=8)
+    ap.add_argument("--parity-tasks", default="all", help="comma list for the accuracy parity ('none' to skip)")
+    ap.add_argument("--parity-limit", type=int, default=100)
+    ap.add_argument("--no-stack", action="store_true", help="skip the stack latency step")
+    ap.add_argument("--no-hf-stack", action="store_true", help="time the stack on llama.cpp only")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes to check the script runs (not results)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.new_tokens, args.batch, args.repeats, args.parity_prompts, args.parity_limit = 8, 4, 1, 2, 2
+        if args.parity_tasks == "all":
+            args.parity_tasks = "arc_easy,piqa"
+    os.environ["FSLM_THREADS"] = str(args.threads)  # before fslm reads its settings
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.path.insert(0, str(ROOT))
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from fslm.engine.hf import HFEngine
+    from fslm.engine.llamacpp import LlamaCppEngine, gguf_weight_bytes
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    facts = cpu_facts()
+    bandwidth = copy_bandwidth()
+    results: dict = {
+        "smoke": args.smoke,
+        "model": args.model,
+        "threads": args.threads,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "cpu": facts,
+        "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "bandwidth_convention": "numpy copy, (bytes read + bytes written) / s, best of 7, 256 MiB, one thread",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(f"cpu: {cpu_label(facts)}; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+
+    hf = HFEngine.from_ref(args.model, batch_size=args.batch)
+    fast = LlamaCppEngine.from_ref(
+        args.model, weight_format=args.weight_format, threads=args.threads, batch_size=args.batch
+    )
+    import importlib.metadata as md
+
+    results["versions"] = {
+        name: md.version(pkg)
+        for name, pkg in (("llama_cpp", "llama-cpp-python"), ("torch", "torch"), ("transformers", "transformers"))
+    }
+    prompts_b16 = (LONG_PROMPTS * ((args.batch + len(LONG_PROMPTS) - 1) // len(LONG_PROMPTS)))[: args.batch]
+    for key, engine, nbytes, fmt in (
+        ("hf", hf, weight_bytes_hf(hf), "fp32"),
+        ("llamacpp", fast, gguf_weight_bytes(fast.gguf_path), fast.weight_format),
+    ):
+        print(f"{key}: decode batch 1 ...", flush=True)
+        b1 = decode_rate(engine, LONG_PROMPTS[:1], args.new_tokens, args.repeats)
+        print(f"{key}: decode batch {args.batch} ...", flush=True)
+        b16 = decode_rate(engine, prompts_b16, args.new_tokens, args.repeats)
+        bound = bandwidth / nbytes
+        results[key] = {
+            "weight_format": fmt,
+            "weight_bytes": nbytes,
+            "bound_tok_s": bound,
+            "decode_b1": b1,
+            "decode_b16": b16,
+            "fraction_of_bound": b1["tok_s"] / bound,
+        }
+        print(
+            f"{key}: b1 {b1['tok_s']:.1f} tok/s ({b1['tok_s'] / bound:.0%} of bound), b{args.batch} {b16['tok_s']:.1f}"
+        )
+    if not args.no_stack:
+        for key, engine in (("llamacpp", fast), ("hf", hf)):
+            if key == "hf" and args.no_hf_stack:
+                continue
+            print(f"{key}: default stack latency ...", flush=True)
+            results[key]["stack"] = stack_latency(engine, args.question, args.repeats)
+    print("parity ...", flush=True)
+    results["text_parity"] = text_parity(fast, hf, args.parity_prompts, args.new_tokens)
+    if args.parity_tasks != "none":
+        results["eval_parity"] = eval_parity(fast, hf, args.parity_tasks, args.parity_limit, args.out)
+
+    ll = results["llamacpp"]
+    summary = {
+        "cpu": cpu_label(facts),
+        "engine": "llamacpp",
+        "weight_format": ll["weight_format"],
+        "decode_b1_tok_s": round(ll["decode_b1"]["tok_s"], 2),
+        "decode_b1_fraction_of_bound": round(ll["fraction_of_bound"], 3),
+        "decode_b16_vs_hf": round(ll["decode_b16"]["tok_s"] / results["hf"]["decode_b16"]["tok_s"], 3),
+        "stack_p50_seconds": round(ll["stack"]["stack_p50_seconds"], 3) if "stack" in ll else None,
+        "stack_vs_base_latency": round(ll["stack"]["stack_vs_base_latency"], 3) if "stack" in ll else None,
+        "serve_ratio": None,  # not measured here: needs `fslm serve --engine llamacpp` (benchmarks/bench_serve.py)
+        "eval_vs_lmeval": None,  # not measured here: needs lm-eval's HF backend timed on the same items
+        "parity_ci_includes_zero": results["eval_parity"]["ci_includes_zero"] if "eval_parity" in results else None,
+    }
+    assert tuple(summary) == SUMMARY_KEYS
+    results["summary"] = summary
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "RESULTS.md").write_text(markdown(results, summary))
+    plot(results, args.out / "engine.png")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

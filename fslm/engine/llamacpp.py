@@ -1,0 +1,909 @@
+"""llama.cpp backend: the model's GGUF weights (4- or 8-bit) run by llama.cpp under fslm's own tokenizer and decode loop.
+
+What runs where
+- Weights: an embedded model is already a GGUF (SmolLM2-135M-Instruct: Q4_1 layers, a Q8_0 embedding/output matrix),
+  and llama.cpp runs that very file, so its weights are exactly the ones HFEngine dequantizes to fp32 (checked bit for
+  bit). A local Hugging Face folder of the llama architecture is converted once to GGUF (q8_0 by default, or f32/f16)
+  and cached by its content digest.
+- Tokens: texts are chat-rendered, tokenized and decoded by the model's Hugging Face tokenizer, as in HFEngine;
+  llama.cpp only turns token ids into logits. The decode loop is decode.py's, step for step (its repetition penalty,
+  generated-only n-gram guard, seeded sampling and stop-string rule), so only the logits' numerics differ. With f32
+  weights they match HF's to ~1e-5; the 4/8-bit kernels also quantize activations to 8 bits, which moves
+  log-probabilities by a few hundredths per token and can flip near-tie greedy choices.
+- Adapters: a PEFT LoRA (`adapter_model.safetensors`) is converted once to a GGUF LoRA, cached under
+  FSLM_CACHE_DIR/llamacpp/lora keyed by the safetensors file's sha256, and loaded on the ONE model; each call
+  activates its adapter on the context (`llama_set_adapters_lora`), so a stack's stages share the base weights.
+- Batching: each row of a batch is its own llama.cpp sequence with its own KV stream (no padding); a finished row's
+  stream is freed and it leaves the batch, as in decode.py. Separate streams keep a row's attention independent of
+  its batch-mates, so greedy batch output equals one-by-one output (a unified KV cache interleaves rows' cells and
+  breaks that under quantized kernels). Flash attention is off by default: llama.cpp's CPU kernel rounds Q.K to f16.
+- Scoring: each distinct context is run once and its KV stream copied to one sequence per continuation
+  (`llama_memory_seq_cp`); log-probabilities come from llama.cpp's logits. `score_backend="hf"` instead delegates
+  scoring to an HFEngine built on first use (HF numerics, at HF's speed).
+
+llama-cpp-python has no wheel on PyPI: `pip install llama-cpp-python` compiles llama.cpp once (8-13 min on 2 cores)
+and pip caches the wheel. Without it this module raises FslmError naming the install command.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fslm.engine import EngineStats, Generation, GenerationParams, Score
+from fslm.engine.decode import _pick, banned_ngram_tokens, cut_at_stop, penalize
+from fslm.errors import ConfigError, FslmError, InputError, ModelFileError
+
+INSTALL_HINT = "pip install 'fslm[fast]'"
+CONVERTER_VERSION = 1  # bump when the GGUF/LoRA conversion changes: cached files are keyed by it
+WEIGHT_FORMATS = ("auto", "f32", "f16", "q8_0")
+_KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # GGML_TYPE_*
+_MAX_SEQ = 256  # LLAMA_MAX_SEQ
+
+
+def import_llama_cpp():
+    """The llama_cpp module, or an FslmError saying how to install it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise FslmError(
+            "the llama.cpp engine needs llama-cpp-python, which is not installed: "
+            f"{INSTALL_HINT} (compiles llama.cpp once, ~8-13 min on 2 cores), or use --engine hf"
+        ) from None
+    return llama_cpp
+
+
+# ---- conversions (run once, cached) ----------------------------------------------------------------------------------
+
+
+def _cache_root() -> Path:
+    from fslm.settings import get_settings
+
+    return get_settings().cache_dir / "llamacpp"
+
+
+def _atomic_write(target: Path, write) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder the output rows of a q/k projection (or of a LoRA B matrix) the way llama.cpp's rope expects them:
+    convert_hf_to_gguf.py's LlamaModel.permute (HF keeps rotary halves, GGUF interleaved pairs)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+_LAYER_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[^.]+)?\.weight$"
+)
+
+
+def _rope_theta(config: dict) -> float:
+    rope = config.get("rope_parameters") or {}
+    return float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+
+
+def _check_llama_config(folder: Path, config: dict) -> None:
+    archs = config.get("architectures") or []
+    if config.get("model_type") != "llama" or archs not in (["LlamaForCausalLM"], []):
+        raise FslmError(
+            f"{folder}: the llama.cpp engine converts only llama-architecture folders (got model_type "
+            f"{config.get('model_type')!r}); pass a .gguf file (llama.cpp's convert_hf_to_gguf.py) or use --engine hf"
+        )
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise FslmError(f"{folder}: rope scaling {rope.get('rope_type')!r} is not supported by the GGUF converter")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise FslmError(f"{folder}: attention/MLP biases are not supported by the GGUF converter")
+
+
+def _tokenizer_vocab(folder: Path, vocab_size: int) -> tuple[list[str], list[int], list[str], dict]:
+    """Tokens (by id, padded to the model's rows), token types, BPE merges and special ids for the GGUF metadata.
+
+    llama.cpp needs a vocabulary to load a model, but fslm never uses it: texts are tokenized by the HF tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    data = json.loads((folder / "tokenizer.json").read_text()) if (folder / "tokenizer.json").is_file() else {}
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        raise FslmError(f"{folder}: the GGUF converter needs a byte-level BPE tokenizer.json (got {model.get('type')})")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    by_id = {i: t for t, i in tok.get_vocab().items()}
+    special = set(tok.all_special_ids) | {int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i in by_id:
+            tokens.append(by_id[i])
+            types.append(3 if i in special else 1)  # CONTROL / NORMAL
+        else:
+            tokens.append(f"[PAD{i}]")
+            types.append(5)  # UNUSED
+    ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+    return tokens, types, merges, ids
+
+
+def _gguf_tensor_name(name: str, config: dict) -> str | None:
+    if name == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if name == "model.norm.weight":
+        return "output_norm.weight"
+    if name == "lm_head.weight":
+        return None if config.get("tie_word_embeddings", True) else "output.weight"
+    m = _LAYER_KEY.match(name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
+    if name.endswith("rotary_emb.inv_freq"):
+        return None
+    raise FslmError(f"GGUF converter: unexpected tensor {name!r}")
+
+
+def hf_to_gguf(folder: str | Path, out: str | Path, weight_format: str = "q8_0") -> Path:
+    """Write a llama-architecture Hugging Face folder as a GGUF llama.cpp loads (f32, f16 or q8_0 matrices; norms in
+    f32). Mirrors convert_hf_to_gguf.py for LlamaForCausalLM: same tensor names, same q/k row permutation."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    folder, out = Path(folder), Path(out)
+    config = json.loads((folder / "config.json").read_text())
+    _check_llama_config(folder, config)
+    types = {
+        "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+        "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+        "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    }
+    if weight_format not in types:
+        raise ConfigError(f"cannot write a {weight_format!r} GGUF; choose from {', '.join(types)}")
+    qtype, ftype = types[weight_format]
+    n_head = int(config["num_attention_heads"])
+    n_kv = int(config.get("num_key_value_heads") or n_head)
+    hidden = int(config["hidden_size"])
+    head_dim = int(config.get("head_dim") or hidden // n_head)
+    weights: dict[str, np.ndarray] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    if "model.embed_tokens.weight" not in weights:
+        raise ModelFileError(f"{folder}: no safetensors weights with model.embed_tokens.weight to convert")
+    vocab_rows = int(weights["model.embed_tokens.weight"].shape[0])
+    tokens, token_types, merges, ids = _tokenizer_vocab(folder, vocab_rows)
+
+    def write(tmp: Path) -> None:
+        w = gguf.GGUFWriter(str(tmp), "llama")
+        w.add_name(folder.name)
+        w.add_block_count(int(config["num_hidden_layers"]))
+        w.add_context_length(int(config.get("max_position_embeddings") or 2048))
+        w.add_embedding_length(hidden)
+        w.add_feed_forward_length(int(config["intermediate_size"]))
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_kv)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_rope_dimension_count(head_dim)
+        w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+        w.add_rope_freq_base(_rope_theta(config))
+        w.add_vocab_size(vocab_rows)
+        w.add_file_type(ftype)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types(token_types)
+        w.add_token_merges(merges)
+        for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("pad", w.add_pad_token_id)):
+            if ids[key] is not None:
+                add(int(ids[key]))
+        w.add_add_bos_token(False)
+        for name, tensor in sorted(weights.items()):
+            target = _gguf_tensor_name(name, config)
+            if target is None:
+                continue
+            data = tensor.astype(np.float32)
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                data = _permute_rows(data, n_head if "q_proj" in name else n_kv)
+            if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+                w.add_tensor(target, data)
+            elif qtype == gguf.GGMLQuantizationType.F16:
+                w.add_tensor(target, data.astype(np.float16))
+            else:
+                w.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    return _atomic_write(out, write)
+
+
+def _weights_digest(folder: Path) -> str:
+    from fslm.digest import hash_file
+
+    h = hashlib.sha256()
+    for f in [*sorted(folder.glob("*.safetensors")), folder / "config.json", folder / "tokenizer.json"]:
+        if f.is_file():
+            h.update(f.name.encode())
+            hash_file(h, f)
+    return h.hexdigest()
+
+
+def cached_gguf(folder: Path, weight_format: str) -> Path:
+    """The GGUF of a HF folder, converted once (with a notice on stderr) and cached by the folder's content digest."""
+    name = f"{folder.name}-{_weights_digest(folder)[:16]}-v{CONVERTER_VERSION}-{weight_format}.gguf"
+    target = _cache_root() / "models" / name
+    if target.is_file():
+        return target
+    from fslm.models import _conversion_notice
+
+    with _conversion_notice(f"converting {folder} to a {weight_format} GGUF for llama.cpp (once)…"):
+        return hf_to_gguf(folder, target, weight_format)
+
+
+def lora_to_gguf(adapter_dir: str | Path, out: str | Path, *, arch: str, n_head: int, n_head_kv: int) -> Path:
+    """Write a PEFT LoRA adapter folder as a GGUF LoRA for a base of architecture `arch` (what llama.cpp's
+    convert_lora_to_gguf.py writes: `blk.N.<tensor>.weight.lora_a/.lora_b` in f32 and `adapter.lora.alpha`)."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    adapter_dir, out = Path(adapter_dir), Path(out)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    where = f"cannot convert LoRA adapter {adapter_dir} for llama.cpp"
+    if cfg.get("peft_type") != "LORA":
+        raise ConfigError(f"{where}: peft_type {cfg.get('peft_type')!r} (only LORA)")
+    for key in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"):
+        if cfg.get(key):
+            raise ConfigError(f"{where}: {key} is not supported")
+    if cfg.get("bias", "none") != "none":
+        raise ConfigError(f"{where}: LoRA biases are not supported")
+    r = int(cfg["r"])
+    alpha = float(cfg["lora_alpha"])
+    if cfg.get("use_rslora"):
+        alpha *= math.sqrt(r)  # llama.cpp scales by alpha / r; rsLoRA means alpha / sqrt(r)
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    pairs: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    for name, value in tensors.items():
+        m = _LORA_KEY.match(name)
+        proj = f"{m.group(2)}.{m.group(3)}" if m else None
+        if m is None or proj not in _LAYER_NAMES:
+            raise ConfigError(f"{where}: tensor {name!r} targets a module the llama.cpp engine does not adapt")
+        data = value.astype(np.float32)
+        if arch == "llama" and m.group(3) in ("q_proj", "k_proj") and m.group(4) == "B":
+            data = _permute_rows(data, n_head if m.group(3) == "q_proj" else n_head_kv)
+        pairs[f"blk.{m.group(1)}.{_LAYER_NAMES[proj]}.weight"][m.group(4)] = data
+    for target, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise ConfigError(f"{where}: {target} lacks lora_A or lora_B")
+
+    def write(tmp: Path) -> None:
+        w = gguf.GGUFWriter(str(tmp), arch)
+        w.add_type(gguf.GGUFType.ADAPTER)
+        w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        for target, ab in sorted(pairs.items()):
+            w.add_tensor(target + ".lora_a", np.ascontiguousarray(ab["A"]))
+            w.add_tensor(target + ".lora_b", np.ascontiguousarray(ab["B"]))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    return _atomic_write(out, write)
+
+
+def cached_lora(adapter_dir: Path, *, arch: str, n_head: int, n_head_kv: int) -> Path:
+    """The GGUF LoRA of a PEFT folder, cached as <sha256 of adapter_model.safetensors>-<config digest>-<base shape>."""
+    from fslm.digest import file_sha256
+
+    sha = file_sha256(adapter_dir / "adapter_model.safetensors")
+    cfg_sha = file_sha256(adapter_dir / "adapter_config.json")[:8]
+    target = _cache_root() / "lora" / f"{sha}-{cfg_sha}-{arch}-h{n_head}-{n_head_kv}-v{CONVERTER_VERSION}.gguf"
+    if target.is_file():
+        return target
+    return lora_to_gguf(adapter_dir, target, arch=arch, n_head=n_head, n_head_kv=n_head_kv)
+
+
+def gguf_weight_format(path: str | Path) -> str:
+    """The file type of a GGUF, e.g. 'q4_1' or 'q8_0' (its `general.file_type`)."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("general.file_type")
+    if field is None:
+        return "unknown"
+    code = int(field.contents())
+    try:
+        return gguf.LlamaFileType(code).name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+    except ValueError:
+        return f"type{code}"
+
+
+def gguf_weight_bytes(path: str | Path) -> int:
+    """Bytes of all tensors of a GGUF: what one decode step streams (a tied embedding is read once, as the output)."""
+    import gguf
+
+    return int(sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors))
+
+
+def resolve_gguf(model_ref: str, weight_format: str = "auto") -> tuple[Path, Path | None]:
+    """(GGUF to run, HF folder with the tokenizer or None) for a model reference."""
+    from fslm.models import load_model, resolve
+
+    if weight_format not in WEIGHT_FORMATS:
+        raise ConfigError(f"unknown weight_format {weight_format!r}; choose from {', '.join(WEIGHT_FORMATS)}")
+    source = resolve(model_ref)
+    folder = source.cache_dir if source.cached else source.path if source.kind == "hf_dir" else None
+    if source.kind in ("embedded", "gguf") and source.path is not None and weight_format == "auto":
+        return Path(source.path), folder
+    if source.kind == "hub":
+        raise FslmError(
+            f"{model_ref}: the llama.cpp engine runs local models only (a .gguf, an embedded name or a folder)"
+        )
+    if folder is None:  # a GGUF asked for another format: its dequantized safetensors copy is converted
+        load_model(model_ref)
+        folder = resolve(model_ref).cache_dir
+    assert folder is not None
+    return cached_gguf(Path(folder), "q8_0" if weight_format == "auto" else weight_format), Path(folder)
+
+
+# ---- the engine ------------------------------------------------------------------------------------------------------
+
+
+class LlamaCppEngine:
+    """The Engine protocol on llama.cpp: one model, one context (recreated larger when a batch needs more KV cells)."""
+
+    def __init__(
+        self,
+        gguf_path: str | Path,
+        tokenizer,
+        *,
+        model_ref: str | None = None,
+        eos_ids: Sequence[int] | None = None,
+        batch_size: int = 16,
+        threads: int | None = None,
+        n_batch: int = 512,
+        n_seq_max: int | None = None,
+        kv_type: str = "f16",
+        kv_unified: bool = False,
+        kv_cells_budget: int = 16384,
+        flash_attn: bool | None = False,
+        score_backend: str = "native",
+        score_wave_tokens: int = 8192,
+        hf_dtype: str = "float32",
+    ):
+        from fslm.cpu import pick_threads
+
+        self.llama = import_llama_cpp()
+        if kv_type not in _KV_TYPES:
+            raise ConfigError(f"unknown kv_type {kv_type!r}; choose from {', '.join(_KV_TYPES)}")
+        if score_backend not in ("native", "hf"):
+            raise ConfigError(f"unknown score_backend {score_backend!r}; choose native or hf")
+        self.gguf_path = Path(gguf_path)
+        self.model_ref = model_ref or str(gguf_path)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.threads = pick_threads(threads)
+        self.n_batch = n_batch
+        self.kv_type = kv_type
+        self.kv_unified = kv_unified
+        self.kv_cells_budget = kv_cells_budget
+        self.n_seq_max = min(_MAX_SEQ, max(n_seq_max or (64 if kv_unified else batch_size), 2))
+        self.batch_size = min(batch_size, self.n_seq_max)
+        self.flash_attn = flash_attn
+        self.score_backend = score_backend
+        self.score_wave_tokens = score_wave_tokens
+        self.hf_dtype = hf_dtype
+        self.stats = EngineStats()
+        self.weight_format = gguf_weight_format(self.gguf_path)
+        self._adapters: dict[str, str] = {}
+        self._loras: dict[str, object] = {}
+        self._hf = None
+        self._ctx = None
+        self._batch = None
+        self._n_ctx = 0
+        self._per_seq = 0
+        self._n_streams = 0
+        self._current: object = ()  # adapter active on the context; () = none set yet
+
+        lib = self.llama
+        _quiet(lib)
+        lib.llama_backend_init()
+        self._model = lib.llama_model_load_from_file(str(self.gguf_path).encode(), lib.llama_model_default_params())
+        if not self._model:
+            raise ModelFileError(f"llama.cpp could not load {self.gguf_path}")
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.context_window = int(lib.llama_model_n_ctx_train(self._model))
+        self._params = int(lib.llama_model_n_params(self._model))
+        self.arch = self._meta("general.architecture") or "llama"
+        self.n_head = int(self._meta(f"{self.arch}.attention.head_count") or 0)
+        self.n_head_kv = int(self._meta(f"{self.arch}.attention.head_count_kv") or self.n_head)
+        ids = list(eos_ids or [])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        if not ids:
+            ids = [int(lib.llama_vocab_eos(self._vocab))]
+        self.eos_ids = sorted({int(i) for i in ids if i is not None and int(i) >= 0})
+
+    @classmethod
+    def from_ref(
+        cls, model_ref: str, *, dtype: str = "float32", weight_format: str = "auto", **kwargs
+    ) -> LlamaCppEngine:
+        """`dtype` is the HF dtype (used only by score_backend="hf"); the weights are the GGUF's `weight_format`:
+        "auto" runs an embedded model's or a .gguf file's own quantization and converts a HF folder to q8_0."""
+        import_llama_cpp()
+        from fslm.models import load_tokenizer
+
+        path, folder = resolve_gguf(model_ref, weight_format)
+        tokenizer = load_tokenizer(model_ref)
+        eos: list[int] = []
+        if folder is not None and (folder / "generation_config.json").is_file():
+            value = json.loads((folder / "generation_config.json").read_text()).get("eos_token_id")
+            eos = value if isinstance(value, list) else [value] if value is not None else []
+        return cls(path, tokenizer, model_ref=model_ref, eos_ids=eos, hf_dtype=dtype, **kwargs)
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = self.llama.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else None
+
+    def _free_context(self) -> None:
+        lib = self.llama
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        self._n_ctx = self._per_seq = self._n_streams = 0
+
+    def close(self) -> None:
+        """Free the context, the adapters and the model (also done when the engine is garbage-collected)."""
+        self._free_context()
+        for handle in self._loras.values():
+            self.llama.llama_adapter_lora_free(handle)
+        self._loras.clear()
+        if getattr(self, "_model", None):
+            self.llama.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn the library down already
+            pass
+
+    @property
+    def params(self) -> int:
+        return self._params
+
+    @property
+    def dtype(self) -> str:
+        """Part of the stack cache's key: this engine's outputs are not HF's."""
+        return f"llamacpp-{self.weight_format}"
+
+    # ---- adapters -------------------------------------------------------------------------------------------------
+    def add_adapter(self, name: str, path: str) -> None:
+        from fslm.models import check_adapter_folder
+
+        if name in self._adapters:
+            if self._adapters[name] == str(path):
+                return
+            raise ConfigError(f"adapter name {name!r} is already loaded from {self._adapters[name]}")
+        try:
+            check_adapter_folder(Path(path))
+        except ModelFileError as err:
+            raise ConfigError(f"cannot load LoRA adapter {name!r}: {err}") from None
+        converted = cached_lora(Path(path), arch=self.arch, n_head=self.n_head, n_head_kv=self.n_head_kv)
+        handle = self.llama.llama_adapter_lora_init(self._model, str(converted).encode())
+        if not handle:
+            raise ConfigError(f"cannot load LoRA adapter {name!r} from {path}: llama.cpp refused {converted}")
+        self._loras[name] = handle
+        self._adapters[name] = str(path)
+        if self._hf is not None:
+            self._hf.add_adapter(name, path)
+
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self._adapters:
+            raise ConfigError(f"adapter {adapter!r} is not loaded; loaded: {self.adapters() or 'none'}")
+
+    def _use(self, adapter: str | None) -> None:
+        self._check_adapter(adapter)
+        if adapter == self._current:
+            return
+        lib = self.llama
+        if adapter is None:
+            rc = lib.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            handles = (lib.llama_adapter_lora_p_ctypes * 1)(self._loras[adapter])
+            scales = (ctypes.c_float * 1)(1.0)
+            rc = lib.llama_set_adapters_lora(self._ctx, handles, 1, scales)
+        if rc != 0:
+            raise FslmError(f"llama.cpp could not activate adapter {adapter!r} (code {rc})")
+        self._current = adapter
+
+    # ---- text -----------------------------------------------------------------------------------------------------
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            parts = [
+                f"{m['content']}" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}"
+                for m in messages
+            ]
+            return "\n\n".join(parts) + "\n\nAssistant:"
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    # ---- llama.cpp context and batches ----------------------------------------------------------------------------
+    @staticmethod
+    def _stream_len(tokens: int) -> int:
+        return max(256, 1 << max(0, math.ceil(math.log2(max(tokens, 1)))))
+
+    def _streams(self, tokens: int) -> int:
+        """How many sequences of up to `tokens` tokens fit one context: n_seq_max with a unified KV cache, else as many
+        KV streams as the cell budget holds (at least 2: a scored context and one continuation)."""
+        if self.kv_unified:
+            return self.n_seq_max
+        return max(2, min(self.n_seq_max, self.kv_cells_budget // self._stream_len(tokens)))
+
+    def _context(self, per_seq: int, n_seqs: int) -> None:
+        """A context with room for `n_seqs` sequences of up to `per_seq` tokens. Without kv_unified every sequence
+        has its own KV stream: `streams` streams of n_ctx / streams cells (recreated when a call needs more)."""
+        per_seq = self._stream_len(per_seq)
+        if self.kv_unified:
+            streams, cells = self.n_seq_max, max(4096, per_seq * n_seqs)
+        else:
+            streams = max(n_seqs, self._streams(per_seq))
+            cells = per_seq * streams
+        if self._ctx is not None and (
+            (self.kv_unified and self._n_ctx >= cells)
+            or (not self.kv_unified and self._per_seq >= per_seq and self._n_streams >= n_seqs)
+        ):
+            return
+        lib = self.llama
+        self._free_context()
+        p = lib.llama_context_default_params()
+        p.n_ctx = cells
+        p.n_batch = p.n_ubatch = self.n_batch
+        p.n_seq_max = streams
+        p.n_threads = p.n_threads_batch = self.threads
+        p.kv_unified = self.kv_unified
+        p.no_perf = True
+        p.type_k = p.type_v = _KV_TYPES[self.kv_type]
+        if self.flash_attn is not None:  # None: llama.cpp decides (LLAMA_FLASH_ATTN_TYPE_AUTO)
+            p.flash_attn_type = 1 if self.flash_attn else 0
+        ctx = lib.llama_init_from_model(self._model, p)
+        if not ctx:
+            raise FslmError(f"llama.cpp could not create a context of {cells} tokens for {self.model_ref}")
+        self._ctx, self._n_ctx, self._n_streams, self._current = ctx, cells, streams, ()
+        self._per_seq = cells if self.kv_unified else per_seq
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        b = self._batch
+        self._b_token = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
+        self._b_pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
+        self._b_nseq = np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))
+        self._b_logits = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
+        self._b_seq = [b.seq_id[i] for i in range(self.n_batch)]
+
+    def _clear(self) -> None:
+        self.llama.llama_memory_clear(self.llama.llama_get_memory(self._ctx), True)
+
+    def _forget(self, seq: int) -> None:
+        self.llama.llama_memory_seq_rm(self.llama.llama_get_memory(self._ctx), seq, -1, -1)
+
+    def _run(
+        self, tokens: Sequence[int], pos: Sequence[int], seqs: Sequence[int], want: Sequence[bool]
+    ) -> Iterator[np.ndarray]:
+        """llama_decode over the tokens in chunks of n_batch; yields, per chunk, a view of the logits of the tokens
+        marked in `want` (in order). A view is valid only until the next chunk runs."""
+        lib = self.llama
+        n = len(tokens)
+        for start in range(0, n, self.n_batch):
+            end = min(n, start + self.n_batch)
+            k = end - start
+            self._b_token[:k] = tokens[start:end]
+            self._b_pos[:k] = pos[start:end]
+            self._b_nseq[:k] = 1
+            flags = np.asarray(want[start:end], dtype=np.int8)
+            self._b_logits[:k] = flags
+            for i, s in enumerate(seqs[start:end]):
+                self._b_seq[i][0] = s
+            self._batch.n_tokens = k
+            rc = lib.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                raise FslmError(f"llama.cpp decode failed (code {rc}) on {k} tokens of {self.model_ref}")
+            outs = int(flags.sum())
+            if outs:
+                yield np.ctypeslib.as_array(lib.llama_get_logits(self._ctx), shape=(outs, self.n_vocab))
+
+    def _logits(self, tokens, pos, seqs, want) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([chunk.copy() for chunk in self._run(tokens, pos, seqs, want)]))
+
+    # ---- generation -----------------------------------------------------------------------------------------------
+    def generate(self, texts: Sequence[str], params: GenerationParams, adapter: str | None = None) -> list[Generation]:
+        self._check_adapter(adapter)
+        encoded = [self.encode(t) for t in texts]
+        for i, ids in enumerate(encoded):
+            if len(ids) + params.max_new_tokens > self.context_window:
+                raise InputError(
+                    f"input {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
+                    f"context window of {self.context_window} tokens of {self.model_ref}"
+                )
+            if not ids:
+                raise InputError(f"input {i} is empty after tokenization")
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        results: list[Generation | None] = [None] * len(texts)
+        start = 0
+        while start < len(order):
+            # Sorted by length: the batch's last row is its longest; fewer rows when they are long (KV budget).
+            size = self.batch_size
+            while size > 1:
+                longest = len(encoded[order[min(start + size, len(order)) - 1]]) + params.max_new_tokens + 1
+                if size <= self._streams(longest):
+                    break
+                size -= 1
+            batch = order[start : start + size]
+            start += size
+            t0 = time.perf_counter()
+            outs = self._generate_batch([encoded[i] for i in batch], params, adapter)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for i, (text, n_out, reason) in zip(batch, outs, strict=True):
+                results[i] = Generation(text, len(encoded[i]), n_out, seconds, reason)
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, adapter: str | None):
+        decoded = self._decode(prompts, params, adapter)
+        self.stats.calls += 1
+        self.stats.forward_tokens += sum(len(p) for p in prompts) + sum(len(t) for t, _ in decoded)
+        results = []
+        for tokens, reason in decoded:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            cut = cut_at_stop(text, params.stop)
+            if cut is not None:
+                text, reason = cut, "stop"
+            results.append((text.strip(), len(tokens), reason))
+            self.stats.generated_tokens += len(tokens)
+        return results
+
+    def _decode(self, prompts: list[list[int]], params: GenerationParams, adapter: str | None):
+        """decode.py's decode_batch on llama.cpp: row r is sequence r; finished rows leave the batch."""
+        self._context(max(len(p) for p in prompts) + params.max_new_tokens + 1, len(prompts))
+        self._clear()
+        self._use(adapter)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        tokens: list[int] = []
+        pos: list[int] = []
+        seqs: list[int] = []
+        want: list[bool] = []
+        for row, p in enumerate(prompts):
+            tokens += p
+            pos += range(len(p))
+            seqs += [row] * len(p)
+            want += [False] * (len(p) - 1) + [True]
+        logits = self._logits(tokens, pos, seqs, want)
+        vocab = logits.shape[-1]
+        use_penalty = params.repetition_penalty != 1.0
+        if use_penalty:  # which tokens each row has seen (its own prompt and output)
+            seen = torch.zeros(len(prompts), vocab, dtype=torch.bool)
+            for row, p in enumerate(prompts):
+                seen[row, torch.tensor([t for t in p if t < vocab], dtype=torch.long)] = True
+        eos = torch.tensor(self.eos_ids, dtype=torch.long)
+        rows = list(range(len(prompts)))
+        generated: list[list[int]] = [[] for _ in prompts]
+        results: list[tuple[list[int], str] | None] = [None] * len(prompts)
+        for step in range(params.max_new_tokens):
+            if use_penalty:
+                logits[seen] = penalize(logits[seen], params.repetition_penalty)
+            if params.no_repeat_ngram_size:
+                for live, row in enumerate(rows):
+                    banned = banned_ngram_tokens(generated[row], params.no_repeat_ngram_size)
+                    if banned:
+                        logits[live, list(banned)] = -float("inf")
+            picked = _pick(logits, params)
+            is_eos = torch.isin(picked, eos).tolist()
+            keep: list[int] = []
+            for live, (row, token, ended) in enumerate(zip(rows, picked.tolist(), is_eos)):
+                if ended:
+                    results[row] = (generated[row], "stop")
+                    continue
+                generated[row].append(token)
+                if params.stop and cut_at_stop(self._text(generated[row][-48:]), params.stop) is not None:
+                    results[row] = (generated[row], "stop")
+                elif step + 1 == params.max_new_tokens:
+                    results[row] = (generated[row], "length")
+                else:
+                    keep.append(live)
+            if not keep:
+                break
+            if use_penalty:
+                seen[torch.arange(len(rows)), picked] = True
+            if len(keep) < len(rows):
+                kept = set(keep)
+                for live, row in enumerate(rows):
+                    if live not in kept:
+                        self._forget(row)
+                index = torch.tensor(keep, dtype=torch.long)
+                picked = picked[index]
+                if use_penalty:
+                    seen = seen[index]
+                rows = [rows[i] for i in keep]
+            step_pos = [len(prompts[row]) + len(generated[row]) - 1 for row in rows]
+            logits = self._logits(picked.tolist(), step_pos, rows, [True] * len(rows))
+        self._clear()
+        return [r if r is not None else ([], "length") for r in results]
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ---- scoring --------------------------------------------------------------------------------------------------
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval-harness's split, as HFEngine.encode_pair."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            continuation = context[-spaces:] + continuation
+            context = context[:-spaces]
+        whole = self.encode(context + continuation)
+        ctx = self.encode(context) if context else []
+        if not ctx:
+            prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
+            return [prefix], whole
+        return ctx, whole[len(ctx) :]
+
+    def hf_engine(self):
+        """The HFEngine that scoring delegates to with score_backend="hf" (built on first use, same adapters)."""
+        if self._hf is None:
+            from fslm.engine.hf import HFEngine
+
+            self._hf = HFEngine.from_ref(self.model_ref, dtype=self.hf_dtype)
+            for name, path in self._adapters.items():
+                self._hf.add_adapter(name, path)
+        return self._hf
+
+    def score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None) -> list[Score]:
+        if len(contexts) != len(continuations):
+            raise ValueError("contexts and continuations must have the same length")
+        self._check_adapter(adapter)
+        if self.score_backend == "hf":
+            return self.hf_engine().score(contexts, continuations, adapter)
+        pairs = [self.encode_pair(c, x) for c, x in zip(contexts, continuations)]
+        for i, (ctx, cont) in enumerate(pairs):
+            if not cont:
+                raise InputError(f"continuation {i} is empty after tokenization")
+            if len(ctx) + len(cont) > self.context_window:
+                keep = self.context_window - len(cont)
+                if keep < 1:
+                    raise InputError(f"continuation {i} alone exceeds the context window of {self.context_window}")
+                pairs[i] = (ctx[-keep:], cont)  # lm-eval's left truncation of the context
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, (ctx, _) in enumerate(pairs):
+            groups[tuple(ctx)].append(i)
+        results: list[Score | None] = [None] * len(pairs)
+        wave: list[tuple[tuple[int, ...], list[int]]] = []
+        seqs = tokens = longest = 0
+        for ctx, members in groups.items():
+            span = len(ctx) + max(len(pairs[i][1]) for i in members)
+            per_chunk = self._streams(span) - 1  # a context and (some of) its continuations share a wave
+            for part in range(0, len(members), per_chunk):
+                chunk = members[part : part + per_chunk]
+                size = len(ctx) + sum(len(pairs[i][1]) for i in chunk)
+                cap = self._streams(max(longest, span))  # every stream of a wave is as long as its longest
+                if wave and (seqs + 1 + len(chunk) > cap or tokens + size > self.score_wave_tokens):
+                    self._score_wave(wave, pairs, results, adapter)
+                    wave, seqs, tokens, longest = [], 0, 0, 0
+                wave.append((ctx, chunk))
+                seqs += 1 + len(chunk)
+                tokens += size
+                longest = max(longest, span)
+        if wave:
+            self._score_wave(wave, pairs, results, adapter)
+        return [
+            Score(s.logprob, s.n_tokens, s.is_greedy, len(continuations[i]))
+            for i, s in enumerate(results)
+            if s is not None
+        ]
+
+    def _score_wave(self, wave, pairs, results, adapter: str | None) -> None:
+        """Each context once (its own sequence, logits at its last token), then every continuation in a sequence
+        that starts from a copy of its context's KV cells, with logits at every continuation position."""
+        longest = max(len(ctx) + max(len(pairs[i][1]) for i in members) for ctx, members in wave)
+        n_seqs = sum(1 + len(members) for _, members in wave)
+        self._context(longest, n_seqs)
+        self._clear()
+        self._use(adapter)
+        tokens: list[int] = []
+        pos: list[int] = []
+        seqs: list[int] = []
+        want: list[bool] = []
+        group_seq: list[int] = []
+        member_seq: dict[int, int] = {}
+        next_seq = 0
+        for ctx, members in wave:
+            group_seq.append(next_seq)
+            tokens += ctx
+            pos += range(len(ctx))
+            seqs += [next_seq] * len(ctx)
+            want += [False] * (len(ctx) - 1) + [True]
+            next_seq += 1
+            for i in members:
+                member_seq[i] = next_seq
+                next_seq += 1
+        first = torch.log_softmax(self._logits(tokens, pos, seqs, want), dim=-1)
+        picked: dict[int, list[float]] = {}
+        greedy: dict[int, bool] = {}
+        mem = self.llama.llama_get_memory(self._ctx)
+        targets: list[tuple[int, int]] = []  # (pair index, target token) per continuation position with logits
+        tokens, pos, seqs, want = [], [], [], []
+        for g, (ctx, members) in enumerate(wave):
+            row = first[g]
+            best = int(row.argmax())
+            for i in members:
+                cont = pairs[i][1]
+                picked[i] = [float(row[cont[0]])]
+                greedy[i] = best == cont[0]
+                if len(cont) > 1:
+                    self.llama.llama_memory_seq_cp(mem, group_seq[g], member_seq[i], -1, -1)
+                    tokens += cont[:-1]
+                    pos += range(len(ctx), len(ctx) + len(cont) - 1)
+                    seqs += [member_seq[i]] * (len(cont) - 1)
+                    want += [True] * (len(cont) - 1)
+                    targets += [(i, t) for t in cont[1:]]
+        done = 0
+        for chunk in self._run(tokens, pos, seqs, want):
+            logprobs = torch.log_softmax(torch.from_numpy(chunk), dim=-1)
+            best = logprobs.argmax(dim=-1).tolist()
+            for row, (i, t) in enumerate(targets[done : done + len(chunk)]):
+                picked[i].append(float(logprobs[row, t]))
+                greedy[i] = greedy[i] and best[row] == t
+            done += len(chunk)
+        self.stats.calls += 2 if tokens else 1
+        self.stats.forward_tokens += sum(len(ctx) for ctx, _ in wave) + len(tokens)
+        self._clear()
+        for i, values in picked.items():
+            results[i] = Score(float(sum(values)), len(values), greedy[i])
+
+
+_LOG_CALLBACK = None
+
+
+def _quiet(lib) -> None:
+    """Silence llama.cpp's stderr log (model metadata, context banners); errors surface as return codes.
+    FSLM_LLAMACPP_LOG=1 keeps it."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None and os.environ.get("FSLM_LLAMACPP_LOG") != "1":
+        _LOG_CALLBACK = lib.llama_log_callback(lambda level, text, data: None)
+        lib.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))

