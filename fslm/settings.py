@@ -22,7 +22,12 @@ class Settings(BaseSettings):
     threads: int = 0  # 0 = leave torch's default
     log_traces: bool = False
     log_db: Path | None = None
-    api_key: str | None = None  # FSLM_API_KEY: bearer key `fslm serve` requires (None = open)
+    # FSLM_API_KEY: bearer key `fslm serve` requires. Unset = open; set but blank = `fslm serve` refuses to start
+    # (exit 2): someone meant to require a key, and an empty one would let `Authorization: Bearer ` through.
+    api_key: str | None = None
+    # FSLM_ALLOWED_HOSTS: comma-separated Host names `fslm serve` answers to (default: loopback names on a loopback
+    # bind, any otherwise; "*" = any). Behind a proxy that forwards the public Host header, list that name here.
+    allowed_hosts: str | None = None
 
     @property
     def models_dir(self) -> Path:

@@ -2,6 +2,12 @@
 
 Routes: POST /v1/chat/completions, GET /v1/models[/{id}], GET /v1/traces[/{id}], GET /metrics (all behind the
 optional API key), GET /health and the static viewer page GET /ui (open: the page holds no data and asks for the key).
+
+Every input surface answers a client's mistake with a 4xx OpenAI error body, never a 500 or a logged traceback: the
+body (declared and counted size, JSON media type, a read deadline, strict JSON in schemas.parse_request), the API key
+(checked at startup, compared in constant time) and, under serve(), the Host header (a DNS-rebinding guard on a
+loopback bind). The published OpenAPI document describes those answers (see _document); tests/serve fuzzes the app
+against it with schemathesis.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from fastapi.responses import (
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fslm.errors import FslmError
 from fslm.serve.batching import BatchQueue, Job, QueueFull
@@ -37,14 +44,25 @@ from fslm.serve.chat import messages_to_prompt, trace_record, usage
 from fslm.serve.config import ServeSettings
 from fslm.serve.metrics import ServeMetrics
 from fslm.serve.schemas import (
+    DOCUMENTED_MODELS,
+    SSE_RESPONSE,
     APIError,
+    ChatCompletion,
     ChatCompletionRequest,
+    ErrorResponse,
+    Health,
+    ModelCard,
+    ModelList,
+    TraceList,
+    TraceRecord,
     answer_pieces,
     chunk_object,
     completion_object,
     error_body,
     error_responses,
+    ok_response,
     parse_request,
+    shorten,
     sse,
 )
 from fslm.serve.traces import TraceStore
@@ -52,6 +70,7 @@ from fslm.stack import Stack, StackResult
 
 log = logging.getLogger("fslm.serve")
 INLINE_TOKENIZE_CHARS = 8_000
+HEALTH_503 = "requests are waiting and the batch worker is not running"
 ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/traces", "/metrics", "/health", "/ui")
 
 
@@ -138,12 +157,31 @@ class ServeState:
         return record
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+async def _read_body(request: Request, settings: ServeSettings) -> bytes:
+    """The body of a JSON request, refused as early as its headers allow: a declared size over the limit (413) or a
+    media type other than JSON (415) before a byte is read; then the size is counted while reading (a chunked body
+    declares none) and the whole body must arrive within body_timeout_s (408), so a slow client cannot hold a
+    connection slot for ever. A client that hangs up mid-body is a 400 for the log, not an unhandled error."""
+    limit = settings.max_body_bytes
+    _check_declared_length(request.headers.get("content-length"), limit)
+    _require_json(request.headers.get("content-type"))
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            return await _read_limited(request, limit)
+    except TimeoutError:
         raise APIError(
-            413, f"request body has {declared} bytes; this server accepts at most {limit}", code="request_too_large"
-        )
+            408,
+            f"the request body did not arrive within {settings.body_timeout_s:g} s",
+            code="request_timeout",
+            headers={"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        raise APIError(
+            400, "the client closed the connection before the body was complete", code="incomplete_body"
+        ) from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -151,6 +189,74 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _check_declared_length(declared: str | None, limit: int) -> None:
+    """413 on a Content-Length over the limit, 400 on one that is not a number. Only ASCII digits count ("²".isdigit()
+    is true, and int() refuses it), and the length is compared as text first (int() refuses over 4300 digits)."""
+    if declared is None:
+        return
+    if not (declared.isascii() and declared.isdigit()):
+        raise APIError(400, f"Content-Length {shorten(declared)} is not a byte count", code="invalid_header")
+    digits = declared.lstrip("0") or "0"
+    if len(digits) > len(str(limit)) or int(digits) > limit:
+        size = digits if len(digits) <= 20 else f"a {len(digits)}-digit number of"
+        raise APIError(
+            413, f"request body has {size} bytes; this server accepts at most {limit}", code="request_too_large"
+        )
+
+
+def _require_json(content_type: str | None) -> None:
+    """415 unless the body is declared as application/json (charset, if given, UTF-8). Besides naming the mistake
+    (a form post, text/plain), this is what makes a browser ask first (a CORS preflight, which this server does not
+    grant) before another site's page can post here: text/plain, form and no-type bodies are sent without asking."""
+    media, params = _media_type(content_type or "")
+    if media != "application/json" or params.get("charset", "utf-8") not in ("utf-8", "utf8"):
+        got = shorten(content_type) if content_type else "none"
+        raise APIError(
+            415,
+            f"Content-Type must be application/json (UTF-8), got {got}",
+            code="unsupported_media_type",
+        )
+
+
+def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    """'Application/JSON; charset="UTF-8"' -> ('application/json', {'charset': 'utf-8'})."""
+    media, *params = value.split(";")
+    pairs = (p.partition("=") for p in params)
+    return media.strip().lower(), {k.strip().lower(): v.strip().strip('"').lower() for k, _, v in pairs}
+
+
+class _HostGuard:
+    """Pure ASGI middleware: answers only requests whose Host header names one of `allowed` (port ignored). A server
+    on 127.0.0.1 is otherwise reachable from any web page by DNS rebinding (evil.example re-resolved to 127.0.0.1:
+    same origin for the browser, so the page could read /v1/traces); the browser still sends Host: evil.example."""
+
+    def __init__(self, app, allowed: list[str]):
+        self.app = app
+        self.allowed = {name.lower() for name in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "*" in self.allowed:
+            return await self.app(scope, receive, send)
+        raw = next((v for k, v in scope.get("headers", []) if k == b"host"), b"").decode("latin-1")
+        if _host_name(raw) in self.allowed:
+            return await self.app(scope, receive, send)
+        error = APIError(
+            400,
+            f"Host {shorten(raw)} is not a name this server answers to ({', '.join(sorted(self.allowed))}); "
+            "see allowed_hosts / FSLM_ALLOWED_HOSTS",
+            code="invalid_host",
+        )
+        await JSONResponse(error.body(), status_code=400)(scope, receive, send)
+
+
+def _host_name(header: str) -> str:
+    """'127.0.0.1:8000' -> '127.0.0.1', '[::1]:8000' -> '::1', 'LocalHost' -> 'localhost'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 class _CountRequests:
@@ -214,22 +320,53 @@ REQUEST_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
 }
+ERROR_REF = "#/components/schemas/" + ErrorResponse.__name__
+BEARER = {"type": "http", "scheme": "bearer", "description": "the server's FSLM_API_KEY"}
 
 
-def _document_request_models(app: FastAPI) -> None:
-    """Put ChatCompletionRequest (and the models it uses) into the OpenAPI components the request body refers to."""
+def _document(app: FastAPI, max_new_tokens: int, protected: set[str] | None) -> None:
+    """Make the published OpenAPI document say what the server really does, so a client generator or a fuzzer can
+    trust it: the request body model (read by hand, so FastAPI cannot infer it) with this server's max_tokens limit;
+    every error as ErrorResponse in application/json (FastAPI would label /metrics' errors text/plain); no 422
+    (validation errors are answered 400); and, when a key is set, bearer auth on the routes that check it."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            request = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(request.pop("$defs", {}))
-            components["ChatCompletionRequest"] = request
+            components = schema.setdefault("components", {})
+            _add_models(components.setdefault("schemas", {}), max_new_tokens)
+            for path, item in schema["paths"].items():
+                for operation in item.values():
+                    _fix_responses(operation["responses"])
+                    if protected is not None and path in protected:
+                        operation["security"] = [{"bearer": []}]
+            if protected is not None:
+                components["securitySchemes"] = {"bearer": BEARER}
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _add_models(components: dict[str, Any], max_new_tokens: int) -> None:
+    """The models no route declares to FastAPI (the hand-read request body, the streamed chunk) into components."""
+    for model in (ChatCompletionRequest, *DOCUMENTED_MODELS):
+        definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(definition.pop("$defs", {}))
+        components[model.__name__] = definition
+    request = components["ChatCompletionRequest"]["properties"]
+    for name in ("max_tokens", "max_completion_tokens"):
+        request[name]["anyOf"][0]["maximum"] = max_new_tokens
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+
+
+def _fix_responses(responses: dict[str, Any]) -> None:
+    responses.pop("422", None)
+    for response in responses.values():
+        media = response.get("content", {})
+        if any(m.get("schema", {}).get("$ref") == ERROR_REF for m in media.values()):
+            response["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
 
 
 def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings | None = None) -> FastAPI:
@@ -254,14 +391,18 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         redoc_url=None,
     )
     app.state.fslm = state
-    app.add_middleware(_CountRequests, metrics=state.metrics)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(_HostGuard, allowed=settings.allowed_hosts)
+    app.add_middleware(_CountRequests, metrics=state.metrics)  # added last = outermost: counts refused hosts too
     _install_error_handlers(app, state)
 
     async def require_key(request: Request) -> None:
         if state.api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), state.api_key.encode()):
+        # Header values arrive decoded as latin-1: back to the bytes the client sent, against the key's UTF-8 bytes.
+        sent = token.strip().encode("latin-1")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(sent, state.api_key.encode()):
             state.metrics.rejected.labels("unauthorized").inc()
             raise APIError(
                 401,
@@ -272,7 +413,14 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
 
     api = APIRouter(dependencies=[Depends(require_key)])
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        response_model=None,
+        responses={
+            **ok_response(Health, "the server and its batch worker"),
+            503: {"model": Health, "description": HEALTH_503},
+        },
+    )
     async def health() -> JSONResponse:
         ok = state.queue.alive or state.queue.depth == 0
         body = {
@@ -309,32 +457,48 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
             "fslm_base_model": stack.config.base_model,
         }
 
-    @api.get("/v1/models", responses=error_responses(401))
+    @api.get(
+        "/v1/models",
+        response_model=None,
+        responses={**ok_response(ModelList, "the one served model"), **error_responses(401)},
+    )
     async def list_models() -> dict:
         return {"object": "list", "data": [model_card()]}
 
-    @api.get("/v1/models/{model_id:path}", responses=error_responses(401, 404))
+    @api.get(
+        "/v1/models/{model_id:path}",
+        response_model=None,
+        responses={**ok_response(ModelCard, "the served model"), **error_responses(401, 404)},
+    )
     async def get_model(model_id: str) -> dict:
         if model_id != state.model_name:
             raise APIError(
                 404,
-                f"model {model_id!r} does not exist; this server serves {state.model_name!r}",
+                f"model {shorten(model_id)} does not exist; this server serves {state.model_name!r}",
                 param="model",
                 code="model_not_found",
             )
         return model_card()
 
-    @api.get("/v1/traces", responses=error_responses(400, 401))
+    @api.get(
+        "/v1/traces",
+        response_model=None,
+        responses={**ok_response(TraceList, "recent traces, newest first"), **error_responses(400, 401)},
+    )
     async def list_traces(limit: int = Query(50, ge=1, le=1000)) -> dict:
         return {"object": "list", "data": state.traces.list(limit), "persistent": state.traces.persistent}
 
-    @api.get("/v1/traces/{trace_id}", responses=error_responses(401, 404))
+    @api.get(
+        "/v1/traces/{trace_id}",
+        response_model=None,
+        responses={**ok_response(TraceRecord, "one full trace"), **error_responses(401, 404)},
+    )
     async def get_trace(trace_id: str) -> dict:
         record = state.traces.get(trace_id)
         if record is None:
             raise APIError(
                 404,
-                f"no trace {trace_id!r} (only the last {settings.trace_history} are kept in memory)",
+                f"no trace {shorten(trace_id)} (only the last {settings.trace_history} are kept in memory)",
                 param="trace_id",
                 code="not_found",
             )
@@ -344,15 +508,18 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         "/v1/chat/completions",
         # The body is read by hand (size limit first, then strict JSON), so FastAPI cannot infer it: declared here.
         openapi_extra={"requestBody": REQUEST_BODY},
-        responses=error_responses(400, 401, 404, 413, 429, 503, 504),
+        responses={
+            **ok_response(ChatCompletion, "the completion (or, with stream: true, server-sent events)", **SSE_RESPONSE),
+            **error_responses(400, 401, 404, 408, 413, 415, 429, 503),
+        },
     )
     async def chat_completions(request: Request) -> Response:
         t0 = time.perf_counter()
-        req = parse_request(await _read_body(request, settings.max_body_bytes))
+        req = parse_request(await _read_body(request, settings))
         if req.model is not None and req.model != state.model_name:
             raise APIError(
                 404,
-                f"model {req.model!r} does not exist; this server serves {state.model_name!r} (GET /v1/models)",
+                f"model {shorten(req.model)} does not exist; this server serves {state.model_name!r} (GET /v1/models)",
                 param="model",
                 code="model_not_found",
             )
@@ -361,7 +528,7 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
             param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
             raise APIError(
                 400,
-                f"{param}={requested} exceeds this server's limit of {settings.max_new_tokens}",
+                f"{param}={shorten(requested)} exceeds this server's limit of {settings.max_new_tokens}",
                 param=param,
                 code="invalid_value",
             )
@@ -400,7 +567,8 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         )
 
     app.include_router(api)
-    _document_request_models(app)
+    protected = {route.path_format for route in api.routes} if state.api_key is not None else None
+    _document(app, settings.max_new_tokens, protected)
     return app
 
 
@@ -463,15 +631,24 @@ def serve(
     """Python twin of `fslm serve`: load the stack, then run uvicorn until interrupted."""
     import uvicorn
 
+    app, options = prepare_serve(stack, settings)
+    uvicorn.run(app, log_level=log_level, **options)
+
+
+def prepare_serve(
+    stack: Stack | str | Path | None = None, settings: ServeSettings | None = None
+) -> tuple[FastAPI, dict[str, Any]]:
+    """What serve() runs, short of binding: the app with serve's own defaults (the Host guard for the address it
+    binds) and uvicorn's options."""
     settings = settings or ServeSettings()
+    settings = settings.model_copy(update={"allowed_hosts": settings.resolved_allowed_hosts()})
     app = create_app(stack, settings)
     # A backstop on open connections (uvicorn answers 503 beyond it); the bounded queue answers 429 well before.
     limit = (settings.queue_size + settings.max_batch) * 2 + 100
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        limit_concurrency=limit,
-        timeout_graceful_shutdown=5,
-    )
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "limit_concurrency": limit,
+        "timeout_graceful_shutdown": 5,
+    }
+    return app, options

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fslm.errors import ConfigError
 from fslm.settings import get_settings
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ServeSettings(BaseModel):
@@ -26,6 +38,7 @@ class ServeSettings(BaseModel):
     max_new_tokens: int = Field(1024, ge=1, description="largest max_tokens a request may ask for")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     request_timeout_s: float = Field(600.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this, else 408")
     # Traces.
     trace: bool = Field(True, description="include fslm_trace in responses unless the request says otherwise")
     trace_history: int = Field(200, ge=0, description="traces kept in memory for /ui and /v1/traces")
@@ -33,16 +46,39 @@ class ServeSettings(BaseModel):
     trace_db: Path | None = Field(None, description="default: FSLM_LOG_DB or <cache_dir>/serve_traces.sqlite")
     api_key: str | None = Field(None, description="default: FSLM_API_KEY; None = no key required")
     model_name: str | None = Field(None, description="the id clients send as `model`; default: the stack's name")
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header names answered (a DNS-rebinding guard; '*' = any). None: create_app answers any "
+        "(whoever hosts it binds it); serve() / `fslm serve` use resolved_allowed_hosts()",
+    )
 
     def resolved_api_key(self) -> str | None:
         """The bearer key clients must send, or None (open). A key that is set but blank is refused: running open,
-        or accepting an empty `Bearer `, when the user clearly meant to require a key would be the unsafe reading."""
+        or accepting an empty `Bearer `, when the user clearly meant to require a key would be the unsafe reading.
+        So is a key with control characters (a pasted newline inside it): no HTTP client can send it in a header,
+        so the server would refuse everyone while looking configured. Surrounding whitespace is dropped."""
         key, source = (
             (self.api_key, "api_key") if self.api_key is not None else (get_settings().api_key, "FSLM_API_KEY")
         )
-        if key is not None and not key.strip():
+        if key is None:
+            return None
+        key = key.strip()
+        if not key:
             raise ConfigError(f"{source} is set but empty; give a real key, or unset it to serve without one")
-        return key.strip() if key is not None else None
+        if not key.isprintable():
+            raise ConfigError(f"{source} holds control characters, which no HTTP header can carry; set it again")
+        return key
+
+    def resolved_allowed_hosts(self) -> list[str]:
+        """What serve() guards with: allowed_hosts if set, else FSLM_ALLOWED_HOSTS (comma-separated), else, for a
+        loopback bind (the default), the loopback names only, which is what stops a DNS-rebinding page; a server
+        bound to another interface is reached under names fslm cannot guess, so it answers any."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        env = get_settings().allowed_hosts
+        if env is not None and env.strip():
+            return [name.strip() for name in env.split(",") if name.strip()]
+        return [*LOOPBACK_NAMES, self.host] if _is_loopback(self.host) else ["*"]
 
     def resolved_persist(self) -> bool:
         return self.persist_traces if self.persist_traces is not None else get_settings().log_traces

@@ -110,7 +110,7 @@ def test_bad_requests_never_reach_the_worker(api):
     client, _ = api
     for _, body, *_ in CASES:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        client.post("/v1/chat/completions", content=raw)
+        client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
     metrics = client.get("/metrics").text
     assert "fslm_batch_size_count 0.0" in metrics
     assert 'fslm_rejected_requests_total{reason="bad_request"}' in metrics
