@@ -10,9 +10,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fslm.errors import ConfigError
+from fslm.errors import ConfigError, ModelFileError
+from fslm.io import load_yaml, read_text
+from fslm.models import check_adapter_folder
 from fslm.retrieve.index import MANIFEST
 
+MAX_STACK_BYTES = 1 << 20  # a real stack file is a few KiB; checked before parsing
 PROMPT = "prompt"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -182,18 +185,30 @@ class StackConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
 
 
+MAX_PROBLEMS = 20  # a list of 10k broken stages is 10k problems; the first few say what is wrong
+
+
 def _format_validation_error(err: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid stack config"]
-    for problem in err.errors():
-        loc = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+    problems = err.errors()
+    for problem in problems[:MAX_PROBLEMS]:
+        loc = ".".join(str(p) for p in problem["loc"])[:200] or "(top level)"  # an unknown key may be huge
         msg = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "value_error" and ":" in msg and not problem["loc"]:
             lines.append(f"  {msg}")
         else:
             got = problem.get("input")
-            got_text = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            got_text = "" if isinstance(got, dict) or got is None else f" (got {_short(got)})"
             lines.append(f"  {loc}: {msg}{got_text}")
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - MAX_PROBLEMS} more")
     return "\n".join(lines)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """A bad value as the error shows it: a 1 MiB string is not repeated back in full."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_stack_config(data: object, where: str = "<config>", source_path: Path | None = None) -> StackConfig:
@@ -210,18 +225,14 @@ def parse_stack_config(data: object, where: str = "<config>", source_path: Path 
 
 
 def load_stack_config(path: str | Path) -> StackConfig:
-    """Read and validate a stack YAML file (safe_load only)."""
+    """Read and validate a stack YAML file: at most MAX_STACK_BYTES (checked before parsing), strict UTF-8, parsed by
+    `fslm.io.StrictYamlLoader` (yaml.safe_load's loader with the alias expansion and nesting capped, so an alias
+    bomb is refused while it is being read, not after it has eaten the memory)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: stack file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        pos = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{pos}: malformed YAML: {getattr(err, 'problem', None) or err}") from None
+    text = read_text(path, limit=MAX_STACK_BYTES, error=ConfigError)
+    data = load_yaml(text, str(path), error=ConfigError)
     return parse_stack_config(data, str(path), path.resolve())
 
 
@@ -238,12 +249,10 @@ def check_adapters(cfg: StackConfig) -> None:
         path = cfg.adapter_path(stage)
         if path is None:
             continue
-        if not (path / "adapter_config.json").is_file():
-            raise ConfigError(f"{where}: stages.{i}.adapter: no adapter_config.json in {path}")
-        if not any(path.glob("adapter_model.safetensors")):
-            raise ConfigError(
-                f"{where}: stages.{i}.adapter: no adapter_model.safetensors in {path} (only safetensors are loaded)"
-            )
+        try:
+            check_adapter_folder(path)
+        except ModelFileError as err:
+            raise ConfigError(f"{where}: stages.{i}.adapter: {err}") from None
 
 
 def default_stack_path() -> Path:

@@ -13,6 +13,10 @@ class ModelNotFoundError(FslmError):
     """A model reference that resolves to nothing on this machine."""
 
 
+class ModelFileError(ModelNotFoundError):
+    """A model or adapter file that is there but cannot be used (corrupt, truncated, pickle-only); names the file."""
+
+
 class DataError(FslmError):
     """A data file or record that cannot be read; the message names file and line."""
 

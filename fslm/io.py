@@ -11,8 +11,8 @@ line, never a UnicodeDecodeError, RecursionError or MemoryError traceback:
   more than 4300 digits) into `JsonError`, and refuses values nested deeper than MAX_JSON_DEPTH and lone
   surrogates (`"\\ud800"`): JSON can spell them, Python keeps them, and they crash tokenizers and UTF-8 file
   writes far from the file that carried them;
-* `load_yaml` parses with `StrictYamlLoader`, a SafeLoader without anchors and aliases (the "billion laughs" alias
-  bomb expands a few hundred bytes into gigabytes) and with a nesting limit.
+* `load_yaml` parses with `StrictYamlLoader`, a SafeLoader that caps what anchors and aliases expand to (the
+  "billion laughs" alias bomb is a few hundred bytes standing for 9**9 values) and how deep values nest.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from fslm.errors import DataError, FslmError
 
 MAX_DATA_BYTES = 512 << 20  # one data file (instruction data, distilled records, benchmark files, caches)
 MAX_YAML_DEPTH = 32  # a stack file nests 4 levels deep; anything far deeper is not a stack
+MAX_YAML_NODES = 100_000  # values (a long string counts once per 64 characters) with aliases expanded
 MAX_JSON_DEPTH = 100  # fslm's records nest 3-4 levels; this leaves room and keeps repr()/json.dumps of them safe
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -49,23 +50,26 @@ def _size(n: int) -> str:
 def read_bytes(path: str | Path, *, limit: int = MAX_DATA_BYTES, error: type[FslmError] = DataError) -> bytes:
     """The bytes of a regular file of at most `limit` bytes; anything else is `error` naming the file.
 
-    Opened non-blocking so that a FIFO passed by mistake is refused instead of waiting for a writer."""
+    Opened non-blocking so that a FIFO passed by mistake is refused instead of waiting for a writer; read in
+    chunks, since read(limit + 1) would reserve the whole cap up front for every small file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
         raise error(f"{path}: cannot read ({err.strerror or err})") from None
+    chunks, size = [], 0
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise error(f"{path}: not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            raw = fh.read(limit + 1)
+        while size <= limit and (chunk := os.read(fd, min(1 << 24, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as err:
         raise error(f"{path}: cannot read ({err.strerror or err})") from None
     finally:
         os.close(fd)
-    if len(raw) > limit:
+    if size > limit:
         raise error(f"{path}: larger than {_size(limit)}, the most fslm reads from a file like this; split it")
-    return raw
+    return b"".join(chunks)
 
 
 def decode_text(path: str | Path, raw: bytes, *, error: type[FslmError] = DataError) -> str:
@@ -143,10 +147,14 @@ def value_problem(value: Any) -> str | None:
     or json.dumps of it could overflow), or a string holding a lone surrogate, named by its field path (e.g.
     "field 'targets.answer'"). Iterative, so it cannot overflow the stack itself."""
     todo: list[tuple[str, Any, int]] = [("", value, 0)]
+    seen: set[int] = set()  # YAML aliases share objects: each is checked once
     while todo:
         where, item, depth = todo.pop()
         if depth > MAX_JSON_DEPTH:
             return f"nested more than {MAX_JSON_DEPTH} levels deep"
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
         if isinstance(item, str):
             if _SURROGATE.search(item):
                 return f"{_field(where)} holds a lone surrogate (\\ud800-\\udfff), which is not text"
@@ -161,8 +169,12 @@ def value_problem(value: Any) -> str | None:
     return None
 
 
-def _field(where: str) -> str:
-    return f"field {printable(where)!r}" if where else "the value"
+def _field(where: str, limit: int = 100) -> str:
+    """A field path as messages show it; a key can be as long as the file, so it is cut."""
+    if not where:
+        return "the value"
+    where = printable(where)
+    return f"field {where if len(where) <= limit else where[: limit - 3] + '...'!r}"
 
 
 def replace_surrogates(text: str) -> str:
@@ -172,36 +184,49 @@ def replace_surrogates(text: str) -> str:
 
 
 class StrictYamlLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no Python objects) that also refuses anchors and aliases and deep nesting.
+    """yaml.SafeLoader (no Python objects) that also bounds what anchors and aliases can expand to, and nesting.
 
-    Anchors and aliases are refused outright rather than counted: a stack file has no use for them (each stage is
-    written out in full), and an alias bomb ("billion laughs": nine levels of nine aliases each) expands a few
-    hundred bytes into gigabytes. A value that YAML accepts but Python cannot build (the date 2001-02-30, an integer
-    of 5000 digits) becomes a YAML error at its line instead of a ValueError traceback."""
+    Aliases are counted, not refused: yaml.safe_dump itself writes `&id001` / `*id001` when one Python object
+    appears twice in what it dumps (a stack written by code often shares a list), so refusing them would refuse
+    fslm's own files. What is bounded is the document with every alias expanded: at most MAX_YAML_NODES values (a
+    long string counting once per 64 characters) and MAX_YAML_DEPTH levels. An alias bomb ("billion laughs": nine
+    levels of nine aliases each) is a few hundred bytes standing for 9**9 values; PyYAML shares the aliased
+    objects, but whatever walks them (validation, error messages, dumping) does not. An alias inside the value it
+    names (a recursive structure) is refused outright. A value that YAML accepts but Python cannot build (the date
+    2001-02-30, an integer of 5000 digits) becomes a YAML error at its line instead of a ValueError traceback."""
 
     def __init__(self, stream: str):
         super().__init__(stream)
-        self._depth = 0
+        self._depth = 0  # nesting while composing: deep text fails here, before Python's recursion limit
+        self._shape: dict[int, tuple[int, int]] = {}  # id(node) -> (values, levels) with aliases expanded
 
     def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
         event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                f"YAML {kind}{event.anchor} is not allowed here: write each value out in full",
-                event.start_mark,
-            )
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # the anchored node (an unknown alias is a ComposerError)
+            if id(node) not in self._shape:
+                raise self._refuse(f"alias *{event.anchor} is inside the value it names (recursive)", event)
+            return node
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark
-                )
-            return super().compose_node(parent, index)
+                raise self._refuse(f"nested more than {MAX_YAML_DEPTH} levels deep", event)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        children = [self._shape[id(child)] for child in _children(node)]
+        size = (1 + len(node.value) // 64 if isinstance(node, yaml.ScalarNode) else 1) + sum(s for s, _ in children)
+        levels = 1 + max((h for _, h in children), default=0)
+        if size > MAX_YAML_NODES:
+            raise self._refuse(f"expands to more than {MAX_YAML_NODES:,} values through anchors and aliases", event)
+        if levels > MAX_YAML_DEPTH:
+            raise self._refuse(f"nested more than {MAX_YAML_DEPTH} levels deep through anchors and aliases", event)
+        self._shape[id(node)] = (size, levels)
+        return node
+
+    @staticmethod
+    def _refuse(problem: str, event: yaml.Event) -> yaml.composer.ComposerError:
+        return yaml.composer.ComposerError(None, None, problem, event.start_mark)
 
     def construct_object(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
         try:
@@ -210,6 +235,12 @@ class StrictYamlLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read this value ({str(err).split(':')[0]})", node.start_mark
             ) from None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
 
 
 def load_yaml(text: str, where: str, *, error: type[FslmError]) -> Any:

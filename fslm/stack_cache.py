@@ -17,12 +17,13 @@ import json
 import os
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from fslm.digest import hash_file
 from fslm.engine import Generation, GenerationParams
 from fslm.errors import DataError
+from fslm.io import MAX_DATA_BYTES, JsonError, decode_text, lines, loads_json, read_bytes
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS stage_outputs (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -93,10 +94,19 @@ class StageCache:
                 f"SELECT key, value FROM stage_outputs WHERE key IN ({','.join('?' * len(chunk))})", chunk
             ).fetchall()
             for key, value in rows:
-                found[key] = Generation(**json.loads(value))
+                found[key] = self._stored(value)
         self.hits += sum(k in found for k in keys)
         self.misses += sum(k not in found for k in keys)
         return found
+
+    def _stored(self, value: str) -> Generation:
+        """A row as written by put_many; a damaged file (edited, or from another version) is a DataError."""
+        try:
+            return _generation(loads_json(value))
+        except (JsonError, TypeError) as err:
+            raise DataError(
+                f"{self.path}: damaged stage cache entry ({err}); delete the file, it is only a cache"
+            ) from None
 
     def put_many(self, entries: dict[str, Generation]) -> None:
         """One transaction per batch: a killed run keeps every batch it finished."""
@@ -116,20 +126,26 @@ class StageCache:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path}: not a regular file; give a .jsonl file path for the stage cache copy")
         with open(path, "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # two exporting processes append one after the other
             fh.seek(0)
-            data = fh.read()
+            data = fh.read(MAX_DATA_BYTES + 1)
+            if len(data) > MAX_DATA_BYTES:
+                raise DataError(f"{path}: larger than {MAX_DATA_BYTES >> 20} MiB; start a new stage cache copy")
             complete = data[: data.rfind(b"\n") + 1]
+            have = {key for key, _ in _entries(path, complete)}  # checked first: a wrong file is refused untouched
             if len(complete) < len(data):  # a torn last line from a killed export: drop it before appending
+                if not data[len(complete) :].strip().startswith(b"{"):
+                    raise DataError(f"{path}: its last line is not a stage cache entry, nor one cut short by a kill")
                 fh.truncate(len(complete))
-            have = {json.loads(line)["key"] for line in complete.splitlines() if line.strip()}
             rows = self._db.execute("SELECT key, value FROM stage_outputs ORDER BY rowid").fetchall()
             new = [(k, v) for k, v in rows if k not in have]
             fh.seek(0, 2)
             fh.write(
                 b"".join(
-                    json.dumps({"key": k, "value": json.loads(v)}, ensure_ascii=False).encode("utf-8") + b"\n"
+                    json.dumps({"key": k, "value": asdict(self._stored(v))}, ensure_ascii=False).encode("utf-8") + b"\n"
                     for k, v in new
                 )
             )
@@ -142,21 +158,52 @@ class StageCache:
         path = Path(path)
         if not path.is_file():
             return 0
-        entries = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
-            if not line.endswith("\n"):
-                break  # torn last line: an export was killed mid-write
-            try:
-                row = json.loads(line)
-                entries.append((row["key"], json.dumps(asdict(Generation(**row["value"])), ensure_ascii=False)))
-            except (ValueError, KeyError, TypeError) as err:
-                raise DataError(
-                    f'{path}:{number}: not a stage cache entry ({err}); expected {{"key": ..., "value": {{...}}}}'
-                ) from None
+        data = read_bytes(path)
+        entries = _entries(path, data[: data.rfind(b"\n") + 1])  # after the last newline: a torn write, skipped
         before = len(self)
         with self._db:
             self._db.executemany("INSERT OR IGNORE INTO stage_outputs (key, value) VALUES (?, ?)", entries)
         return len(self) - before
+
+
+def _entries(path: Path, complete: bytes) -> list[tuple[str, str]]:
+    """(key, value JSON) of each line of an export's complete lines; a line that is not an entry is a DataError
+    naming it. Lines are split on "\\n" only: the export writes U+2028 and friends raw inside strings."""
+    entries = []
+    for number, line in lines(decode_text(path, complete)):
+        try:
+            row = loads_json(line)
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("key"), str)
+                or not isinstance(row.get("value"), dict)
+            ):
+                raise TypeError("not a JSON object with a string 'key' and an object 'value'")
+            value = _generation(row["value"])
+        except (JsonError, TypeError) as err:
+            raise DataError(
+                f'{path}:{number}: not a stage cache entry ({err}); expected {{"key": ..., "value": {{...}}}}'
+            ) from None
+        entries.append((row["key"], json.dumps(asdict(value), ensure_ascii=False)))
+    return entries
+
+
+def _generation(value: dict) -> Generation:
+    """A cached Generation, its fields checked: the cost columns sum tokens_in/out and seconds later. Extra fields
+    (a speculative engine's drafted/accepted counts) are dropped; a missing one is an error."""
+    names = [f.name for f in fields(Generation)]
+    missing = [n for n in names if n not in value]
+    if missing:
+        raise TypeError(f"missing field(s) {missing}")
+    gen = Generation(**{n: value[n] for n in names})
+    numbers = {"tokens_in": (int,), "tokens_out": (int,), "seconds": (int, float)}
+    for name, kinds in numbers.items():
+        number = getattr(gen, name)
+        if isinstance(number, bool) or not isinstance(number, kinds) or not 0 <= number < float("inf"):
+            raise TypeError(f"{name!r} must be a non-negative number, got {number!r}")
+    if not isinstance(gen.text, str) or gen.finish_reason not in ("stop", "length"):
+        raise TypeError("'text' must be a string and 'finish_reason' 'stop' or 'length'")
+    return gen
 
 
 __all__ = ["StageCache", "adapter_digest", "cacheable"]

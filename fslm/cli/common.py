@@ -1,4 +1,8 @@
-"""What every verb shares: user errors become a clean message and exit code 2, and one rich console."""
+"""What every verb shares: user errors become a clean message and exit code 2, and one rich console.
+
+The `check_*` functions look at what a person typed before a verb loads a model (seconds to a minute): each one
+needs no torch or transformers, and raises an FslmError that `guarded` prints as one `error:` line.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,19 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 
-from fslm.errors import FslmError
+from fslm.errors import FslmError, InputError
+
+if TYPE_CHECKING:
+    from fslm.config import StackConfig
 
 console = Console(stderr=True)
 out = Console()
@@ -24,14 +34,17 @@ out = Console()
 # Libraries whose deprecation notices are for fslm's developers, not for a person running a command.
 _LIBRARIES = r"(transformers|torch|peft|accelerate|huggingface_hub|tokenizers|gguf|sentence_transformers|lm_eval)"
 
+# What fslm.models accepts as a dtype (its table needs torch, so it is repeated here for checks before any load).
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
 
 def quiet_libraries() -> None:
     """Keep transformers/HF progress chatter and library deprecation notices out of user output.
 
     Only the CLI calls this: Python users of fslm see every warning as usual. `python -W ...` or PYTHONWARNINGS
-    still wins (then nothing is filtered). Environment defaults reach transformers when a verb imports it later, so
-    light verbs (`fslm models`) never pay for importing it here; if it is already imported (tests, notebooks) it is
-    told directly.
+    (e.g. PYTHONWARNINGS=default fslm run ...) still wins: then nothing is filtered. Environment defaults reach
+    transformers when a verb imports it later, so light verbs (`fslm models`) never pay for importing it here; if it
+    is already imported (tests, notebooks) it is told directly.
     """
     if not sys.warnoptions:
         for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning, UserWarning):
@@ -48,22 +61,146 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
 
 
+def print_error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn FslmError into `error: ...` on stderr and exit 2, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         quiet_libraries()
+        _tolerant_stdout()
         try:
             return fn(*args, **kwargs)
         except FslmError as err:
-            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, markup=True, soft_wrap=True)
+            print_error(str(err))
+            raise typer.Exit(2) from None
+        except UnicodeEncodeError as err:
+            message = _undecodable_argument(err)
+            if message is None:  # not text the user typed: a bug, shown as one
+                raise
+            print_error(message)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def usage_error(err: click.UsageError) -> None:
+    """A bad flag value, a missing argument, an unknown option or verb: one `error:` line and exit 2."""
+    where = err.ctx.command_path if err.ctx is not None else "fslm"
+    print_error(f"{err.format_message()} (see `{where} --help`)")
+    raise typer.Exit(2)
+
+
+def _tolerant_stdout() -> None:
+    """Print what a shell passed in as undecodable bytes (file names, mostly) as \\udcff escapes, not a traceback:
+    stderr does this by default, stdout only in a C/POSIX locale."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
+def _undecodable_argument(err: UnicodeEncodeError) -> str | None:
+    """When the text that could not be encoded holds lone surrogates (a shell's undecodable bytes) that came from
+    one of the command's arguments, say which; None when they did not come from the user."""
+    bad = err.object[err.start : err.end] if isinstance(err.object, str) else ""
+    ctx = click.get_current_context(silent=True)
+    if not bad or not all("\ud800" <= ch <= "\udfff" for ch in bad) or ctx is None:
+        return None
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if any(bad in str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None):
+            name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+            shown = bad.encode("utf-8", "backslashreplace").decode()
+            return f"{name}: {shown} is an undecodable byte or lone surrogate, which cannot be written as text; pass UTF-8"
+    return None
+
+
+def _surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate: how Python hands over bytes from argv that are not valid UTF-8."""
+    return next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+
+
+def check_text(text: str, what: str, *, blank: bool = False) -> str:
+    """Text a model or an index will read (a query, a stop string): not empty (nor blank, unless `blank`), and
+    valid Unicode, which no tokenizer or UTF-8 writer would accept otherwise."""
+    if not (text if blank else text.strip()):
+        raise InputError(f"{what} is empty")
+    i = _surrogate(text)
+    if i is not None:
+        raise InputError(
+            f"{what} is not valid text: character {i + 1} is an undecodable byte or lone surrogate "
+            f"({text[i].encode('utf-8', 'backslashreplace').decode()}); pass UTF-8 text"
+        )
+    return text
+
+
+def check_model(ref: str, what: str) -> None:
+    """The model reference names something on this machine (or the hub); nothing is loaded."""
+    from fslm.models import resolve
+
+    try:
+        resolve(ref)
+    except FslmError as err:
+        raise type(err)(f"{what}: {err}") from None
+
+
+def check_dtype(dtype: str, what: str = "--dtype") -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"{what} {dtype!r}: expected float32 or bfloat16 (or float16)")
+
+
+def check_stack(path: Path | str | None, *, adapters: bool = True) -> StackConfig:
+    """A stack file (the packaged default when None) as far as it can be checked without its model: schema,
+    adapter and index folders (unless `adapters` is off), and a base model that resolves."""
+    from fslm.config import check_adapters, load_default_stack_config, load_stack_config
+
+    cfg = load_default_stack_config() if path is None else load_stack_config(path)
+    if not adapters:
+        cfg = cfg.without_adapters()
+    check_adapters(cfg)
+    check_model(cfg.base_model, f"{cfg.source_path or 'stack'}: base_model")
+    return cfg
+
+
+def check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found" + (" (it is a folder)" if path.is_dir() else ""))
+
+
+def check_output(path: Path, what: str, *, folder: bool) -> None:
+    """`path` (a file or, with `folder`, a folder a verb creates or fills) can be written; checked up front, so a
+    typo costs nothing rather than a finished run that cannot be saved. Nothing is created here."""
+    if _surrogate(str(path)) is not None:
+        raise InputError(f"{what} {path}: the name has undecodable bytes; use a UTF-8 name")
+    if path.exists() and path.is_dir() != folder:
+        raise InputError(f"{what} {path}: expected a {'folder' if folder else 'file'}, found a {'file' if folder else 'folder'}")
+    parent = path if path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: no permission to write in {parent}")
+
+
+class LazyProgress(Progress):
+    """A rich progress bar that appears at its first update, so an error found before any work prints alone."""
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.start()  # once: a started display ignores it
+        super().update(*args, **kwargs)
+
+    def stop(self) -> None:
+        if self.live.is_started:
+            super().stop()
 
 
 @contextmanager

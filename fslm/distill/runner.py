@@ -23,6 +23,7 @@ from fslm.distill.data import Instruction, load_instructions
 from fslm.distill.filters import check_target, trim_to_sentences
 from fslm.distill.store import DistillStore, read_distilled
 from fslm.errors import ConfigError, DataError
+from fslm.io import replace_surrogates
 from fslm.stack import generation_params, load_retrievers, retrieve_records, stage_messages
 from fslm.teachers import Teacher, make_teacher
 
@@ -152,13 +153,9 @@ def _token_counter(cfg: StackConfig, teacher: Teacher) -> Callable[[str], int]:
     engine = getattr(teacher, "engine", None)
     if engine is not None and engine.model_ref == cfg.base_model:
         return engine.count_tokens
-    from transformers import AutoTokenizer
+    from fslm.models import load_tokenizer
 
-    from fslm.models import load_model, resolve
-
-    source = resolve(cfg.base_model)
-    folder = source.cache_dir if source.cached else source.path if source.kind == "hf_dir" else None
-    tok = AutoTokenizer.from_pretrained(folder) if folder is not None else load_model(cfg.base_model).tokenizer
+    tok = load_tokenizer(cfg.base_model)
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
@@ -241,7 +238,7 @@ class _Distiller:
             replies = self.teacher.generate(requests, generation_params(stage))
             for k, reply in zip(asked, replies, strict=True):
                 rec = records[k]
-                text, finish = reply.text, reply.finish_reason
+                text, finish = replace_surrogates(reply.text), reply.finish_reason  # a JSON reply may spell "\ud800"
                 if self.options.trim and (finish == "length" or self.count_tokens(text) > self._budget(stage)):
                     trimmed = trim_to_sentences(text, self._budget(stage), self.count_tokens)
                     if trimmed is not None:

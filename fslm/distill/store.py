@@ -17,16 +17,23 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fslm.errors import DataError
+from fslm.io import JsonError, decode_text, lines, loads_json, read_bytes, read_text
 
 
-def _parse_line(path: Path, number: int, line: bytes) -> dict:
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: line {number}: corrupt distilled record ({err}); fix or delete that line") from None
-    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-        raise DataError(f"{path}: line {number}: a distilled record must be a JSON object with a string 'id'")
-    return record
+def _records(path: Path, data: bytes) -> list[tuple[int, dict]]:
+    """(line number, record) of every non-blank line of `data`, the complete lines of a distilled file."""
+    records = []
+    for number, line in lines(decode_text(path, data)):
+        try:
+            record = loads_json(line)
+        except JsonError as err:
+            raise DataError(
+                f"{path}: line {number}: corrupt distilled record ({err}); fix or delete that line"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise DataError(f"{path}: line {number}: a distilled record must be a JSON object with a string 'id'")
+        records.append((number, record))
+    return records
 
 
 def identity_path(path: str | Path) -> Path:
@@ -69,8 +76,11 @@ class DistillStore:
         self._fh = None
 
     def __enter__(self) -> DistillStore:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+b")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a+b")
+        except OSError as err:
+            raise DataError(f"{self.path}: cannot write the distilled file here ({err.strerror or err})") from None
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -91,9 +101,11 @@ class DistillStore:
         side = identity_path(self.path)
         if self.done and side.is_file():
             try:
-                stored = json.loads(side.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
+                stored = loads_json(read_text(side))
+            except JsonError as err:
                 raise DataError(f"{side}: not valid JSON ({err}); delete it to adopt this run's setup") from None
+            if not isinstance(stored, dict):
+                raise DataError(f"{side}: expected a JSON object (the setup its records were distilled with)")
             problem = identity_mismatch(self.path, stored, self.identity)
             if problem:
                 raise DataError(problem)
@@ -108,22 +120,29 @@ class DistillStore:
             self._fh = None
 
     def _recover(self) -> None:
+        """Read the ids already written, then cut off a partial last line. The complete lines are checked first and
+        the tail must look like a record cut short ('{...'), so a file that is not a distilled file (a --out
+        pointing at the wrong file) is refused untouched rather than truncated."""
         assert self._fh is not None
-        self._fh.seek(0)
-        data = self._fh.read()
+        data = read_bytes(self.path)
         end = data.rfind(b"\n") + 1  # everything after the last newline is a write cut short by a kill
+        for number, record in _records(self.path, data[:end]):
+            if record["id"] in self.done:
+                raise DataError(f"{self.path}: line {number}: duplicate id {record['id']!r}")
+            self.done.add(record["id"])
+            if isinstance(record.get("teacher"), str):
+                self.teachers.add(record["teacher"])
         if end < len(data):
+            tail = data[end:].strip()
+            if tail and not tail.startswith(b"{"):
+                line = data.count(b"\n") + 1
+                raise DataError(
+                    f"{self.path}: line {line}: not a distilled record, nor one cut short by a kill; is this a "
+                    "distilled JSONL file? Fix or delete that line"
+                )
             self.repaired_bytes = len(data) - end
             self._fh.truncate(end)
             os.fsync(self._fh.fileno())
-        for number, line in enumerate(data[:end].split(b"\n")[:-1], 1):
-            if line.strip():
-                record = _parse_line(self.path, number, line)
-                if record["id"] in self.done:
-                    raise DataError(f"{self.path}: line {number}: duplicate id {record['id']!r}")
-                self.done.add(record["id"])
-                if isinstance(record.get("teacher"), str):
-                    self.teachers.add(record["teacher"])
 
     def append(self, records: Iterable[dict]) -> int:
         """Write a batch as ONE write, then flush and fsync: after this returns, the batch survives a crash."""
@@ -149,14 +168,11 @@ def read_distilled(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: distilled file not found; create it with `fslm distill --out {path}`")
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
+    data = read_bytes(path)
     records = []
-    for number, line in enumerate(data[:end].split(b"\n")[:-1], 1):
-        if line.strip():
-            record = _parse_line(path, number, line)
-            record["_line"] = number
-            records.append(record)
+    for number, record in _records(path, data[: data.rfind(b"\n") + 1]):
+        record["_line"] = number
+        records.append(record)
     if not records:
         raise DataError(f"{path}: no distilled records in this file")
     return records

@@ -7,14 +7,15 @@ import copy
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, decode_batch, supports_logits_to_keep
-from fslm.errors import ConfigError, InputError
-from fslm.models import LoadedModel, load_model
+from fslm.errors import ConfigError, InputError, ModelFileError
+from fslm.models import LoadedModel, check_adapter_folder, load_model
 
 
 class HFEngine:
@@ -72,12 +73,17 @@ class HFEngine:
                 return
             raise ConfigError(f"adapter name {name!r} is already loaded from {self._adapters[name]}")
         try:
+            check_adapter_folder(Path(path))  # safetensors only, sound header, JSON config: before PEFT reads it
+        except ModelFileError as err:
+            raise ConfigError(f"cannot load LoRA adapter {name!r}: {err}") from None
+        try:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
             else:
                 self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name, is_trainable=False)
-        except (ValueError, OSError, KeyError, RuntimeError) as err:
-            raise ConfigError(f"cannot load LoRA adapter {name!r} from {path}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - PEFT raises many types for a config it cannot apply to this model
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(f"cannot load LoRA adapter {name!r} from {path}: {type(err).__name__}: {first}") from None
         self.model.eval()
         self._adapters[name] = str(path)
 

@@ -13,13 +13,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import yaml
-
 from fslm.config import StackConfig, parse_stack_config
-from fslm.errors import FslmError
+from fslm.errors import ConfigError, FslmError
 from fslm.evaluate.store import write_json
 from fslm.experiment.spec import ExperimentSpec
 from fslm.experiment.variants import STACKS, is_variant, relative_yaml, stack_ref_path, system_stack
+from fslm.io import load_yaml
 from fslm.retrieve.index import MANIFEST
 from fslm.stack_cache import adapter_digest
 
@@ -64,7 +63,7 @@ def fingerprint(spec: ExperimentSpec, name: str, split: str | None, num_fewshot:
         if found is None:
             return None
         path, text = found
-        cfg = parse_stack_config(yaml.safe_load(text), str(path), path.resolve())
+        cfg = parse_stack_config(load_yaml(text, str(path), error=ConfigError), str(path), path.resolve())
         stack = _canonical(cfg, system.adapters)
     except (FslmError, OSError):
         return None  # a broken stack or a missing adapter or index: the job itself reports it

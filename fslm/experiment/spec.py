@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fslm.errors import ConfigError, FslmError
 from fslm.experiment.steps import FinetuneStep, PairsStep, TrainingStep
+from fslm.io import load_yaml, read_text
 
 MAX_SPEC_BYTES = 1 << 20
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # system and step names are folder names
@@ -363,19 +363,10 @@ def apply_overrides(data: object, overrides: Mapping[str, Any], where: str) -> o
 
 
 def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentSpec:
-    """Read and validate an experiment spec file (`yaml.safe_load`; at most MAX_SPEC_BYTES), with `overrides`
-    (dotted key -> value) applied first."""
+    """Read and validate an experiment spec file (at most MAX_SPEC_BYTES, parsed by fslm.io's bounded safe loader),
+    with `overrides` (dotted key -> value) applied first."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: experiment spec not found")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_SPEC_BYTES >> 20} MiB; an experiment spec is a few KiB")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
-        raise ConfigError(f"{path}:{at} malformed YAML: {getattr(err, 'problem', None) or err}") from None
+    data = load_yaml(read_text(path, limit=MAX_SPEC_BYTES, error=ConfigError), str(path), error=ConfigError)
     return parse_spec(apply_overrides(data, overrides or {}, str(path)), str(path), path.resolve())

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fslm.errors import DataError
+from fslm.io import JsonError, loads_json, read_text
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -58,8 +60,11 @@ class Checkpoint:
     folder: Path
 
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
-        _restore_optimizer(optimizer, load_file(self.folder / "optimizer.safetensors"), self.meta["param_groups"])
-        torch.set_rng_state(load_file(self.folder / "rng.safetensors")["torch"])
+        try:
+            _restore_optimizer(optimizer, load_file(self.folder / "optimizer.safetensors"), self.meta["param_groups"])
+            torch.set_rng_state(load_file(self.folder / "rng.safetensors")["torch"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+            raise DataError(_unreadable(self.folder.parent, err)) from None
 
 
 def save_checkpoint(
@@ -84,19 +89,37 @@ def save_checkpoint(
 
 
 def load_checkpoint(root: Path) -> Checkpoint | None:
+    """The newest complete checkpoint under `root`, or None. Checkpoints are written atomically, but a disk that
+    filled up or a hand edit can still damage one: every file is read here, and any damage is one DataError."""
     latest = root / "latest.json"
     if not latest.is_file():
         return None
     try:
-        pointer = json.loads(latest.read_text(encoding="utf-8"))
-        folder = root / pointer["folder"]
-        meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        pointer = _json_object(latest)
+        folder = root / Path(str(pointer["folder"])).name
+        meta = _json_object(folder / "state.json")
+        step = int(pointer["step"])
+        if not isinstance(meta.get("log"), list) or not isinstance(meta.get("param_groups"), list):
+            raise ValueError(f"{folder / 'state.json'} lacks its 'log' or 'param_groups' list")
         adapter = load_file(folder / "adapter.safetensors")
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(
-            f"{root}: unreadable checkpoint ({type(err).__name__}: {err}); delete {root} to restart this stage"
-        ) from None
-    return Checkpoint(int(pointer["step"]), meta, adapter, folder)
+    except (DataError, OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        raise DataError(_unreadable(root, err)) from None
+    return Checkpoint(step, meta, adapter, folder)
+
+
+def _unreadable(root: Path, err: BaseException) -> str:
+    return f"{root}: unreadable checkpoint ({type(err).__name__}: {err}); delete {root} to restart this stage"
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON object file fslm wrote (checkpoint state, done marker); anything else is a DataError naming it."""
+    try:
+        data = loads_json(read_text(path))
+    except JsonError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def mark_done(root: Path, meta: dict) -> None:
@@ -108,7 +131,12 @@ def mark_done(root: Path, meta: dict) -> None:
 
 
 def load_done(root: Path) -> dict | None:
+    """The done marker of a trained stage (its fingerprint and log entry), or None."""
     path = root / "done.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    done = _json_object(path)
+    entry = done.get("log_entry")
+    if "fingerprint" not in done or not isinstance(entry, dict) or not isinstance(entry.get("summary"), dict):
+        raise DataError(f"{path}: expected 'fingerprint' and a 'log_entry' with a 'summary'; delete it to retrain")
+    return done

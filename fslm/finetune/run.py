@@ -175,19 +175,17 @@ def finetune(
 
 def read_pairs(path: str | Path) -> list[dict]:
     """A pairs JSONL file ({id, context, continuation} per line); a malformed line is an error naming it."""
-    import json
+    from fslm.io import JsonError, lines, loads_json, read_text
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: pairs file not found (one JSON object per line: id, context, continuation)")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in lines(read_text(path)):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {number}: not valid JSON ({err.msg})") from None
+            row = loads_json(line)
+        except JsonError as err:
+            raise DataError(f"{path}: line {number}: not valid JSON ({err})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {number}: expected a JSON object with id, context, continuation")
         rows.append({**row, "_line": number})

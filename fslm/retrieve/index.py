@@ -20,6 +20,7 @@ from pathlib import Path
 from fslm.digest import file_sha256
 from fslm.errors import DataError, InputError
 from fslm.extras import require
+from fslm.io import JsonError, lines, loads_json, read_text
 from fslm.tasks import normalize_text
 
 MANIFEST = "manifest.json"
@@ -52,31 +53,28 @@ def read_passages(path: str | Path) -> list[Passage]:
         raise DataError(f"{path}: passage file not found")
     passages: list[Passage] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object with a 'text' field, got {type(obj).__name__}")
-            text = obj.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"{where}: field 'text' must be a non-empty string")
-            pid = obj.get("id", str(line_no))
-            if not isinstance(pid, (str, int)):
-                raise DataError(f"{where}: field 'id' must be a string or integer, got {type(pid).__name__}")
-            pid = str(pid)
-            if pid in seen:
-                raise DataError(f"{where}: duplicate id {pid!r}; passage ids must be unique")
-            seen.add(pid)
-            source = obj.get("source", "")
-            if not isinstance(source, str):
-                raise DataError(f"{where}: field 'source' must be a string")
-            passages.append(Passage(pid, text.strip(), source))
+    for line_no, line in lines(read_text(path)):
+        where = f"{path}:{line_no}"
+        try:
+            obj = loads_json(line)
+        except JsonError as err:
+            raise DataError(f"{where}: not valid JSON ({err})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object with a 'text' field, got {type(obj).__name__}")
+        text = obj.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: field 'text' must be a non-empty string")
+        pid = obj.get("id", str(line_no))
+        if not isinstance(pid, (str, int)):
+            raise DataError(f"{where}: field 'id' must be a string or integer, got {type(pid).__name__}")
+        pid = str(pid)
+        if pid in seen:
+            raise DataError(f"{where}: duplicate id {pid!r}; passage ids must be unique")
+        seen.add(pid)
+        source = obj.get("source", "")
+        if not isinstance(source, str):
+            raise DataError(f"{where}: field 'source' must be a string")
+        passages.append(Passage(pid, text.strip(), source))
     if not passages:
         raise DataError(f'{path}: no passages; expected JSONL lines like {{"text": "..."}}')
     return passages

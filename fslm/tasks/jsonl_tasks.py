@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fslm.errors import DataError
 from fslm.tasks.base import Item
-from fslm.tasks.readers import bad, field_of, iter_jsonl, read_lines, require_file
+from fslm.tasks.readers import bad, field_of, iter_jsonl, read_lines, require_file, short
 
 
 def _src(path: Path, data_dir: Path, lineno: int) -> str:
@@ -44,7 +44,7 @@ def load_arc_challenge(task: str, data_dir: Path, split: str) -> list[Item]:
             texts.append(ch["text"])
         key = field_of(rec, "answerKey", where)
         if len(texts) < 2 or key not in labels:
-            raise bad(where, f"answerKey among the choice labels {labels}", key)
+            raise bad(where, f"answerKey among the choice labels {short(labels)}", key)
         items.append(
             Item(
                 id=f"{task}/{field_of(rec, 'id', where)}",
@@ -162,7 +162,7 @@ def load_piqa(task: str, data_dir: Path, split: str) -> list[Item]:
                 task=task,
                 question=goal,
                 choices=sols,
-                gold=int(label),
+                gold=int(label.strip()),  # strip() drops \x1c-\x1f too; int() does not
                 context=f"Question: {goal}\nAnswer:",
                 continuations=tuple(" " + s for s in sols),
                 meta={"source": _src(path, data_dir, lineno)},

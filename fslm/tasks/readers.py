@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fslm.io as fslm_io
 from fslm.errors import DataError
 
 HINT = "set FSLM_DATA_DIR to the folder holding the benchmark files (see its README.md)"
@@ -30,23 +30,19 @@ def require_file(data_dir: Path, rel: str) -> Path:
 
 
 def bad(where: str, expected: str, got: object = None) -> DataError:
-    suffix = "" if got is None else f", got {_short(got)}"
+    suffix = "" if got is None else f", got {short(got)}"
     return DataError(f"{where}: malformed record: expected {expected}{suffix}")
 
 
-def _short(value: object, limit: int = 80) -> str:
+def short(value: object, limit: int = 80) -> str:
+    """A value as an error shows it: a 1 MB field is not repeated back in full."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from e
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+    """The file's text (size-capped, strict UTF-8, BOM dropped); see fslm.io."""
+    return fslm_io.read_text(path)
 
 
 def read_lines(path: Path) -> list[str]:
@@ -66,9 +62,9 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed record: expected one JSON object per line ({e.msg})") from e
+            record = fslm_io.loads_json(line)
+        except fslm_io.JsonError as e:
+            raise DataError(f"{path}:{lineno}: malformed record: expected one JSON object per line ({e})") from None
         if not isinstance(record, dict):
             raise bad(f"{path}:{lineno}", "a JSON object", type(record).__name__)
         yield lineno, record
