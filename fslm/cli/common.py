@@ -116,7 +116,9 @@ def _undecodable_argument(err: UnicodeEncodeError) -> str | None:
         if any(bad in str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None):
             name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
             shown = bad.encode("utf-8", "backslashreplace").decode()
-            return f"{name}: {shown} is an undecodable byte or lone surrogate, which cannot be written as text; pass UTF-8"
+            return (
+                f"{name}: {shown} is an undecodable byte or lone surrogate, which cannot be written as text; pass UTF-8"
+            )
     return None
 
 
@@ -178,7 +180,9 @@ def check_output(path: Path, what: str, *, folder: bool) -> None:
     if _surrogate(str(path)) is not None:
         raise InputError(f"{what} {path}: the name has undecodable bytes; use a UTF-8 name")
     if path.exists() and path.is_dir() != folder:
-        raise InputError(f"{what} {path}: expected a {'folder' if folder else 'file'}, found a {'file' if folder else 'folder'}")
+        raise InputError(
+            f"{what} {path}: expected a {'folder' if folder else 'file'}, found a {'file' if folder else 'folder'}"
+        )
     parent = path if path.exists() else path.parent
     while not parent.exists():
         parent = parent.parent
