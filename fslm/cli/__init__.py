@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import typer
 
 from fslm.cli.lazy import LazyGroup, Verb
+
+try:  # typer >= 0.26 parses with its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 # Listed in `fslm --help` in this order (commands, then command groups, as typer lists them).
 VERBS: dict[str, Verb] = {
@@ -64,7 +72,30 @@ VERBS: dict[str, Verb] = {
 
 
 class _FslmVerbs(LazyGroup):
+    """A bad flag value, a missing argument or an unknown verb or option is one `error:` line (exit 2), like every
+    other user error, rather than typer's usage box."""
+
     verbs = VERBS
+
+    def parse_args(self, ctx, args):
+        with _one_line_usage_errors():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise  # `fslm` or `fslm stack` alone: the help
+    except UsageError as err:
+        from fslm.cli.common import usage_error
+
+        usage_error(err)
 
 
 app = typer.Typer(

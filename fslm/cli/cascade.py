@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from fslm.cli.common import guarded, out, print_json, status
+from fslm.cli.common import check_model, check_output, check_stack, guarded, out, print_json, status
 
 
 class _RunByDefault(TyperGroup):
@@ -33,6 +33,14 @@ LARGE_RUN = typer.Option(..., "--large", help="Large system's `fslm eval` run fo
 SIGNALS = typer.Option(
     None, "--signals", help="Signals JSONL from `fslm cascade signals` (needed for --signal verify)."
 )
+
+
+def check_system(ref: str, what: str) -> None:
+    """A system reference as `System` reads it: a stack YAML (by its suffix) or a model reference; nothing loads."""
+    if ref.endswith((".yaml", ".yml")):
+        check_stack(ref)
+    else:
+        check_model(ref, what)
 
 
 def _points_table(title: str, rows: list[tuple[str, dict]]) -> Table:
@@ -65,10 +73,11 @@ def run_command(
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Answer with the small system; escalate low-confidence answers to the large one."""
-    from fslm.collaborate.cascade import Calibration, write_json
+    from fslm.collaborate.cascade import SIGNALS, Calibration, write_json
     from fslm.collaborate.live import System, cascade_items, cascade_prompts, write_jsonl
     from fslm.collaborate.runs import check_threshold
     from fslm.errors import InputError
+    from fslm.stack import check_prompt_text
 
     if calibration is not None:
         cal = Calibration.load(calibration)
@@ -76,17 +85,30 @@ def run_command(
     if threshold is None:
         raise InputError("give --threshold T (in [0, 1]) or --calibration FILE from `fslm cascade calibrate`")
     check_threshold(threshold)
+    if signal not in SIGNALS:
+        raise InputError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
+    if task and prompts:
+        raise InputError("give prompts or --task NAME, not both")
     if not task and not prompts:
         raise InputError("give one or more prompts, or --task NAME for multiple-choice items")
     if not task and signal != "verify":
         raise InputError("free-text prompts have no choice margin; use --signal verify (or --task for margin)")
+    if not task and out_dir is not None:
+        raise InputError("--out writes per-item results of a --task run; with prompts, use --json")
+    for prompt in prompts or []:
+        check_prompt_text(prompt)
+    if task:  # the items before the models: a wrong task name or split costs no load
+        from fslm.tasks import load_task
+
+        items = load_task(task, split=split, limit=limit)
+    check_system(small, "--small")
+    check_system(large, "--large")
+    if out_dir is not None:
+        check_output(out_dir, "--out", folder=True)
     with status("loading systems…", enabled=not json_output):
         small_sys = System(small, max_new_tokens=max_new_tokens)
         large_sys = System(large, max_new_tokens=max_new_tokens)
     if task:
-        from fslm.tasks import load_task
-
-        items = load_task(task, split=split, limit=limit)
         with status(f"cascading {len(items)} items…", enabled=not json_output):
             rows, summary = cascade_items(items, small_sys, large_sys, signal=signal, threshold=threshold)
         if out_dir is not None:
@@ -185,9 +207,11 @@ def signals_command(
 
     small_run = read_run(run)
     tasks = sorted({r["task"] for r in small_run.rows})
+    items = [it for t in tasks for it in load_task(t, split=split)]  # before the model: a bad split costs no load
+    check_model(model, "--model")
+    check_output(out_file, "--out", folder=False)
     with status(f"verifying {len(small_run.rows)} answers with {model}…"):
         engine = load_engine(model)
-        items = [it for t in tasks for it in load_task(t, split=split)]
         rows = verify_signal_rows(engine, items, small_run.rows)
     write_jsonl(out_file, rows)
     out.print(f"wrote {len(rows)} verification signals to {out_file}")

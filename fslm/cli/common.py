@@ -7,6 +7,7 @@ needs no torch or transformers, and raises an FslmError that `guarded` prints as
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import typer
+import typer.models
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
@@ -78,7 +79,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             print_error(str(err))
             raise typer.Exit(2) from None
         except UnicodeEncodeError as err:
-            message = _undecodable_argument(err)
+            message = _undecodable_argument(err, fn, kwargs)
             if message is None:  # not text the user typed: a bug, shown as one
                 raise
             print_error(message)
@@ -90,10 +91,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def usage_error(err: click.UsageError) -> None:
+def usage_error(err: Any) -> None:
     """A bad flag value, a missing argument, an unknown option or verb: one `error:` line and exit 2."""
     where = err.ctx.command_path if err.ctx is not None else "fslm"
-    print_error(f"{err.format_message()} (see `{where} --help`)")
+    print_error(f"{err.format_message().rstrip('.')}; see `{where} --help`")
     raise typer.Exit(2)
 
 
@@ -104,22 +105,29 @@ def _tolerant_stdout() -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
 
 
-def _undecodable_argument(err: UnicodeEncodeError) -> str | None:
+def _undecodable_argument(err: UnicodeEncodeError, fn: Callable[..., Any], kwargs: dict[str, Any]) -> str | None:
     """When the text that could not be encoded holds lone surrogates (a shell's undecodable bytes) that came from
     one of the command's arguments, say which; None when they did not come from the user."""
     bad = err.object[err.start : err.end] if isinstance(err.object, str) else ""
-    ctx = click.get_current_context(silent=True)
-    if not bad or not all("\ud800" <= ch <= "\udfff" for ch in bad) or ctx is None:
+    if not bad or _surrogate(bad) is None:
         return None
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name or "")
-        if any(bad in str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None):
-            name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+    for name, value in kwargs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(bad in str(v) for v in values if isinstance(v, (str, Path))):
             shown = bad.encode("utf-8", "backslashreplace").decode()
             return (
-                f"{name}: {shown} is an undecodable byte or lone surrogate, which cannot be written as text; pass UTF-8"
+                f"{_flag(fn, name)}: {shown} (an undecodable byte from the shell) cannot be written as text; use UTF-8"
             )
     return None
+
+
+def _flag(fn: Callable[..., Any], name: str) -> str:
+    """How a parameter of a verb function is spelled on the command line: --stack, or PROMPT for an argument."""
+    default = inspect.signature(fn).parameters[name].default
+    if isinstance(default, typer.models.ArgumentInfo):
+        return name.upper()
+    long = [d for d in getattr(default, "param_decls", None) or () if d.startswith("--")]
+    return long[0] if long else "--" + name.replace("_", "-")
 
 
 def _surrogate(text: str) -> int | None:
@@ -179,11 +187,22 @@ def check_output(path: Path, what: str, *, folder: bool) -> None:
     typo costs nothing rather than a finished run that cannot be saved. Nothing is created here."""
     if _surrogate(str(path)) is not None:
         raise InputError(f"{what} {path}: the name has undecodable bytes; use a UTF-8 name")
-    if path.exists() and path.is_dir() != folder:
-        raise InputError(
-            f"{what} {path}: expected a {'folder' if folder else 'file'}, found a {'file' if folder else 'folder'}"
-        )
-    parent = path if path.exists() else path.parent
+    try:
+        _check_writable(path, what, folder)
+    except OSError as err:  # e.g. a folder on the way that may not be looked into
+        raise InputError(f"{what} {path}: {err.strerror or err}") from None
+
+
+def _check_writable(path: Path, what: str, folder: bool) -> None:
+    if path.exists():
+        if path.is_dir() != folder:
+            raise InputError(
+                f"{what} {path}: is a {'file' if folder else 'folder'}, not a {'folder' if folder else 'file'}"
+            )
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            raise InputError(f"{what} {path}: no permission to write it")
+        return
+    parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():

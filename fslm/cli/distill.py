@@ -8,7 +8,6 @@ import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -17,9 +16,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from fslm.cli.common import console, out, print_json
+from fslm.cli.common import LazyProgress, check_model, check_output, console, out, print_json
 from fslm.config import load_default_stack_config, load_stack_config
 from fslm.distill import DistillOptions, DistillReport, distill
+from fslm.errors import InputError
 
 
 class RateColumn(ProgressColumn):
@@ -65,10 +65,10 @@ def distill_command(
     ),
     teacher_model: str | None = typer.Option(None, "--teacher-model", help="Model name served at --teacher-url."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="NAME of the env var that holds the API key."),
-    concurrency: int = typer.Option(4, "--concurrency", help="HTTP teacher: requests in flight."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="HTTP teacher: requests in flight."),
     timeout: float = typer.Option(60.0, "--timeout", help="HTTP teacher: seconds per request before a retry."),
-    limit: int | None = typer.Option(None, "--limit", "-n", help="Use the first N unique records."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Records per teacher batch (and per fsync)."),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Use the first N unique records."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Records per teacher batch (and per fsync)."),
     no_hints: bool = typer.Option(False, "--no-hints", help="Never show the teacher the gold output."),
     no_leak: str | None = typer.Option(
         None, "--no-leak", help="Comma-separated stages that must not contain the gold answer."
@@ -87,6 +87,22 @@ def distill_command(
     from fslm.teachers import make_teacher
 
     cfg = load_default_stack_config() if stack is None else load_stack_config(stack)
+    check_output(out_path, "--out", folder=False)
+    if timeout <= 0:
+        raise InputError(f"--timeout must be > 0 seconds, got {timeout}")
+    if teacher_url:  # an HTTP teacher loads nothing: build it now, so a bad URL or key fails before any work
+        http_teacher = make_teacher(
+            teacher,
+            url=teacher_url,
+            model=teacher_model,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            timeout=timeout,
+        )
+    elif teacher_model or api_key_env:
+        raise InputError("--teacher-model and --api-key-env go with --teacher-url (an HTTP teacher)")
+    else:
+        check_model(teacher or cfg.base_model, "--teacher" if teacher else f"{cfg.source_path or 'stack'}: base_model")
     options = DistillOptions(
         limit=limit,
         batch_size=batch_size,
@@ -97,18 +113,11 @@ def distill_command(
     )
 
     def load_teacher():  # called by distill() only after the data validated and if work is left
+        if teacher_url:
+            return http_teacher
         if not json_output:
             console.print("loading teacher…", style="dim")
-        return make_teacher(
-            teacher,
-            url=teacher_url,
-            model=teacher_model,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            timeout=timeout,
-            default_ref=cfg.base_model,
-            dtype=cfg.dtype,
-        )
+        return make_teacher(teacher, default_ref=cfg.base_model, dtype=cfg.dtype)
 
     columns = [
         TextColumn("[bold]distill"),
@@ -119,7 +128,7 @@ def distill_command(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, disable=json_output) as bar:
+    with LazyProgress(*columns, console=console, disable=json_output) as bar:  # shown once records are read
         task = bar.add_task("distill", total=None)
 
         def progress(done: int, total: int) -> None:

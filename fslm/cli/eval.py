@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fslm.cli.common import console, guarded, out, print_json, status
+from fslm.cli.common import check_model, check_output, check_stack, console, guarded, out, print_json, status
 from fslm.errors import InputError
 
 app = typer.Typer(
@@ -62,6 +62,17 @@ def _print_summary(data: dict) -> None:
     )
 
 
+def check_system(model: str | None, stack: str | None, *, adapters: bool, base: bool) -> None:
+    """The model reference, or the stack file and its base model, as far as they can be checked without a load;
+    which options fit which system is `load_system`'s to say (it does so before loading)."""
+    if model is not None and stack is not None:
+        raise InputError("give --model or --stack, not both")
+    if model is not None:
+        check_model(model, "--model")
+    elif stack is not None:
+        check_stack(None if stack == "default" else stack, adapters=adapters and not base)
+
+
 @app.callback()
 @guarded
 def eval_command(
@@ -75,7 +86,7 @@ def eval_command(
         None, "--limit", "-n", help="First N items per task (MMLU: subjects interleaved)."
     ),
     num_fewshot: int = typer.Option(
-        0, "--num-fewshot", "-k", help="Few-shot examples from the task's train/dev split."
+        0, "--num-fewshot", "-k", min=0, help="Few-shot examples from the task's train/dev split."
     ),
     split: str | None = typer.Option(None, "--split", help="Evaluate another split (e.g. validation, train, dev)."),
     out_dir: Path | None = typer.Option(
@@ -112,6 +123,10 @@ def eval_command(
     names = parse_tasks(tasks)
     for name in names:  # bad task names, data dirs and records fail before the slow model load
         select_items(name, limit, split)
+    check_system(model, stack, adapters=not no_adapters, base=base)
+    for path, what, folder in ((out_dir, "--out", True), (stage_cache, "--stage-cache", False)):
+        if path is not None:
+            check_output(path, what, folder=folder)
     with status("loading model…"):
         system = load_system(
             model=model,

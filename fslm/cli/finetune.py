@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fslm.cli.common import console, out, print_json
-from fslm.errors import InputError
-from fslm.finetune import ALL_PROJECTIONS, FinetuneReport, TrainOptions, finetune, finetune_pairs
+from fslm.cli.common import LazyProgress, check_file, check_output, check_stack, console, out, print_json
+from fslm.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from fslm.config import StackConfig
+    from fslm.finetune import FinetuneReport
+
+# fslm.finetune imports torch: it is imported only once the options below checked out.
+PROJECTIONS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # fslm.finetune.ALL_PROJECTIONS
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def render_report(report: FinetuneReport) -> None:
@@ -33,6 +41,20 @@ def render_report(report: FinetuneReport) -> None:
     out.print(f'run it: [bold]fslm run --stack {report.stack_path} "your question"[/]')
 
 
+def split_names(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+def check_stages(cfg: StackConfig, chosen: list[str] | None, pairs: bool) -> None:
+    """Stage names before torch and the model load (fslm.finetune says the same, later)."""
+    names = [s.name for s in cfg.stages]
+    unknown = [s for s in chosen or [] if s not in names]
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages of {cfg.name!r}: {names}")
+    if pairs and (not chosen or len(chosen) != 1):
+        raise InputError("--pairs trains one stage: name it with --stages (e.g. --stages answer)")
+
+
 def finetune_command(
     data: Path = typer.Option(..., "--data", help="Distilled JSONL written by `fslm distill`."),
     out_dir: Path = typer.Option(
@@ -40,22 +62,22 @@ def finetune_command(
     ),
     stack: Path | None = typer.Option(None, "--stack", "-s", help="Stack YAML to train (default: packaged stack)."),
     stages: str | None = typer.Option(None, "--stages", help="Comma-separated stages to train (default: all)."),
-    rank: int = typer.Option(16, "--rank", help="LoRA rank."),
-    alpha: int = typer.Option(32, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
-    targets: str = typer.Option(
-        ",".join(ALL_PROJECTIONS), "--targets", help="Comma-separated module names that get LoRA."
-    ),
+    rank: int = typer.Option(16, "--rank", min=1, help="LoRA rank."),
+    alpha: int = typer.Option(32, "--alpha", min=1, help="LoRA alpha (scale = alpha / rank)."),
+    targets: str = typer.Option(PROJECTIONS, "--targets", help="Comma-separated module names that get LoRA."),
     lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (linear warmup, linear decay)."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over each stage's examples."),
-    max_length: int = typer.Option(512, "--max-length", help="Longer examples are skipped (counted), never cut."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Examples per optimizer step."),
-    save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps."),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over each stage's examples."),
+    max_length: int = typer.Option(
+        512, "--max-length", min=8, help="Longer examples are skipped (counted), never cut."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Examples per optimizer step."),
+    save_every: int = typer.Option(50, "--save-every", min=1, help="Checkpoint every N steps."),
     seed: int = typer.Option(0, "--seed", help="Seed for LoRA init, data order and dropout."),
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 autocast where the CPU has native bf16) | bf16 | fp32."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="Torch threads (default: picked from the machine's load)."
+        None, "--threads", min=1, help="Torch threads (default: picked from the machine's load)."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     pairs: bool = typer.Option(
@@ -65,10 +87,24 @@ def finetune_command(
     ),
 ) -> None:
     """Fine-tune one LoRA adapter per stage on distilled data and write a runnable trained stack."""
+    if lr <= 0:
+        raise InputError(f"--lr must be > 0, got {lr}")
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r}: expected {', '.join(PRECISIONS)}")
+    if not split_names(targets):
+        raise InputError("--targets names no module; e.g. --targets q_proj,v_proj")
+    chosen = split_names(stages) or None
+    cfg = check_stack(stack, adapters=False)  # its adapters are what this trains
+    check_stages(cfg, chosen, pairs)
+    check_file(data, "pairs file" if pairs else "distilled file")
+    check_output(out_dir, "--out", folder=True)
+
+    from fslm.finetune import TrainOptions, finetune, finetune_pairs
+
     options = TrainOptions(
         rank=rank,
         alpha=alpha,
-        targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+        targets=tuple(split_names(targets)),
         lr=lr,
         epochs=epochs,
         max_length=max_length,
@@ -78,7 +114,6 @@ def finetune_command(
         precision=precision,
         threads=threads,
     )
-    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -88,7 +123,7 @@ def finetune_command(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, disable=json_output) as bar:
+    with LazyProgress(*columns, console=console, disable=json_output) as bar:  # shown from the first step
         tasks: dict[str, int] = {}
 
         def progress(stage: str, step: int, total: int, loss: float) -> None:
@@ -97,8 +132,7 @@ def finetune_command(
             bar.update(tasks[stage], completed=step, total=total, loss=f"{loss:.3f}")
 
         if pairs:
-            if not chosen or len(chosen) != 1:
-                raise InputError("--pairs trains one stage: name it with --stages (e.g. --stages answer)")
+            assert chosen is not None  # check_stages
             report = finetune_pairs(stack, chosen[0], data, out_dir, options, progress=progress)
         else:
             report = finetune(stack, data, out_dir, options, stages=chosen, progress=progress)

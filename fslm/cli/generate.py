@@ -6,8 +6,41 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from fslm.cli.common import out, print_json, status
+from fslm.cli.common import check_dtype, check_model, check_text, out, print_json, status
 from fslm.models import DEFAULT_MODEL
+
+
+def check_options(
+    prompt: str,
+    model: str,
+    draft: str | None,
+    amateur: str | None,
+    prompt_lookup: int | None,
+    draft_tokens: int | None,
+    alpha: float,
+    stop: list[str],
+    dtype: str,
+    helper_dtype: str | None,
+) -> None:
+    """Everything `generate` would only find out after loading a model (or importing torch)."""
+    from fslm.errors import InputError
+    from fslm.stack import check_prompt_text
+
+    check_prompt_text(prompt)
+    if sum(bool(x) for x in (draft, amateur, prompt_lookup)) > 1:
+        raise InputError("choose one of --draft, --prompt-lookup and --amateur")
+    if draft_tokens is not None and not (draft or prompt_lookup):
+        raise InputError("--draft-tokens applies to speculative decoding: add --draft MODEL or --prompt-lookup N")
+    if amateur and not 0.0 < alpha <= 1.0:
+        raise InputError(f"--alpha must be in (0, 1], got {alpha} (0.1 is the paper's default)")
+    for s in stop:
+        check_text(s, "--stop string", blank=True)
+    check_dtype(dtype)
+    if helper_dtype is not None:
+        check_dtype(helper_dtype, "--helper-dtype")
+    for ref, what in ((model, "--model"), (draft, "--draft"), (amateur, "--amateur")):
+        if ref:
+            check_model(ref, what)
 
 
 def generate_command(
@@ -42,10 +75,8 @@ def generate_command(
 ) -> None:
     """Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur."""
     from fslm.collaborate.generate import generate
-    from fslm.stack import check_prompt_text
 
-    check_prompt_text(prompt)  # before any model loads
-
+    check_options(prompt, model, draft, amateur, prompt_lookup, draft_tokens, alpha, stop, dtype, helper_dtype)
     with status("loading models and generating…", enabled=not json_output):
         result = generate(
             prompt,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fslm.cli.common import guarded, out, print_json, status
+from fslm.cli.common import check_output, check_text, guarded, out, print_json, status
 
 app = typer.Typer(no_args_is_help=True, help="Retrieval: build a passage corpus, index it (BM25), search it.")
 
@@ -37,6 +37,7 @@ def corpus_command(
     """Solved train/dev questions and Alpaca records as passages, minus every evaluation and held-out item."""
     from fslm.retrieve.corpus import write_corpus
 
+    check_output(out_path, "--out", folder=False)
     with status("reading tasks…", enabled=not json_output):
         stats = write_corpus(out_path, sources, alpaca_path=alpaca, heldout_keep=heldout_keep, eval_tail=eval_tail)
     if json_output:
@@ -59,6 +60,7 @@ def index_command(
     """Build a BM25 index (bm25s, English stopwords + Snowball stemmer) over a passage file."""
     from fslm.retrieve import index_passages
 
+    check_output(out_dir, "--out", folder=True)
     with status("indexing…"):
         retriever = index_passages(passages, out_dir)
     out.print(f"indexed {len(retriever.passages)} passages -> {out_dir}")
@@ -75,6 +77,8 @@ def search_command(
     """Print the k best passages for each query."""
     from fslm.retrieve import search
 
+    for query in queries:
+        check_text(query, "query")
     results = search(index_dir, queries, k)
     if json_output:
         print_json(

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fslm.cli.common import guarded, out, print_json, status
+from fslm.cli.common import check_output, guarded, out, print_json, status
 
 app = typer.Typer(
     no_args_is_help=True, help="Learned router: predict from the prompt whether the small system will be right."
@@ -28,7 +28,11 @@ def train_command(
 ) -> None:
     """Fit the router on per-item outcomes and choose its threshold on out-of-fold predictions."""
     from fslm.collaborate.route import train_runs
+    from fslm.errors import InputError
 
+    if c <= 0:  # before the prompts are embedded
+        raise InputError(f"--c must be > 0, got {c}")
+    check_output(out_dir, "--out", folder=True)
     with status("embedding prompts and fitting…", enabled=not json_output):
         router = train_runs(small, large, out_dir, target=target, c=c)
     if json_output:
@@ -56,6 +60,8 @@ def eval_command(
     """Router vs random routing at the same rate vs the calibrated cascade, on items the router never saw."""
     from fslm.collaborate.route import eval_runs
 
+    if out_dir is not None:
+        check_output(out_dir, "--out", folder=True)
     with status("embedding prompts…", enabled=not json_output):
         report = eval_runs(router, small, large, calibration=calibration, signals=signals, out_dir=out_dir)
     if json_output:
@@ -79,7 +85,10 @@ def predict_command(
 ) -> None:
     """Print P(small system right) and the routing decision for each prompt (no LM is run)."""
     from fslm.collaborate.route import Router, embed
+    from fslm.stack import check_prompt_text
 
+    for prompt in prompts:  # before the embedder loads
+        check_prompt_text(prompt)
     model = Router.load(router)
     probs = model.predict(embed(prompts).vectors)
     print_json(

@@ -8,7 +8,7 @@ import typer
 from rich.panel import Panel
 from rich.text import Text
 
-from fslm.cli.common import out, print_json, status
+from fslm.cli.common import check_stack, out, print_json, status
 from fslm.stack import Stack, StackResult, check_prompt_text
 
 
@@ -50,7 +50,8 @@ def run_command(
     no_adapters: bool = typer.Option(False, "--no-adapters", help="Run the stack prompt-only (its LoRA adapters off)."),
 ) -> None:
     """Answer PROMPT with a stack and print the answer and every stage's text."""
-    prompt = check_prompt_text(prompt)  # before the model loads: a bad prompt costs no load
+    prompt = check_prompt_text(prompt)  # before the model loads: a bad prompt or stack file costs no load
+    check_stack(stack, adapters=not no_adapters)
     with status("loading stack and model…", enabled=True):
         loaded = Stack.load(stack, adapters=not no_adapters)
     with status(f"running {len(loaded.config.stages)} stages…", enabled=not json_output):
