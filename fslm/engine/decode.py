@@ -83,6 +83,18 @@ class Decoded:
     reason: str  # "stop" (eos or a stop string) or "length"
 
 
+def render_chat_text(tokenizer, messages: Sequence[dict[str, str]]) -> str:
+    """The exact text a model sees for chat messages: its chat template, or for base models without one a plain
+    transcript it can continue. One function for every engine that uses a Hugging Face tokenizer."""
+    if not getattr(tokenizer, "chat_template", None):
+        parts = [
+            f"{m['content']}" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}"
+            for m in messages
+        ]
+        return "\n\n".join(parts) + "\n\nAssistant:"
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
 def supports_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
@@ -99,6 +111,25 @@ def _pick(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
         sorted_logits = sorted_logits.masked_fill(drop, -float("inf"))
         logits = torch.full_like(logits, -float("inf")).scatter(-1, order, sorted_logits)
     return torch.multinomial(logits.softmax(dim=-1), 1).squeeze(-1)
+
+
+def next_tokens(
+    logits: torch.Tensor,
+    params: GenerationParams,
+    seen: torch.Tensor | None,
+    generated: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """One decode step's choice for every live row: the prompt-only repetition penalty (where `seen` marks prompt
+    tokens), the generated-only n-gram ban, then greedy or seeded sampling. Shared by every engine's decode loop, so
+    their texts agree by construction. `logits` (live rows x vocab) is changed in place."""
+    if seen is not None:
+        logits[seen] = penalize(logits[seen], params.repetition_penalty)
+    if params.no_repeat_ngram_size:
+        for live, tokens in enumerate(generated):
+            banned = banned_ngram_tokens(tokens, params.no_repeat_ngram_size)
+            if banned:
+                logits[live, list(banned)] = -float("inf")
+    return _pick(logits, params)
 
 
 @torch.inference_mode()
@@ -154,14 +185,7 @@ def decode_batch(
     next_pos = positions[:, -1:] + 1
 
     for step in range(params.max_new_tokens):
-        if use_penalty:
-            logits[seen] = penalize(logits[seen], params.repetition_penalty)
-        if params.no_repeat_ngram_size:
-            for live, row in enumerate(rows):
-                banned = banned_ngram_tokens(generated[row], params.no_repeat_ngram_size)
-                if banned:
-                    logits[live, list(banned)] = -float("inf")
-        tokens = _pick(logits, params)
+        tokens = next_tokens(logits, params, seen if use_penalty else None, [generated[row] for row in rows])
         is_eos = torch.isin(tokens, eos).tolist()
         keep: list[int] = []
         for live, (row, token, ended) in enumerate(zip(rows, tokens.tolist(), is_eos)):

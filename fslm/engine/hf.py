@@ -13,7 +13,7 @@ import torch
 
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.decode import cut_at_stop, decode_batch, supports_logits_to_keep
+from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, supports_logits_to_keep
 from fslm.errors import ConfigError, InputError, ModelFileError
 from fslm.models import LoadedModel, check_adapter_folder, load_model
 
@@ -105,14 +105,7 @@ class HFEngine:
 
     # ---- text -----------------------------------------------------------------------------------------------------
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            # Base models: a plain transcript the model can continue.
-            parts = [
-                f"{m['content']}" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}"
-                for m in messages
-            ]
-            return "\n\n".join(parts) + "\n\nAssistant:"
-        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return render_chat_text(self.tokenizer, messages)
 
     def encode(self, text: str) -> list[int]:
         # Chat-rendered texts already carry their special tokens.

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.decode import _pick, banned_ngram_tokens, cut_at_stop, penalize
+from fslm.engine.decode import cut_at_stop, next_tokens, render_chat_text
 from fslm.errors import ConfigError, FslmError, InputError, ModelFileError
 
 INSTALL_HINT = "pip install 'fslm[fast]'"
@@ -554,13 +554,7 @@ class LlamaCppEngine:
 
     # ---- text -----------------------------------------------------------------------------------------------------
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            parts = [
-                f"{m['content']}" if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}"
-                for m in messages
-            ]
-            return "\n\n".join(parts) + "\n\nAssistant:"
-        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return render_chat_text(self.tokenizer, messages)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -727,14 +721,7 @@ class LlamaCppEngine:
         generated: list[list[int]] = [[] for _ in prompts]
         results: list[tuple[list[int], str] | None] = [None] * len(prompts)
         for step in range(params.max_new_tokens):
-            if use_penalty:
-                logits[seen] = penalize(logits[seen], params.repetition_penalty)
-            if params.no_repeat_ngram_size:
-                for live, row in enumerate(rows):
-                    banned = banned_ngram_tokens(generated[row], params.no_repeat_ngram_size)
-                    if banned:
-                        logits[live, list(banned)] = -float("inf")
-            picked = _pick(logits, params)
+            picked = next_tokens(logits, params, seen if use_penalty else None, [generated[row] for row in rows])
             is_eos = torch.isin(picked, eos).tolist()
             keep: list[int] = []
             for live, (row, token, ended) in enumerate(zip(rows, picked.tolist(), is_eos)):
