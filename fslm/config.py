@@ -119,6 +119,11 @@ class StackConfig(BaseModel):
     name: str = Field(..., min_length=1)
     base_model: str = Field("smollm2-135m", min_length=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    engine: Literal["hf", "llamacpp", "auto"] = Field(
+        "hf",
+        description="inference backend: hf (transformers + PEFT, the reference), llamacpp (llama.cpp on the GGUF "
+        "weights, `fslm[fast]`) or auto (llama.cpp where it can run, else hf). `--engine` on a command overrides it",
+    )
     chat_template: bool = Field(True, description="render stage inputs with the model's chat template")
     max_prompt_tokens: int = Field(2048, ge=1, description="longer user prompts are rejected, never silently cut")
     description: str = ""

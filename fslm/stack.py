@@ -183,13 +183,21 @@ class Stack:
                 engine.add_adapter(stage.name, str(path))
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, engine: Engine | None = None, adapters: bool = True) -> Stack:
-        """A stack from a YAML file (the packaged default when path is None); adapters=False runs it prompt-only."""
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        engine: Engine | None = None,
+        adapters: bool = True,
+        backend: str | None = None,
+    ) -> Stack:
+        """A stack from a YAML file (the packaged default when path is None); adapters=False runs it prompt-only.
+        backend: the inference backend for the base model (default: the stack's `engine:`)."""
         cfg = load_default_stack_config() if path is None else load_stack_config(path)
         if not adapters:
             cfg = cfg.without_adapters()
         check_adapters(cfg)  # before the (slow) model load
-        return cls(cfg, engine or load_engine(cfg.base_model, dtype=cfg.dtype))
+        return cls(cfg, engine or load_engine(cfg.base_model, dtype=cfg.dtype, backend=backend or cfg.engine))
 
     @property
     def stage_names(self) -> list[str]:
@@ -295,6 +303,8 @@ class Stack:
         return self.stage_input(len(self.config.stages) - 1, result.prompt, result.outputs)
 
 
-def run(prompt: str, stack: str | Path | None = None) -> StackResult:
+def run(
+    prompt: str, stack: str | Path | None = None, *, adapters: bool = True, backend: str | None = None
+) -> StackResult:
     """Python twin of `fslm run`."""
-    return Stack.load(stack).run(prompt)
+    return Stack.load(stack, adapters=adapters, backend=backend).run(prompt)

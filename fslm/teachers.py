@@ -49,12 +49,13 @@ class LocalTeacher:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.id = f"local:{engine.model_ref}"
+        kind = getattr(engine, "dtype", "")  # a non-reference engine's texts are its own: say which made them
+        self.id = f"local:{engine.model_ref}" + (f"@{kind}" if str(kind).startswith("llamacpp") else "")
         self._busy = False
 
     @classmethod
-    def load(cls, ref: str, *, dtype: str = "float32") -> LocalTeacher:
-        return cls(load_engine(ref, dtype=dtype))
+    def load(cls, ref: str, *, dtype: str = "float32", backend: str = "hf") -> LocalTeacher:
+        return cls(load_engine(ref, dtype=dtype, backend=backend))
 
     def generate(self, requests: Sequence[Messages], params: GenerationParams) -> list[TeacherReply]:
         apply_threads(busy=self._busy)  # re-checked per batch: other processes come and go
@@ -203,6 +204,7 @@ def make_teacher(
     default_ref: str = "smollm2-135m",
     dtype: str = "float32",
     engine: Engine | None = None,
+    backend: str = "hf",
 ) -> Teacher:
     """A teacher from command-line style options: an HTTP endpoint when `url` is given, else a local model."""
     if url:
@@ -213,4 +215,4 @@ def make_teacher(
         return HTTPTeacher(url, model, api_key=api_key_from_env(api_key_env), concurrency=concurrency, timeout=timeout)
     if engine is not None and (ref is None or ref == engine.model_ref):
         return LocalTeacher(engine)
-    return LocalTeacher.load(ref or default_ref, dtype=dtype)
+    return LocalTeacher.load(ref or default_ref, dtype=dtype, backend=backend)

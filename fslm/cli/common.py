@@ -164,6 +164,26 @@ def check_dtype(dtype: str, what: str = "--dtype") -> None:
         raise InputError(f"{what} {dtype!r}: expected float32 or bfloat16 (or float16)")
 
 
+ENGINE_HELP = "Inference engine: hf (transformers + PEFT, the reference), llamacpp (llama.cpp, fslm[fast]) or auto."
+
+
+def engine_option(default: str | None = None, help: str = ENGINE_HELP) -> Any:
+    """The one `--engine` option every model-running verb takes."""
+    return typer.Option(default, "--engine", "-e", help=help, show_default=default is not None)
+
+
+def check_engine(backend: str | None) -> None:
+    """A known backend, and its runtime installed (llamacpp: the `fast` extra); "auto" falls back by itself."""
+    if backend is None:
+        return
+    from fslm.engine import check_backend
+    from fslm.extras import require
+
+    check_backend(backend)
+    if backend == "llamacpp":
+        require("fast", "--engine llamacpp")
+
+
 def check_stack(path: Path | str | None, *, adapters: bool = True) -> StackConfig:
     """A stack file (the packaged default when None) as far as it can be checked without its model: schema,
     adapter and index folders (unless `adapters` is off), and a base model that resolves."""

@@ -16,7 +16,16 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from fslm.cli.common import LazyProgress, check_model, check_output, console, out, print_json
+from fslm.cli.common import (
+    LazyProgress,
+    check_engine,
+    check_model,
+    check_output,
+    console,
+    engine_option,
+    out,
+    print_json,
+)
 from fslm.config import load_default_stack_config, load_stack_config
 from fslm.distill import DistillOptions, DistillReport, distill
 from fslm.errors import InputError
@@ -82,6 +91,7 @@ def distill_command(
         help="Comma-separated stages to redistill (with --reuse), e.g. after editing their teacher_prompt.",
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    engine: str = engine_option("hf", help="Local teacher's inference engine: hf, llamacpp or auto."),
 ) -> None:
     """Have a teacher write every stage's target text for instruction data (resumable JSONL)."""
     from fslm.teachers import make_teacher
@@ -103,6 +113,11 @@ def distill_command(
         raise InputError("--teacher-model and --api-key-env go with --teacher-url (an HTTP teacher)")
     else:
         check_model(teacher or cfg.base_model, "--teacher" if teacher else f"{cfg.source_path or 'stack'}: base_model")
+    check_engine(engine)
+    if teacher_url and engine != "hf":
+        raise InputError(
+            "--engine picks a local teacher's engine; an HTTP teacher (--teacher-url) runs where it is served"
+        )
     options = DistillOptions(
         limit=limit,
         batch_size=batch_size,
@@ -117,7 +132,7 @@ def distill_command(
             return http_teacher
         if not json_output:
             console.print("loading teacher…", style="dim")
-        return make_teacher(teacher, default_ref=cfg.base_model, dtype=cfg.dtype)
+        return make_teacher(teacher, default_ref=cfg.base_model, dtype=cfg.dtype, backend=engine)
 
     columns = [
         TextColumn("[bold]distill"),

@@ -7,7 +7,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fslm.cli.common import check_model, check_output, check_stack, console, guarded, out, print_json, status
+from fslm.cli.common import (
+    check_engine,
+    check_model,
+    check_output,
+    check_stack,
+    console,
+    engine_option,
+    guarded,
+    out,
+    print_json,
+    status,
+)
 from fslm.errors import InputError
 
 app = typer.Typer(
@@ -62,15 +73,19 @@ def _print_summary(data: dict) -> None:
     )
 
 
-def check_system(model: str | None, stack: str | None, *, adapters: bool, base: bool) -> None:
-    """The model reference, or the stack file and its base model, as far as they can be checked without a load;
-    which options fit which system is `load_system`'s to say (it does so before loading)."""
+def check_system(
+    model: str | None, stack: str | None, *, adapters: bool, base: bool, engine: str | None = None
+) -> None:
+    """The model reference, or the stack file and its base model, and the engine, as far as they can be checked
+    without a load; which options fit which system is `load_system`'s to say (it does so before loading)."""
     if model is not None and stack is not None:
         raise InputError("give --model or --stack, not both")
     if model is not None:
         check_model(model, "--model")
+        check_engine(engine)
     elif stack is not None:
-        check_stack(None if stack == "default" else stack, adapters=adapters and not base)
+        cfg = check_stack(None if stack == "default" else stack, adapters=adapters and not base)
+        check_engine(engine or cfg.engine)
 
 
 @app.callback()
@@ -108,6 +123,9 @@ def eval_command(
         help="With --stack: 'stack' (the answer stage scores options in its chat format) or 'raw' (the base model scores lm-eval's raw context with the earlier texts in front) or 'raw-adapter' (the same raw contexts scored with the final stage's adapter: one trained on raw contexts).",
     ),
     json_output: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of a table."),
+    engine: str | None = engine_option(
+        help="Inference engine (default: the stack's `engine:`, or hf): hf, llamacpp or auto."
+    ),
 ) -> None:
     """Evaluate --model M or --stack S on benchmark tasks (acc, acc_norm, 95% CIs, costs)."""
     if ctx.invoked_subcommand is not None:
@@ -123,7 +141,7 @@ def eval_command(
     names = parse_tasks(tasks)
     for name in names:  # bad task names, data dirs and records fail before the slow model load
         select_items(name, limit, split)
-    check_system(model, stack, adapters=not no_adapters, base=base)
+    check_system(model, stack, adapters=not no_adapters, base=base, engine=engine)
     for path, what, folder in ((out_dir, "--out", True), (stage_cache, "--stage-cache", False)):
         if path is not None:
             check_output(path, what, folder=folder)
@@ -135,6 +153,7 @@ def eval_command(
             base=base,
             stage_cache=stage_cache,
             answer_format=answer_format,
+            backend=engine,
         )
     console.print(f"evaluating {system.name} on {', '.join(names)}" + (f" → {out_dir}" if out_dir else ""), style="dim")
     summary = evaluate(

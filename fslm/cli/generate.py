@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from fslm.cli.common import check_dtype, check_model, check_text, out, print_json, status
+from fslm.cli.common import check_dtype, check_engine, check_model, check_text, engine_option, out, print_json, status
 from fslm.models import DEFAULT_MODEL
 
 
@@ -72,11 +72,19 @@ def generate_command(
         False, "--compare", help="Also run plain greedy; report speedup and whether the texts are identical."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    engine: str = engine_option("hf", help="Inference engine of --model: hf, llamacpp or auto (helpers need hf)."),
 ) -> None:
     """Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur."""
     from fslm.collaborate.generate import generate
 
     check_options(prompt, model, draft, amateur, prompt_lookup, draft_tokens, alpha, stop, dtype, helper_dtype)
+    check_engine(engine)
+    if engine != "hf" and (draft or amateur or prompt_lookup):
+        from fslm.errors import InputError
+
+        raise InputError(
+            f"--engine {engine}: --draft, --prompt-lookup and --amateur run on transformers' logits (--engine hf)"
+        )
     with status("loading models and generating…", enabled=not json_output):
         result = generate(
             prompt,
@@ -92,6 +100,7 @@ def generate_command(
             draft_tokens=draft_tokens,
             raw=raw,
             compare=compare,
+            backend=engine,
         )
     if json_output:
         print_json(result.to_dict())

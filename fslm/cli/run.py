@@ -8,7 +8,7 @@ import typer
 from rich.panel import Panel
 from rich.text import Text
 
-from fslm.cli.common import check_stack, out, print_json, status
+from fslm.cli.common import check_engine, check_stack, engine_option, out, print_json, status
 from fslm.stack import Stack, StackResult, check_prompt_text
 
 
@@ -48,12 +48,14 @@ def run_command(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object {answer, trace} instead of panels."),
     show_inputs: bool = typer.Option(False, "--inputs", help="Also show the exact text each stage was given."),
     no_adapters: bool = typer.Option(False, "--no-adapters", help="Run the stack prompt-only (its LoRA adapters off)."),
+    engine: str | None = engine_option(help="Inference engine (default: the stack's `engine:`): hf, llamacpp or auto."),
 ) -> None:
     """Answer PROMPT with a stack and print the answer and every stage's text."""
     prompt = check_prompt_text(prompt)  # before the model loads: a bad prompt or stack file costs no load
-    check_stack(stack, adapters=not no_adapters)
+    cfg = check_stack(stack, adapters=not no_adapters)
+    check_engine(engine or cfg.engine)
     with status("loading stack and model…", enabled=True):
-        loaded = Stack.load(stack, adapters=not no_adapters)
+        loaded = Stack.load(stack, adapters=not no_adapters, backend=engine)
     with status(f"running {len(loaded.config.stages)} stages…", enabled=not json_output):
         result = loaded.run(prompt)
     if json_output:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from fslm.cli.common import console, status
+from fslm.cli.common import check_engine, check_stack, console, engine_option, status
 from fslm.errors import ConfigError
 
 
@@ -38,6 +38,7 @@ def serve_command(
         help="Append traces to SQLite under the cache dir (default: FSLM_LOG_TRACES).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    engine: str | None = engine_option(help="Inference engine (default: the stack's `engine:`): hf, llamacpp or auto."),
 ) -> None:
     """Serve a stack over HTTP: POST /v1/chat/completions (OpenAI format + fslm_trace), /metrics, viewer at /ui."""
     from fslm.serve import ServeSettings, serve
@@ -64,8 +65,10 @@ def serve_command(
         )
         raise ConfigError(f"invalid serve option: {problems}") from None
     key = " (API key required)" if settings.resolved_api_key() else ""  # a blank key fails here, before any load
+    cfg = check_stack(stack)  # a bad stack file or engine costs no model load
+    check_engine(engine or cfg.engine)
     with status("loading stack and model…"):
-        loaded = Stack.load(stack)
+        loaded = Stack.load(stack, backend=engine)
     console.print(
         f"serving stack [bold]{loaded.config.name}[/] on http://{host}:{port}/v1{key} · viewer http://{host}:{port}/ui",
         highlight=False,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from fslm.engine import Engine, GenerationParams, load_engine
+from fslm.engine import Engine, GenerationParams, check_backend, load_engine
 from fslm.errors import InputError
 from fslm.models import DEFAULT_MODEL
 
@@ -59,22 +59,32 @@ def generate(
     raw: bool = False,
     compare: bool = False,
     engines: dict[str, Engine] | None = None,
+    backend: str = "hf",
 ) -> GenerateResult:
     """Generate greedily with `model`; `draft`/`prompt_lookup` speed it up, `amateur` changes it (contrastive).
 
     compare=True also runs plain greedy decoding on the same input and records its text, speed and (for speculative
     decoding) whether the outputs are identical. `engines` maps references to already loaded engines (tests, reuse).
+    backend: the target's inference engine; drafts and amateurs work on transformers' logits, so they need "hf".
     """
     helpers = [x for x in (draft, amateur) if x] + (["prompt-lookup"] if prompt_lookup else [])
     if len(helpers) > 1:
         raise InputError("choose one of --draft, --prompt-lookup and --amateur")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_backend(backend)
+    if helpers and backend != "hf":
+        raise InputError(
+            f"--engine {backend}: --draft, --prompt-lookup and --amateur run on transformers' logits (--engine hf)"
+        )
     cache = dict(engines or {})
 
     def get(ref: str, kind: str) -> Engine:
         if ref not in cache:
-            cache[ref] = load_engine(ref, dtype=(helper_dtype or dtype) if kind == "helper" else dtype)
+            if kind == "helper":
+                cache[ref] = load_engine(ref, dtype=helper_dtype or dtype)
+            else:
+                cache[ref] = load_engine(ref, dtype=dtype, backend=backend)
         return cache[ref]
 
     target = get(model, "target")

@@ -81,6 +81,18 @@ class Engine(Protocol):
 
 
 BACKENDS = ("hf", "llamacpp", "auto")
+BACKEND_HELP = "hf (transformers + PEFT, the reference), llamacpp (llama.cpp on GGUF, needs fslm[fast]) or auto"
+
+
+def check_backend(backend: str) -> str:
+    """The backend name if `load_engine` knows it; FslmError (naming the choices) otherwise. Needs no import."""
+    from fslm.errors import InputError
+
+    if backend not in BACKENDS:
+        raise InputError(f"unknown engine {backend!r}; choose {', '.join(BACKENDS)}")
+    return backend
+
+
 _HF_OPTIONS = ("batch_size", "score_batch_tokens", "score_logits_bytes")
 
 
@@ -91,8 +103,7 @@ def load_engine(model_ref: str, *, dtype: str = "float32", backend: str = "hf", 
     "auto": llama.cpp where it can run this model, else HF, said once on stderr."""
     from fslm.errors import FslmError
 
-    if backend not in BACKENDS:
-        raise FslmError(f"unknown engine backend {backend!r}; available: {', '.join(BACKENDS)}")
+    check_backend(backend)
     if backend in ("llamacpp", "auto"):
         from fslm.engine.llamacpp import LlamaCppEngine
 
@@ -119,4 +130,14 @@ def _note_once(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-__all__ = ["Engine", "EngineStats", "Generation", "GenerationParams", "Score", "load_engine"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_HELP",
+    "Engine",
+    "EngineStats",
+    "Generation",
+    "GenerationParams",
+    "Score",
+    "check_backend",
+    "load_engine",
+]

@@ -334,10 +334,12 @@ def load_system(
     dtype: str | None = None,
     stage_cache: str | Path | None = None,
     answer_format: str = "stack",
+    backend: str | None = None,
 ) -> ModelSystem | StackSystem:
     """Build a system from CLI-style choices: --model M, or --stack S (the packaged default when S is
     "default"), optionally without its adapters, or its base model alone (`base=True`). `stage_cache`: a
-    `StageCache` file whose greedy stage outputs a stack reuses (and adds to)."""
+    `StageCache` file whose greedy stage outputs a stack reuses (and adds to). `backend`: the inference engine (default:
+    the stack's `engine:`, or hf for a model alone)."""
     if (model is None) == (stack is None):
         raise InputError("give exactly one of --model (a model reference) or --stack (a stack YAML, or 'default')")
     if stage_cache is not None and (model is not None or base):
@@ -350,16 +352,16 @@ def load_system(
     if model is not None:
         if not adapters or base:
             raise InputError("--no-adapters and --base apply to --stack only")
-        engine = load_engine(model, dtype=dtype or "float32")
+        engine = load_engine(model, dtype=dtype or "float32", backend=backend or "hf")
         return ModelSystem(engine, load_seconds=round(time.perf_counter() - t0, 2))
     path = default_stack_path() if str(stack) == "default" else Path(str(stack))
     cfg = load_stack_config(path)
     if base:
-        engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
+        engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype, backend=backend or cfg.engine)
         return ModelSystem(engine, name=f"model:{cfg.base_model}", load_seconds=round(time.perf_counter() - t0, 2))
     if not adapters:
         cfg = cfg.without_adapters()
-    engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype)
+    engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype, backend=backend or cfg.engine)
     cache = StageCache(stage_cache) if stage_cache is not None else None
     return StackSystem(
         Stack(cfg, engine, cache=cache),

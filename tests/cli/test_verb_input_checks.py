@@ -38,6 +38,9 @@ CASES = [
     # run
     (["run", "--stack", "{bad_model_stack}", "Hi"], "base_model: unknown model 'gpt-17'"),
     (["run", "--stack", "{stack}", "\udcff\udcfe"], "undecodable byte"),
+    (["run", "--stack", "{stack}", "--engine", "vllm", "Hi"], "unknown engine 'vllm'; choose hf, llamacpp, auto"),
+    (["run", "--stack", "{bad_engine_stack}", "Hi"], "engine: Input should be 'hf', 'llamacpp' or 'auto'"),
+    (["serve", "--stack", "{stack}", "--engine", "gpu"], "unknown engine 'gpu'"),
     # generate
     (["generate", "-m", "{model}", "-n", "0", "Hi"], "--max-new-tokens"),
     (["generate", "-m", "{model}", "-n", "-5", "Hi"], "--max-new-tokens"),
@@ -49,12 +52,16 @@ CASES = [
     (["generate", "-m", "{model}", "--draft-tokens", "3", "Hi"], "--draft-tokens applies"),
     (["generate", "-m", "{model}", "--stop", "", "Hi"], "--stop string is empty"),
     (["generate", "-m", "{model}", "--stop", "\udcff", "Hi"], "--stop string is not valid text"),
+    (["generate", "-m", "{model}", "--engine", "x", "Hi"], "unknown engine 'x'"),
+    (["generate", "-m", "{model}", "--engine", "auto", "--draft", "{model}", "Hi"], "--engine auto: --draft"),
     # eval
     (["eval", "--model", "gpt-17", "--tasks", "arc_easy"], "--model: " + MISSING_MODEL),
     (["eval", "--stack", "{missing}", "--tasks", "arc_easy"], "stack file not found"),
     (["eval", "--model", "{model}", "--stack", "{stack}", "--tasks", "arc_easy"], "not both"),
     (["eval", "--model", "{model}", "--tasks", "arc_easy", "-k", "-1"], "--num-fewshot"),
     (["eval", "--model", "{model}", "--tasks", "arc_easy", "--out", "{file}"], "is a file, not a folder"),
+    (["eval", "--model", "{model}", "--tasks", "arc_easy", "--engine", "x"], "unknown engine 'x'"),
+    (["eval", "--stack", "{stack}", "--tasks", "arc_easy", "--engine", "x"], "unknown engine 'x'"),
     # cascade
     (["cascade", " ", *CASCADE], "empty prompt"),
     (["cascade", "\udcff", *CASCADE], "undecodable byte"),
@@ -76,6 +83,8 @@ CASES = [
     ([*DISTILL, "--teacher-model", "m"], "go with --teacher-url"),
     ([*DISTILL, "--timeout", "0"], "--timeout must be > 0"),
     ([*DISTILL, "--limit", "0"], "--limit"),
+    ([*DISTILL, "--engine", "x"], "unknown engine 'x'"),
+    ([*DISTILL, "--teacher-url", "http://127.0.0.1:9/v1", "--teacher-model", "m", "--engine", "auto"], "HTTP teacher"),
     ([*DISTILL, "--out", "{file}/d.jsonl"], "is a file, not a folder"),
     # finetune: checked before fslm.finetune (and so torch) is imported
     ([*FINETUNE, "--data", "{missing}"], "distilled file not found"),
@@ -103,6 +112,7 @@ def outcomes(tiny_model_dir, tmp_path_factory) -> dict[str, dict]:
     stack = {"name": "tiny", "base_model": str(tiny_model_dir), "stages": [{"name": "answer", "instruction": "A."}]}
     (tmp / "stack.yaml").write_text(yaml.safe_dump(stack))
     (tmp / "bad_model.yaml").write_text(yaml.safe_dump({**stack, "base_model": "gpt-17"}))
+    (tmp / "bad_engine.yaml").write_text(yaml.safe_dump({**stack, "engine": "tpu"}))
     (tmp / "alpaca.json").write_text(json.dumps([{"instruction": "Two plus two?", "input": "", "output": "4"}]))
     (tmp / "distilled.jsonl").write_text(json.dumps({"id": "a", "prompt": "p", "targets": {"answer": "x"}}) + "\n")
     (tmp / "a-file").write_text("not a folder\n")
@@ -110,6 +120,7 @@ def outcomes(tiny_model_dir, tmp_path_factory) -> dict[str, dict]:
         "model": tiny_model_dir,
         "stack": tmp / "stack.yaml",
         "bad_model_stack": tmp / "bad_model.yaml",
+        "bad_engine_stack": tmp / "bad_engine.yaml",
         "missing": tmp / "missing.yaml",
         "file": tmp / "a-file",
         "data": tmp / "alpaca.json",

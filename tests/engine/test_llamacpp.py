@@ -293,7 +293,7 @@ def test_load_engine_picks_the_backend_by_name(tiny_model_dir):
     from fslm.errors import FslmError
 
     assert isinstance(load_engine(str(tiny_model_dir), backend="hf"), HFEngine)
-    with pytest.raises(FslmError, match="unknown engine backend 'vllm'; available: hf, llamacpp, auto"):
+    with pytest.raises(FslmError, match="unknown engine 'vllm'; choose hf, llamacpp, auto"):
         load_engine(str(tiny_model_dir), backend="vllm")
     auto = load_engine(str(tiny_model_dir), backend="auto")
     try:
@@ -302,3 +302,92 @@ def test_load_engine_picks_the_backend_by_name(tiny_model_dir):
         assert isinstance(auto, HFEngine)  # the runtime is missing: auto falls back to the reference engine
     else:
         assert type(auto).__name__ == "LlamaCppEngine"
+
+
+def _tiny_stack(tmp_path, tiny_model_dir, tiny_adapters, **extra):
+    import yaml
+
+    stages = [
+        {"name": "intent", "instruction": "Say what is asked.", "adapter": str(tiny_adapters["intent"])},
+        {
+            "name": "answer",
+            "instruction": "Answer.",
+            "sees": ["prompt", "intent"],
+            "adapter": str(tiny_adapters["answer"]),
+        },
+    ]
+    for stage in stages:
+        stage["generation"] = {"max_new_tokens": 6}
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "base_model": str(tiny_model_dir), "stages": stages, **extra}))
+    return path
+
+
+def test_a_stack_names_its_engine_and_a_command_overrides_it(tiny_model_dir, tiny_adapters, isolated_cache, tmp_path):
+    pytest.importorskip("llama_cpp")
+    from fslm.engine.hf import HFEngine
+    from fslm.engine.llamacpp import LlamaCppEngine
+    from fslm.stack import Stack
+
+    path = _tiny_stack(tmp_path, tiny_model_dir, tiny_adapters, engine="llamacpp")
+    fast = Stack.load(path)
+    assert isinstance(fast.engine, LlamaCppEngine) and sorted(fast.engine.adapters()) == ["answer", "intent"]
+    assert isinstance(Stack.load(path, backend="hf").engine, HFEngine)
+    hf_default = _tiny_stack(tmp_path, tiny_model_dir, tiny_adapters)  # no `engine:`: the reference engine
+    assert isinstance(Stack.load(hf_default).engine, HFEngine)
+    assert isinstance(Stack.load(hf_default, backend="llamacpp").engine, LlamaCppEngine)
+    result = fast.run("What is the capital of France?")
+    assert [r.stage for r in result.trace] == ["intent", "answer"] and result.trace[-1].tokens_out >= 1
+
+
+def test_every_verb_runs_on_the_engine_it_is_given(
+    tiny_model_dir, tiny_adapters, isolated_cache, tmp_path, monkeypatch
+):
+    """run, generate, eval and distill (local teacher) end to end with --engine llamacpp; their texts are the
+    llama.cpp engine's own (compared with a directly built engine), so the option really reached the load."""
+    pytest.importorskip("llama_cpp")
+    import json
+
+    from typer.testing import CliRunner
+
+    from fslm.cli import app
+    from fslm.engine.llamacpp import LlamaCppEngine
+
+    path = _tiny_stack(tmp_path, tiny_model_dir, tiny_adapters)
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", "--stack", str(path), "--engine", "llamacpp", "--json", "Two plus two"])
+    assert ran.exit_code == 0, ran.output
+    fast = LlamaCppEngine.from_ref(str(tiny_model_dir))
+    fast.add_adapter("intent", str(tiny_adapters["intent"]))
+    first = json.loads(ran.stdout)["trace"][0]
+    expected = fast.generate([first["input"]], GenerationParams(max_new_tokens=6), adapter="intent")[0].text
+    assert first["output"] == expected
+
+    gen = runner.invoke(app, ["generate", "-m", str(tiny_model_dir), "-e", "llamacpp", "-n", "5", "--json", "fox"])
+    assert gen.exit_code == 0, gen.output
+    text = fast.render_chat([{"role": "user", "content": "fox"}])
+    assert json.loads(gen.stdout)["text"] == fast.generate([text], GenerationParams(max_new_tokens=5))[0].text
+
+    data = tmp_path / "data" / "arc_easy"
+    data.mkdir(parents=True)
+    records = [{"query": f"Question: item {i}?", "choices": ["a spider", "a dog"], "gold": i % 2} for i in range(4)]
+    (data / "arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setenv("FSLM_DATA_DIR", str(tmp_path / "data"))
+    from fslm.settings import reset_settings
+
+    reset_settings()
+    for argv in (["--model", str(tiny_model_dir)], ["--stack", str(path)]):
+        ev = runner.invoke(app, ["eval", *argv, "--tasks", "arc_easy", "--engine", "llamacpp", "--json"])
+        assert ev.exit_code == 0, ev.output
+        assert json.loads(ev.stdout)["tasks"]["arc_easy"]["n"] == 4
+
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Two plus two?", "input": "", "output": "4"}]))
+    out = tmp_path / "distilled.jsonl"
+    argv = ["distill", "--stack", str(path), "--data", str(alpaca), "--out", str(out), "--engine", "llamacpp", "--json"]
+    dist = runner.invoke(app, argv)
+    assert dist.exit_code == 0, dist.output
+    record = json.loads(out.read_text().splitlines()[0])
+    assert (
+        set(record["targets"]) == {"intent", "answer"} and record["teacher"] == f"local:{tiny_model_dir}@llamacpp-q8_0"
+    )
