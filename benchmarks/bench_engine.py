@@ -157,33 +157,47 @@ def decode_rate(engine, prompts: list[str], new_tokens: int, repeats: int) -> di
     }
 
 
-def stack_latency(engine, question: str, repeats: int) -> dict:
-    """p50 seconds of the default stack on `question` and of the base model answering it alone (same engine)."""
+def stack_latency(engine, questions: list[str], repeats: int) -> dict:
+    """p50 seconds of the default stack and of the base model answering alone (same engine, the answer stage's
+    generation settings, no adapter), over several short questions: one question can mislead, e.g. when the base
+    model rambles to its token limit on it under one engine and answers in a line under the other."""
     from fslm.stack import Stack, generation_params
 
     stack = Stack.load(None, engine=engine)
     answer_params = generation_params(stack.config.stages[-1])
-    stack.run(question)  # warm-up
-    stack_s, base_s, answer = [], [], ""
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        answer = stack.run(question).answer
-        stack_s.append(time.perf_counter() - t0)
-    text = chat(engine, question)
-    engine.generate([text], answer_params)
-    base_answer = ""
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        base_answer = engine.generate([text], answer_params)[0].text
-        base_s.append(time.perf_counter() - t0)
+    stack_s, base_s, per_question = [], [], []
+    for question in questions:
+        stack.run(question)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            answer = stack.run(question).answer
+            runs.append(time.perf_counter() - t0)
+        text = chat(engine, question)
+        engine.generate([text], answer_params)
+        base_runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            base = engine.generate([text], answer_params)[0]
+            base_runs.append(time.perf_counter() - t0)
+        stack_s += runs
+        base_s += base_runs
+        per_question.append(
+            {
+                "question": question,
+                "stack_p50_seconds": statistics.median(runs),
+                "base_p50_seconds": statistics.median(base_runs),
+                "stack_answer": answer,
+                "base_answer": base.text,
+                "base_tokens_out": base.tokens_out,
+            }
+        )
     return {
+        "questions": len(questions),
         "stack_p50_seconds": statistics.median(stack_s),
         "base_p50_seconds": statistics.median(base_s),
         "stack_vs_base_latency": statistics.median(stack_s) / statistics.median(base_s),
-        "stack_runs": stack_s,
-        "base_runs": base_s,
-        "stack_answer": answer,
-        "base_answer": base_answer,
+        "per_question": per_question,
     }
 
 
@@ -309,6 +323,24 @@ def markdown(results: dict, summary: dict) -> str:
                 f"| {label}: stack p50 / base p50 | {lat['stack_p50_seconds']:.2f} s / {lat['base_p50_seconds']:.2f} s "
                 f"= {lat['stack_vs_base_latency']:.2f}x | |"
             )
+    stacks = [(label, results[key]["stack"]) for key, label in (("hf", "HF"), ("llamacpp", "llama.cpp"))]
+    stacks = [(label, lat) for label, lat in stacks if lat and "per_question" in lat]
+    if stacks:
+        lines += [
+            "",
+            f"Default stack vs base model alone, batch 1, per question (p50 of {results['repeats']} runs; base = the "
+            "answer stage's generation settings, no adapter; base tokens = its answer's length):",
+            "",
+            "| question | " + " | ".join(f"{label} stack s | {label} base s (tokens)" for label, _ in stacks) + " |",
+            "|---|" + "---|---|" * len(stacks),
+        ]
+        for i, q in enumerate(stacks[0][1]["per_question"]):
+            cells = [
+                f"{lat['per_question'][i]['stack_p50_seconds']:.2f} | {lat['per_question'][i]['base_p50_seconds']:.2f} "
+                f"({lat['per_question'][i]['base_tokens_out']})"
+                for _, lat in stacks
+            ]
+            lines.append(f"| {q['question']} | " + " | ".join(cells) + " |")
     tp = results.get("text_parity")
     if tp:
         lines += [
@@ -337,18 +369,21 @@ def markdown(results: dict, summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--weight-format", default="auto", help="llama.cpp weights: auto (the GGUF as shipped), q8_0, f32")
+    ap.add_argument("--weight-format", default="auto", help="llama.cpp weights: auto (the GGUF as shipped), q4_0, q4_k_m, q8_0, f16, f32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--question", default="What is the capital of France?")
+    ap.add_argument("--questions", type=int, default=8, help="short questions for the stack latency step")
     ap.add_argument("--parity-prompts", type=int, default=8)
     ap.add_argument("--parity-tasks", default="all", help="comma list for the accuracy parity ('none' to skip)")
     ap.add_argument("--parity-limit", type=int, default=100)
     ap.add_argument("--no-stack", action="store_true", help="skip the stack latency step")
     ap.add_argument("--no-hf-stack", action="store_true", help="time the stack on llama.cpp only")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes to check the script runs (not results)")
+    ap.add_argument(
+        "--stack-only", action="store_true", help="re-measure only the stack latency step of the results in --out"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -393,10 +428,18 @@ def main(argv: list[str] | None = None) -> int:
         for name, pkg in (("llama_cpp", "llama-cpp-python"), ("torch", "torch"), ("transformers", "transformers"))
     }
     prompts_b16 = (LONG_PROMPTS * ((args.batch + len(LONG_PROMPTS) - 1) // len(LONG_PROMPTS)))[: args.batch]
-    for key, engine, nbytes, fmt in (
-        ("hf", hf, weight_bytes_hf(hf), "fp32"),
-        ("llamacpp", fast, gguf_weight_bytes(fast.gguf_path), fast.weight_format),
-    ):
+    measured = (
+        ()
+        if args.stack_only
+        else (
+            ("hf", hf, weight_bytes_hf(hf), "fp32"),
+            ("llamacpp", fast, gguf_weight_bytes(fast.gguf_path), fast.weight_format),
+        )
+    )
+    if args.stack_only:
+        earlier = json.loads((args.out / "results.json").read_text())
+        results = {**earlier, "stack_remeasured": results["started"], "stack_cpu": facts}
+    for key, engine, nbytes, fmt in measured:
         print(f"{key}: decode batch 1 ...", flush=True)
         b1 = decode_rate(engine, LONG_PROMPTS[:1], args.new_tokens, args.repeats)
         print(f"{key}: decode batch {args.batch} ...", flush=True)
@@ -418,10 +461,11 @@ def main(argv: list[str] | None = None) -> int:
             if key == "hf" and args.no_hf_stack:
                 continue
             print(f"{key}: default stack latency ...", flush=True)
-            results[key]["stack"] = stack_latency(engine, args.question, args.repeats)
-    print("parity ...", flush=True)
-    results["text_parity"] = text_parity(fast, hf, args.parity_prompts, args.new_tokens)
-    if args.parity_tasks != "none":
+            results[key]["stack"] = stack_latency(engine, PARITY_PROMPTS[: args.questions], args.repeats)
+    if not args.stack_only:
+        print("parity ...", flush=True)
+        results["text_parity"] = text_parity(fast, hf, args.parity_prompts, args.new_tokens)
+    if args.parity_tasks != "none" and not args.stack_only:
         results["eval_parity"] = eval_parity(fast, hf, args.parity_tasks, args.parity_limit, args.out)
 
     ll = results["llamacpp"]
