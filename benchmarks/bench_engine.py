@@ -201,6 +201,29 @@ def stack_latency(engine, questions: list[str], repeats: int) -> dict:
     }
 
 
+def prefix_ab(engine, questions: list[str], repeats: int) -> dict:
+    """The default stack with stage-head reuse on and off on one engine, interleaved run by run (so drift in the
+    machine's speed hits both alike): p50 seconds each, their ratio, and whether the answers are the same."""
+    from fslm.stack import Stack
+
+    stack = Stack.load(None, engine=engine)
+    budget = engine.prefixes.budget_tokens
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    answers: dict[str, list[str]] = {"on": [], "off": []}
+    for question in questions:
+        stack.run(question)  # warm-up (and, with reuse on, seeds the heads)
+        for _ in range(repeats):
+            for mode in ("off", "on"):
+                engine.prefixes.budget_tokens = budget if mode == "on" else 0
+                t0 = time.perf_counter()
+                answers[mode].append(stack.run(question).answer)
+                times[mode].append(time.perf_counter() - t0)
+    engine.prefixes.budget_tokens = budget
+    on, off = statistics.median(times["on"]), statistics.median(times["off"])
+    same = sum(a == b for a, b in zip(answers["on"], answers["off"]))
+    return {"p50_on": on, "p50_off": off, "speedup": off / on, "same_answers": f"{same}/{len(answers['on'])}"}
+
+
 def text_parity(fast, ref, n_prompts: int, new_tokens: int) -> dict:
     from fslm.engine import GenerationParams
 
@@ -341,6 +364,13 @@ def markdown(results: dict, summary: dict) -> str:
                 for _, lat in stacks
             ]
             lines.append(f"| {q['question']} | " + " | ".join(cells) + " |")
+    for key, label in (("hf", "HF"), ("llamacpp", "llama.cpp")):
+        ab = results[key].get("prefix_ab")
+        if ab:
+            lines.append(
+                f"\n{label}, default stack with stage-head reuse off / on (interleaved): p50 {ab['p50_off']:.3f} s / "
+                f"{ab['p50_on']:.3f} s = {ab['speedup']:.2f}x; same answers {ab['same_answers']}."
+            )
     tp = results.get("text_parity")
     if tp:
         lines += [
@@ -369,7 +399,11 @@ def markdown(results: dict, summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--weight-format", default="auto", help="llama.cpp weights: auto (the GGUF as shipped), q4_0, q4_k_m, q8_0, f16, f32")
+    ap.add_argument(
+        "--weight-format",
+        default="auto",
+        help="llama.cpp weights: auto (the GGUF as shipped), q4_0, q4_k_m, q8_0, f16, f32",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
@@ -383,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes to check the script runs (not results)")
     ap.add_argument(
         "--stack-only", action="store_true", help="re-measure only the stack latency step of the results in --out"
+    )
+    ap.add_argument(
+        "--prefix-ab", action="store_true", help="with --stack-only: also time the stack with stage-head reuse off/on"
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine")
     args = ap.parse_args(argv)
@@ -462,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{key}: default stack latency ...", flush=True)
             results[key]["stack"] = stack_latency(engine, PARITY_PROMPTS[: args.questions], args.repeats)
+            if args.prefix_ab:
+                print(f"{key}: stage-head reuse off/on ...", flush=True)
+                results[key]["prefix_ab"] = prefix_ab(engine, PARITY_PROMPTS[: args.questions], args.repeats)
     if not args.stack_only:
         print("parity ...", flush=True)
         results["text_parity"] = text_parity(fast, hf, args.parity_prompts, args.new_tokens)

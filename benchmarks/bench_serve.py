@@ -225,7 +225,7 @@ def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
         str(args.queue_size),
         "--trace-history",
         "50",
-        "--no-persist-traces",
+        "--no-log",
         "--log-level",
         "warning",
     ]

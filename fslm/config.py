@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from fslm.errors import ConfigError, ModelFileError
 from fslm.io import load_yaml, read_text
 from fslm.models import check_adapter_folder
 from fslm.retrieve.index import MANIFEST
+from fslm.stages.blocks import GenerationConfig, RetrieveConfig, ScoreConfig, ToolConfig
+from fslm.stages.graph import CASES, find_cycle, run_cases, topological_order, waves
 
 MAX_STACK_BYTES = 1 << 20  # a real stack file is a few KiB; checked before parsing
 PROMPT = "prompt"
@@ -21,34 +23,15 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class GenerationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_new_tokens: int = Field(64, ge=1, le=4096)
-    temperature: float = Field(0.0, ge=0.0, le=5.0)  # 0 = greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
-    no_repeat_ngram_size: int = Field(
-        0, ge=0, le=64, description="ban repeating an n-gram of the generated text (0 = off)"
-    )
-
-
-class RetrieveConfig(BaseModel):
-    """A stage that reads passages instead of generating: its text is the k best BM25 hits for its input."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    index: str = Field(
-        ..., min_length=1, description="folder written by `fslm retrieve index`, relative to the stack file"
-    )
-    k: int = Field(3, ge=1, le=20, description="passages per query")
-    max_chars: int = Field(400, ge=20, le=4000, description="a longer passage is cut at a word and ends with ' …'")
+KINDS = ("retrieve", "score", "tool")  # the YAML blocks that make a stage something other than a generate stage
+# Fields added with the stage graph: left out of a dump while unset, so the digests of existing stacks (distillation
+# identity, experiment fingerprints, evaluation config hashes) stay what they were.
+GRAPH_FIELDS = ("score", "tool", "model", "when", "final")
 
 
 class StageConfig(BaseModel):
-    """One sub-step of answering: a small LM (optionally with its LoRA adapter), or a retriever (`retrieve`)."""
+    """One sub-step of answering: a small LM generating text (optionally with its LoRA adapter), or a retriever
+    (`retrieve`), an option scorer (`score`) or a calculator (`tool`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,7 +41,9 @@ class StageConfig(BaseModel):
         None,
         description="user message; {prompt} and {<earlier stage>} placeholders. Default: one labelled block per seen text",
     )
-    sees: list[str] = Field(default_factory=lambda: [PROMPT], description="'prompt' and/or names of earlier stages")
+    sees: list[str] = Field(
+        default_factory=lambda: [PROMPT], description="'prompt' and/or names of other stages (no cycles)"
+    )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     adapter: str | None = Field(None, description="PEFT LoRA adapter folder, relative to the stack file")
     label: str | None = Field(None, description="how later stages see this stage's text (default: its name, titled)")
@@ -73,6 +58,19 @@ class StageConfig(BaseModel):
         description="distillation only: longer targets (student tokens) are filtered as too_long. None: generation.max_new_tokens",
     )
     retrieve: RetrieveConfig | None = Field(None, description="make this a retrieval stage: no model, no adapter")
+    score: ScoreConfig | None = Field(None, description="make this a stage that picks one of the prompt's options")
+    tool: ToolConfig | None = Field(None, description="make this a tool stage (calculator): no model, no adapter")
+    model: str | None = Field(
+        None, min_length=1, description="model reference for this stage (default: the stack's base_model)"
+    )
+    when: Literal["has_options", "no_options"] | None = Field(
+        None, description="run only on prompts with (or without) options; otherwise the stage is skipped"
+    )
+    final: bool = Field(
+        False,
+        description="this stage's text may be the answer: the last final stage that ran gives it. No stage marked: "
+        "the stage that runs last (trace order) is the final one",
+    )
 
     @field_validator("name")
     @classmethod
@@ -82,17 +80,43 @@ class StageConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _model_or_retriever(self) -> StageConfig:
-        if self.retrieve is None:
+    def _one_kind_and_its_fields(self) -> StageConfig:
+        kinds = [k for k in KINDS if getattr(self, k) is not None]
+        if len(kinds) > 1:
+            raise ValueError(f"{', '.join(kinds)}: a stage has one kind; keep one of these blocks")
+        if self.kind == "generate" or (self.kind == "score" and self.score.format == "chat"):  # type: ignore[union-attr]
             if not self.instruction.strip():
                 raise ValueError(
-                    "instruction: required for a model stage (only a stage with 'retrieve' may leave it out)"
+                    "instruction: required for a model stage (its system message; only retrieve, tool and raw-format "
+                    "score stages may leave it out)"
                 )
-            return self
-        extra = [f for f in ("adapter", "teacher_prompt") if getattr(self, f) is not None]
+        banned = {
+            "retrieve": ("adapter", "teacher_prompt", "model"),
+            "tool": ("adapter", "teacher_prompt", "model"),
+            "score": ("teacher_prompt", "max_target_tokens"),
+        }.get(self.kind, ())
+        extra = [f for f in banned if getattr(self, f) is not None]
         if extra:
-            raise ValueError(f"{', '.join(extra)}: a retrieve stage runs no model; remove {' and '.join(extra)}")
+            runs = "runs no model" if self.kind != "score" else "generates nothing"
+            raise ValueError(f"{', '.join(extra)}: a {self.kind} stage {runs}; remove {' and '.join(extra)}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_graph_fields(self, handler):
+        data = handler(self)
+        for key in GRAPH_FIELDS:
+            if key in data and data[key] in (None, False):
+                del data[key]
+        return data
+
+    @property
+    def kind(self) -> str:
+        """generate | retrieve | score | tool"""
+        return next((k for k in KINDS if getattr(self, k) is not None), "generate")
+
+    @property
+    def runs_model(self) -> bool:
+        return self.kind in ("generate", "score")
 
     @property
     def is_retrieval(self) -> bool:
@@ -133,15 +157,17 @@ class StackConfig(BaseModel):
     source_path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
-    def _stages_see_only_the_past(self) -> StackConfig:
-        seen: set[str] = set()
+    def _stages_form_a_graph(self) -> StackConfig:
+        names = [s.name for s in self.stages]
         for i, stage in enumerate(self.stages):
-            if stage.name in seen:
+            if stage.name in names[:i]:
                 raise ValueError(f"stages.{i}.name: duplicate stage name {stage.name!r}")
+        for i, stage in enumerate(self.stages):
             for j, ref in enumerate(stage.sees):
-                if ref != PROMPT and ref not in seen:
+                if ref != PROMPT and ref not in names:
+                    shown = names if len(names) <= 20 else [*names[:20], "..."]
                     raise ValueError(
-                        f"stages.{i}.sees.{j}: {ref!r} is not 'prompt' or an EARLIER stage (earlier: {sorted(seen) or 'none'})"
+                        f"stages.{i}.sees.{j}: {_short(ref)} is not 'prompt' or a stage of this stack {shown}"
                     )
             if stage.template is not None:
                 for name in PLACEHOLDER.findall(stage.template):
@@ -149,14 +175,100 @@ class StackConfig(BaseModel):
                         raise ValueError(
                             f"stages.{i}.template: placeholder {{{name}}} is not in this stage's sees {stage.sees}"
                         )
-            seen.add(stage.name)
-        if self.stages[-1].is_retrieval:
-            raise ValueError(f"stages.{len(self.stages) - 1}.retrieve: the final (answer) stage must be a model stage")
+        sees = self.sees_map
+        cycle = find_cycle(sees)
+        if cycle is not None:
+            i = names.index(cycle[0])
+            raise ValueError(
+                f"stages.{i}.sees.{self.stages[i].sees.index(cycle[1])}: the stages see each other in a cycle "
+                f"({' -> '.join(cycle[:12])}{' -> ...' if len(cycle) > 12 else ''}); a stage can only read texts that "
+                "exist before it runs"
+            )
+        self._check_finals_and_conditions()
         return self
+
+    def _check_finals_and_conditions(self) -> None:
+        names = [s.name for s in self.stages]
+        last = self.stage(self.trace_order[-1])
+        if not any(s.final for s in self.stages) and last.kind not in ("generate", "score"):
+            raise ValueError(
+                f"stages.{names.index(last.name)}.{last.kind}: the final (answer) stage must be a model stage "
+                "(generate or score); or mark the answer stage(s) `final: true`"
+            )
+        for stage in self.final_stages:
+            if stage.kind not in ("generate", "score"):
+                raise ValueError(
+                    f"stages.{names.index(stage.name)}.final: a {stage.kind} stage cannot give the answer "
+                    "(only generate and score stages can)"
+                )
+        cases = self.run_cases()
+        for i, stage in enumerate(self.stages):
+            if stage.kind == "score" and "has_options" not in cases[stage.name]:
+                why = "when: no_options" if stage.when == "no_options" else "it sees a stage that runs only then"
+                raise ValueError(
+                    f"stages.{i}.{'when' if stage.when == 'no_options' else 'sees'}: score stage {stage.name!r} picks among the "
+                    f"prompt's options but runs only on prompts without options ({why}); it could never run"
+                )
+        for case in CASES:
+            if not any(case in cases[s.name] for s in self.final_stages):
+                finals = [s.name for s in self.final_stages]
+                kind = "with options" if case == "has_options" else "without options"
+                raise ValueError(
+                    f"stages: no final stage runs on prompts {kind} (final: {finals}, and their `when:` or the "
+                    "stages they see exclude those prompts); add a final stage for them or drop a `when:`"
+                )
+
+    @property
+    def sees_map(self) -> dict[str, list[str]]:
+        return {s.name: [r for r in s.sees if r != PROMPT] for s in self.stages}
+
+    @property
+    def trace_order(self) -> list[str]:
+        """The order stages appear in a trace: the list order when every stage sees only stages listed before it,
+        else the stable topological order."""
+        return topological_order([s.name for s in self.stages], self.sees_map)
+
+    def waves(self) -> list[list[str]]:
+        """Stages grouped by when they can run: each wave needs only the prompt and earlier waves' texts."""
+        return waves(self.trace_order, self.sees_map)
+
+    def run_cases(self) -> dict[str, frozenset[str]]:
+        """Per stage, the prompts it runs on ('has_options', 'no_options'), given `when:` and what it sees."""
+        return run_cases(self.trace_order, self.sees_map, {s.name: s.when for s in self.stages})
+
+    def stage(self, name: str) -> StageConfig:
+        return next(s for s in self.stages if s.name == name)
+
+    def index_of(self, name: str) -> int:
+        return [s.name for s in self.stages].index(name)
+
+    @property
+    def final_stages(self) -> list[StageConfig]:
+        """The stages whose text may be the answer (list order): those marked `final`, else the stage that runs last
+        (the last in trace order: the last of the list when every stage sees only stages listed before it)."""
+        marked = [s for s in self.stages if s.final]
+        return marked or [self.stage(self.trace_order[-1])]
 
     @property
     def answer_stage(self) -> StageConfig:
-        return self.stages[-1]
+        """The answer stage of a stack with one final stage; with several, the last in trace order (the one that
+        answers when all run)."""
+        finals = {s.name for s in self.final_stages}
+        return self.stage([n for n in self.trace_order if n in finals][-1])
+
+    def answer_stage_for(self, case: str) -> StageConfig:
+        """The stage that answers prompts with options (case 'has_options') or without ('no_options'): the last final
+        stage in trace order that runs on them (the validator makes sure there is one)."""
+        cases, finals = self.run_cases(), {s.name for s in self.final_stages}
+        return self.stage([n for n in self.trace_order if n in finals and case in cases[n]][-1])
+
+    def stage_model(self, stage: StageConfig) -> str:
+        return stage.model or self.base_model
+
+    @property
+    def models(self) -> list[str]:
+        """Every model the stack runs, the base model first, each once."""
+        return list(dict.fromkeys([self.base_model] + [self.stage_model(s) for s in self.stages if s.runs_model]))
 
     def adapter_path(self, stage: StageConfig) -> Path | None:
         if stage.adapter is None:
@@ -176,11 +288,12 @@ class StackConfig(BaseModel):
         return path
 
     def unread_stages(self) -> list[str]:
-        """Intermediate stages whose text no later stage `sees` (a template may only name what its stage sees): they
+        """Non-final stages whose text no stage `sees` (a template may only name what its stage sees): they
         cost generation and show up in the trace, but cannot change the answer. Often meant (a readable
         restatement), sometimes a leftover of removing the stage that read them."""
         read = {name for s in self.stages for name in s.sees}
-        return [s.name for s in self.stages[:-1] if s.name not in read]
+        finals = {s.name for s in self.final_stages}
+        return [s.name for s in self.stages if s.name not in read and s.name not in finals]
 
     def without_adapters(self) -> StackConfig:
         """The same stack prompt-only: what the trained adapters add is measured against this."""
@@ -241,6 +354,30 @@ def load_stack_config(path: str | Path) -> StackConfig:
     return parse_stack_config(data, str(path), path.resolve())
 
 
+def check_chain(cfg: StackConfig, verb: str) -> None:
+    """Distillation and fine-tuning build each stage's text from the stages listed before it, and teach generate
+    stages (retrieve stages have nothing to learn). A stack that needs more (a score or tool stage, a stage that reads
+    a later one, a stage on its own model or under a condition) is refused here by name rather than trained wrong."""
+    where = cfg.source_path or cfg.name
+    earlier: set[str] = set()
+    for i, stage in enumerate(cfg.stages):
+        if stage.kind not in ("generate", "retrieve"):
+            raise ConfigError(
+                f"{where}: stages.{i} ({stage.name}) is a {stage.kind} stage: {verb} handles generate and retrieve "
+                f"stages only (a score stage's adapter is trained on option pairs: `fslm finetune --pairs`)"
+            )
+        for field in ("model", "when"):
+            if getattr(stage, field) is not None:
+                raise ConfigError(f"{where}: stages.{i}.{field}: {verb} runs every stage on the base model, always")
+        later = [ref for ref in stage.sees if ref != PROMPT and ref not in earlier]
+        if later:
+            raise ConfigError(
+                f"{where}: stages.{i}.sees: {stage.name!r} reads {later}, listed after it; {verb} needs every stage "
+                "to read only stages listed before it"
+            )
+        earlier.add(stage.name)
+
+
 def check_adapters(cfg: StackConfig) -> None:
     """Fail early, naming the stage, when an adapter or retrieval index folder is missing or incomplete."""
     for i, stage in enumerate(cfg.stages):
@@ -268,9 +405,25 @@ def load_default_stack_config() -> StackConfig:
     return load_stack_config(default_stack_path())
 
 
+def check_models(cfg: StackConfig) -> None:
+    """Every stage `model:` names a model on this machine (or the hub); nothing is loaded."""
+    from fslm.errors import FslmError
+    from fslm.models import resolve
+
+    for i, stage in enumerate(cfg.stages):
+        if stage.model is None or stage.model == cfg.base_model:
+            continue
+        try:
+            resolve(stage.model)
+        except FslmError as err:
+            raise ConfigError(f"{cfg.source_path or '<config>'}: stages.{i}.model: {err}") from None
+
+
 def validate_stack(path: str | Path) -> StackConfig:
-    """Python twin of `fslm stack validate`: schema, references, templates and adapter folders."""
+    """Python twin of `fslm stack validate`: schema, the stage graph (references, cycles, conditions), templates,
+    stage models, adapter and index folders."""
     cfg = load_stack_config(path)
+    check_models(cfg)
     check_adapters(cfg)
     return cfg
 
@@ -285,10 +438,8 @@ def without_stage(cfg: StackConfig, name: str) -> StackConfig:
     names = [s.name for s in cfg.stages]
     if name not in names:
         raise ConfigError(f"stack {cfg.name!r} has no stage {name!r}; stages: {names}")
-    if name == names[-1]:
-        raise ConfigError(
-            f"stage {name!r} is the final (answer) stage of {cfg.name!r}; only earlier stages can be removed"
-        )
+    if name in {s.name for s in cfg.final_stages}:
+        raise ConfigError(f"stage {name!r} is a final (answer) stage of {cfg.name!r}; only other stages can be removed")
     stages = []
     for i, stage in enumerate(cfg.stages):
         if stage.name == name:

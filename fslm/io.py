@@ -109,6 +109,21 @@ def loads_json(text: str, **kwargs: Any) -> Any:
     return _checked(text, lambda: json.loads(text, **kwargs), walk=_may_need_walk(text))
 
 
+def read_json_object(
+    path: str | Path, *, limit: int = MAX_DATA_BYTES, error: type[FslmError] = DataError
+) -> dict[str, Any]:
+    """A file holding one JSON object (a run's summary, a saved calibration, a config); a truncated or garbled file,
+    or any other JSON value, is `error` naming the file (and the line and column of bad syntax)."""
+    text = read_text(path, limit=limit, error=error)
+    try:
+        data = loads_json(text)
+    except JsonError as err:
+        raise error(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def decode_json_at(decoder: json.JSONDecoder, text: str, pos: int) -> tuple[Any, int]:
     """`decoder.raw_decode(text, pos)` (one value of a larger document), failing like `loads_json`. The value is
     always walked: scanning the whole document for escapes once per value would be quadratic."""

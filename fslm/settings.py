@@ -20,8 +20,15 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "fslm")
     data_dir: Path = Field(default_factory=_default_data_dir)
     threads: int = 0  # 0 = leave torch's default
-    log_traces: bool = False
+    # The run log (fslm/logs, `fslm logs`): every `fslm run`, `fslm generate` and `fslm serve` request. FSLM_LOG=0
+    # turns it off; FSLM_LOG_DB moves it (default <cache_dir>/logs.db); texts longer than FSLM_LOG_MAX_CHARS are
+    # stored cut, with a marker (docs/logs.md says why).
+    log: bool = True
     log_db: Path | None = None
+    log_max_chars: int = Field(100_000, ge=1_000)
+    # Deprecated: the server once kept its traces in a file of their own only when this was true; it now writes to
+    # the run log, and FSLM_LOG_TRACES=0 still keeps it from doing so.
+    log_traces: bool | None = None
     # FSLM_API_KEY: bearer key `fslm serve` requires. Unset = open; set but blank = `fslm serve` refuses to start
     # (exit 2): someone meant to require a key, and an empty one would let `Authorization: Bearer ` through.
     api_key: str | None = None
@@ -32,6 +39,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.cache_dir / "models"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_db or self.cache_dir / "logs.db"
 
 
 @lru_cache(maxsize=1)

@@ -1,112 +1,45 @@
-"""A stack: small LM stages (and retrieve stages, which hand on BM25 passages) that pass plain text to each other,
-each answer with its full trace.
+"""A stack: a graph of stages that pass plain text to each other, each answer with its full trace.
 
-`stage_messages` is THE function that decides what a stage sees. `Stack.run`, distillation and fine-tuning all call
-it, so a stage is trained on exactly the text it receives at inference.
+Stage kinds: generate (a small LM, optionally with its LoRA adapter), retrieve (BM25 passages), score (pick one of
+the prompt's options by log-likelihood) and tool (a calculator). A stage runs as soon as the texts it `sees` exist:
+stages run wave by wave, and every model stage of a wave is one batched engine call over all prompts. The trace
+keeps a readable order (`StackConfig.trace_order`). `stage_messages` (fslm/stages/inputs.py) is THE function that
+decides what a stage sees: run, distillation and fine-tuning all call it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from fslm.config import (
-    PLACEHOLDER,
-    PROMPT,
-    StackConfig,
-    StageConfig,
-    check_adapters,
-    load_default_stack_config,
-    load_stack_config,
-)
+from fslm.config import StackConfig, StageConfig, check_adapters, load_default_stack_config, load_stack_config
 from fslm.engine import Engine, Generation, GenerationParams, load_engine
 from fslm.errors import InputError
-from fslm.retrieve import Hit, Retriever
 from fslm.stack_cache import StageCache, cacheable
+from fslm.stages.inputs import raw_text, stage_labels, stage_messages, stage_user_text
+from fslm.stages.records import StackResult, StageRecord, skipped_record
+from fslm.stages.retrieve import NO_PASSAGE, clip, load_retrievers, passages_text, retrieve_records
+from fslm.stages.score import Choices, choices_from_prompt, notes_text, score_contexts, score_records
+from fslm.stages.tool import calculator
 
-NO_PASSAGE = "(no related passage found)"
-
-
-@dataclass(frozen=True)
-class StageRecord:
-    stage: str
-    input: str  # the exact text the model was given (chat template applied)
-    output: str
-    tokens_in: int
-    tokens_out: int
-    seconds: float
-    adapter: str | None = None
-    finish_reason: str = "stop"  # "retrieved" for a retrieve stage
-    retrieved: tuple[str, ...] = ()  # a retrieve stage's passage ids, best first
-
-
-@dataclass
-class StackResult:
-    prompt: str
-    answer: str
-    trace: list[StageRecord] = field(default_factory=list)
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {r.stage: r.output for r in self.trace}
-
-    def to_dict(self) -> dict:
-        return {
-            "prompt": self.prompt,
-            "answer": self.answer,
-            "trace": [asdict(r) for r in self.trace],
-            "tokens_in": sum(r.tokens_in for r in self.trace),
-            "tokens_out": sum(r.tokens_out for r in self.trace),
-            "seconds": round(sum(r.seconds for r in self.trace), 4),
-        }
-
-
-def stage_user_text(stage: StageConfig, prompt: str, outputs: Mapping[str, str], labels: Mapping[str, str]) -> str:
-    """The user message of a stage: its template filled, or one labelled block per text it sees."""
-    values = {PROMPT: prompt, **outputs}
-    missing = [name for name in stage.sees if name not in values]
-    if missing:
-        raise KeyError(f"stage {stage.name!r} needs the output of {missing} first")
-    if stage.template is not None:
-        # Substitute by regex, not str.format: user text may contain braces.
-        return PLACEHOLDER.sub(lambda m: values[m.group(1)], stage.template)
-    blocks = []
-    for name in stage.sees:
-        label = "Question" if name == PROMPT else labels.get(name, name)
-        blocks.append(f"{label}: {values[name]}")
-    return "\n\n".join(blocks)
-
-
-def stage_messages(cfg: StackConfig, index: int, prompt: str, outputs: Mapping[str, str]) -> list[dict[str, str]]:
-    stage = cfg.stages[index]
-    labels = {s.name: s.display_label for s in cfg.stages}
-    return [
-        {"role": "system", "content": stage.instruction},
-        {"role": "user", "content": stage_user_text(stage, prompt, outputs, labels)},
-    ]
-
-
-def _raw_text(messages: Sequence[Mapping[str, str]]) -> str:
-    return "\n\n".join(m["content"] for m in messages)
-
-
-def clip(text: str, max_chars: int) -> str:
-    """`text` cut at the last word boundary within `max_chars`, marked with ' …' (never a silent cut)."""
-    text = " ".join(text.split())
-    if len(text) <= max_chars:
-        return text
-    head = text[: max_chars - 2].rsplit(" ", 1)[0] or text[: max_chars - 2]
-    return head + " …"
-
-
-def passages_text(hits: Sequence[Hit], max_chars: int) -> str:
-    """What a retrieve stage hands on: numbered passages, best first."""
-    if not hits:
-        return NO_PASSAGE
-    return "\n".join(f"[{h.rank}] {clip(h.passage.text, max_chars)}" for h in hits)
+__all__ = [
+    "NO_PASSAGE",
+    "Choices",
+    "Stack",
+    "StackResult",
+    "StageRecord",
+    "check_prompt_text",
+    "clip",
+    "generation_params",
+    "load_retrievers",
+    "passages_text",
+    "retrieve_records",
+    "run",
+    "stage_messages",
+    "stage_user_text",
+]
 
 
 def generation_params(stage: StageConfig) -> GenerationParams:
@@ -114,43 +47,6 @@ def generation_params(stage: StageConfig) -> GenerationParams:
     return GenerationParams(
         g.max_new_tokens, g.temperature, g.top_p, g.repetition_penalty, tuple(g.stop), g.seed, g.no_repeat_ngram_size
     )
-
-
-def retrieve_records(
-    cfg: StackConfig,
-    stage: StageConfig,
-    retriever: Retriever,
-    inputs: Sequence[tuple[str, Mapping[str, str]]],
-    avoid: Sequence[str] | None = None,
-    overlap_with: Sequence[str] | None = None,
-) -> list[StageRecord]:
-    """A retrieve stage over (prompt, earlier texts) pairs: its query is the user text it sees (no chat template),
-    its text the passages found. Distillation calls this too (with `avoid` = each record's own prompt, so a
-    training record never reads its own answer), and later stages train on the passages they will read."""
-    assert stage.retrieve is not None
-    labels = {s.name: s.display_label for s in cfg.stages}
-    queries = [stage_user_text(stage, prompt, outputs, labels) for prompt, outputs in inputs]
-    t0 = time.perf_counter()
-    found = retriever.search(queries, k=stage.retrieve.k, avoid=avoid, overlap_with=overlap_with)
-    seconds = round((time.perf_counter() - t0) / max(1, len(queries)), 4)
-    return [
-        StageRecord(
-            stage.name,
-            query,
-            passages_text(hits, stage.retrieve.max_chars),
-            0,
-            0,
-            seconds,
-            None,
-            "retrieved",
-            tuple(h.passage.id for h in hits),
-        )
-        for query, hits in zip(queries, found, strict=True)
-    ]
-
-
-def load_retrievers(cfg: StackConfig) -> dict[str, Retriever]:
-    return {s.name: Retriever.load(cfg.index_path(s)) for s in cfg.stages if s.is_retrieval}  # type: ignore[arg-type]
 
 
 def check_prompt_text(prompt: object) -> str:
@@ -168,19 +64,45 @@ def check_prompt_text(prompt: object) -> str:
     return prompt.strip()
 
 
-class Stack:
-    """N stages on one shared engine; each stage may activate its own LoRA adapter."""
+def skip_reason(stage: StageConfig, skipped: Collection[str], has_options: bool) -> str | None:
+    """Why `stage` does not run for one prompt (None: it runs). A stage that sees a skipped stage is skipped too:
+    its input would have a hole, and an adapter was never trained on one."""
+    dep = next((d for d in stage.sees if d in skipped), None)
+    if dep is not None:
+        return f"sees {dep!r}, which was skipped"
+    if stage.when == "has_options" and not has_options:
+        return "when: has_options, and the prompt has no options"
+    if stage.when == "no_options" and has_options:
+        return "when: no_options, and the prompt has options"
+    return None
 
-    def __init__(self, config: StackConfig, engine: Engine, cache: StageCache | None = None):
+
+class Stack:
+    """A graph of stages on shared engines: one engine per distinct model (`engines`, by model reference), each
+    stage's LoRA adapter added to the engine of its stage's model. `engine` is the base model's."""
+
+    def __init__(
+        self,
+        config: StackConfig,
+        engine: Engine,
+        cache: StageCache | None = None,
+        *,
+        engines: Mapping[str, Engine] | None = None,
+        backend: str | None = None,
+    ):
         self.config = config
         self.engine = engine
         self.cache = cache  # greedy stage outputs already generated (by this stack or one sharing a stage) are reused
         check_adapters(config)
+        self.engines: dict[str, Engine] = {config.base_model: engine, **(engines or {})}
+        for ref in config.models:  # each model once, shared by every stage that names it
+            if ref not in self.engines:
+                self.engines[ref] = load_engine(ref, dtype=config.dtype, backend=backend or config.engine)
         self.retrievers = load_retrievers(config)
         for stage in config.stages:
             path = config.adapter_path(stage)
             if path is not None:
-                engine.add_adapter(stage.name, str(path))
+                self.engine_for(stage).add_adapter(stage.name, str(path))
 
     @classmethod
     def load(
@@ -192,24 +114,40 @@ class Stack:
         backend: str | None = None,
     ) -> Stack:
         """A stack from a YAML file (the packaged default when path is None); adapters=False runs it prompt-only.
-        backend: the inference backend for the base model (default: the stack's `engine:`)."""
+        backend: the inference backend for every model of the stack (default: the stack's `engine:`)."""
         cfg = load_default_stack_config() if path is None else load_stack_config(path)
         if not adapters:
             cfg = cfg.without_adapters()
         check_adapters(cfg)  # before the (slow) model load
-        return cls(cfg, engine or load_engine(cfg.base_model, dtype=cfg.dtype, backend=backend or cfg.engine))
+        engine = engine or load_engine(cfg.base_model, dtype=cfg.dtype, backend=backend or cfg.engine)
+        return cls(cfg, engine, backend=backend)
 
     @property
     def stage_names(self) -> list[str]:
         return [s.name for s in self.config.stages]
 
+    def engine_for(self, stage: StageConfig) -> Engine:
+        return self.engines[self.config.stage_model(stage)]
+
     def adapter_for(self, stage: StageConfig) -> str | None:
         return stage.name if stage.adapter is not None else None
 
+    def describe_models(self) -> dict[str, dict]:
+        """Per model: its parameters, an estimate of its weights' memory (params x bytes per weight of the stack's
+        dtype; a quantized llama.cpp file is smaller) and the stages that run on it."""
+        width = 4 if self.config.dtype == "float32" else 2
+        out = {}
+        for ref, engine in self.engines.items():
+            params = int(engine.params)
+            stages = [s.name for s in self.config.stages if s.runs_model and self.config.stage_model(s) == ref]
+            out[ref] = {"params": params, "weights_mb_estimate": round(params * width / 1e6, 1), "stages": stages}
+        return out
+
     def stage_input(self, index: int, prompt: str, outputs: Mapping[str, str]) -> str:
-        """The exact text stage `index` is given (after the chat template)."""
+        """The exact text stage `index` (list position) is given, after its model's chat template."""
         messages = stage_messages(self.config, index, prompt, outputs)
-        return self.engine.render_chat(messages) if self.config.chat_template else _raw_text(messages)
+        engine = self.engine_for(self.config.stages[index])
+        return engine.render_chat(messages) if self.config.chat_template else raw_text(messages)
 
     def _check_prompt(self, prompt: str) -> str:
         prompt = check_prompt_text(prompt)
@@ -225,38 +163,122 @@ class Stack:
         return self.run_batch([prompt])[0]
 
     def run_batch(
-        self, prompts: Sequence[str], *, stages: int | None = None, decontaminate: bool = False
+        self,
+        prompts: Sequence[str],
+        *,
+        stages: int | None = None,
+        decontaminate: bool = False,
+        choices: Sequence[Choices | None] | None = None,
+        exclude: Collection[str] = (),
     ) -> list[StackResult]:
-        """Run every prompt through the first `stages` stages (all by default), one batched call per stage.
+        """Run every prompt through the stage graph, wave by wave; one batched engine call per model stage (prompt-
+        only generate stages of a wave with equal settings share one call).
+
+        stages: only the first `stages` stages in trace order (a partial run has no answer). exclude: leave out these
+        stages and every stage that sees them (also a partial run). choices: each prompt's options for score stages
+        (None for a prompt without); by default they are parsed from the prompt text (fslm/stages/score.py).
         decontaminate: retrieve stages drop passages that share a long word run with the prompt (benchmark items
         whose ids are unknown, as in lm-eval: a passage that copies the item would hand over its answer)."""
+        cfg = self.config
         clean = [self._check_prompt(p) for p in prompts]
+        opts = [choices_from_prompt(p) for p in clean] if choices is None else list(choices)
+        if len(opts) != len(clean):
+            raise ValueError(f"{len(opts)} choices for {len(clean)} prompts")
+        order = cfg.trace_order
+        wanted = set(order if stages is None else order[:stages])
+        for name in order:  # exclusion reaches everything downstream
+            if name in exclude or any(d in exclude or d not in wanted for d in cfg.sees_map[name]):
+                wanted.discard(name)
+        self._check_options(wanted, opts)
         results = [StackResult(p, "") for p in clean]
-        count = len(self.config.stages) if stages is None else stages
-        for index, stage in enumerate(self.config.stages[:count]):
-            if stage.is_retrieval:
-                self._retrieve(stage, results, decontaminate)
+        for wave in cfg.waves():
+            self._run_wave([cfg.stage(n) for n in wave if n in wanted], results, opts, decontaminate)
+        position = {name: k for k, name in enumerate(order)}
+        for r in results:
+            r.trace.sort(key=lambda rec: position[rec.stage])
+        if wanted == set(order):
+            finals = {s.name for s in cfg.final_stages}
+            for r in results:
+                ran = [rec for rec in r.trace if rec.stage in finals and rec.skipped is None]
+                if ran:
+                    r.answer, r.answer_stage = ran[-1].output, ran[-1].stage
+        return results
+
+    def _run_wave(
+        self, wave: list[StageConfig], results: list[StackResult], opts: list[Choices | None], decontaminate: bool
+    ) -> None:
+        groups: dict[tuple, list[tuple[StageConfig, list[int], list[str]]]] = {}
+        for stage in wave:
+            active = self._active(stage, results, opts)
+            if not active:
                 continue
-            inputs = [self.stage_input(index, r.prompt, r.outputs) for r in results]
-            adapter = self.adapter_for(stage)
-            generations = self._generate(stage, inputs)
-            for result, text, gen in zip(results, inputs, generations, strict=True):
-                result.trace.append(
+            if stage.kind == "retrieve":
+                self._retrieve(stage, [results[i] for i in active], decontaminate)
+            elif stage.kind == "tool":
+                self._tool(stage, [results[i] for i in active])
+            elif stage.kind == "score":
+                self._score(stage, [results[i] for i in active], [opts[i] for i in active])  # type: ignore[misc]
+            else:
+                index = self.config.index_of(stage.name)
+                inputs = [self.stage_input(index, results[i].prompt, results[i].outputs) for i in active]
+                key = (self.config.stage_model(stage), self.adapter_for(stage), generation_params(stage))
+                groups.setdefault(key, []).append((stage, active, inputs))
+        for members in groups.values():
+            self._generate_group(members, results)
+
+    def _check_options(self, wanted: Collection[str], opts: Sequence[Choices | None]) -> None:
+        """Before anything runs: a score stage that would run on a prompt without options is an InputError."""
+        cases = self.config.run_cases()
+        for stage in self.config.stages:
+            if stage.kind != "score" or stage.name not in wanted or "no_options" not in cases[stage.name]:
+                continue
+            missing = next((i for i, choice in enumerate(opts) if choice is None), None)
+            if missing is not None:
+                raise InputError(
+                    f"stage {stage.name!r} of stack {self.config.name!r} picks among the prompt's options, but prompt "
+                    f"{missing + 1} has none: end it with option lines 'A. ...', 'B. ...' (docs/stacks.md), or give "
+                    "the stage `when: has_options` so it is skipped"
+                )
+
+    def _active(self, stage: StageConfig, results: list[StackResult], opts: list[Choices | None]) -> list[int]:
+        """The prompts `stage` runs on; the others get a skipped record that says why."""
+        active = []
+        for i, (result, choice) in enumerate(zip(results, opts, strict=True)):
+            skipped = {r.stage for r in result.trace if r.skipped is not None}
+            reason = skip_reason(stage, skipped, choice is not None)
+            if reason is None and stage.kind == "score" and choice is None:  # _check_options let it through
+                reason = "no options in the prompt"
+            if reason is None:
+                active.append(i)
+            else:
+                result.trace.append(skipped_record(stage.name, stage.kind, reason))
+        return active
+
+    def _generate_group(self, members: list[tuple[StageConfig, list[int], list[str]]], results: list[StackResult]):
+        stage = members[0][0]
+        texts = [t for _, _, inputs in members for t in inputs]
+        generations = self._generate(stage, texts)
+        k = 0
+        engine = self.engine_for(stage)
+        for member, active, inputs in members:
+            for i, text in zip(active, inputs, strict=True):
+                gen = generations[k]
+                k += 1
+                results[i].trace.append(
                     StageRecord(
-                        stage.name,
+                        member.name,
                         text,
                         gen.text,
                         gen.tokens_in,
                         gen.tokens_out,
                         gen.seconds,
-                        adapter,
+                        self.adapter_for(member),
                         gen.finish_reason,
+                        kind="generate",
+                        model=engine.model_ref,
+                        when=member.when,
                     )
                 )
-        if count == len(self.config.stages):
-            for r in results:
-                r.answer = r.trace[-1].output
-        return results
 
     def _retrieve(self, stage: StageConfig, results: list[StackResult], decontaminate: bool = False) -> None:
         records = retrieve_records(
@@ -269,16 +291,51 @@ class Stack:
         for result, record in zip(results, records, strict=True):
             result.trace.append(record)
 
+    def _tool(self, stage: StageConfig, results: list[StackResult]) -> None:
+        """The calculator on the user text the stage sees (no chat template, like a retriever's query)."""
+        assert stage.tool is not None
+        labels = stage_labels(self.config)
+        for result in results:
+            text = stage_user_text(stage, result.prompt, result.outputs, labels)
+            t0 = time.perf_counter()
+            output, errors = calculator(text, stage.tool.max_expressions)
+            seconds = round(time.perf_counter() - t0, 4)
+            result.trace.append(
+                StageRecord(
+                    stage.name, text, output, 0, 0, seconds, None, "tool", kind="tool", when=stage.when, errors=errors
+                )
+            )
+
+    def _score(self, stage: StageConfig, results: list[StackResult], opts: list[Choices]) -> None:
+        """One batched `engine.score` over every option of every prompt, in the stage's format."""
+        assert stage.score is not None
+        index = self.config.index_of(stage.name)
+        labels = stage_labels(self.config)
+        fmt = stage.score.format
+        scored = [
+            score_contexts(
+                fmt,
+                self.stage_input(index, r.prompt, r.outputs) if fmt == "chat" else "",
+                notes_text(labels, stage.sees, r.outputs) if fmt == "raw" else "",
+                choice,
+            )
+            for r, choice in zip(results, opts, strict=True)
+        ]
+        records = score_records(self.engine_for(stage), stage.name, self.adapter_for(stage), scored, opts, stage.when)
+        for result, record in zip(results, records, strict=True):
+            result.trace.append(record)
+
     def _generate(self, stage: StageConfig, inputs: list[str]) -> list[Generation]:
         """One batched call for the inputs the cache lacks; seconds are per item (a cached output keeps its own)."""
+        engine = self.engine_for(stage)
         params = generation_params(stage)
         keys: list[str] = []
         found: dict[str, Generation] = {}
         if self.cache is not None and cacheable(params):
-            dtype = getattr(self.engine, "dtype", None)
+            dtype = getattr(engine, "dtype", None)
             keys = [
                 self.cache.key(
-                    model=self.engine.model_ref,
+                    model=engine.model_ref,
                     dtype=dtype,
                     adapter=self.config.adapter_path(stage),
                     text=text,
@@ -291,7 +348,7 @@ class Stack:
         fresh: dict[int, Generation] = {}
         if todo:
             t0 = time.perf_counter()
-            made = self.engine.generate([inputs[i] for i in todo], params, adapter=self.adapter_for(stage))
+            made = engine.generate([inputs[i] for i in todo], params, adapter=self.adapter_for(stage))
             elapsed = round((time.perf_counter() - t0) / len(todo), 4)
             fresh = {i: dataclasses.replace(g, seconds=elapsed) for i, g in zip(todo, made, strict=True)}
             if keys:
@@ -299,8 +356,8 @@ class Stack:
         return [fresh[i] if i in fresh else found[keys[i]] for i in range(len(inputs))]
 
     def answer_input(self, result: StackResult) -> str:
-        """The final stage's input given the earlier stages' trace (for scoring choices in evaluation)."""
-        return self.stage_input(len(self.config.stages) - 1, result.prompt, result.outputs)
+        """The answer stage's input given the other stages' trace (for scoring choices in evaluation)."""
+        return self.stage_input(self.config.index_of(self.config.answer_stage.name), result.prompt, result.outputs)
 
 
 def run(

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def test_default_stack_is_four_roles():
     cfg = load_stack_config(default_stack_path())
     assert [s.name for s in cfg.stages] == ["intent", "facts", "reasoning", "answer"]
     assert cfg.base_model == "smollm2-135m"
-    # The trained adapters ship with the package (benchmarks/fslm_repro's ship step): fp16, <= 10 MB together.
+    # The trained adapters ship with the package: fp16, <= 10 MB together.
     assert [s.adapter for s in cfg.stages] == [f"default/adapters/{s.name}" for s in cfg.stages]
     validate_stack(default_stack_path())  # every adapter folder is complete
     from safetensors import safe_open
@@ -62,6 +63,7 @@ def test_valid_config_round_trips_through_yaml(tmp_path):
         (lambda d: d["stages"][0].update(name="Bad Name"), "stages.0.name"),
         (lambda d: d.update(stages=[]), "stages"),
         (lambda d: d.pop("name"), "name"),
+        (lambda d: d.update(engine="tpu"), "engine: Input should be 'hf', 'llamacpp' or 'auto'"),
     ],
 )
 def test_errors_name_the_file_and_field(tmp_path, mutate, expected):
@@ -102,3 +104,42 @@ def test_missing_adapter_is_reported(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_stack_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda d: d["stages"].insert(0, {"name": "calc", "tool": {"name": "calculator"}}),
+            "stages.0 (calc) is a tool",
+        ),
+        (lambda d: d["stages"][0].update(model="qwen2.5-coder-0.5b"), "stages.0.model"),
+        (lambda d: d["stages"][0].update(when="no_options") or d["stages"][1].update(sees=["prompt"]), "stages.0.when"),
+        (
+            lambda d: d["stages"][0].update(sees=["prompt", "answer"]) or d["stages"][1].update(sees=["prompt"]),
+            "stages.0.sees: 'facts' reads ['answer']",
+        ),
+    ],
+)
+def test_distill_and_finetune_refuse_what_they_cannot_train(tmp_path, mutate, expected):
+    """Distillation and fine-tuning run a list-ordered chain of generate/retrieve stages on the base model; any other
+    graph is refused by name, before any data is read or model loaded."""
+    import copy
+
+    import yaml
+
+    from fslm.config import check_chain
+    from fslm.distill import distill
+    from fslm.finetune import finetune
+
+    data = copy.deepcopy(GOOD)
+    data["stages"][1].pop("template")
+    mutate(data)
+    cfg = load_stack_config(write(tmp_path, yaml.safe_dump(data)))
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_chain(cfg, "distillation")
+    with pytest.raises(ConfigError, match="distillation"):
+        distill(cfg, tmp_path / "missing.json", tmp_path / "out.jsonl")
+    with pytest.raises(ConfigError, match="fine-tuning"):
+        finetune(cfg, tmp_path / "missing.jsonl", tmp_path / "ft")
+    check_chain(load_stack_config(default_stack_path()), "distillation")  # the shipped chain passes

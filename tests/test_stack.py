@@ -1,8 +1,11 @@
+import copy
+
 import pytest
+from stages.counting import Counting
 
 from fslm.config import parse_stack_config
 from fslm.errors import InputError
-from fslm.stack import Stack, stage_messages
+from fslm.stack import Stack, generation_params, stage_messages
 
 CFG = {
     "name": "tiny",
@@ -107,3 +110,90 @@ def test_adapters_are_activated_per_stage(tiny_model_dir, tiny_adapters, tmp_pat
     assert [r.adapter for r in result.trace] == ["intent", None, "answer"]
     plain = Stack(parse_stack_config(CFG), load_engine(str(tiny_model_dir))).run("What is the capital of France?")
     assert result.trace[0].output != plain.trace[0].output
+
+
+PROMPTS = ["What is the capital of France?", "Two plus two?", "Which planet is largest? Think."]
+
+
+def test_a_graph_listed_out_of_order_gives_the_chain_output(stack):
+    """The list order is only the trace order when it is a valid order; the outputs are the chain's, greedy."""
+    shuffled = dict(CFG, stages=[CFG["stages"][2], CFG["stages"][0], CFG["stages"][1]])
+    graph = Stack(parse_stack_config(shuffled), stack.engine)
+    assert graph.config.trace_order == ["intent", "facts", "answer"]
+    chain, out_of_order = stack.run_batch(PROMPTS), graph.run_batch(PROMPTS)
+    strip = lambda r: [{k: v for k, v in rec.items() if k != "seconds"} for rec in r.to_dict()["trace"]]  # noqa: E731
+    assert [strip(r) for r in out_of_order] == [strip(r) for r in chain]
+    assert [r.answer for r in out_of_order] == [r.answer for r in chain]
+    assert all(r.answer_stage == "answer" and r.to_dict()["answer_stage"] == "answer" for r in chain)
+
+
+def test_independent_stages_run_in_one_wave_and_one_batched_call(tiny_engine):
+    cfg = {
+        "name": "wide",
+        "base_model": "tiny",
+        "stages": [
+            {"name": "intent", "instruction": "Restate.", "generation": {"max_new_tokens": 6}},
+            {"name": "facts", "instruction": "Facts.", "generation": {"max_new_tokens": 6}},
+            {"name": "steps", "instruction": "Steps.", "generation": {"max_new_tokens": 4}},
+            {
+                "name": "answer",
+                "instruction": "Answer.",
+                "sees": ["prompt", "intent", "facts", "steps"],
+                "generation": {"max_new_tokens": 6},
+            },
+        ],
+    }
+    engine = Counting(tiny_engine)
+    stack = Stack(parse_stack_config(cfg), engine)
+    assert stack.config.waves() == [["intent", "facts", "steps"], ["answer"]]
+    results = stack.run_batch(PROMPTS)
+    # intent and facts share settings: one call over 2 x 3 inputs; steps has its own; then the answer stage
+    assert engine.calls == [("generate", 6, None), ("generate", 3, None), ("generate", 3, None)]
+    for result in results:
+        assert [r.stage for r in result.trace] == ["intent", "facts", "steps", "answer"]
+        for rec in result.trace:  # batched output == each input alone (greedy)
+            params = generation_params(stack.config.stage(rec.stage))
+            assert tiny_engine.generate([rec.input], params)[0].text == rec.output
+            assert rec.kind == "generate" and rec.model == tiny_engine.model_ref and rec.skipped is None
+
+
+def test_partial_runs_stop_before_the_excluded_stage_and_its_readers(stack):
+    result = stack.run_batch(["Two plus two?"], exclude=("facts",))[0]
+    assert [r.stage for r in result.trace] == ["intent"] and result.answer == "" and result.answer_stage is None
+
+
+def test_each_stage_model_is_loaded_once_and_gets_its_adapters(tiny_model_dir, tiny_adapters, monkeypatch):
+    import fslm.stack
+    from fslm.engine import load_engine
+
+    loads = []
+
+    def fake_load(ref, *, dtype="float32", backend="hf", **kwargs):
+        loads.append((ref, dtype, backend))
+        return Counting(load_engine(str(tiny_model_dir)), model_ref=ref)
+
+    monkeypatch.setattr(fslm.stack, "load_engine", fake_load)
+    data = copy.deepcopy(CFG)
+    data["stages"][0].update(model="other", adapter=str(tiny_adapters["intent"]))
+    data["stages"][1]["model"] = "other"
+    base = Counting(load_engine(str(tiny_model_dir)), model_ref="tiny")
+    stack = Stack(parse_stack_config(data), base, backend="hf")
+    assert loads == [("other", "float32", "hf")]  # once, shared by intent and facts
+    assert set(stack.engines) == {"tiny", "other"} and stack.engine is base
+    assert stack.engines["other"].adapters() == ["intent"] and base.adapters() == []
+    result = stack.run("Two plus two?")
+    assert [r.model for r in result.trace] == ["other", "other", "tiny"]
+    assert [c[0] for c in stack.engines["other"].calls] == ["generate", "generate"] and len(base.calls) == 1
+    described = stack.describe_models()
+    assert described["other"]["stages"] == ["intent", "facts"] and described["tiny"]["stages"] == ["answer"]
+    assert described["tiny"]["params"] == base.params > 0
+
+
+def test_graph_run_equals_the_stage_by_stage_chain(stack):
+    """The reference: each stage in list order, one prompt at a time, reading the texts before it."""
+    for prompt, result in zip(PROMPTS, stack.run_batch(PROMPTS), strict=True):
+        outputs: dict[str, str] = {}
+        for index, stage in enumerate(stack.config.stages):
+            text = stack.stage_input(index, prompt, outputs)
+            outputs[stage.name] = stack.engine.generate([text], generation_params(stage))[0].text
+        assert result.outputs == outputs and result.answer == outputs["answer"]

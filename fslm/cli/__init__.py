@@ -44,6 +44,9 @@ VERBS: dict[str, Verb] = {
         "Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur.",
     ),
     "stack": Verb("stack", "app", "Check, inspect and pack stack configs."),
+    "logs": Verb(
+        "logs", "app", "Browse the log of every run, generate and serve request: list, show, search, export, rm, prune."
+    ),
     "experiment": Verb(
         "experiment",
         "app",
@@ -67,6 +70,12 @@ VERBS: dict[str, Verb] = {
     ),
     "retrieve": Verb(
         "retrieve", "app", "Retrieval: build a passage corpus, index it (BM25), search it.", extra="retrieve"
+    ),
+    "pairs": Verb(
+        "pairs",
+        "pairs_command",
+        "Write choice questions no evaluation reads as raw-scoring pairs for `fslm finetune --pairs`.",
+        extra="retrieve",
     ),
 }
 

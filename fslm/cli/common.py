@@ -35,9 +35,6 @@ out = Console()
 # Libraries whose deprecation notices are for fslm's developers, not for a person running a command.
 _LIBRARIES = r"(transformers|torch|peft|accelerate|huggingface_hub|tokenizers|gguf|sentence_transformers|lm_eval)"
 
-# What fslm.models accepts as a dtype (its table needs torch, so it is repeated here for checks before any load).
-DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-
 
 def quiet_libraries() -> None:
     """Keep transformers/HF progress chatter and library deprecation notices out of user output.
@@ -160,6 +157,8 @@ def check_model(ref: str, what: str) -> None:
 
 
 def check_dtype(dtype: str, what: str = "--dtype") -> None:
+    from fslm.models import DTYPES  # the names load_model accepts (fslm.models imports torch only when loading)
+
     if dtype not in DTYPES:
         raise InputError(f"{what} {dtype!r}: expected float32 or bfloat16 (or float16)")
 

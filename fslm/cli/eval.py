@@ -67,6 +67,10 @@ def _print_summary(data: dict) -> None:
         style="bold",
     )
     out.print(table)
+    for task, t in data["tasks"].items():
+        for name, m in (t.get("metrics") or {}).items():
+            lo, hi = m["ci95"]
+            out.print(f"{task} {name}: {100 * m['mean']:.1f}% (95% CI {100 * lo:.1f}–{100 * hi:.1f})", highlight=False)
     out.print(
         f"params touched {data['params_touched']:,} · wall {cost['wall_seconds']} s · peak RSS {cost['peak_rss_mb']} MB",
         highlight=False,
@@ -126,6 +130,12 @@ def eval_command(
     engine: str | None = engine_option(
         help="Inference engine (default: the stack's `engine:`, or hf): hf, llamacpp or auto."
     ),
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        help="Also score generation tasks (gsm8k) against their reference text: comma list of em, rougeL, bleu, "
+        "minilm (all-MiniLM-L6-v2 cosine), bertscore (BERTScore-style F1 on MiniLM); mean and 95% CI in summary.json.",
+    ),
 ) -> None:
     """Evaluate --model M or --stack S on benchmark tasks (acc, acc_norm, 95% CIs, costs)."""
     if ctx.invoked_subcommand is not None:
@@ -137,8 +147,11 @@ def eval_command(
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     from fslm.evaluate import evaluate, load_system, parse_tasks, select_items
+    from fslm.evaluate.metrics import check_available, parse_metrics
 
     names = parse_tasks(tasks)
+    metric_names = parse_metrics(metrics)
+    check_available(metric_names)  # unknown names, missing packages or weights fail before the model load
     for name in names:  # bad task names, data dirs and records fail before the slow model load
         select_items(name, limit, split)
     check_system(model, stack, adapters=not no_adapters, base=base, engine=engine)
@@ -165,6 +178,7 @@ def eval_command(
         split=split,
         batch_size=batch_size,
         progress=None if json_output else _progress,
+        metrics=metric_names or None,
     )
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

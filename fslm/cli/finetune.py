@@ -11,14 +11,15 @@ from rich.table import Table
 
 from fslm.cli.common import LazyProgress, check_file, check_output, check_stack, console, out, print_json
 from fslm.errors import ConfigError, InputError
+from fslm.finetune.options import ALL_PROJECTIONS, PRECISIONS, TrainOptions  # torch-free: checked before training loads
 
 if TYPE_CHECKING:
     from fslm.config import StackConfig
     from fslm.finetune import FinetuneReport
 
-# fslm.finetune imports torch: it is imported only once the options below checked out.
-PROJECTIONS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # fslm.finetune.ALL_PROJECTIONS
-PRECISIONS = ("auto", "bf16", "fp32")
+# Training imports torch: it is imported only once the options below checked out. Defaults are TrainOptions' own.
+PROJECTIONS = ",".join(ALL_PROJECTIONS)
+DEFAULTS = TrainOptions()
 
 
 def render_report(report: FinetuneReport) -> None:
@@ -62,19 +63,19 @@ def finetune_command(
     ),
     stack: Path | None = typer.Option(None, "--stack", "-s", help="Stack YAML to train (default: packaged stack)."),
     stages: str | None = typer.Option(None, "--stages", help="Comma-separated stages to train (default: all)."),
-    rank: int = typer.Option(16, "--rank", min=1, help="LoRA rank."),
-    alpha: int = typer.Option(32, "--alpha", min=1, help="LoRA alpha (scale = alpha / rank)."),
+    rank: int = typer.Option(DEFAULTS.rank, "--rank", min=1, help="LoRA rank."),
+    alpha: int = typer.Option(DEFAULTS.alpha, "--alpha", min=1, help="LoRA alpha (scale = alpha / rank)."),
     targets: str = typer.Option(PROJECTIONS, "--targets", help="Comma-separated module names that get LoRA."),
-    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (linear warmup, linear decay)."),
-    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over each stage's examples."),
+    lr: float = typer.Option(DEFAULTS.lr, "--lr", help="Peak learning rate (linear warmup, linear decay)."),
+    epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", min=1, help="Passes over each stage's examples."),
     max_length: int = typer.Option(
-        512, "--max-length", min=8, help="Longer examples are skipped (counted), never cut."
+        DEFAULTS.max_length, "--max-length", min=8, help="Longer examples are skipped (counted), never cut."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Examples per optimizer step."),
-    save_every: int = typer.Option(50, "--save-every", min=1, help="Checkpoint every N steps."),
-    seed: int = typer.Option(0, "--seed", help="Seed for LoRA init, data order and dropout."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="Examples per optimizer step."),
+    save_every: int = typer.Option(DEFAULTS.save_every, "--save-every", min=1, help="Checkpoint every N steps."),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed", help="Seed for LoRA init, data order and dropout."),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 autocast where the CPU has native bf16) | bf16 | fp32."
+        DEFAULTS.precision, "--precision", help="auto (bf16 autocast where the CPU has native bf16) | bf16 | fp32."
     ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Torch threads (default: picked from the machine's load)."
@@ -99,7 +100,7 @@ def finetune_command(
     check_file(data, "pairs file" if pairs else "distilled file")
     check_output(out_dir, "--out", folder=True)
 
-    from fslm.finetune import TrainOptions, finetune, finetune_pairs
+    from fslm.finetune import finetune, finetune_pairs
 
     options = TrainOptions(
         rank=rank,

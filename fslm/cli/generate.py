@@ -73,9 +73,10 @@ def generate_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
     engine: str = engine_option("hf", help="Inference engine of --model: hf, llamacpp or auto (helpers need hf)."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not write this call to the run log (`fslm logs`)."),
 ) -> None:
     """Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur."""
-    from fslm.collaborate.generate import generate
+    from fslm.logs import logged_generate
 
     check_options(prompt, model, draft, amateur, prompt_lookup, draft_tokens, alpha, stop, dtype, helper_dtype)
     check_engine(engine)
@@ -86,8 +87,9 @@ def generate_command(
             f"--engine {engine}: --draft, --prompt-lookup and --amateur run on transformers' logits (--engine hf)"
         )
     with status("loading models and generating…", enabled=not json_output):
-        result = generate(
+        result = logged_generate(
             prompt,
+            log=not no_log,
             model=model,
             draft=draft,
             prompt_lookup=prompt_lookup,

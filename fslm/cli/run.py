@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from fslm.cli.common import check_engine, check_stack, engine_option, out, print_json, status
+from fslm.logs import logged_run
 from fslm.stack import Stack, StackResult, check_prompt_text
 
 
@@ -49,6 +50,7 @@ def run_command(
     show_inputs: bool = typer.Option(False, "--inputs", help="Also show the exact text each stage was given."),
     no_adapters: bool = typer.Option(False, "--no-adapters", help="Run the stack prompt-only (its LoRA adapters off)."),
     engine: str | None = engine_option(help="Inference engine (default: the stack's `engine:`): hf, llamacpp or auto."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not write this run to the run log (`fslm logs`)."),
 ) -> None:
     """Answer PROMPT with a stack and print the answer and every stage's text."""
     prompt = check_prompt_text(prompt)  # before the model loads: a bad prompt or stack file costs no load
@@ -57,7 +59,7 @@ def run_command(
     with status("loading stack and model…", enabled=True):
         loaded = Stack.load(stack, adapters=not no_adapters, backend=engine)
     with status(f"running {len(loaded.config.stages)} stages…", enabled=not json_output):
-        result = loaded.run(prompt)
+        result = logged_run(loaded, prompt, log=not no_log)
     if json_output:
         print_json(result.to_dict())
     else:

@@ -31,11 +31,13 @@ def serve_command(
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Largest max_tokens a request may ask for."),
     max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="Include fslm_trace in responses by default."),
-    trace_history: int = typer.Option(200, "--trace-history", help="Traces kept in memory for the /ui viewer."),
+    trace_history: int = typer.Option(200, "--trace-history", help="Requests kept in memory (/ui with --no-log)."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not write requests to the run log (`fslm logs`)."),
     persist_traces: bool | None = typer.Option(
         None,
         "--persist-traces/--no-persist-traces",
-        help="Append traces to SQLite under the cache dir (default: FSLM_LOG_TRACES).",
+        help="Deprecated: requests go to the run log unless --no-log (--no-persist-traces is the same as --no-log).",
+        hidden=True,
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     engine: str | None = engine_option(help="Inference engine (default: the stack's `engine:`): hf, llamacpp or auto."),
@@ -44,6 +46,13 @@ def serve_command(
     from fslm.serve import ServeSettings, serve
     from fslm.stack import Stack
 
+    if persist_traces is not None:
+        console.print(
+            "note: --persist-traces/--no-persist-traces are deprecated: every request goes to the run log "
+            "(`fslm logs`) unless --no-log",
+            style="dim",
+            highlight=False,
+        )
     try:
         settings = ServeSettings(
             host=host,
@@ -57,6 +66,7 @@ def serve_command(
             max_body_bytes=max_body_bytes,
             trace=trace,
             trace_history=trace_history,
+            log=False if no_log else None,
             persist_traces=persist_traces,
         )
     except ValidationError as err:

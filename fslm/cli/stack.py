@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from fslm.cli.common import guarded, out
-from fslm.config import default_stack_path, load_stack_config, validate_stack
+from fslm.config import StackConfig, default_stack_path, load_stack_config, validate_stack
 
 app = typer.Typer(help="Check, inspect and pack stack configs.", no_args_is_help=True)
 
@@ -15,17 +15,46 @@ app = typer.Typer(help="Check, inspect and pack stack configs.", no_args_is_help
 @app.command("validate")
 @guarded
 def validate_command(path: Path = typer.Argument(..., help="Stack YAML file to check.")) -> None:
-    """Validate a stack file: schema, stage references, templates and adapter folders."""
+    """Validate a stack file: schema, the stage graph (references, cycles, conditions), templates, stage models,
+    adapter and index folders."""
     cfg = validate_stack(path)
     out.print(
-        f"[green]ok[/] {path}: stack {cfg.name!r}, {len(cfg.stages)} stages ({', '.join(s.name for s in cfg.stages)}) on {cfg.base_model}"
+        f"[green]ok[/] {path}: stack {cfg.name!r}, {len(cfg.stages)} stages ({', '.join(s.name for s in cfg.stages)}) on {cfg.base_model}",
+        highlight=False,
     )
+    for line in graph_notes(cfg):
+        out.print(line, highlight=False, markup=False)
     for name in cfg.unread_stages():
         out.print(
             f"[yellow]note:[/] no later stage reads the text of stage {name!r} (it runs, and shows in the trace, "
-            "but cannot change the answer); add it to a later stage's `sees` or remove it",
+            "but cannot change the answer); add it to another stage's `sees` or remove it",
             highlight=False,
         )
+    for stage in cfg.stages:
+        if stage.kind == "score" and stage.when is None:
+            out.print(
+                f"[yellow]note:[/] score stage {stage.name!r} has no `when: has_options`: a prompt without options is "
+                "an error for this stack (with it, the stage is skipped)",
+                highlight=False,
+            )
+
+
+def graph_notes(cfg: StackConfig) -> list[str]:
+    """What runs when: the waves (stages of one wave run side by side), the models, and who answers which prompt."""
+    kinds = {s.name: s.kind for s in cfg.stages}
+    waves = " -> ".join(
+        "[" + ", ".join(n if kinds[n] == "generate" else f"{n} ({kinds[n]})" for n in wave) + "]"
+        for wave in cfg.waves()
+    )
+    lines = [f"  runs: {waves}"]
+    if len(cfg.models) > 1:
+        lines.append(f"  models: {', '.join(cfg.models)}")
+    with_options, without = cfg.answer_stage_for("has_options"), cfg.answer_stage_for("no_options")
+    if with_options.name == without.name:
+        lines.append(f"  answer: {with_options.name}")
+    else:
+        lines.append(f"  answer: {with_options.name} (prompts with options), {without.name} (prompts without)")
+    return lines
 
 
 @app.command("show")

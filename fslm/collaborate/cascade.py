@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fslm.collaborate.runs import Pair, check_threshold
 from fslm.errors import DataError, InputError
+from fslm.io import read_json_object
 
 SIGNALS = ("margin", "verify")
 
@@ -132,11 +133,13 @@ class Calibration:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: calibration file not found; create it with `fslm cascade calibrate`")
+        data = read_json_object(path)  # a truncated or garbled file: one error naming file, line and column
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
             cal = cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except KeyError as err:
             raise DataError(f"{path}: not a calibration file written by `fslm cascade calibrate` ({err})") from None
+        if not isinstance(cal.threshold, (int, float)) or isinstance(cal.threshold, bool):
+            raise DataError(f"{path}: 'threshold' is {cal.threshold!r}, not a number")
         check_threshold(cal.threshold)
         return cal
 

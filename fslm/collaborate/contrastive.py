@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from fslm.collaborate.speculative import same_tokenizer
-from fslm.engine import Generation, GenerationParams
+from fslm.engine import Generation, GenerationParams, TransformersEngine, require_transformers
 from fslm.engine.decode import cut_at_stop
-from fslm.engine.hf import HFEngine
 from fslm.errors import InputError
 
 
@@ -36,7 +35,7 @@ class ContrastiveParams:
             raise InputError(f"amateur_temperature must be > 0, got {self.amateur_temperature}")
 
 
-def check_pair(expert: HFEngine, amateur: HFEngine) -> None:
+def check_pair(expert: TransformersEngine, amateur: TransformersEngine) -> None:
     """Contrastive scores compare the two models token by token, so both must use the same tokenizer."""
     if not same_tokenizer(expert.tokenizer, amateur.tokenizer):
         raise InputError(
@@ -64,7 +63,11 @@ def _forward(model, ids, attention, positions, cache):
 
 @torch.inference_mode()
 def _decode_batch(
-    expert: HFEngine, amateur: HFEngine, batch: list[list[int]], params: GenerationParams, cd: ContrastiveParams
+    expert: TransformersEngine,
+    amateur: TransformersEngine,
+    batch: list[list[int]],
+    params: GenerationParams,
+    cd: ContrastiveParams,
 ):
     device = expert.device
     pad_id = expert.tokenizer.pad_token_id
@@ -72,7 +75,7 @@ def _decode_batch(
     ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in batch], device=device)
     attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    with expert._active(None) as e_model, amateur._active(None) as a_model:
+    with expert.hf_model(None) as e_model, amateur.hf_model(None) as a_model:
         e_logits, e_cache = _forward(e_model, ids, attention, positions, None)
         a_logits, a_cache = _forward(a_model, ids, attention, positions, None)
         new: list[list[int]] = [[] for _ in batch]
@@ -105,15 +108,18 @@ def _decode_batch(
 
 
 def contrastive_generate(
-    expert: HFEngine,
-    amateur: HFEngine,
+    expert: TransformersEngine,
+    amateur: TransformersEngine,
     texts: Sequence[str],
     params: GenerationParams = GenerationParams(),
     cd: ContrastiveParams = ContrastiveParams(),
     *,
     batch_size: int = 8,
 ) -> list[Generation]:
-    """Contrastive greedy decoding of each text; returns the same `Generation` records as `Engine.generate`."""
+    """Contrastive greedy decoding of each text; returns the same `Generation` records as `Engine.generate`.
+    Both engines must have the TransformersEngine capability (the hf engine): decoding steps both models' caches."""
+    expert = require_transformers(expert, "contrastive decoding")
+    amateur = require_transformers(amateur, "contrastive decoding (the amateur)")
     check_pair(expert, amateur)
     if params.temperature > 0:
         raise InputError("contrastive decoding here is greedy over the CD score; set temperature to 0")

@@ -8,7 +8,6 @@ embedding. The router is saved as `router.safetensors` (weights) + `router.json`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 from fslm.collaborate.cascade import Point, _large_total, accuracy, random_escalation, write_json
 from fslm.collaborate.runs import Pair, check_threshold
 from fslm.errors import DataError, InputError, ModelNotFoundError
+from fslm.io import read_json_object
 
 EMBEDDER = "all-MiniLM-L6-v2"
 EMBEDDER_PARAMS = 22_713_216  # BERT-mini, 6 layers, 384 dims (excluding the pooling layer, which has none)
@@ -107,16 +107,25 @@ class Router:
             raise DataError(
                 f"{folder}: not a router folder (expected {WEIGHTS_FILE} and {META_FILE}; train one with `fslm route train`)"
             )
-        tensors = load_file(str(folder / WEIGHTS_FILE))
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        meta = read_json_object(folder / META_FILE)  # a truncated or garbled file: one error naming file and line
         if meta.get("embedder") != EMBEDDER:
             raise DataError(
                 f"{folder / META_FILE}: router was trained on {meta.get('embedder')!r} embeddings, this fslm uses {EMBEDDER}"
             )
-        threshold = check_threshold(float(meta.pop("threshold")))
+        try:
+            threshold = check_threshold(float(meta.pop("threshold")))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{folder / META_FILE}: 'threshold' is missing or not a number") from None
         meta.pop("embedder", None)
         meta.pop("dim", None)
-        return cls(tensors["weight"][0].astype(np.float64), float(tensors["bias"][0]), threshold, meta)
+        try:
+            tensors = load_file(str(folder / WEIGHTS_FILE))
+            weight, bias = tensors["weight"][0].astype(np.float64), float(tensors["bias"][0])
+        except Exception as err:  # noqa: BLE001 - SafetensorError, KeyError, IndexError: all mean a damaged file
+            raise DataError(
+                f"{folder / WEIGHTS_FILE}: not a router weights file ({type(err).__name__}: {err})"
+            ) from None
+        return cls(weight, bias, threshold, meta)
 
 
 def route_point(pairs: Sequence[Pair], probs: np.ndarray, threshold: float, router_costs: Sequence[float]) -> Point:

@@ -7,13 +7,13 @@ count, else measured seconds.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fslm.errors import DataError, InputError
+from fslm.io import JsonError, lines, loads_json, read_json_object, read_text
 from fslm.tasks.readers import iter_jsonl
 
 REQUIRED = ("id", "task", "correct")
@@ -75,10 +75,7 @@ def read_run(path: str | Path, *, system: str | None = None, params: int | None 
     summary: dict = {}
     summary_path = items.parent / "summary.json"
     if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{summary_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        summary = read_json_object(summary_path)
     rows = []
     for lineno, row in iter_jsonl(items):  # malformed lines and non-UTF-8 bytes fail naming file:line
         missing = [k for k in REQUIRED if k not in row]
@@ -187,14 +184,15 @@ def read_signals(
         raise DataError(f"{path}: signals file not found (write one with `fslm cascade signals`)")
     values: dict[str, dict[tuple[str, str], float]] = {}
     costs: dict[str, dict[tuple[str, str], float]] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in lines(read_text(path)):
         try:
-            row = json.loads(line)
+            row = loads_json(line)
             key = (row["task"], row["id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path}:{lineno}: expected a JSON object with 'task', 'id' and signal values") from None
+        except (JsonError, KeyError, TypeError) as err:
+            why = f" ({err})" if isinstance(err, JsonError) else ""
+            raise DataError(
+                f"{path}:{lineno}: expected a JSON object with 'task', 'id' and signal values{why}"
+            ) from None
         for name, value in row.items():
             if name in ("task", "id") or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue

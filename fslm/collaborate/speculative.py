@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fslm.engine import EngineStats, Generation, GenerationParams, Score
+from fslm.engine import EngineStats, Generation, GenerationParams, Score, TransformersEngine, require_transformers
 from fslm.engine.decode import GeneratedNoRepeatNGram, PromptOnlyRepetitionPenalty, cut_at_stop
-from fslm.engine.hf import HFEngine
 from fslm.errors import InputError
 
 
@@ -92,15 +91,16 @@ def _count_drafts(model, stats: DraftStats) -> Iterator[None]:
 
 
 class AssistedEngine:
-    """An Engine whose `generate` runs assisted generation on a target HFEngine (batch 1 per prompt).
+    """An Engine whose `generate` runs assisted generation on a target engine's transformers model (batch 1 per
+    prompt); target and draft must have the TransformersEngine capability (the hf engine).
 
     Scoring, chat rendering and adapters are the target's own: only decoding changes.
     """
 
     def __init__(
         self,
-        target: HFEngine,
-        draft: HFEngine | None = None,
+        target: TransformersEngine,
+        draft: TransformersEngine | None = None,
         *,
         prompt_lookup: int | None = None,
         draft_tokens: int | None = None,
@@ -113,13 +113,13 @@ class AssistedEngine:
             raise InputError("choose one drafter: a draft model OR prompt lookup, not both")
         if draft_tokens is not None and draft_tokens < 1:
             raise InputError(f"draft_tokens must be >= 1, got {draft_tokens}")
-        self.target = target
-        self.draft = draft
+        self.target = require_transformers(target, "speculative decoding")
+        self.draft = require_transformers(draft, "a draft model") if draft is not None else None
         self.prompt_lookup = prompt_lookup
         self.ngram_size = ngram_size
         self.universal = draft is not None and not same_tokenizer(target.tokenizer, draft.tokenizer)
         if draft is not None:
-            config = draft.base.generation_config
+            config = draft.base_model.generation_config
             if draft_tokens is not None:
                 config.num_assistant_tokens = draft_tokens
                 config.num_assistant_tokens_schedule = "constant"
@@ -168,7 +168,7 @@ class AssistedEngine:
     def _assist_kwargs(self) -> dict:
         if self.draft is None:
             return {"prompt_lookup_num_tokens": self.prompt_lookup, "max_matching_ngram_size": self.ngram_size}
-        kwargs: dict = {"assistant_model": self.draft.base}
+        kwargs: dict = {"assistant_model": self.draft.base_model}
         if self.universal:
             kwargs.update(tokenizer=self.target.tokenizer, assistant_tokenizer=self.draft.tokenizer)
         return kwargs
@@ -211,7 +211,7 @@ class AssistedEngine:
             kwargs.update(stop_strings=list(params.stop), tokenizer=target.tokenizer)
         stats = DraftStats()
         t0 = time.perf_counter()
-        with target._active(adapter) as model, _count_drafts(target.base, stats):
+        with target.hf_model(adapter) as model, _count_drafts(target.base_model, stats):
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         seconds = time.perf_counter() - t0
         self.draft_stats.add(stats)

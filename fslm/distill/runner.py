@@ -18,7 +18,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fslm.config import PLACEHOLDER, PROMPT, StackConfig, StageConfig, load_default_stack_config, load_stack_config
+from fslm.config import (
+    PLACEHOLDER,
+    PROMPT,
+    StackConfig,
+    StageConfig,
+    check_chain,
+    load_default_stack_config,
+    load_stack_config,
+)
 from fslm.distill.data import Instruction, load_instructions
 from fslm.distill.filters import check_target, trim_to_sentences
 from fslm.distill.store import DistillStore, read_distilled
@@ -324,6 +332,7 @@ def distill(
         if stack is None
         else load_stack_config(stack)
     )
+    check_chain(cfg, "distillation")
     check_teacher_prompts(cfg)
     leak_stages(cfg, options.no_leak)
     items, duplicates = load_instructions(data, options.limit)

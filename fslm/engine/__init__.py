@@ -12,8 +12,9 @@ the same protocol, so nothing above this package changes with the backend.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class EngineStats:
     generated_tokens: int = 0
     calls: int = 0
     by_adapter: dict[str, int] = field(default_factory=dict)
+    prefix_hits: int = 0  # generate batches that started from a stored prefix state (fslm.engine.prefix)
+    prefix_tokens_reused: int = 0  # prompt tokens those batches did not recompute, summed over rows
 
 
 @runtime_checkable
@@ -93,7 +96,7 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-_HF_OPTIONS = ("batch_size", "score_batch_tokens", "score_logits_bytes")
+_HF_OPTIONS = ("batch_size", "score_batch_tokens", "score_logits_bytes", "prefix_cache_tokens")
 
 
 def load_engine(model_ref: str, *, dtype: str = "float32", backend: str = "hf", **kwargs) -> Engine:
@@ -130,6 +133,48 @@ def _note_once(message: str) -> None:
         print(message, file=sys.stderr)
 
 
+# ---- optional capability: the transformers model behind an engine ---------------------------------------------------
+# Decoders that drive a model's forward passes themselves (assisted generation, contrastive decoding) and LoRA training
+# need the torch model, which the Engine protocol does not promise: llama.cpp has none. They ask for this capability
+# through `require_transformers`, so a wrong engine fails with one line instead of an AttributeError deep inside.
+
+
+@runtime_checkable
+class TransformersEngine(Engine, Protocol):
+    """An Engine backed by an in-memory transformers model (the HF engine). Types stay `Any` so that importing this
+    module never imports torch or transformers."""
+
+    tokenizer: Any  # transformers PreTrainedTokenizerBase: the ids every method below speaks
+    eos_ids: list[int]  # token ids that end a generation (model config and tokenizer)
+
+    @property
+    def device(self) -> Any: ...  # torch.device of the weights
+
+    @property
+    def base_model(self) -> Any: ...  # the bare transformers model, no adapters: training wraps it and unwraps it
+
+    def encode(self, text: str) -> list[int]: ...  # ids of a (chat-rendered) text, no special tokens added
+
+    def hf_model(self, adapter: str | None = None) -> AbstractContextManager[Any]:
+        """The model to call with `adapter` active (None: adapters off) for the duration of the block; calls made
+        on it are not counted in `stats` (the caller counts its own)."""
+        ...
+
+
+def require_transformers(engine: object, purpose: str) -> TransformersEngine:
+    """`engine` if it exposes its transformers model; else one InputError saying `purpose` needs the hf engine."""
+    from fslm.errors import InputError
+
+    if not isinstance(engine, TransformersEngine):
+        ref = getattr(engine, "model_ref", None)
+        of = f" ({ref})" if ref else ""
+        raise InputError(
+            f"{purpose} runs on the transformers model step by step; the {type(engine).__name__} engine{of} has none: "
+            "load it with the hf engine (--engine hf)"
+        )
+    return engine
+
+
 __all__ = [
     "BACKENDS",
     "BACKEND_HELP",
@@ -138,6 +183,8 @@ __all__ = [
     "Generation",
     "GenerationParams",
     "Score",
+    "TransformersEngine",
     "check_backend",
     "load_engine",
+    "require_transformers",
 ]

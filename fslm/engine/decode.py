@@ -141,25 +141,35 @@ def decode_batch(
     pad_id: int,
     eos_ids: Sequence[int],
     decode_text=None,
+    prefix: tuple[int, object] | None = None,
 ) -> list[Decoded]:
     """Generate for token-id prompts (any lengths) as one batch; rows leave the batch as they finish.
 
-    `decode_text(tokens) -> str` is needed only when `params.stop` has stop strings.
+    `decode_text(tokens) -> str` is needed only when `params.stop` has stop strings. `prefix` = (k, KV cache of the
+    first k tokens, batch 1), which every prompt starts with: only the rest is run, after a copy of that cache; the
+    padding then sits between the shared head and each row's own tokens, masked out, and positions skip it.
     """
     if params.stop and decode_text is None:
         raise ValueError("stop strings need decode_text to turn tokens back into text")
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    pads = [width - len(p) for p in prompts]
-    input_ids = torch.tensor([[pad_id] * k + list(p) for k, p in zip(pads, prompts)], device=device)
-    attention = torch.tensor([[0] * k + [1] * len(p) for k, p in zip(pads, prompts)], device=device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
+    import copy
 
     from transformers import DynamicCache
 
-    cache = DynamicCache()
+    device = next(model.parameters()).device
+    k = prefix[0] if prefix is not None else 0
+    rest = [list(p[k:]) for p in prompts]
+    width = max(len(p) for p in rest)
+    pads = [width - len(p) for p in rest]
+    input_ids = torch.tensor([[pad_id] * n + p for n, p in zip(pads, rest)], device=device)
+    attention = torch.tensor([[1] * k + [0] * n + [1] * len(p) for n, p in zip(pads, rest)], device=device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, k:]
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    if prefix is not None:
+        cache = copy.deepcopy(prefix[1])
+        cache.batch_repeat_interleave(len(prompts))
+    else:
+        cache = DynamicCache()
     extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     out = model(
         input_ids=input_ids,

@@ -14,6 +14,7 @@ import torch
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, supports_logits_to_keep
+from fslm.engine.prefix import PrefixStore
 from fslm.errors import ConfigError, InputError, ModelFileError
 from fslm.models import LoadedModel, check_adapter_folder, load_model
 
@@ -26,6 +27,7 @@ class HFEngine:
         batch_size: int = 16,
         score_batch_tokens: int = 4096,
         score_logits_bytes: int = 1 << 30,
+        prefix_cache_tokens: int = 2048,
     ):
         apply_threads()  # all cores on an idle machine, fewer when others are busy (FSLM_THREADS wins)
         self.model_ref = loaded.source.ref
@@ -38,6 +40,9 @@ class HFEngine:
         # bound: at 150k-260k vocabularies (Qwen2.5, Gemma 3) 4096 tokens of logits are 2.5-4.3 GB.
         self.score_logits_bytes = score_logits_bytes
         self.stats = EngineStats()
+        # KV states of stage heads (template + instruction) reused across rows and calls; 0 turns it off. SmolLM2-135M
+        # keeps ~46 KB per token in fp32, so the default budget holds ~94 MB.
+        self.prefixes = PrefixStore(budget_tokens=prefix_cache_tokens)
         self._adapters: dict[str, str] = {}
         self._logits_to_keep: bool | None = None
         self.context_window = int(getattr(self.base.config, "max_position_embeddings", 2048) or 2048)
@@ -86,6 +91,7 @@ class HFEngine:
             raise ConfigError(f"cannot load LoRA adapter {name!r} from {path}: {type(err).__name__}: {first}") from None
         self.model.eval()
         self._adapters[name] = str(path)
+        self.prefixes.clear()  # PEFT wrapped the model: states computed before are recomputed, not trusted
 
     def adapters(self) -> list[str]:
         return list(self._adapters)
@@ -102,6 +108,21 @@ class HFEngine:
         else:
             self.model.set_adapter(adapter)
             yield self.model
+
+    # ---- transformers access: the TransformersEngine capability (fslm.engine), public on purpose -------------------
+    # For code above the engine that drives the model itself (assisted and contrastive decoding, LoRA training).
+    @property
+    def base_model(self) -> torch.nn.Module:
+        """The bare transformers model, without adapters (PEFT wraps it in `hf_model` once an adapter is loaded).
+        Code given the model may change it (training wraps it in LoRA layers): stored prefix states are dropped."""
+        self.prefixes.clear()
+        return self.base
+
+    def hf_model(self, adapter: str | None = None) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        """The model to call with `adapter` active (None: adapters off) inside the `with` block; not counted in
+        `stats`, the caller counts its own calls. Stored prefix states are dropped, as for `base_model`."""
+        self.prefixes.clear()
+        return self._active(adapter)
 
     # ---- text -----------------------------------------------------------------------------------------------------
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
@@ -136,6 +157,8 @@ class HFEngine:
 
     def _generate_batch(self, batch: list[list[int]], params: GenerationParams, adapter: str | None):
         with self._active(adapter) as model:
+            hits = self.prefixes.stats.hits
+            prefix = self.prefixes.lookup(batch, adapter, lambda tokens: self._prefix_state(model, tokens))
             decoded = decode_batch(
                 model,
                 batch,
@@ -143,9 +166,14 @@ class HFEngine:
                 pad_id=self.tokenizer.pad_token_id,
                 eos_ids=self.eos_ids,
                 decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                prefix=prefix,
             )
+        skipped = prefix[0] * len(batch) if prefix is not None else 0  # run once in _prefix_state, or earlier
+        hit = self.prefixes.stats.hits > hits
+        self.stats.prefix_hits += hit
+        self.stats.prefix_tokens_reused += skipped - (0 if hit or prefix is None else prefix[0])
         self.stats.calls += 1
-        self.stats.forward_tokens += sum(len(ids) for ids in batch) + sum(len(d.tokens) for d in decoded)
+        self.stats.forward_tokens += sum(len(ids) for ids in batch) - skipped + sum(len(d.tokens) for d in decoded)
         results = []
         for d in decoded:
             text, reason = self.tokenizer.decode(d.tokens, skip_special_tokens=True), d.reason
@@ -155,6 +183,14 @@ class HFEngine:
             results.append((text.strip(), len(d.tokens), reason))
             self.stats.generated_tokens += len(d.tokens)
         return results
+
+    @torch.inference_mode()
+    def _prefix_state(self, model, tokens: list[int]):
+        """The KV cache of `tokens` (batch 1) under the active adapter: a stage head, computed once."""
+        out = model(input_ids=torch.tensor([tokens], device=self.device), use_cache=True, **self._keep_logits(1))
+        self.stats.calls += 1
+        self.stats.forward_tokens += len(tokens)
+        return out.past_key_values
 
     # ---- scoring --------------------------------------------------------------------------------------------------
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:

@@ -44,11 +44,15 @@ import torch
 
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, next_tokens, render_chat_text
+from fslm.engine.prefix import PrefixStore
 from fslm.errors import ConfigError, FslmError, InputError, ModelFileError
 
 INSTALL_HINT = "pip install 'fslm[fast]'"
 CONVERTER_VERSION = 1  # bump when the GGUF/LoRA conversion changes: cached files are keyed by it
-WEIGHT_FORMATS = ("auto", "f32", "f16", "q8_0")
+WEIGHT_FORMATS = ("auto", "f32", "f16", "q8_0", "q4_0", "q4_k_m")
+# Formats llama.cpp's own quantizer (llama_model_quantize) writes from the f32 conversion: the ones its CPU backend
+# repacks for batched matrix products (q4_0 runs 2x q4_1's batch-16 decode on an AVX-512 EPYC, docs/engine.md).
+QUANTIZED_BY_LLAMA = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 _KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # GGML_TYPE_*
 _MAX_SEQ = 256  # LLAMA_MAX_SEQ
 
@@ -262,10 +266,35 @@ def cached_gguf(folder: Path, weight_format: str) -> Path:
     target = _cache_root() / "models" / name
     if target.is_file():
         return target
-    from fslm.models import _conversion_notice
+    from fslm.models import conversion_notice
 
-    with _conversion_notice(f"converting {folder} to a {weight_format} GGUF for llama.cpp (once)…"):
+    if weight_format in QUANTIZED_BY_LLAMA:
+        source = cached_gguf(folder, "f32")
+        with conversion_notice(f"quantizing {folder.name} to {weight_format} with llama.cpp (once)…"):
+            return quantize_gguf(source, target, weight_format)
+    with conversion_notice(f"converting {folder} to a {weight_format} GGUF for llama.cpp (once)…"):
         return hf_to_gguf(folder, target, weight_format)
+
+
+def quantize_gguf(source: Path, out: Path, weight_format: str) -> Path:
+    """`source` (an f32 GGUF) quantized by llama.cpp's `llama_model_quantize` into `out` (write, then rename)."""
+    from fslm.cpu import pick_threads
+
+    lib = import_llama_cpp()
+    _quiet(lib)
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = getattr(lib, QUANTIZED_BY_LLAMA[weight_format])
+    params.nthread = pick_threads(None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        rc = lib.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+        if rc != 0:
+            raise ModelFileError(f"llama.cpp could not quantize {source} to {weight_format} (code {rc})")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def lora_to_gguf(adapter_dir: str | Path, out: str | Path, *, arch: str, n_head: int, n_head_kv: int) -> Path:
@@ -354,7 +383,7 @@ def gguf_weight_bytes(path: str | Path) -> int:
 
 def resolve_gguf(model_ref: str, weight_format: str = "auto") -> tuple[Path, Path | None]:
     """(GGUF to run, HF folder with the tokenizer or None) for a model reference."""
-    from fslm.models import load_model, resolve
+    from fslm.models import check_model_folder, load_model, resolve
 
     if weight_format not in WEIGHT_FORMATS:
         raise ConfigError(f"unknown weight_format {weight_format!r}; choose from {', '.join(WEIGHT_FORMATS)}")
@@ -370,6 +399,7 @@ def resolve_gguf(model_ref: str, weight_format: str = "auto") -> tuple[Path, Pat
         load_model(model_ref)
         folder = resolve(model_ref).cache_dir
     assert folder is not None
+    check_model_folder(Path(folder))  # config and safetensors sound before the converter reads them
     return cached_gguf(Path(folder), "q8_0" if weight_format == "auto" else weight_format), Path(folder)
 
 
@@ -397,8 +427,10 @@ class LlamaCppEngine:
         score_backend: str = "native",
         score_wave_tokens: int = 8192,
         hf_dtype: str = "float32",
+        prefix_cache_tokens: int = 2048,
     ):
         from fslm.cpu import pick_threads
+        from fslm.models import check_gguf
 
         self.llama = import_llama_cpp()
         if kv_type not in _KV_TYPES:
@@ -406,6 +438,7 @@ class LlamaCppEngine:
         if score_backend not in ("native", "hf"):
             raise ConfigError(f"unknown score_backend {score_backend!r}; choose native or hf")
         self.gguf_path = Path(gguf_path)
+        check_gguf(self.gguf_path)  # header and tensor table sound: a damaged file is one error naming it, not a crash
         self.model_ref = model_ref or str(gguf_path)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -421,6 +454,8 @@ class LlamaCppEngine:
         self.score_wave_tokens = score_wave_tokens
         self.hf_dtype = hf_dtype
         self.stats = EngineStats()
+        # KV states of stage heads, saved as llama.cpp sequence states (bytes) and restored into each row's stream.
+        self.prefixes = PrefixStore(budget_tokens=prefix_cache_tokens)
         self.weight_format = gguf_weight_format(self.gguf_path)
         self._adapters: dict[str, str] = {}
         self._loras: dict[str, object] = {}
@@ -459,13 +494,13 @@ class LlamaCppEngine:
         """`dtype` is the HF dtype (used only by score_backend="hf"); the weights are the GGUF's `weight_format`:
         "auto" runs an embedded model's or a .gguf file's own quantization and converts a HF folder to q8_0."""
         import_llama_cpp()
-        from fslm.models import load_tokenizer
+        from fslm.models import load_tokenizer, read_json_object
 
         path, folder = resolve_gguf(model_ref, weight_format)
         tokenizer = load_tokenizer(model_ref)
         eos: list[int] = []
         if folder is not None and (folder / "generation_config.json").is_file():
-            value = json.loads((folder / "generation_config.json").read_text()).get("eos_token_id")
+            value = read_json_object(folder / "generation_config.json").get("eos_token_id")
             eos = value if isinstance(value, list) else [value] if value is not None else []
         return cls(path, tokenizer, model_ref=model_ref, eos_ids=eos, hf_dtype=dtype, **kwargs)
 
@@ -680,9 +715,17 @@ class LlamaCppEngine:
         return [r for r in results if r is not None]
 
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, adapter: str | None):
-        decoded = self._decode(prompts, params, adapter)
+        self._context(max(len(p) for p in prompts) + params.max_new_tokens + 1, len(prompts))
+        self._use(adapter)
+        hits = self.prefixes.stats.hits
+        prefix = self.prefixes.lookup(prompts, adapter, self._prefix_state)
+        decoded = self._decode(prompts, params, adapter, prefix)
+        skipped = prefix[0] * len(prompts) if prefix is not None else 0
+        hit = self.prefixes.stats.hits > hits
+        self.stats.prefix_hits += hit
+        self.stats.prefix_tokens_reused += skipped - (0 if hit or prefix is None else prefix[0])
         self.stats.calls += 1
-        self.stats.forward_tokens += sum(len(p) for p in prompts) + sum(len(t) for t, _ in decoded)
+        self.stats.forward_tokens += sum(len(p) for p in prompts) - skipped + sum(len(t) for t, _ in decoded)
         results = []
         for tokens, reason in decoded:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -693,22 +736,52 @@ class LlamaCppEngine:
             self.stats.generated_tokens += len(tokens)
         return results
 
-    def _decode(self, prompts: list[list[int]], params: GenerationParams, adapter: str | None):
-        """decode.py's decode_batch on llama.cpp: row r is sequence r; finished rows leave the batch."""
+    def _prefix_state(self, tokens: list[int]) -> bytes:
+        """The KV state of `tokens` under the active adapter as sequence-state bytes (a stage head, computed once)."""
+        lib = self.llama
+        self._clear()
+        for _ in self._run(tokens, range(len(tokens)), [0] * len(tokens), [False] * len(tokens)):
+            pass
+        size = lib.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        if lib.llama_state_seq_get_data(self._ctx, buf, size, 0) != size:
+            raise FslmError(f"llama.cpp could not save a sequence state of {self.model_ref}")
+        self._clear()
+        self.stats.calls += 1
+        self.stats.forward_tokens += len(tokens)
+        return bytes(buf)
+
+    def _restore(self, state: bytes, seq: int) -> None:
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if self.llama.llama_state_seq_set_data(self._ctx, buf, len(state), seq) != len(state):
+            raise FslmError(f"llama.cpp could not restore a sequence state of {self.model_ref}")
+
+    def _decode(
+        self,
+        prompts: list[list[int]],
+        params: GenerationParams,
+        adapter: str | None,
+        prefix: tuple[int, bytes] | None = None,
+    ):
+        """decode.py's decode_batch on llama.cpp: row r is sequence r; finished rows leave the batch. With `prefix`
+        (k, state of the first k tokens) each row's sequence starts from that state and only its own tokens run."""
         self._context(max(len(p) for p in prompts) + params.max_new_tokens + 1, len(prompts))
         self._clear()
         self._use(adapter)
         if params.seed is not None:
             torch.manual_seed(params.seed)
+        k = prefix[0] if prefix is not None else 0
         tokens: list[int] = []
         pos: list[int] = []
         seqs: list[int] = []
         want: list[bool] = []
         for row, p in enumerate(prompts):
-            tokens += p
-            pos += range(len(p))
-            seqs += [row] * len(p)
-            want += [False] * (len(p) - 1) + [True]
+            if prefix is not None:
+                self._restore(prefix[1], row)
+            tokens += p[k:]
+            pos += range(k, len(p))
+            seqs += [row] * (len(p) - k)
+            want += [False] * (len(p) - k - 1) + [True]
         logits = self._logits(tokens, pos, seqs, want)
         vocab = logits.shape[-1]
         use_penalty = params.repetition_penalty != 1.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from fslm.errors import DataError, InputError
 from fslm.evaluate.stats import N_BOOT, SEED, paired_bootstrap
 from fslm.evaluate.store import ITEMS, write_atomic, write_json
 from fslm.evaluate.systems import RAW_FORMATS
+from fslm.io import JsonError, lines, loads_json, read_json_object, read_text
 
 # How each kind of system is asked: a model gets lm-eval's raw context, a stack its chat prompt with the options listed.
 PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt with the options listed"}
@@ -45,24 +45,22 @@ def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
     if not items.is_file():
         raise InputError(f"{run}: no {ITEMS} here; give a folder written by `fslm eval --out DIR`")
     values: dict[tuple[str, str], float] = {}
-    for lineno, line in enumerate(items.read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
+    for lineno, line in lines(read_text(items)):  # strict UTF-8 and a size cap: a bad byte names its line
         try:
-            row = json.loads(line)
+            row = loads_json(line)
+        except JsonError as err:
+            raise DataError(f"{items}:{lineno}: malformed row ({err}); expected a JSON object per line") from None
+        try:
             values[(str(row["task"]), str(row["id"]))] = float(row["acc"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             raise DataError(
                 f"{items}:{lineno}: malformed row; expected a JSON object with 'task', 'id' and 'acc'"
             ) from None
     summary = items.parent / "summary.json"
     info: dict = {"system": items.parent.name}
-    if summary.is_file():
-        try:
-            data = json.loads(summary.read_text(encoding="utf-8"))
-            info.update({k: data[k] for k in ("system", "kind", "num_fewshot", "answer_format") if k in data})
-        except json.JSONDecodeError:
-            pass
+    if summary.is_file():  # optional, but a damaged one is said, not silently dropped (it sets the format notes)
+        data = read_json_object(summary)
+        info.update({k: data[k] for k in ("system", "kind", "num_fewshot", "answer_format") if k in data})
     return info, values
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fslm.config import PROMPT, StackConfig
-from fslm.tasks import Item
+from fslm.config import StackConfig, StageConfig
+from fslm.stages.score import Choices, notes_text
+from fslm.tasks import Item, build_context
 
 PROMPT_VERSION = "stack-prompt-v1"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -48,10 +49,23 @@ def stack_continuations(item: Item) -> tuple[str, ...]:
     return tuple(c.strip() for c in item.choices)
 
 
-def raw_notes(cfg: StackConfig, outputs: Mapping[str, str]) -> str:
-    """The earlier texts the final stage reads, as labelled lines ahead of lm-eval's raw context (answer format
+def raw_notes(cfg: StackConfig, outputs: Mapping[str, str], stage: StageConfig | None = None) -> str:
+    """The texts the answer stage (or `stage`) reads, as labelled lines ahead of lm-eval's raw context (answer format
     "raw": the base model scores each option the way it does alone, with the stack's notes as the only change)."""
-    final = cfg.stages[-1]
-    labels = {s.name: s.display_label for s in cfg.stages}
-    lines = [f"{labels.get(name, name)}: {outputs[name].strip()}" for name in final.sees if name != PROMPT]
-    return "\n".join(lines) + "\n\n" if lines else ""
+    stage = stage or cfg.answer_stage
+    return notes_text({s.name: s.display_label for s in cfg.stages}, stage.sees, outputs)
+
+
+def item_choices(item: Item) -> Choices | None:
+    """What a `score` stage chooses among for a benchmark item: in "chat" format the same continuations a chat answer
+    stage is scored on (`stack_continuations`), in "raw" format lm-eval's own contexts and continuations (what the
+    model baseline scores), so a score stage's option scores ARE the item's choice scores."""
+    if not item.choices:
+        return None
+    n = len(item.choices)
+    return Choices(
+        tuple(c.strip() for c in item.choices),
+        stack_continuations(item),
+        tuple(build_context(item, (), choice=i if item.contexts else None) for i in range(n)),
+        tuple(item.continuations),
+    )

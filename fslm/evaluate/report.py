@@ -35,8 +35,11 @@ def build_summary(
     limit: int | None = None,
     num_fewshot: int = 0,
     split: str | None = None,
+    metrics: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> dict:
-    """summary.json content: per-task n/acc/acc_norm/ci95 and costs, macro accuracy with its CI, run costs."""
+    """summary.json content: per-task n/acc/acc_norm/ci95 and costs, macro accuracy with its CI, run costs.
+    `metrics` ({task: {name: per-item values}}, from `fslm eval --metrics`) adds each task's
+    "metrics": {name: {"mean", "ci95"}} (percentile bootstrap over its items, as acc)."""
     by_task: dict[str, list[dict]] = {task: [] for task in plan}
     for row in rows:
         by_task[row["task"]].append(row)
@@ -58,6 +61,11 @@ def build_summary(
             "tokens_out_per_item": _r(_mean([r["tokens_out"] for r in task_rows]), 2),
             "seconds_per_item": _r(_mean([r["seconds"] for r in task_rows]), 4),
         }
+        if metrics and metrics.get(task):
+            entry["metrics"] = {
+                name: {"mean": _r(_mean(list(vals))), "ci95": [_r(x) for x in bootstrap_ci(list(vals))]}
+                for name, vals in metrics[task].items()
+            }
         tasks[task] = entry
     macro = _mean([_mean(v) for v in accs.values() if v])
     mlo, mhi = macro_bootstrap_ci(accs)
@@ -134,6 +142,14 @@ def table_markdown(summary: Mapping) -> str:
             f"\nMachine load (1-min load average at start→end of each session that evaluated items, "
             f"{summary['sessions'][-1].get('cpu_count')} cores, shared with other jobs): {', '.join(loads)}."
         )
+    scored = {task: t["metrics"] for task, t in summary["tasks"].items() if t.get("metrics")}
+    if scored:
+        lines += ["", "| task | metric | n | mean % | 95% CI |", "|---|---|---:|---:|---|"]
+        for task, entries in scored.items():
+            for name, m in entries.items():
+                lo, hi = m["ci95"]
+                n = summary["tasks"][task]["n"]
+                lines.append(f"| {task} | {name} | {n} | {_fmt(m['mean'])} | {_fmt(lo)}–{_fmt(hi)} |")
     for note in summary.get("notes", []):
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"

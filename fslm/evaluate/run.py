@@ -15,6 +15,7 @@ from fslm.cpu import cpu_model, current_threads
 from fslm.engine import GenerationParams
 from fslm.errors import InputError
 from fslm.evaluate.heldout import EVAL_RESERVE, FEWSHOT_TAIL, HELDOUT, heldout_items, tail_fewshot_pool
+from fslm.evaluate.metrics import check_available, generation_metrics, parse_metrics
 from fslm.evaluate.prompts import PROMPT_VERSION
 from fslm.evaluate.report import build_summary, write_outputs
 from fslm.evaluate.scoring import extract_number, numbers_match, score_choices
@@ -199,7 +200,11 @@ def _identity(system: System, num_fewshot: int, split: str | None, gen_max_token
         "gen_max_tokens": gen_max_tokens,
     }
     sha = getattr(system, "config_sha256", None)
-    return identity | ({"stack_config_sha256": sha} if sha else {})
+    # A run made on another engine is another system's run (llama.cpp's 4-bit texts and scores are its own); HF runs
+    # keep the identity they always had, so their folders still resume.
+    kind = str(getattr(system.engine, "dtype", ""))
+    engine = {"engine": kind} if kind.startswith("llamacpp") else {}
+    return identity | ({"stack_config_sha256": sha} if sha else {}) | engine
 
 
 class _Session:
@@ -245,14 +250,19 @@ def evaluate(
     batch_size: int = 32,
     gen_max_tokens: int = GSM8K_MAX_TOKENS,
     progress: Progress | None = None,
+    metrics: str | Sequence[str] | None = None,
 ) -> Summary:
     """Evaluate a system (or a model reference / stack YAML path) on benchmark tasks.
 
     Multiple choice: log-likelihood of each choice (acc, acc_norm; mc2 for truthfulqa_mc2); gsm8k: greedy
     generation, exact match of the final number. With `out_dir`, rows are appended per batch and a rerun skips
     the items already done. Returns the summary (also written as summary.json, table.md and chart.png).
+    `metrics` (e.g. "em,rougeL,minilm"; fslm.evaluate.metrics) also scores each generation task's outputs against
+    its reference text, computed from the rows when the summary is built (a rerun can ask for other metrics).
     """
     require("eval", "evaluation (its chart.png)")
+    metric_names = parse_metrics(metrics)
+    check_available(metric_names)
     if isinstance(system, (str, Path)):
         ref = str(system)
         system = (
@@ -265,6 +275,8 @@ def evaluate(
     names = parse_tasks(tasks)
     notes: list[str] = []
     plan = {task: select_items(task, limit, split, notes) for task in names}  # every data error before any work
+    if metric_names and all(items and items[0].choices for items in plan.values()):
+        notes.append(f"--metrics {','.join(metric_names)} scores generation tasks (gsm8k); none was evaluated")
     check_no_retrieval_leak(system, plan)
     shots = {task: _shots(task, items, num_fewshot, split) for task, items in plan.items()}
     with RunStore(
@@ -282,6 +294,7 @@ def evaluate(
             batch_size=batch_size,
             gen_max_tokens=gen_max_tokens,
             progress=progress,
+            metrics=metric_names,
         )
 
 
@@ -313,6 +326,7 @@ def _evaluate_into(
     batch_size: int,
     gen_max_tokens: int,
     progress: Progress | None,
+    metrics: Sequence[str] = (),
 ) -> Summary:
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     store.add_session(
@@ -364,7 +378,15 @@ def _evaluate_into(
         )
     rows = [store.rows[it.id] for items in plan.values() for it in items]
     data = build_summary(
-        system, plan, rows, store.sessions, notes=notes, limit=limit, num_fewshot=num_fewshot, split=split
+        system,
+        plan,
+        rows,
+        store.sessions,
+        notes=notes,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        split=split,
+        metrics=generation_metrics(plan, rows, metrics) if metrics else None,
     )
     if store.folder is not None:
         write_outputs(store.folder, data)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fslm.errors import DataError, InputError
+from fslm.io import loads_json, read_bytes, read_json_object
 
 ITEMS = "items.jsonl"
 RUN = "run.json"
@@ -64,19 +65,32 @@ def read_rows(folder: Path) -> dict[str, dict]:
     path = Path(folder) / ITEMS
     if not path.is_file():
         return {}
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_bytes(path).split(b"\n")  # bytes: the torn tail may end inside a UTF-8 character
     rows: dict[str, dict] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = _parse_row(line)
+        except ValueError as err:
             if lineno == len(lines):
                 break
-            raise DataError(f"{path}:{lineno}: malformed row; fix or delete that line") from None
+            raise DataError(f"{path}:{lineno}: malformed row ({err}); fix or delete that line") from None
         rows[str(row["id"])] = row
     return rows
+
+
+def _parse_row(line: bytes) -> dict:
+    """One items.jsonl line as a row; ValueError saying why not (not UTF-8, not JSON, not an object with an id), so
+    that readers can tell a torn last line from damage."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text at byte {err.start + 1}") from None
+    row = loads_json(text)  # JsonError is a ValueError
+    if not isinstance(row, dict) or "id" not in row:
+        raise ValueError("expected a JSON object with an 'id'")
+    return row
 
 
 class RunStore:
@@ -140,10 +154,9 @@ class RunStore:
         assert self.folder is not None
         run_path = self.folder / RUN
         if run_path.is_file():
-            try:
-                meta = json.loads(run_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{run_path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+            meta = read_json_object(run_path)
+            if not isinstance(meta.get("identity", {}), dict) or not isinstance(meta.get("sessions", []), list):
+                raise DataError(f"{run_path}: malformed identity or sessions; fix it or use another --out")
             old = meta.get("identity", {})
             diff = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
             if diff:
@@ -161,15 +174,13 @@ class RunStore:
         path = self.items_path
         if not path.is_file():
             return
-        lines = path.read_bytes().split(b"\n")
+        lines = read_bytes(path).split(b"\n")
         offset = 0
         for lineno, line in enumerate(lines, 1):
             is_last = lineno == len(lines)  # after a final newline this is b""
             if line.strip():
                 try:
-                    row = json.loads(line)
-                    if not isinstance(row, dict) or "id" not in row:
-                        raise ValueError("expected a JSON object with an 'id'")
+                    row = _parse_row(line)
                 except ValueError as err:
                     if not is_last:
                         raise DataError(

@@ -18,7 +18,6 @@ from fslm.evaluate.run import select_items
 from fslm.evaluate.store import folder_busy, read_rows
 from fslm.experiment.fingerprint import fingerprint, recorded
 from fslm.experiment.spec import ExperimentSpec
-from fslm.experiment.steps import FinetuneStep, PairsStep
 from fslm.experiment.variants import TRAIN, stack_step, train_dir
 
 EVAL, SELECT, TRAIN_JOB = "eval", "select", "train"
@@ -75,20 +74,19 @@ def marker_path(spec: ExperimentSpec, step: str) -> Path:
 
 
 def step_fingerprint(spec: ExperimentSpec, step: str) -> dict:
-    return {"step": step, **spec.training[step].model_dump(mode="json")}
+    """What a step's marker must match: the step as specified, plus what it takes from elsewhere in the spec."""
+    entry = spec.training[step]
+    data = {"step": step, **entry.model_dump(mode="json")}
+    if entry.kind == "pairs" and entry.body.tasks is None:  # drawn from the evaluation's tasks
+        data["pairs"]["tasks"] = spec.evaluation.task_names
+    return data
 
 
 def _train_deps(spec: ExperimentSpec, step: str) -> list[str]:
-    body = spec.training[step].body
-    deps = []
-    if isinstance(body, (FinetuneStep, PairsStep)) and body.stack in spec.training:
-        deps.append(f"{TRAIN_JOB}:{body.stack}")
-    if isinstance(body, FinetuneStep) and body.data in spec.training:
-        deps.append(f"{TRAIN_JOB}:{body.data}")
-    return deps
+    return [f"{TRAIN_JOB}:{dep}" for dep in spec.step_deps(step)]
 
 
-def _train_job(spec: ExperimentSpec, step: str) -> Job:
+def _train_job(spec: ExperimentSpec, step: str, jobs_state: dict[str, str]) -> Job:
     job = Job(TRAIN_JOB, step, train_dir(spec, step), deps=_train_deps(spec, step))
     marker = marker_path(spec, step)
     if marker.is_file():
@@ -97,9 +95,26 @@ def _train_job(spec: ExperimentSpec, step: str) -> Job:
         except json.JSONDecodeError:
             done = False
         job.state = DONE if done else PARTIAL  # a marker of an edited step: rerun (the library decides what to redo)
+        if done and any(jobs_state.get(d) != DONE for d in job.deps):
+            job.state = PARTIAL  # a step it reads is to be (re)run first
     elif job.folder.exists():
         job.state = PARTIAL
     return job
+
+
+def _step_order(spec: ExperimentSpec) -> list[str]:
+    """The training steps, each after the steps it reads (the spec has no loops: spec.py checks)."""
+    order: list[str] = []
+
+    def visit(step: str) -> None:
+        if step not in order:
+            for dep in spec.step_deps(step):
+                visit(dep)
+            order.append(step)
+
+    for step in spec.training:
+        visit(step)
+    return order
 
 
 def planned_items(task_names: list[str], split: str | None, limit: int | None) -> dict[str, list[str]]:
@@ -138,8 +153,8 @@ def read_eval_state(job: Job, ids: dict[str, list[str]]) -> None:
 def build_plan(spec: ExperimentSpec) -> Plan:
     """Every job of the experiment with its state on disk, dependencies first."""
     jobs: dict[str, Job] = {}
-    for step in spec.training:
-        job = _train_job(spec, step)
+    for step in _step_order(spec):
+        job = _train_job(spec, step, {key: j.state for key, j in jobs.items()})
         jobs[job.key] = job
     tasks = spec.evaluation.task_names
     items: dict[tuple[str | None, int | None], dict[str, list[str]]] = {}

@@ -113,14 +113,19 @@ def _last_error(path: Path) -> str:
 class _Workers:
     """The live worker processes, so an interrupted runner can stop them instead of leaving them running."""
 
-    def __init__(self) -> None:
+    def __init__(self, isolate: bool = True) -> None:
         self.procs: set[subprocess.Popen] = set()
+        self.isolate = isolate
 
     def run(self, payload: dict, log: Path) -> int:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} {payload['kind']} (pid {os.getpid()})\n")
             fh.flush()
+            if not self.isolate:
+                from fslm.experiment.worker import run_inline
+
+                return run_inline(payload, fh)
             cmd = [sys.executable, "-m", "fslm.experiment.worker", json.dumps({**payload, "parent": os.getpid()})]
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self.procs.add(proc)
@@ -150,7 +155,9 @@ def _prepare_folder(spec: ExperimentSpec, job: Job, log: Log) -> None:
         record(job.folder, fp)
 
 
-def execute(spec: ExperimentSpec, plan: Plan, jobs: int, log: Log) -> tuple[list[str], dict[str, str]]:
+def execute(
+    spec: ExperimentSpec, plan: Plan, jobs: int, log: Log, isolate: bool = True
+) -> tuple[list[str], dict[str, str]]:
     """Run the plan's unfinished jobs, `jobs` at a time, each after its dependencies; returns (ran, failed)."""
     pending = {job.key: job for job in plan.todo()}
     failed: dict[str, str] = {}
@@ -159,7 +166,7 @@ def execute(spec: ExperimentSpec, plan: Plan, jobs: int, log: Log) -> tuple[list
             failed[key] = f"{job.folder} is being written by another process; rerun when it has finished"
             del pending[key]
     ran: list[str] = []
-    workers = _Workers()
+    workers = _Workers(isolate)
     running: dict[Future, Job] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
@@ -212,23 +219,27 @@ def run_experiment(
     status: bool = False,
     log: Log | None = None,
     overrides: Mapping[str, object] | None = None,
+    isolate: bool = True,
 ) -> ExperimentResult:
     """Run what the experiment in `spec_path` still needs, then write RESULTS.md, results.json and pareto.png.
 
-    status=True only reads the state on disk (`result.plan`) and runs nothing. `overrides`: dotted spec keys set
-    before validation (another scale: {"evaluation.limit": 40, "out": "runs/pilot"}). Raises `ExperimentError`
-    (after writing the report of what is done) when a job failed."""
+        status=True only reads the state on disk (`result.plan`) and runs nothing. `overrides`: dotted spec keys set
+        before validation (another scale: {"scale": "pilot"} or {"evaluation.limit": 40}). isolate=False runs every job
+    in this process, one at a time (no process start per job: tests, debuggers; peak RSS is then shared). Raises `ExperimentError`
+        (after writing the report of what is done) when a job failed."""
     from fslm.experiment.report import write_report
 
     if jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}")
+    if not isolate and jobs > 1:
+        raise InputError("jobs run side by side only in their own processes: isolate=False needs jobs=1")
     log = log or (lambda message: None)
     spec = load_spec(spec_path, overrides)
     plan = build_plan(spec)
     if status:
         return ExperimentResult(spec, plan)
     preflight(spec, plan.todo())
-    ran, failed = execute(spec, plan, jobs, log)
+    ran, failed = execute(spec, plan, jobs, log, isolate)
     result = ExperimentResult(spec, build_plan(spec), ran, failed)
     result.report = write_report(spec, result.plan)
     log(f"report: {result.report}")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fslm.errors import ConfigError, FslmError
-from fslm.experiment.steps import FinetuneStep, PairsStep, TrainingStep
+from fslm.experiment.steps import TrainingStep
 from fslm.io import load_yaml, read_text
 
 MAX_SPEC_BYTES = 1 << 20
@@ -82,6 +82,7 @@ class PatchSpec(_Strict):
     """How a variant differs from its stack, applied in this order: stage fields, adapters, drop, keep."""
 
     name: str | None = Field(None, min_length=1, description="the variant stack's name (default: the system's name)")
+    base_model: str | None = Field(None, min_length=1, description="the same stages on another base model")
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="stage -> fields to set (instruction, template, sees, generation, label, retrieve, ...); "
@@ -188,6 +189,11 @@ class ExperimentSpec(_Strict):
     comparisons: list[ComparisonSpec] = Field(default_factory=list)
     selection: SelectionSpec | None = None
     report: ReportSpec = Field(default_factory=ReportSpec)
+    scale: str | None = Field(None, description="the entry of `scales` this run applies (set by --set scale=NAME)")
+    scales: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="name -> dotted spec keys and values (like --set): smaller or other scales of the same experiment",
+    )
 
     # Where the spec was read from; relative paths resolve against its folder. Not part of the YAML.
     source_path: Path | None = Field(None, exclude=True)
@@ -254,30 +260,44 @@ class ExperimentSpec(_Strict):
         if is_stack_file(ref):
             return
         step = self.training.get(ref)
-        if step is None or step.kind == "distill":
-            raise ValueError(f"{where}: {ref!r} is not 'default', a .yaml path, or a finetune step of this spec")
+        if step is None or not step.writes_stack:
+            raise ValueError(
+                f"{where}: {ref!r} is not 'default', a .yaml path, or a step of this spec that writes a stack "
+                "(finetune, finetune_pairs, index with a stack)"
+            )
 
     def _check_training(self) -> None:
         for name, step in self.training.items():
             where = f"training.{name}.{step.kind}"
-            body = step.body
-            if isinstance(body, (FinetuneStep, PairsStep)):
-                self._check_stack_ref(body.stack, f"{where}.stack")
-            if isinstance(body, FinetuneStep) and not body.data.endswith(".jsonl"):
-                data_step = self.training.get(body.data)
-                if data_step is None or data_step.kind != "distill":
-                    raise ValueError(f"{where}.data: {body.data!r} is not a distill step of this spec or a .jsonl path")
-        for name in self.training:  # steps that feed each other must not form a loop
-            seen, current = [name], name
-            while (nxt := self._stack_step(self.training[current])) is not None:
-                if nxt in seen:
-                    raise ValueError(f"training.{name}: its stack comes from itself ({' -> '.join([*seen, nxt])})")
-                seen.append(nxt)
-                current = nxt
+            for field, (value, kinds) in step.reads().items():
+                if field == "stack":
+                    self._check_stack_ref(value, f"{where}.stack")
+                elif not value.endswith((".jsonl", ".json")):
+                    other = self.training.get(value)
+                    if other is None or other.kind not in kinds:
+                        raise ValueError(
+                            f"{where}.{field}: {value!r} is not a {' or '.join(kinds)} step of this spec or a file path"
+                        )
+            if step.kind == "pairs" and step.body.tasks is not None:
+                from fslm.tasks import get_task
 
-    def _stack_step(self, step: TrainingStep) -> str | None:
-        ref = getattr(step.body, "stack", "default")
-        return ref if ref in self.training else None
+                for i, task in enumerate(step.body.tasks):
+                    try:
+                        get_task(task)
+                    except FslmError as err:
+                        raise ValueError(f"{where}.tasks.{i}: {err}") from None
+        for name in self.training:  # steps that feed each other must not form a loop
+            self._check_step_loop(name, [name])
+
+    def step_deps(self, name: str) -> list[str]:
+        """The steps of this spec that step `name` reads."""
+        return [v for v, _ in self.training[name].reads().values() if v in self.training]
+
+    def _check_step_loop(self, name: str, path: list[str]) -> None:
+        for dep in self.step_deps(name):
+            if dep in path:
+                raise ValueError(f"training.{path[0]}: it reads its own output ({' -> '.join([*path, dep])})")
+            self._check_step_loop(dep, [*path, dep])
 
     def _check_from_cycles(self) -> None:
         for name in self.systems:
@@ -351,22 +371,51 @@ def apply_overrides(data: object, overrides: Mapping[str, Any], where: str) -> o
         return data  # parse_spec reports it
     data = copy.deepcopy(data)
     for key, value in overrides.items():
-        parts = key.split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
+        parts, node, walked = key.split("."), data, []
+        while len(parts) > 1:
+            take = _existing_key(node, parts)  # names may hold dots (a system called model-qwen2.5-coder-0.5b)
+            if take == len(parts):
+                break
+            part = ".".join(parts[:take])
+            walked.append(part)
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"{where}: --set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
-            node = child
-        node[parts[-1]] = value
+                raise ConfigError(f"{where}: --set {key}: {'.'.join(walked)} is not a mapping")
+            node, parts = child, parts[take:]
+        node[".".join(parts)] = value
     return data
+
+
+def _existing_key(node: dict, parts: list[str]) -> int:
+    """How many of `parts` (joined by dots) name a key of `node`: the longest that does, else 1."""
+    for n in range(len(parts), 1, -1):
+        if ".".join(parts[:n]) in node:
+            return n
+    return 1
+
+
+def apply_scale(data: object, where: str) -> object:
+    """The spec's data with its chosen scale (`scale: NAME`, an entry of `scales`) applied: one file, several sizes
+    of one experiment. A --set of a key the scale also sets wins (the scale is applied first, then --set again)."""
+    if not isinstance(data, dict) or data.get("scale") is None:
+        return data
+    name, scales = data["scale"], data.get("scales") or {}
+    if not isinstance(scales, dict) or name not in scales:
+        known = ", ".join(scales) if isinstance(scales, dict) and scales else "none"
+        raise ConfigError(f"{where}: scale: {name!r} is not an entry of scales (scales: {known})")
+    if not isinstance(scales[name], dict):
+        raise ConfigError(f"{where}: scales.{name}: expected a mapping of dotted keys to values")
+    return apply_overrides(data, scales[name], f"{where}: scales.{name}")
 
 
 def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentSpec:
     """Read and validate an experiment spec file (at most MAX_SPEC_BYTES, parsed by fslm.io's bounded safe loader),
-    with `overrides` (dotted key -> value) applied first."""
+    with `overrides` (dotted key -> value) applied first; when they (or the file) name a `scale`, that scale's
+    overrides apply, then `overrides` again on top."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: experiment spec not found")
     data = load_yaml(read_text(path, limit=MAX_SPEC_BYTES, error=ConfigError), str(path), error=ConfigError)
-    return parse_spec(apply_overrides(data, overrides or {}, str(path)), str(path), path.resolve())
+    data = apply_overrides(data, overrides or {}, str(path))
+    data = apply_overrides(apply_scale(data, str(path)), overrides or {}, str(path))
+    return parse_spec(data, str(path), path.resolve())

@@ -1,8 +1,9 @@
-"""Training steps of an experiment spec: one of distill, finetune, finetune_pairs per named step."""
+"""Training steps of an experiment spec: one of distill, finetune, corpus, index, pairs, finetune_pairs per named
+step. Each is one library call; a step names the steps it reads (their outputs live under <out>/train/<step>/)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +21,10 @@ class DistillStep(_Strict):
     teacher: str | None = Field(None, description="teacher model reference (default: the stack's base model)")
     batch_size: int = Field(8, ge=1, le=256)
     hints: bool = Field(True, description="show the teacher the gold output (answer-hinted distillation)")
+    teacher_dtype: Literal["float32", "bfloat16", "auto"] | None = Field(
+        None,
+        description="the teacher's dtype (auto: bfloat16 on CPUs with native bf16, else float32; default: the stack's)",
+    )
 
 
 class FinetuneStep(_Strict):
@@ -39,9 +44,9 @@ class FinetuneStep(_Strict):
 class PairsStep(_Strict):
     """`fslm.finetune.finetune_pairs`: one stage trained on {id, context, continuation} pairs."""
 
-    stack: str = Field("default", description="'default', a stack YAML path, or a finetune step's name")
+    stack: str = Field("default", description="'default', a stack YAML path, or a step's name that writes a stack")
     stage: str = Field(..., min_length=1)
-    pairs: str = Field(..., min_length=1, description="pairs JSONL path")
+    pairs: str = Field(..., min_length=1, description="a pairs step of this spec, or a pairs JSONL path")
     options: dict[str, Any] = Field(default_factory=dict, description="fslm.finetune.TrainOptions fields")
 
     @field_validator("options")
@@ -50,10 +55,50 @@ class PairsStep(_Strict):
         return _train_options(options)
 
 
+class CorpusStep(_Strict):
+    """`fslm.retrieve.corpus.write_corpus`: solved train/dev questions (and Alpaca) as passages, with every evaluated
+    item and the head of every held-out pool left out (output: train/<step>/corpus.jsonl)."""
+
+    sources: list[str] | None = Field(
+        None,
+        description="task names and/or 'alpaca' (default: every task with a "
+        "train/dev split, and Alpaca; with eval_tail every task)",
+    )
+    alpaca: str | None = Field(None, description="Alpaca JSON/JSONL (default: the shared sample)")
+    heldout_keep: int = Field(100, ge=0, description="held-out items per task kept out of the corpus")
+    eval_tail: int | None = Field(
+        None,
+        ge=1,
+        description="also each evaluation split past its first N items (an evaluation with limit <= N "
+        "never reads them)",
+    )
+
+
+class IndexStep(_Strict):
+    """`fslm.retrieve.index_passages`: a BM25 index over a corpus (output: train/<step>/index/); with `stack`, also
+    that stack with its retrieve stages reading this index (train/<step>/stack.yaml), which systems and later steps
+    can name like a finetune step's stack."""
+
+    corpus: str = Field(..., min_length=1, description="a corpus step of this spec, or a passages JSONL path")
+    stack: str | None = Field(None, description="a stack YAML path whose retrieve stages get this index")
+
+
+class ScoringPairsStep(_Strict):
+    """`fslm.finetune.pairs.write_scoring_pairs`: raw-scoring pairs for `finetune_pairs` from choice questions no
+    evaluation reads, rendered as `raw-adapter` scores them (output: train/<step>/pairs.jsonl)."""
+
+    stack: str = Field(..., min_length=1, description="a stack whose first stage retrieves: a YAML path or a step")
+    records: int = Field(..., ge=1, description="questions in all, an equal share per multiple-choice task")
+    tasks: list[str] | None = Field(None, description="tasks to draw from (default: evaluation.tasks)")
+    seed: int = 0
+    heldout_keep: int = Field(100, ge=0, description="held-out items per task never drawn")
+    eval_reserve: int = Field(300, ge=1, description="evaluated items per task (the head of each split) never drawn")
+
+
 def _train_options(options: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import fields
 
-    from fslm.finetune.trainer import TrainOptions
+    from fslm.finetune.options import TrainOptions  # torch-free: a spec is checked before anything loads
 
     known = {f.name for f in fields(TrainOptions)}
     unknown = sorted(set(options) - known)
@@ -62,24 +107,49 @@ def _train_options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+KINDS = ("distill", "finetune", "corpus", "index", "pairs", "finetune_pairs")
+Body = DistillStep | FinetuneStep | CorpusStep | IndexStep | ScoringPairsStep | PairsStep
+
+
 class TrainingStep(_Strict):
     distill: DistillStep | None = None
     finetune: FinetuneStep | None = None
+    corpus: CorpusStep | None = None
+    index: IndexStep | None = None
+    pairs: ScoringPairsStep | None = None
     finetune_pairs: PairsStep | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> TrainingStep:
-        given = [k for k in ("distill", "finetune", "finetune_pairs") if getattr(self, k) is not None]
+        given = [k for k in KINDS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of distill, finetune, finetune_pairs (got {', '.join(given) or 'none'})"
-            )
+            raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'})")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("distill", "finetune", "finetune_pairs") if getattr(self, k) is not None)
+        return next(k for k in KINDS if getattr(self, k) is not None)
 
     @property
-    def body(self) -> DistillStep | FinetuneStep | PairsStep:
+    def body(self) -> Body:
         return getattr(self, self.kind)
+
+    @property
+    def writes_stack(self) -> bool:
+        """Whether train/<step>/stack.yaml is an output of this step (systems and steps may name it as a stack)."""
+        return self.kind in ("finetune", "finetune_pairs") or (self.kind == "index" and self.index.stack is not None)
+
+    def reads(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """field -> (value, step kinds it may name) for the fields that may name another step."""
+        body = self.body
+        stack_kinds = ("finetune", "finetune_pairs", "index")
+        fields: dict[str, tuple[str, tuple[str, ...]]] = {}
+        if isinstance(body, (FinetuneStep, PairsStep, ScoringPairsStep)):
+            fields["stack"] = (body.stack, stack_kinds)
+        if isinstance(body, FinetuneStep):
+            fields["data"] = (body.data, ("distill",))
+        if isinstance(body, PairsStep):
+            fields["pairs"] = (body.pairs, ("pairs",))
+        if isinstance(body, IndexStep):
+            fields["corpus"] = (body.corpus, ("corpus",))
+        return fields

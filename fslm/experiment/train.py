@@ -1,4 +1,5 @@
-"""Training steps of an experiment, run by the library verbs that already resume: distill, finetune, finetune_pairs.
+"""Training steps of an experiment, each one library call: distill, finetune and finetune_pairs (which resume on
+their own), corpus, index and pairs (rebuilt in seconds, written atomically).
 
 `train_payload` (parent) resolves a step's paths into a JSON job; `run_training` (worker process) runs it and then
 writes `train/<step>.done.json`, so a step killed halfway is resumed by the library on the next run, and a finished
@@ -12,14 +13,19 @@ from pathlib import Path
 from fslm.evaluate.store import write_json
 from fslm.experiment.plan import marker_path, step_fingerprint
 from fslm.experiment.spec import ExperimentSpec
-from fslm.experiment.steps import DistillStep, FinetuneStep
-from fslm.experiment.variants import stack_ref_path, train_dir
+from fslm.experiment.steps import CorpusStep, DistillStep, FinetuneStep, IndexStep, PairsStep, ScoringPairsStep
+from fslm.experiment.variants import relative_yaml, stack_ref_path, train_dir
 
-DISTILLED = "distilled.jsonl"
+DISTILLED, CORPUS, INDEX, PAIRS = "distilled.jsonl", "corpus.jsonl", "index", "pairs.jsonl"
 
 
 def distilled_path(spec: ExperimentSpec, step: str) -> Path:
     return train_dir(spec, step) / DISTILLED
+
+
+def _step_file(spec: ExperimentSpec, ref: str, name: str) -> str:
+    """A step's output file when `ref` names a step of this spec, else `ref` as a path relative to the spec."""
+    return str(train_dir(spec, ref) / name if ref in spec.training else spec.resolve(ref))
 
 
 def train_payload(spec: ExperimentSpec, step: str) -> dict:
@@ -27,8 +33,18 @@ def train_payload(spec: ExperimentSpec, step: str) -> dict:
     entry = spec.training[step]
     body = entry.body
     args = body.model_dump(mode="json")
-    args["stack"] = str(stack_ref_path(spec, body.stack))
-    if isinstance(body, DistillStep):
+    if getattr(body, "stack", None) is not None:
+        args["stack"] = str(stack_ref_path(spec, body.stack))
+    if isinstance(body, CorpusStep):
+        args["alpaca"] = str(spec.resolve(body.alpaca)) if body.alpaca else None
+        args["out"] = str(train_dir(spec, step) / CORPUS)
+    elif isinstance(body, IndexStep):
+        args["corpus"] = _step_file(spec, body.corpus, CORPUS)
+        args["out"] = str(train_dir(spec, step))
+    elif isinstance(body, ScoringPairsStep):
+        args["tasks"] = body.tasks if body.tasks is not None else spec.evaluation.task_names
+        args["out"] = str(train_dir(spec, step) / PAIRS)
+    elif isinstance(body, DistillStep):
         args["data"] = str(spec.resolve(body.data)) if body.data else None
         if body.teacher is not None and spec.resolve(body.teacher).exists():  # a local model folder or GGUF file
             args["teacher"] = str(spec.resolve(body.teacher))
@@ -38,8 +54,8 @@ def train_payload(spec: ExperimentSpec, step: str) -> dict:
         if isinstance(body, FinetuneStep):
             data = body.data
             args["data"] = str(distilled_path(spec, data) if data in spec.training else spec.resolve(data))
-        else:
-            args["pairs"] = str(spec.resolve(body.pairs))
+        elif isinstance(body, PairsStep):
+            args["pairs"] = _step_file(spec, body.pairs, PAIRS)
     return {
         "kind": "train",
         "step": step,
@@ -75,11 +91,16 @@ def run_training(payload: dict, progress=None) -> dict:
         cfg = load_stack_config(args["stack"])
         Path(args["out"]).parent.mkdir(parents=True, exist_ok=True)
         options = DistillOptions(limit=args["limit"], batch_size=args["batch_size"], hints=args["hints"])
+        dtype = args.get("teacher_dtype") or cfg.dtype
+        if dtype == "auto":
+            from fslm.cpu import bf16_is_fast
+
+            dtype = "bfloat16" if bf16_is_fast() else "float32"
         report = distill(
             cfg,
             args["data"],
             args["out"],
-            teacher=lambda: make_teacher(args["teacher"], default_ref=cfg.base_model, dtype=cfg.dtype),
+            teacher=lambda: make_teacher(args["teacher"], default_ref=cfg.base_model, dtype=dtype),
             options=options,
             progress=(lambda done, total: progress(f"distill {done}/{total}")) if progress else None,
         )
@@ -89,12 +110,68 @@ def run_training(payload: dict, progress=None) -> dict:
         report = finetune(
             args["stack"], args["data"], args["out"], _options(args["options"]), stages=args["stages"], progress=steps
         )
-    else:
+    elif kind == "finetune_pairs":
         from fslm.finetune import finetune_pairs
 
         report = finetune_pairs(
             args["stack"], args["stage"], args["pairs"], args["out"], _options(args["options"]), progress=steps
         )
+    elif kind == "corpus":
+        from fslm.retrieve.corpus import write_corpus
+
+        stats = write_corpus(
+            args["out"],
+            args["sources"],
+            alpaca_path=args["alpaca"],
+            heldout_keep=args["heldout_keep"],
+            eval_tail=args["eval_tail"],
+        )
+        report = _Report({"out": args["out"], "sources": {k: v.to_dict() for k, v in stats.items()}})
+    elif kind == "index":
+        report = _Report(build_index(args["corpus"], Path(args["out"]), args["stack"]))
+    else:
+        from fslm.finetune.pairs import write_scoring_pairs
+
+        report = write_scoring_pairs(
+            args["stack"],
+            args["out"],
+            args["records"],
+            args["tasks"],
+            seed=args["seed"],
+            heldout_keep=args["heldout_keep"],
+            eval_reserve=args["eval_reserve"],
+        )
     result = report.to_dict()
     write_json(Path(payload["marker"]), {"fingerprint": payload["fingerprint"], "report": result})
+    return result
+
+
+class _Report(dict):
+    def to_dict(self) -> dict:
+        return dict(self)
+
+
+def build_index(corpus: str, out: Path, stack: str | None) -> dict:
+    """The BM25 index of `corpus` in out/index/; with `stack`, that stack with every retrieve stage reading it written
+    to out/stack.yaml (adapter paths kept pointing where the template's do)."""
+    from fslm.config import parse_stack_config
+    from fslm.errors import ConfigError
+    from fslm.evaluate.store import write_atomic
+    from fslm.io import load_yaml, read_text
+    from fslm.retrieve import index_passages
+
+    retriever = index_passages(corpus, out / INDEX)
+    result: dict = {"corpus": corpus, "index": str(out / INDEX), "passages": len(retriever.passages)}
+    if stack is not None:
+        template = Path(stack)
+        data = load_yaml(read_text(template, error=ConfigError), str(template), error=ConfigError)
+        stages = data.get("stages") if isinstance(data, dict) else None
+        readers = [s for s in stages or [] if isinstance(s, dict) and isinstance(s.get("retrieve"), dict)]
+        if not readers:
+            raise ConfigError(f"{template}: no stage retrieves; an index step's stack needs a retrieve stage")
+        for raw in readers:
+            raw["retrieve"]["index"] = str((out / INDEX).resolve())
+        cfg = parse_stack_config(data, str(template), template.resolve())
+        write_atomic(out / "stack.yaml", relative_yaml(cfg, out / "stack.yaml"))
+        result["stack"] = str(out / "stack.yaml")
     return result

@@ -129,6 +129,9 @@ def apply_patch(spec: ExperimentSpec, cfg: StackConfig, patch: PatchSpec, system
         else:
             stages[stage]["adapter"] = str(spec.resolve(adapter))
     data["name"] = patch.name or system
+    if patch.base_model is not None:
+        local = spec.resolve(patch.base_model)
+        data["base_model"] = str(local) if local.exists() else patch.base_model
     try:
         out = parse_stack_config(data, where, cfg.source_path)
         for i, stage in enumerate(patch.drop):

@@ -57,14 +57,11 @@ def run_eval(payload: dict, progress) -> dict:
     return {"macro_acc": summary.macro_acc, "n_items": summary.data["n_items"]}
 
 
-def main(argv: list[str]) -> int:
-    for key, value in QUIET.items():  # library chatter stays out of the job's log
-        os.environ.setdefault(key, value)
+def run_job(payload: dict, progress) -> int:
+    """Run one job with `progress` getting its lines; returns the exit code (printed errors as `error: ...`)."""
     from fslm.errors import FslmError
     from fslm.evaluate.store import RunFolderBusy
 
-    payload = json.loads(argv[0])
-    progress = _watch_parent(payload["parent"])
     try:
         if payload["kind"] == "train":
             from fslm.experiment.train import run_training
@@ -80,6 +77,32 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"finished: {json.dumps(result)[:500]}", flush=True)
     return 0
+
+
+def run_inline(payload: dict, log) -> int:
+    """The same job in the runner's own process, its lines appended to the open `log` file (isolate=False: no
+    process start per job, for tests and debuggers; peak RSS is then the runner's)."""
+    import contextlib
+
+    def progress(event: dict | str) -> None:
+        if isinstance(event, str):
+            print(event, flush=True)
+        elif event.get("new"):
+            print(f"{event['task']}: {event['done']}/{event['total']} acc {100 * event['acc']:.1f}%", flush=True)
+
+    with contextlib.redirect_stdout(log):
+        try:
+            return run_job(payload, progress)
+        except Exception as err:  # a crash fails this job, not the runner (as a crashed worker process would)
+            print(f"error: {type(err).__name__}: {err}", flush=True)
+            return 1
+
+
+def main(argv: list[str]) -> int:
+    for key, value in QUIET.items():  # library chatter stays out of the job's log
+        os.environ.setdefault(key, value)
+    payload = json.loads(argv[0])
+    return run_job(payload, _watch_parent(payload["parent"]))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fslm.errors import DataError
-from fslm.io import JsonError, loads_json, read_text
+from fslm.io import read_json_object
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -113,13 +113,7 @@ def _unreadable(root: Path, err: BaseException) -> str:
 
 def _json_object(path: Path) -> dict:
     """A JSON object file fslm wrote (checkpoint state, done marker); anything else is a DataError naming it."""
-    try:
-        data = loads_json(read_text(path))
-    except JsonError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path)
 
 
 def mark_done(root: Path, meta: dict) -> None:

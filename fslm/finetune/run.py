@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from fslm.config import StackConfig, load_default_stack_config, load_stack_config
+from fslm.config import StackConfig, check_chain, load_default_stack_config, load_stack_config
 from fslm.distill.store import read_distilled
-from fslm.engine import load_engine
+from fslm.engine import load_engine, require_transformers
 from fslm.errors import ConfigError, DataError
 from fslm.finetune.checkpoint import load_done, mark_done, write_json_atomic
 from fslm.finetune.examples import StageData, build_examples, pair_examples, usable_pairs, usable_records
@@ -134,6 +134,7 @@ def finetune(
         if stack is None
         else load_stack_config(stack)
     )
+    check_chain(cfg, "fine-tuning")
     names = [s.name for s in cfg.stages]
     chosen = list(stages) if stages else names
     unknown = [s for s in chosen if s not in names]
@@ -147,8 +148,8 @@ def finetune(
     chosen = [n for n in chosen if n not in retrieval]
     out = Path(out)
     records = usable_records(cfg, read_distilled(data), str(data))
-    engine = engine or load_engine(cfg.base_model, dtype="float32")
-    base = engine.base
+    engine = require_transformers(engine or load_engine(cfg.base_model, dtype="float32"), "LoRA fine-tuning")
+    base = engine.base_model
     pad_id = _pad_id(engine)
     t0 = time.perf_counter()
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(records))
@@ -222,7 +223,7 @@ def finetune_pairs(
         raise ConfigError(f"stage {stage!r} retrieves passages; it has no model to train")
     out = Path(out)
     rows = read_pairs(data)
-    engine = engine or load_engine(cfg.base_model, dtype="float32")
+    engine = require_transformers(engine or load_engine(cfg.base_model, dtype="float32"), "LoRA fine-tuning")
     pad_id = _pad_id(engine)
     t0 = time.perf_counter()
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(rows))
@@ -236,7 +237,18 @@ def finetune_pairs(
     }
     stage_data = pair_examples(stage, engine, rows, options.max_length)
     _train_adapter(
-        stage_data, engine, engine.base, cfg, names.index(stage), out, options, pad_id, log, report, False, progress
+        stage_data,
+        engine,
+        engine.base_model,
+        cfg,
+        names.index(stage),
+        out,
+        options,
+        pad_id,
+        log,
+        report,
+        False,
+        progress,
     )
     _write_trained(cfg, out, [stage], log, report, t0)
     return report

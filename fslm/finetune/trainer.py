@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,64 +25,7 @@ from fslm.cpu import apply_threads, bf16_is_fast
 from fslm.errors import ConfigError
 from fslm.finetune.checkpoint import load_checkpoint, save_checkpoint
 from fslm.finetune.examples import Example
-
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass
-class TrainOptions:
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    targets: tuple[str, ...] = ALL_PROJECTIONS
-    lr: float = 5e-4
-    epochs: int = 1
-    max_length: int = 512
-    batch_size: int = 8
-    warmup: float = 0.1  # share of steps with a linear warmup, then linear decay to 0
-    save_every: int = 50  # checkpoint every N optimizer steps (and at the end of a stage)
-    seed: int = 0
-    # speed: none of these change the objective
-    bucketing: bool = True
-    precision: str = "auto"  # auto | bf16 | fp32
-    target_logits_only: bool = True
-    threads: int | None = None  # fixed thread count; None: settings.threads, else picked by load (auto_threads)
-    auto_threads: bool = True
-    save_dtype: str = "float32"  # adapter file storage: float16 halves the size (training stays fp32)
-
-    def math_fingerprint(self) -> dict:
-        """Options a checkpoint must agree with to be resumed (speed options may change between runs)."""
-        keep = (
-            "rank",
-            "alpha",
-            "dropout",
-            "targets",
-            "lr",
-            "epochs",
-            "max_length",
-            "batch_size",
-            "warmup",
-            "seed",
-            "bucketing",
-        )
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
-
-    def validate(self) -> None:
-        if (
-            self.rank < 1
-            or self.alpha <= 0
-            or self.lr <= 0
-            or self.epochs < 1
-            or self.batch_size < 1
-            or self.save_every < 1
-        ):
-            raise ConfigError("rank, alpha, lr, epochs, batch size and save-every must all be positive")
-        if self.max_length < 8:
-            raise ConfigError("--max-length must be at least 8 tokens")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"--precision {self.precision!r}: expected auto, bf16 or fp32")
-        if self.save_dtype not in ("float32", "float16"):
-            raise ConfigError(f"--save-dtype {self.save_dtype!r}: expected float32 or float16")
+from fslm.finetune.options import ALL_PROJECTIONS, TrainOptions  # noqa: F401 - ALL_PROJECTIONS re-exported
 
 
 @lru_cache(maxsize=1)

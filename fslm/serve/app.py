@@ -2,6 +2,7 @@
 
 Routes: POST /v1/chat/completions, GET /v1/models[/{id}], GET /v1/traces[/{id}], GET /metrics (all behind the
 optional API key), GET /health and the static viewer page GET /ui (open: the page holds no data and asks for the key).
+Every request that reaches the stack is written to the run log (fslm.logs), which /v1/traces pages and searches.
 
 Every input surface answers a client's mistake with a 4xx OpenAI error body, never a 500 or a logged traceback: the
 body (declared and counted size, JSON media type, a read deadline, strict JSON in schemas.parse_request), the API key
@@ -39,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fslm.errors import FslmError
+from fslm.logs import RunLog, stack_entry, stack_identity
 from fslm.serve.batching import BatchQueue, Job, QueueFull
 from fslm.serve.chat import messages_to_prompt, trace_record, usage
 from fslm.serve.config import ServeSettings
@@ -95,9 +97,12 @@ class ServeState:
             on_batch=lambda report: self.metrics.observe_batch(report),
         )
         self.metrics = ServeMetrics(lambda: self.queue.depth, lambda: self.queue.running)
+        # A request waits for its log write (so the viewer lists it as soon as it is answered), 1 s at most when
+        # another process holds the log's write lock; past that it is answered unlogged.
         self.traces = TraceStore(
-            settings.trace_history, settings.resolved_trace_db() if settings.resolved_persist() else None
+            settings.trace_history, RunLog(settings.resolved_log_db(), timeout=1.0) if settings.resolved_log() else None
         )
+        self._identity: dict | None = None
 
     def _run_batch(self, prompts, cap: int | None) -> list[StackResult]:
         return self._stack_for(cap).run_batch(prompts)
@@ -108,8 +113,9 @@ class ServeState:
             return self.stack
         if cap not in self._variants:
             cfg = self.stack.config.model_copy(deep=True)
-            cfg.stages[-1].generation.max_new_tokens = cap
-            self._variants[cap] = Stack(cfg, self.stack.engine)
+            for stage in cfg.final_stages:  # every stage whose text may be the answer
+                stage.generation.max_new_tokens = cap
+            self._variants[cap] = Stack(cfg, self.stack.engine, engines=self.stack.engines)  # no model loaded again
         return self._variants[cap]
 
     def answer_cap(self, requested: int | None) -> int | None:
@@ -130,31 +136,71 @@ class ServeState:
                 headers={"Retry-After": str(retry)},
             ) from None
 
-    async def result(self, job: Job, timeout: float) -> StackResult:
+    async def result(self, job: Job, timeout: float, cid: str | None = None) -> StackResult:
+        """The job's result, or the APIError its failure means (the failure is written to the run log first)."""
         future = asyncio.wrap_future(job.future)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise APIError(
+            error = APIError(
                 503,
                 f"no answer within {timeout:.0f} s; the server is overloaded",
                 type="server_error",
                 code="timeout",
                 headers={"Retry-After": "5"},
-            ) from None
+            )
         except QueueFull as err:
-            raise APIError(
-                503, str(err), type="server_error", code="unavailable", headers={"Retry-After": "5"}
-            ) from None
+            error = APIError(503, str(err), type="server_error", code="unavailable", headers={"Retry-After": "5"})
         except FslmError as err:
-            raise APIError(400, str(err), code="invalid_input") from None
+            error = APIError(400, str(err), code="invalid_input")
+        except Exception as err:  # a bug: logged, then the 500 handler answers
+            await self.log(cid, job.prompt, time.perf_counter() - job.enqueued, error=f"{type(err).__name__}: {err}")
+            raise
+        await self.log(cid, job.prompt, time.perf_counter() - job.enqueued, error=f"{error.code}: {error.message}")
+        raise error
 
-    def finish(self, cid: str, result: StackResult, job: Job, t0: float) -> dict:
+    async def finish(self, cid: str, result: StackResult, job: Job, t0: float) -> dict:
         latency = time.perf_counter() - t0
         self.metrics.latency.observe(latency)
         record = trace_record(cid, self.model_name, result, job, latency)
         self.traces.add(record)
+        await self.log(cid, result.prompt, latency, result=result, record=record)
         return record
+
+    async def log(
+        self,
+        cid: str | None,
+        prompt: str,
+        latency: float,
+        *,
+        result: StackResult | None = None,
+        record: dict | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Write one request to the run log, off the event loop (a log write can wait on another process's lock;
+        it never fails the request: fslm.logs.record notes a problem once and goes on)."""
+        if not self.traces.persistent:
+            return
+        keys = ("finish_reason", "batch_size", "queue_seconds", "stack_seconds", "latency_seconds")
+        details = {"served_as": self.model_name, **{k: record[k] for k in keys if record and k in record}}
+        started = time.time() - latency
+
+        def entry() -> dict:
+            if self._identity is None:
+                self._identity = stack_identity(self.stack)  # hashes the adapter files: once, in a worker thread
+            return stack_entry(
+                "serve",
+                prompt,
+                self._identity,
+                result=result,
+                error=error,
+                started=started,
+                wall_seconds=latency,
+                request_id=cid,
+                details=details,
+            )
+
+        await run_in_threadpool(self.traces.write, entry, record)
 
 
 async def _read_body(request: Request, settings: ServeSettings) -> bytes:
@@ -485,8 +531,13 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         response_model=None,
         responses={**ok_response(TraceList, "recent traces, newest first"), **error_responses(400, 401)},
     )
-    async def list_traces(limit: int = Query(50, ge=1, le=1000)) -> dict:
-        return {"object": "list", "data": state.traces.list(limit), "persistent": state.traces.persistent}
+    async def list_traces(
+        limit: int = Query(50, ge=1, le=1000),
+        offset: int = Query(0, ge=0, le=1_000_000_000),
+        q: str | None = Query(None, max_length=1000, description="words that must all occur (prompt, answer, stages)"),
+    ) -> dict:
+        data, more = await run_in_threadpool(state.traces.page, limit, offset, q)
+        return {"object": "list", "data": data, "persistent": state.traces.persistent, "has_more": more}
 
     @api.get(
         "/v1/traces/{trace_id}",
@@ -494,11 +545,12 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
         responses={**ok_response(TraceRecord, "one full trace"), **error_responses(401, 404)},
     )
     async def get_trace(trace_id: str) -> dict:
-        record = state.traces.get(trace_id)
+        record = await run_in_threadpool(state.traces.get, trace_id)
         if record is None:
+            kept = "in the run log" if state.traces.persistent else f"among the last {settings.trace_history} kept"
             raise APIError(
                 404,
-                f"no trace {shorten(trace_id)} (only the last {settings.trace_history} are kept in memory)",
+                f"no trace {shorten(trace_id)} {kept}",
                 param="trace_id",
                 code="not_found",
             )
@@ -553,8 +605,8 @@ def create_app(stack: Stack | str | Path | None = None, settings: ServeSettings 
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return await _stream(state, cid, prompt, cap, want_trace, include_usage, t0)
         job = state.submit(prompt, cap)
-        result = await state.result(job, settings.request_timeout_s)
-        record = state.finish(cid, result, job, t0)
+        result = await state.result(job, settings.request_timeout_s, cid)
+        record = await state.finish(cid, result, job, t0)
         return JSONResponse(
             completion_object(
                 cid,
@@ -602,12 +654,12 @@ async def _stream(
             if started.is_set():
                 yield sse(chunk_object(cid, model, {}, fslm_event={"status": "running", "batch_size": job.batch_size}))
             try:
-                result = await state.result(job, state.settings.request_timeout_s)
+                result = await state.result(job, state.settings.request_timeout_s, cid)
             except APIError as err:
                 yield sse(err.body())
                 yield sse("[DONE]")
                 return
-            record = state.finish(cid, result, job, t0)
+            record = await state.finish(cid, result, job, t0)
             for piece in answer_pieces(result.answer):
                 yield sse(chunk_object(cid, model, {"content": piece}))
             yield sse(chunk_object(cid, model, {}, record["finish_reason"], fslm_trace=record if want_trace else None))

@@ -66,7 +66,11 @@ def trace_record(cid: str, model: str, result: StackResult, job: Job, latency: f
         "model": model,
         "prompt": result.prompt,
         "answer": result.answer,
-        "finish_reason": result.trace[-1].finish_reason if result.trace else "stop",
+        # OpenAI's values: "length" when the answering stage hit its token limit, else "stop" (a scored, retrieved or
+        # tool answer ended by itself)
+        "finish_reason": "length"
+        if result.answer_record is not None and result.answer_record.finish_reason == "length"
+        else "stop",
         "stages": stages,
         "tokens_in": sum(s["tokens_in"] for s in stages),
         "tokens_out": sum(s["tokens_out"] for s in stages),

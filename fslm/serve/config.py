@@ -41,9 +41,11 @@ class ServeSettings(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this, else 408")
     # Traces.
     trace: bool = Field(True, description="include fslm_trace in responses unless the request says otherwise")
-    trace_history: int = Field(200, ge=0, description="traces kept in memory for /ui and /v1/traces")
-    persist_traces: bool | None = Field(None, description="append traces to SQLite; default: FSLM_LOG_TRACES")
-    trace_db: Path | None = Field(None, description="default: FSLM_LOG_DB or <cache_dir>/serve_traces.sqlite")
+    trace_history: int = Field(200, ge=0, description="traces kept in memory (what /ui shows with the log off)")
+    log: bool | None = Field(None, description="write every request to the run log (fslm logs); default: FSLM_LOG")
+    log_db: Path | None = Field(None, description="the run log file; default: FSLM_LOG_DB or <cache_dir>/logs.db")
+    persist_traces: bool | None = Field(None, description="deprecated alias of `log` (traces now go to the run log)")
+    trace_db: Path | None = Field(None, description="deprecated alias of `log_db`")
     api_key: str | None = Field(None, description="default: FSLM_API_KEY; None = no key required")
     model_name: str | None = Field(None, description="the id clients send as `model`; default: the stack's name")
     allowed_hosts: list[str] | None = Field(
@@ -80,11 +82,14 @@ class ServeSettings(BaseModel):
             return [name.strip() for name in env.split(",") if name.strip()]
         return [*LOOPBACK_NAMES, self.host] if _is_loopback(self.host) else ["*"]
 
-    def resolved_persist(self) -> bool:
-        return self.persist_traces if self.persist_traces is not None else get_settings().log_traces
-
-    def resolved_trace_db(self) -> Path:
-        if self.trace_db is not None:
-            return self.trace_db
+    def resolved_log(self) -> bool:
+        """Whether requests go to the run log: `log` (or its old name `persist_traces`) if set, else FSLM_LOG, which
+        FSLM_LOG_TRACES=0 (the old opt-in's name, set to off) also turns off for the server."""
+        for choice in (self.log, self.persist_traces):
+            if choice is not None:
+                return choice
         settings = get_settings()
-        return settings.log_db or settings.cache_dir / "serve_traces.sqlite"
+        return settings.log and settings.log_traces is not False
+
+    def resolved_log_db(self) -> Path:
+        return self.log_db or self.trace_db or get_settings().log_path

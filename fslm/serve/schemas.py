@@ -298,12 +298,17 @@ class TraceSummary(_Doc):
     latency_seconds: float
     batch_size: int
     tokens_out: int
+    kind: str = Field("serve", description="serve, run or generate: the run log holds CLI runs too")
+    log_id: int | None = Field(None, description="the run log's id (None: kept in memory only)")
+    stack: str | None = None
+    error: str | None = Field(None, description="why the run failed, if it did")
 
 
 class TraceList(_Doc):
     object: Literal["list"]
     data: list[TraceSummary]
     persistent: bool
+    has_more: bool = Field(False, description="an older page exists (ask again with a larger offset)")
 
 
 class StageName(_Doc):

@@ -210,6 +210,24 @@ def test_q8_0_stays_close_to_hf(ll8, hf):
     assert [g.text for g in ll8.generate(texts, one)] == [g.text for g in hf.generate(texts, one)]
 
 
+def test_q4_0_is_quantized_by_llama_cpp_once_and_runs(tiny_model_dir, isolated_cache, hf):
+    """q4_0 comes from llama.cpp's own quantizer (via the f32 conversion), is cached like the other formats, and
+    scores in the right neighbourhood of HF's (4-bit weights: a loose bound; parity is measured on real models)."""
+    pytest.importorskip("llama_cpp")
+    from fslm.engine.llamacpp import LlamaCppEngine
+
+    first = LlamaCppEngine.from_ref(str(tiny_model_dir), weight_format="q4_0")
+    assert first.weight_format == "q4_0" and first.dtype == "llamacpp-q4_0"
+    stamp = os.stat(first.gguf_path).st_mtime_ns
+    again = LlamaCppEngine.from_ref(str(tiny_model_dir), weight_format="q4_0")
+    assert again.gguf_path == first.gguf_path and os.stat(again.gguf_path).st_mtime_ns == stamp
+    assert not list(first.gguf_path.parent.glob(".*.tmp"))  # written, then renamed
+    for a, b in zip(first.score(CONTEXTS, CONTINUATIONS), hf.score(CONTEXTS, CONTINUATIONS)):
+        assert math.isclose(a.logprob, b.logprob, rel_tol=0.25), (a, b)
+    out = first.generate([chat(hf, p) for p in PROMPTS], GenerationParams(max_new_tokens=4))
+    assert all(g.tokens_out >= 1 for g in out)
+
+
 def test_adapters_change_output_and_match_peft(with_adapters):
     ll, ref = with_adapters
     text = chat(ll, PROMPTS[0])
@@ -245,6 +263,31 @@ def test_adapter_conversion_is_cached_by_sha256(with_adapters, tiny_adapters):
 def test_bad_adapter_folder(ll32, tmp_path):
     with pytest.raises(ConfigError, match="cannot load LoRA adapter"):
         ll32.add_adapter("x", str(tmp_path))
+
+
+def test_a_truncated_gguf_is_one_error_naming_it(ll32, tmp_path):
+    """Checked before the gguf reader or llama.cpp see it (either would fail with a traceback or worse)."""
+    from fslm.engine.llamacpp import LlamaCppEngine
+    from fslm.errors import ModelFileError
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(ll32.gguf_path.read_bytes()[: ll32.gguf_path.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match=r"cut.gguf: not a usable GGUF file: .*truncated"):
+        LlamaCppEngine(cut, ll32.tokenizer)
+
+
+def test_a_damaged_folder_is_refused_before_conversion(tiny_model_dir, isolated_cache, tmp_path):
+    pytest.importorskip("llama_cpp")
+    import shutil
+
+    from fslm.engine.llamacpp import LlamaCppEngine
+    from fslm.errors import ModelFileError
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ModelFileError, match=r"model.safetensors: not a valid safetensors file"):
+        LlamaCppEngine.from_ref(str(folder), weight_format="f32")
 
 
 def test_from_ref_converts_a_folder_once(tiny_model_dir, isolated_cache):
@@ -388,6 +431,51 @@ def test_every_verb_runs_on_the_engine_it_is_given(
     dist = runner.invoke(app, argv)
     assert dist.exit_code == 0, dist.output
     record = json.loads(out.read_text().splitlines()[0])
-    assert (
-        set(record["targets"]) == {"intent", "answer"} and record["teacher"] == f"local:{tiny_model_dir}@llamacpp-q8_0"
+    assert record["teacher"] == f"local:{tiny_model_dir}@llamacpp-q8_0"  # the records say which engine wrote them
+    assert "intent" in record["targets"]  # the teacher-written stage (a tiny model's text may then be filtered)
+
+
+@pytest.mark.parametrize("weight_format", ["f32", "q8_0"])
+def test_reusing_a_stage_head_changes_no_output(tiny_model_dir, tmp_path_factory, lcache, weight_format):
+    """llama.cpp prefix reuse: the stage head's KV state saved once (sequence-state bytes) and restored into each
+    row; texts equal to the same engine with reuse off, on the computing call, on hits, batched and one by one."""
+    instruction = (
+        "You restate requests. Say in one short sentence what the user is asking for, without answering it, and "
+        "keep every name and number exactly as the user wrote it."
     )
+    plain = build(tiny_model_dir, tmp_path_factory, weight_format, prefix_cache_tokens=0)
+    cached = build(tiny_model_dir, tmp_path_factory, weight_format)
+    cached.prefixes.min_tokens = 8
+    texts = [
+        plain.render_chat([{"role": "system", "content": instruction}, {"role": "user", "content": p}]) for p in PROMPTS
+    ]
+    params = GenerationParams(max_new_tokens=10, repetition_penalty=1.3)
+    want = [g.text for g in plain.generate(texts, params)]
+    assert [g.text for g in cached.generate(texts, params)] == want
+    assert cached.prefixes.stats.stored == 1
+    assert [g.text for g in cached.generate(texts, params)] == want
+    assert [cached.generate([t], params)[0].text for t in texts] == want
+    assert cached.stats.prefix_hits == 1 + len(texts)
+    k = cached.prefixes.tokens()
+    assert cached.stats.prefix_tokens_reused == k * (len(texts) - 1) + 2 * k * len(texts)
+
+
+def test_an_eval_folder_remembers_its_engine(tiny_model_dir, isolated_cache, tmp_path, monkeypatch):
+    """Resuming a llama.cpp run folder with the HF engine (or the reverse) would mix two systems' items: refused."""
+    pytest.importorskip("llama_cpp")
+    import json
+
+    from fslm.evaluate import evaluate, load_system
+    from fslm.settings import reset_settings
+
+    data = tmp_path / "data" / "arc_easy"
+    data.mkdir(parents=True)
+    records = [{"query": f"Question: item {i}?", "choices": ["a spider", "a dog"], "gold": i % 2} for i in range(3)]
+    (data / "arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setenv("FSLM_DATA_DIR", str(tmp_path / "data"))
+    reset_settings()
+    out = tmp_path / "run"
+    evaluate(load_system(model=str(tiny_model_dir), backend="llamacpp"), ["arc_easy"], 3, out_dir=out)
+    assert json.loads((out / "run.json").read_text())["identity"]["engine"] == "llamacpp-q8_0"
+    with pytest.raises(InputError, match="different run"):
+        evaluate(load_system(model=str(tiny_model_dir), backend="hf"), ["arc_easy"], 3, out_dir=out)

@@ -68,11 +68,27 @@ def spec_with(**changes) -> dict:
             spec_with(training={"t": {"finetune": {"data": "d.jsonl", "options": {"rnk": 4}}}}),
             "options: unknown option",
         ),
-        (spec_with(training={"t": {}}), "training.t: give exactly one of distill, finetune, finetune_pairs"),
+        (
+            spec_with(training={"t": {}}),
+            "training.t: give exactly one of distill, finetune, corpus, index, pairs, finetune_pairs",
+        ),
+        (
+            spec_with(training={"c": {"distill": {}}, "t": {"index": {"corpus": "c"}}}),
+            "training.t.index.corpus: 'c' is not a corpus step",
+        ),
+        (
+            spec_with(training={"c": {"corpus": {}}, "t": {"pairs": {"stack": "c", "records": 4}}}),
+            "training.t.pairs.stack: 'c' is not 'default', a .yaml path, or a step of this spec that writes a stack",
+        ),
+        (
+            spec_with(training={"c": {"corpus": {}}, "i": {"index": {"corpus": "c"}}}, systems={"a": {"stack": "i"}}),
+            "systems.a.stack: 'i' is not 'default'",  # an index step without a stack writes none
+        ),
+        (spec_with(training={"p": {"pairs": {"stack": "s.yaml", "records": 0}}}), "training.p.pairs.records"),
         (spec_with(training={"a": {"distill": {}}}), "training: ['a'] are also system names"),
         (
             spec_with(training={"t": {"finetune": {"stack": "t", "data": "d.jsonl"}}}),
-            "training.t: its stack comes from itself",
+            "training.t: it reads its own output (t -> t)",
         ),
         ({"name": "x", "systems": {"a": {"model": "m"}}}, "evaluation: Field required"),
     ],
@@ -173,7 +189,7 @@ def test_a_variant_is_written_with_paths_relative_to_its_file(variant_spec, tmp_
         ({"keep": ["intent"]}, "final (answer) stage"),
         ({"stages": {"nope": {"instruction": "x"}}}, "systems.bad.patch.stages.nope: stack 'three' has no such stage"),
         ({"adapters": {"nope": None}}, "systems.bad.patch.adapters.nope"),
-        ({"stages": {"facts": {"sees": ["answer"]}}}, "stages.1.sees.0: 'answer' is not 'prompt' or an EARLIER stage"),
+        ({"stages": {"facts": {"sees": ["answer"]}}}, "answer"),  # fslm.config words the error; it names the stage
         ({"drop": ["intent"], "stages": {"facts": {"template": "{intent}"}}}, "stages.1.template uses {intent}"),
     ],
 )
@@ -211,3 +227,20 @@ def test_cli_set_values_are_read_as_yaml():
     }
     with pytest.raises(InputError, match="expected KEY=VALUE"):
         parse_settings(["evaluation.limit"])
+
+
+def test_a_scale_is_a_named_set_of_overrides_and_set_wins_over_it(tmp_path):
+    data = spec_with(
+        evaluation={"tasks": ["arc_easy"], "limit": 300},
+        scales={"smoke": {"evaluation.limit": 2, "out": "runs/smoke", "systems.a": {"model": "tiny"}}},
+    )
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_spec(path).evaluation.limit == 300  # no scale named: the file as written
+    smoke = load_spec(path, {"scale": "smoke"})
+    assert (
+        smoke.evaluation.limit == 2 and smoke.systems["a"].model == "tiny" and smoke.out_dir == tmp_path / "runs/smoke"
+    )
+    assert load_spec(path, {"scale": "smoke", "evaluation.limit": 5}).evaluation.limit == 5
+    with pytest.raises(ConfigError, match=r"scale: 'pilot' is not an entry of scales \(scales: smoke\)"):
+        load_spec(path, {"scale": "pilot"})

@@ -113,6 +113,78 @@ def test_viewer_with_api_key_prompts_for_it(browser, tiny_stack):
         assert page.locator("li.stage").count() == 3
 
 
+def logged_run(prompt: str, answer: str, created: float) -> None:
+    """A run as `fslm run` writes it to the log the server reads."""
+    from fslm.logs import record, stack_entry
+
+    ident = {"stack": "cli-stack", "config_sha256": None, "adapters": {}, "engine": {"model_ref": "m", "dtype": "f"}}
+    entry = stack_entry("run", prompt, ident, started=created, wall_seconds=0.5)
+    entry["answer"] = answer
+    entry["trace"] = [
+        {
+            "stage": "answer",
+            "input": "in",
+            "output": answer,
+            "tokens_in": 3,
+            "tokens_out": 2,
+            "seconds": 0.5,
+            "adapter": None,
+            "finish_reason": "stop",
+        }
+    ]
+    assert record(entry) is not None
+
+
+def history_prompts(page) -> list[str]:
+    return page.locator("#history li[data-id] .h-prompt").all_inner_texts()
+
+
+def test_viewer_pages_and_searches_the_run_log(browser, tiny_stack):
+    import time
+
+    now = time.time()
+    for i in range(25):
+        logged_run("a question about zebras" if i == 7 else f"logged question {i}", f"answer {i}", now - 100 + i)
+    with running_server(create_app(tiny_stack, ServeSettings())) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(url + "/ui")
+        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 20")
+        prompts = history_prompts(page)
+        assert "logged question 24" in prompts[0] and "logged question 5" in prompts[-1]  # newest first, one page
+        assert page.locator("#history li[data-id] .kind").first.inner_text() == "run"  # not a served request
+        assert page.locator("#newer").is_disabled() and page.locator("#older").is_enabled()
+        assert page.locator("#page-info").inner_text() == "1–20"
+
+        page.click("#older")
+        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 5")
+        assert "logged question 4" in history_prompts(page)[0] and "logged question 0" in history_prompts(page)[-1]
+        assert page.locator("#older").is_disabled() and page.locator("#newer").is_enabled()
+        assert page.locator("#page-info").inner_text() == "21–25"
+        page.locator("#history li[data-id]").nth(2).click()  # a CLI run opens like a served one
+        page.wait_for_selector("li.stage")
+        assert page.locator("li.stage .output").inner_text() == "answer 2"
+        assert page.locator("[data-testid=answer] .answer-text").inner_text() == "answer 2"
+
+        page.fill("#search", "zebras")
+        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 1")
+        assert "a question about zebras" in history_prompts(page)[0]
+        assert page.locator("#older").is_disabled() and page.locator("#newer").is_disabled()
+        page.fill("#search", "no such words anywhere")
+        page.wait_for_function("document.getElementById('history').textContent.includes('No trace matches')")
+        page.fill("#search", "")
+        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 20")
+
+        submit(page, "Which planet is largest?", 60_000)  # a served request goes on top of the same log
+        page.wait_for_function(
+            "document.querySelector('#history li[data-id] .h-prompt').textContent === 'Which planet is largest?'"
+        )
+        assert page.locator("#history li[data-id]").first.locator(".kind").count() == 0
+        assert page.locator("#page-info").inner_text() == "1–20"
+        assert errors == []
+
+
 @pytest.mark.slow
 def test_real_default_stack_screenshot(browser):
     """The committed screenshot: a real trace from the default stack on SmolLM2-135M-Instruct."""

@@ -65,6 +65,8 @@ def _no_env_key(monkeypatch, tmp_path):
 
     monkeypatch.delenv("FSLM_API_KEY", raising=False)
     monkeypatch.delenv("FSLM_LOG_TRACES", raising=False)
+    monkeypatch.delenv("FSLM_LOG_DB", raising=False)
+    monkeypatch.setenv("FSLM_LOG", "1")  # the server's default: every request goes to the run log (here in tmp_path)
     monkeypatch.setenv("FSLM_CACHE_DIR", str(tmp_path / "cache"))
     reset_settings()
     yield

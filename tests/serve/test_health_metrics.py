@@ -78,7 +78,7 @@ def test_metrics_count_requests_tokens_and_latency(tiny_stack):
 
 
 def test_trace_history_is_bounded_and_browsable(tiny_stack):
-    with TestClient(create_app(tiny_stack, ServeSettings(trace_history=2))) as client:
+    with TestClient(create_app(tiny_stack, ServeSettings(trace_history=2, log=False))) as client:  # memory only
         ids = [ask(client, p).json()["id"] for p in ["one?", "two?", "three?"]]
         listed = client.get("/v1/traces").json()
         assert [t["id"] for t in listed["data"]] == [ids[2], ids[1]]  # newest first, only the last 2 kept
@@ -89,7 +89,7 @@ def test_trace_history_is_bounded_and_browsable(tiny_stack):
         assert client.get("/v1/traces", params={"limit": 1}).json()["data"][0]["id"] == ids[2]
 
 
-def test_traces_persist_to_sqlite_only_when_asked(tiny_stack, tmp_path):
+def test_deprecated_persist_traces_still_switches_the_run_log(tiny_stack, tmp_path):
     db = tmp_path / "traces.sqlite"
     with TestClient(create_app(tiny_stack, ServeSettings(persist_traces=False, trace_db=db))) as client:
         ask(client, "not kept?")

@@ -1,0 +1,123 @@
+"""Raw-scoring pairs: choice questions rendered exactly as `--answer-format raw-adapter` scores them, as training data
+for `finetune_pairs`.
+
+An answer stage trained in its chat format learns to reply, but the raw formats score each option's continuation
+after lm-eval's raw context. These pairs make the training loss that score: for each question, the retrieve stage's
+passages (never the question's own passage), the notes line the evaluation writes (`raw_notes`), the raw context, and
+the gold option's continuation.
+
+Questions come only from items a tail corpus may hold (train/dev splits, and the evaluation split past the first
+`eval_reserve` items), minus every evaluated item and the head of the held-out pool, so neither test nor held-out
+items are ever trained on. This module renders with `fslm.evaluate.prompts` (an arrow up the module map) on purpose:
+pairs rendered by any other code would train a format the evaluation does not score.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fslm.config import StackConfig, load_stack_config
+from fslm.errors import ConfigError
+from fslm.evaluate.heldout import EVAL_RESERVE
+from fslm.evaluate.prompts import raw_notes, stack_prompt
+from fslm.evaluate.run import parse_tasks, select_items
+from fslm.evaluate.store import write_atomic
+from fslm.retrieve import Retriever
+from fslm.retrieve.corpus import HELDOUT_KEEP, Reserved, corpus_splits, reserved_items
+from fslm.stages.retrieve import retrieve_records
+from fslm.tasks import Item, build_context, get_task, load_task
+
+
+@dataclass
+class PairsReport:
+    out: str
+    pairs: int
+    per_task: dict[str, int] = field(default_factory=dict)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def choice_tasks(tasks: str | Sequence[str] | None = None) -> list[str]:
+    """The multiple-choice tasks among `tasks` (None: every task): generation tasks have no option to score."""
+    return [t for t in parse_tasks(tasks) if get_task(t).kind != "generate"]
+
+
+def training_pool(task: str, reserved: Reserved, eval_reserve: int = EVAL_RESERVE) -> list[Item]:
+    """The task's items a tail corpus may hold, in file order: its train/dev splits, then its evaluation split past
+    the first `eval_reserve` items; nothing `reserved` names."""
+    pool = [item for split in corpus_splits(task) for item in load_task(task, split=split)]
+    pool += select_items(task, None)[eval_reserve:]
+    return [item for item in pool if not reserved.hits(item.id, item.question)]
+
+
+def pick_questions(
+    records: int,
+    tasks: str | Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    heldout_keep: int = HELDOUT_KEEP,
+    eval_reserve: int = EVAL_RESERVE,
+) -> list[Item]:
+    """An equal share of `records` from each choice task's pool, drawn with `seed` (the same data, the same draw)."""
+    names = choice_tasks(tasks)
+    if not names:
+        raise ConfigError("no multiple-choice task to draw scoring pairs from")
+    share = -(-records // len(names))
+    reserved = reserved_items(heldout_keep, eval_reserve)
+    chosen: list[Item] = []
+    for task in names:
+        pool = training_pool(task, reserved, eval_reserve)
+        keep = set(random.Random(f"{seed}:{task}").sample(range(len(pool)), min(share, len(pool))))
+        chosen += [item for i, item in enumerate(pool) if i in keep]
+    return chosen
+
+
+def build_pairs(cfg: StackConfig, items: Sequence[Item]) -> list[dict]:
+    """One {id, task, context, continuation} pair per question, for a stack whose first stage retrieves and whose
+    answer stage reads it (e.g. retrieve -> answer)."""
+    stage = cfg.stages[0]
+    if not stage.is_retrieval:
+        raise ConfigError(
+            f"stack {cfg.name!r}: scoring pairs need a first stage that retrieves ({stage.name!r} does not)"
+        )
+    retriever = Retriever.load(cfg.index_path(stage))
+    records = retrieve_records(
+        cfg, stage, retriever, [(stack_prompt(item), {}) for item in items], avoid=[item.question for item in items]
+    )
+    rows = []
+    for item, record in zip(items, records, strict=True):
+        gold = int(item.gold)
+        context = raw_notes(cfg, {stage.name: record.output}) + build_context(
+            item, (), choice=gold if item.contexts else None
+        )
+        rows.append({"id": item.id, "task": item.task, "context": context, "continuation": item.continuations[gold]})
+    return rows
+
+
+def write_scoring_pairs(
+    stack: str | Path | StackConfig,
+    out: str | Path,
+    records: int,
+    tasks: str | Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    heldout_keep: int = HELDOUT_KEEP,
+    eval_reserve: int = EVAL_RESERVE,
+) -> PairsReport:
+    """Draw the questions, render their pairs and write them as JSONL (atomically): the input of
+    `fslm.finetune.finetune_pairs`. Rebuilt identically from the same data in seconds, so there is nothing to resume."""
+    cfg = stack if isinstance(stack, StackConfig) else load_stack_config(stack)
+    items = pick_questions(records, tasks, seed=seed, heldout_keep=heldout_keep, eval_reserve=eval_reserve)
+    rows = build_pairs(cfg, items)
+    write_atomic(Path(out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return PairsReport(str(out), len(rows), dict(Counter(r["task"] for r in rows)), seed)
+
+
+__all__ = ["PairsReport", "build_pairs", "choice_tasks", "pick_questions", "training_pool", "write_scoring_pairs"]

@@ -1,0 +1,76 @@
+"""What a stack run leaves behind: one `StageRecord` per stage (in trace order) and the `StackResult` around them.
+
+Fields are only ever added (with defaults), never renamed: traces are stored (serve, logs) and read back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    stage: str
+    input: str  # the exact text the model was given (chat template applied); a tool's or retriever's query text
+    output: str
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    adapter: str | None = None
+    finish_reason: str = "stop"  # "retrieved", "scored", "tool" or "skipped" for those stages
+    retrieved: tuple[str, ...] = ()  # a retrieve stage's passage ids, best first
+    kind: str = "generate"  # generate | retrieve | score | tool
+    model: str | None = None  # the model reference of the engine that ran it (None: no model ran)
+    skipped: str | None = None  # why the stage did not run (None: it ran); a skipped stage costs nothing
+    when: str | None = None  # the stage's condition, when it has one and it held
+    options: tuple[str, ...] = ()  # a score stage: the options it chose among, in the prompt's order
+    option_scores: tuple[float, ...] = ()  # ... and each one's summed log-probability (the margin is read off these)
+    option_tokens: tuple[int, ...] = ()
+    errors: tuple[str, ...] = ()  # a tool stage: expressions it found but refused or could not compute
+
+    @property
+    def choice(self) -> int | None:
+        """A score stage's chosen option (index), None for other stages."""
+        if not self.option_scores:
+            return None
+        return max(range(len(self.option_scores)), key=self.option_scores.__getitem__)
+
+    @property
+    def margin(self) -> float | None:
+        """A score stage's confidence: the best option's log-probability minus the runner-up's."""
+        if len(self.option_scores) < 2:
+            return None
+        best, second = sorted(self.option_scores, reverse=True)[:2]
+        return best - second
+
+
+@dataclass
+class StackResult:
+    prompt: str
+    answer: str
+    trace: list[StageRecord] = field(default_factory=list)
+    answer_stage: str | None = None  # the stage whose text is the answer (None: a partial run)
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """The texts of the stages that ran (a skipped stage has none)."""
+        return {r.stage: r.output for r in self.trace if r.skipped is None}
+
+    @property
+    def answer_record(self) -> StageRecord | None:
+        return next((r for r in self.trace if r.stage == self.answer_stage), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt": self.prompt,
+            "answer": self.answer,
+            "trace": [asdict(r) for r in self.trace],
+            "tokens_in": sum(r.tokens_in for r in self.trace),
+            "tokens_out": sum(r.tokens_out for r in self.trace),
+            "seconds": round(sum(r.seconds for r in self.trace), 4),
+            "answer_stage": self.answer_stage,
+        }
+
+
+def skipped_record(stage: str, kind: str, reason: str) -> StageRecord:
+    return StageRecord(stage, "", "", 0, 0, 0.0, None, "skipped", kind=kind, skipped=reason)
