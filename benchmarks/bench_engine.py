@@ -522,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         "eval_vs_lmeval": None,  # not measured here: needs lm-eval's HF backend timed on the same items
         "parity_ci_includes_zero": results["eval_parity"]["ci_includes_zero"] if "eval_parity" in results else None,
     }
+    if args.stack_only:  # what other scripts measured into the saved summary stays
+        for key in ("serve_ratio", "eval_vs_lmeval"):
+            summary[key] = results.get("summary", {}).get(key)
     assert tuple(summary) == SUMMARY_KEYS
     results["summary"] = summary
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
