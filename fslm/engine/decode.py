@@ -95,6 +95,20 @@ def render_chat_text(tokenizer, messages: Sequence[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
+def split_pair(encode, start_id: int, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval-harness's split of a scored pair, for every engine: trailing context spaces move to the continuation,
+    tokens are cut at len(encode(context)); an empty context becomes `start_id` (BOS, else EOS)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = encode(context + continuation)
+    ctx = encode(context) if context else []
+    if not ctx:
+        return [start_id], whole
+    return ctx, whole[len(ctx) :]
+
+
 def supports_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters

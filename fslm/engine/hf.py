@@ -13,8 +13,8 @@ import torch
 
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, supports_logits_to_keep
-from fslm.engine.prefix import PrefixStore
+from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, split_pair, supports_logits_to_keep
+from fslm.engine.prefix import PrefixStore, count_reuse
 from fslm.errors import ConfigError, InputError, ModelFileError
 from fslm.models import LoadedModel, check_adapter_folder, load_model
 
@@ -157,7 +157,6 @@ class HFEngine:
 
     def _generate_batch(self, batch: list[list[int]], params: GenerationParams, adapter: str | None):
         with self._active(adapter) as model:
-            hits = self.prefixes.stats.hits
             prefix = self.prefixes.lookup(batch, adapter, lambda tokens: self._prefix_state(model, tokens))
             decoded = decode_batch(
                 model,
@@ -168,10 +167,7 @@ class HFEngine:
                 decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
                 prefix=prefix,
             )
-        skipped = prefix[0] * len(batch) if prefix is not None else 0  # run once in _prefix_state, or earlier
-        hit = self.prefixes.stats.hits > hits
-        self.stats.prefix_hits += hit
-        self.stats.prefix_tokens_reused += skipped - (0 if hit or prefix is None else prefix[0])
+        skipped = count_reuse(self.stats, prefix, len(batch), self.prefixes.last_hit)
         self.stats.calls += 1
         self.stats.forward_tokens += sum(len(ids) for ids in batch) - skipped + sum(len(d.tokens) for d in decoded)
         results = []
@@ -194,17 +190,9 @@ class HFEngine:
 
     # ---- scoring --------------------------------------------------------------------------------------------------
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval-harness's split: trailing context spaces move to the continuation, tokens cut at len(enc(ctx))."""
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            continuation = context[-spaces:] + continuation
-            context = context[:-spaces]
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context) if context else []
-        if not ctx:
-            prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
-            return [prefix], whole
-        return ctx, whole[len(ctx) :]
+        """lm-eval-harness's split (decode.split_pair)."""
+        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
+        return split_pair(self.encode, start, context, continuation)
 
     def score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None) -> list[Score]:
         if len(contexts) != len(continuations):

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.decode import cut_at_stop, next_tokens, render_chat_text
-from fslm.engine.prefix import PrefixStore
+from fslm.engine.decode import cut_at_stop, next_tokens, render_chat_text, split_pair
+from fslm.engine.prefix import PrefixStore, count_reuse
 from fslm.errors import ConfigError, FslmError, InputError, ModelFileError
 
 INSTALL_HINT = "pip install 'fslm[fast]'"
@@ -717,13 +717,9 @@ class LlamaCppEngine:
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, adapter: str | None):
         self._context(max(len(p) for p in prompts) + params.max_new_tokens + 1, len(prompts))
         self._use(adapter)
-        hits = self.prefixes.stats.hits
         prefix = self.prefixes.lookup(prompts, adapter, self._prefix_state)
         decoded = self._decode(prompts, params, adapter, prefix)
-        skipped = prefix[0] * len(prompts) if prefix is not None else 0
-        hit = self.prefixes.stats.hits > hits
-        self.stats.prefix_hits += hit
-        self.stats.prefix_tokens_reused += skipped - (0 if hit or prefix is None else prefix[0])
+        skipped = count_reuse(self.stats, prefix, len(prompts), self.prefixes.last_hit)
         self.stats.calls += 1
         self.stats.forward_tokens += sum(len(p) for p in prompts) - skipped + sum(len(t) for t, _ in decoded)
         results = []
@@ -832,17 +828,9 @@ class LlamaCppEngine:
 
     # ---- scoring --------------------------------------------------------------------------------------------------
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval-harness's split, as HFEngine.encode_pair."""
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            continuation = context[-spaces:] + continuation
-            context = context[:-spaces]
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context) if context else []
-        if not ctx:
-            prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
-            return [prefix], whole
-        return ctx, whole[len(ctx) :]
+        """lm-eval-harness's split (decode.split_pair)."""
+        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
+        return split_pair(self.encode, start, context, continuation)
 
     def hf_engine(self):
         """The HFEngine that scoring delegates to with score_backend="hf" (built on first use, same adapters)."""

@@ -44,6 +44,7 @@ class PrefixStore:
         self.stats = PrefixStats()
         self._states: OrderedDict[tuple[str | None, tuple[int, ...]], Any] = OrderedDict()
         self._last_row: dict[str | None, tuple[int, ...]] = {}
+        self.last_hit = False  # whether the latest lookup reused a stored state (rather than computing one)
 
     @property
     def enabled(self) -> bool:
@@ -63,6 +64,7 @@ class PrefixStore:
         own (the model must run on something to give next-token logits). A stored prefix all rows start with is
         reused (the longest one); otherwise the rows' shared head (or, for one row, its shared head with the previous
         row under this adapter) is computed by `compute(tokens)` and stored when it is at least `min_tokens` long."""
+        self.last_hit = False
         if not self.enabled or not rows:
             return None
         limit = min(len(r) for r in rows) - 1
@@ -76,6 +78,7 @@ class PrefixStore:
         self._last_row[adapter] = tuple(rows[0])
         if best is not None:
             self._states.move_to_end(best)
+            self.last_hit = True
             self.stats.hits += 1
             self.stats.reused_tokens += len(best[1]) * len(rows)
             return len(best[1]), self._states[best]
@@ -89,3 +92,14 @@ class PrefixStore:
         while self.tokens() > self.budget_tokens:
             self._states.popitem(last=False)
         return k, state
+
+
+def count_reuse(stats, prefix: tuple[int, Any] | None, rows: int, hit: bool) -> int:
+    """Book a generate batch's prefix use into an engine's stats; returns the prompt tokens the batch did not run (a
+    computed head ran once, in the engine's state function, and counts there)."""
+    if prefix is None:
+        return 0
+    skipped = prefix[0] * rows
+    stats.prefix_hits += hit
+    stats.prefix_tokens_reused += skipped - (0 if hit else prefix[0])
+    return skipped
