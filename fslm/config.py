@@ -15,7 +15,18 @@ from fslm.io import load_yaml, read_text
 from fslm.models import check_adapter_folder
 from fslm.retrieve.index import MANIFEST
 from fslm.stages.blocks import GenerationConfig, RetrieveConfig, ScoreConfig, ToolConfig
-from fslm.stages.graph import CASES, find_cycle, run_cases, topological_order, waves
+from fslm.stages.graph import CASES, conditional_stages, find_cycle, run_cases, topological_order, waves
+from fslm.stages.kinds_config import (
+    ANSWER_KINDS,
+    WHEN_TAGS,
+    ConfidenceCondition,
+    EscalateConfig,
+    VerifyConfig,
+    VoteConfig,
+    When,
+    check_stage_kinds,
+    resolve_defaults,
+)
 
 MAX_STACK_BYTES = 1 << 20  # a real stack file is a few KiB; checked before parsing
 PROMPT = "prompt"
@@ -23,10 +34,12 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-KINDS = ("retrieve", "score", "tool")  # the YAML blocks that make a stage something other than a generate stage
+# The YAML blocks that make a stage something other than a generate stage. A stage has one, except `vote` + `score`
+# (a score stage voting over drafts: kind vote).
+KINDS = ("retrieve", "score", "tool", "verify", "vote", "escalate")
 # Fields added with the stage graph: left out of a dump while unset, so the digests of existing stacks (distillation
 # identity, experiment fingerprints, evaluation config hashes) stay what they were.
-GRAPH_FIELDS = ("score", "tool", "model", "when", "final")
+GRAPH_FIELDS = ("score", "tool", "model", "when", "final", "verify", "vote", "escalate")
 
 
 class StageConfig(BaseModel):
@@ -60,11 +73,18 @@ class StageConfig(BaseModel):
     retrieve: RetrieveConfig | None = Field(None, description="make this a retrieval stage: no model, no adapter")
     score: ScoreConfig | None = Field(None, description="make this a stage that picks one of the prompt's options")
     tool: ToolConfig | None = Field(None, description="make this a tool stage (calculator): no model, no adapter")
+    verify: VerifyConfig | None = Field(None, description="make this a stage that judges a candidate answer: P(yes)")
+    vote: VoteConfig | None = Field(None, description="sample k drafts and aggregate them (majority or mean scores)")
+    escalate: EscalateConfig | None = Field(
+        None, description="below a confidence threshold, answer with a larger model or stack instead"
+    )
     model: str | None = Field(
         None, min_length=1, description="model reference for this stage (default: the stack's base_model)"
     )
-    when: Literal["has_options", "no_options"] | None = Field(
-        None, description="run only on prompts with (or without) options; otherwise the stage is skipped"
+    when: When | None = Field(
+        None,
+        description="run only on prompts with (or without) options, or only when a stage's confidence is below (or at "
+        "or above) a threshold ({confidence_of: pick, below: 0.3}); otherwise the stage is skipped",
     )
     final: bool = Field(
         False,
@@ -82,22 +102,26 @@ class StageConfig(BaseModel):
     @model_validator(mode="after")
     def _one_kind_and_its_fields(self) -> StageConfig:
         kinds = [k for k in KINDS if getattr(self, k) is not None]
-        if len(kinds) > 1:
+        if len(kinds) > 1 and kinds != ["score", "vote"]:
             raise ValueError(f"{', '.join(kinds)}: a stage has one kind; keep one of these blocks")
-        if self.kind == "generate" or (self.kind == "score" and self.score.format == "chat"):  # type: ignore[union-attr]
+        chat = (self.score is not None and self.score.format == "chat") or (
+            self.verify is not None and self.verify.format == "chat"
+        )
+        if self.kind == "generate" or chat or (self.kind == "vote" and self.score is None):
             if not self.instruction.strip():
                 raise ValueError(
-                    "instruction: required for a model stage (its system message; only retrieve, tool and raw-format "
-                    "score stages may leave it out)"
+                    "instruction: required for a model stage (its system message; only retrieve, tool, escalate and "
+                    "raw-format score and verify stages may leave it out)"
                 )
         banned = {
             "retrieve": ("adapter", "teacher_prompt", "model"),
             "tool": ("adapter", "teacher_prompt", "model"),
-            "score": ("teacher_prompt", "max_target_tokens"),
-        }.get(self.kind, ())
+        }.get(self.kind, ("teacher_prompt", "max_target_tokens") if self.kind != "generate" else ())
         extra = [f for f in banned if getattr(self, f) is not None]
         if extra:
-            runs = "runs no model" if self.kind != "score" else "generates nothing"
+            runs = {"retrieve": "runs no model", "tool": "runs no model", "score": "generates nothing"}.get(
+                self.kind, "is not distilled"
+            )
             raise ValueError(f"{', '.join(extra)}: a {self.kind} stage {runs}; remove {' and '.join(extra)}")
         return self
 
@@ -111,12 +135,42 @@ class StageConfig(BaseModel):
 
     @property
     def kind(self) -> str:
-        """generate | retrieve | score | tool"""
+        """generate | retrieve | score | tool | verify | vote | escalate"""
+        if self.vote is not None:
+            return "vote"
         return next((k for k in KINDS if getattr(self, k) is not None), "generate")
 
     @property
     def runs_model(self) -> bool:
-        return self.kind in ("generate", "score")
+        """Whether the stage runs a model of this stack (an escalate stage to another stack runs that stack's)."""
+        if self.kind == "escalate":
+            return self.escalate.stack is None  # type: ignore[union-attr]
+        return self.kind in ("generate", "score", "verify", "vote")
+
+    @property
+    def references(self) -> list[tuple[str, str]]:
+        """(field, stage name) of the stages this stage reads besides `sees`: a confidence condition, a verify
+        candidate, a vote's drafted stage, an escalation's confidence and small answer."""
+        refs: list[tuple[str, str | None]] = []
+        if isinstance(self.when, ConfidenceCondition):
+            refs.append(("when.confidence_of", self.when.confidence_of))
+        if self.verify is not None:
+            refs.append(("verify.candidate", self.verify.candidate))
+        if self.vote is not None:
+            refs.append(("vote.over", self.vote.over))
+        if self.escalate is not None:
+            refs += [("escalate.confidence_of", self.escalate.confidence_of), ("escalate.answer", self.escalate.answer)]
+        return [(f, n) for f, n in refs if n is not None]
+
+    @property
+    def needs(self) -> list[str]:
+        """Every stage that must have run before this one: what it sees and what it references."""
+        return list(dict.fromkeys([r for r in self.sees if r != PROMPT] + [n for _, n in self.references]))
+
+    @property
+    def option_case(self) -> str | None:
+        """`when:` as far as the options of a prompt decide it (a confidence condition does not)."""
+        return self.when if isinstance(self.when, str) else None
 
     @property
     def is_retrieval(self) -> bool:
@@ -159,6 +213,7 @@ class StackConfig(BaseModel):
     @model_validator(mode="after")
     def _stages_form_a_graph(self) -> StackConfig:
         names = [s.name for s in self.stages]
+        resolve_defaults(self)
         for i, stage in enumerate(self.stages):
             if stage.name in names[:i]:
                 raise ValueError(f"stages.{i}.name: duplicate stage name {stage.name!r}")
@@ -169,6 +224,9 @@ class StackConfig(BaseModel):
                     raise ValueError(
                         f"stages.{i}.sees.{j}: {_short(ref)} is not 'prompt' or a stage of this stack {shown}"
                     )
+            for field, ref in stage.references:
+                if ref not in names:
+                    raise ValueError(f"stages.{i}.{field}: {_short(ref)} is not a stage of this stack")
             if stage.template is not None:
                 for name in PLACEHOLDER.findall(stage.template):
                     if name not in stage.sees:
@@ -179,48 +237,58 @@ class StackConfig(BaseModel):
         cycle = find_cycle(sees)
         if cycle is not None:
             i = names.index(cycle[0])
+            stage = self.stages[i]
+            where = (
+                next((f for f, n in stage.references if n == cycle[1]), None) if cycle[1] not in stage.sees else None
+            )
             raise ValueError(
-                f"stages.{i}.sees.{self.stages[i].sees.index(cycle[1])}: the stages see each other in a cycle "
+                f"stages.{i}.{where or f'sees.{stage.sees.index(cycle[1])}'}: the stages see each other in a cycle "
                 f"({' -> '.join(cycle[:12])}{' -> ...' if len(cycle) > 12 else ''}); a stage can only read texts that "
                 "exist before it runs"
             )
+        check_stage_kinds(self)
         self._check_finals_and_conditions()
         return self
 
     def _check_finals_and_conditions(self) -> None:
         names = [s.name for s in self.stages]
         last = self.stage(self.trace_order[-1])
-        if not any(s.final for s in self.stages) and last.kind not in ("generate", "score"):
+        if not any(s.final for s in self.stages) and last.kind not in ANSWER_KINDS:
             raise ValueError(
-                f"stages.{names.index(last.name)}.{last.kind}: the final (answer) stage must be a model stage "
-                "(generate or score); or mark the answer stage(s) `final: true`"
+                f"stages.{names.index(last.name)}.{last.kind}: the final (answer) stage must be a generate, score, "
+                "vote or escalate stage; or mark the answer stage(s) `final: true`"
             )
         for stage in self.final_stages:
-            if stage.kind not in ("generate", "score"):
+            if stage.kind not in ANSWER_KINDS:
                 raise ValueError(
                     f"stages.{names.index(stage.name)}.final: a {stage.kind} stage cannot give the answer "
-                    "(only generate and score stages can)"
+                    "(only generate, score, vote and escalate stages can)"
                 )
         cases = self.run_cases()
         for i, stage in enumerate(self.stages):
-            if stage.kind == "score" and "has_options" not in cases[stage.name]:
+            if self.scores_options(stage) and "has_options" not in cases[stage.name]:
                 why = "when: no_options" if stage.when == "no_options" else "it sees a stage that runs only then"
                 raise ValueError(
-                    f"stages.{i}.{'when' if stage.when == 'no_options' else 'sees'}: score stage {stage.name!r} picks among the "
-                    f"prompt's options but runs only on prompts without options ({why}); it could never run"
+                    f"stages.{i}.{'when' if stage.when == 'no_options' else 'sees'}: {stage.kind} stage {stage.name!r} "
+                    f"picks among the prompt's options but runs only on prompts without options ({why}); it could "
+                    "never run"
                 )
+        by_confidence = {s.name for s in self.stages if s.when is not None and s.option_case is None}
+        maybe = conditional_stages(self.trace_order, self.sees_map, by_confidence)
         for case in CASES:
-            if not any(case in cases[s.name] for s in self.final_stages):
+            if not any(case in cases[s.name] and s.name not in maybe for s in self.final_stages):
                 finals = [s.name for s in self.final_stages]
                 kind = "with options" if case == "has_options" else "without options"
                 raise ValueError(
                     f"stages: no final stage runs on prompts {kind} (final: {finals}, and their `when:` or the "
-                    "stages they see exclude those prompts); add a final stage for them or drop a `when:`"
+                    "stages they see exclude those prompts, or leave them to a confidence); add a final stage that "
+                    "always runs on them or drop a `when:`"
                 )
 
     @property
     def sees_map(self) -> dict[str, list[str]]:
-        return {s.name: [r for r in s.sees if r != PROMPT] for s in self.stages}
+        """Each stage's dependencies: the stages it sees and the ones it references (`StageConfig.needs`)."""
+        return {s.name: s.needs for s in self.stages}
 
     @property
     def trace_order(self) -> list[str]:
@@ -234,7 +302,7 @@ class StackConfig(BaseModel):
 
     def run_cases(self) -> dict[str, frozenset[str]]:
         """Per stage, the prompts it runs on ('has_options', 'no_options'), given `when:` and what it sees."""
-        return run_cases(self.trace_order, self.sees_map, {s.name: s.when for s in self.stages})
+        return run_cases(self.trace_order, self.sees_map, {s.name: s.option_case for s in self.stages})
 
     def stage(self, name: str) -> StageConfig:
         return next(s for s in self.stages if s.name == name)
@@ -265,6 +333,22 @@ class StackConfig(BaseModel):
     def stage_model(self, stage: StageConfig) -> str:
         return stage.model or self.base_model
 
+    def scores_options(self, stage: StageConfig) -> bool:
+        """Whether the stage's text is one of the prompt's options and its record carries option scores: a score
+        stage, a vote over a score stage, an escalation of either."""
+        if stage.kind == "escalate":
+            small = stage.escalate.answer  # type: ignore[union-attr]
+            return small is not None and small in self.sees_map and self.scores_options(self.stage(small))
+        return stage.score is not None
+
+    def escalate_path(self, stage: StageConfig, field: str) -> Path | None:
+        """An escalate stage's `stack` or `calibration` file (relative paths are relative to the stack file)."""
+        value = getattr(stage.escalate, field, None) if stage.escalate is not None else None
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() or self.source_path is None else self.source_path.parent / path
+
     @property
     def models(self) -> list[str]:
         """Every model the stack runs, the base model first, each once."""
@@ -291,7 +375,7 @@ class StackConfig(BaseModel):
         """Non-final stages whose text no stage `sees` (a template may only name what its stage sees): they
         cost generation and show up in the trace, but cannot change the answer. Often meant (a readable
         restatement), sometimes a leftover of removing the stage that read them."""
-        read = {name for s in self.stages for name in s.sees}
+        read = {name for s in self.stages for name in s.needs}
         finals = {s.name for s in self.final_stages}
         return [s.name for s in self.stages if s.name not in read and s.name not in finals]
 
@@ -310,7 +394,8 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid stack config"]
     problems = err.errors()
     for problem in problems[:MAX_PROBLEMS]:
-        loc = ".".join(str(p) for p in problem["loc"])[:200] or "(top level)"  # an unknown key may be huge
+        parts = [p for k, p in enumerate(problem["loc"]) if not (p in WHEN_TAGS and problem["loc"][k - 1] == "when")]
+        loc = ".".join(str(p) for p in parts)[:200] or "(top level)"  # an unknown key may be huge
         msg = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "value_error" and ":" in msg and not problem["loc"]:
             lines.append(f"  {msg}")
@@ -356,8 +441,9 @@ def load_stack_config(path: str | Path) -> StackConfig:
 
 def check_chain(cfg: StackConfig, verb: str) -> None:
     """Distillation and fine-tuning build each stage's text from the stages listed before it, and teach generate
-    stages (retrieve stages have nothing to learn). A stack that needs more (a score or tool stage, a stage that reads
-    a later one, a stage on its own model or under a condition) is refused here by name rather than trained wrong."""
+    stages (retrieve stages have nothing to learn). A stack that needs more (a score, tool, verify, vote or escalate
+    stage, a stage that reads a later one, a stage on its own model or under a condition) is refused here by name
+    rather than trained wrong."""
     where = cfg.source_path or cfg.name
     earlier: set[str] = set()
     for i, stage in enumerate(cfg.stages):
@@ -378,8 +464,12 @@ def check_chain(cfg: StackConfig, verb: str) -> None:
         earlier.add(stage.name)
 
 
-def check_adapters(cfg: StackConfig) -> None:
-    """Fail early, naming the stage, when an adapter or retrieval index folder is missing or incomplete."""
+def check_adapters(cfg: StackConfig, _seen: frozenset[Path] = frozenset()) -> None:
+    """Fail early, naming the stage, when an adapter or retrieval index folder is missing or incomplete, or an
+    escalation's stack or calibration file (fslm/stages/escalate.py, which checks the stack's own folders too)."""
+    from fslm.stages.escalate import check_targets
+
+    check_targets(cfg, _seen)
     for i, stage in enumerate(cfg.stages):
         where = cfg.source_path or "<config>"
         index = cfg.index_path(stage)
@@ -422,9 +512,12 @@ def check_models(cfg: StackConfig) -> None:
 def validate_stack(path: str | Path) -> StackConfig:
     """Python twin of `fslm stack validate`: schema, the stage graph (references, cycles, conditions), templates,
     stage models, adapter and index folders."""
+    from fslm.stages.escalate import check_targets
+
     cfg = load_stack_config(path)
     check_models(cfg)
     check_adapters(cfg)
+    check_targets(cfg, models=True)  # the models of the stacks it escalates to
     return cfg
 
 

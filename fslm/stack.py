@@ -1,9 +1,11 @@
 """A stack: a graph of stages that pass plain text to each other, each answer with its full trace.
 
 Stage kinds: generate (a small LM, optionally with its LoRA adapter), retrieve (BM25 passages), score (pick one of
-the prompt's options by log-likelihood) and tool (a calculator). A stage runs as soon as the texts it `sees` exist:
-stages run wave by wave, and every model stage of a wave is one batched engine call over all prompts. The trace
-keeps a readable order (`StackConfig.trace_order`). `stage_messages` (fslm/stages/inputs.py) is THE function that
+the prompt's options by log-likelihood), tool (a calculator), verify (P(yes) that a candidate answer is right), vote
+(k sampled drafts, aggregated) and escalate (a larger model or stack below a confidence threshold). A stage runs as
+soon as the texts it `sees` exist: stages run wave by wave, and every model stage of a wave is one batched engine call
+over all prompts (a sampled vote draws each prompt's drafts alone: fslm/stages/vote.py). The trace keeps a readable
+order (`StackConfig.trace_order`). `stage_messages` (fslm/stages/inputs.py) is THE function that
 decides what a stage sees: run, distillation and fine-tuning all call it.
 """
 
@@ -12,17 +14,22 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from fslm.config import StackConfig, StageConfig, check_adapters, load_default_stack_config, load_stack_config
 from fslm.engine import Engine, Generation, GenerationParams, load_engine
 from fslm.errors import InputError
 from fslm.stack_cache import StageCache, cacheable
+from fslm.stages.conditions import skip_reason, when_text
+from fslm.stages.escalate import escalate_records, load_escalations
 from fslm.stages.inputs import raw_text, stage_labels, stage_messages, stage_user_text
 from fslm.stages.records import StackResult, StageRecord, skipped_record
 from fslm.stages.retrieve import NO_PASSAGE, clip, load_retrievers, passages_text, retrieve_records
 from fslm.stages.score import Choices, choices_from_prompt, notes_text, score_contexts, score_records
 from fslm.stages.tool import calculator
+from fslm.stages.verify import verify_records
+from fslm.stages.vote import score_vote_records, vote_records
 
 __all__ = [
     "NO_PASSAGE",
@@ -64,19 +71,6 @@ def check_prompt_text(prompt: object) -> str:
     return prompt.strip()
 
 
-def skip_reason(stage: StageConfig, skipped: Collection[str], has_options: bool) -> str | None:
-    """Why `stage` does not run for one prompt (None: it runs). A stage that sees a skipped stage is skipped too:
-    its input would have a hole, and an adapter was never trained on one."""
-    dep = next((d for d in stage.sees if d in skipped), None)
-    if dep is not None:
-        return f"sees {dep!r}, which was skipped"
-    if stage.when == "has_options" and not has_options:
-        return "when: has_options, and the prompt has no options"
-    if stage.when == "no_options" and has_options:
-        return "when: no_options, and the prompt has options"
-    return None
-
-
 class Stack:
     """A graph of stages on shared engines: one engine per distinct model (`engines`, by model reference), each
     stage's LoRA adapter added to the engine of its stage's model. `engine` is the base model's."""
@@ -103,6 +97,7 @@ class Stack:
             path = config.adapter_path(stage)
             if path is not None:
                 self.engine_for(stage).add_adapter(stage.name, str(path))
+        self.escalations = load_escalations(self, backend)  # thresholds, and the larger stacks loaded once
 
     @classmethod
     def load(
@@ -196,6 +191,13 @@ class Stack:
         position = {name: k for k, name in enumerate(order)}
         for r in results:
             r.trace.sort(key=lambda rec: position[rec.stage])
+            mine = {rec.stage: rec for rec in r.trace}
+            r.trace = [  # a confidence condition is recorded as the comparison that held, with its value
+                rec
+                if rec.when is None or isinstance(rec.when, str)
+                else replace(rec, when=when_text(cfg.stage(rec.stage), mine))
+                for rec in r.trace
+            ]
         if wanted == set(order):
             finals = {s.name for s in cfg.final_stages}
             for r in results:
@@ -218,6 +220,20 @@ class Stack:
                 self._tool(stage, [results[i] for i in active])
             elif stage.kind == "score":
                 self._score(stage, [results[i] for i in active], [opts[i] for i in active])  # type: ignore[misc]
+            elif stage.kind in ("verify", "vote", "escalate"):
+                chosen, choice = [results[i] for i in active], [opts[i] for i in active]
+                if stage.kind == "verify":
+                    records = verify_records(self, stage, chosen)
+                elif stage.kind == "vote":
+                    records = (
+                        score_vote_records(self, stage, chosen, choice)
+                        if stage.score
+                        else vote_records(self, stage, chosen)
+                    )
+                else:
+                    records = escalate_records(self, stage, chosen, choice)
+                for result, record in zip(chosen, records, strict=True):
+                    result.trace.append(replace(record, when=stage.when))
             else:
                 index = self.config.index_of(stage.name)
                 inputs = [self.stage_input(index, results[i].prompt, results[i].outputs) for i in active]
@@ -230,7 +246,11 @@ class Stack:
         """Before anything runs: a score stage that would run on a prompt without options is an InputError."""
         cases = self.config.run_cases()
         for stage in self.config.stages:
-            if stage.kind != "score" or stage.name not in wanted or "no_options" not in cases[stage.name]:
+            if (
+                not self.config.scores_options(stage)
+                or stage.name not in wanted
+                or "no_options" not in cases[stage.name]
+            ):
                 continue
             missing = next((i for i, choice in enumerate(opts) if choice is None), None)
             if missing is not None:
@@ -243,10 +263,11 @@ class Stack:
     def _active(self, stage: StageConfig, results: list[StackResult], opts: list[Choices | None]) -> list[int]:
         """The prompts `stage` runs on; the others get a skipped record that says why."""
         active = []
+        scores = self.config.scores_options(stage)
         for i, (result, choice) in enumerate(zip(results, opts, strict=True)):
             skipped = {r.stage for r in result.trace if r.skipped is not None}
-            reason = skip_reason(stage, skipped, choice is not None)
-            if reason is None and stage.kind == "score" and choice is None:  # _check_options let it through
+            reason = skip_reason(stage, skipped, choice is not None, {r.stage: r for r in result.trace})
+            if reason is None and scores and choice is None:  # _check_options let it through
                 reason = "no options in the prompt"
             if reason is None:
                 active.append(i)
@@ -321,7 +342,9 @@ class Stack:
             )
             for r, choice in zip(results, opts, strict=True)
         ]
-        records = score_records(self.engine_for(stage), stage.name, self.adapter_for(stage), scored, opts, stage.when)
+        records = score_records(
+            self.engine_for(stage), stage.name, self.adapter_for(stage), scored, opts, stage.when, fmt=fmt
+        )
         for result, record in zip(results, records, strict=True):
             result.trace.append(record)
 

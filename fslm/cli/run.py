@@ -20,6 +20,8 @@ def render_result(result: StackResult, show_inputs: bool = False) -> None:
             body.append("input:\n", style="dim")
             body.append(rec.input + "\n\n", style="dim")
         body.append(rec.output or "(empty)")
+        if rec.decision:  # vote: how the drafts voted; escalate: which branch ran and why
+            body.append(f"\n{rec.decision}", style="dim")
         subtitle = f"{rec.tokens_in} tok in · {rec.tokens_out} tok out · {rec.seconds:.2f}s" + (
             f" · adapter {rec.adapter}" if rec.adapter else ""
         )

@@ -31,10 +31,10 @@ def validate_command(path: Path = typer.Argument(..., help="Stack YAML file to c
             highlight=False,
         )
     for stage in cfg.stages:
-        if stage.kind == "score" and stage.when is None:
+        if cfg.scores_options(stage) and cfg.run_cases()[stage.name] == {"has_options", "no_options"}:
             out.print(
-                f"[yellow]note:[/] score stage {stage.name!r} has no `when: has_options`: a prompt without options is "
-                "an error for this stack (with it, the stage is skipped)",
+                f"[yellow]note:[/] {stage.kind} stage {stage.name!r} has no `when: has_options`: a prompt without "
+                "options is an error for this stack (with it, the stage is skipped)",
                 highlight=False,
             )
 
@@ -49,6 +49,15 @@ def graph_notes(cfg: StackConfig) -> list[str]:
     lines = [f"  runs: {waves}"]
     if len(cfg.models) > 1:
         lines.append(f"  models: {', '.join(cfg.models)}")
+    for stage in cfg.stages:
+        if stage.escalate is not None:
+            esc = stage.escalate
+            bound = esc.threshold if esc.threshold is not None else f"the threshold in {esc.calibration}"
+            larger = f"stack {esc.stack}" if esc.stack else f"model {stage.model}"
+            lines.append(
+                f"  escalate: {stage.name} answers with {larger} when the confidence of {esc.confidence_of!r} is "
+                f"below {bound}, else keeps {esc.answer!r}"
+            )
     with_options, without = cfg.answer_stage_for("has_options"), cfg.answer_stage_for("no_options")
     if with_options.name == without.name:
         lines.append(f"  answer: {with_options.name}")

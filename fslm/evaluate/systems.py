@@ -151,10 +151,10 @@ class StackSystem:
         if answer_format not in ANSWER_FORMATS:
             raise InputError(f"answer format {answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)}")
         final = stack.config.answer_stage_for("has_options")
-        if answer_format != "stack" and final.kind == "score":
+        if answer_format != "stack" and stack.config.scores_options(final):
             raise InputError(
                 f"answer format {answer_format!r}: the answer stage {final.name!r} of stack {stack.config.name!r} is a "
-                "score stage, whose `score.format` (chat or raw) says how it reads items; use answer format 'stack'"
+                f"{final.kind} stage that scores options in its own format (chat or raw); use answer format 'stack'"
             )
         if answer_format == "raw-adapter" and stack.adapter_for(final) is None:
             raise InputError(
@@ -233,7 +233,7 @@ class StackSystem:
 
     @property
     def _scores_by_stage(self) -> bool:
-        return self.choice_stage.kind == "score"
+        return self.stack.config.scores_options(self.choice_stage)  # score, vote over scores, escalate of either
 
     def _scored(self, item: Item, result) -> tuple[list[str], tuple[str, ...], str]:
         """(one context per option, the options' continuations, the text recorded as the answer stage's input)."""
@@ -304,11 +304,11 @@ class StackSystem:
     def _stage_choices(self, items: Sequence[Item]) -> list[Outcome]:
         """The whole stack runs; its score stage's option scores are the choice scores (no second scoring pass)."""
         results = self._run_stages(items, None)
-        raw = self.choice_stage.score is not None and self.choice_stage.score.format == "raw"
         outcomes = []
         for item, result in zip(items, results, strict=True):
-            record = result.answer_record
-            if record is None or record.kind != "score":
+            record = result.answer_record  # an escalate stage's: the larger system's scores, or the small ones kept
+            raw = record is not None and record.score_format == "raw"
+            if record is None or not record.option_scores:
                 raise InputError(
                     f"item {item.id}: stack {self.stack.config.name!r} answered it with stage "
                     f"{result.answer_stage!r}, not its score stage {self.choice_stage.name!r}"

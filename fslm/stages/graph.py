@@ -95,3 +95,13 @@ def run_cases(
                 mine &= cases[dep]
         cases[name] = mine
     return cases
+
+
+def conditional_stages(order: Sequence[str], sees: Mapping[str, Sequence[str]], conditional: set[str]) -> set[str]:
+    """The stages that may not run on a prompt for a reason known only at run time (a confidence condition): those
+    in `conditional` and every stage that depends on one of them."""
+    maybe: set[str] = set()
+    for name in order:
+        if name in conditional or any(d in maybe for d in sees.get(name, ())):
+            maybe.add(name)
+    return maybe

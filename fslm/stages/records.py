@@ -19,7 +19,7 @@ class StageRecord:
     adapter: str | None = None
     finish_reason: str = "stop"  # "retrieved", "scored", "tool" or "skipped" for those stages
     retrieved: tuple[str, ...] = ()  # a retrieve stage's passage ids, best first
-    kind: str = "generate"  # generate | retrieve | score | tool
+    kind: str = "generate"  # generate | retrieve | score | tool | verify | vote | escalate
     model: str | None = None  # the model reference of the engine that ran it (None: no model ran)
     skipped: str | None = None  # why the stage did not run (None: it ran); a skipped stage costs nothing
     when: str | None = None  # the stage's condition, when it has one and it held
@@ -27,6 +27,12 @@ class StageRecord:
     option_scores: tuple[float, ...] = ()  # ... and each one's summed log-probability (the margin is read off these)
     option_tokens: tuple[int, ...] = ()
     errors: tuple[str, ...] = ()  # a tool stage: expressions it found but refused or could not compute
+    confidence: float | None = None  # score: choice margin; verify: P(yes); vote: agreement; escalate: the one read
+    decision: str | None = None  # vote: how the drafts voted; escalate: which branch ran and why
+    escalated: bool | None = None  # an escalate stage: whether the larger system answered
+    drafts: tuple[str, ...] = ()  # a vote stage's sampled drafts, in order
+    score_format: str | None = None  # the format the option scores were computed in (chat or raw)
+    sub_trace: tuple[dict, ...] = ()  # an escalation to another stack: that stack's trace records
 
     @property
     def choice(self) -> int | None:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fslm.engine import Engine
+from fslm.stages.conditions import choice_margin
 from fslm.stages.records import StageRecord
 
 PROMPT = "prompt"
@@ -99,9 +100,11 @@ def score_records(
     scored: Sequence[tuple[list[str], tuple[str, ...]]],
     choices: Sequence[Choices],
     when: str | None = None,
+    fmt: str | None = None,
 ) -> list[StageRecord]:
     """One `engine.score` call over every option of every prompt; each prompt's record carries all its options'
-    scores and names the best one as its text. Seconds are the call's time per prompt."""
+    scores and names the best one as its text, and its choice margin as its confidence. Seconds are the call's time
+    per prompt. `fmt`: the format the contexts were built in (recorded)."""
     contexts = [c for ctxs, _ in scored for c in ctxs]
     continuations = [c for _, conts in scored for c in conts]
     t0 = time.perf_counter()
@@ -130,6 +133,8 @@ def score_records(
                 options=choice.options,
                 option_scores=logprobs,
                 option_tokens=tuple(s.n_tokens for s in mine),
+                confidence=choice_margin(logprobs),
+                score_format=fmt,
             )
         )
     return records

@@ -1,0 +1,217 @@
+"""The `escalate` stage: hand an item to a larger system when a small stage's confidence is below a threshold.
+
+Per prompt, the confidence of the stage `escalate.confidence_of` (a score stage's choice margin, a verify stage's
+P(yes), a vote stage's agreement) is compared with the threshold:
+- below (confidence < threshold): the larger system answers and its answer is the stage's text. The larger system is
+  this stage on its `model:` (scoring the prompt's options when the small answer scored them, in `escalate.format` or
+  the small stage's format; else generating with this stage's instruction, template and generation settings), or the
+  stack in `escalate.stack`, run on the prompt (its trace is kept in `sub_trace`). One batched call for all escalated
+  prompts.
+- at or above: nothing runs; the stage's text is the small answer (`escalate.answer`), its option scores too.
+The record says which branch ran and why (`escalated`, `confidence`, `decision`), and costs what the branch cost.
+
+The threshold is a number, or the `threshold` of a `fslm cascade calibrate --out FILE` calibration (the cheapest
+threshold keeping a target share of the larger system's accuracy on calibration items), read when the stack loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from fslm.errors import ConfigError, FslmError
+from fslm.stages.inputs import stage_labels
+from fslm.stages.kinds_config import escalate_format
+from fslm.stages.records import StageRecord
+from fslm.stages.score import notes_text, score_contexts, score_records
+
+SIGNAL_OF_KIND = {"score": "margin", "vote": "margin", "verify": "verify"}  # `fslm cascade calibrate --signal`
+
+
+@dataclass
+class Escalation:
+    threshold: float
+    stack: object | None = None  # the larger stack (fslm.stack.Stack), or None: the stage's own model
+
+
+def load_threshold(cfg, stage) -> float:
+    """The stage's threshold: its number, or the one in its calibration file (whose signal must fit the stage)."""
+    esc = stage.escalate
+    if esc.threshold is not None:
+        return esc.threshold
+    from fslm.collaborate.cascade import Calibration
+
+    where = f"{cfg.source_path or '<config>'}: stages.{cfg.index_of(stage.name)}.escalate.calibration"
+    try:
+        cal = Calibration.load(cfg.escalate_path(stage, "calibration"))
+    except FslmError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    kind = cfg.stage(esc.confidence_of).kind
+    signal = SIGNAL_OF_KIND.get(kind)
+    if signal != cal.signal:
+        raise ConfigError(
+            f"{where}: calibrated on the {cal.signal!r} signal, but {esc.confidence_of!r} is a {kind} stage (its "
+            f"confidence is the {signal!r} signal); calibrate with --signal {signal}"
+        )
+    return float(cal.threshold)
+
+
+def check_targets(cfg, seen: frozenset[Path] = frozenset(), *, models: bool = False) -> None:
+    """Every escalate stage's calibration file reads, and its stack file exists, is valid, answers option prompts with
+    option scores when the small answer does, and does not lead back to a stack on the way (a cycle of files)."""
+    from fslm.config import check_adapters, check_models, load_stack_config
+
+    here = seen | ({cfg.source_path.resolve()} if cfg.source_path is not None else set())
+    for i, stage in enumerate(cfg.stages):
+        if stage.escalate is None:
+            continue
+        load_threshold(cfg, stage)
+        path = cfg.escalate_path(stage, "stack")
+        if path is None:
+            continue
+        where = f"{cfg.source_path or '<config>'}: stages.{i}.escalate.stack"
+        if not path.is_file():
+            raise ConfigError(f"{where}: no stack file at {path}")
+        if path.resolve() in here:
+            raise ConfigError(f"{where}: {path} leads back to a stack that escalates to it (a cycle of stack files)")
+        nested = load_stack_config(path)
+        if cfg.scores_options(stage) and not nested.scores_options(nested.answer_stage_for("has_options")):
+            raise ConfigError(
+                f"{where}: {cfg.stage(stage.escalate.answer).name!r} scores options, but stack {nested.name!r} "
+                "answers prompts with options by generating; escalate to a stack whose answer scores them"
+            )
+        check_adapters(nested, here)
+        if models:
+            check_models(nested)
+            check_targets(nested, here, models=True)
+
+
+def load_escalations(stack, backend: str | None) -> dict[str, Escalation]:
+    """Per escalate stage: its threshold and, for `escalate.stack`, the larger stack, loaded once. It shares this
+    stack's engine of a model when it adds no adapter to that model (adapters are named by stage)."""
+    from fslm.config import load_stack_config
+
+    cfg = stack.config
+    out = {}
+    for stage in cfg.stages:
+        if stage.escalate is None:
+            continue
+        nested = None
+        path = cfg.escalate_path(stage, "stack")
+        if path is not None:
+            sub = load_stack_config(path)
+            adapted = {sub.stage_model(s) for s in sub.stages if s.adapter is not None}
+            shared = {ref: e for ref, e in stack.engines.items() if ref not in adapted}
+            base = shared.get(sub.base_model)
+            if base is None:
+                from fslm.stack import load_engine
+
+                base = load_engine(sub.base_model, dtype=sub.dtype, backend=backend or sub.engine)
+            nested = type(stack)(sub, base, stack.cache, engines=shared, backend=backend)
+        out[stage.name] = Escalation(load_threshold(cfg, stage), nested)
+    return out
+
+
+def escalate_records(stack, stage, results, opts) -> list[StageRecord]:
+    """One record per prompt: the small answer kept, or the larger system's answer (module docstring)."""
+    esc = stage.escalate
+    plan = stack.escalations[stage.name]
+    records: list[StageRecord | None] = [None] * len(results)
+    below = []
+    for i, result in enumerate(results):
+        mine = {r.stage: r for r in result.trace}
+        value = mine[esc.confidence_of].confidence
+        if value is None or value < plan.threshold:
+            below.append(i)
+            continue
+        small = mine[esc.answer]
+        records[i] = StageRecord(
+            stage.name,
+            "",
+            small.output,
+            0,
+            0,
+            0.0,
+            None,
+            "kept",
+            kind="escalate",
+            options=small.options,
+            option_scores=small.option_scores,
+            option_tokens=small.option_tokens,
+            confidence=value,
+            decision=f"kept {esc.answer!r}: confidence of {esc.confidence_of!r} {value:.4f} >= threshold "
+            f"{plan.threshold:g}",
+            escalated=False,
+            score_format=small.score_format,
+        )
+    if below:
+        larger = _larger(stack, stage, plan, [results[i] for i in below], [opts[i] for i in below])
+        for i, record in zip(below, larger, strict=True):
+            value = next(r.confidence for r in results[i].trace if r.stage == esc.confidence_of)
+            shown = "none" if value is None else f"{value:.4f}"
+            records[i] = dataclasses.replace(
+                record,
+                kind="escalate",
+                confidence=value,
+                decision=f"escalated: confidence of {esc.confidence_of!r} {shown} < threshold {plan.threshold:g}",
+                escalated=True,
+            )
+    return [r for r in records if r is not None]
+
+
+def _larger(stack, stage, plan: Escalation, results, opts) -> list[StageRecord]:
+    if plan.stack is not None:
+        done = plan.stack.run_batch([r.prompt for r in results], choices=opts)
+        out = []
+        for sub in done:
+            answer = sub.answer_record or StageRecord(stage.name, "", sub.answer, 0, 0, 0.0)
+            out.append(
+                StageRecord(
+                    stage.name,
+                    sub.prompt,
+                    sub.answer,
+                    sum(r.tokens_in for r in sub.trace),
+                    sum(r.tokens_out for r in sub.trace),
+                    round(sum(r.seconds for r in sub.trace), 4),
+                    None,
+                    answer.finish_reason,
+                    options=answer.options,
+                    option_scores=answer.option_scores,
+                    option_tokens=answer.option_tokens,
+                    score_format=answer.score_format,
+                    sub_trace=tuple(dataclasses.asdict(r) for r in sub.trace),
+                )
+            )
+        return out
+    cfg = stack.config
+    index = cfg.index_of(stage.name)
+    fmt = escalate_format(cfg, stage)
+    if fmt is None:
+        inputs = [stack.stage_input(index, r.prompt, r.outputs) for r in results]
+        engine = stack.engine_for(stage)
+        return [
+            StageRecord(
+                stage.name,
+                text,
+                gen.text,
+                gen.tokens_in,
+                gen.tokens_out,
+                gen.seconds,
+                stack.adapter_for(stage),
+                gen.finish_reason,
+                model=engine.model_ref,
+            )
+            for text, gen in zip(inputs, stack._generate(stage, inputs), strict=True)
+        ]
+    labels = stage_labels(cfg)
+    scored = [
+        score_contexts(
+            fmt,
+            stack.stage_input(index, r.prompt, r.outputs) if fmt == "chat" else "",
+            notes_text(labels, stage.sees, r.outputs) if fmt == "raw" else "",
+            choice,
+        )
+        for r, choice in zip(results, opts, strict=True)
+    ]
+    return score_records(stack.engine_for(stage), stage.name, stack.adapter_for(stage), scored, opts, fmt=fmt)
