@@ -14,6 +14,7 @@ from fslm.errors import ConfigError, ModelFileError
 from fslm.io import load_yaml, read_text
 from fslm.models import check_adapter_folder
 from fslm.retrieve.index import MANIFEST
+from fslm.retrieve.recipe import RECIPE
 from fslm.stages.blocks import GenerationConfig, RetrieveConfig, ScoreConfig, ToolConfig
 from fslm.stages.graph import CASES, conditional_stages, find_cycle, run_cases, topological_order, waves
 from fslm.stages.kinds_config import (
@@ -439,6 +440,26 @@ def load_stack_config(path: str | Path) -> StackConfig:
     return parse_stack_config(data, str(path), path.resolve())
 
 
+def free_form_chain(cfg: StackConfig) -> StackConfig:
+    """The stages that answer prompts without options, as distillation and fine-tuning see them: their data are
+    instructions, so a stage with `when: has_options` (e.g. an option scorer, trained on pairs instead) is left out
+    and `when: no_options` always holds. A remaining stage that reads a left-out one is refused by `check_chain`."""
+    kept = [s for s in cfg.stages if s.when != "has_options"]
+    if len(kept) == len(cfg.stages) and not any(s.when == "no_options" for s in kept):
+        return cfg
+    dropped = {s.name for s in cfg.stages} - {s.name for s in kept}
+    where = cfg.source_path or cfg.name
+    for stage in kept:
+        read = sorted(dropped & set(stage.sees))
+        if read:
+            raise ConfigError(
+                f"{where}: stage {stage.name!r} reads {read}, which run only on prompts with options; distillation "
+                "and fine-tuning train the stages that answer prompts without options"
+            )
+    stages = [s.model_copy(update={"when": None}) if s.when == "no_options" else s for s in kept]
+    return cfg.model_copy(update={"stages": stages})
+
+
 def check_chain(cfg: StackConfig, verb: str) -> None:
     """Distillation and fine-tuning build each stage's text from the stages listed before it, and teach generate
     stages (retrieve stages have nothing to learn). A stack that needs more (a score, tool, verify, vote or escalate
@@ -473,7 +494,7 @@ def check_adapters(cfg: StackConfig, _seen: frozenset[Path] = frozenset()) -> No
     for i, stage in enumerate(cfg.stages):
         where = cfg.source_path or "<config>"
         index = cfg.index_path(stage)
-        if index is not None and not (index / MANIFEST).is_file():
+        if index is not None and not (index / MANIFEST).is_file() and not (index / RECIPE).is_file():
             raise ConfigError(
                 f"{where}: stages.{i}.retrieve.index: no retrieval index in {index} (build one with "
                 "`fslm retrieve corpus` then `fslm retrieve index`)"

@@ -27,10 +27,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_default_stack_is_four_roles():
+def test_default_stack_scores_options_and_chains_the_rest():
     cfg = load_stack_config(default_stack_path())
-    assert [s.name for s in cfg.stages] == ["intent", "facts", "reasoning", "answer"]
+    assert [s.name for s in cfg.stages] == ["pick", "facts", "reasoning", "answer"]
     assert cfg.base_model == "smollm2-135m"
+    pick = cfg.stages[0]
+    assert pick.score is not None and pick.score.format == "raw" and pick.when == "has_options" and pick.final
+    assert [s.when for s in cfg.stages[1:]] == ["no_options"] * 3 and cfg.stages[-1].final
     # The trained adapters ship with the package: fp16, <= 10 MB together.
     assert [s.adapter for s in cfg.stages] == [f"default/adapters/{s.name}" for s in cfg.stages]
     validate_stack(default_stack_path())  # every adapter folder is complete
@@ -114,7 +117,6 @@ def test_missing_file(tmp_path):
             "stages.0 (calc) is a tool",
         ),
         (lambda d: d["stages"][0].update(model="qwen2.5-coder-0.5b"), "stages.0.model"),
-        (lambda d: d["stages"][0].update(when="no_options") or d["stages"][1].update(sees=["prompt"]), "stages.0.when"),
         (
             lambda d: d["stages"][0].update(sees=["prompt", "answer"]) or d["stages"][1].update(sees=["prompt"]),
             "stages.0.sees: 'facts' reads ['answer']",
@@ -128,7 +130,7 @@ def test_distill_and_finetune_refuse_what_they_cannot_train(tmp_path, mutate, ex
 
     import yaml
 
-    from fslm.config import check_chain
+    from fslm.config import check_chain, free_form_chain
     from fslm.distill import distill
     from fslm.finetune import finetune
 
@@ -142,4 +144,26 @@ def test_distill_and_finetune_refuse_what_they_cannot_train(tmp_path, mutate, ex
         distill(cfg, tmp_path / "missing.json", tmp_path / "out.jsonl")
     with pytest.raises(ConfigError, match="fine-tuning"):
         finetune(cfg, tmp_path / "missing.jsonl", tmp_path / "ft")
-    check_chain(load_stack_config(default_stack_path()), "distillation")  # the shipped chain passes
+    check_chain(free_form_chain(load_stack_config(default_stack_path())), "distillation")  # the shipped chain passes
+
+
+def test_distillation_trains_the_stages_that_answer_prompts_without_options():
+    from fslm.config import free_form_chain
+
+    cfg = load_stack_config(default_stack_path())
+    chain = free_form_chain(cfg)
+    assert [s.name for s in chain.stages] == ["facts", "reasoning", "answer"]
+    assert all(s.when is None for s in chain.stages) and chain.source_path == cfg.source_path
+    assert free_form_chain(chain) is chain  # nothing to drop: the same config
+    reads_scorer = parse_stack_config(
+        {
+            "name": "x",
+            "stages": [
+                {"name": "pick", "score": {"format": "raw"}, "when": "has_options", "final": True},
+                {"name": "note", "instruction": "Explain.", "sees": ["prompt", "pick"]},
+                {"name": "answer", "instruction": "Answer.", "final": True},
+            ],
+        }
+    )
+    with pytest.raises(ConfigError, match=r"'note' reads \['pick'\], which run only on prompts with options"):
+        free_form_chain(reads_scorer)

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import pytest
 
-from fslm.config import keep_stages, load_default_stack_config, parse_stack_config, without_stage
+from fslm.config import keep_stages, parse_stack_config, without_stage
 from fslm.errors import ConfigError
 
 
+def four_stage_chain():
+    """The shape of the full-scale reproduction's trained stack: intent, facts, reasoning, answer."""
+    return parse_stack_config(
+        {
+            "name": "chain",
+            "stages": [
+                {"name": "intent", "instruction": "Restate.", "teacher_prompt": "Restate {prompt}"},
+                {"name": "facts", "instruction": "Facts.", "teacher_prompt": "Facts for {prompt}"},
+                {
+                    "name": "reasoning",
+                    "instruction": "Reason.",
+                    "sees": ["prompt", "intent", "facts"],
+                    "teacher_prompt": "Key facts: {facts}. Answer: {answer}",
+                },
+                {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "facts", "reasoning"]},
+            ],
+        }
+    )
+
+
 def test_removing_a_stage_updates_later_sees_and_keeps_the_rest():
-    cfg = load_default_stack_config()
+    cfg = four_stage_chain()
     no_facts = without_stage(cfg, "facts")
     assert [s.name for s in no_facts.stages] == ["intent", "reasoning", "answer"]
     assert no_facts.stages[1].sees == ["prompt", "intent"] and no_facts.stages[2].sees == ["prompt", "reasoning"]
@@ -35,7 +55,7 @@ def test_a_stage_left_seeing_nothing_sees_the_prompt():
 
 
 def test_errors_name_the_problem():
-    cfg = load_default_stack_config()
+    cfg = four_stage_chain()
     with pytest.raises(ConfigError, match="final"):
         without_stage(cfg, "answer")
     with pytest.raises(ConfigError, match="no stage 'nope'"):
@@ -56,7 +76,7 @@ def test_errors_name_the_problem():
 
 
 def test_unread_stages_are_those_no_later_stage_reads():
-    cfg = load_default_stack_config()
+    cfg = four_stage_chain()
     assert cfg.unread_stages() == []
     # intent is read by reasoning only: once reasoning is gone nothing reads it (the pilot's "without reasoning")
     assert without_stage(cfg, "reasoning").unread_stages() == ["intent"]

@@ -11,7 +11,9 @@ from fslm.cli.common import check_output, guarded, out, print_json, status
 
 @guarded
 def pairs_command(
-    stack: Path = typer.Option(..., "--stack", help="A stack whose first stage retrieves (e.g. retrieve -> answer)."),
+    stack: Path = typer.Option(
+        ..., "--stack", help="The stack the pairs are for: when its first stage retrieves, its passages come first."
+    ),
     out_path: Path = typer.Option(..., "--out", help="Pairs JSONL to write ({id, task, context, continuation})."),
     records: int = typer.Option(..., "--records", min=1, help="Questions in all, an equal share per choice task."),
     tasks: list[str] | None = typer.Option(None, "--task", help="Task to draw from (repeatable; default: all)."),

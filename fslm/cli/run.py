@@ -15,6 +15,9 @@ from fslm.stack import Stack, StackResult, check_prompt_text
 
 def render_result(result: StackResult, show_inputs: bool = False) -> None:
     for i, rec in enumerate(result.trace, 1):
+        if rec.skipped is not None:  # a branch that did not run: one dim line, not an empty panel
+            out.print(Text(f"{i}. {rec.stage}: skipped ({rec.skipped})", style="dim"))
+            continue
         body = Text()
         if show_inputs:
             body.append("input:\n", style="dim")

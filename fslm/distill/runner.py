@@ -24,6 +24,7 @@ from fslm.config import (
     StackConfig,
     StageConfig,
     check_chain,
+    free_form_chain,
     load_default_stack_config,
     load_stack_config,
 )
@@ -332,6 +333,7 @@ def distill(
         if stack is None
         else load_stack_config(stack)
     )
+    cfg = free_form_chain(cfg)  # distillation data are instructions: the stages that answer prompts without options
     check_chain(cfg, "distillation")
     check_teacher_prompts(cfg)
     leak_stages(cfg, options.no_leak)

@@ -158,7 +158,7 @@ def build_plan(spec: ExperimentSpec) -> Plan:
         jobs[job.key] = job
     tasks = spec.evaluation.task_names
     items: dict[tuple[str | None, int | None], dict[str, list[str]]] = {}
-    passes = [(EVAL, RUNS, list(spec.systems), spec.test_split(), spec.evaluation.limit)]
+    passes = [(EVAL, RUNS, [n for n, s in spec.systems.items() if s.test], spec.test_split(), spec.evaluation.limit)]
     if spec.selection is not None:
         passes.append((SELECT, SELECT_DIR, spec.selection.systems, HELDOUT, spec.selection.limit))
     for kind, folder, names, split, limit in passes:

@@ -108,6 +108,7 @@ class SystemSpec(_Strict):
     answer_format: Literal["stack", "raw", "raw-adapter"] = "stack"
     num_fewshot: int | None = Field(None, ge=0, description="model systems: overrides evaluation.num_fewshot")
     label: str | None = Field(None, description="how RESULTS.md describes it")
+    test: bool = Field(True, description="false: a selection candidate evaluated on held-out items only")
 
     @model_validator(mode="after")
     def _one_source(self) -> SystemSpec:
@@ -222,6 +223,10 @@ class ExperimentSpec(_Strict):
                 self._check_system(getattr(pair, side), f"comparisons.{i}.{side}", allow_selected=True)
             if pair.a == pair.b:
                 raise ValueError(f"comparisons.{i}: compares {pair.a!r} with itself")
+            for side in ("a", "b") if not pair.heldout else ():
+                name = getattr(pair, side)
+                if name in self.systems and not self.systems[name].test:
+                    raise ValueError(f"comparisons.{i}.{side}: {name!r} has test: false (held-out runs only)")
             if pair.heldout:
                 among = self.selection.systems if self.selection is not None else []
                 for side in ("a", "b"):

@@ -87,7 +87,7 @@ class ScoringPairsStep(_Strict):
     """`fslm.finetune.pairs.write_scoring_pairs`: raw-scoring pairs for `finetune_pairs` from choice questions no
     evaluation reads, rendered as `raw-adapter` scores them (output: train/<step>/pairs.jsonl)."""
 
-    stack: str = Field(..., min_length=1, description="a stack whose first stage retrieves: a YAML path or a step")
+    stack: str = Field(..., min_length=1, description="a YAML path or a step; a first retrieve stage adds passages")
     records: int = Field(..., ge=1, description="questions in all, an equal share per multiple-choice task")
     tasks: list[str] | None = Field(None, description="tasks to draw from (default: evaluation.tasks)")
     seed: int = 0

@@ -80,23 +80,21 @@ def pick_questions(
 
 
 def build_pairs(cfg: StackConfig, items: Sequence[Item]) -> list[dict]:
-    """One {id, task, context, continuation} pair per question, for a stack whose first stage retrieves and whose
-    answer stage reads it (e.g. retrieve -> answer)."""
+    """One {id, task, context, continuation} pair per question. When the stack's first stage retrieves (e.g.
+    retrieve -> answer), its passages come first, as the evaluation's notes line; otherwise the raw context alone (a
+    scorer that reads the question as the base model does)."""
     stage = cfg.stages[0]
-    if not stage.is_retrieval:
-        raise ConfigError(
-            f"stack {cfg.name!r}: scoring pairs need a first stage that retrieves ({stage.name!r} does not)"
+    notes = [""] * len(items)
+    if stage.is_retrieval:
+        retriever = Retriever.load(cfg.index_path(stage))
+        records = retrieve_records(
+            cfg, stage, retriever, [(stack_prompt(item), {}) for item in items], avoid=[item.question for item in items]
         )
-    retriever = Retriever.load(cfg.index_path(stage))
-    records = retrieve_records(
-        cfg, stage, retriever, [(stack_prompt(item), {}) for item in items], avoid=[item.question for item in items]
-    )
+        notes = [raw_notes(cfg, {stage.name: record.output}) for record in records]
     rows = []
-    for item, record in zip(items, records, strict=True):
+    for item, note in zip(items, notes, strict=True):
         gold = int(item.gold)
-        context = raw_notes(cfg, {stage.name: record.output}) + build_context(
-            item, (), choice=gold if item.contexts else None
-        )
+        context = note + build_context(item, (), choice=gold if item.contexts else None)
         rows.append({"id": item.id, "task": item.task, "context": context, "continuation": item.continuations[gold]})
     return rows
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fslm.config import StackConfig, check_chain, load_default_stack_config, load_stack_config
+from fslm.config import StackConfig, check_chain, free_form_chain, load_default_stack_config, load_stack_config
 from fslm.distill.store import read_distilled
 from fslm.engine import load_engine, require_transformers
 from fslm.errors import ConfigError, DataError
@@ -134,6 +134,8 @@ def finetune(
         if stack is None
         else load_stack_config(stack)
     )
+    full = cfg  # the trained stack keeps every stage; training sees those that answer prompts without options
+    cfg = free_form_chain(cfg)
     check_chain(cfg, "fine-tuning")
     names = [s.name for s in cfg.stages]
     chosen = list(stages) if stages else names
@@ -170,7 +172,7 @@ def finetune(
                 eval_loss,
                 progress,
             )
-    _write_trained(cfg, out, [n for n in names if n in log["stages"]], log, report, t0)
+    _write_trained(full, out, [n for n in names if n in log["stages"]], log, report, t0)
     return report
 
 

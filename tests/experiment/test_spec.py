@@ -91,6 +91,10 @@ def spec_with(**changes) -> dict:
             "training.t: it reads its own output (t -> t)",
         ),
         ({"name": "x", "systems": {"a": {"model": "m"}}}, "evaluation: Field required"),
+        (
+            spec_with(systems={"a": {"model": "m"}, "b": {"model": "m", "test": False}}, comparisons=[["a", "b"]]),
+            "comparisons.0.b: 'b' has test: false (held-out runs only)",
+        ),
     ],
 )
 def test_errors_name_the_field(data, message):
@@ -113,6 +117,23 @@ def test_a_valid_spec_parses_pairs_and_fewshot(tmp_path):
     assert [(p.a, p.b) for p in spec.comparisons] == [("a", "b"), ("c", "a")]
     assert (spec.fewshot("a"), spec.fewshot("b"), spec.fewshot("c")) == (5, 0, 0)
     assert "gsm8k" in spec.evaluation.task_names and spec.out_dir == tmp_path / "exp"
+
+
+def test_a_selection_only_system_is_planned_on_held_out_items_alone(tmp_path):
+    from fslm.experiment import build_plan
+
+    spec = parse_spec(
+        spec_with(
+            systems={"a": {"model": "m"}, "b": {"model": "m", "test": False}},
+            selection={"among": ["b"], "context": ["a"], "limit": 2},
+            comparisons=[{"a": "b", "b": "a", "heldout": True}],
+        ),
+        "exp.yaml",
+        tmp_path / "exp.yaml",
+    )
+    jobs = {(job.kind, job.name) for job in build_plan(spec).jobs.values()}
+    assert ("eval", "a") in jobs and ("eval", "b") not in jobs
+    assert {("select", "a"), ("select", "b")} <= jobs
 
 
 def test_load_spec_reports_file_problems(tmp_path):

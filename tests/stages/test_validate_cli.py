@@ -149,3 +149,6 @@ def test_fslm_run_panels_say_which_branch_ran(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "mean option probabilities over 2 drafts of 'draft'" in text
     assert "confidence of 'vpick'" in text and "threshold 0.9" in text
+    skipped = [n for n, s in enumerate(data["stages"]) if s.get("when") == "no_options"]
+    assert skipped and "skipped (when: no_options, and the prompt has options)" in text  # a line, not a panel
+    assert "(empty)" not in text
