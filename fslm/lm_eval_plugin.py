@@ -8,7 +8,9 @@ lm-eval's own CLI with our task folder on the include path:
 
 Model mode is lm-eval's plain causal-LM contract (raw contexts, summed logprobs). Stack mode: each distinct
 context is the stack's prompt; stages 1..N-1 run once per context, and the continuation (leading spaces removed)
-is scored as the answer stage's reply, as in `fslm eval --stack` (docs/evaluate.md). lm-eval's requests carry no item
+is scored as the answer stage's reply, as in `fslm eval --stack` (docs/evaluate.md); a stack whose final `score`
+stage scores raw contexts from the prompt alone (the packaged default's `pick`) scores each request with that stage's
+adapter as it is. lm-eval's requests carry no item
 ids, so `fslm eval`'s id check cannot run here; instead a retrieve stage drops every passage that shares a run of 8
 words with the request's context (`Stack.run_batch(decontaminate=True)`).
 """
@@ -60,10 +62,10 @@ class FslmLM(LM):
             return self._score([c for c, _ in pairs], [x for _, x in pairs])
         return self._stack_loglikelihood(pairs)
 
-    def _score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None):
+    def _score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None, engine=None):
         out: list[tuple[float, bool]] = []
         for start in range(0, len(contexts), _CHUNK):
-            scores = self.engine.score(
+            scores = (engine or self.engine).score(
                 contexts[start : start + _CHUNK], continuations[start : start + _CHUNK], adapter=adapter
             )
             out.extend((s.logprob, s.is_greedy) for s in scores)
@@ -81,7 +83,20 @@ class FslmLM(LM):
             inputs.update({c: stack.answer_input(r) for c, r in zip(batch, results, strict=True)})
         return inputs
 
+    def _raw_scorer(self):
+        """A final `score` stage in raw format that reads only the prompt (the default stack's `pick`): lm-eval's
+        loglikelihood requests are exactly what it scores (a raw context, then an option), so they go to it as they
+        are, with its adapter, instead of through the stages that answer free-form prompts."""
+        for stage in self.stack.config.stages:
+            if stage.kind == "score" and stage.final and stage.score.format == "raw" and stage.sees == ["prompt"]:
+                return stage
+        return None
+
     def _stack_loglikelihood(self, pairs):
+        scorer = self._raw_scorer()
+        if scorer is not None:
+            contexts, continuations = [c for c, _ in pairs], [x for _, x in pairs]
+            return self._score(contexts, continuations, self.stack.adapter_for(scorer), self.stack.engine_for(scorer))
         inputs = self._answer_inputs([c for c, _ in pairs])
         adapter = self.stack.adapter_for(self.stack.config.stages[-1])
         return self._score([inputs[c] for c, _ in pairs], [x.lstrip() or x for _, x in pairs], adapter)

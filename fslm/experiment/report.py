@@ -13,6 +13,7 @@ from fslm.evaluate.store import write_atomic
 from fslm.experiment.plan import DONE, Plan
 from fslm.experiment.results import gather
 from fslm.experiment.spec import ExperimentSpec
+from fslm.io import read_text
 
 RESULTS_JSON, PARETO = "results.json", "pareto.png"
 MAX_TRACE_CHARS = 600
@@ -206,6 +207,8 @@ def results_markdown(results: dict, pareto: bool) -> str:
         lines += _selection(results["selection"])
     if results["traces"]:
         lines += _traces(results)
+    if results.get("notes"):
+        lines += ["## Notes", "", results["notes"].strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -219,6 +222,8 @@ def write_report(spec: ExperimentSpec, plan: Plan) -> Path:
     """Write results.json, pareto.png and RESULTS.md under the experiment's folder; returns RESULTS.md's path."""
     results = gather(spec, plan)
     results["title"] = spec.report.title
+    if spec.report.notes is not None:
+        results["notes"] = read_text(spec.resolve(spec.report.notes))
     out = spec.out_dir
     _write_if_changed(out / RESULTS_JSON, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     png = pareto_png(results) if spec.report.pareto else None

@@ -177,6 +177,9 @@ class ReportSpec(_Strict):
     file: str = Field("RESULTS.md", pattern=r"^[^/\\]+\.md$", description="the report's file name in the out folder")
     pareto: bool = Field(True, description="pareto.png: macro accuracy vs seconds per item")
     traces: list[TraceRule] = Field(default_factory=list)
+    notes: str | None = Field(
+        None, description="a markdown file (relative to the spec) copied into the report: the attempt log a person keeps"
+    )
 
 
 class ExperimentSpec(_Strict):

@@ -181,3 +181,41 @@ def test_plugin_methods_in_model_and_stack_mode(model_system, tiny_engine):
     assert [g[0] for g in got] == pytest.approx([w.logprob for w in want], abs=1e-5)
     out = slm.generate_until([_Req(ctx, {"until": ["\n\n"], "max_gen_toks": 8})])
     assert out == [stack.run(ctx.strip()).answer.split("\n\n")[0]]
+
+
+def test_a_raw_scorer_stack_scores_lm_eval_requests_as_they_are(tiny_engine, tiny_adapters):
+    """The packaged default's shape: options go to a raw-format score stage with its adapter, free-form prompts to a
+    chain. lm-eval's loglikelihood requests are raw contexts + options: scored by the scorer, unchanged."""
+    from fslm.config import parse_stack_config
+    from fslm.evaluate import StackSystem
+    from fslm.lm_eval_plugin import FslmLM
+    from fslm.stack import Stack
+
+    cfg = {
+        "name": "t",
+        "base_model": "tiny",
+        "stages": [
+            {
+                "name": "pick",
+                "score": {"format": "raw"},
+                "adapter": str(tiny_adapters["answer"]),
+                "when": "has_options",
+                "final": True,
+            },
+            {
+                "name": "answer",
+                "instruction": "Answer.",
+                "when": "no_options",
+                "final": True,
+                "generation": {"max_new_tokens": 4},
+            },
+        ],
+    }
+    stack = Stack(parse_stack_config(cfg), tiny_engine)
+    slm = FslmLM(system=StackSystem(stack))
+    ctx = "Question: sky?\nAnswer:"
+    got = slm.loglikelihood([_Req(ctx, " blue"), _Req(ctx, " red")])
+    want = tiny_engine.score([ctx, ctx], [" blue", " red"], adapter="pick")
+    assert [g[0] for g in got] == pytest.approx([w.logprob for w in want], abs=1e-5)
+    plain = tiny_engine.score([ctx], [" blue"])[0].logprob
+    assert got[0][0] != pytest.approx(plain, abs=1e-4)  # the adapter is on

@@ -265,3 +265,22 @@ def test_a_scale_is_a_named_set_of_overrides_and_set_wins_over_it(tmp_path):
     assert load_spec(path, {"scale": "smoke", "evaluation.limit": 5}).evaluation.limit == 5
     with pytest.raises(ConfigError, match=r"scale: 'pilot' is not an entry of scales \(scales: smoke\)"):
         load_spec(path, {"scale": "pilot"})
+
+
+def test_the_report_carries_the_notes_a_person_keeps():
+    from fslm.experiment.report import results_markdown
+
+    results = {
+        "name": "x",
+        "description": "",
+        "evaluation": {"tasks": ["arc_easy"], "split": "test", "limit": 2, "num_fewshot": 0, "gen_max_tokens": 8},
+        "items_per_system": 2,
+        "systems": {},
+        "comparisons": [],
+        "selection": None,
+        "traces": [],
+        "notes": "Attempt 1: a scorer. It won.\n",
+    }
+    text = results_markdown(results, pareto=False)
+    assert text.rstrip().endswith("## Notes\n\nAttempt 1: a scorer. It won.")
+    assert "## Notes" not in results_markdown({**results, "notes": None}, pareto=False)
