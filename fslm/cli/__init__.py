@@ -69,7 +69,10 @@ VERBS: dict[str, Verb] = {
         extra="collaborate",
     ),
     "retrieve": Verb(
-        "retrieve", "app", "Retrieval: build a passage corpus, index it (BM25), search it.", extra="retrieve"
+        "retrieve",
+        "app",
+        "Retrieval: build a passage corpus, index it (BM25, dense or hybrid), search it.",
+        extra="retrieve",
     ),
     "pairs": Verb(
         "pairs",

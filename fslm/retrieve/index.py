@@ -1,9 +1,14 @@
-"""A BM25 index over a passage file, saved as a folder: bm25s's arrays (numpy, no pickle), the passages and a manifest.
+"""A retrieval index over a passage file, saved as a folder: BM25 (bm25s), dense (all-MiniLM-L6-v2) or hybrid (both,
+fused by reciprocal rank fusion; fslm/retrieve/dense.py). No pickle anywhere.
 
 Index folder layout (written to a temp folder, then renamed, so a crash never leaves half an index):
   passages.jsonl   one {"id", "text", "source"} per line, in index order
-  manifest.json    passage count, sha256 of passages.jsonl, tokenizer settings, fslm version
-  bm25/            bm25s.BM25.save output (params/vocab JSON, CSC score arrays as .npy, allow_pickle=False)
+  manifest.json    kind, passage count, sha256 of passages.jsonl, tokenizer settings, fslm version; for dense and
+                   hybrid also the embedding model id, the sha256 of embeddings.npy and the seconds spent embedding
+  bm25/            (bm25, hybrid) bm25s.BM25.save output (params/vocab JSON, CSC score arrays as .npy)
+  embeddings.npy   (dense, hybrid) float16 [passages, 384] L2-normalised MiniLM vectors, allow_pickle=False
+A bm25 index keeps format "fslm-bm25-v1" (what earlier fslm versions wrote and read); dense and hybrid indexes say
+"fslm-retrieve-v2", which an older fslm refuses by name instead of misreading.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +31,10 @@ from fslm.tasks import normalize_text
 MANIFEST = "manifest.json"
 PASSAGES = "passages.jsonl"
 BM25_DIR = "bm25"
-FORMAT = "fslm-bm25-v1"
+FORMAT = "fslm-bm25-v1"  # a bm25 index (no "kind" in manifests written before dense retrieval existed)
+FORMAT_V2 = "fslm-retrieve-v2"  # a dense or hybrid index
+KINDS = ("bm25", "dense", "hybrid")
+MODES = {"bm25": ("bm25",), "dense": ("dense",), "hybrid": ("hybrid", "bm25", "dense")}  # what each kind can search
 STOPWORDS = "en"  # bm25s's English list
 STEMMER = "english"  # PyStemmer's Snowball stemmer: "boiling" finds "boils"
 
@@ -41,8 +49,9 @@ class Passage:
 @dataclass(frozen=True)
 class Hit:
     passage: Passage
-    score: float
+    score: float  # BM25 score, cosine, or (hybrid) reciprocal rank fusion sum
     rank: int  # 1 = best
+    parts: tuple[tuple[str, int, float], ...] = ()  # hybrid: (list, rank in it, score in it) per list that found it
 
 
 def read_passages(path: str | Path) -> list[Passage]:
@@ -107,8 +116,15 @@ def _tokenize(texts: Sequence[str]):
     return bm25s.tokenize(list(texts), stopwords=STOPWORDS, stemmer=Stemmer.Stemmer(STEMMER), show_progress=False)
 
 
+def check_kind(kind: str, what: str = "kind") -> str:
+    if kind not in KINDS:
+        raise InputError(f"{what}: {kind!r} is not an index kind; choose one of {', '.join(KINDS)}")
+    return kind
+
+
 def read_manifest(index_dir: str | Path) -> dict:
-    """An index folder's manifest, checked to be one this fslm reads (what a distilled file records of an index)."""
+    """An index folder's manifest, checked to be one this fslm reads (what a distilled file records of an index).
+    A manifest without "kind" (written before dense retrieval existed) is a bm25 index."""
     index_dir = Path(index_dir)
     path = index_dir / MANIFEST
     if not path.is_file():
@@ -119,47 +135,82 @@ def read_manifest(index_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err.msg})") from None
-    if manifest.get("format") != FORMAT or manifest.get("stemmer") != STEMMER or manifest.get("stopwords") != STOPWORDS:
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: expected a JSON object; rebuild the index")
+    kind = manifest.get("kind", "bm25")
+    expected = FORMAT if kind == "bm25" else FORMAT_V2
+    if (
+        kind not in KINDS
+        or manifest.get("format") != expected
+        or manifest.get("stemmer") != STEMMER
+        or manifest.get("stopwords") != STOPWORDS
+    ):
         raise DataError(
-            f"{path}: built as {manifest.get('format')!r} (stemmer {manifest.get('stemmer')!r}, "
-            f"stopwords {manifest.get('stopwords')!r}); this fslm reads {FORMAT!r} ({STEMMER!r}, "
-            f"{STOPWORDS!r}): rebuild the index"
+            f"{path}: built as {manifest.get('format')!r} kind {kind!r} (stemmer {manifest.get('stemmer')!r}, "
+            f"stopwords {manifest.get('stopwords')!r}); this fslm reads {FORMAT!r} (bm25) and {FORMAT_V2!r} "
+            f"(dense, hybrid) with ({STEMMER!r}, {STOPWORDS!r}): rebuild the index"
         )
-    return manifest
+    return {**manifest, "kind": kind}
 
 
 class Retriever:
-    """BM25 top-k search over passages. Build from passages, save to a folder, load it back (no pickle anywhere)."""
+    """Top-k search over passages by BM25, dense cosine or both fused (RRF). Build from passages, save to a folder,
+    load it back (no pickle anywhere). `kind` is what the index holds; `search(mode=...)` may pick a part of a hybrid
+    index."""
 
-    def __init__(self, bm25, passages: list[Passage], manifest: dict):
+    def __init__(self, bm25, passages: list[Passage], manifest: dict, dense=None):
         self._bm25 = bm25
+        self._dense = dense
         self.passages = passages
         self.manifest = manifest
+        self.kind: str = manifest.get("kind", "bm25")
 
     @classmethod
-    def build(cls, passages: Sequence[Passage]) -> Retriever:
-        import bm25s
-
+    def build(
+        cls,
+        passages: Sequence[Passage],
+        kind: str = "bm25",
+        *,
+        checkpoint: str | Path | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Retriever:
+        """`checkpoint`: a folder where a dense build keeps each embedded chunk, so a rerun resumes (dense.py)."""
+        check_kind(kind)
         if not passages:
             raise InputError("cannot build an index over zero passages")
-        tokens = _tokenize([p.text for p in passages])
-        if not tokens.vocab:
-            raise InputError(
-                f"none of the {len(passages)} passages has an indexable term (a word of 2+ letters that is "
-                "not an English stopword); nothing to search"
-            )
-        bm25 = bm25s.BM25()
-        bm25.index(tokens, show_progress=False)
-        manifest = {
-            "format": FORMAT,
+        if kind != "bm25":
+            from fslm.retrieve.dense import check_available
+
+            check_available()  # before any work
+        manifest: dict = {
+            "format": FORMAT if kind == "bm25" else FORMAT_V2,
+            "kind": kind,
             "passages": len(passages),
             "stopwords": STOPWORDS,
             "stemmer": STEMMER,
-            "k1": bm25.k1,
-            "b": bm25.b,
-            "method": bm25.method,
         }
-        return cls(bm25, list(passages), manifest)
+        bm25 = dense = None
+        if kind in ("bm25", "hybrid"):
+            import bm25s
+
+            tokens = _tokenize([p.text for p in passages])
+            if not tokens.vocab:
+                raise InputError(
+                    f"none of the {len(passages)} passages has an indexable term (a word of 2+ letters that is "
+                    "not an English stopword); nothing to search"
+                )
+            bm25 = bm25s.BM25()
+            bm25.index(tokens, show_progress=False)
+            manifest.update(k1=bm25.k1, b=bm25.b, method=bm25.method)
+        if kind in ("dense", "hybrid"):
+            from fslm.retrieve import dense as dn
+
+            vectors, seconds = dn.embed_passages([p.text for p in passages], checkpoint=checkpoint, progress=progress)
+            dense = dn.DenseIndex(vectors)
+            manifest.update(model=dn.model_id(), dim=dn.DIM, dtype="float16", embed_seconds=seconds)
+            if kind == "hybrid":
+                manifest.update(fusion="rrf", rrf_k=dn.RRF_K, fuse_depth=dn.FUSE_DEPTH)
+        return cls(bm25, list(passages), manifest, dense)
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the index folder atomically (an existing folder is replaced only once the new one is complete)."""
@@ -170,8 +221,12 @@ class Retriever:
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
         try:
             write_passages(self.passages, tmp / PASSAGES)
-            self._bm25.save(str(tmp / BM25_DIR), allow_pickle=False, show_progress=False)
-            manifest = {**self.manifest, "passages_sha256": file_sha256(tmp / PASSAGES), "fslm": __version__}
+            manifest = {**self.manifest, "passages_sha256": file_sha256(tmp / PASSAGES)}
+            if self._bm25 is not None:
+                self._bm25.save(str(tmp / BM25_DIR), allow_pickle=False, show_progress=False)
+            if self._dense is not None:
+                manifest["embeddings_sha256"] = self._dense.save(tmp)
+            manifest["fslm"] = __version__
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old")
@@ -188,11 +243,15 @@ class Retriever:
 
     @classmethod
     def load(cls, index_dir: str | Path) -> Retriever:
-        require("retrieve", "BM25 retrieval")
-        import bm25s
-
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)
+        kind = manifest["kind"]
+        if kind in ("bm25", "hybrid"):
+            require("retrieve", "BM25 retrieval")
+        if kind in ("dense", "hybrid"):
+            from fslm.retrieve import dense as dn
+
+            dn.check_available()
         passages = read_passages(index_dir / PASSAGES)
         if len(passages) != manifest.get("passages") or file_sha256(index_dir / PASSAGES) != manifest.get(
             "passages_sha256"
@@ -200,25 +259,78 @@ class Retriever:
             raise DataError(
                 f"{index_dir / PASSAGES}: does not match {MANIFEST} (edited after indexing?); rebuild the index"
             )
-        bm25 = bm25s.BM25.load(str(index_dir / BM25_DIR), allow_pickle=False, show_progress=False)
-        return cls(bm25, passages, manifest)
+        bm25 = dense = None
+        if kind in ("bm25", "hybrid"):
+            import bm25s
+
+            if not (index_dir / BM25_DIR).is_dir():
+                raise DataError(f"{index_dir / BM25_DIR}: missing (the index's BM25 part); rebuild the index")
+            try:
+                bm25 = bm25s.BM25.load(str(index_dir / BM25_DIR), allow_pickle=False, show_progress=False)
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+                raise DataError(f"{index_dir / BM25_DIR}: unreadable ({err}); rebuild the index") from None
+        if kind in ("dense", "hybrid"):
+            dense = dn.DenseIndex.load(index_dir, manifest)
+        return cls(bm25, passages, manifest, dense)
+
+    def _bm25_lists(self, queries: Sequence[str], depth: int) -> list[list[tuple[int, float]]]:
+        docs, scores = self._bm25.retrieve(
+            _tokenize(queries), k=min(depth, len(self.passages)), show_progress=False, n_threads=1
+        )
+        return [
+            [(int(d), float(s)) for d, s in zip(row_docs, row_scores, strict=True) if s > 0]
+            for row_docs, row_scores in zip(docs, scores, strict=True)
+        ]
+
+    def _dense_lists(self, queries: Sequence[str], depth: int) -> list[list[tuple[int, float]]]:
+        from fslm.retrieve.dense import embed
+
+        return self._dense.search(embed(queries), depth)
+
+    def ranked(self, queries: Sequence[str], depth: int, mode: str) -> list[list[tuple[int, float, tuple]]]:
+        """Per query, up to `depth` (passage row, score, parts) best first; for hybrid, `parts` holds each list's
+        (mode, rank, score) of the passage, and the score is its RRF sum."""
+        if mode == "bm25":
+            return [[(i, s, ()) for i, s in row] for row in self._bm25_lists(queries, depth)]
+        if mode == "dense":
+            return [[(i, s, ()) for i, s in row] for row in self._dense_lists(queries, depth)]
+        from fslm.retrieve.dense import FUSE_DEPTH, fuse
+
+        depth_each = max(depth, FUSE_DEPTH)
+        lexical, semantic = self._bm25_lists(queries, depth_each), self._dense_lists(queries, depth_each)
+        return [fuse(lex, sem)[:depth] for lex, sem in zip(lexical, semantic, strict=True)]
+
+    def check_mode(self, mode: str | None) -> str:
+        mode = self.kind if mode is None else mode
+        if mode not in MODES[self.kind]:
+            held = " and ".join(("bm25", "dense") if self.kind == "hybrid" else (self.kind,))
+            raise InputError(
+                f"mode {mode!r}: this index ({self.kind}) holds {held} only; choose one of "
+                f"{', '.join(MODES[self.kind])} or build an index with `--kind {mode}`"
+                if mode in KINDS
+                else f"mode {mode!r}: not a search mode; choose one of {', '.join(MODES[self.kind])}"
+            )
+        return mode
 
     def search(
         self,
         queries: Sequence[str],
         k: int = 3,
         *,
+        mode: str | None = None,
         avoid: Sequence[str | None] | None = None,
         overlap_with: Sequence[str | None] | None = None,
         ngram: int = OVERLAP_NGRAM,
     ) -> list[list[Hit]]:
-        """The k best passages per query, best first; passages that share no term with the query are left out
-        (a query of stopwords only gets no hits). `avoid[i]`: drop query i's hits whose text contains this text
-        (whitespace and case aside), e.g. the record being distilled, so a stage never reads its own answer.
-        `overlap_with[i]`: drop query i's hits that share a run of `ngram` words with this text (case and
+        """The k best passages per query, best first, by `mode` (default: the index's kind; a hybrid index can also
+        search by bm25 or dense alone). BM25 leaves out passages that share no term with the query (a query of
+        stopwords only gets no hits); dense ranks every passage. `avoid[i]`: drop query i's hits whose text contains
+        this text (whitespace and case aside), e.g. the record being distilled, so a stage never reads its own
+        answer. `overlap_with[i]`: drop query i's hits that share a run of `ngram` words with this text (case and
         punctuation aside): n-gram decontamination for when the item's id is unknown (lm-eval's requests)."""
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
+        mode = self.check_mode(mode)
         for name, extra in (("avoid", avoid), ("overlap_with", overlap_with)):
             if extra is not None and len(extra) != len(queries):
                 raise InputError(f"{name} has {len(extra)} entries for {len(queries)} queries")
@@ -226,15 +338,14 @@ class Retriever:
             return []
         filtered = avoid is not None or overlap_with is not None
         fetch = min(k + (_AVOID_SLACK if filtered else 0), len(self.passages))
-        docs, scores = self._bm25.retrieve(_tokenize(queries), k=fetch, show_progress=False, n_threads=1)
         results: list[list[Hit]] = []
-        for i, (row_docs, row_scores) in enumerate(zip(docs, scores, strict=True)):
+        for i, row in enumerate(self.ranked(queries, fetch, mode)):
             banned = normalize_text(avoid[i]) if avoid is not None and avoid[i] else None
-            found = [(self.passages[int(d)], float(s)) for d, s in zip(row_docs, row_scores, strict=True) if s > 0]
-            kept = [(p, s) for p, s in found if banned is None or banned not in normalize_text(p.text)]
+            found = [(self.passages[d], s, parts) for d, s, parts in row]
+            kept = [x for x in found if banned is None or banned not in normalize_text(x[0].text)]
             if overlap_with is not None and overlap_with[i]:
-                kept = [(p, s) for p, s in kept if not shares_run(overlap_with[i], p.text, ngram)]
-            results.append([Hit(p, s, rank) for rank, (p, s) in enumerate(kept[:k], 1)])
+                kept = [x for x in kept if not shares_run(overlap_with[i], x[0].text, ngram)]
+            results.append([Hit(p, s, rank, parts) for rank, (p, s, parts) in enumerate(kept[:k], 1)])
         return results
 
 
@@ -252,13 +363,30 @@ def shares_run(a: str, b: str, n: int = OVERLAP_NGRAM) -> bool:
     return any(tuple(words_b[i : i + size]) in runs for i in range(len(words_b) - size + 1))
 
 
-def index_passages(passages_path: str | Path, out_dir: str | Path) -> Retriever:
-    """Python twin of `fslm retrieve index`."""
-    retriever = Retriever.build(read_passages(passages_path))
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    """Where a dense build of `out_dir` keeps its embedded chunks until the index is saved (next to it, hidden)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.embedding")
+
+
+def index_passages(
+    passages_path: str | Path,
+    out_dir: str | Path,
+    kind: str = "bm25",
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> Retriever:
+    """Python twin of `fslm retrieve index`. A dense or hybrid build interrupted after some chunks resumes from
+    them when run again with the same passages and `out_dir`."""
+    check_kind(kind)
+    retriever = Retriever.build(
+        read_passages(passages_path), kind, checkpoint=checkpoint_dir(out_dir), progress=progress
+    )
     retriever.save(out_dir)
+    shutil.rmtree(checkpoint_dir(out_dir), ignore_errors=True)
     return retriever
 
 
-def search(index_dir: str | Path, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
+def search(index_dir: str | Path, queries: Sequence[str], k: int = 3, mode: str | None = None) -> list[list[Hit]]:
     """Python twin of `fslm retrieve search`."""
-    return Retriever.load(index_dir).search(queries, k)
+    return Retriever.load(index_dir).search(queries, k, mode=mode)

@@ -1,4 +1,5 @@
-"""The `retrieve` stage: its text is the k best BM25 passages for the user text it sees (no model runs)."""
+"""The `retrieve` stage: its text is the k best passages (BM25, dense or hybrid, as its index was built) for the user
+text it sees (no model runs)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from fslm.config import StackConfig, StageConfig
 from fslm.retrieve import Hit, Retriever
+from fslm.retrieve.recipe import RecipeRetriever, open_index
 from fslm.stages.inputs import stage_labels, stage_user_text
 from fslm.stages.records import StageRecord
 
@@ -64,5 +66,6 @@ def retrieve_records(
     ]
 
 
-def load_retrievers(cfg: StackConfig) -> dict[str, Retriever]:
-    return {s.name: Retriever.load(cfg.index_path(s)) for s in cfg.stages if s.is_retrieval}  # type: ignore[arg-type]
+def load_retrievers(cfg: StackConfig) -> dict[str, Retriever | RecipeRetriever]:
+    """Each retrieve stage's index; a folder holding a recipe (fslm/retrieve/recipe.py) builds on first search."""
+    return {s.name: open_index(cfg.index_path(s)) for s in cfg.stages if s.is_retrieval}  # type: ignore[arg-type]

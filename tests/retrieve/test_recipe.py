@@ -100,3 +100,26 @@ def test_no_benchmark_data_finds_nothing_and_says_so(tmp_path, cache, monkeypatc
     assert lazy.search(["water boils", "cats"], k=2) == [[], []]
     assert lazy.passages == []
     assert "no retrieval corpus" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_stack_with_a_recipe_index_validates_loads_without_building_and_retrieves(tmp_path, cache):
+    import yaml
+
+    from fslm.config import load_stack_config, validate_stack
+    from fslm.stages.retrieve import load_retrievers
+
+    write_recipe(tmp_path / "index", {"corpus": CORPUS})
+    stack = {
+        "name": "r",
+        "stages": [
+            {"name": "related", "retrieve": {"index": "index", "k": 2}},
+            {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "related"]},
+        ],
+    }
+    (tmp_path / "stack.yaml").write_text(yaml.safe_dump(stack))
+    validate_stack(tmp_path / "stack.yaml")
+    retrievers = load_retrievers(load_stack_config(tmp_path / "stack.yaml"))
+    assert not (cache / "indexes").exists()
+    hits = retrievers["related"].search(["Which metal does a magnet attract?"], k=2)[0]
+    assert len(hits) == 2 and all(h.passage.id.startswith("arc_challenge/") for h in hits)
