@@ -6,6 +6,9 @@
 Starts `fslm serve` on a free 127.0.0.1 port, warms it up, then runs two bounded phases:
 1. concurrent: --clients threads send prompts (Alpaca seed instructions, in order) for --duration seconds;
 2. sequential: ONE client sends exactly the prompts phase 1 completed, one at a time (stops at --seq-cap seconds).
+3. ttft: --ttft prompts (default 8), each streamed alone (`stream: true`): time to the first answer token, the whole
+   stream, and whether the streamed pieces join to the sequential phase's answer (benchmarks/serve_ttft.py).
+   `--ttft-only` runs just this phase and writes ttft.json.
 No phase starts a request after its deadline; requests already sent are awaited, so nothing is lost. Ratios are
 reported three ways: requests/s, generated tokens/s, and requests per second of server CPU time (robust to other jobs
 on a shared CPU). Each phase is saved as it finishes; --resume reuses saved phases.
@@ -30,6 +33,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_ttft import run_ttft, ttft_lines  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serve"
@@ -367,6 +373,7 @@ def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
         f"{summary['same_answer_rate']}.",
         "",
         *bound_lines(summary.get("bound")),
+        *ttft_lines(summary.get("ttft")),
         f"Settings: {st['clients']} clients for {st['duration_s']:.0f} s, max_batch={st['max_batch']}, "
         f"batch_wait_ms={st['batch_wait_ms']}, batch_max_wait_ms={st['batch_max_wait_ms']}, queue_size={st['queue_size']}. "
         f"Generated {summary['generated_at']}.",
@@ -435,6 +442,8 @@ def main() -> None:
         help="also write this run's throughput ratio as serve_ratio into this engine summary.json",
     )
     ap.add_argument("--goal", type=float, default=5.0)
+    ap.add_argument("--ttft", type=int, default=8, help="streamed requests timed for time to first token (0: none)")
+    ap.add_argument("--ttft-only", action="store_true", help="start the server and run only the TTFT phase")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--resume", action="store_true", help="reuse phases saved by an interrupted run")
     ap.add_argument(
@@ -482,6 +491,11 @@ def main() -> None:
         print(f"server up in {load_s:.1f} s: {health['model']} {[s['name'] for s in health['stages']]}", flush=True)
         warm = one_request(httpx.Client(), url, health["model"], prompts[-1], args.timeout)
         print(f"warm-up request: {warm['status']} in {warm['latency']:.1f} s", flush=True)
+        if args.ttft_only:
+            ttft = run_ttft(url, health["model"], prompts[: args.ttft], args.timeout)
+            (args.out / "ttft.json").write_text(json.dumps(ttft, indent=2) + "\n")
+            print(json.dumps(ttft["summary"]))
+            return
         for name in ("concurrent", "sequential"):
             saved = args.out / f".phase_{name}.json"
             if args.resume and saved.exists():
@@ -504,6 +518,11 @@ def main() -> None:
                 f"server CPU {part['server_cpu_cores_used']} cores, load {part['loadavg_1m_mean']}",
                 flush=True,
             )
+        ttft = None
+        if args.ttft:
+            answers = {r["prompt_index"]: r["answer"] for r in phases["sequential"]["records"] if r["status"] == 200}
+            print(f"ttft: {args.ttft} streamed requests, one at a time", flush=True)
+            ttft = run_ttft(url, health["model"], prompts[: args.ttft], args.timeout, answers)
         metrics_text = httpx.get(url + "/metrics", timeout=10).text
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -557,6 +576,10 @@ def main() -> None:
             line for line in metrics_text.splitlines() if line.startswith("fslm_batch_size_") and "bucket" not in line
         ],
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "ttft": None if ttft is None else {"summary": ttft["summary"], "records": ttft["records"]},
+        "server_ttft_metrics": [
+            line for line in metrics_text.splitlines() if line.startswith("fslm_time_to_first_token_seconds_")
+        ],
     }
     summary["goal_met"] = bool(summary["throughput_ratio"] and summary["throughput_ratio"] >= args.goal)
     ordered = [phases["concurrent"], phases["sequential"]]

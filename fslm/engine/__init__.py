@@ -3,7 +3,8 @@
 An engine holds ONE copy of a base model plus any number of named LoRA adapters, and can
 - render chat messages to the exact text the model sees,
 - generate continuations for a batch of texts under one adapter (or none),
-- score continuations (sum of log-probabilities) under one adapter (or none).
+- score continuations (sum of log-probabilities) under one adapter (or none),
+- optionally (`StreamingEngine`, both backends) generate while reporting each row's text token by token.
 
 Backends: `hf.py` (transformers + PEFT, the reference) and `llamacpp.py` (llama.cpp on GGUF weights); both implement
 the same protocol, so nothing above this package changes with the backend.
@@ -11,7 +12,7 @@ the same protocol, so nothing above this package changes with the backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -81,6 +82,40 @@ class Engine(Protocol):
     def score(
         self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None
     ) -> list[Score]: ...
+
+
+@runtime_checkable
+class StreamingEngine(Engine, Protocol):
+    """An Engine that reports text as it is generated: both backends (hf, llamacpp) implement it on their own token
+    loop. `on_text(row, piece)` is called on the decoding thread each time row `row` of `texts` has a new certain
+    piece; a row's pieces join to exactly its `Generation.text`, and the Generations are those `generate` returns.
+    A separate protocol (not a method of Engine) so that wrappers and test engines that only generate stay Engines;
+    `generate_streaming` falls back to one piece per row for them."""
+
+    def generate_stream(
+        self,
+        texts: Sequence[str],
+        params: GenerationParams,
+        adapter: str | None,
+        on_text: Callable[[int, str], None],
+    ) -> list[Generation]: ...
+
+
+def generate_streaming(
+    engine: Engine,
+    texts: Sequence[str],
+    params: GenerationParams,
+    adapter: str | None,
+    on_text: Callable[[int, str], None],
+) -> list[Generation]:
+    """`engine.generate_stream` where the engine streams, else `generate` with each row's text as one piece."""
+    if isinstance(engine, StreamingEngine):
+        return engine.generate_stream(texts, params, adapter, on_text)
+    made = engine.generate(texts, params, adapter=adapter)
+    for row, gen in enumerate(made):
+        if gen.text:
+            on_text(row, gen.text)
+    return made
 
 
 BACKENDS = ("hf", "llamacpp", "auto")
@@ -183,8 +218,10 @@ __all__ = [
     "Generation",
     "GenerationParams",
     "Score",
+    "StreamingEngine",
     "TransformersEngine",
     "check_backend",
+    "generate_streaming",
     "load_engine",
     "require_transformers",
 ]

@@ -11,7 +11,7 @@ batch-mates never change a row's output: greedy in a batch equals greedy alone.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -156,12 +156,15 @@ def decode_batch(
     eos_ids: Sequence[int],
     decode_text=None,
     prefix: tuple[int, object] | None = None,
+    on_token: Callable[[int, list[int]], None] | None = None,
 ) -> list[Decoded]:
     """Generate for token-id prompts (any lengths) as one batch; rows leave the batch as they finish.
 
     `decode_text(tokens) -> str` is needed only when `params.stop` has stop strings. `prefix` = (k, KV cache of the
     first k tokens, batch 1), which every prompt starts with: only the rest is run, after a copy of that cache; the
     padding then sits between the shared head and each row's own tokens, masked out, and positions skip it.
+    `on_token(row, generated)` is called after every token a row keeps (streaming, fslm.engine.streaming); it does
+    not change what is decoded.
     """
     if params.stop and decode_text is None:
         raise ValueError("stop strings need decode_text to turn tokens back into text")
@@ -217,6 +220,8 @@ def decode_batch(
                 results[row] = Decoded(generated[row], "stop")
                 continue
             generated[row].append(token)
+            if on_token is not None:
+                on_token(row, generated[row])
             if params.stop and cut_at_stop(decode_text(generated[row][-48:]), params.stop) is not None:
                 results[row] = Decoded(generated[row], "stop")
             elif step + 1 == params.max_new_tokens:

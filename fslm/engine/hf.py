@@ -15,6 +15,7 @@ from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, split_pair, supports_logits_to_keep
 from fslm.engine.prefix import PrefixStore, count_reuse
+from fslm.engine.streaming import OnText, RowStreams
 from fslm.errors import ConfigError, InputError, ModelFileError
 from fslm.models import LoadedModel, check_adapter_folder, load_model
 
@@ -137,6 +138,18 @@ class HFEngine:
 
     # ---- generation -----------------------------------------------------------------------------------------------
     def generate(self, texts: Sequence[str], params: GenerationParams, adapter: str | None = None) -> list[Generation]:
+        return self._generate(texts, params, adapter, None)
+
+    def generate_stream(
+        self, texts: Sequence[str], params: GenerationParams, adapter: str | None, on_text: OnText
+    ) -> list[Generation]:
+        """`generate`, calling `on_text(row, piece)` as each row's text grows token by token; the pieces of a row join
+        to its Generation.text (fslm.engine.streaming). Same decode loop, so the same texts."""
+        return self._generate(texts, params, adapter, on_text)
+
+    def _generate(
+        self, texts: Sequence[str], params: GenerationParams, adapter: str | None, on_text: OnText | None
+    ) -> list[Generation]:
         encoded = [self.encode(t) for t in texts]
         for i, ids in enumerate(encoded):
             if len(ids) + params.max_new_tokens > self.context_window:
@@ -144,18 +157,25 @@ class HFEngine:
                     f"input {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
                     f"context window of {self.context_window} tokens of {self.model_ref}"
                 )
+        streams = None if on_text is None else RowStreams(len(texts), self._text, params.stop, on_text)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             t0 = time.perf_counter()
-            outs = self._generate_batch([encoded[i] for i in batch], params, adapter)
+            on_token = None if streams is None else streams.token_callback(batch)
+            outs = self._generate_batch([encoded[i] for i in batch], params, adapter, on_token)
             seconds = (time.perf_counter() - t0) / len(batch)
             for i, (text, n_out, reason) in zip(batch, outs, strict=True):
                 results[i] = Generation(text, len(encoded[i]), n_out, seconds, reason)
+                if streams is not None:
+                    streams.finish(i, text)
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, batch: list[list[int]], params: GenerationParams, adapter: str | None):
+    def _text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generate_batch(self, batch: list[list[int]], params: GenerationParams, adapter: str | None, on_token=None):
         with self._active(adapter) as model:
             prefix = self.prefixes.lookup(batch, adapter, lambda tokens: self._prefix_state(model, tokens))
             decoded = decode_batch(
@@ -166,6 +186,7 @@ class HFEngine:
                 eos_ids=self.eos_ids,
                 decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
                 prefix=prefix,
+                on_token=on_token,
             )
         skipped = count_reuse(self.stats, prefix, len(batch), self.prefixes.last_hit)
         self.stats.calls += 1

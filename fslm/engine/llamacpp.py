@@ -45,6 +45,7 @@ import torch
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, next_tokens, render_chat_text, split_pair
 from fslm.engine.prefix import PrefixStore, count_reuse
+from fslm.engine.streaming import OnText, RowStreams
 from fslm.errors import ConfigError, FslmError, InputError, ModelFileError
 
 INSTALL_HINT = "pip install 'fslm[fast]'"
@@ -684,6 +685,18 @@ class LlamaCppEngine:
 
     # ---- generation -----------------------------------------------------------------------------------------------
     def generate(self, texts: Sequence[str], params: GenerationParams, adapter: str | None = None) -> list[Generation]:
+        return self._generate(texts, params, adapter, None)
+
+    def generate_stream(
+        self, texts: Sequence[str], params: GenerationParams, adapter: str | None, on_text: OnText
+    ) -> list[Generation]:
+        """`generate`, calling `on_text(row, piece)` as each row's text grows token by token (the same decode loop;
+        the pieces of a row join to its Generation.text)."""
+        return self._generate(texts, params, adapter, on_text)
+
+    def _generate(
+        self, texts: Sequence[str], params: GenerationParams, adapter: str | None, on_text: OnText | None
+    ) -> list[Generation]:
         self._check_adapter(adapter)
         encoded = [self.encode(t) for t in texts]
         for i, ids in enumerate(encoded):
@@ -694,6 +707,7 @@ class LlamaCppEngine:
                 )
             if not ids:
                 raise InputError(f"input {i} is empty after tokenization")
+        streams = None if on_text is None else RowStreams(len(texts), self._text, params.stop, on_text)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(texts)
         start = 0
@@ -708,17 +722,20 @@ class LlamaCppEngine:
             batch = order[start : start + size]
             start += size
             t0 = time.perf_counter()
-            outs = self._generate_batch([encoded[i] for i in batch], params, adapter)
+            on_token = None if streams is None else streams.token_callback(batch)
+            outs = self._generate_batch([encoded[i] for i in batch], params, adapter, on_token)
             seconds = (time.perf_counter() - t0) / len(batch)
             for i, (text, n_out, reason) in zip(batch, outs, strict=True):
                 results[i] = Generation(text, len(encoded[i]), n_out, seconds, reason)
+                if streams is not None:
+                    streams.finish(i, text)
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, adapter: str | None):
+    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, adapter: str | None, on_token=None):
         self._context(max(len(p) for p in prompts) + params.max_new_tokens + 1, len(prompts))
         self._use(adapter)
         prefix = self.prefixes.lookup(prompts, adapter, self._prefix_state)
-        decoded = self._decode(prompts, params, adapter, prefix)
+        decoded = self._decode(prompts, params, adapter, prefix, on_token)
         skipped = count_reuse(self.stats, prefix, len(prompts), self.prefixes.last_hit)
         self.stats.calls += 1
         self.stats.forward_tokens += sum(len(p) for p in prompts) - skipped + sum(len(t) for t, _ in decoded)
@@ -758,9 +775,11 @@ class LlamaCppEngine:
         params: GenerationParams,
         adapter: str | None,
         prefix: tuple[int, bytes] | None = None,
+        on_token=None,
     ):
         """decode.py's decode_batch on llama.cpp: row r is sequence r; finished rows leave the batch. With `prefix`
-        (k, state of the first k tokens) each row's sequence starts from that state and only its own tokens run."""
+        (k, state of the first k tokens) each row's sequence starts from that state and only its own tokens run.
+        `on_token(row, generated)` after every kept token (streaming; it changes nothing decoded)."""
         self._context(max(len(p) for p in prompts) + params.max_new_tokens + 1, len(prompts))
         self._clear()
         self._use(adapter)
@@ -798,6 +817,8 @@ class LlamaCppEngine:
                     results[row] = (generated[row], "stop")
                     continue
                 generated[row].append(token)
+                if on_token is not None:
+                    on_token(row, generated[row])
                 if params.stop and cut_at_stop(self._text(generated[row][-48:]), params.stop) is not None:
                     results[row] = (generated[row], "stop")
                 elif step + 1 == params.max_new_tokens:

@@ -14,17 +14,22 @@ import logging
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fslm.errors import FslmError
 from fslm.stack import StackResult
 
 log = logging.getLogger("fslm.serve")
 
-# run(prompts, answer_token_cap) -> one StackResult per prompt, in order.
-RunBatch = Callable[[Sequence[str], "int | None"], list[StackResult]]
+# run(prompts, group key) -> one StackResult per prompt, in order. The key is a job's `cap`: an answer token cap
+# (int | None), or any hashable the server groups by (fslm.serve.answer.AnswerOptions).
+RunBatch = Callable[[Sequence[str], Any], list[StackResult]]
+# run_jobs(jobs, group key) -> one StackResult per job: for runners that need more of a job than its prompt (its
+# stream sink); set on each job what else it needs (job.answered).
+RunJobs = Callable[[list["Job"], Any], list[StackResult]]
 
 
 class QueueFull(Exception):
@@ -34,13 +39,17 @@ class QueueFull(Exception):
 @dataclass
 class Job:
     prompt: str
-    cap: int | None  # max new tokens for the answer stage (None = the stack's own)
+    cap: Any  # the group key: max new tokens for the answer stage (None = the stack's own), or AnswerOptions
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     finished: float = 0.0
     batch_size: int = 0
     on_start: Callable[[], None] | None = None
+    sink: Callable[[int, str], None] | None = None  # streaming: (choice, text piece), called on the worker thread
+    # streaming: the earlier stages' records once they are done, and the name of the stage that answers next
+    on_stages: Callable[[list, str], None] | None = None
+    answered: Any = None  # what a run_jobs runner leaves besides the result (fslm.serve.answer.Answered)
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,10 @@ class BatchQueue:
         max_wait_s: float = 0.1,
         maxsize: int = 64,
         on_batch: Callable[[BatchReport], None] | None = None,
+        run_jobs: RunJobs | None = None,
     ):
         self._run = run
+        self._run_jobs = run_jobs
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.max_wait_s = max(max_wait_s, wait_s)
@@ -74,6 +85,7 @@ class BatchQueue:
         self._lock = threading.Lock()
         self.running = 0  # jobs in the batch being computed now
         self.last_batch_seconds = 0.0
+        self.recent_batch_seconds: deque[float] = deque(maxlen=20)  # what Retry-After is computed from
 
     # ---- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,9 +120,17 @@ class BatchQueue:
     def capacity(self) -> int:
         return self._queue.maxsize
 
-    def submit(self, prompt: str, cap: int | None = None, on_start: Callable[[], None] | None = None) -> Job:
+    def submit(
+        self,
+        prompt: str,
+        cap: Any = None,
+        on_start: Callable[[], None] | None = None,
+        *,
+        sink: Callable[[int, str], None] | None = None,
+        on_stages: Callable[[list, str], None] | None = None,
+    ) -> Job:
         self.start()
-        job = Job(prompt, cap, on_start=on_start)
+        job = Job(prompt, cap, on_start=on_start, sink=sink, on_stages=on_stages)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -148,13 +168,13 @@ class BatchQueue:
         return [job for job in batch if job.future.set_running_or_notify_cancel()]
 
     def _run_batch(self, batch: list[Job]) -> None:
-        groups: dict[int | None, list[Job]] = defaultdict(list)
+        groups: dict[Any, list[Job]] = defaultdict(list)
         for job in batch:
             groups[job.cap].append(job)
         for cap, jobs in groups.items():
             self._run_group(jobs, cap)
 
-    def _run_group(self, jobs: list[Job], cap: int | None) -> None:
+    def _run_group(self, jobs: list[Job], cap: Any) -> None:
         t0 = time.perf_counter()
         for job in jobs:
             job.started, job.batch_size = t0, len(jobs)
@@ -162,7 +182,10 @@ class BatchQueue:
                 job.on_start()
         self.running = len(jobs)
         try:
-            results = self._run([job.prompt for job in jobs], cap)
+            if self._run_jobs is not None:
+                results = self._run_jobs(jobs, cap)
+            else:
+                results = self._run([job.prompt for job in jobs], cap)
         except FslmError as err:
             self.running = 0
             if len(jobs) > 1:  # one bad input must not fail its batch-mates: retry each alone
@@ -180,6 +203,7 @@ class BatchQueue:
         self.running = 0
         t1 = time.perf_counter()
         self.last_batch_seconds = t1 - t0
+        self.recent_batch_seconds.append(t1 - t0)
         for job, result in zip(jobs, results, strict=True):
             job.finished = t1
             job.future.set_result(result)
@@ -188,8 +212,10 @@ class BatchQueue:
                 BatchReport(
                     size=len(jobs),
                     seconds=t1 - t0,
-                    tokens_in=sum(r.tokens_in for res in results for r in res.trace),
-                    tokens_out=sum(r.tokens_out for res in results for r in res.trace),
+                    tokens_in=sum(r.tokens_in for res in results for r in res.trace)
+                    + sum(getattr(job.answered, "extra_in", 0) for job in jobs),
+                    tokens_out=sum(r.tokens_out for res in results for r in res.trace)
+                    + sum(getattr(job.answered, "extra_out", 0) for job in jobs),
                     queue_waits=tuple(t0 - job.enqueued for job in jobs),
                 )
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+from fslm.serve.answer import Answered
 from fslm.serve.batching import Job
 from fslm.serve.schemas import APIError, ChatMessage
 from fslm.stack import StackResult
@@ -47,14 +48,37 @@ def messages_to_prompt(messages: list[ChatMessage]) -> str:
     return "\n".join([HISTORY_HEADER, *history, "", CURRENT_HEADER, question])
 
 
-def usage(result: StackResult) -> dict[str, int]:
-    """Tokens over ALL stages: what the answer cost, not just the final stage's text."""
-    prompt_tokens = sum(r.tokens_in for r in result.trace)
-    completion_tokens = sum(r.tokens_out for r in result.trace)
+def usage(result: StackResult, answered: Answered | None = None) -> dict[str, int]:
+    """Tokens over ALL stages: what the answer cost, not just the final stage's text. prompt_tokens = every token a
+    stage read (its whole input, chat template included), completion_tokens = every token a stage generated; with
+    n > 1 the answer stage's input and output count once per choice."""
+    extra_in, extra_out = (answered.extra_in, answered.extra_out) if answered is not None else (0, 0)
+    prompt_tokens = sum(r.tokens_in for r in result.trace) + extra_in
+    completion_tokens = sum(r.tokens_out for r in result.trace) + extra_out
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def cost(result: StackResult, answered: Answered | None = None) -> dict:
+    """`fslm_cost`: seconds and tokens per stage (this request's share of each batched call) and their totals; the
+    answer stage's row covers all n choices."""
+    choices = answered.choices if answered is not None else []
+    stages = []
+    for r in result.trace:
+        row = {"stage": r.stage, "seconds": r.seconds, "tokens_in": r.tokens_in, "tokens_out": r.tokens_out}
+        if r.stage == result.answer_stage and len(choices) > 1:
+            row["seconds"] = round(sum(g.seconds for g in choices), 4)
+            row["tokens_in"] = sum(g.tokens_in for g in choices)
+            row["tokens_out"] = sum(g.tokens_out for g in choices)
+        stages.append(row)
+    return {
+        "stages": stages,
+        "seconds": round(sum(s["seconds"] for s in stages), 4),
+        "tokens_in": sum(s["tokens_in"] for s in stages),
+        "tokens_out": sum(s["tokens_out"] for s in stages),
     }
 
 

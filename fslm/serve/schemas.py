@@ -1,5 +1,5 @@
-"""The OpenAI wire format: request validation, error bodies, completion and chunk objects, and the response models
-the OpenAPI schema documents.
+"""The OpenAI wire format of requests: validation (chat, and the sampling fields both routes share) and error bodies.
+Responses are built in fslm.serve.shapes; their OpenAPI models are in fslm.serve.docmodels.
 
 Requests are validated strictly (no "yes" -> True coercion) so a wrong type is a 400 naming the field, as the OpenAI
 API does. Unknown fields are accepted and ignored, because clients add new optional fields faster than servers.
@@ -10,14 +10,13 @@ Integer fields take integral JSON numbers written with a fraction (`2.0`): JSON 
 from __future__ import annotations
 
 import json
-import re
-import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
-from fslm import __version__ as FSLM_VERSION
 from fslm.io import JsonError, loads_json
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class APIError(Exception):
@@ -68,7 +67,7 @@ ERROR_STATUSES = {
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: each error status it can answer with, all carrying ErrorResponse (always as
-    application/json: app._document corrects FastAPI, which would use the route's own media type)."""
+    application/json: openapi.document corrects FastAPI, which would use the route's own media type)."""
     return {status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]} for status in statuses}
 
 
@@ -100,6 +99,7 @@ def _integral(value: Any) -> Any:
 
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+SeedInt = Annotated[int, Field(ge=-(2**63), le=2**64 - 1), BeforeValidator(_integral)]  # what torch.manual_seed takes
 # No tool can run on an fslm stack: an empty list is harmless, anything in it is refused (see parse_request).
 NoTools = Annotated[
     list[Any] | None,
@@ -107,6 +107,11 @@ NoTools = Annotated[
         {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}], "description": "not supported: omit or []"}
     ),
 ]
+
+
+def not_supported(*allowed: Any) -> dict[str, Any]:
+    """The JSON schema of a field fslm refuses (400 unsupported_parameter) unless null or one of `allowed`."""
+    return {"enum": [*allowed, None], "description": "not supported: omit" + (f" or {allowed[0]}" if allowed else "")}
 
 
 class ContentPart(_Model):
@@ -141,24 +146,56 @@ class StreamOptions(_Model):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Model):
+MAX_N = 16  # choices per request (each is a row of the answer stage's batch)
+MAX_STOPS = 4  # as OpenAI's API
+MAX_STOP_CHARS = 200
+_STOP_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
+STOP_SCHEMA = {
+    "anyOf": [_STOP_TEXT, {"type": "array", "items": _STOP_TEXT, "maxItems": MAX_STOPS}, {"type": "null"}],
+    "description": "added to the answer stage's own stop strings",
+}
+
+
+class SamplingFields(_Model):
+    """The fields chat and text completions share: limits and the answer stage's decoding (fslm.serve.answer)."""
+
     model: str | None = Field(None, description="the served model id (GET /v1/models); any other is a 404")
-    messages: list[ChatMessage] = Field(
-        ..., min_length=1, description="the last must be a user message with text: the question (else 400)"
-    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
-    n: JsonInt = Field(1, ge=1, le=1)
-    # Accepted for compatibility; each stage's decoding is set by the stack config (see docs/serve.md).
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    seed: JsonInt | None = None
+    n: JsonInt = Field(1, ge=1, le=MAX_N, description="choices; each is one more row of the answer stage")
+    # The answer stage decodes with these; earlier stages keep their stack config settings (docs/serve.md).
+    temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy")
+    top_p: float | None = Field(None, ge=0, le=1, description="0 = greedy")
+    stop: Annotated[str | list[str] | None, WithJsonSchema(STOP_SCHEMA)] = None
+    seed: SeedInt | None = Field(None, description="reproducible sampling of the answer stage")
     user: str | None = None
-    tools: NoTools = None
     fslm_trace: bool | None = None  # fslm extension: include the stage trace (default: the server's setting)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """OpenAI's limits: at most 4 stop strings; an empty one would end every answer at once."""
+        items = [value] if isinstance(value, str) else value or []
+        if len(items) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings, got {len(items)}")
+        if any(not item or len(item) > MAX_STOP_CHARS for item in items):
+            raise ValueError(f"stop strings must be 1 to {MAX_STOP_CHARS} characters")
+        return value
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(
+        ..., min_length=1, description="the last must be a user message with text: the question (else 400)"
+    )
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: Annotated[bool | None, WithJsonSchema(not_supported(False))] = None
+    top_logprobs: Annotated[JsonInt | None, WithJsonSchema(not_supported())] = None
+    tools: NoTools = None
 
     @property
     def new_token_cap(self) -> int | None:
@@ -166,7 +203,20 @@ class ChatCompletionRequest(_Model):
 
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
-    """Bytes -> validated request, or an APIError whose message and `param` name the bad field."""
+    """Bytes -> validated chat request, or an APIError whose message and `param` name the bad field."""
+    request = parse_model(body, ChatCompletionRequest)
+    if request.tools:
+        raise APIError(
+            400, "tools/function calling is not supported by fslm stacks", param="tools", code="unsupported_parameter"
+        )
+    if request.logprobs or request.top_logprobs is not None:
+        param = "logprobs" if request.logprobs else "top_logprobs"
+        raise unsupported(param, "log-probabilities of generated tokens are not returned by fslm serve")
+    return request
+
+
+def parse_model(body: bytes, model: type[M]) -> M:
+    """Bytes -> a validated request model; strict JSON first (every way a body can be malformed is a 400)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -180,14 +230,14 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     try:
-        request = ChatCompletionRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         raise _validation_error(err) from None
-    if request.tools:
-        raise APIError(
-            400, "tools/function calling is not supported by fslm stacks", param="tools", code="unsupported_parameter"
-        )
-    return request
+
+
+def unsupported(param: str, why: str) -> APIError:
+    """400 for a parameter fslm cannot honour: refused by name rather than silently ignored."""
+    return APIError(400, f"{param}: {why}", param=param, code="unsupported_parameter")
 
 
 def _no_constants(name: str) -> Any:
@@ -212,225 +262,5 @@ def _validation_error(err: ValidationError) -> APIError:
     )
 
 
-class _Doc(BaseModel):
-    """A response shape for the OpenAPI document only (handlers build plain dicts, e.g. completion_object); extra
-    fields are allowed, so a later field never breaks a client generated from the schema."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class Usage(_Doc):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class StageTrace(_Doc):
-    stage: str
-    input: str
-    output: str
-    tokens_in: int
-    tokens_out: int
-    seconds: float
-    adapter: str | None
-    finish_reason: str
-
-
-class TraceRecord(_Doc):
-    id: str
-    created: float
-    model: str
-    prompt: str
-    answer: str
-    finish_reason: str
-    stages: list[StageTrace]
-    tokens_in: int
-    tokens_out: int
-    batch_size: int
-    queue_seconds: float
-    stack_seconds: float
-    latency_seconds: float
-
-
-class AssistantMessage(_Doc):
-    role: Literal["assistant"]
-    content: str
-
-
-class Choice(_Doc):
-    index: int
-    message: AssistantMessage
-    finish_reason: str
-    logprobs: None
-
-
-class ChatCompletion(_Doc):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    system_fingerprint: str
-    choices: list[Choice]
-    usage: Usage
-    fslm_trace: TraceRecord | None = None
-
-
-class ModelCard(_Doc):
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-    fslm_stages: list[str]
-    fslm_base_model: str
-
-
-class ModelList(_Doc):
-    object: Literal["list"]
-    data: list[ModelCard]
-
-
-class TraceSummary(_Doc):
-    id: str
-    created: float
-    model: str
-    prompt: str
-    answer: str
-    latency_seconds: float
-    batch_size: int
-    tokens_out: int
-    kind: str = Field("serve", description="serve, run or generate: the run log holds CLI runs too")
-    log_id: int | None = Field(None, description="the run log's id (None: kept in memory only)")
-    stack: str | None = None
-    error: str | None = Field(None, description="why the run failed, if it did")
-
-
-class TraceList(_Doc):
-    object: Literal["list"]
-    data: list[TraceSummary]
-    persistent: bool
-    has_more: bool = Field(False, description="an older page exists (ask again with a larger offset)")
-
-
-class StageName(_Doc):
-    name: str
-    label: str
-
-
-class Health(_Doc):
-    status: Literal["ok", "worker_down"]
-    model: str
-    stages: list[StageName]
-    queue_depth: int
-    queue_capacity: int
-    max_batch: int
-    auth: bool
-
-
-class Delta(_Doc):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChunkChoice(_Doc):
-    index: int
-    delta: Delta
-    finish_reason: str | None
-    logprobs: None
-
-
-class ChatCompletionChunk(_Doc):
-    """One streamed event: the first carries `fslm_event` "queued", the last with choices has `finish_reason` and
-    `fslm_trace`, and with stream_options.include_usage a final one has no choices and `usage`."""
-
-    id: str
-    object: Literal["chat.completion.chunk"]
-    created: int
-    model: str
-    system_fingerprint: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-    fslm_event: dict[str, Any] | None = None
-    fslm_trace: TraceRecord | None = None
-
-
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-
-# One server-sent event, as OpenAPI 3.1 reads `schema` under text/event-stream: its `data` is a chunk, an error that
-# happened after the stream opened, or the closing "[DONE]".
-SSE_RESPONSE = {
-    "text/event-stream": {
-        "schema": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {
-                "data": {
-                    "anyOf": [
-                        {"const": "[DONE]"},
-                        {
-                            "contentMediaType": "application/json",
-                            "contentSchema": {"anyOf": [_ref(ChatCompletionChunk), _ref(ErrorResponse)]},
-                        },
-                    ]
-                }
-            },
-        }
-    }
-}
-DOCUMENTED_MODELS = (ChatCompletionChunk,)  # referred to only from SSE_RESPONSE: app._document adds it
-
-
-def ok_response(model: type[BaseModel], description: str, **content: Any) -> dict[int | str, dict[str, Any]]:
-    """`responses=` entry for a route's 200 (documentation only: the handler's dict is sent as built)."""
-    entry: dict[str, Any] = {"model": model, "description": description}
-    if content:
-        entry["content"] = content
-    return {200: entry}
-
-
-def completion_object(cid: str, model: str, answer: str, finish_reason: str, usage: dict, trace: dict | None) -> dict:
-    obj = {
-        "id": cid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": f"fslm-{FSLM_VERSION}",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer},
-                "finish_reason": finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage,
-    }
-    if trace is not None:
-        obj["fslm_trace"] = trace
-    return obj
-
-
-def chunk_object(cid: str, model: str, delta: dict, finish_reason: str | None = None, **extra: Any) -> dict:
-    obj = {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": f"fslm-{FSLM_VERSION}",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-    }
-    obj.update({k: v for k, v in extra.items() if v is not None})
-    return obj
-
-
 def sse(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-_PIECE = re.compile(r"\s+|\S+\s*")
-
-
-def answer_pieces(text: str) -> list[str]:
-    """Word-sized pieces that join back to exactly `text` (the streamed deltas)."""
-    return _PIECE.findall(text)

@@ -74,8 +74,11 @@ def test_viewer_shows_stage_cards_and_history(browser, tiny_stack):
     expected = {p: tiny_stack.run(p) for p in (first, second)}
     with running_server(create_app(tiny_stack, ServeSettings())) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors = []
+        errors, blocked, posts = [], [], []
         page.on("pageerror", lambda err: errors.append(str(err)))
+        # the page's Content-Security-Policy must block nothing the viewer itself does
+        page.on("console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None)
+        page.on("request", lambda req: posts.append(req.post_data) if req.method == "POST" else None)
         page.goto(url + "/ui")
         page.wait_for_selector("#pipeline .chip")
         assert page.locator("#pipeline .chip").all_inner_texts() == ["tiny", "Intent", "Facts", "Answer"]
@@ -86,19 +89,20 @@ def test_viewer_shows_stage_cards_and_history(browser, tiny_stack):
         assert first in card.locator("pre").inner_text()  # the exact stage input, expanded on demand
         submit(page, second, 60_000)
         check_cards(page, expected[second])
-        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 2")
+        page.wait_for_function("() => document.querySelectorAll('#history li[data-id]').length === 2")
         items = page.locator("#history li[data-id]")
         assert items.nth(0).locator(".h-prompt").inner_text() == second  # newest first
         items.nth(1).click()  # browse back to the first trace
         page.wait_for_function(
-            f"document.querySelector('.question') && document.querySelector('.question').textContent === {first!r}"
+            f"() => document.querySelector('.question') && document.querySelector('.question').textContent === {first!r}"
         )
         check_cards(page, expected[first])
         assert page.locator("#history li.active .h-prompt").inner_text() == first
         page.reload()  # a deep link (#trace=<id>) reopens the same trace
         page.wait_for_selector("li.stage")
         check_cards(page, expected[first])
-        assert errors == []
+        assert errors == [] and blocked == []
+        assert posts and all('"stream":true' in p for p in posts)  # the viewer reads the answer as it streams
 
 
 def test_viewer_with_api_key_prompts_for_it(browser, tiny_stack):
@@ -150,7 +154,7 @@ def test_viewer_pages_and_searches_the_run_log(browser, tiny_stack):
         errors = []
         page.on("pageerror", lambda err: errors.append(str(err)))
         page.goto(url + "/ui")
-        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 20")
+        page.wait_for_function("() => document.querySelectorAll('#history li[data-id]').length === 20")
         prompts = history_prompts(page)
         assert "logged question 24" in prompts[0] and "logged question 5" in prompts[-1]  # newest first, one page
         assert page.locator("#history li[data-id] .kind").first.inner_text() == "run"  # not a served request
@@ -158,7 +162,7 @@ def test_viewer_pages_and_searches_the_run_log(browser, tiny_stack):
         assert page.locator("#page-info").inner_text() == "1–20"
 
         page.click("#older")
-        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 5")
+        page.wait_for_function("() => document.querySelectorAll('#history li[data-id]').length === 5")
         assert "logged question 4" in history_prompts(page)[0] and "logged question 0" in history_prompts(page)[-1]
         assert page.locator("#older").is_disabled() and page.locator("#newer").is_enabled()
         assert page.locator("#page-info").inner_text() == "21–25"
@@ -168,17 +172,17 @@ def test_viewer_pages_and_searches_the_run_log(browser, tiny_stack):
         assert page.locator("[data-testid=answer] .answer-text").inner_text() == "answer 2"
 
         page.fill("#search", "zebras")
-        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 1")
+        page.wait_for_function("() => document.querySelectorAll('#history li[data-id]').length === 1")
         assert "a question about zebras" in history_prompts(page)[0]
         assert page.locator("#older").is_disabled() and page.locator("#newer").is_disabled()
         page.fill("#search", "no such words anywhere")
-        page.wait_for_function("document.getElementById('history').textContent.includes('No trace matches')")
+        page.wait_for_function("() => document.getElementById('history').textContent.includes('No trace matches')")
         page.fill("#search", "")
-        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 20")
+        page.wait_for_function("() => document.querySelectorAll('#history li[data-id]').length === 20")
 
         submit(page, "Which planet is largest?", 60_000)  # a served request goes on top of the same log
         page.wait_for_function(
-            "document.querySelector('#history li[data-id] .h-prompt').textContent === 'Which planet is largest?'"
+            "() => document.querySelector('#history li[data-id] .h-prompt').textContent === 'Which planet is largest?'"
         )
         assert page.locator("#history li[data-id]").first.locator(".kind").count() == 0
         assert page.locator("#page-info").inner_text() == "1–20"
@@ -219,7 +223,7 @@ def test_real_default_stack_screenshot(browser):
         for i, stage in enumerate(record["stages"]):
             assert cards.nth(i).locator(".output").inner_text().strip() == (stage["output"] or "(no output)")
         page.locator("#refresh").click()
-        page.wait_for_function("document.querySelectorAll('#history li[data-id]').length === 3")
+        page.wait_for_function("() => document.querySelectorAll('#history li[data-id]').length === 3")
         cards.first.locator("summary").click()  # show one stage's exact input in the screenshot
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)

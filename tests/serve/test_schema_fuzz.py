@@ -38,10 +38,12 @@ KEY = "fuzz-key-0123456789"
 MAX_NEW_TOKENS = 8
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 CHAT = ("POST", "/v1/chat/completions")
+TEXT = ("POST", "/v1/completions")
 # Routes with inputs get invalid requests too; the others have nothing to make invalid.
-NEGATIVE = {CHAT, ("GET", "/v1/traces")}
+NEGATIVE = {CHAT, TEXT, ("GET", "/v1/traces")}
 ROUTES = [
     CHAT,
+    TEXT,
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"),
     ("GET", "/v1/traces"),
@@ -162,6 +164,18 @@ def answerable(draw, operation, stream: bool | None = None):
     return case
 
 
+@st.composite
+def answerable_text(draw, operation, stream: bool | None = None):
+    """answerable() for /v1/completions: one clipped prompt (a list of one, sometimes), the served model."""
+    case = draw(operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    question = draw(st.text(st.characters(codec="utf-8"), min_size=1).map(_clip).filter(str.strip))
+    case.body["prompt"] = draw(st.sampled_from([question, [question]]))
+    case.body["model"] = "tiny"
+    if stream is not None:
+        case.body["stream"] = stream
+    return case
+
+
 TEXT_BYTES = 24
 
 
@@ -181,9 +195,11 @@ def test_answerable_requests_are_answered_as_documented(api_schema, stream, medi
     """The success path, non-streaming and streaming, against ChatCompletion and the documented server-sent events
     (each `data` a ChatCompletionChunk, then [DONE]): every repaired request must be a 200 (positive_data_acceptance)
     whose body matches the schema."""
-    operation = api_schema["/v1/chat/completions"]["POST"]
     checks = [*CHECKS, positive_data_acceptance]
+    operation = api_schema["/v1/chat/completions"]["POST"]
     assert set(run(operation, answerable(operation, stream), checks, examples=15)) == {(200, media)}
+    operation = api_schema["/v1/completions"]["POST"]
+    assert set(run(operation, answerable_text(operation, stream), checks, examples=8)) == {(200, media)}
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -195,6 +211,8 @@ def test_a_keyed_server_enforces_its_key_as_declared(keyed_schema, method, path)
     operation = keyed_schema[path][method]
     if (method, path) == CHAT:
         strategy = answerable(operation)
+    elif (method, path) == TEXT:
+        strategy = answerable_text(operation)
     else:
         known = {"model_id": "tiny", "trace_id": _a_trace_id(keyed_schema.app)}
         strategy = operation.as_strategy(path_parameters={k: v for k, v in known.items() if f"{{{k}}}" in path})

@@ -1,0 +1,205 @@
+"""A request's own decoding for the ANSWER stage: sampling parameters, n choices and token streaming.
+
+Rule (docs/serve.md): `temperature`, `top_p`, `seed`, `stop`, `max_tokens` and `n` apply to the answer stage only;
+every earlier stage keeps its YAML generation settings, so the trace before the answer stays what `fslm run` gives
+(reproducible and batchable). A request's `stop` strings are added to the stage's own.
+
+How: the earlier stages run as one `Stack.run_batch(..., exclude={answer})` for the whole batch; then the answer
+stage's input is built exactly as the stack builds it (`Stack.stage_input`) and generated here, n rows per request,
+streaming token by token to each request's sink. This needs a plain answer stage: one final stage, of kind generate,
+without `when:`. Other stacks (an answer picked by score/vote/escalate, several final stages) run whole on a copy of
+the config whose final stages carry the request's settings; n>1 then runs the stack n times, and a stream gets the
+answer when the stack finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from fslm.config import StackConfig, StageConfig
+from fslm.engine import Generation, GenerationParams, generate_streaming
+from fslm.stack import Stack, StackResult, StageRecord, generation_params
+from fslm.stages.conditions import skip_reason
+from fslm.stages.records import skipped_record
+from fslm.stages.score import choices_from_prompt
+
+
+@dataclass(frozen=True)
+class AnswerOptions:
+    """What a request asks of the answer stage (None: the stage's own setting). Hashable: the batch group key."""
+
+    cap: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    stream: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Nothing beyond a token cap: the request runs the stack exactly as `fslm run` does (Stack.run_batch)."""
+        return self == AnswerOptions(cap=self.cap)
+
+    def params(self, own: GenerationParams) -> GenerationParams:
+        """The answer stage's params with this request's choices applied."""
+        return dataclasses.replace(
+            own,
+            max_new_tokens=own.max_new_tokens if self.cap is None else min(self.cap, own.max_new_tokens),
+            temperature=own.temperature if self.temperature is None else self.temperature,
+            top_p=own.top_p if self.top_p is None else self.top_p,
+            seed=own.seed if self.seed is None else self.seed,
+            stop=tuple(dict.fromkeys((*own.stop, *self.stop))),
+        )
+
+
+def answering_stage(config: StackConfig, prompt: str) -> StageConfig | None:
+    """The stage that answers `prompt` if it can be generated apart from the rest, else None (the whole stack runs).
+    It must be the only final stage that runs on prompts like this one (with or without options: the default stack
+    answers options with a scorer and other prompts with a generate stage), a plain generate stage whose `when:` at
+    most tests the options, and read by no other stage."""
+    case = "has_options" if choices_from_prompt(prompt.strip()) is not None else "no_options"
+    cases = config.run_cases()
+    finals = [s for s in config.final_stages if case in cases[s.name]]
+    if len(finals) != 1:
+        return None
+    stage = finals[0]
+    plain = stage.kind == "generate" and stage.when in (None, "has_options", "no_options")
+    return stage if plain and not any(stage.name in s.needs for s in config.stages) else None
+
+
+@dataclass
+class Answered:
+    """One request's outcome: the trace of choice 0 (as fslm_trace shows it) and every choice's generation."""
+
+    result: StackResult
+    choices: list[Generation]
+    extra_in: int = 0  # tokens read beyond result.trace (the answer input of choices 1..n-1, or whole extra runs)
+    extra_out: int = 0
+
+
+# (request index in the batch, choice index, text piece)
+Sink = Callable[[int, int, str], None]
+Events = Callable[[int, list[StageRecord]], None]
+
+
+def run_split(
+    stack: Stack,
+    answer: StageConfig,
+    prompts: Sequence[str],
+    options: AnswerOptions,
+    sink: Sink | None = None,
+    on_stages: Events | None = None,
+) -> list[Answered]:
+    """Earlier stages batched as `fslm run` runs them, then the answer stage under `options` (streamed to `sink`).
+    `answer`: the answering_stage of every prompt."""
+    cfg = stack.config
+    partial = stack.run_batch(prompts, exclude={answer.name})
+    if on_stages is not None:
+        for j, result in enumerate(partial):
+            on_stages(j, list(result.trace))
+    index = cfg.index_of(answer.name)
+    inputs: dict[int, str] = {}
+    for j, result in enumerate(partial):
+        records = {r.stage: r for r in result.trace}
+        skipped = {r.stage for r in result.trace if r.skipped is not None}
+        has_options = choices_from_prompt(result.prompt) is not None
+        reason = skip_reason(answer, skipped, has_options, records)
+        if reason is not None:
+            result.trace.append(skipped_record(answer.name, answer.kind, reason))
+        else:
+            inputs[j] = stack.stage_input(index, result.prompt, result.outputs)
+    made = _generate(stack, answer, inputs, options, sink)
+    engine = stack.engine_for(answer)
+    position = {name: k for k, name in enumerate(cfg.trace_order)}
+    out = []
+    for j, result in enumerate(partial):
+        gens = made.get(j, [])
+        if gens:
+            first = gens[0]
+            result.trace.append(
+                StageRecord(
+                    answer.name,
+                    inputs[j],
+                    first.text,
+                    first.tokens_in,
+                    first.tokens_out,
+                    first.seconds,
+                    stack.adapter_for(answer),
+                    first.finish_reason,
+                    kind="generate",
+                    model=engine.model_ref,
+                    when=answer.when,  # as Stack records it (answering_stage allows only option tests)
+                )
+            )
+            result.answer, result.answer_stage = first.text, answer.name
+        result.trace.sort(key=lambda rec: position[rec.stage])
+        rest = gens[1:]
+        out.append(Answered(result, gens, sum(g.tokens_in for g in rest), sum(g.tokens_out for g in rest)))
+    return out
+
+
+def _generate(
+    stack: Stack, answer: StageConfig, inputs: dict[int, str], options: AnswerOptions, sink: Sink | None
+) -> dict[int, list[Generation]]:
+    """n rows per request. Greedy: one batched call for all. Sampled: one call per request, seeded on its own, so a
+    seeded request gets the same text whatever it was batched with."""
+    params = options.params(generation_params(answer))
+    jobs = list(inputs)
+    groups = [jobs] if params.temperature <= 0 else [[j] for j in jobs]
+    made: dict[int, list[Generation]] = {j: [] for j in jobs}
+    for group in groups:
+        rows = [(j, c) for j in group for c in range(options.n)]
+        if not rows:
+            continue
+        texts = [inputs[j] for j, _ in rows]
+        t0 = time.perf_counter()
+        engine, adapter = stack.engine_for(answer), stack.adapter_for(answer)
+        if sink is None:
+            gens = engine.generate(texts, params, adapter=adapter)
+        else:
+            gens = generate_streaming(engine, texts, params, adapter, lambda r, piece, rows=rows: sink(*rows[r], piece))
+        seconds = round((time.perf_counter() - t0) / len(rows), 4)
+        for (j, _), gen in zip(rows, gens, strict=True):
+            made[j].append(dataclasses.replace(gen, seconds=seconds))
+    return made
+
+
+def final_variant(stack: Stack, options: AnswerOptions) -> Stack:
+    """A stack whose final stages decode with the request's settings (no model is loaded again)."""
+    cfg = stack.config.model_copy(deep=True)
+    for stage in cfg.final_stages:
+        g = stage.generation
+        own = GenerationParams(g.max_new_tokens, g.temperature, g.top_p, stop=tuple(g.stop), seed=g.seed)
+        p = options.params(own)
+        g.max_new_tokens, g.temperature, g.top_p, g.seed, g.stop = (
+            p.max_new_tokens,
+            p.temperature,
+            p.top_p,
+            p.seed,
+            list(p.stop),
+        )
+    return Stack(cfg, stack.engine, engines=stack.engines)
+
+
+def run_whole(variant: Stack, prompts: Sequence[str], n: int) -> list[Answered]:
+    """Stacks whose answer is not a plain generate stage: the whole stack n times per prompt (one batched run)."""
+    results = variant.run_batch([p for p in prompts for _ in range(n)])
+    out = []
+    for j in range(len(prompts)):
+        copies = results[j * n : (j + 1) * n]
+        gens = [_as_generation(r) for r in copies]
+        rest = [rec for r in copies[1:] for rec in r.trace]
+        out.append(Answered(copies[0], gens, sum(r.tokens_in for r in rest), sum(r.tokens_out for r in rest)))
+    return out
+
+
+def _as_generation(result: StackResult) -> Generation:
+    rec = result.answer_record
+    if rec is None:
+        return Generation(result.answer, 0, 0, 0.0, "stop")
+    reason = "length" if rec.finish_reason == "length" else "stop"
+    return Generation(result.answer, rec.tokens_in, rec.tokens_out, rec.seconds, reason)
