@@ -178,7 +178,8 @@ class ReportSpec(_Strict):
     pareto: bool = Field(True, description="pareto.png: macro accuracy vs seconds per item")
     traces: list[TraceRule] = Field(default_factory=list)
     notes: str | None = Field(
-        None, description="a markdown file (relative to the spec) copied into the report: the attempt log a person keeps"
+        None,
+        description="a markdown file (relative to the spec) copied into the report: the attempt log a person keeps",
     )
 
 

@@ -321,11 +321,13 @@ def test_default_stack_on_the_embedded_gguf_with_its_adapters():
     engine = LlamaCppEngine.from_ref("smollm2-135m")
     assert engine.weight_format == "q4_1" and engine.gguf_path == src.path
     stack = Stack.load(engine=engine)
-    assert sorted(engine.adapters()) == ["answer", "facts", "intent", "reasoning"]
+    assert sorted(engine.adapters()) == ["answer", "facts", "pick", "reasoning"]
     result = stack.run("What is the capital of France?")
-    assert [r.stage for r in result.trace] == ["intent", "facts", "reasoning", "answer"]
-    assert all(r.output for r in result.trace)
+    assert [r.stage for r in result.trace] == ["pick", "facts", "reasoning", "answer"]
+    assert result.trace[0].skipped and all(r.output for r in result.trace[1:])
     assert "Paris" in result.answer
+    scored = stack.run("Which gas do plants take in from the air?\nA. helium\nB. carbon dioxide\nC. neon")
+    assert scored.answer_stage == "pick" and scored.answer == "carbon dioxide"
     batch = stack.run_batch(["What is the capital of France?", "How many legs does a spider have?"])
     assert batch[0].answer == result.answer  # batch == one-by-one
 
