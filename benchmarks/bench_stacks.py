@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from fslm.cpu import cpu_info
 from fslm.evaluate import evaluate
 from fslm.evaluate.store import write_atomic, write_json
 from fslm.evaluate.systems import load_system
@@ -45,7 +44,9 @@ MC_TASKS = [
 
 def time_systems(stack: str, engine: str, limit: int, tasks: list[str]) -> dict:
     """Seconds per item of the base model alone and of the stack, the same items, one after the other."""
-    out: dict = {"stack": stack, "engine": engine, "limit_per_task": limit, "tasks": tasks, "cpu": cpu_info()}
+    from bench_engine import cpu_facts  # run as a script: benchmarks/ is on sys.path
+
+    out: dict = {"stack": stack, "engine": engine, "limit_per_task": limit, "tasks": tasks, "cpu": cpu_facts()}
     with tempfile.TemporaryDirectory() as tmp:
         for name, system in (
             ("base", lambda: load_system(stack=stack, base=True, backend=engine)),
@@ -55,16 +56,16 @@ def time_systems(stack: str, engine: str, limit: int, tasks: list[str]) -> dict:
             loaded = system()
             load_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            summary = evaluate(loaded, tasks, limit, out_dir=Path(tmp) / name)
+            summary = evaluate(loaded, tasks, limit, out_dir=Path(tmp) / name).data
             wall = time.perf_counter() - t0
-            n = sum(t["n"] for t in summary["tasks"].values())
+            n = summary["n_items"]
             out[name] = {
-                "system": summary.get("system"),
+                "system": summary["system"],
                 "items": n,
                 "load_seconds": round(load_s, 2),
                 "wall_seconds": round(wall, 2),
                 "seconds_per_item": round(wall / n, 4),
-                "macro_acc": summary["macro"]["acc"],
+                "macro_acc": summary["macro_acc"],
             }
     out["seconds_ratio"] = round(out["stack"]["seconds_per_item"] / out["base"]["seconds_per_item"], 3)
     return out
