@@ -17,7 +17,8 @@ PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat pro
 
 def prompt_format(info: dict) -> str | None:
     """How a run's final scorer was asked: a stack with a raw answer format reads lm-eval's raw context, as a model does."""
-    if info.get("kind") == "stack" and info.get("answer_format") in RAW_FORMATS:
+    raw_scorer = info.get("answer_format") == "stack" and info.get("choice_format") == "raw"
+    if info.get("kind") == "stack" and (info.get("answer_format") in RAW_FORMATS or raw_scorer):
         return PROMPT_FORMATS["model"]
     return PROMPT_FORMATS.get(info.get("kind", ""))
 
@@ -60,7 +61,9 @@ def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
     info: dict = {"system": items.parent.name}
     if summary.is_file():  # optional, but a damaged one is said, not silently dropped (it sets the format notes)
         data = read_json_object(summary)
-        info.update({k: data[k] for k in ("system", "kind", "num_fewshot", "answer_format") if k in data})
+        info.update(
+            {k: data[k] for k in ("system", "kind", "num_fewshot", "answer_format", "choice_format") if k in data}
+        )
     return info, values
 
 

@@ -203,6 +203,8 @@ class StackSystem:
         if len(self.stack.engines) > 1 or any(s.kind != "generate" for s in cfg.stages if s.runs_model):
             described["models"] = self.stack.describe_models()
             described["stage_kinds"] = {s.name: s.kind for s in cfg.stages}
+        if self.choice_stage.score is not None:  # how options are asked: "raw" reads lm-eval's raw context
+            described["choice_format"] = self.choice_stage.score.format
         return described
 
     @property

@@ -118,6 +118,15 @@ def test_compare_warns_when_the_two_runs_use_different_prompt_formats(tmp_path):
         compare(raw_stack, _fake_run(tmp_path / "model0", "model", [0, 0, 0, 1]), n_boot=200)["notes"] == []
     )  # both raw
     assert "mixes the prompt format" in compare(raw_stack, stack, n_boot=200)["notes"][0]
+    scorer = _fake_run(tmp_path / "scorer", "stack", [1, 0, 1, 1])  # a raw `score` stage answers options
+    summary = scorer / "summary.json"
+    summary.write_text(
+        summary.read_text().replace(
+            '"kind": "stack"', '"kind": "stack", "answer_format": "stack", "choice_format": "raw"'
+        )
+    )
+    assert compare(scorer, _fake_run(tmp_path / "model1", "model", [0, 0, 0, 1]), n_boot=200)["notes"] == []
+    assert "mixes the prompt format" in compare(scorer, stack, n_boot=200)["notes"][0]
 
 
 def test_compare_reports_the_macro_with_each_task_left_out(tmp_path):
