@@ -74,3 +74,21 @@ def test_every_decimal_in_the_hand_written_analysis_is_one_the_results_hold(fold
     assert len(decimals(text)) >= 10
     known = reported_numbers(results)
     assert [d for d in decimals(text) if d.lstrip("+-") not in known] == []
+
+
+def test_the_stacks_summary_has_the_agreed_keys_and_is_what_the_results_give():
+    """benchmarks/results/stacks/summary.json is read by other tools: exactly these keys, and every value derived from
+    the committed run folders and timings by benchmarks/bench_stacks.py (null where nothing is measured yet)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_stacks import build_summary
+
+    results = RESULTS / "stacks"
+    committed = json.loads((results / "summary.json").read_text())
+    assert list(committed) == ["default", "best", "escalate", "gsm8k_tool", "generative"]
+    assert committed == build_summary(results)
+    default = committed["default"]
+    assert set(default) == {"macro", "base_macro", "delta_ci95", "seconds_ratio"}
+    low, high = default["delta_ci95"]
+    assert low <= default["macro"] - default["base_macro"] <= high
