@@ -278,7 +278,7 @@ class Stack:
     def _generate_group(self, members: list[tuple[StageConfig, list[int], list[str]]], results: list[StackResult]):
         stage = members[0][0]
         texts = [t for _, _, inputs in members for t in inputs]
-        generations = self._generate(stage, texts)
+        generations = self.generate_stage(stage, texts)
         k = 0
         engine = self.engine_for(stage)
         for member, active, inputs in members:
@@ -348,7 +348,7 @@ class Stack:
         for result, record in zip(results, records, strict=True):
             result.trace.append(record)
 
-    def _generate(self, stage: StageConfig, inputs: list[str]) -> list[Generation]:
+    def generate_stage(self, stage: StageConfig, inputs: list[str]) -> list[Generation]:
         """One batched call for the inputs the cache lacks; seconds are per item (a cached output keeps its own)."""
         engine = self.engine_for(stage)
         params = generation_params(stage)

@@ -202,7 +202,7 @@ def _larger(stack, stage, plan: Escalation, results, opts) -> list[StageRecord]:
                 gen.finish_reason,
                 model=engine.model_ref,
             )
-            for text, gen in zip(inputs, stack._generate(stage, inputs), strict=True)
+            for text, gen in zip(inputs, stack.generate_stage(stage, inputs), strict=True)
         ]
     labels = stage_labels(cfg)
     scored = [
