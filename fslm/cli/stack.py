@@ -14,9 +14,11 @@ app = typer.Typer(help="Check, inspect and pack stack configs.", no_args_is_help
 
 @app.command("validate")
 @guarded
-def validate_command(path: Path = typer.Argument(..., help="Stack YAML file to check.")) -> None:
+def validate_command(path: Path = typer.Argument(..., help="Stack YAML file to check, or 'default'.")) -> None:
     """Validate a stack file: schema, the stage graph (references, cycles, conditions), templates, stage models,
     adapter and index folders."""
+    if str(path) == "default" and not path.exists():  # the packaged stack, as --stack default names it elsewhere
+        path = default_stack_path()
     cfg = validate_stack(path)
     out.print(
         f"[green]ok[/] {path}: stack {cfg.name!r}, {len(cfg.stages)} stages ({', '.join(s.name for s in cfg.stages)}) on {cfg.base_model}",

@@ -152,3 +152,10 @@ def test_fslm_run_panels_say_which_branch_ran(tmp_path, tiny_model_dir):
     skipped = [n for n, s in enumerate(data["stages"]) if s.get("when") == "no_options"]
     assert skipped and "skipped (when: no_options, and the prompt has options)" in text  # a line, not a panel
     assert "(empty)" not in text
+
+
+def test_validate_default_checks_the_packaged_stack():
+    result = runner.invoke(app, ["stack", "validate", "default"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "stack 'default'" in text and "pick (prompts with options), answer (prompts without)" in text
