@@ -24,7 +24,7 @@ from fslm.stack_cache import StageCache, cacheable
 from fslm.stages.conditions import skip_reason, when_text
 from fslm.stages.escalate import escalate_records, load_escalations
 from fslm.stages.inputs import raw_text, stage_labels, stage_messages, stage_user_text
-from fslm.stages.records import StackResult, StageRecord, skipped_record
+from fslm.stages.records import StackResult, StageRecord, generation_record, skipped_record
 from fslm.stages.retrieve import NO_PASSAGE, clip, load_retrievers, passages_text, retrieve_records
 from fslm.stages.score import Choices, choices_from_prompt, notes_text, score_contexts, score_records
 from fslm.stages.tool import calculator
@@ -286,19 +286,7 @@ class Stack:
                 gen = generations[k]
                 k += 1
                 results[i].trace.append(
-                    StageRecord(
-                        member.name,
-                        text,
-                        gen.text,
-                        gen.tokens_in,
-                        gen.tokens_out,
-                        gen.seconds,
-                        self.adapter_for(member),
-                        gen.finish_reason,
-                        kind="generate",
-                        model=engine.model_ref,
-                        when=member.when,
-                    )
+                    generation_record(member.name, text, gen, self.adapter_for(member), engine.model_ref, member.when)
                 )
 
     def _retrieve(self, stage: StageConfig, results: list[StackResult], decontaminate: bool = False) -> None:
@@ -327,13 +315,12 @@ class Stack:
                 )
             )
 
-    def _score(self, stage: StageConfig, results: list[StackResult], opts: list[Choices]) -> None:
-        """One batched `engine.score` over every option of every prompt, in the stage's format."""
-        assert stage.score is not None
+    def option_contexts(self, stage: StageConfig, fmt: str, results: list[StackResult], opts: list[Choices]) -> list:
+        """(contexts, continuations) per prompt for scoring `stage`'s options in `fmt`: its chat input ("chat") or
+        the texts it sees as notes ahead of lm-eval's raw context ("raw"). Score and escalate stages share it."""
         index = self.config.index_of(stage.name)
         labels = stage_labels(self.config)
-        fmt = stage.score.format
-        scored = [
+        return [
             score_contexts(
                 fmt,
                 self.stage_input(index, r.prompt, r.outputs) if fmt == "chat" else "",
@@ -342,6 +329,12 @@ class Stack:
             )
             for r, choice in zip(results, opts, strict=True)
         ]
+
+    def _score(self, stage: StageConfig, results: list[StackResult], opts: list[Choices]) -> None:
+        """One batched `engine.score` over every option of every prompt, in the stage's format."""
+        assert stage.score is not None
+        fmt = stage.score.format
+        scored = self.option_contexts(stage, fmt, results, opts)
         records = score_records(
             self.engine_for(stage), stage.name, self.adapter_for(stage), scored, opts, stage.when, fmt=fmt
         )

@@ -23,7 +23,7 @@ from fslm.config import StackConfig, StageConfig
 from fslm.engine import Generation, GenerationParams, generate_streaming
 from fslm.stack import Stack, StackResult, StageRecord, generation_params
 from fslm.stages.conditions import skip_reason
-from fslm.stages.records import skipped_record
+from fslm.stages.records import generation_record, skipped_record
 from fslm.stages.score import choices_from_prompt
 
 
@@ -120,19 +120,9 @@ def run_split(
         gens = made.get(j, [])
         if gens:
             first = gens[0]
-            result.trace.append(
-                StageRecord(
-                    answer.name,
-                    inputs[j],
-                    first.text,
-                    first.tokens_in,
-                    first.tokens_out,
-                    first.seconds,
-                    stack.adapter_for(answer),
-                    first.finish_reason,
-                    kind="generate",
-                    model=engine.model_ref,
-                    when=answer.when,  # as Stack records it (answering_stage allows only option tests)
+            result.trace.append(  # as Stack records it (answering_stage allows only option tests as `when`)
+                generation_record(
+                    answer.name, inputs[j], first, stack.adapter_for(answer), engine.model_ref, answer.when
                 )
             )
             result.answer, result.answer_stage = first.text, answer.name

@@ -158,27 +158,23 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-# One server-sent event, as OpenAPI 3.1 reads `schema` under text/event-stream: its `data` is a chunk, an error that
-# happened after the stream opened, or the closing "[DONE]".
-SSE_RESPONSE = {
-    "text/event-stream": {
-        "schema": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {
-                "data": {
-                    "anyOf": [
-                        {"const": "[DONE]"},
-                        {
-                            "contentMediaType": "application/json",
-                            "contentSchema": {"anyOf": [_ref(ChatCompletionChunk), _ref(ErrorResponse)]},
-                        },
-                    ]
-                }
-            },
+def sse_response(chunk: type[BaseModel]) -> dict:
+    """One server-sent event, as OpenAPI 3.1 reads `schema` under text/event-stream: its `data` is a `chunk`, an error
+    that happened after the stream opened, or the closing "[DONE]"."""
+    data = {"contentMediaType": "application/json", "contentSchema": {"anyOf": [_ref(chunk), _ref(ErrorResponse)]}}
+    return {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {"anyOf": [{"const": "[DONE]"}, data]}},
+            }
         }
     }
-}
+
+
+SSE_RESPONSE = sse_response(ChatCompletionChunk)
+
 DOCUMENTED_MODELS = (ChatCompletionChunk,)  # referred to only from SSE_RESPONSE: openapi.document adds it
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 
 from fslm.serve.completions import CompletionRequest
-from fslm.serve.docmodels import DOCUMENTED_MODELS, TraceRecord, Usage, _Doc, _ref
+from fslm.serve.docmodels import DOCUMENTED_MODELS, TraceRecord, Usage, _Doc, sse_response
 from fslm.serve.schemas import ChatCompletionRequest, ErrorResponse
 
 
@@ -37,25 +37,7 @@ class TextCompletion(_Doc):
     fslm_event: dict[str, Any] | None = None
 
 
-SSE_TEXT = {
-    "text/event-stream": {
-        "schema": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {
-                "data": {
-                    "anyOf": [
-                        {"const": "[DONE]"},
-                        {
-                            "contentMediaType": "application/json",
-                            "contentSchema": {"anyOf": [_ref(TextCompletion), _ref(ErrorResponse)]},
-                        },
-                    ]
-                }
-            },
-        }
-    }
-}
+SSE_TEXT = sse_response(TextCompletion)
 COMPLETION_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}},

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fslm.errors import ConfigError, FslmError
-from fslm.stages.inputs import stage_labels
 from fslm.stages.kinds_config import escalate_format
-from fslm.stages.records import StageRecord
-from fslm.stages.score import notes_text, score_contexts, score_records
+from fslm.stages.records import StageRecord, generation_record
+from fslm.stages.score import score_records
 
 SIGNAL_OF_KIND = {"score": "margin", "vote": "margin", "verify": "verify"}  # `fslm cascade calibrate --signal`
 
@@ -191,27 +190,8 @@ def _larger(stack, stage, plan: Escalation, results, opts) -> list[StageRecord]:
         inputs = [stack.stage_input(index, r.prompt, r.outputs) for r in results]
         engine = stack.engine_for(stage)
         return [
-            StageRecord(
-                stage.name,
-                text,
-                gen.text,
-                gen.tokens_in,
-                gen.tokens_out,
-                gen.seconds,
-                stack.adapter_for(stage),
-                gen.finish_reason,
-                model=engine.model_ref,
-            )
+            generation_record(stage.name, text, gen, stack.adapter_for(stage), engine.model_ref)
             for text, gen in zip(inputs, stack.generate_stage(stage, inputs), strict=True)
         ]
-    labels = stage_labels(cfg)
-    scored = [
-        score_contexts(
-            fmt,
-            stack.stage_input(index, r.prompt, r.outputs) if fmt == "chat" else "",
-            notes_text(labels, stage.sees, r.outputs) if fmt == "raw" else "",
-            choice,
-        )
-        for r, choice in zip(results, opts, strict=True)
-    ]
+    scored = stack.option_contexts(stage, fmt, results, opts)
     return score_records(stack.engine_for(stage), stage.name, stack.adapter_for(stage), scored, opts, fmt=fmt)

@@ -80,3 +80,20 @@ class StackResult:
 
 def skipped_record(stage: str, kind: str, reason: str) -> StageRecord:
     return StageRecord(stage, "", "", 0, 0, 0.0, None, "skipped", kind=kind, skipped=reason)
+
+
+def generation_record(stage: str, text: str, gen, adapter: str | None, model: str, when=None) -> StageRecord:
+    """A generate stage's record from its input text and the engine's `Generation` (one place builds it)."""
+    return StageRecord(
+        stage,
+        text,
+        gen.text,
+        gen.tokens_in,
+        gen.tokens_out,
+        gen.seconds,
+        adapter,
+        gen.finish_reason,
+        kind="generate",
+        model=model,
+        when=when,
+    )
