@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fslm.stages.tool import MAX_EXPRESSION_CHARS, CalcError, evaluate
+from fslm.tasks.base import Item
 
 _ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>=]+)>>")
 _NUMBER = re.compile(r"(?<![\d.])\d*\.?\d+(?![\d.])")
@@ -79,43 +80,39 @@ def nest(question: str, solution: str) -> Built:
     return Built(nested)
 
 
-def gold_answer(solution: str) -> float | None:
-    return _value(solution.rsplit("####", 1)[1]) if "####" in solution else None
-
-
-def verified(question: str, solution: str) -> Built:
-    """`nest`, kept only when the calculator computes the gold answer from it."""
+def verified(question: str, solution: str, gold: str) -> Built:
+    """`nest`, kept only when the calculator computes `gold` (the loader's final answer) from it."""
     built = nest(question, solution)
     if built.expression is None:
         return built
-    gold = gold_answer(solution)
-    if gold is None:
-        return Built(None, "no '#### answer'")
+    target = _value(gold)
+    if target is None:
+        return Built(None, "gold answer is not a number")
     try:
         value = evaluate(built.expression)
     except CalcError:
         return Built(None, "calculator refuses the expression")
-    if abs(float(value) - gold) > TOLERANCE * max(1.0, abs(gold)):
+    if abs(float(value) - target) > TOLERANCE * max(1.0, abs(target)):
         return Built(None, "expression does not give the gold answer")
     return built
 
 
-def build_records(pairs: Iterable[tuple[str, str]], stage: str = "expression") -> tuple[list[dict], Counter]:
-    """Distilled-format records (`fslm finetune --data`) for `stage` from (question, solution) pairs, and a count of
-    why the others were dropped."""
+def build_records(items: Iterable[Item], stage: str = "expression") -> tuple[list[dict], Counter]:
+    """Distilled-format records (`fslm finetune --data`) for `stage` from GSM8K items (`load_task("gsm8k",
+    split="train")`: the worked solution is `item.meta["solution"]`), and a count of why the others were dropped."""
     records: list[dict] = []
     dropped: Counter = Counter()
-    for question, solution in pairs:
-        built = verified(question, solution)
+    for item in items:
+        built = verified(item.question, item.meta["solution"], str(item.gold))
         if built.expression is None:
             dropped[built.reason] += 1
             continue
         records.append(
             {
-                "id": hashlib.sha256(question.encode("utf-8")).hexdigest()[:17],
+                "id": hashlib.sha256(item.question.encode("utf-8")).hexdigest()[:17],
                 "index": len(records),
-                "prompt": question,
-                "gold": solution.rsplit("####", 1)[1].strip(),
+                "prompt": item.question,
+                "gold": str(item.gold),
                 "hinted": False,
                 "targets": {stage: built.expression},
             }
