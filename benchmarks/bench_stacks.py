@@ -94,7 +94,21 @@ def build_summary(results: Path) -> dict:
         pair = generative.get("pairs", {}).get("default-vs-base")
         if pair is not None:
             gen = {"win_rate_vs_base": pair["win_rate"], "ci95": pair["ci95"]}
-    return {"default": default, "best": None, "escalate": None, "gsm8k_tool": None, "generative": gen}
+    gsm8k = _read(results / "gsm8k" / "compare-vs-base" / "compare.json")
+    tool = None
+    if gsm8k is not None:
+        g = gsm8k["tasks"]["gsm8k"]
+        tool = {"acc": round(g["a"], 4), "base_acc": round(g["b"], 4), "delta_ci95": [round(x, 4) for x in g["ci95"]]}
+    cascade = _read(results / "escalate" / "cascade.json")
+    escalate = None
+    if cascade is not None:  # equal items per task (fslm eval --limit), so the item mean is the macro
+        at = cascade["calibrated"]
+        escalate = {
+            "large_macro": round(cascade["large_acc"], 4),
+            "macro": round(at["acc"], 4),
+            "compute_share": round(at["compute_share"], 4),
+        }
+    return {"default": default, "best": None, "escalate": escalate, "gsm8k_tool": tool, "generative": gen}
 
 
 def summary_markdown(summary: dict) -> str:
