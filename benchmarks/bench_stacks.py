@@ -108,7 +108,40 @@ def build_summary(results: Path) -> dict:
             "macro": round(at["acc"], 4),
             "compute_share": round(at["compute_share"], 4),
         }
-    return {"default": default, "best": None, "escalate": escalate, "gsm8k_tool": tool, "generative": gen}
+    return {
+        "default": default,
+        "best": best_stack(results, default),
+        "escalate": escalate,
+        "gsm8k_tool": tool,
+        "generative": gen,
+    }
+
+
+def best_stack(results: Path, default: dict | None) -> dict | None:
+    """The best stack on one SmolLM2-135M base: the held-out winner among the stacks under select/ (never chosen on
+    test items), reported with its test comparison against the base (compare/<name>-vs-base)."""
+    held = {}
+    for path in sorted((results / "select").glob("*/summary.json")):
+        summary = _read(path)
+        if summary and summary.get("kind") == "stack":
+            held[path.parent.name] = summary["macro_acc"]
+    if not held:
+        return None
+    name = max(held, key=held.get)
+    if name == "default":
+        return None if default is None else {"name": name, **default}
+    compare = _read(results / "compare" / f"{name}-vs-base" / "compare.json")
+    if compare is None:
+        return None
+    macro = compare["tasks"]["macro"]
+    timing = _read(results / f"timing-hf-{name}.json")
+    return {
+        "name": name,
+        "macro": round(macro["a"], 4),
+        "base_macro": round(macro["b"], 4),
+        "delta_ci95": [round(x, 4) for x in macro["ci95"]],
+        "seconds_ratio": timing["seconds_ratio"] if timing else None,
+    }
 
 
 def summary_markdown(summary: dict) -> str:
@@ -139,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --limit must be >= 1", file=sys.stderr)
             return 2
         result = time_systems(args.stack, args.engine, args.limit, MC_TASKS)
-        write_json(args.out / f"timing-{args.engine}.json", result)
+        suffix = "" if args.stack == "default" else f"-{Path(args.stack).stem}"  # best_stack reads timing-hf-<name>
+        write_json(args.out / f"timing-{args.engine}{suffix}.json", result)
         print(json.dumps({k: result[k] for k in ("engine", "seconds_ratio")} | {"cpu": result["cpu"].get("model")}))
         return 0
     summary = build_summary(args.out)
