@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from fslm.stack_cache import StageCache, cacheable
 from fslm.stages.conditions import skip_reason, when_text
 from fslm.stages.escalate import escalate_records, load_escalations
 from fslm.stages.inputs import raw_text, stage_labels, stage_messages, stage_user_text
-from fslm.stages.records import StackResult, StageRecord, generation_record, skipped_record
+from fslm.stages.records import ReadyRecords, StackResult, StageRecord, generation_record, skipped_record
 from fslm.stages.retrieve import NO_PASSAGE, clip, load_retrievers, passages_text, retrieve_records
 from fslm.stages.score import Choices, choices_from_prompt, notes_text, score_contexts, score_records
 from fslm.stages.tool import calculator
@@ -165,6 +165,7 @@ class Stack:
         decontaminate: bool = False,
         choices: Sequence[Choices | None] | None = None,
         exclude: Collection[str] = (),
+        on_record: Callable[[int, StageRecord], None] | None = None,
     ) -> list[StackResult]:
         """Run every prompt through the stage graph, wave by wave; one batched engine call per model stage (prompt-
         only generate stages of a wave with equal settings share one call).
@@ -173,7 +174,9 @@ class Stack:
         stages and every stage that sees them (also a partial run). choices: each prompt's options for score stages
         (None for a prompt without); by default they are parsed from the prompt text (fslm/stages/score.py).
         decontaminate: retrieve stages drop passages that share a long word run with the prompt (benchmark items
-        whose ids are unknown, as in lm-eval: a passage that copies the item would hand over its answer)."""
+        whose ids are unknown, as in lm-eval: a passage that copies the item would hand over its answer).
+        on_record(i, record): called with each record of prompt i as soon as it and every record before it in trace
+        order exist (after the wave that made it), so a live viewer shows the trace in its final order."""
         cfg = self.config
         clean = [self._check_prompt(p) for p in prompts]
         opts = [choices_from_prompt(p) for p in clean] if choices is None else list(choices)
@@ -186,18 +189,15 @@ class Stack:
                 wanted.discard(name)
         self._check_options(wanted, opts)
         results = [StackResult(p, "") for p in clean]
+        ready = ReadyRecords([n for n in order if n in wanted], len(results), self._shown, on_record)
         for wave in cfg.waves():
             self._run_wave([cfg.stage(n) for n in wave if n in wanted], results, opts, decontaminate)
+            ready.pass_on(results)
         position = {name: k for k, name in enumerate(order)}
         for r in results:
             r.trace.sort(key=lambda rec: position[rec.stage])
             mine = {rec.stage: rec for rec in r.trace}
-            r.trace = [  # a confidence condition is recorded as the comparison that held, with its value
-                rec
-                if rec.when is None or isinstance(rec.when, str)
-                else replace(rec, when=when_text(cfg.stage(rec.stage), mine))
-                for rec in r.trace
-            ]
+            r.trace = [self._shown(rec, mine) for rec in r.trace]
         if wanted == set(order):
             finals = {s.name for s in cfg.final_stages}
             for r in results:
@@ -205,6 +205,12 @@ class Stack:
                 if ran:
                     r.answer, r.answer_stage = ran[-1].output, ran[-1].stage
         return results
+
+    def _shown(self, rec: StageRecord, mine: Mapping[str, StageRecord]) -> StageRecord:
+        """A confidence condition is recorded as the comparison that held, with its value."""
+        if rec.when is None or isinstance(rec.when, str):
+            return rec
+        return replace(rec, when=when_text(self.config.stage(rec.stage), mine))
 
     def _run_wave(
         self, wave: list[StageConfig], results: list[StackResult], opts: list[Choices | None], decontaminate: bool

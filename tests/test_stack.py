@@ -197,3 +197,25 @@ def test_graph_run_equals_the_stage_by_stage_chain(stack):
             text = stack.stage_input(index, prompt, outputs)
             outputs[stage.name] = stack.engine.generate([text], generation_params(stage))[0].text
         assert result.outputs == outputs and result.answer == outputs["answer"]
+
+
+def test_on_record_passes_each_record_on_as_soon_as_it_exists_in_trace_order(tiny_engine):
+    """A live viewer gets a stage's record before any later stage runs, and the records it gets are the trace's."""
+    engine = Counting(tiny_engine)
+    stack = Stack(parse_stack_config(CFG), engine)
+    seen: list[tuple[int, str, int]] = []  # (prompt, stage, engine calls made when the record arrived)
+    results = stack.run_batch(PROMPTS, on_record=lambda i, rec: seen.append((i, rec.stage, len(engine.calls))))
+    for i, result in enumerate(results):
+        mine = [(stage, calls) for j, stage, calls in seen if j == i]
+        assert [stage for stage, _ in mine] == [r.stage for r in result.trace] == ["intent", "facts", "answer"]
+        assert [calls for _, calls in mine] == [1, 2, 3]  # intent's record arrived before facts was generated
+
+
+def test_on_record_in_a_partial_run_passes_on_exactly_the_trace(tiny_engine):
+    """Listed out of order, run partially: the records passed on are the trace's, in trace order."""
+    shuffled = dict(CFG, stages=[CFG["stages"][2], CFG["stages"][0], CFG["stages"][1]])
+    graph = Stack(parse_stack_config(shuffled), tiny_engine)
+    seen: list[tuple[int, str]] = []
+    results = graph.run_batch(PROMPTS, exclude={"answer"}, on_record=lambda i, rec: seen.append((i, rec.stage)))
+    assert sorted(seen) == sorted((i, r.stage) for i, res in enumerate(results) for r in res.trace)
+    assert [stage for i, stage in seen if i == 0] == ["intent", "facts"]

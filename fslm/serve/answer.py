@@ -83,7 +83,8 @@ class Answered:
 
 # (request index in the batch, choice index, text piece)
 Sink = Callable[[int, int, str], None]
-Events = Callable[[int, list[StageRecord]], None]
+# (request index in the batch, an earlier stage's record as soon as it exists; None once they all exist)
+Events = Callable[[int, StageRecord | None], None]
 
 
 def run_split(
@@ -97,10 +98,10 @@ def run_split(
     """Earlier stages batched as `fslm run` runs them, then the answer stage under `options` (streamed to `sink`).
     `answer`: the answering_stage of every prompt."""
     cfg = stack.config
-    partial = stack.run_batch(prompts, exclude={answer.name})
+    partial = stack.run_batch(prompts, exclude={answer.name}, on_record=on_stages)
     if on_stages is not None:
-        for j, result in enumerate(partial):
-            on_stages(j, list(result.trace))
+        for j in range(len(partial)):
+            on_stages(j, None)
     index = cfg.index_of(answer.name)
     inputs: dict[int, str] = {}
     for j, result in enumerate(partial):

@@ -47,8 +47,8 @@ class Job:
     batch_size: int = 0
     on_start: Callable[[], None] | None = None
     sink: Callable[[int, str], None] | None = None  # streaming: (choice, text piece), called on the worker thread
-    # streaming: the earlier stages' records once they are done, and the name of the stage that answers next
-    on_stages: Callable[[list, str], None] | None = None
+    # streaming: (an earlier stage's record as soon as it exists, or None once all exist; the stage answering next)
+    on_stages: Callable[[Any, str], None] | None = None
     answered: Any = None  # what a run_jobs runner leaves besides the result (fslm.serve.answer.Answered)
 
 
@@ -127,7 +127,7 @@ class BatchQueue:
         on_start: Callable[[], None] | None = None,
         *,
         sink: Callable[[int, str], None] | None = None,
-        on_stages: Callable[[list, str], None] | None = None,
+        on_stages: Callable[[Any, str], None] | None = None,
     ) -> Job:
         self.start()
         job = Job(prompt, cap, on_start=on_start, sink=sink, on_stages=on_stages)

@@ -95,7 +95,7 @@ class ServeState:
             sink = on_stages = None
             if key.stream:
                 sink = lambda j, choice, piece: jobs[j].sink(choice, piece)  # noqa: E731
-                on_stages = lambda j, records: jobs[j].on_stages(records, stage)  # noqa: E731
+                on_stages = lambda j, record: jobs[j].on_stages(record, stage)  # noqa: E731
             return run_split(self.stack, self.stack.config.stage(stage), prompts, key, sink, on_stages)
         answered = run_whole(self._final_variant(key), prompts, key.n)
         if key.stream:  # not token by token: the answer exists only when the whole stack is done

@@ -8,7 +8,7 @@ sink. Sinks and callbacks run on the worker thread; they only put events on this
 - `fslm_event: {"status": "queued", "queue_depth"}` with the first chunk (the role), at once;
 - `{"status": "running", "batch_size"}` when the request's batch starts;
 - `{"status": "stage", "stage", "output", "tokens_in", "tokens_out", "seconds", "skipped"}` for each earlier stage
-  when the earlier stages are done, then `{"status": "answering", "stage"}`;
+  as soon as its record exists (in trace order), then `{"status": "answering", "stage"}`;
 - the answer's text pieces as the answer stage generates them (`delta.content`, or `text` for /v1/completions);
 - one chunk per choice with its `finish_reason`; the last also carries `fslm_trace` and `fslm_cost`;
 - with stream_options.include_usage, a chunk without choices carrying `usage`; then `data: [DONE]`.
@@ -56,7 +56,7 @@ async def stream_response(
         key,
         on_start=lambda: put("running"),
         sink=lambda choice, piece: put("piece", choice, piece),
-        on_stages=lambda records, stage: put("stages", records, stage),
+        on_stages=lambda record, stage: put("stage", record) if record is not None else put("answering", stage),
     )
     job.future.add_done_callback(lambda _: put("done"))
     body = _events(state, shape, cid, job, events, want_trace, include_usage, t0)
@@ -83,10 +83,10 @@ async def _events(
                 break
             if kind == "running":
                 yield sse(shape.chunk(cid, model, fslm_event={"status": "running", "batch_size": job.batch_size}))
-            elif kind == "stages":
-                for record in item[1]:
-                    yield sse(shape.chunk(cid, model, fslm_event=stage_event(record)))
-                yield sse(shape.chunk(cid, model, fslm_event={"status": "answering", "stage": item[2]}))
+            elif kind == "stage":
+                yield sse(shape.chunk(cid, model, fslm_event=stage_event(item[1])))
+            elif kind == "answering":
+                yield sse(shape.chunk(cid, model, fslm_event={"status": "answering", "stage": item[1]}))
             elif kind == "piece":
                 if first_piece:
                     first_piece = False

@@ -5,6 +5,7 @@ Fields are only ever added (with defaults), never renamed: traces are stored (se
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 
@@ -97,3 +98,27 @@ def generation_record(stage: str, text: str, gen, adapter: str | None, model: st
         model=model,
         when=when,
     )
+
+
+class ReadyRecords:
+    """Passes each prompt's records on as soon as they exist, in trace order: a record goes out once every wanted
+    stage before it has its record (a skipped stage has one too), so the receiver sees the final order, early."""
+
+    def __init__(
+        self,
+        order: Sequence[str],
+        n: int,
+        shown: Callable[[StageRecord, Mapping[str, StageRecord]], StageRecord],
+        on_record: Callable[[int, StageRecord], None] | None,
+    ):
+        self.order, self.shown, self.on_record = list(order), shown, on_record
+        self.sent = [0] * n
+
+    def pass_on(self, results: Sequence[StackResult]) -> None:
+        if self.on_record is None:
+            return
+        for i, result in enumerate(results):
+            have = {rec.stage: rec for rec in result.trace}
+            while self.sent[i] < len(self.order) and self.order[self.sent[i]] in have:
+                self.on_record(i, self.shown(have[self.order[self.sent[i]]], have))
+                self.sent[i] += 1

@@ -105,6 +105,46 @@ def test_stream_sends_tokens_while_the_answer_stage_generates(tiny_engine):
     assert re.search(r"^fslm_time_to_first_token_seconds_count 1\.0$", metrics, re.M)
 
 
+class HoldsSecondStage:
+    """The real engine; its second generate call (the facts stage) waits until the test releases it."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.calls = 0
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, texts, params, adapter=None):
+        self.calls += 1
+        if self.calls == 2:
+            self.held.set()
+            assert self.release.wait(30), "the test never released the second stage"
+        return self._engine.generate(texts, params, adapter=adapter)
+
+
+def test_a_stage_event_is_sent_while_later_stages_still_run(tiny_engine):
+    engine = HoldsSecondStage(tiny_engine)
+    stack = Stack(parse_stack_config(TINY_STACK), engine)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+    stages, released_before = [], None
+    with running_server(create_app(stack, ServeSettings())) as url:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as resp:
+            for line in resp.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[len("data: ") :]).get("fslm_event") or {}
+                if event.get("status") == "stage":
+                    stages.append(event["stage"])
+                    if event["stage"] == "intent":
+                        wait_until(engine.held.is_set)  # facts is generating and cannot finish until released
+                        released_before = engine.release.is_set()
+                        engine.release.set()
+    assert released_before is False  # intent's event reached the client while facts was still running
+    assert stages == ["intent", "facts"]
+
+
 def test_seed_makes_sampling_reproducible_and_n_gives_choices(server):
     url, stack = server
     greedy = stack.run(QUESTION)
