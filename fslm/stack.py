@@ -11,6 +11,7 @@ decides what a stage sees: run, distillation and fine-tuning all call it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -98,6 +99,18 @@ class Stack:
             if path is not None:
                 self.engine_for(stage).add_adapter(stage.name, str(path))
         self.escalations = load_escalations(self, backend)  # thresholds, and the larger stacks loaded once
+        self.generation: Mapping[str, GenerationParams] = {}  # per-stage decoding overrides (with_generation)
+
+    def with_generation(self, overrides: Mapping[str, GenerationParams]) -> Stack:
+        """The same stack (config, engines, adapters, cache shared; nothing copied or loaded) decoding the named
+        stages with these params: how a server applies one request's sampling settings to its answer stage."""
+        view = copy.copy(self)
+        view.generation = {**self.generation, **overrides}
+        return view
+
+    def params_for(self, stage: StageConfig) -> GenerationParams:
+        """The params `stage` decodes with: an override, else its YAML `generation:`."""
+        return self.generation.get(stage.name) or generation_params(stage)
 
     @classmethod
     def load(
@@ -243,7 +256,7 @@ class Stack:
             else:
                 index = self.config.index_of(stage.name)
                 inputs = [self.stage_input(index, results[i].prompt, results[i].outputs) for i in active]
-                key = (self.config.stage_model(stage), self.adapter_for(stage), generation_params(stage))
+                key = (self.config.stage_model(stage), self.adapter_for(stage), self.params_for(stage))
                 groups.setdefault(key, []).append((stage, active, inputs))
         for members in groups.values():
             self._generate_group(members, results)
@@ -350,7 +363,7 @@ class Stack:
     def generate_stage(self, stage: StageConfig, inputs: list[str]) -> list[Generation]:
         """One batched call for the inputs the cache lacks; seconds are per item (a cached output keeps its own)."""
         engine = self.engine_for(stage)
-        params = generation_params(stage)
+        params = self.params_for(stage)
         keys: list[str] = []
         found: dict[str, Generation] = {}
         if self.cache is not None and cacheable(params):

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 from stages.counting import Counting
@@ -219,3 +220,13 @@ def test_on_record_in_a_partial_run_passes_on_exactly_the_trace(tiny_engine):
     results = graph.run_batch(PROMPTS, exclude={"answer"}, on_record=lambda i, rec: seen.append((i, rec.stage)))
     assert sorted(seen) == sorted((i, r.stage) for i, res in enumerate(results) for r in res.trace)
     assert [stage for i, stage in seen if i == 0] == ["intent", "facts"]
+
+
+def test_with_generation_is_a_view_that_decodes_only_the_named_stage_differently(stack):
+    answer = stack.config.stage("answer")
+    capped = stack.with_generation({"answer": dataclasses.replace(stack.params_for(answer), max_new_tokens=2)})
+    assert capped.config is stack.config and capped.engines is stack.engines  # nothing copied, nothing loaded
+    full, short = stack.run(PROMPTS[0]), capped.run(PROMPTS[0])
+    assert [r.output for r in short.trace[:2]] == [r.output for r in full.trace[:2]]
+    assert short.trace[2].tokens_out <= 2 < full.trace[2].tokens_out
+    assert stack.generation == {} and stack.params_for(answer) == generation_params(answer)  # the original is untouched

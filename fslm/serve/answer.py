@@ -7,9 +7,9 @@ every earlier stage keeps its YAML generation settings, so the trace before the 
 How: the earlier stages run as one `Stack.run_batch(..., exclude={answer})` for the whole batch; then the answer
 stage's input is built exactly as the stack builds it (`Stack.stage_input`) and generated here, n rows per request,
 streaming token by token to each request's sink. This needs a plain answer stage: one final stage, of kind generate,
-without `when:`. Other stacks (an answer picked by score/vote/escalate, several final stages) run whole on a copy of
-the config whose final stages carry the request's settings; n>1 then runs the stack n times, and a stream gets the
-answer when the stack finishes.
+without `when:`. Other stacks (an answer picked by score/vote/escalate, several final stages) run whole, their final
+stages decoding under the request's settings (`Stack.with_generation`: a view, no config copy); n>1 then runs the
+stack n times, and a stream gets the answer when the stack finishes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from fslm.config import StackConfig, StageConfig
 from fslm.engine import Generation, GenerationParams, generate_streaming
-from fslm.stack import Stack, StackResult, StageRecord, generation_params
+from fslm.stack import Stack, StackResult, StageRecord
 from fslm.stages.conditions import skip_reason
 from fslm.stages.records import generation_record, skipped_record
 from fslm.stages.score import choices_from_prompt
@@ -138,7 +138,7 @@ def _generate(
 ) -> dict[int, list[Generation]]:
     """n rows per request. Greedy: one batched call for all. Sampled: one call per request, seeded on its own, so a
     seeded request gets the same text whatever it was batched with."""
-    params = options.params(generation_params(answer))
+    params = options.params(stack.params_for(answer))
     jobs = list(inputs)
     groups = [jobs] if params.temperature <= 0 else [[j] for j in jobs]
     made: dict[int, list[Generation]] = {j: [] for j in jobs}
@@ -160,20 +160,8 @@ def _generate(
 
 
 def final_variant(stack: Stack, options: AnswerOptions) -> Stack:
-    """A stack whose final stages decode with the request's settings (no model is loaded again)."""
-    cfg = stack.config.model_copy(deep=True)
-    for stage in cfg.final_stages:
-        g = stage.generation
-        own = GenerationParams(g.max_new_tokens, g.temperature, g.top_p, stop=tuple(g.stop), seed=g.seed)
-        p = options.params(own)
-        g.max_new_tokens, g.temperature, g.top_p, g.seed, g.stop = (
-            p.max_new_tokens,
-            p.temperature,
-            p.top_p,
-            p.seed,
-            list(p.stop),
-        )
-    return Stack(cfg, stack.engine, engines=stack.engines)
+    """The stack with its final stages decoding under the request's settings: a view, nothing copied or loaded."""
+    return stack.with_generation({s.name: options.params(stack.params_for(s)) for s in stack.config.final_stages})
 
 
 def run_whole(variant: Stack, prompts: Sequence[str], n: int) -> list[Answered]:

@@ -12,6 +12,7 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
+from dataclasses import replace
 
 from starlette.concurrency import run_in_threadpool
 
@@ -134,11 +135,10 @@ class ServeState:
         """The stack with its answer stage capped at `cap` new tokens (a request's max_tokens); cached per cap."""
         if cap is None:
             return self.stack
-        if cap not in self._variants:
-            cfg = self.stack.config.model_copy(deep=True)
-            for stage in cfg.final_stages:  # every stage whose text may be the answer
-                stage.generation.max_new_tokens = cap
-            self._variants[cap] = Stack(cfg, self.stack.engine, engines=self.stack.engines)  # no model loaded again
+        if cap not in self._variants:  # every stage whose text may be the answer; a view: no copy, no load
+            finals = self.stack.config.final_stages
+            capped = {s.name: replace(self.stack.params_for(s), max_new_tokens=cap) for s in finals}
+            self._variants[cap] = self.stack.with_generation(capped)
         return self._variants[cap]
 
     def answer_cap(self, requested: int | None) -> int | None:

@@ -67,10 +67,8 @@ def _logsumexp(values: list[float]) -> float:
 
 def sample_drafts(stack, drafted, inputs: list[str], spec) -> list[list[Generation]]:
     """k drafts of stage `drafted` for each input (module docstring); seconds are each draft's own."""
-    from fslm.stack import generation_params
-
     engine, adapter = stack.engine_for(drafted), stack.adapter_for(drafted)
-    base = dataclasses.replace(generation_params(drafted), temperature=spec.temperature, top_p=spec.top_p)
+    base = dataclasses.replace(stack.params_for(drafted), temperature=spec.temperature, top_p=spec.top_p)
     if spec.temperature == 0:
         params = dataclasses.replace(base, seed=None)
         t0 = time.perf_counter()
