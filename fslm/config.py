@@ -11,11 +11,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from fslm.errors import ConfigError, ModelFileError
+from fslm.generation import GenerationParams
 from fslm.io import load_yaml, read_text
 from fslm.models import check_adapter_folder
 from fslm.retrieve.index import MANIFEST
 from fslm.retrieve.recipe import RECIPE
-from fslm.stages.blocks import GenerationConfig, RetrieveConfig, ScoreConfig, ToolConfig
+from fslm.stages.blocks import RetrieveConfig, ScoreConfig, ToolConfig
 from fslm.stages.graph import CASES, conditional_stages, find_cycle, run_cases, topological_order, waves
 from fslm.stages.kinds_config import (
     ANSWER_KINDS,
@@ -58,7 +59,7 @@ class StageConfig(BaseModel):
     sees: list[str] = Field(
         default_factory=lambda: [PROMPT], description="'prompt' and/or names of other stages (no cycles)"
     )
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    generation: GenerationParams = Field(default_factory=GenerationParams)
     adapter: str | None = Field(None, description="PEFT LoRA adapter folder, relative to the stack file")
     label: str | None = Field(None, description="how later stages see this stage's text (default: its name, titled)")
     teacher_prompt: str | None = Field(

@@ -51,10 +51,8 @@ __all__ = [
 
 
 def generation_params(stage: StageConfig) -> GenerationParams:
-    g = stage.generation
-    return GenerationParams(
-        g.max_new_tokens, g.temperature, g.top_p, g.repetition_penalty, tuple(g.stop), g.seed, g.no_repeat_ngram_size
-    )
+    """The params a stage's YAML gives it (a Stack may override them: Stack.params_for)."""
+    return stage.generation
 
 
 def check_prompt_text(prompt: object) -> str:

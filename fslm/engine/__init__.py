@@ -17,16 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-
-@dataclass(frozen=True)
-class GenerationParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    no_repeat_ngram_size: int = 0  # 0 = off; counts generated tokens only
+from fslm.generation import GenerationParams
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,12 @@
-"""The YAML blocks inside a stage: its generation settings and the block that makes it a retrieve, score or tool
-stage. Plain pydantic models with no imports from the rest of fslm, so the stack config (fslm.config) builds on them."""
+"""The YAML blocks inside a stage that make it a retrieve, score or tool stage (its `generation:` block is
+fslm.generation.GenerationParams). Plain pydantic models with no imports from the rest of fslm, so the stack config
+(fslm.config) builds on them."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-
-class GenerationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_new_tokens: int = Field(64, ge=1, le=4096)
-    temperature: float = Field(0.0, ge=0.0, le=5.0)  # 0 = greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
-    no_repeat_ngram_size: int = Field(
-        0, ge=0, le=64, description="ban repeating an n-gram of the generated text (0 = off)"
-    )
 
 
 class RetrieveConfig(BaseModel):
@@ -56,4 +43,4 @@ class ToolConfig(BaseModel):
     max_expressions: int = Field(16, ge=1, le=256, description="expressions computed per input, first ones first")
 
 
-__all__ = ["GenerationConfig", "RetrieveConfig", "ScoreConfig", "ToolConfig"]
+__all__ = ["RetrieveConfig", "ScoreConfig", "ToolConfig"]
