@@ -48,7 +48,8 @@ from fslm.evaluate.calibration import (  # noqa: E402
     scale_binary,
     top_confidence,
 )
-from fslm.evaluate.store import read_rows, write_atomic, write_json  # noqa: E402
+from fslm.evaluate.store import read_rows  # noqa: E402
+from fslm.io import write_atomic, write_json  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "helpers"
 ROUTER = ROOT / "benchmarks" / "results" / "collaborate" / "router"

@@ -39,12 +39,11 @@ from fslm.collaborate.cascade import (  # noqa: E402
     load_pairs,
     plot_curves,
     random_escalation,
-    write_json,
-    write_text,
 )
-from fslm.collaborate.live import verify_signal_rows, write_jsonl  # noqa: E402
+from fslm.collaborate.live import verify_signal_rows  # noqa: E402
 from fslm.collaborate.route import eval_runs, train_runs  # noqa: E402
 from fslm.collaborate.runs import read_run, split_pairs  # noqa: E402
+from fslm.io import write_atomic, write_json, write_jsonl  # noqa: E402
 from fslm.settings import get_settings  # noqa: E402
 
 
@@ -259,7 +258,7 @@ def main() -> None:
     }
     out = args.out
     write_json(out / f"cascade{args.suffix}.json", cascade_json)
-    write_text(out / f"cascade{args.suffix}.md", markdown(cascade_json))
+    write_atomic(out / f"cascade{args.suffix}.md", markdown(cascade_json))
     curves = {f"cascade ({s})": curve(report, s) for s in SIGNALS}
     curves["random escalation"] = [random_escalation(report, r / 20) for r in range(21)]
     markers = {"always small": always(report, "small"), "always large": always(report, "large")}
@@ -283,7 +282,7 @@ def main() -> None:
     )
     rep["by_target"] = router_by_target(calib, report)
     write_json(out / f"router{args.suffix}.json", rep)
-    write_text(out / f"router{args.suffix}.md", router_markdown(rep))
+    write_atomic(out / f"router{args.suffix}.md", router_markdown(rep))
     if args.suffix:
         os.replace(report_dir / "router.png", out / f"router{args.suffix}.png")
     log("router: " + json.dumps({k: rep[k] for k in ("router", "random", "cascade")}))

@@ -22,11 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from fslm.collaborate.cascade import write_json, write_text  # noqa: E402
 from fslm.collaborate.contrastive import ContrastiveParams, contrastive_generate, final_number, repeated_ngram_fraction  # noqa: E402
-from fslm.collaborate.live import write_jsonl  # noqa: E402
 from fslm.engine import GenerationParams, load_engine  # noqa: E402
 from fslm.evaluate.scoring import numbers_match  # noqa: E402
+from fslm.io import write_atomic, write_json, write_jsonl  # noqa: E402
 from fslm.settings import get_settings  # noqa: E402
 from fslm.tasks import load_task  # noqa: E402
 
@@ -184,7 +183,7 @@ def main() -> None:
         "",
         f"Both right on {a['both_correct']} items; only greedy right on {a['only_greedy']}; only contrastive right on {a['only_contrastive']}.",
     ]
-    write_text(args.out / "contrastive.md", "\n".join(lines) + "\n")
+    write_atomic(args.out / "contrastive.md", "\n".join(lines) + "\n")
     plot(result, args.out / "contrastive.png")
     log(json.dumps({"greedy": g, "contrastive": c}))
 

@@ -35,8 +35,7 @@ import numpy as np  # noqa: E402
 from fslm.cpu import cpu_model  # noqa: E402
 from fslm.evaluate.metrics import DESCRIPTIONS, check_available, normalize_answer, parse_metrics, score_pairs  # noqa: E402
 from fslm.evaluate.stats import bootstrap_ci, paired_bootstrap  # noqa: E402
-from fslm.evaluate.store import write_atomic, write_json  # noqa: E402
-from fslm.io import read_text  # noqa: E402
+from fslm.io import read_text, write_atomic, write_json  # noqa: E402
 from fslm.settings import get_settings  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "helpers"

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from fslm.collaborate.cascade import write_json, write_text  # noqa: E402
 from fslm.collaborate.speculative import AssistedEngine, compare_with_plain  # noqa: E402
 from fslm.engine import GenerationParams, load_engine  # noqa: E402
+from fslm.io import write_atomic, write_json  # noqa: E402
 from fslm.settings import get_settings  # noqa: E402
 
 PROSE_AND_CODE = [
@@ -302,7 +302,7 @@ def main() -> None:
         "note": "shared 2-core machine; loadavg per configuration is recorded (start, end)",
     }
     write_json(args.out / "speculative.json", {"pairs": results, "setup": setup})
-    write_text(args.out / "speculative.md", markdown(results, setup))
+    write_atomic(args.out / "speculative.md", markdown(results, setup))
     plot(results, args.out / "speculative.png")
     log("done")
 

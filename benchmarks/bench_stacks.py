@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from fslm.evaluate import evaluate
-from fslm.evaluate.store import write_atomic, write_json
 from fslm.evaluate.systems import load_system
+from fslm.io import write_atomic, write_json
 
 OUT = Path(__file__).parent / "results" / "stacks"
 MC_TASKS = [

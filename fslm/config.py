@@ -9,6 +9,7 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
 from fslm.errors import ConfigError, ModelFileError
 from fslm.generation import GenerationParams
@@ -199,15 +200,28 @@ class StackConfig(BaseModel):
     name: str = Field(..., min_length=1)
     base_model: str = Field("smollm2-135m", min_length=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
-    engine: Literal["hf", "llamacpp", "auto"] = Field(
+    engine: str = Field(
         "hf",
         description="inference backend: hf (transformers + PEFT, the reference), llamacpp (llama.cpp on the GGUF "
-        "weights, `fslm[fast]`) or auto (llama.cpp where it can run, else hf). `--engine` on a command overrides it",
+        "weights, `fslm[fast]`), auto (llama.cpp where it can run, else hf) or an installed engine plugin "
+        "(docs/engine.md). `--engine` on a command overrides it",
     )
     chat_template: bool = Field(True, description="render stage inputs with the model's chat template")
     max_prompt_tokens: int = Field(2048, ge=1, description="longer user prompts are rejected, never silently cut")
     description: str = ""
     stages: list[StageConfig] = Field(..., min_length=1)
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _known_engine(cls, value: object) -> object:
+        """One of the registry's names (`fslm.engine.registry`), worded as a Literal field's error always was."""
+        from fslm.engine.registry import engine_names
+
+        names = engine_names()
+        if not isinstance(value, str) or value not in names:
+            expected = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return value
 
     # Where the file was read from; adapter paths are relative to it. Not part of the YAML.
     source_path: Path | None = Field(None, exclude=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -23,7 +22,7 @@ from pathlib import Path
 from fslm.digest import hash_file
 from fslm.engine import Generation, GenerationParams
 from fslm.errors import DataError
-from fslm.io import MAX_DATA_BYTES, JsonError, decode_text, lines, loads_json, read_bytes
+from fslm.io import MAX_DATA_BYTES, JsonError, append_jsonl, decode_text, iter_jsonl, loads_json, read_bytes
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS stage_outputs (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -142,15 +141,7 @@ class StageCache:
                 fh.truncate(len(complete))
             rows = self._db.execute("SELECT key, value FROM stage_outputs ORDER BY rowid").fetchall()
             new = [(k, v) for k, v in rows if k not in have]
-            fh.seek(0, 2)
-            fh.write(
-                b"".join(
-                    json.dumps({"key": k, "value": asdict(self._stored(v))}, ensure_ascii=False).encode("utf-8") + b"\n"
-                    for k, v in new
-                )
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
+            append_jsonl(fh, ({"key": k, "value": asdict(self._stored(v))} for k, v in new))
         return len(new)
 
     def import_jsonl(self, path: str | Path) -> int:
@@ -170,9 +161,9 @@ def _entries(path: Path, complete: bytes) -> list[tuple[str, str]]:
     """(key, value JSON) of each line of an export's complete lines; a line that is not an entry is a DataError
     naming it. Lines are split on "\\n" only: the export writes U+2028 and friends raw inside strings."""
     entries = []
-    for number, line in lines(decode_text(path, complete)):
+    expected = '{path}:{line}: not a stage cache entry ({problem}); expected {{"key": ..., "value": {{...}}}}'
+    for number, row in iter_jsonl(path, text=decode_text(path, complete), bad_line=expected):
         try:
-            row = loads_json(line)
             if (
                 not isinstance(row, dict)
                 or not isinstance(row.get("key"), str)
@@ -180,10 +171,8 @@ def _entries(path: Path, complete: bytes) -> list[tuple[str, str]]:
             ):
                 raise TypeError("not a JSON object with a string 'key' and an object 'value'")
             value = _generation(row["value"])
-        except (JsonError, TypeError) as err:
-            raise DataError(
-                f'{path}:{number}: not a stage cache entry ({err}); expected {{"key": ..., "value": {{...}}}}'
-            ) from None
+        except TypeError as err:
+            raise DataError(expected.format(path=path, line=number, problem=err)) from None
         entries.append((row["key"], json.dumps(asdict(value), ensure_ascii=False)))
     return entries
 

@@ -1,4 +1,4 @@
-"""fslm.io: the bounded, strict readers every loader shares."""
+"""fslm.io: the bounded, strict readers every loader shares, and the atomic writers of fslm's own files."""
 
 from __future__ import annotations
 
@@ -13,19 +13,27 @@ from fuzzing import FUZZ, json_values
 from hypothesis import given
 from hypothesis import strategies as st
 
+import fslm.io.writing
 from fslm.errors import ConfigError, DataError
 from fslm.io import (
     MAX_JSON_DEPTH,
     JsonError,
+    append_jsonl,
+    atomic_file,
     decode_text,
+    iter_jsonl,
     lines,
     load_yaml,
     loads_json,
     printable,
     read_bytes,
+    read_jsonl,
     read_text,
     replace_surrogates,
     value_problem,
+    write_atomic,
+    write_json,
+    write_jsonl,
 )
 
 BOMB = "\n".join(
@@ -162,3 +170,94 @@ def test_load_yaml_raises_only_the_given_error(text):
     except ConfigError as err:
         assert str(err).startswith("s.yaml:")
         str(err).encode("utf-8")
+
+
+# ---- JSONL reading --------------------------------------------------------------------------------------------------
+
+
+def test_iter_jsonl_numbers_the_lines_and_keeps_u2028_inside_strings(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\n  \n' + json.dumps({"b": "x\u2028y"}, ensure_ascii=False) + "\r\n[2]", "utf-8")
+    assert list(iter_jsonl(path)) == [(1, {"a": 1}), (4, {"b": "x\u2028y"}), (5, [2])]
+    assert read_jsonl(path) == [{"a": 1}, {"b": "x\u2028y"}, [2]]
+
+
+def test_a_bad_jsonl_line_is_one_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": }\n{"a": 4}\n', "utf-8")
+    with pytest.raises(DataError, match=r"rows\.jsonl:3: not valid JSON \(Expecting value at column 7\)"):
+        read_jsonl(path)
+    wording = "{path}: line {line}: corrupt record ({problem}); fix or delete that line"
+    with pytest.raises(ConfigError, match=r"rows\.jsonl: line 3: corrupt record \(Expecting .*\); fix or delete"):
+        read_jsonl(path, bad_line=wording, error=ConfigError)
+    path.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"rows\.jsonl: line 2, column 11: not UTF-8 text"):
+        read_jsonl(path)
+    path.write_text('{"a": "\\ud800"}\n', "utf-8")
+    with pytest.raises(DataError, match=r"rows\.jsonl:1: not valid JSON \(field 'a' holds a lone surrogate"):
+        read_jsonl(path)
+
+
+def test_iter_jsonl_parses_text_already_read(tmp_path):
+    path = tmp_path / "never-read.jsonl"  # does not exist: the caller's text is all that is parsed
+    assert read_jsonl(path, text='{"id": "a"}\n{"id": "b"}\n') == [{"id": "a"}, {"id": "b"}]
+    with pytest.raises(DataError, match=r"never-read\.jsonl:2: not valid JSON"):
+        read_jsonl(path, text='{"id": "a"}\n{"id"\n')
+
+
+# ---- atomic writing -------------------------------------------------------------------------------------------------
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_write_atomic_writes_text_and_bytes_and_creates_the_folder(tmp_path):
+    target = tmp_path / "new" / "out.txt"
+    assert write_atomic(target, "héllo\n") == target
+    assert target.read_bytes() == "héllo\n".encode()
+    write_atomic(target, b"\x00\xff")
+    assert target.read_bytes() == b"\x00\xff" and _leftovers(target.parent) == []
+
+
+def test_write_json_keeps_non_ascii_and_ends_with_a_newline(tmp_path):
+    target = write_json(tmp_path / "x.json", {"b": "ü", "a": [1]}, sort_keys=True)
+    assert target.read_text("utf-8") == '{\n  "a": [\n    1\n  ],\n  "b": "ü"\n}\n'
+    write_json(target, {"k": 1}, indent=None)
+    assert target.read_text("utf-8") == '{"k": 1}\n'
+
+
+def test_an_error_mid_write_leaves_the_old_file_and_no_partial_one(tmp_path):
+    target = tmp_path / "rows.jsonl"
+    target.write_text("old\n")
+    rows = [{"id": 1}, {"id": 2}, {"id": object()}]  # the third row cannot be serialized: the write stops halfway
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_jsonl(target, rows)
+    assert target.read_text() == "old\n" and _leftovers(tmp_path) == []
+    with pytest.raises(RuntimeError, match="killed"), atomic_file(tmp_path / "fresh.bin") as fh:
+        fh.write(b"half of it")
+        raise RuntimeError("killed")
+    assert not (tmp_path / "fresh.bin").exists() and _leftovers(tmp_path) == []
+    assert write_jsonl(target, iter(rows[:2])) == 2
+    assert read_jsonl(target) == [{"id": 1}, {"id": 2}]
+
+
+def test_a_failed_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fslm.io.writing.os, "replace", refuse)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(tmp_path / "x.txt", "data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_append_jsonl_appends_whole_batches_or_nothing(tmp_path):
+    target = tmp_path / "store.jsonl"
+    assert append_jsonl(target, [{"id": "a"}]) == 1
+    assert append_jsonl(target, []) == 0
+    with open(target, "a+b") as fh:  # a handle a store holds open (and locked)
+        assert append_jsonl(fh, ({"id": i} for i in "bc")) == 2
+    with pytest.raises(TypeError):
+        append_jsonl(target, [{"id": "d"}, {"id": object()}])  # encoded first: "d" is not written either
+    assert read_jsonl(target) == [{"id": "a"}, {"id": "b"}, {"id": "c"}]

@@ -73,10 +73,11 @@ def run_command(
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Answer with the small system; escalate low-confidence answers to the large one."""
-    from fslm.collaborate.cascade import SIGNALS, Calibration, write_json
-    from fslm.collaborate.live import System, cascade_items, cascade_prompts, write_jsonl
+    from fslm.collaborate.cascade import SIGNALS, Calibration
+    from fslm.collaborate.live import System, cascade_items, cascade_prompts
     from fslm.collaborate.runs import check_threshold
     from fslm.errors import InputError
+    from fslm.io import write_json, write_jsonl
     from fslm.stack import check_prompt_text
 
     if calibration is not None:
@@ -200,9 +201,10 @@ def signals_command(
     out_file: Path = typer.Option(..., "--out", help="Signals JSONL to write."),
 ) -> None:
     """Self-verification: P(yes) that the small answer is correct, per item of a run (for --signal verify)."""
-    from fslm.collaborate.live import verify_signal_rows, write_jsonl
+    from fslm.collaborate.live import verify_signal_rows
     from fslm.collaborate.runs import read_run
     from fslm.engine import load_engine
+    from fslm.io import write_jsonl
     from fslm.tasks import load_task
 
     small_run = read_run(run)

@@ -8,16 +8,13 @@ The live counterpart (actually running small, then large) is `fslm.collaborate.l
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fslm.collaborate.runs import Pair, check_threshold
 from fslm.errors import DataError, InputError
-from fslm.io import read_json_object
+from fslm.io import atomic_file, read_json_object, write_atomic, write_json
 
 SIGNALS = ("margin", "verify")
 
@@ -198,21 +195,6 @@ def by_task(pairs: Sequence[Pair]) -> dict[str, list[Pair]]:
     return groups
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Atomic text write (temp file + os.replace), so a crash never leaves half a result file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: str | Path, obj: object) -> Path:
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def plot_curves(
     path: str | Path, curves: Mapping[str, Sequence[Point]], markers: Mapping[str, Point], title: str
 ) -> Path:
@@ -240,13 +222,12 @@ def plot_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_file(path) as fh:
+            fig.savefig(fh, dpi=120, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 # ---- file-level twins of the CLI ------------------------------------------------------------------------------------
@@ -308,7 +289,7 @@ def evaluate_runs(
     if out_dir is not None:
         out = Path(out_dir)
         write_json(out / "cascade.json", report)
-        write_text(out / "cascade.md", markdown(report))
+        write_atomic(out / "cascade.md", markdown(report))
         curves = {f"cascade ({name})": curve(pairs, name) for name in SIGNALS if all(name in p.signals for p in pairs)}
         rates = [i / 20 for i in range(21)]
         curves["random escalation"] = [random_escalation(pairs, r) for r in rates]

@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fslm.collaborate.runs import check_threshold, choice_margin
 from fslm.engine import Engine, GenerationParams, load_engine
@@ -198,18 +197,3 @@ def cascade_items(
         "flops": cost,
     }
     return rows, summary
-
-
-def write_jsonl(path: str | Path, rows: Sequence[dict]) -> Path:
-    import json
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path

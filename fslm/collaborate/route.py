@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fslm.collaborate.cascade import Point, _large_total, accuracy, random_escalation, write_json
+from fslm.collaborate.cascade import Point, _large_total, accuracy, random_escalation
 from fslm.collaborate.runs import Pair, check_threshold
 from fslm.errors import DataError, InputError, ModelNotFoundError
-from fslm.io import read_json_object
+from fslm.io import read_json_object, write_atomic, write_json
 
 EMBEDDER = "all-MiniLM-L6-v2"
 EMBEDDER_PARAMS = 22_713_216  # BERT-mini, 6 layers, 384 dims (excluding the pooling layer, which has none)
@@ -82,16 +82,11 @@ class Router:
         return _sigmoid(vectors @ self.weight + self.bias)
 
     def save(self, folder: str | Path) -> Path:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{WEIGHTS_FILE}.tmp"
-        save_file(
-            {"weight": self.weight.astype(np.float32)[None, :], "bias": np.array([self.bias], dtype=np.float32)},
-            str(tmp),
-        )
-        tmp.replace(folder / WEIGHTS_FILE)
+        tensors = {"weight": self.weight.astype(np.float32)[None, :], "bias": np.array([self.bias], dtype=np.float32)}
+        write_atomic(folder / WEIGHTS_FILE, save(tensors))
         write_json(
             folder / META_FILE,
             {"embedder": EMBEDDER, "dim": int(self.weight.shape[0]), "threshold": self.threshold, **self.meta},
@@ -279,7 +274,7 @@ def eval_runs(
     out_dir: str | Path | None = None,
 ) -> dict:
     """Python twin of `fslm route eval`: router vs random routing vs the calibrated cascade on other items."""
-    from fslm.collaborate.cascade import Calibration, cascade_point, plot_curves, write_text
+    from fslm.collaborate.cascade import Calibration, cascade_point, plot_curves
     from fslm.collaborate.cascade import curve as cascade_curve
 
     model = router if isinstance(router, Router) else Router.load(router)
@@ -292,7 +287,7 @@ def eval_runs(
     if out_dir is not None:
         out = Path(out_dir)
         write_json(out / "router.json", report)
-        write_text(out / "router.md", markdown(report))
+        write_atomic(out / "router.md", markdown(report))
         probs = model.predict(emb.vectors)
         curves = {
             "router": route_curve(pairs, probs, costs),

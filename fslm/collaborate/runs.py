@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fslm.io as fslm_io
 from fslm.errors import DataError, InputError
-from fslm.io import JsonError, lines, loads_json, read_json_object, read_text
+from fslm.io import read_json_object
 from fslm.tasks.readers import iter_jsonl
 
 REQUIRED = ("id", "task", "correct")
@@ -184,15 +185,12 @@ def read_signals(
         raise DataError(f"{path}: signals file not found (write one with `fslm cascade signals`)")
     values: dict[str, dict[tuple[str, str], float]] = {}
     costs: dict[str, dict[tuple[str, str], float]] = {}
-    for lineno, line in lines(read_text(path)):
+    expected = "{path}:{line}: expected a JSON object with 'task', 'id' and signal values"
+    for lineno, row in fslm_io.iter_jsonl(path, bad_line=expected + " ({problem})"):
         try:
-            row = loads_json(line)
             key = (row["task"], row["id"])
-        except (JsonError, KeyError, TypeError) as err:
-            why = f" ({err})" if isinstance(err, JsonError) else ""
-            raise DataError(
-                f"{path}:{lineno}: expected a JSON object with 'task', 'id' and signal values{why}"
-            ) from None
+        except (KeyError, TypeError):
+            raise DataError(expected.format(path=path, line=lineno)) from None
         for name, value in row.items():
             if name in ("task", "id") or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fslm.errors import DataError
-from fslm.io import JsonError, decode_json_at, decode_text, lines, loads_json, read_bytes
+from fslm.io import JsonError, decode_json_at, decode_text, iter_jsonl, read_bytes
 from fslm.settings import get_settings
 
 DEFAULT_DATA = "alpaca/random_9k.json"
@@ -92,13 +92,7 @@ def _json_list(path: Path, text: str) -> list[tuple[int, object]]:
 
 
 def _jsonl(path: Path, text: str) -> list[tuple[int, object]]:
-    items = []
-    for number, line in lines(text):
-        try:
-            items.append((number, loads_json(line)))
-        except JsonError as err:
-            raise DataError(f"{path}: line {number}: malformed JSON: {err}") from None
-    return items
+    return list(iter_jsonl(path, text=text, bad_line="{path}: line {line}: malformed JSON: {problem}"))
 
 
 def _field(where: str, obj: dict, name: str, required: bool) -> str | None:

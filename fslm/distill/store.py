@@ -11,25 +11,19 @@ instead of silently mixing two kinds of record in one file.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from fslm.errors import DataError
-from fslm.io import JsonError, decode_text, lines, loads_json, read_bytes, read_text
+from fslm.io import JsonError, append_jsonl, decode_text, iter_jsonl, loads_json, read_bytes, read_text, write_json
 
 
 def _records(path: Path, data: bytes) -> list[tuple[int, dict]]:
     """(line number, record) of every non-blank line of `data`, the complete lines of a distilled file."""
     records = []
-    for number, line in lines(decode_text(path, data)):
-        try:
-            record = loads_json(line)
-        except JsonError as err:
-            raise DataError(
-                f"{path}: line {number}: corrupt distilled record ({err}); fix or delete that line"
-            ) from None
+    corrupt = "{path}: line {line}: corrupt distilled record ({problem}); fix or delete that line"
+    for number, record in iter_jsonl(path, text=decode_text(path, data), bad_line=corrupt):
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
             raise DataError(f"{path}: line {number}: a distilled record must be a JSON object with a string 'id'")
         records.append((number, record))
@@ -110,9 +104,7 @@ class DistillStore:
             if problem:
                 raise DataError(problem)
             return
-        tmp = side.with_name(side.name + ".tmp")
-        tmp.write_text(json.dumps(self.identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, side)
+        write_json(side, self.identity, sort_keys=True)
 
     def __exit__(self, *exc) -> None:
         if self._fh is not None:
@@ -154,11 +146,7 @@ class DistillStore:
                 fresh.append(record)
         if not fresh:
             return 0
-        blob = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in fresh)
-        self._fh.seek(0, os.SEEK_END)
-        self._fh.write(blob)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        append_jsonl(self._fh, fresh)
         self.done.update(r["id"] for r in fresh)
         return len(fresh)
 

@@ -7,7 +7,8 @@ An engine holds ONE copy of a base model plus any number of named LoRA adapters,
 - optionally (`StreamingEngine`, both backends) generate while reporting each row's text token by token.
 
 Backends: `hf.py` (transformers + PEFT, the reference) and `llamacpp.py` (llama.cpp on GGUF weights); both implement
-the same protocol, so nothing above this package changes with the backend.
+the same protocol, so nothing above this package changes with the backend. `registry.py` finds them, and engines
+that other packages add, by name (docs/engine.md, "Writing an engine plugin").
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from fslm.engine.registry import AUTO, engine_factory, engine_names, register_engine
 from fslm.generation import GenerationParams
 
 
@@ -109,16 +111,19 @@ def generate_streaming(
     return made
 
 
-BACKENDS = ("hf", "llamacpp", "auto")
-BACKEND_HELP = "hf (transformers + PEFT, the reference), llamacpp (llama.cpp on GGUF, needs fslm[fast]) or auto"
+BACKENDS = ("hf", "llamacpp", "auto")  # the built-in names; `engine_names()` adds installed and registered engines
+BACKEND_HELP = (
+    "hf (transformers + PEFT, the reference), llamacpp (llama.cpp on GGUF, needs fslm[fast]), auto, "
+    "or an engine plugin (docs/engine.md)"
+)
 
 
 def check_backend(backend: str) -> str:
-    """The backend name if `load_engine` knows it; FslmError (naming the choices) otherwise. Needs no import."""
+    """The backend name if `load_engine` knows it; FslmError (naming the choices) otherwise. Imports no engine."""
     from fslm.errors import InputError
 
-    if backend not in BACKENDS:
-        raise InputError(f"unknown engine {backend!r}; choose {', '.join(BACKENDS)}")
+    if backend not in engine_names():
+        raise InputError(f"unknown engine {backend!r}; choose {', '.join(engine_names())}")
     return backend
 
 
@@ -126,26 +131,22 @@ _HF_OPTIONS = ("batch_size", "score_batch_tokens", "score_logits_bytes", "prefix
 
 
 def load_engine(model_ref: str, *, dtype: str = "float32", backend: str = "hf", **kwargs) -> Engine:
-    """Build an engine for a model reference; the only place that picks a backend.
+    """Build an engine for a model reference; the only place that picks a backend, by name from the registry
+    (`fslm.engine.registry`: built-ins, `fslm.engines` entry points, `register_engine`).
 
     "hf": transformers + PEFT, the reference. "llamacpp": llama.cpp on GGUF weights (`fslm[fast]`, docs/engine.md).
     "auto": llama.cpp where it can run this model, else HF, said once on stderr."""
     from fslm.errors import FslmError
 
     check_backend(backend)
-    if backend in ("llamacpp", "auto"):
-        from fslm.engine.llamacpp import LlamaCppEngine
-
-        try:
-            return LlamaCppEngine.from_ref(model_ref, dtype=dtype, **kwargs)
-        except FslmError as err:  # runtime not installed, a hub reference, an architecture it cannot convert
-            if backend == "llamacpp":
-                raise
-            _note_once(f"note: {err}; using the HF engine")
-            kwargs = {k: v for k, v in kwargs.items() if k in _HF_OPTIONS}  # drop llama.cpp-only options
-    from fslm.engine.hf import HFEngine
-
-    return HFEngine.from_ref(model_ref, dtype=dtype, **kwargs)
+    if backend != AUTO:
+        return engine_factory(backend)(model_ref, dtype=dtype, **kwargs)
+    try:
+        return engine_factory("llamacpp")(model_ref, dtype=dtype, **kwargs)
+    except FslmError as err:  # runtime not installed, a hub reference, an architecture it cannot convert
+        _note_once(f"note: {err}; using the HF engine")
+    kwargs = {k: v for k, v in kwargs.items() if k in _HF_OPTIONS}  # drop llama.cpp-only options
+    return engine_factory("hf")(model_ref, dtype=dtype, **kwargs)
 
 
 _NOTED: set[str] = set()
@@ -212,7 +213,9 @@ __all__ = [
     "StreamingEngine",
     "TransformersEngine",
     "check_backend",
+    "engine_names",
     "generate_streaming",
     "load_engine",
+    "register_engine",
     "require_transformers",
 ]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fslm.errors import DataError, InputError
 from fslm.evaluate.stats import N_BOOT, SEED, paired_bootstrap
-from fslm.evaluate.store import ITEMS, write_atomic, write_json
+from fslm.evaluate.store import ITEMS
 from fslm.evaluate.systems import RAW_FORMATS
-from fslm.io import JsonError, lines, loads_json, read_json_object, read_text
+from fslm.io import iter_jsonl, read_json_object, write_atomic, write_json
 
 # How each kind of system is asked: a model gets lm-eval's raw context, a stack its chat prompt with the options listed.
 PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt with the options listed"}
@@ -46,11 +46,8 @@ def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
     if not items.is_file():
         raise InputError(f"{run}: no {ITEMS} here; give a folder written by `fslm eval --out DIR`")
     values: dict[tuple[str, str], float] = {}
-    for lineno, line in lines(read_text(items)):  # strict UTF-8 and a size cap: a bad byte names its line
-        try:
-            row = loads_json(line)
-        except JsonError as err:
-            raise DataError(f"{items}:{lineno}: malformed row ({err}); expected a JSON object per line") from None
+    malformed = "{path}:{line}: malformed row ({problem}); expected a JSON object per line"
+    for lineno, row in iter_jsonl(items, bad_line=malformed):  # strict UTF-8 and a size cap: a bad byte names its line
         try:
             values[(str(row["task"]), str(row["id"]))] = float(row["acc"])
         except (KeyError, TypeError, ValueError):

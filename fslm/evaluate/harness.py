@@ -50,7 +50,7 @@ def to_doc(item: Item) -> dict:
 def write_docs(task: str, split: str | None = None) -> Path:
     """Write (or refresh) the JSONL cache of one task split; returns its path."""
     from fslm.evaluate.run import select_items
-    from fslm.evaluate.store import write_atomic
+    from fslm.io import write_atomic
 
     items = select_items(task, None, split)
     name = f"{task}.{split or get_task(task).split}.jsonl"
@@ -82,7 +82,7 @@ def agreement(
 
     from fslm.evaluate.run import evaluate
     from fslm.evaluate.scoring import metric_name
-    from fslm.evaluate.store import write_json
+    from fslm.io import write_json
     from fslm.lm_eval_plugin import FslmLM
 
     built = evaluate(system, tasks, limit, gen_max_tokens=gen_max_tokens)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fslm.evaluate.scoring import metric_name
 from fslm.evaluate.stats import bootstrap_ci, macro_bootstrap_ci
-from fslm.evaluate.store import write_atomic, write_json
+from fslm.io import write_atomic, write_json
 
 SUMMARY, TABLE, CHART = "summary.json", "table.md", "chart.png"
 

@@ -8,14 +8,11 @@ prompt convention) so a rerun into the same folder continues that run and refuse
 from __future__ import annotations
 
 import fcntl
-import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fslm.errors import DataError, InputError
-from fslm.io import loads_json, read_bytes, read_json_object
+from fslm.io import append_jsonl, loads_json, read_bytes, read_json_object, write_json
 
 ITEMS = "items.jsonl"
 RUN = "run.json"
@@ -38,25 +35,6 @@ def folder_busy(folder: Path) -> bool:
             return True
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
     return False
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a whole file via a temp file + os.replace, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: object) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_rows(folder: Path) -> dict[str, dict]:
@@ -204,11 +182,7 @@ class RunStore:
             self.rows[row["id"]] = row
         if self.folder is None or not rows:
             return
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-        with self.items_path.open("ab") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(self.items_path, rows)
 
     def add_session(self, session: Mapping[str, object]) -> None:
         """Start a session entry; `update_session` refreshes it after every batch, so a killed run keeps its costs."""

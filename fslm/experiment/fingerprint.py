@@ -15,10 +15,9 @@ from pathlib import Path
 
 from fslm.config import StackConfig, parse_stack_config
 from fslm.errors import ConfigError, FslmError
-from fslm.evaluate.store import write_json
 from fslm.experiment.spec import ExperimentSpec
 from fslm.experiment.variants import STACKS, is_variant, relative_yaml, stack_ref_path, system_stack
-from fslm.io import load_yaml
+from fslm.io import load_yaml, write_json
 from fslm.retrieve.index import MANIFEST
 from fslm.stack_cache import adapter_digest
 

@@ -9,11 +9,10 @@ import io
 import json
 from pathlib import Path
 
-from fslm.evaluate.store import write_atomic
 from fslm.experiment.plan import DONE, Plan
 from fslm.experiment.results import gather
 from fslm.experiment.spec import ExperimentSpec
-from fslm.io import read_text
+from fslm.io import read_text, write_atomic
 
 RESULTS_JSON, PARETO = "results.json", "pareto.png"
 MAX_TRACE_CHARS = 600

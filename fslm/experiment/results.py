@@ -14,9 +14,10 @@ from pathlib import Path
 
 from fslm.evaluate import compare
 from fslm.evaluate.stats import N_BOOT
-from fslm.evaluate.store import ITEMS, read_rows, write_json
+from fslm.evaluate.store import ITEMS, read_rows
 from fslm.experiment.plan import COMPARE, DONE, EVAL, SELECT, Job, Plan
 from fslm.experiment.spec import ExperimentSpec, TraceRule
+from fslm.io import write_json
 
 INPUTS = "inputs.json"
 RULES = {"best_heldout_macro": "the highest held-out macro accuracy (a tie goes to the one listed first)"}

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fslm.evaluate.store import write_json
 from fslm.experiment.plan import marker_path, step_fingerprint
 from fslm.experiment.spec import ExperimentSpec
 from fslm.experiment.steps import CorpusStep, DistillStep, FinetuneStep, IndexStep, PairsStep, ScoringPairsStep
 from fslm.experiment.variants import relative_yaml, stack_ref_path, train_dir
+from fslm.io import write_json
 
 DISTILLED, CORPUS, INDEX, PAIRS = "distilled.jsonl", "corpus.jsonl", "index", "pairs.jsonl"
 
@@ -156,8 +156,7 @@ def build_index(corpus: str, out: Path, stack: str | None) -> dict:
     to out/stack.yaml (adapter paths kept pointing where the template's do)."""
     from fslm.config import parse_stack_config
     from fslm.errors import ConfigError
-    from fslm.evaluate.store import write_atomic
-    from fslm.io import load_yaml, read_text
+    from fslm.io import load_yaml, read_text, write_atomic
     from fslm.retrieve import index_passages
 
     retriever = index_passages(corpus, out / INDEX)

@@ -19,8 +19,8 @@ from fslm.config import (
     without_stage,
 )
 from fslm.errors import ConfigError
-from fslm.evaluate.store import write_atomic
 from fslm.experiment.spec import ExperimentSpec, PatchSpec, is_stack_file
+from fslm.io import write_atomic
 
 STACKS, TRAIN = "stacks", "train"
 

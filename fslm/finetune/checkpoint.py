@@ -7,7 +7,6 @@ replaced atomically, so a kill at any instant leaves the previous checkpoint usa
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -19,18 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fslm.errors import DataError
-from fslm.io import read_json_object
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
-    ) as fh:
-        json.dump(data, fh, indent=1, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(fh.name, path)
+from fslm.io import read_json_object, write_json
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -76,12 +64,12 @@ def save_checkpoint(
     save_file({k: v.detach().contiguous() for k, v in adapter.items()}, tmp / "adapter.safetensors")
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-    write_json_atomic(tmp / "state.json", {**meta, "step": step, "param_groups": groups})
+    write_json(tmp / "state.json", {**meta, "step": step, "param_groups": groups})
     final = root / f"step-{step:07d}"
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    write_json_atomic(root / "latest.json", {"step": step, "folder": final.name})
+    write_json(root / "latest.json", {"step": step, "folder": final.name})
     for old in root.glob("step-*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -118,7 +106,7 @@ def _json_object(path: Path) -> dict:
 
 def mark_done(root: Path, meta: dict) -> None:
     """The stage's adapter is saved: later reruns skip it. Intermediate checkpoints are no longer needed."""
-    write_json_atomic(root / "done.json", meta)
+    write_json(root / "done.json", meta)
     for old in root.glob("step-*"):
         shutil.rmtree(old, ignore_errors=True)
     (root / "latest.json").unlink(missing_ok=True)

@@ -14,7 +14,6 @@ pairs rendered by any other code would train a format the evaluation does not sc
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from fslm.errors import ConfigError
 from fslm.evaluate.heldout import EVAL_RESERVE
 from fslm.evaluate.prompts import raw_notes, stack_prompt
 from fslm.evaluate.run import parse_tasks, select_items
-from fslm.evaluate.store import write_atomic
+from fslm.io import write_jsonl
 from fslm.retrieve import Retriever
 from fslm.retrieve.corpus import HELDOUT_KEEP, Reserved, corpus_splits, reserved_items
 from fslm.stages.retrieve import retrieve_records
@@ -114,7 +113,7 @@ def write_scoring_pairs(
     cfg = stack if isinstance(stack, StackConfig) else load_stack_config(stack)
     items = pick_questions(records, tasks, seed=seed, heldout_keep=heldout_keep, eval_reserve=eval_reserve)
     rows = build_pairs(cfg, items)
-    write_atomic(Path(out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(out, rows)
     return PairsReport(str(out), len(rows), dict(Counter(r["task"] for r in rows)), seed)
 
 

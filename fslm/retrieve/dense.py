@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 from fslm.digest import file_sha256
 from fslm.errors import DataError
 from fslm.extras import require
+from fslm.io import atomic_file, write_json
 
 EMBEDDINGS = "embeddings.npy"
 DIM = 384
@@ -83,10 +83,8 @@ def texts_sha256(texts: Sequence[str]) -> str:
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
+    with atomic_file(path) as fh:
         np.save(fh, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def embed_passages(
@@ -133,9 +131,7 @@ def embed_passages(
             seconds[name] = time.perf_counter() - t0
             if folder is not None:
                 _save_npy(part, folder / name)
-                meta_tmp = folder / ".checkpoint.json.tmp"
-                meta_tmp.write_text(json.dumps({"key": key, "seconds": seconds}), encoding="utf-8")
-                os.replace(meta_tmp, folder / "checkpoint.json")
+                write_json(folder / "checkpoint.json", {"key": key, "seconds": seconds}, indent=None)
         parts.append(part)
         done = stop
         if progress is not None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from fslm.digest import file_sha256
 from fslm.errors import DataError, InputError
 from fslm.extras import require
-from fslm.io import JsonError, lines, loads_json, read_text
+from fslm.io import iter_jsonl, write_jsonl
 from fslm.tasks import normalize_text
 
 MANIFEST = "manifest.json"
@@ -62,12 +62,8 @@ def read_passages(path: str | Path) -> list[Passage]:
         raise DataError(f"{path}: passage file not found")
     passages: list[Passage] = []
     seen: set[str] = set()
-    for line_no, line in lines(read_text(path)):
+    for line_no, obj in iter_jsonl(path):
         where = f"{path}:{line_no}"
-        try:
-            obj = loads_json(line)
-        except JsonError as err:
-            raise DataError(f"{where}: not valid JSON ({err})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object with a 'text' field, got {type(obj).__name__}")
         text = obj.get("text")
@@ -91,17 +87,7 @@ def read_passages(path: str | Path) -> list[Passage]:
 
 def write_passages(passages: Iterable[Passage], path: str | Path) -> int:
     """Write passages as JSONL via a temp file + rename; returns how many were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as fh:
-        for p in passages:
-            fh.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(fh.name, path)
-    return n
+    return write_jsonl(path, (asdict(p) for p in passages))
 
 
 OVERLAP_NGRAM = 8  # words: a shared run this long is a copy of the item, not a related question

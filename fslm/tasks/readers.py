@@ -58,13 +58,8 @@ def read_lines(path: Path) -> list[str]:
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, object) for each non-blank line."""
-    for lineno, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = fslm_io.loads_json(line)
-        except fslm_io.JsonError as e:
-            raise DataError(f"{path}:{lineno}: malformed record: expected one JSON object per line ({e})") from None
+    malformed = "{path}:{line}: malformed record: expected one JSON object per line ({problem})"
+    for lineno, record in fslm_io.iter_jsonl(path, bad_line=malformed):
         if not isinstance(record, dict):
             raise bad(f"{path}:{lineno}", "a JSON object", type(record).__name__)
         yield lineno, record

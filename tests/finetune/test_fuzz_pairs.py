@@ -16,8 +16,9 @@ from fslm.config import parse_stack_config
 from fslm.distill.store import read_distilled
 from fslm.errors import DataError
 from fslm.finetune import read_pairs
-from fslm.finetune.checkpoint import load_checkpoint, load_done, write_json_atomic
+from fslm.finetune.checkpoint import load_checkpoint, load_done
 from fslm.finetune.examples import build_examples, usable_records
+from fslm.io import write_json
 
 from .conftest import distilled_records, tiny_stack
 
@@ -83,9 +84,9 @@ def checkpoint_root(tmp_path):
     folder = root / "step-0000001"
     folder.mkdir(parents=True)
     save_file({"a": torch.zeros(2)}, folder / "adapter.safetensors")
-    write_json_atomic(folder / "state.json", {"log": [], "param_groups": [], "fingerprint": {}})
-    write_json_atomic(root / "latest.json", {"step": 1, "folder": folder.name})
-    write_json_atomic(root / "done.json", {"fingerprint": {}, "log_entry": {"summary": {}}})
+    write_json(folder / "state.json", {"log": [], "param_groups": [], "fingerprint": {}})
+    write_json(root / "latest.json", {"step": 1, "folder": folder.name})
+    write_json(root / "done.json", {"fingerprint": {}, "log_entry": {"summary": {}}})
     return root
 
 

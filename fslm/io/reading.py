@@ -11,6 +11,7 @@ line, never a UnicodeDecodeError, RecursionError or MemoryError traceback:
   more than 4300 digits) into `JsonError`, and refuses values nested deeper than MAX_JSON_DEPTH and lone
   surrogates (`"\\ud800"`): JSON can spell them, Python keeps them, and they crash tokenizers and UTF-8 file
   writes far from the file that carried them;
+* `iter_jsonl` / `read_jsonl` read JSONL through the above, an unparsable line naming file and line;
 * `load_yaml` parses with `StrictYamlLoader`, a SafeLoader that caps what anchors and aliases expand to (the
   "billion laughs" alias bomb is a few hundred bytes standing for 9**9 values) and how deep values nest.
 """
@@ -122,6 +123,36 @@ def read_json_object(
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+BAD_JSONL_LINE = "{path}:{line}: not valid JSON ({problem})"
+
+
+def iter_jsonl(
+    path: str | Path,
+    *,
+    text: str | None = None,
+    bad_line: str = BAD_JSONL_LINE,
+    limit: int = MAX_DATA_BYTES,
+    error: type[FslmError] = DataError,
+) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, value) of each non-blank line of a JSONL file, read with `read_text` (bounded, strict
+    UTF-8) and parsed with `loads_json`. A line that is not JSON is `error(bad_line)`, formatted with the file
+    (`path`), the line number (`line`) and why (`problem`), so each caller keeps its own wording. `text`: the
+    file's contents when the caller has read them already (a resumable store parses only its complete lines)."""
+    if text is None:
+        text = read_text(path, limit=limit, error=error)
+    for number, line in lines(text):
+        try:
+            value = loads_json(line)
+        except JsonError as err:
+            raise error(bad_line.format(path=path, line=number, problem=err)) from None
+        yield number, value
+
+
+def read_jsonl(path: str | Path, **options: Any) -> list[Any]:
+    """Every value of a JSONL file, in order (`iter_jsonl` without the line numbers)."""
+    return [value for _, value in iter_jsonl(path, **options)]
 
 
 def decode_json_at(decoder: json.JSONDecoder, text: str, pos: int) -> tuple[Any, int]:
