@@ -24,7 +24,6 @@ occurs among the first `--skip` records is dropped.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -37,7 +36,7 @@ from fslm.engine import load_engine
 from fslm.evaluate.judge import judge_pairs
 from fslm.evaluate.metrics import score_pairs
 from fslm.evaluate.stats import bootstrap_ci
-from fslm.evaluate.store import write_atomic, write_json
+from fslm.io import append_jsonl, read_jsonl, write_atomic, write_json, write_jsonl
 from fslm.stack import Stack
 
 OUT = Path(__file__).parent / "results" / "stacks" / "generative"
@@ -45,18 +44,8 @@ METRICS = ("rougeL", "minilm")
 BATCH = 8
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Whole lines appended and flushed per batch: a kill loses at most the batch being computed."""
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
+def read_rows(path: Path) -> list[dict]:
+    return read_jsonl(path) if path.exists() else []
 
 
 def select_items(n: int, skip: int, seed: int) -> list[dict]:
@@ -70,9 +59,9 @@ def select_items(n: int, skip: int, seed: int) -> list[dict]:
 
 
 def answer(out: Path, system: str, stack: str | None, limit: int | None) -> None:
-    items = read_jsonl(out / "items.jsonl")[:limit]
+    items = read_rows(out / "items.jsonl")[:limit]
     path = out / f"answers-{system}.jsonl"
-    done = {r["id"] for r in read_jsonl(path)}
+    done = {r["id"] for r in read_rows(path)}
     todo = [it for it in items if it["id"] not in done]
     if not todo:
         print(f"{system}: all {len(items)} answered")
@@ -104,11 +93,11 @@ def answer(out: Path, system: str, stack: str | None, limit: int | None) -> None
 
 def judge(out: Path, pair: str, judge_model: str, backend: str) -> None:
     x, y = pair.split(":")
-    items = {it["id"]: it for it in read_jsonl(out / "items.jsonl")}
-    ax = {r["id"]: r["answer"] for r in read_jsonl(out / f"answers-{x}.jsonl")}
-    ay = {r["id"]: r["answer"] for r in read_jsonl(out / f"answers-{y}.jsonl")}
+    items = {it["id"]: it for it in read_rows(out / "items.jsonl")}
+    ax = {r["id"]: r["answer"] for r in read_rows(out / f"answers-{x}.jsonl")}
+    ay = {r["id"]: r["answer"] for r in read_rows(out / f"answers-{y}.jsonl")}
     path = out / f"judge-{x}-vs-{y}.jsonl"
-    done = {r["id"] for r in read_jsonl(path)}
+    done = {r["id"] for r in read_rows(path)}
     ids = [i for i in items if i in ax and i in ay and i not in done]
     if not ids:
         print(f"{pair}: all judged")
@@ -147,12 +136,12 @@ def _mean_ci(values: list[float]) -> dict:
 def summarize(out: Path, judge_model: str) -> dict:
     from bench_engine import cpu_facts  # run as a script: benchmarks/ is on sys.path
 
-    items = read_jsonl(out / "items.jsonl")
+    items = read_rows(out / "items.jsonl")
     refs = {it["id"]: it["reference"] for it in items}
     systems: dict[str, dict] = {}
     for path in sorted(out.glob("answers-*.jsonl")):
         name = path.stem.removeprefix("answers-")
-        rows = [r for r in read_jsonl(path) if r["id"] in refs]
+        rows = [r for r in read_rows(path) if r["id"] in refs]
         values = score_pairs(list(METRICS), [r["answer"] for r in rows], [refs[r["id"]] for r in rows])
         systems[name] = {
             "n": len(rows),
@@ -163,7 +152,7 @@ def summarize(out: Path, judge_model: str) -> dict:
         }
     pairs: dict[str, dict] = {}
     for path in sorted(out.glob("judge-*-vs-*.jsonl")):
-        rows = read_jsonl(path)
+        rows = read_rows(path)
         verdicts = [r["verdict"] for r in rows]
         lo, hi = bootstrap_ci(verdicts)
         pairs[path.stem.removeprefix("judge-")] = {
@@ -277,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path} exists; delete it to choose items again", file=sys.stderr)
             return 2
         rows = select_items(args.n, args.skip, args.seed)
-        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_jsonl(path, rows)
         print(f"{len(rows)} items -> {path}")
     elif args.cmd == "answer":
         answer(out, args.system, args.stack, args.limit)
