@@ -157,6 +157,7 @@ def decode_batch(
     decode_text=None,
     prefix: tuple[int, object] | None = None,
     on_token: Callable[[int, list[int]], None] | None = None,
+    on_step: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[Decoded]:
     """Generate for token-id prompts (any lengths) as one batch; rows leave the batch as they finish.
 
@@ -164,7 +165,8 @@ def decode_batch(
     first k tokens, batch 1), which every prompt starts with: only the rest is run, after a copy of that cache; the
     padding then sits between the shared head and each row's own tokens, masked out, and positions skip it.
     `on_token(row, generated)` is called after every token a row keeps (streaming, fslm.engine.streaming); it does
-    not change what is decoded.
+    not change what is decoded. `on_step(rows, logprobs, picked)` gets each step's raw log-softmax (before any
+    penalty or sampling change) and the picked tokens of the live rows (fslm.engine.logprobs.StepRecorder).
     """
     if params.stop and decode_text is None:
         raise ValueError("stop strings need decode_text to turn tokens back into text")
@@ -212,7 +214,10 @@ def decode_batch(
     next_pos = positions[:, -1:] + 1
 
     for step in range(params.max_new_tokens):
+        raw = logits.log_softmax(dim=-1) if on_step is not None else None
         tokens = next_tokens(logits, params, seen if use_penalty else None, [generated[row] for row in rows])
+        if on_step is not None:
+            on_step(rows, raw, tokens)
         is_eos = torch.isin(tokens, eos).tolist()
         keep: list[int] = []
         for live, (row, token, ended) in enumerate(zip(rows, tokens.tolist(), is_eos)):

@@ -14,6 +14,7 @@ import torch
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, split_pair, supports_logits_to_keep
+from fslm.engine.logprobs import LoggedGeneration, StepRecorder, token_logprobs
 from fslm.engine.prefix import PrefixStore, count_reuse
 from fslm.engine.streaming import OnText, RowStreams
 from fslm.errors import ConfigError, InputError, ModelFileError
@@ -147,8 +148,30 @@ class HFEngine:
         to its Generation.text (fslm.engine.streaming). Same decode loop, so the same texts."""
         return self._generate(texts, params, adapter, on_text)
 
+    def generate_logprobs(
+        self,
+        texts: Sequence[str],
+        params: GenerationParams,
+        adapter: str | None,
+        top: int,
+        on_text: OnText | None = None,
+    ) -> list[LoggedGeneration]:
+        """`generate` (or `generate_stream` with on_text) plus each kept token's log-probability and the top
+        alternatives (fslm.engine.logprobs)."""
+        steps: dict[int, list] = {}
+        gens = self._generate(texts, params, adapter, on_text, steps, top)
+        return [
+            LoggedGeneration(g, token_logprobs(steps[i], g.tokens_out, g.text, self._text)) for i, g in enumerate(gens)
+        ]
+
     def _generate(
-        self, texts: Sequence[str], params: GenerationParams, adapter: str | None, on_text: OnText | None
+        self,
+        texts: Sequence[str],
+        params: GenerationParams,
+        adapter: str | None,
+        on_text: OnText | None,
+        steps: dict[int, list] | None = None,
+        top: int = 0,
     ) -> list[Generation]:
         encoded = [self.encode(t) for t in texts]
         for i, ids in enumerate(encoded):
@@ -164,18 +187,23 @@ class HFEngine:
             batch = order[start : start + self.batch_size]
             t0 = time.perf_counter()
             on_token = None if streams is None else streams.token_callback(batch)
-            outs = self._generate_batch([encoded[i] for i in batch], params, adapter, on_token)
+            recorder = None if steps is None else StepRecorder(len(batch), top)
+            outs = self._generate_batch([encoded[i] for i in batch], params, adapter, on_token, recorder)
             seconds = (time.perf_counter() - t0) / len(batch)
-            for i, (text, n_out, reason) in zip(batch, outs, strict=True):
+            for k, (i, (text, n_out, reason)) in enumerate(zip(batch, outs, strict=True)):
                 results[i] = Generation(text, len(encoded[i]), n_out, seconds, reason)
                 if streams is not None:
                     streams.finish(i, text)
+                if recorder is not None and steps is not None:
+                    steps[i] = recorder.steps[k]
         return [r for r in results if r is not None]
 
     def _text(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _generate_batch(self, batch: list[list[int]], params: GenerationParams, adapter: str | None, on_token=None):
+    def _generate_batch(
+        self, batch: list[list[int]], params: GenerationParams, adapter: str | None, on_token=None, on_step=None
+    ):
         with self._active(adapter) as model:
             prefix = self.prefixes.lookup(batch, adapter, lambda tokens: self._prefix_state(model, tokens))
             decoded = decode_batch(
@@ -187,6 +215,7 @@ class HFEngine:
                 decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
                 prefix=prefix,
                 on_token=on_token,
+                on_step=on_step,
             )
         skipped = count_reuse(self.stats, prefix, len(batch), self.prefixes.last_hit)
         self.stats.calls += 1

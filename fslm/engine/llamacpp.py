@@ -44,6 +44,7 @@ import torch
 
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, next_tokens, render_chat_text, split_pair
+from fslm.engine.logprobs import LoggedGeneration, StepRecorder, token_logprobs
 from fslm.engine.prefix import PrefixStore, count_reuse
 from fslm.engine.streaming import OnText, RowStreams
 from fslm.errors import ConfigError, FslmError, InputError, ModelFileError
@@ -694,8 +695,30 @@ class LlamaCppEngine:
         the pieces of a row join to its Generation.text)."""
         return self._generate(texts, params, adapter, on_text)
 
+    def generate_logprobs(
+        self,
+        texts: Sequence[str],
+        params: GenerationParams,
+        adapter: str | None,
+        top: int,
+        on_text: OnText | None = None,
+    ) -> list[LoggedGeneration]:
+        """`generate` (or `generate_stream` with on_text) plus each kept token's log-probability and the top
+        alternatives (fslm.engine.logprobs)."""
+        steps: dict[int, list] = {}
+        gens = self._generate(texts, params, adapter, on_text, steps, top)
+        return [
+            LoggedGeneration(g, token_logprobs(steps[i], g.tokens_out, g.text, self._text)) for i, g in enumerate(gens)
+        ]
+
     def _generate(
-        self, texts: Sequence[str], params: GenerationParams, adapter: str | None, on_text: OnText | None
+        self,
+        texts: Sequence[str],
+        params: GenerationParams,
+        adapter: str | None,
+        on_text: OnText | None,
+        steps: dict[int, list] | None = None,
+        top: int = 0,
     ) -> list[Generation]:
         self._check_adapter(adapter)
         encoded = [self.encode(t) for t in texts]
@@ -723,19 +746,24 @@ class LlamaCppEngine:
             start += size
             t0 = time.perf_counter()
             on_token = None if streams is None else streams.token_callback(batch)
-            outs = self._generate_batch([encoded[i] for i in batch], params, adapter, on_token)
+            recorder = None if steps is None else StepRecorder(len(batch), top)
+            outs = self._generate_batch([encoded[i] for i in batch], params, adapter, on_token, recorder)
             seconds = (time.perf_counter() - t0) / len(batch)
-            for i, (text, n_out, reason) in zip(batch, outs, strict=True):
+            for k, (i, (text, n_out, reason)) in enumerate(zip(batch, outs, strict=True)):
                 results[i] = Generation(text, len(encoded[i]), n_out, seconds, reason)
                 if streams is not None:
                     streams.finish(i, text)
+                if recorder is not None and steps is not None:
+                    steps[i] = recorder.steps[k]
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, adapter: str | None, on_token=None):
+    def _generate_batch(
+        self, prompts: list[list[int]], params: GenerationParams, adapter: str | None, on_token=None, on_step=None
+    ):
         self._context(max(len(p) for p in prompts) + params.max_new_tokens + 1, len(prompts))
         self._use(adapter)
         prefix = self.prefixes.lookup(prompts, adapter, self._prefix_state)
-        decoded = self._decode(prompts, params, adapter, prefix, on_token)
+        decoded = self._decode(prompts, params, adapter, prefix, on_token, on_step)
         skipped = count_reuse(self.stats, prefix, len(prompts), self.prefixes.last_hit)
         self.stats.calls += 1
         self.stats.forward_tokens += sum(len(p) for p in prompts) - skipped + sum(len(t) for t, _ in decoded)
@@ -776,6 +804,7 @@ class LlamaCppEngine:
         adapter: str | None,
         prefix: tuple[int, bytes] | None = None,
         on_token=None,
+        on_step=None,
     ):
         """decode.py's decode_batch on llama.cpp: row r is sequence r; finished rows leave the batch. With `prefix`
         (k, state of the first k tokens) each row's sequence starts from that state and only its own tokens run.
@@ -809,7 +838,10 @@ class LlamaCppEngine:
         generated: list[list[int]] = [[] for _ in prompts]
         results: list[tuple[list[int], str] | None] = [None] * len(prompts)
         for step in range(params.max_new_tokens):
+            raw = logits.log_softmax(dim=-1) if on_step is not None else None  # before penalties change `logits`
             picked = next_tokens(logits, params, seen if use_penalty else None, [generated[row] for row in rows])
+            if on_step is not None:
+                on_step(rows, raw, picked)
             is_eos = torch.isin(picked, eos).tolist()
             keep: list[int] = []
             for live, (row, token, ended) in enumerate(zip(rows, picked.tolist(), is_eos)):

@@ -481,3 +481,19 @@ def test_an_eval_folder_remembers_its_engine(tiny_model_dir, isolated_cache, tmp
     assert json.loads((out / "run.json").read_text())["identity"]["engine"] == "llamacpp-q8_0"
     with pytest.raises(InputError, match="different run"):
         evaluate(load_system(model=str(tiny_model_dir), backend="hf"), ["arc_easy"], 3, out_dir=out)
+
+
+def test_logprobs_match_hf(ll32, hf):
+    """Same texts and token ids as HF, and each token's log-probability and top alternatives within f32 noise."""
+    from fslm.engine.logprobs import LogprobEngine
+
+    assert isinstance(ll32, LogprobEngine)
+    texts = [chat(hf, p) for p in PROMPTS]
+    params = GenerationParams(max_new_tokens=10)
+    ours, ref = ll32.generate_logprobs(texts, params, None, top=3), hf.generate_logprobs(texts, params, None, top=3)
+    for a, b in zip(ours, ref, strict=True):
+        assert a.generation.text == b.generation.text and a.tokens
+        assert [t.token_id for t in a.tokens] == [t.token_id for t in b.tokens]
+        for x, y in zip(a.tokens, b.tokens, strict=True):
+            assert x.logprob == pytest.approx(y.logprob, abs=2e-3)
+            assert [v for _, v in x.top] == pytest.approx([v for _, v in y.top], abs=2e-3)
