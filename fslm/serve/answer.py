@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from fslm.config import StackConfig, StageConfig
 from fslm.engine import Generation, GenerationParams, generate_streaming
+from fslm.engine.logprobs import LogprobEngine, TokenLogprob, logprobs_refusal
+from fslm.errors import FslmError
 from fslm.stack import Stack, StackResult, StageRecord
 from fslm.stages.conditions import skip_reason
 from fslm.stages.records import generation_record, skipped_record
@@ -38,6 +40,7 @@ class AnswerOptions:
     stop: tuple[str, ...] = ()
     n: int = 1
     stream: bool = False
+    logprobs: int | None = None  # return token log-probabilities with this many alternatives (None: off)
 
     @property
     def plain(self) -> bool:
@@ -79,6 +82,7 @@ class Answered:
     choices: list[Generation]
     extra_in: int = 0  # tokens read beyond result.trace (the answer input of choices 1..n-1, or whole extra runs)
     extra_out: int = 0
+    logprobs: list[list[TokenLogprob]] | None = None  # per choice, when the request asked for them
 
 
 # (request index in the batch, choice index, text piece)
@@ -113,7 +117,7 @@ def run_split(
             result.trace.append(skipped_record(answer.name, answer.kind, reason))
         else:
             inputs[j] = stack.stage_input(index, result.prompt, result.outputs)
-    made = _generate(stack, answer, inputs, options, sink)
+    made, logged = _generate(stack, answer, inputs, options, sink)
     engine = stack.engine_for(answer)
     position = {name: k for k, name in enumerate(cfg.trace_order)}
     out = []
@@ -129,19 +133,22 @@ def run_split(
             result.answer, result.answer_stage = first.text, answer.name
         result.trace.sort(key=lambda rec: position[rec.stage])
         rest = gens[1:]
-        out.append(Answered(result, gens, sum(g.tokens_in for g in rest), sum(g.tokens_out for g in rest)))
+        lps = logged.get(j) if options.logprobs is not None else None
+        out.append(Answered(result, gens, sum(g.tokens_in for g in rest), sum(g.tokens_out for g in rest), lps))
     return out
 
 
 def _generate(
     stack: Stack, answer: StageConfig, inputs: dict[int, str], options: AnswerOptions, sink: Sink | None
-) -> dict[int, list[Generation]]:
+) -> tuple[dict[int, list[Generation]], dict[int, list[list[TokenLogprob]]]]:
     """n rows per request. Greedy: one batched call for all. Sampled: one call per request, seeded on its own, so a
-    seeded request gets the same text whatever it was batched with."""
+    seeded request gets the same text whatever it was batched with. With options.logprobs, each choice's token
+    log-probabilities too (the engine's LogprobEngine capability: checked before the request was queued)."""
     params = options.params(stack.params_for(answer))
     jobs = list(inputs)
     groups = [jobs] if params.temperature <= 0 else [[j] for j in jobs]
     made: dict[int, list[Generation]] = {j: [] for j in jobs}
+    logged: dict[int, list[list[TokenLogprob]]] = {j: [] for j in jobs}
     for group in groups:
         rows = [(j, c) for j in group for c in range(options.n)]
         if not rows:
@@ -149,14 +156,22 @@ def _generate(
         texts = [inputs[j] for j, _ in rows]
         t0 = time.perf_counter()
         engine, adapter = stack.engine_for(answer), stack.adapter_for(answer)
-        if sink is None:
+        on_text = None if sink is None else (lambda r, piece, rows=rows: sink(*rows[r], piece))
+        tokens: list[list[TokenLogprob]] = [[] for _ in rows]
+        if options.logprobs is not None:
+            if not isinstance(engine, LogprobEngine):
+                raise FslmError(logprobs_refusal(engine) or "no log-probabilities")
+            both = engine.generate_logprobs(texts, params, adapter, options.logprobs, on_text)
+            gens, tokens = [b.generation for b in both], [b.tokens for b in both]
+        elif on_text is None:
             gens = engine.generate(texts, params, adapter=adapter)
         else:
-            gens = generate_streaming(engine, texts, params, adapter, lambda r, piece, rows=rows: sink(*rows[r], piece))
+            gens = generate_streaming(engine, texts, params, adapter, on_text)
         seconds = round((time.perf_counter() - t0) / len(rows), 4)
-        for (j, _), gen in zip(rows, gens, strict=True):
+        for (j, _), gen, toks in zip(rows, gens, tokens, strict=True):
             made[j].append(dataclasses.replace(gen, seconds=seconds))
-    return made
+            logged[j].append(toks)
+    return made, logged
 
 
 def final_variant(stack: Stack, options: AnswerOptions) -> Stack:

@@ -55,11 +55,28 @@ class AssistantMessage(_Doc):
     content: str
 
 
+class TopLogprob(_Doc):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobDoc(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Doc):
+    """Asked for with `logprobs: true` (and `top_logprobs`): the answer's tokens, the model's own log-probabilities."""
+
+    content: list[TokenLogprobDoc]
+    refusal: None
+
+
 class Choice(_Doc):
     index: int
     message: AssistantMessage
     finish_reason: str
-    logprobs: None
+    logprobs: ChatLogprobs | None
 
 
 class ChatCompletion(_Doc):
@@ -134,7 +151,7 @@ class ChunkChoice(_Doc):
     index: int
     delta: Delta
     finish_reason: str | None
-    logprobs: None
+    logprobs: ChatLogprobs | None  # the whole choice's, in its finish chunk
 
 
 class ChatCompletionChunk(_Doc):

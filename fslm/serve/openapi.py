@@ -15,11 +15,20 @@ from fslm.serve.docmodels import DOCUMENTED_MODELS, TraceRecord, Usage, _Doc, ss
 from fslm.serve.schemas import ChatCompletionRequest, ErrorResponse
 
 
+class TextLogprobs(_Doc):
+    """Asked for with `logprobs: k`: the answer's tokens, their log-probabilities, the k best alternatives each."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class TextChoice(_Doc):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None
+    logprobs: TextLogprobs | None
 
 
 class TextCompletion(_Doc):

@@ -97,9 +97,13 @@ def _integral(value: Any) -> Any:
     return value
 
 
+MAX_TOP_LOGPROBS = 20  # as OpenAI's chat completions
+MAX_COMPLETION_LOGPROBS = 5  # as OpenAI's legacy completions
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 SeedInt = Annotated[int, Field(ge=-(2**63), le=2**64 - 1), BeforeValidator(_integral)]  # what torch.manual_seed takes
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), BeforeValidator(_integral)]
+CompletionLogprobs = Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS), BeforeValidator(_integral)]
 # No tool can run on an fslm stack: an empty list is harmless, anything in it is refused (see parse_request).
 NoTools = Annotated[
     list[Any] | None,
@@ -172,6 +176,10 @@ class SamplingFields(_Model):
     user: str | None = None
     fslm_trace: bool | None = None  # fslm extension: include the stage trace (default: the server's setting)
 
+    @property
+    def logprob_count(self) -> int | None:
+        return None
+
     @field_validator("stop")
     @classmethod
     def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
@@ -193,13 +201,20 @@ class ChatCompletionRequest(SamplingFields):
         ..., min_length=1, description="the last must be a user message with text: the question (else 400)"
     )
     max_completion_tokens: PositiveInt | None = None
-    logprobs: Annotated[bool | None, WithJsonSchema(not_supported(False))] = None
-    top_logprobs: Annotated[JsonInt | None, WithJsonSchema(not_supported())] = None
+    logprobs: bool | None = Field(
+        None, description="return the answer's token log-probabilities (a stack whose answer is one generate stage)"
+    )
+    top_logprobs: TopLogprobs | None = Field(None, description="most likely tokens per position; needs logprobs: true")
     tools: NoTools = None
 
     @property
     def new_token_cap(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def logprob_count(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
@@ -209,9 +224,8 @@ def parse_request(body: bytes) -> ChatCompletionRequest:
         raise APIError(
             400, "tools/function calling is not supported by fslm stacks", param="tools", code="unsupported_parameter"
         )
-    if request.logprobs or request.top_logprobs is not None:
-        param = "logprobs" if request.logprobs else "top_logprobs"
-        raise unsupported(param, "log-probabilities of generated tokens are not returned by fslm serve")
+    if request.top_logprobs is not None and not request.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     return request
 
 

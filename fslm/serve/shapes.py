@@ -5,10 +5,12 @@ from the same pieces: choices of (text, finish_reason), usage, and fslm's extra 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fslm import __version__ as FSLM_VERSION
+from fslm.engine.logprobs import TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -31,24 +33,63 @@ class Shape:
         }
 
     def completion(
-        self, cid: str, model: str, choices: list[tuple[str, str]], usage: dict, **extra: Any
+        self,
+        cid: str,
+        model: str,
+        choices: list[tuple[str, str]],
+        usage: dict,
+        logprobs: Sequence[Sequence[TokenLogprob] | None] | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
-        """The whole response: choices as (text, finish_reason), in order."""
+        """The whole response: choices as (text, finish_reason), in order; `logprobs` per choice when asked for."""
         obj = self._base(cid, model, "chat.completion" if self.chat else "text_completion")
-        obj["choices"] = [self._choice(i, text, reason) for i, (text, reason) in enumerate(choices)]
+        lps = list(logprobs) if logprobs is not None else [None] * len(choices)
+        obj["choices"] = [
+            self._choice(i, text, reason, self.logprobs(lp)) for i, ((text, reason), lp) in enumerate(zip(choices, lps))
+        ]
         obj["usage"] = usage
         obj.update({k: v for k, v in extra.items() if v is not None})
         return obj
 
-    def _choice(self, index: int, text: str, reason: str) -> dict[str, Any]:
+    def logprobs(self, tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+        """OpenAI's `logprobs` object of one choice: chat's `content` list, or the legacy completions' four lists."""
+        if tokens is None:
+            return None
+        if self.chat:
+            return {
+                "content": [
+                    {
+                        "token": t.token,
+                        "logprob": t.logprob,
+                        "bytes": list(t.token.encode("utf-8")),
+                        "top_logprobs": [
+                            {"token": a, "logprob": v, "bytes": list(a.encode("utf-8"))} for a, v in t.top
+                        ],
+                    }
+                    for t in tokens
+                ],
+                "refusal": None,
+            }
+        offsets, at = [], 0
+        for t in tokens:
+            offsets.append(at)
+            at += len(t.token)
+        return {
+            "tokens": [t.token for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [dict(t.top) for t in tokens],
+            "text_offset": offsets,
+        }
+
+    def _choice(self, index: int, text: str, reason: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.chat:
             return {
                 "index": index,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": reason,
-                "logprobs": None,
+                "logprobs": logprobs,
             }
-        return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+        return {"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}
 
     def chunk(
         self,
@@ -59,9 +100,11 @@ class Shape:
         finish_reason: str | None = None,
         *,
         role: bool = False,
+        logprobs: Sequence[TokenLogprob] | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """One streamed object: a piece of choice `index` (or none: an event or the finish)."""
+        """One streamed object: a piece of choice `index` (or none: an event or the finish). A choice's log-
+        probabilities, when asked for, come whole with its finish chunk."""
         obj = self._base(cid, model, "chat.completion.chunk" if self.chat else "text_completion")
         if self.chat:
             delta: dict[str, Any] = {}
@@ -69,9 +112,15 @@ class Shape:
                 delta = {"role": "assistant", "content": ""}
             elif text is not None:
                 delta = {"content": text}
-            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            choice = {
+                "index": index,
+                "delta": delta,
+                "finish_reason": finish_reason,
+                "logprobs": self.logprobs(logprobs),
+            }
         else:
-            choice = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": index, "text": text or "", "finish_reason": finish_reason}
+            choice["logprobs"] = self.logprobs(logprobs)
         obj["choices"] = [choice]
         obj.update({k: v for k, v in extra.items() if v is not None})
         return obj

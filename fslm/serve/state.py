@@ -124,7 +124,14 @@ class ServeState:
         if options.plain and not options.stream:
             return cap
         return AnswerOptions(
-            cap, options.temperature, options.top_p, options.seed, options.stop, options.n, options.stream
+            cap,
+            options.temperature,
+            options.top_p,
+            options.seed,
+            options.stop,
+            options.n,
+            options.stream,
+            options.logprobs,
         )
 
     def retry_seconds(self) -> int:

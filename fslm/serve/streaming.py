@@ -10,7 +10,8 @@ sink. Sinks and callbacks run on the worker thread; they only put events on this
 - `{"status": "stage", "stage", "output", "tokens_in", "tokens_out", "seconds", "skipped"}` for each earlier stage
   as soon as its record exists (in trace order), then `{"status": "answering", "stage"}`;
 - the answer's text pieces as the answer stage generates them (`delta.content`, or `text` for /v1/completions);
-- one chunk per choice with its `finish_reason`; the last also carries `fslm_trace` and `fslm_cost`;
+- one chunk per choice with its `finish_reason` (and, when asked for, the choice's whole `logprobs`); the last also
+  carries `fslm_trace` and `fslm_cost`;
 - with stream_options.include_usage, a chunk without choices carrying `usage`; then `data: [DONE]`.
 """
 
@@ -104,10 +105,12 @@ async def _events(
         if first_piece and result.answer:  # a plain stack path never streamed: send the answer whole
             state.metrics.ttft.observe(time.perf_counter() - t0)
             yield sse(shape.chunk(cid, model, 0, result.answer))
+        logged = job.answered.logprobs if job.answered is not None else None
         for index, reason in enumerate(reasons):
             last = index == len(reasons) - 1
             extra = {"fslm_trace": record if want_trace else None, "fslm_cost": cost(result, job.answered)}
-            yield sse(shape.chunk(cid, model, index, None, reason, **(extra if last else {})))
+            lp = logged[index] if logged is not None else None
+            yield sse(shape.chunk(cid, model, index, None, reason, logprobs=lp, **(extra if last else {})))
         if include_usage:
             yield sse(shape.usage_chunk(cid, model, usage(result, job.answered)))
         yield sse("[DONE]")

@@ -150,7 +150,8 @@ def test_every_route_answers_as_its_schema_says(api_schema, method, path, mode):
 @st.composite
 def answerable(draw, operation, stream: bool | None = None):
     """A valid generated body, repaired where the schema cannot speak: the last message is a user question with
-    text, earlier messages are plain text, and `model` (any string is valid JSON Schema) is the served one. Texts are
+    text, earlier messages are plain text, `model` (any string is valid JSON Schema) is the served one, and
+    top_logprobs comes with logprobs: true. Texts are
     cut to TEXT_BYTES so the prompt stays under the tiny stack's 128 tokens (at most one token per byte)."""
     case = draw(operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
     body = case.body
@@ -159,6 +160,8 @@ def answerable(draw, operation, stream: bool | None = None):
     body["messages"] = [*history, {"role": "user", "content": question}]
     body["model"] = "tiny"
     body.pop("tools", None)
+    if body.get("top_logprobs") is not None:  # top_logprobs needs logprobs: true (the schema cannot say so)
+        body["logprobs"] = True
     if stream is not None:
         body["stream"] = stream
     return case
