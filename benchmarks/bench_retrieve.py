@@ -24,11 +24,11 @@ from pathlib import Path
 
 from fslm.cpu import cpu_model
 from fslm.errors import InputError
-from fslm.evaluate.heldout import heldout_items
 from fslm.evaluate.prompts import stack_prompt
 from fslm.retrieve import Retriever
 from fslm.retrieve.index import MODES
 from fslm.tasks import list_tasks
+from fslm.tasks.splits import heldout_items
 
 
 def family(name: str) -> str:

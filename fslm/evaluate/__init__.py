@@ -10,10 +10,11 @@ See docs/evaluate.md for the row format and how a stack answers a multiple-choic
 
 from fslm.evaluate.compare import compare
 from fslm.evaluate.prompts import stack_continuations, stack_prompt
-from fslm.evaluate.run import Summary, evaluate, make_row, parse_tasks, select_items
+from fslm.evaluate.run import Summary, evaluate, make_row
 from fslm.evaluate.scoring import extract_number, mc2_mass, numbers_match, score_choices
 from fslm.evaluate.stats import bootstrap_ci, macro_bootstrap_ci, paired_bootstrap
 from fslm.evaluate.systems import ModelSystem, Outcome, StackSystem, System, load_system
+from fslm.tasks.splits import parse_tasks, select_items  # the items a run reads (one home: fslm.tasks.splits)
 
 __all__ = [
     "ModelSystem",

@@ -49,8 +49,8 @@ def to_doc(item: Item) -> dict:
 
 def write_docs(task: str, split: str | None = None) -> Path:
     """Write (or refresh) the JSONL cache of one task split; returns its path."""
-    from fslm.evaluate.run import select_items
     from fslm.io import write_atomic
+    from fslm.tasks.splits import select_items
 
     items = select_items(task, None, split)
     name = f"{task}.{split or get_task(task).split}.jsonl"

@@ -14,7 +14,6 @@ from pathlib import Path
 from fslm.cpu import cpu_model, current_threads
 from fslm.engine import GenerationParams
 from fslm.errors import InputError
-from fslm.evaluate.heldout import EVAL_RESERVE, FEWSHOT_TAIL, HELDOUT, heldout_items, tail_fewshot_pool
 from fslm.evaluate.metrics import check_available, generation_metrics, parse_metrics
 from fslm.evaluate.prompts import PROMPT_VERSION
 from fslm.evaluate.report import build_summary, write_outputs
@@ -22,7 +21,8 @@ from fslm.evaluate.scoring import extract_number, numbers_match, score_choices
 from fslm.evaluate.store import RunStore
 from fslm.evaluate.systems import ModelSystem, Outcome, Shots, StackSystem, System, load_system
 from fslm.extras import require
-from fslm.tasks import Item, fewshot_items, get_task, list_tasks, load_task
+from fslm.tasks import Item, fewshot_items, get_task
+from fslm.tasks.splits import EVAL_RESERVE, FEWSHOT_TAIL, HELDOUT, parse_tasks, select_items, tail_fewshot_pool
 
 # lm-eval's gsm8k generation settings (greedy, stop before the model invents a next question).
 GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
@@ -58,55 +58,6 @@ class Summary:
 
     def to_dict(self) -> dict:
         return self.data
-
-
-def parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
-    """Task names from a comma list (or a list); None/"all" = every task. Unknown names list the known ones."""
-    if tasks is None or tasks == "all":
-        return list_tasks()
-    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
-    if not names:
-        raise InputError(f"no tasks given; known tasks: {', '.join(list_tasks())}")
-    for name in names:
-        get_task(name)  # raises with the list of known tasks
-    return list(dict.fromkeys(names))
-
-
-def _spread_subjects(items: list[Item]) -> list[Item]:
-    """MMLU files are grouped by subject; interleave subjects so that a --limit covers all 57 of them."""
-    by_subject: dict[str, list[Item]] = {}
-    for item in items:
-        by_subject.setdefault(item.meta.get("subject", ""), []).append(item)
-    out: list[Item] = []
-    queues = list(by_subject.values())
-    depth = max((len(q) for q in queues), default=0)
-    for i in range(depth):
-        out.extend(q[i] for q in queues if i < len(q))
-    return out
-
-
-def select_items(
-    task: str, limit: int | None = None, split: str | None = None, notes: list[str] | None = None
-) -> list[Item]:
-    """The items a run evaluates: file order (MMLU: subjects interleaved), first `limit`. The lm-eval task files
-    are written in the same order, so `lm_eval --limit N` scores the same items."""
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}")
-    if split == HELDOUT:
-        items = heldout_items(task)
-        if limit is not None and limit > len(items) and notes is not None:
-            notes.append(
-                f"{task}: --limit {limit} is larger than its {len(items)} held-out items; using all {len(items)}"
-            )
-        return items if limit is None else items[:limit]
-    items = load_task(task, split=split)
-    if task == "mmlu":
-        items = _spread_subjects(items)
-    if limit is not None and limit > len(items) and notes is not None:
-        notes.append(
-            f"{task}: --limit {limit} is larger than the {len(items)} items in its split; using all {len(items)}"
-        )
-    return items if limit is None else items[:limit]
 
 
 def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
@@ -400,6 +351,4 @@ __all__ = [
     "evaluate",
     "load_system",
     "make_row",
-    "parse_tasks",
-    "select_items",
 ]

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fslm.errors import DataError
-from fslm.evaluate.heldout import HELDOUT
-from fslm.evaluate.run import select_items
 from fslm.evaluate.store import folder_busy, read_rows
 from fslm.experiment.fingerprint import fingerprint, recorded
 from fslm.experiment.spec import ExperimentSpec
 from fslm.experiment.variants import TRAIN, stack_step, train_dir
+from fslm.tasks.splits import HELDOUT, select_items
 
 EVAL, SELECT, TRAIN_JOB = "eval", "select", "train"
 RUNS, SELECT_DIR, COMPARE, LOGS = "runs", "select", "compare", "logs"

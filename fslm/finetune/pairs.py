@@ -22,14 +22,13 @@ from pathlib import Path
 
 from fslm.config import StackConfig, load_stack_config
 from fslm.errors import ConfigError
-from fslm.evaluate.heldout import EVAL_RESERVE
 from fslm.evaluate.prompts import raw_notes, stack_prompt
-from fslm.evaluate.run import parse_tasks, select_items
 from fslm.io import write_jsonl
 from fslm.retrieve import Retriever
 from fslm.retrieve.corpus import HELDOUT_KEEP, Reserved, corpus_splits, reserved_items
 from fslm.stages.retrieve import retrieve_records
 from fslm.tasks import Item, build_context, get_task, load_task
+from fslm.tasks.splits import EVAL_RESERVE, parse_tasks, select_items
 
 
 @dataclass

@@ -49,8 +49,7 @@ class Reserved:
 def reserved_items(heldout_keep: int = HELDOUT_KEEP, eval_reserve: int | None = None) -> Reserved:
     """Every task's evaluation split (with `eval_reserve`: only its first N items in evaluation order, what
     `fslm eval --limit N` reads), plus the head of its held-out pool."""
-    from fslm.evaluate.heldout import heldout_items
-    from fslm.evaluate.run import select_items
+    from fslm.tasks.splits import heldout_items, select_items
 
     reserved = Reserved()
     for task in list_tasks():
@@ -100,7 +99,7 @@ def build_corpus(
     evaluation order, which `fslm eval --limit <= N` never reads (the recipe evaluates 300 per task at most); only
     those first N are then reserved from the evaluation splits."""
     from fslm.distill.data import load_instructions
-    from fslm.evaluate.run import select_items
+    from fslm.tasks.splits import select_items
 
     if eval_tail is not None and eval_tail < 1:
         raise InputError(f"eval_tail must be >= 1 (the evaluated items per task to keep out), got {eval_tail}")

@@ -6,8 +6,8 @@ import pytest
 
 from fslm.errors import InputError
 from fslm.evaluate import evaluate, select_items
-from fslm.evaluate.heldout import EVAL_RESERVE, HELDOUT, heldout_items, heldout_source
 from fslm.tasks import list_tasks, load_task
+from fslm.tasks.splits import EVAL_RESERVE, HELDOUT, heldout_items, heldout_source
 
 from .conftest import needs_data
 
@@ -54,7 +54,7 @@ def test_heldout_runs_are_zero_shot_and_recorded_as_such(model_system, tmp_path)
 @needs_data
 @pytest.mark.parametrize("task", ["arc_easy", "boolq", "hellaswag", "piqa", "truthfulqa_mc2", "winogrande"])
 def test_single_split_tasks_take_few_shot_examples_between_the_reserve_and_the_heldout_pool(task):
-    from fslm.evaluate.heldout import FEWSHOT_TAIL, tail_fewshot_pool
+    from fslm.tasks.splits import FEWSHOT_TAIL, tail_fewshot_pool
 
     order = select_items(task, None)
     pool = tail_fewshot_pool(task)
@@ -72,9 +72,9 @@ def test_single_split_tasks_take_few_shot_examples_between_the_reserve_and_the_h
 def test_few_shot_on_a_single_split_task_reads_the_pool_and_refuses_to_evaluate_it(model_system):
     import random
 
-    from fslm.evaluate.heldout import tail_fewshot_pool
     from fslm.evaluate.run import FEWSHOT_SEED
     from fslm.tasks.base import build_context
+    from fslm.tasks.splits import tail_fewshot_pool
 
     summary = evaluate(model_system, ["boolq"], 1, num_fewshot=2)
     shots = random.Random(FEWSHOT_SEED).sample(tail_fewshot_pool("boolq"), 2)  # lm-eval's default sampler

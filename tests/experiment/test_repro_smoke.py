@@ -12,9 +12,8 @@ import pytest
 import yaml
 from conftest import build_tiny_model  # tests/conftest.py (tests/ is on sys.path under pytest)
 
-from fslm.evaluate.heldout import heldout_items
-from fslm.evaluate.run import select_items
 from fslm.experiment import load_spec, run_experiment
+from fslm.tasks.splits import heldout_items, select_items
 
 from .conftest import needs_data
 

@@ -7,11 +7,10 @@ import json
 import pytest
 
 from fslm.config import parse_stack_config
-from fslm.evaluate.heldout import heldout_items
-from fslm.evaluate.run import select_items
 from fslm.finetune.pairs import build_pairs, pick_questions, write_scoring_pairs
 from fslm.settings import get_settings
 from fslm.tasks import build_context
+from fslm.tasks.splits import heldout_items, select_items
 
 pytestmark = pytest.mark.skipif(
     not (get_settings().data_dir / "arc_challenge").is_dir(), reason="shared benchmark data not found"

@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 
 from fslm.cli import app
 from fslm.errors import FslmError, InputError
-from fslm.evaluate.heldout import heldout_items
 from fslm.retrieve import read_passages
 from fslm.retrieve.corpus import Reserved, build_corpus, corpus_splits, default_sources, item_passage
 from fslm.settings import get_settings
 from fslm.tasks import load_task, normalize_text
+from fslm.tasks.splits import heldout_items
 
 needs_data = pytest.mark.skipif(
     not (get_settings().data_dir / "arc_challenge").is_dir(), reason="shared benchmark data not found"
@@ -92,7 +92,7 @@ def test_cli_corpus_index_search(tmp_path, monkeypatch):
 
 @needs_data
 def test_eval_tail_adds_only_items_past_the_evaluated_ones():
-    from fslm.evaluate.run import select_items
+    from fslm.tasks.splits import select_items
 
     passages, stats = build_corpus(["winogrande"], eval_tail=300, heldout_keep=20)
     evaluated = select_items("winogrande", 300)
