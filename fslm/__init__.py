@@ -6,15 +6,16 @@ The Python API mirrors the CLI verb for verb:
     fslm.validate_stack(path)         -> StackConfig      (fslm stack validate)
 """
 
-from fslm.config import StackConfig, StageConfig, load_stack_config, validate_stack
+from fslm.config import StackConfig, StageConfig, load_stack_config
 from fslm.errors import FslmError
 from fslm.models import list_models, load_model, resolve
 from fslm.stack import Stack, StackResult, StageRecord, run
-
-__version__ = "0.1.0"
+from fslm.stack_checks import validate_stack
+from fslm.version import __version__
 
 __all__ = [
     "FslmError",
+    "__version__",
     "Stack",
     "StackConfig",
     "StackResult",

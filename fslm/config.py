@@ -11,12 +11,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
-from fslm.errors import ConfigError, ModelFileError
+from fslm.errors import ConfigError
 from fslm.generation import GenerationParams
 from fslm.io import load_yaml, read_text
-from fslm.models import check_adapter_folder
-from fslm.retrieve.index import MANIFEST
-from fslm.retrieve.recipe import RECIPE
 from fslm.stages.blocks import RetrieveConfig, ScoreConfig, ToolConfig
 from fslm.stages.graph import CASES, conditional_stages, find_cycle, run_cases, topological_order, waves
 from fslm.stages.kinds_config import (
@@ -500,61 +497,12 @@ def check_chain(cfg: StackConfig, verb: str) -> None:
         earlier.add(stage.name)
 
 
-def check_adapters(cfg: StackConfig, _seen: frozenset[Path] = frozenset()) -> None:
-    """Fail early, naming the stage, when an adapter or retrieval index folder is missing or incomplete, or an
-    escalation's stack or calibration file (fslm/stages/escalate.py, which checks the stack's own folders too)."""
-    from fslm.stages.escalate import check_targets
-
-    check_targets(cfg, _seen)
-    for i, stage in enumerate(cfg.stages):
-        where = cfg.source_path or "<config>"
-        index = cfg.index_path(stage)
-        if index is not None and not (index / MANIFEST).is_file() and not (index / RECIPE).is_file():
-            raise ConfigError(
-                f"{where}: stages.{i}.retrieve.index: no retrieval index in {index} (build one with "
-                "`fslm retrieve corpus` then `fslm retrieve index`)"
-            )
-        path = cfg.adapter_path(stage)
-        if path is None:
-            continue
-        try:
-            check_adapter_folder(path)
-        except ModelFileError as err:
-            raise ConfigError(f"{where}: stages.{i}.adapter: {err}") from None
-
-
 def default_stack_path() -> Path:
     return Path(str(resources.files("fslm") / "stacks" / "default.yaml"))
 
 
 def load_default_stack_config() -> StackConfig:
     return load_stack_config(default_stack_path())
-
-
-def check_models(cfg: StackConfig) -> None:
-    """Every stage `model:` names a model on this machine (or the hub); nothing is loaded."""
-    from fslm.errors import FslmError
-    from fslm.models import resolve
-
-    for i, stage in enumerate(cfg.stages):
-        if stage.model is None or stage.model == cfg.base_model:
-            continue
-        try:
-            resolve(stage.model)
-        except FslmError as err:
-            raise ConfigError(f"{cfg.source_path or '<config>'}: stages.{i}.model: {err}") from None
-
-
-def validate_stack(path: str | Path) -> StackConfig:
-    """Python twin of `fslm stack validate`: schema, the stage graph (references, cycles, conditions), templates,
-    stage models, adapter and index folders."""
-    from fslm.stages.escalate import check_targets
-
-    cfg = load_stack_config(path)
-    check_models(cfg)
-    check_adapters(cfg)
-    check_targets(cfg, models=True)  # the models of the stacks it escalates to
-    return cfg
 
 
 def without_stage(cfg: StackConfig, name: str) -> StackConfig:

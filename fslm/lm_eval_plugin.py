@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from importlib import resources
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry, register_model
@@ -171,11 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m fslm.lm_eval_plugin ...`: lm-eval's CLI with the fslm model registered and our tasks included."""
     from lm_eval.__main__ import cli_evaluate
 
-    from fslm.evaluate.harness import tasks_dir
-
     args = list(sys.argv[1:] if argv is None else argv)
     if "--include_path" not in args:
-        args += ["--include_path", str(tasks_dir())]
+        args += ["--include_path", str(str(resources.files("fslm") / "lm_eval_tasks"))]
     if _only_fslm_tasks(args):
         _skip_builtin_task_index()
     sys.argv = ["lm_eval", *args]

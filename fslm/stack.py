@@ -18,10 +18,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from fslm.config import StackConfig, StageConfig, check_adapters, load_default_stack_config, load_stack_config
+from fslm.config import StackConfig, StageConfig, load_default_stack_config, load_stack_config
 from fslm.engine import Engine, Generation, GenerationParams, load_engine
 from fslm.errors import InputError
 from fslm.stack_cache import StageCache, cacheable
+from fslm.stack_checks import check_adapters
 from fslm.stages.conditions import skip_reason, when_text
 from fslm.stages.escalate import escalate_records, load_escalations
 from fslm.stages.inputs import raw_text, stage_labels, stage_messages, stage_user_text

@@ -18,8 +18,9 @@ import os
 import shutil
 from pathlib import Path
 
-from fslm.config import parse_stack_config, validate_stack
+from fslm.config import parse_stack_config
 from fslm.errors import InputError
+from fslm.stack_checks import validate_stack
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EXTRAS = ("train_log.json", "loss.png")

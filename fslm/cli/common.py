@@ -186,7 +186,8 @@ def check_engine(backend: str | None) -> None:
 def check_stack(path: Path | str | None, *, adapters: bool = True) -> StackConfig:
     """A stack file (the packaged default when None) as far as it can be checked without its model: schema,
     adapter and index folders (unless `adapters` is off), and a base model that resolves."""
-    from fslm.config import check_adapters, load_default_stack_config, load_stack_config
+    from fslm.config import load_default_stack_config, load_stack_config
+    from fslm.stack_checks import check_adapters
 
     cfg = load_default_stack_config() if path is None else load_stack_config(path)
     if not adapters:

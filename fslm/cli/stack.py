@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from fslm.cli.common import guarded, out
-from fslm.config import StackConfig, default_stack_path, load_stack_config, validate_stack
+from fslm.config import StackConfig, default_stack_path, load_stack_config
+from fslm.stack_checks import validate_stack
 
 app = typer.Typer(help="Check, inspect and pack stack configs.", no_args_is_help=True)
 

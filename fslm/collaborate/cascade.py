@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fslm.collaborate.runs import Pair, check_threshold
+from fslm.collaborate.runs import Pair
 from fslm.errors import DataError, InputError
-from fslm.io import atomic_file, read_json_object, write_atomic, write_json
+from fslm.io import atomic_file, write_atomic, write_json
+from fslm.stages.calibration import Calibration, check_threshold
 
 SIGNALS = ("margin", "verify")
 
@@ -102,43 +103,6 @@ def candidate_thresholds(pairs: Sequence[Pair], signal: str, grid: int = 41) -> 
 
 def curve(pairs: Sequence[Pair], signal: str, thresholds: Sequence[float] | None = None) -> list[Point]:
     return [cascade_point(pairs, signal, t) for t in (thresholds or candidate_thresholds(pairs, signal))]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A threshold chosen on calibration items; saved as JSON and reused on other items."""
-
-    signal: str
-    threshold: float
-    target: float  # fraction of the large system's accuracy to keep
-    small_acc: float
-    large_acc: float
-    acc: float
-    compute_share: float
-    escalation_rate: float
-    n: int
-    met: bool  # False when no threshold reaches the target (then the most accurate one is returned)
-
-    def to_dict(self) -> dict:
-        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-    def save(self, path: str | Path) -> Path:
-        return write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Calibration:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: calibration file not found; create it with `fslm cascade calibrate`")
-        data = read_json_object(path)  # a truncated or garbled file: one error naming file, line and column
-        try:
-            cal = cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except KeyError as err:
-            raise DataError(f"{path}: not a calibration file written by `fslm cascade calibrate` ({err})") from None
-        if not isinstance(cal.threshold, (int, float)) or isinstance(cal.threshold, bool):
-            raise DataError(f"{path}: 'threshold' is {cal.threshold!r}, not a number")
-        check_threshold(cal.threshold)
-        return cal
 
 
 def calibrate(pairs: Sequence[Pair], signal: str = "margin", target: float = 0.95) -> Calibration:

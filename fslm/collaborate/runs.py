@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fslm.io as fslm_io
-from fslm.errors import DataError, InputError
+from fslm.errors import DataError
 from fslm.io import read_json_object
 from fslm.tasks.readers import iter_jsonl
 
@@ -201,9 +201,3 @@ def read_signals(
                 raise DataError(f"{path}:{lineno}: signal {name!r} = {value} is outside [0, 1]")
             values.setdefault(name, {})[key] = float(value)
     return values, costs
-
-
-def check_threshold(threshold: float) -> float:
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold {threshold} is outside [0, 1]: signals are probabilities/margins in [0, 1]")
-    return threshold

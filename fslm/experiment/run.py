@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fslm.config import check_adapters, load_stack_config
+from fslm.config import load_stack_config
 from fslm.errors import FslmError, InputError
 from fslm.experiment.fingerprint import fingerprint, move_aside, record, recorded
 from fslm.experiment.plan import DONE, EVAL, LOGS, RUNNING, TRAIN_JOB, Job, Plan, build_plan
@@ -26,6 +26,7 @@ from fslm.experiment.spec import ExperimentSpec, load_spec
 from fslm.experiment.train import train_payload
 from fslm.experiment.variants import stack_path, stack_step
 from fslm.settings import get_settings
+from fslm.stack_checks import check_adapters
 
 Log = Callable[[str], None]
 STAGE_CACHE = "stage_outputs.sqlite"

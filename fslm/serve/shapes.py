@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fslm import __version__ as FSLM_VERSION
 from fslm.engine.logprobs import TokenLogprob
+from fslm.version import __version__ as FSLM_VERSION
 
 
 @dataclass(frozen=True)

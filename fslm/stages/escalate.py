@@ -18,72 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
-from fslm.errors import ConfigError, FslmError
+from fslm.stack_checks import load_threshold
 from fslm.stages.kinds_config import escalate_format
 from fslm.stages.records import StageRecord, generation_record
 from fslm.stages.score import score_records
-
-SIGNAL_OF_KIND = {"score": "margin", "vote": "margin", "verify": "verify"}  # `fslm cascade calibrate --signal`
 
 
 @dataclass
 class Escalation:
     threshold: float
     stack: object | None = None  # the larger stack (fslm.stack.Stack), or None: the stage's own model
-
-
-def load_threshold(cfg, stage) -> float:
-    """The stage's threshold: its number, or the one in its calibration file (whose signal must fit the stage)."""
-    esc = stage.escalate
-    if esc.threshold is not None:
-        return esc.threshold
-    from fslm.collaborate.cascade import Calibration
-
-    where = f"{cfg.source_path or '<config>'}: stages.{cfg.index_of(stage.name)}.escalate.calibration"
-    try:
-        cal = Calibration.load(cfg.escalate_path(stage, "calibration"))
-    except FslmError as err:
-        raise ConfigError(f"{where}: {err}") from None
-    kind = cfg.stage(esc.confidence_of).kind
-    signal = SIGNAL_OF_KIND.get(kind)
-    if signal != cal.signal:
-        raise ConfigError(
-            f"{where}: calibrated on the {cal.signal!r} signal, but {esc.confidence_of!r} is a {kind} stage (its "
-            f"confidence is the {signal!r} signal); calibrate with --signal {signal}"
-        )
-    return float(cal.threshold)
-
-
-def check_targets(cfg, seen: frozenset[Path] = frozenset(), *, models: bool = False) -> None:
-    """Every escalate stage's calibration file reads, and its stack file exists, is valid, answers option prompts with
-    option scores when the small answer does, and does not lead back to a stack on the way (a cycle of files)."""
-    from fslm.config import check_adapters, check_models, load_stack_config
-
-    here = seen | ({cfg.source_path.resolve()} if cfg.source_path is not None else set())
-    for i, stage in enumerate(cfg.stages):
-        if stage.escalate is None:
-            continue
-        load_threshold(cfg, stage)
-        path = cfg.escalate_path(stage, "stack")
-        if path is None:
-            continue
-        where = f"{cfg.source_path or '<config>'}: stages.{i}.escalate.stack"
-        if not path.is_file():
-            raise ConfigError(f"{where}: no stack file at {path}")
-        if path.resolve() in here:
-            raise ConfigError(f"{where}: {path} leads back to a stack that escalates to it (a cycle of stack files)")
-        nested = load_stack_config(path)
-        if cfg.scores_options(stage) and not nested.scores_options(nested.answer_stage_for("has_options")):
-            raise ConfigError(
-                f"{where}: {cfg.stage(stage.escalate.answer).name!r} scores options, but stack {nested.name!r} "
-                "answers prompts with options by generating; escalate to a stack whose answer scores them"
-            )
-        check_adapters(nested, here)
-        if models:
-            check_models(nested)
-            check_targets(nested, here, models=True)
 
 
 def load_escalations(stack, backend: str | None) -> dict[str, Escalation]:
@@ -104,7 +49,7 @@ def load_escalations(stack, backend: str | None) -> dict[str, Escalation]:
             shared = {ref: e for ref, e in stack.engines.items() if ref not in adapted}
             base = shared.get(sub.base_model)
             if base is None:
-                from fslm.stack import load_engine
+                from fslm.engine import load_engine
 
                 base = load_engine(sub.base_model, dtype=sub.dtype, backend=backend or sub.engine)
             nested = type(stack)(sub, base, stack.cache, engines=shared, backend=backend)

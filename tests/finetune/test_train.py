@@ -10,10 +10,11 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from fslm.cli import app
-from fslm.config import load_stack_config, validate_stack
+from fslm.config import load_stack_config
 from fslm.errors import ConfigError
 from fslm.finetune import TrainOptions, finetune
 from fslm.stack import Stack, generation_params
+from fslm.stack_checks import validate_stack
 
 FAST = dict(epochs=6, batch_size=4, lr=3e-3, rank=8, alpha=16, save_every=10, threads=1)
 

@@ -106,7 +106,8 @@ def test_no_benchmark_data_finds_nothing_and_says_so(tmp_path, cache, monkeypatc
 def test_a_stack_with_a_recipe_index_validates_loads_without_building_and_retrieves(tmp_path, cache):
     import yaml
 
-    from fslm.config import load_stack_config, validate_stack
+    from fslm.config import load_stack_config
+    from fslm.stack_checks import validate_stack
     from fslm.stages.retrieve import load_retrievers
 
     write_recipe(tmp_path / "index", {"corpus": CORPUS})

@@ -164,7 +164,7 @@ def test_escalate_to_a_stack_file(tmp_path, tiny_engine, big):
 def test_a_missing_or_cyclic_escalation_stack_is_a_config_error(tmp_path, tiny_engine):
     import yaml
 
-    from fslm.config import validate_stack
+    from fslm.stack_checks import validate_stack
 
     data = escalating(0.5, stack="nope.yaml")
     del data["stages"][2]["model"]

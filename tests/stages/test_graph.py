@@ -120,7 +120,7 @@ def test_stage_models_are_listed_once_base_first():
 def test_unknown_stage_model_is_reported_by_validate(tmp_path):
     import yaml
 
-    from fslm.config import validate_stack
+    from fslm.stack_checks import validate_stack
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(mutated(lambda d: d["stages"][0].update(model="no-such-model-xyz"))))
