@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fslm.distill.data import load_instructions
 from fslm.engine import load_engine
 from fslm.evaluate.judge import judge_pairs
 from fslm.evaluate.metrics import score_pairs
 from fslm.evaluate.stats import bootstrap_ci
 from fslm.io import append_jsonl, read_jsonl, write_atomic, write_json, write_jsonl
 from fslm.stack import Stack
+from fslm.tasks.instructions import load_instructions
 
 OUT = Path(__file__).parent / "results" / "stacks" / "generative"
 METRICS = ("rougeL", "minilm")

@@ -50,9 +50,9 @@ def machine() -> dict:
 def speed_examples(engine, n: int, max_length: int):
     """Real Alpaca examples at the default stack's first-stage input -> the gold output (real length spread)."""
     from fslm.config import load_default_stack_config
-    from fslm.distill import load_instructions
     from fslm.finetune.examples import Example
     from fslm.stack import Stack
+    from fslm.tasks.instructions import load_instructions
 
     cfg = load_default_stack_config().without_adapters()
     stack = Stack(cfg, engine)
@@ -271,7 +271,7 @@ def run_e2e(args) -> dict:
         fslm + ["finetune", "--data", str(distilled), "--out", str(trained), "--json"] + args.finetune_args, log
     )
     result["phases"]["finetune"] = {"wall_s": wall, "cpu_s": cpu, "report": report}
-    from fslm.distill import load_instructions
+    from fslm.tasks.instructions import load_instructions
 
     held_out = [i for i in load_instructions(None, limit=args.records + 40)[0][args.records :] if i.gold][:4]
     wall, cpu, report = timed(fslm + ["run", "--stack", str(trained / "stack.yaml"), "--json", held_out[0].prompt], log)

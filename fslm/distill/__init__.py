@@ -1,6 +1,5 @@
 """`fslm distill`: a teacher writes each stage's target text for instruction data (see docs/distill.md)."""
 
-from fslm.distill.data import Instruction, default_data_path, load_instructions
 from fslm.distill.filters import check_target, is_repetitive, leaks_answer
 from fslm.distill.runner import (
     DistillOptions,
@@ -12,6 +11,7 @@ from fslm.distill.runner import (
     teacher_messages,
 )
 from fslm.distill.store import DistillStore, read_distilled
+from fslm.tasks.instructions import Instruction, default_data_path, load_instructions
 
 __all__ = [
     "DistillOptions",

@@ -28,12 +28,12 @@ from fslm.config import (
     load_default_stack_config,
     load_stack_config,
 )
-from fslm.distill.data import Instruction, load_instructions
 from fslm.distill.filters import check_target, trim_to_sentences
 from fslm.distill.store import DistillStore, read_distilled
 from fslm.errors import ConfigError, DataError
 from fslm.io import replace_surrogates
 from fslm.stack import generation_params, load_retrievers, retrieve_records, stage_messages
+from fslm.tasks.instructions import Instruction, load_instructions
 from fslm.teachers import Teacher, make_teacher
 
 ANSWER = "answer"

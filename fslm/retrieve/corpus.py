@@ -98,7 +98,7 @@ def build_corpus(
     task and Alpaca), decontaminated. `eval_tail=N`: also each task's evaluation split past its first N items in
     evaluation order, which `fslm eval --limit <= N` never reads (the recipe evaluates 300 per task at most); only
     those first N are then reserved from the evaluation splits."""
-    from fslm.distill.data import load_instructions
+    from fslm.tasks.instructions import load_instructions
     from fslm.tasks.splits import select_items
 
     if eval_tail is not None and eval_tail < 1:

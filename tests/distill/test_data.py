@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fslm.cli import app
-from fslm.distill import default_data_path, load_instructions
 from fslm.errors import DataError
+from fslm.tasks.instructions import default_data_path, load_instructions
 
 from .conftest import ALPACA, write_alpaca
 

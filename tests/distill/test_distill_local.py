@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fslm.config import load_stack_config
-from fslm.distill import DistillOptions, distill, load_instructions, teacher_messages
+from fslm.distill import DistillOptions, distill, teacher_messages
 from fslm.stack import generation_params, stage_messages
+from fslm.tasks.instructions import load_instructions
 from fslm.teachers import LocalTeacher
 
 from .conftest import read_lines

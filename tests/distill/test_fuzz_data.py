@@ -11,9 +11,9 @@ from fuzzing import FUZZ, NASTY, dumps_line, json_ish, json_values, loads_or_fai
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fslm.distill.data import NO_INPUT, load_instructions
 from fslm.distill.store import DistillStore, read_distilled
 from fslm.errors import DataError
+from fslm.tasks.instructions import NO_INPUT, load_instructions
 
 from .conftest import ALPACA
 

@@ -8,8 +8,9 @@ from live_server import running_server
 from typer.testing import CliRunner
 
 from fslm.cli import app
-from fslm.distill import distill, load_instructions
+from fslm.distill import distill
 from fslm.errors import FslmError
+from fslm.tasks.instructions import load_instructions
 from fslm.teachers import HTTPTeacher, TeacherError
 
 from .conftest import read_lines
