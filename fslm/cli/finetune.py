@@ -11,7 +11,12 @@ from rich.table import Table
 
 from fslm.cli.common import LazyProgress, check_file, check_output, check_stack, console, out, print_json
 from fslm.errors import ConfigError, InputError
-from fslm.finetune.options import ALL_PROJECTIONS, PRECISIONS, TrainOptions  # torch-free: checked before training loads
+from fslm.finetune.options import (  # torch-free: checked before training loads
+    ALL_PROJECTIONS,
+    PRECISIONS,
+    SAVE_DTYPES,
+    TrainOptions,
+)
 
 if TYPE_CHECKING:
     from fslm.config import StackConfig
@@ -80,6 +85,9 @@ def finetune_command(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Torch threads (default: picked from the machine's load)."
     ),
+    save_dtype: str = typer.Option(
+        DEFAULTS.save_dtype, "--save-dtype", help="Adapter file storage: float32 | float16 (half the size)."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     pairs: bool = typer.Option(
         False,
@@ -92,6 +100,8 @@ def finetune_command(
         raise InputError(f"--lr must be > 0, got {lr}")
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision!r}: expected {', '.join(PRECISIONS)}")
+    if save_dtype not in SAVE_DTYPES:
+        raise InputError(f"--save-dtype {save_dtype!r}: expected {' or '.join(SAVE_DTYPES)}")
     if not split_names(targets):
         raise InputError("--targets names no module; e.g. --targets q_proj,v_proj")
     chosen = split_names(stages) or None
@@ -114,6 +124,7 @@ def finetune_command(
         seed=seed,
         precision=precision,
         threads=threads,
+        save_dtype=save_dtype,
     )
     columns = [
         TextColumn("[bold]{task.description}"),

@@ -93,6 +93,7 @@ CASES = [
     ([*FINETUNE, "--threads", "-2"], "--threads"),
     ([*FINETUNE, "--targets", ","], "--targets names no module"),
     ([*FINETUNE, "--precision", "fp8"], "--precision 'fp8'"),
+    ([*FINETUNE, "--save-dtype", "bf8"], "--save-dtype 'bf8': expected float32 or float16"),
     ([*FINETUNE, "--out", "{file}/ft"], "is a file, not a folder"),
     # usage errors are one line too
     (["fintune"], "No such command 'fintune'"),
