@@ -36,6 +36,30 @@ out = Console()
 _LIBRARIES = r"(transformers|torch|peft|accelerate|huggingface_hub|tokenizers|gguf|sentence_transformers|lm_eval)"
 
 
+def default_of(owner: Any, name: str) -> Any:
+    """The default the library gives `name` (a dataclass field, a pydantic model field or a function parameter), so a
+    CLI option's default lives once, where the library defines it. A name the owner lacks fails when the CLI module is
+    imported: a renamed field breaks every test, not a user's run."""
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(owner):
+        for f in dataclasses.fields(owner):
+            if f.name == name and f.default is not dataclasses.MISSING:
+                return f.default
+            if f.name == name and f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    elif isinstance(owner, type) and hasattr(owner, "model_fields"):
+        field = owner.model_fields.get(name)
+        if field is not None and not field.is_required():
+            return field.get_default(call_default_factory=True)
+    elif callable(owner):
+        param = inspect.signature(owner).parameters.get(name)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    raise TypeError(f"{getattr(owner, '__qualname__', owner)} has no default for {name!r}")
+
+
 def quiet_libraries() -> None:
     """Keep transformers/HF progress chatter and library deprecation notices out of user output.
 

@@ -22,6 +22,7 @@ from fslm.cli.common import (
     check_model,
     check_output,
     console,
+    default_of,
     engine_option,
     out,
     print_json,
@@ -29,6 +30,7 @@ from fslm.cli.common import (
 from fslm.config import load_default_stack_config, load_stack_config
 from fslm.distill import DistillOptions, DistillReport, distill
 from fslm.errors import InputError
+from fslm.teachers import HTTPTeacher
 
 
 class RateColumn(ProgressColumn):
@@ -74,10 +76,19 @@ def distill_command(
     ),
     teacher_model: str | None = typer.Option(None, "--teacher-model", help="Model name served at --teacher-url."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="NAME of the env var that holds the API key."),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, help="HTTP teacher: requests in flight."),
-    timeout: float = typer.Option(60.0, "--timeout", help="HTTP teacher: seconds per request before a retry."),
+    concurrency: int = typer.Option(
+        default_of(HTTPTeacher, "concurrency"), "--concurrency", min=1, help="HTTP teacher: requests in flight."
+    ),
+    timeout: float = typer.Option(
+        default_of(HTTPTeacher, "timeout"), "--timeout", help="HTTP teacher: seconds per request before a retry."
+    ),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Use the first N unique records."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Records per teacher batch (and per fsync)."),
+    batch_size: int = typer.Option(
+        default_of(DistillOptions, "batch_size"),
+        "--batch-size",
+        min=1,
+        help="Records per teacher batch (and per fsync).",
+    ),
     no_hints: bool = typer.Option(False, "--no-hints", help="Never show the teacher the gold output."),
     no_leak: str | None = typer.Option(
         None, "--no-leak", help="Comma-separated stages that must not contain the gold answer."

@@ -7,31 +7,44 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from fslm.cli.common import check_engine, check_stack, console, engine_option, status
+from fslm.cli.common import check_engine, check_stack, console, default_of, engine_option, status
 from fslm.errors import ConfigError
+from fslm.serve.config import ServeSettings  # pydantic only: no server or model is imported
+
+
+def _d(name: str):
+    return default_of(ServeSettings, name)
 
 
 def serve_command(
     stack: Path | None = typer.Option(None, "--stack", "-s", help="Stack YAML (default: the packaged 4-stage stack)."),
     host: str = typer.Option(
-        "127.0.0.1", help="Interface to bind; use 0.0.0.0 only behind a firewall or with an API key."
+        _d("host"), help="Interface to bind; use 0.0.0.0 only behind a firewall or with an API key."
     ),
-    port: int = typer.Option(8000, help="TCP port."),
-    max_batch: int = typer.Option(16, "--max-batch", help="Most requests run together in one batched stack run."),
+    port: int = typer.Option(_d("port"), help="TCP port."),
+    max_batch: int = typer.Option(
+        _d("max_batch"), "--max-batch", help="Most requests run together in one batched stack run."
+    ),
     batch_wait_ms: float = typer.Option(
-        10.0, "--batch-wait-ms", help="A batch closes after this long with no new request..."
+        _d("batch_wait_ms"), "--batch-wait-ms", help="A batch closes after this long with no new request..."
     ),
     batch_max_wait_ms: float = typer.Option(
-        100.0, "--batch-max-wait-ms", help="...or this long after its first request."
+        _d("batch_max_wait_ms"), "--batch-max-wait-ms", help="...or this long after its first request."
     ),
-    queue_size: int = typer.Option(64, "--queue-size", help="Requests allowed to wait; more get 429 + Retry-After."),
+    queue_size: int = typer.Option(
+        _d("queue_size"), "--queue-size", help="Requests allowed to wait; more get 429 + Retry-After."
+    ),
     max_prompt_tokens: int | None = typer.Option(
         None, "--max-prompt-tokens", help="Default: the stack's max_prompt_tokens."
     ),
-    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Largest max_tokens a request may ask for."),
-    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
-    trace: bool = typer.Option(True, "--trace/--no-trace", help="Include fslm_trace in responses by default."),
-    trace_history: int = typer.Option(200, "--trace-history", help="Requests kept in memory (/ui with --no-log)."),
+    max_new_tokens: int = typer.Option(
+        _d("max_new_tokens"), "--max-new-tokens", help="Largest max_tokens a request may ask for."
+    ),
+    max_body_bytes: int = typer.Option(_d("max_body_bytes"), "--max-body-bytes", help="Larger request bodies get 413."),
+    trace: bool = typer.Option(_d("trace"), "--trace/--no-trace", help="Include fslm_trace in responses by default."),
+    trace_history: int = typer.Option(
+        _d("trace_history"), "--trace-history", help="Requests kept in memory (/ui with --no-log)."
+    ),
     no_log: bool = typer.Option(False, "--no-log", help="Do not write requests to the run log (`fslm logs`)."),
     persist_traces: bool | None = typer.Option(
         None,
