@@ -14,6 +14,7 @@ Steps (each resumable: a rerun skips what is written):
     python benchmarks/bench_generative.py answer --system base --stack benchmarks/experiments/stacks/base-chat.yaml
     python benchmarks/bench_generative.py answer --system default    # the packaged default stack
     python benchmarks/bench_generative.py judge --pair default:base --judge qwen2.5-coder-1.5b
+    python benchmarks/bench_generative.py rate --system default     # pointwise P(Yes) per answer (no position bias)
     python benchmarks/bench_generative.py summary                    # summary.json, summary.md, winrates.png
 
 Held out: the Alpaca records fslm distils from are the first ones of random_9k.json (the reproduction used the first
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from fslm.engine import load_engine
-from fslm.evaluate.judge import judge_pairs
+from fslm.evaluate.judge import judge_pairs, rate_answers
 from fslm.evaluate.metrics import score_pairs
 from fslm.evaluate.stats import bootstrap_ci
 from fslm.io import append_jsonl, read_jsonl, write_atomic, write_json, write_jsonl
@@ -128,6 +129,30 @@ def judge(out: Path, pair: str, judge_model: str, backend: str) -> None:
         print(f"{pair}: {len(done) + start + len(chunk)}/{len(items)}", flush=True)
 
 
+def rate(out: Path, system: str, judge_model: str, backend: str) -> None:
+    """Pointwise P(Yes) of each of a system's answers (no position to be biased by)."""
+    items = {it["id"]: it for it in read_rows(out / "items.jsonl")}
+    answers = {r["id"]: r["answer"] for r in read_rows(out / f"answers-{system}.jsonl")}
+    path = out / f"rate-{system}.jsonl"
+    done = {r["id"] for r in read_rows(path)}
+    ids = [i for i in items if i in answers and i not in done]
+    if not ids:
+        print(f"{system}: all rated")
+        return
+    engine = load_engine(judge_model, backend=backend)
+    print(f"{system}: {len(ids)} to rate with {judge_model} on {type(engine).__name__}", flush=True)
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start : start + BATCH]
+        p_yes = rate_answers(
+            engine,
+            [items[i]["prompt"] for i in chunk],
+            [items[i]["reference"] for i in chunk],
+            [answers[i] for i in chunk],
+        )
+        append_jsonl(path, [{"id": i, "p_yes": round(p, 6)} for i, p in zip(chunk, p_yes, strict=True)])
+        print(f"{system} rated: {len(done) + start + len(chunk)}/{len(items)}", flush=True)
+
+
 def _mean_ci(values: list[float]) -> dict:
     lo, hi = bootstrap_ci(values)
     return {"mean": round(float(np.mean(values)), 4), "ci95": [round(lo, 4), round(hi, 4)]}
@@ -170,9 +195,32 @@ def summarize(out: Path, judge_model: str) -> dict:
             if any(not r["identical"] for r in rows)
             else None,
         }
+    rated = {
+        p.stem.removeprefix("rate-"): {r["id"]: r["p_yes"] for r in read_rows(p)} for p in out.glob("rate-*.jsonl")
+    }
+    for name, p_yes in rated.items():
+        if name in systems:
+            systems[name]["judge_p_yes"] = _mean_ci(list(p_yes.values()))
+    rated_pairs: dict[str, dict] = {}
+    for x in rated:
+        for y in rated:
+            if x != y and (x == "default" or f"{x}-vs-{y}" in pairs):
+                shared = sorted(rated[x].keys() & rated[y].keys())
+                wins = [1.0 if rated[x][i] > rated[y][i] else 0.0 if rated[x][i] < rated[y][i] else 0.5 for i in shared]
+                lo, hi = bootstrap_ci(wins)
+                diff = [rated[x][i] - rated[y][i] for i in shared]
+                dlo, dhi = bootstrap_ci(diff)
+                rated_pairs[f"{x}-vs-{y}"] = {
+                    "n": len(shared),
+                    "win_rate": round(float(np.mean(wins)), 4),
+                    "ci95": [round(lo, 4), round(hi, 4)],
+                    "p_yes_diff": round(float(np.mean(diff)), 4),
+                    "p_yes_diff_ci95": [round(dlo, 4), round(dhi, 4)],
+                }
     return {
         "n_items": len(items),
         "judge": judge_model,
+        "pointwise": rated_pairs,
         "metrics": list(METRICS),
         "systems": systems,
         "pairs": pairs,
@@ -210,6 +258,20 @@ def summary_markdown(s: dict) -> str:
             f"{p['wins']} / {p['ties']} / {p['losses']} | {p['identical']} | {p['preference']['mean']:.3f} | "
             f"{p['position_agreement']} |"
         )
+    if s.get("pointwise"):
+        lines += [
+            "",
+            f"Pointwise: {s['judge']}'s P(Yes) that an answer is correct, relevant and helpful (reference-guided, one "
+            "answer at a time, so no position bias); x wins an item when its P(Yes) is higher:",
+            "",
+            "| pair (x vs y) | n | win rate of x | 95% CI | mean P(Yes) x - y | 95% CI |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, p in s["pointwise"].items():
+            lines.append(
+                f"| {name} | {p['n']} | {p['win_rate']:.3f} | [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | "
+                f"{p['p_yes_diff']:+.3f} | [{p['p_yes_diff_ci95'][0]:+.3f}, {p['p_yes_diff_ci95'][1]:+.3f}] |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -255,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--pair", required=True, help="X:Y, two systems already answered")
     j.add_argument("--judge", default="qwen2.5-coder-1.5b")
     j.add_argument("--engine", default="auto")
+    r = sub.add_parser("rate", help="pointwise P(Yes) of one system's answers")
+    r.add_argument("--system", required=True)
+    r.add_argument("--judge", default="qwen2.5-coder-1.5b")
+    r.add_argument("--engine", default="auto")
     s = sub.add_parser("summary", help="summary.json, summary.md, winrates.png")
     s.add_argument("--judge", default="qwen2.5-coder-1.5b")
     args = parser.parse_args(argv)
@@ -275,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --pair must be X:Y", file=sys.stderr)
             return 2
         judge(out, args.pair, args.judge, args.engine)
+    elif args.cmd == "rate":
+        rate(out, args.system, args.judge, args.engine)
     else:
         summary = summarize(out, args.judge)
         write_json(out / "summary.json", summary)

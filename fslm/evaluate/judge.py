@@ -100,3 +100,46 @@ def judge_pairs(
         la1, lb1, la2, lb2 = letters[4 * k : 4 * k + 4]
         out[i] = Judgement(p_first=_p_first(la1, lb1), p_second=1.0 - _p_first(la2, lb2))
     return out
+
+
+RATE_TEMPLATE = (
+    "Rate a response to the instruction below. A reference answer written by a person is given to help you; a good "
+    "response need not use the same words.\n\n"
+    "### Instruction\n{instruction}\n\n"
+    "### Reference answer\n{reference}\n\n"
+    "### Response\n{answer}\n\n"
+    "Is the response correct, relevant and helpful? Reply with a single word: Yes or No."
+)
+YES_NO = ("Yes", "No")
+
+
+def rate_answers(
+    engine: Engine,
+    instructions: Sequence[str],
+    references: Sequence[str],
+    answers: Sequence[str],
+    *,
+    batch_size: int = 8,
+) -> list[float]:
+    """P(Yes) that each answer is right (pointwise, reference-guided): one answer per question, so no position bias;
+    comparing two systems' P(Yes) on the same items complements the pairwise verdicts."""
+    if not (len(instructions) == len(references) == len(answers)):
+        raise ValueError("instructions, references and answers must have the same length")
+    contexts = [
+        engine.render_chat(
+            [
+                {"role": "system", "content": JUDGE_SYSTEM},
+                {
+                    "role": "user",
+                    "content": RATE_TEMPLATE.format(instruction=i.strip(), reference=r.strip(), answer=a.strip()),
+                },
+            ]
+        )
+        for i, r, a in zip(instructions, references, answers, strict=True)
+    ]
+    out: list[float] = []
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start : start + batch_size]
+        scores = engine.score([c for c in chunk for _ in YES_NO], [w for _ in chunk for w in YES_NO])
+        out.extend(_p_first(scores[2 * k].logprob, scores[2 * k + 1].logprob) for k in range(len(chunk)))
+    return out

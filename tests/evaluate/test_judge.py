@@ -66,3 +66,14 @@ def test_identical_answers_are_not_asked(tiny_engine):
 def test_lengths_must_match(tiny_engine):
     with pytest.raises(ValueError, match="same length"):
         judge_pairs(tiny_engine, ["a", "b"], ["r"], ["x"], ["y"])
+
+
+def test_rate_answers_is_p_yes_and_asks_once_per_answer(tiny_engine):
+    from fslm.evaluate.judge import rate_answers
+
+    engine = CountingEngine(tiny_engine)
+    p = rate_answers(engine, ["Name a colour.", "Add 2 and 3."], ["Red.", "5"], ["Blue.", "6"])
+    assert len(p) == 2 and all(0.0 < x < 1.0 for x in p)
+    assert [c for _, c in engine.scored] == ["Yes", "No", "Yes", "No"]
+    alone = rate_answers(tiny_engine, ["Name a colour."], ["Red."], ["Blue."])
+    assert alone == pytest.approx([p[0]], rel=1e-3)  # batch == alone
