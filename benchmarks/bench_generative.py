@@ -164,10 +164,12 @@ def summarize(out: Path, judge_model: str) -> dict:
     items = read_rows(out / "items.jsonl")
     refs = {it["id"]: it["reference"] for it in items}
     systems: dict[str, dict] = {}
+    per_item: dict[str, dict[str, dict[str, float]]] = {}  # system -> metric -> id -> value
     for path in sorted(out.glob("answers-*.jsonl")):
         name = path.stem.removeprefix("answers-")
         rows = [r for r in read_rows(path) if r["id"] in refs]
         values = score_pairs(list(METRICS), [r["answer"] for r in rows], [refs[r["id"]] for r in rows])
+        per_item[name] = {m: {r["id"]: v for r, v in zip(rows, values[m], strict=True)} for m in METRICS}
         systems[name] = {
             "n": len(rows),
             **{m: _mean_ci(values[m]) for m in METRICS},
@@ -195,6 +197,20 @@ def summarize(out: Path, judge_model: str) -> dict:
             if any(not r["identical"] for r in rows)
             else None,
         }
+    reference_diffs: dict[str, dict] = {}  # paired: the same items, x's metric minus y's
+    for y in per_item:
+        if y != "default" and "default" in per_item:
+            entry = {}
+            for m in METRICS:
+                shared = sorted(per_item["default"][m].keys() & per_item[y][m].keys())
+                diff = [per_item["default"][m][i] - per_item[y][m][i] for i in shared]
+                lo, hi = bootstrap_ci(diff)
+                entry[m] = {
+                    "n": len(shared),
+                    "diff": round(float(np.mean(diff)), 4),
+                    "ci95": [round(lo, 4), round(hi, 4)],
+                }
+            reference_diffs[f"default-vs-{y}"] = entry
     rated = {
         p.stem.removeprefix("rate-"): {r["id"]: r["p_yes"] for r in read_rows(p)} for p in out.glob("rate-*.jsonl")
     }
@@ -221,6 +237,7 @@ def summarize(out: Path, judge_model: str) -> dict:
         "n_items": len(items),
         "judge": judge_model,
         "pointwise": rated_pairs,
+        "reference_diffs": reference_diffs,
         "metrics": list(METRICS),
         "systems": systems,
         "pairs": pairs,
@@ -244,6 +261,15 @@ def summary_markdown(s: dict) -> str:
             f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] | {m['words_per_answer']} | "
             f"{m['tokens_out_per_item']} |"
         )
+    if s.get("reference_diffs"):
+        lines += ["", "Paired differences on the same items (mean, 95% bootstrap CI):", ""]
+        lines += ["| pair | ROUGE-L | MiniLM cosine |", "|---|---|---|"]
+        for name, d in s["reference_diffs"].items():
+            r, c = d["rougeL"], d["minilm"]
+            lines.append(
+                f"| {name} | {r['diff']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | "
+                f"{c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] |"
+            )
     lines += [
         "",
         f"Pairwise preference of {s['judge']} (both orders, reference-guided; a win needs both orders, ties = 1/2):",
