@@ -129,9 +129,9 @@ def judge(out: Path, pair: str, judge_model: str, backend: str) -> None:
         print(f"{pair}: {len(done) + start + len(chunk)}/{len(items)}", flush=True)
 
 
-def rate(out: Path, system: str, judge_model: str, backend: str) -> None:
-    """Pointwise P(Yes) of each of a system's answers (no position to be biased by)."""
-    items = {it["id"]: it for it in read_rows(out / "items.jsonl")}
+def rate(out: Path, system: str, judge_model: str, backend: str, limit: int | None = None) -> None:
+    """Pointwise P(Yes) of each of a system's answers (no position to be biased by); the first `limit` items."""
+    items = {it["id"]: it for it in read_rows(out / "items.jsonl")[:limit]}
     answers = {r["id"]: r["answer"] for r in read_rows(out / f"answers-{system}.jsonl")}
     path = out / f"rate-{system}.jsonl"
     done = {r["id"] for r in read_rows(path)}
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--system", required=True)
     r.add_argument("--judge", default="qwen2.5-coder-1.5b")
     r.add_argument("--engine", default="auto")
+    r.add_argument("--limit", type=int, default=None, help="the first N items (a random sample, as items.jsonl is)")
     s = sub.add_parser("summary", help="summary.json, summary.md, winrates.png")
     s.add_argument("--judge", default="qwen2.5-coder-1.5b")
     args = parser.parse_args(argv)
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         judge(out, args.pair, args.judge, args.engine)
     elif args.cmd == "rate":
-        rate(out, args.system, args.judge, args.engine)
+        rate(out, args.system, args.judge, args.engine, args.limit)
     else:
         summary = summarize(out, args.judge)
         write_json(out / "summary.json", summary)
