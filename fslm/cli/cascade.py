@@ -12,7 +12,9 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from fslm.cli.common import check_model, check_output, check_stack, guarded, out, print_json, status
+from fslm.cli.common import check_model, check_output, check_stack, default_of, guarded, out, print_json, status
+from fslm.collaborate.cascade import calibrate_runs  # for their defaults (no torch)
+from fslm.collaborate.live import System as LiveSystem
 
 
 class _RunByDefault(TyperGroup):
@@ -69,7 +71,7 @@ def run_command(
     split: str | None = typer.Option(None, "--split"),
     limit: int | None = typer.Option(None, "--limit", min=1),
     out_dir: Path | None = typer.Option(None, "--out", help="Write items.jsonl + summary.json here (with --task)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(default_of(LiveSystem, "max_new_tokens"), "--max-new-tokens", min=1),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Answer with the small system; escalate low-confidence answers to the large one."""
@@ -144,7 +146,9 @@ def calibrate_command(
     signal: str = typer.Option(
         "margin", "--signal", help="margin (choice probability margin) or verify (self-verification)."
     ),
-    target: float = typer.Option(0.95, "--target", help="Keep this fraction of the large system's accuracy."),
+    target: float = typer.Option(
+        default_of(calibrate_runs, "target"), "--target", help="Keep this fraction of the large system's accuracy."
+    ),
     signals: Path | None = SIGNALS,
     out_file: Path | None = typer.Option(None, "--out", help="Write the calibration JSON here."),
     json_output: bool = typer.Option(False, "--json"),

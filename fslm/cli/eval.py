@@ -13,6 +13,7 @@ from fslm.cli.common import (
     check_output,
     check_stack,
     console,
+    default_of,
     engine_option,
     guarded,
     out,
@@ -20,6 +21,8 @@ from fslm.cli.common import (
     status,
 )
 from fslm.errors import InputError
+from fslm.evaluate.compare import compare
+from fslm.evaluate.run import evaluate  # for their defaults; neither imports torch
 
 app = typer.Typer(
     help="Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs.",
@@ -115,7 +118,9 @@ def eval_command(
         False, "--no-adapters", help="With --stack: the same stack with every LoRA adapter off."
     ),
     base: bool = typer.Option(False, "--base", help="With --stack: its base model alone (raw prompts, no stages)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Items per batch (and per resumable write)."),
+    batch_size: int = typer.Option(
+        default_of(evaluate, "batch_size"), "--batch-size", help="Items per batch (and per resumable write)."
+    ),
     stage_cache: Path | None = typer.Option(
         None,
         "--stage-cache",
@@ -194,7 +199,7 @@ def compare_command(
     run_a: Path = typer.Argument(..., help="Run folder A (written by fslm eval --out)."),
     run_b: Path = typer.Argument(..., help="Run folder B."),
     out_dir: Path | None = typer.Option(None, "--out", "-o", help="Also write compare.json and compare.md here."),
-    n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples."),
+    n_boot: int = typer.Option(default_of(compare, "n_boot"), "--n-boot", help="Bootstrap resamples."),
     json_output: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Paired bootstrap 95% CI of acc(A) - acc(B) per task and macro, on the items both runs share."""

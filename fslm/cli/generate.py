@@ -6,7 +6,18 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from fslm.cli.common import check_dtype, check_engine, check_model, check_text, engine_option, out, print_json, status
+from fslm.cli.common import (
+    check_dtype,
+    check_engine,
+    check_model,
+    check_text,
+    default_of,
+    engine_option,
+    out,
+    print_json,
+    status,
+)
+from fslm.collaborate.generate import generate  # for its defaults (no torch)
 from fslm.models import DEFAULT_MODEL
 
 
@@ -59,11 +70,15 @@ def generate_command(
         None, "--amateur", help="Amateur model for contrastive decoding (same tokenizer as --model)."
     ),
     alpha: float = typer.Option(
-        0.1, "--alpha", help="Contrastive plausibility cut: keep tokens with p >= alpha * max p."
+        default_of(generate, "alpha"),
+        "--alpha",
+        help="Contrastive plausibility cut: keep tokens with p >= alpha * max p.",
     ),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", min=1),
+    max_new_tokens: int = typer.Option(default_of(generate, "max_new_tokens"), "--max-new-tokens", "-n", min=1),
     stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 for the target/expert."),
+    dtype: str = typer.Option(
+        default_of(generate, "dtype"), "--dtype", help="float32 or bfloat16 for the target/expert."
+    ),
     helper_dtype: str | None = typer.Option(
         None, "--helper-dtype", help="dtype of the draft/amateur (default: --dtype)."
     ),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from fslm.cli.common import check_output, guarded, out, print_json, status
+from fslm.cli.common import check_output, default_of, guarded, out, print_json, status
+from fslm.finetune.pairs import write_scoring_pairs  # for its defaults (no torch)
 
 
 @guarded
@@ -17,8 +18,13 @@ def pairs_command(
     out_path: Path = typer.Option(..., "--out", help="Pairs JSONL to write ({id, task, context, continuation})."),
     records: int = typer.Option(..., "--records", min=1, help="Questions in all, an equal share per choice task."),
     tasks: list[str] | None = typer.Option(None, "--task", help="Task to draw from (repeatable; default: all)."),
-    seed: int = typer.Option(0, "--seed"),
-    heldout_keep: int = typer.Option(100, "--heldout-keep", min=0, help="Held-out items per task never drawn."),
+    seed: int = typer.Option(default_of(write_scoring_pairs, "seed"), "--seed"),
+    heldout_keep: int = typer.Option(
+        default_of(write_scoring_pairs, "heldout_keep"),
+        "--heldout-keep",
+        min=0,
+        help="Held-out items per task never drawn.",
+    ),
     eval_reserve: int = typer.Option(
         300, "--eval-reserve", min=1, help="Evaluated items per task (the head of each split) never drawn."
     ),

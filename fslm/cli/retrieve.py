@@ -9,7 +9,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fslm.cli.common import LazyProgress, check_output, check_text, console, guarded, out, print_json, status
+from fslm.cli.common import (
+    LazyProgress,
+    check_output,
+    check_text,
+    console,
+    default_of,
+    guarded,
+    out,
+    print_json,
+    status,
+)
+from fslm.retrieve.index import search  # for its defaults (no torch)
 
 app = typer.Typer(
     no_args_is_help=True, help="Retrieval: build a passage corpus, index it (BM25, dense or hybrid), search it."
@@ -122,7 +133,7 @@ def _score_text(h, mode: str) -> str:
 def search_command(
     index_dir: Path = typer.Argument(..., help="Folder written by `fslm retrieve index`."),
     queries: list[str] = typer.Argument(..., help="Queries."),
-    k: int = typer.Option(3, "-k", min=1, help="Passages per query."),
+    k: int = typer.Option(default_of(search, "k"), "-k", min=1, help="Passages per query."),
     mode: str | None = typer.Option(
         None, "--mode", help="bm25, dense or hybrid (default: the index's kind; a hybrid index can search by either)."
     ),

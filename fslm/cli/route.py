@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fslm.cli.common import check_output, guarded, out, print_json, status
+from fslm.cli.common import check_output, default_of, guarded, out, print_json, status
+from fslm.collaborate.route import train_runs  # for its defaults (no torch)
 
 app = typer.Typer(
     no_args_is_help=True, help="Learned router: predict from the prompt whether the small system will be right."
@@ -21,9 +22,13 @@ def train_command(
     large: Path = typer.Option(..., "--large", help="Large system's run on the same items."),
     out_dir: Path = typer.Option(..., "--out", help="Router folder to write (router.safetensors + router.json)."),
     target: float = typer.Option(
-        0.95, "--target", help="Threshold keeps this fraction of the large system's accuracy."
+        default_of(train_runs, "target"),
+        "--target",
+        help="Threshold keeps this fraction of the large system's accuracy.",
     ),
-    c: float = typer.Option(1.0, "--c", help="Inverse L2 regularization strength of the logistic regression."),
+    c: float = typer.Option(
+        default_of(train_runs, "c"), "--c", help="Inverse L2 regularization strength of the logistic regression."
+    ),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fit the router on per-item outcomes and choose its threshold on out-of-fold predictions."""

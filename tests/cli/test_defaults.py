@@ -39,7 +39,8 @@ def test_a_missing_default_fails_loudly(owner, name):
 
 
 def cli_defaults(command) -> dict[str, object]:
-    return {name: p.default.default for name, p in inspect.signature(command).parameters.items()}
+    params = inspect.signature(command).parameters.items()
+    return {name: p.default.default for name, p in params if p.default is not inspect.Parameter.empty}
 
 
 def test_serve_options_default_to_serve_settings():
@@ -62,3 +63,22 @@ def test_distill_options_default_to_the_library():
     teacher = inspect.signature(HTTPTeacher).parameters
     assert got["concurrency"] == teacher["concurrency"].default and got["timeout"] == teacher["timeout"].default
     assert got["batch_size"] == DistillOptions().batch_size
+
+
+@pytest.mark.parametrize(
+    ("cli", "command", "owner", "names"),
+    [
+        ("fslm.cli.eval", "eval_command", "fslm.evaluate.run:evaluate", ["batch_size"]),
+        ("fslm.cli.pairs", "pairs_command", "fslm.finetune.pairs:write_scoring_pairs", ["seed", "heldout_keep"]),
+        ("fslm.cli.route", "train_command", "fslm.collaborate.route:train_runs", ["target", "c"]),
+        ("fslm.cli.retrieve", "search_command", "fslm.retrieve.index:search", ["k"]),
+        ("fslm.cli.generate", "generate_command", "fslm.collaborate.generate:generate", ["alpha", "max_new_tokens"]),
+    ],
+)
+def test_more_options_default_to_their_library_function(cli, command, owner, names):
+    import importlib
+
+    module, func = owner.split(":")
+    library = inspect.signature(getattr(importlib.import_module(module), func)).parameters
+    got = cli_defaults(getattr(importlib.import_module(cli), command))
+    assert {n: got[n] for n in names} == {n: library[n].default for n in names}
