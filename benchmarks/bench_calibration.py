@@ -48,7 +48,7 @@ from fslm.evaluate.calibration import (  # noqa: E402
     scale_binary,
     top_confidence,
 )
-from fslm.evaluate.store import read_rows  # noqa: E402
+from fslm.evaluate.store import has_items, read_rows  # noqa: E402
 from fslm.io import write_atomic, write_json  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "helpers"
@@ -287,7 +287,7 @@ def main() -> None:
     names = sorted(
         p.name
         for p in (results / "select").iterdir()
-        if (p / "items.jsonl").is_file() and (results / "runs" / p.name / "items.jsonl").is_file()
+        if has_items(p) and has_items(results / "runs" / p.name)
     )
     if MAIN_SYSTEM in names:
         names.remove(MAIN_SYSTEM)

@@ -1,4 +1,5 @@
-"""`fslm eval` (benchmark a model or stack) and `fslm eval compare` (paired bootstrap of two runs)."""
+"""`fslm eval` (benchmark a model or stack), `fslm eval compare` (paired bootstrap of two runs) and `fslm eval
+compress` (gzip finished runs' per-item rows)."""
 
 from __future__ import annotations
 
@@ -213,3 +214,17 @@ def compare_command(
         print_json(result)
     else:
         out.print(compare_markdown(result), highlight=False, markup=False)
+
+
+@app.command("compress")
+@guarded
+def compress_command(
+    runs: list[Path] = typer.Argument(..., help="Finished run folders (written by fslm eval --out)."),
+) -> None:
+    """Move each run's items.jsonl into items.jsonl.gz (every fslm reader reads it; a resumed run appends beside it)."""
+    from fslm.evaluate import compress_run
+
+    for run in runs:
+        before = sum(f.stat().st_size for f in (run / "items.jsonl", run / "items.jsonl.gz") if f.is_file())
+        packed = compress_run(run)
+        out.print(f"{packed}: {before:,} -> {packed.stat().st_size:,} bytes", highlight=False, markup=False)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import fslm.io as fslm_io
 from fslm.errors import DataError
-from fslm.io import read_json_object
-from fslm.tasks.readers import iter_jsonl
+from fslm.evaluate.store import ITEMS, has_items, items_bytes
+from fslm.io import decode_text, read_json_object
 
 REQUIRED = ("id", "task", "correct")
 
@@ -70,15 +70,20 @@ def _params_from_summary(summary: Mapping) -> int | None:
 def read_run(path: str | Path, *, system: str | None = None, params: int | None = None) -> Run:
     """Read a run folder (items.jsonl [+ summary.json]) or an items.jsonl file; errors name file and line."""
     path = Path(path)
-    items = path / "items.jsonl" if path.is_dir() else path
-    if not items.is_file():
-        raise DataError(f"{items}: per-item file not found (expected the items.jsonl written by `fslm eval --out DIR`)")
+    if not (has_items(path) if path.is_dir() else path.is_file()):
+        where = path / ITEMS if path.is_dir() else path
+        raise DataError(f"{where}: per-item file not found (expected the items.jsonl written by `fslm eval --out DIR`)")
+    items, data = items_bytes(path)
     summary: dict = {}
     summary_path = items.parent / "summary.json"
     if summary_path.is_file():
         summary = read_json_object(summary_path)
     rows = []
-    for lineno, row in iter_jsonl(items):  # malformed lines and non-UTF-8 bytes fail naming file:line
+    malformed = "{path}:{line}: malformed record: expected one JSON object per line ({problem})"
+    # malformed lines and non-UTF-8 bytes fail naming file:line
+    for lineno, row in fslm_io.iter_jsonl(items, text=decode_text(items, data), bad_line=malformed):
+        if not isinstance(row, dict):
+            raise DataError(f"{items}:{lineno}: malformed record: expected a JSON object, got {type(row).__name__}")
         missing = [k for k in REQUIRED if k not in row]
         if missing:
             raise DataError(f"{items}:{lineno}: per-item row lacks {missing} (need at least {list(REQUIRED)})")

@@ -13,6 +13,7 @@ from fslm.evaluate.prompts import stack_continuations, stack_prompt
 from fslm.evaluate.run import Summary, evaluate, make_row
 from fslm.evaluate.scoring import extract_number, mc2_mass, numbers_match, score_choices
 from fslm.evaluate.stats import bootstrap_ci, macro_bootstrap_ci, paired_bootstrap
+from fslm.evaluate.store import compress_run
 from fslm.evaluate.systems import ModelSystem, Outcome, StackSystem, System, load_system
 from fslm.tasks.splits import parse_tasks, select_items  # the items a run reads (one home: fslm.tasks.splits)
 
@@ -24,6 +25,7 @@ __all__ = [
     "System",
     "bootstrap_ci",
     "compare",
+    "compress_run",
     "evaluate",
     "extract_number",
     "load_system",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fslm.errors import DataError, InputError
 from fslm.evaluate.stats import N_BOOT, SEED, paired_bootstrap
-from fslm.evaluate.store import ITEMS
+from fslm.evaluate.store import ITEMS, has_items, items_bytes
 from fslm.evaluate.systems import RAW_FORMATS
-from fslm.io import iter_jsonl, read_json_object, write_atomic, write_json
+from fslm.io import decode_text, iter_jsonl, read_json_object, write_atomic, write_json
 
 # How each kind of system is asked: a model gets lm-eval's raw context, a stack its chat prompt with the options listed.
 PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt with the options listed"}
@@ -42,12 +42,13 @@ def format_notes(a: dict, b: dict) -> list[str]:
 def read_run(run: str | Path) -> tuple[dict, dict[tuple[str, str], float]]:
     """(summary.json's system/kind/num_fewshot, {(task, id): per-item acc}) from a run folder or its items.jsonl."""
     path = Path(run)
-    items = path / ITEMS if path.is_dir() else path
-    if not items.is_file():
+    if not (has_items(path) if path.is_dir() else path.is_file()):
         raise InputError(f"{run}: no {ITEMS} here; give a folder written by `fslm eval --out DIR`")
+    items, data = items_bytes(path)
     values: dict[tuple[str, str], float] = {}
     malformed = "{path}:{line}: malformed row ({problem}); expected a JSON object per line"
-    for lineno, row in iter_jsonl(items, bad_line=malformed):  # strict UTF-8 and a size cap: a bad byte names its line
+    # strict UTF-8 and a size cap: a bad byte names its line
+    for lineno, row in iter_jsonl(items, text=decode_text(items, data), bad_line=malformed):
         try:
             values[(str(row["task"]), str(row["id"]))] = float(row["acc"])
         except (KeyError, TypeError, ValueError):

@@ -1,20 +1,25 @@
 """A run folder on disk: resumable per-item rows and the run's identity.
 
 `items.jsonl` is appended one batch at a time (one write + fsync), so a killed run loses at most the batch in
-flight; a torn last line is cut off on resume. `run.json` records what was evaluated (system, few-shot, split,
+flight; a torn last line is cut off on resume. A finished run can be compressed (`compress_run`): its rows move to
+`items.jsonl.gz`, byte for byte, and every reader here reads that file first, then any rows appended since to
+`items.jsonl` (a resumed run never rewrites the compressed file). `run.json` records what was evaluated (system, few-shot, split,
 prompt convention) so a rerun into the same folder continues that run and refuses to mix in another one.
 """
 
 from __future__ import annotations
 
 import fcntl
+import gzip
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fslm.errors import DataError, InputError
-from fslm.io import append_jsonl, loads_json, read_bytes, read_json_object, write_json
+from fslm.io import append_jsonl, atomic_file, loads_json, read_bytes, read_json_object, write_json
 
 ITEMS = "items.jsonl"
+ITEMS_GZ = ITEMS + ".gz"
 RUN = "run.json"
 LOCK = ".lock"
 
@@ -37,13 +42,37 @@ def folder_busy(folder: Path) -> bool:
     return False
 
 
+def has_items(folder: Path) -> bool:
+    """Whether a run folder holds per-item rows (plain, compressed or both)."""
+    return (Path(folder) / ITEMS).is_file() or (Path(folder) / ITEMS_GZ).is_file()
+
+
+def items_bytes(run: str | Path) -> tuple[Path, bytes]:
+    """(the file to name in messages, the per-item JSONL bytes) of a run folder, or of one items file given directly
+    (`.gz` decompressed): the compressed rows, then the rows appended after compression. The bytes equal what the
+    uncompressed items.jsonl held, so digests of them survive `compress_run`."""
+    path = Path(run)
+    if not path.is_dir():
+        return path, read_bytes(path)
+    plain, packed = path / ITEMS, path / ITEMS_GZ
+    data = read_bytes(packed) if packed.is_file() else b""
+    if data and not data.endswith(b"\n"):
+        raise DataError(
+            f"{packed}: its last row is cut short; restore the file (compressed rows are never appended to)"
+        )
+    if plain.is_file():
+        data += read_bytes(plain)
+    return (plain if plain.is_file() or not packed.is_file() else packed), data
+
+
 def read_rows(folder: Path) -> dict[str, dict]:
-    """A run folder's items.jsonl by id, read-only and without its lock, so it works beside a run being written: a
-    torn final line (the batch in flight) is skipped; a malformed line elsewhere names the file and line."""
-    path = Path(folder) / ITEMS
-    if not path.is_file():
+    """A run folder's rows by id, read-only and without its lock, so it works beside a run being written: a torn
+    final line (the batch in flight) is skipped; a malformed line elsewhere names the file and line."""
+    folder = Path(folder)
+    if not has_items(folder):
         return {}
-    lines = read_bytes(path).split(b"\n")  # bytes: the torn tail may end inside a UTF-8 character
+    path, data = items_bytes(folder)
+    lines = data.split(b"\n")  # bytes: the torn tail may end inside a UTF-8 character
     rows: dict[str, dict] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -56,6 +85,33 @@ def read_rows(folder: Path) -> dict[str, dict]:
             raise DataError(f"{path}:{lineno}: malformed row ({err}); fix or delete that line") from None
         rows[str(row["id"])] = row
     return rows
+
+
+def compress_run(folder: str | Path) -> Path:
+    """Move a run folder's rows into `items.jsonl.gz` (deterministic gzip: same rows, same bytes), holding the
+    folder's lock so no evaluation appends meanwhile; the plain file is removed only after the compressed one is
+    complete on disk. For committed results: per-item outputs stay readable by every fslm reader at a quarter of
+    the size. Returns the compressed file."""
+    folder = Path(folder)
+    if not has_items(folder):
+        raise InputError(f"{folder}: no {ITEMS} here; give a folder written by `fslm eval --out DIR`")
+    with open(folder / LOCK, "a+b") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderBusy(
+                f"{folder}: an evaluation is writing this run folder; compress it when that ends"
+            ) from None
+        packed = folder / ITEMS_GZ
+        if not (folder / ITEMS).is_file():
+            return packed
+        _, data = items_bytes(folder)
+        complete = data[: data.rfind(b"\n") + 1]  # a torn tail from a killed run is not a row: left out
+        with atomic_file(packed) as fh, gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=9, mtime=0) as gz:
+            gz.write(complete)
+        os.chmod(packed, 0o644)
+        (folder / ITEMS).unlink()
+    return packed
 
 
 def _parse_row(line: bytes) -> dict:
@@ -143,12 +199,22 @@ class RunStore:
                     f"{self.folder} holds a different run ({details}); pass another --out folder or delete it to start over"
                 )
             self.meta = meta
-        elif (self.folder / ITEMS).exists():
+        elif has_items(self.folder):
             raise InputError(f"{self.folder} has {ITEMS} but no {RUN}; it is not an fslm eval run folder I can resume")
         write_json(run_path, self.meta)
         self._load_rows()
 
     def _load_rows(self) -> None:
+        assert self.folder is not None
+        if (self.folder / ITEMS_GZ).is_file():  # compressed rows: complete by construction, read but never rewritten
+            packed, data = items_bytes(self.folder / ITEMS_GZ)
+            for lineno, line in enumerate(data.split(b"\n"), 1):
+                if line.strip():
+                    try:
+                        row = _parse_row(line)
+                    except ValueError as err:
+                        raise DataError(f"{packed}:{lineno}: malformed row ({err}); restore the file") from None
+                    self.rows[row["id"]] = row
         path = self.items_path
         if not path.is_file():
             return

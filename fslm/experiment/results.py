@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fslm.evaluate import compare
 from fslm.evaluate.stats import N_BOOT
-from fslm.evaluate.store import ITEMS, read_rows
+from fslm.evaluate.store import items_bytes, read_rows
 from fslm.experiment.plan import COMPARE, DONE, EVAL, SELECT, Job, Plan
 from fslm.experiment.spec import ExperimentSpec, TraceRule
 from fslm.io import write_json
@@ -104,11 +104,7 @@ def resolve(name: str, chosen: dict | None) -> str | None:
 
 
 def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    with open(folder / ITEMS, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hashlib.sha256(items_bytes(folder)[1]).hexdigest()  # the same before and after compress_run
 
 
 def comparison(spec: ExperimentSpec, plan: Plan, a: str, b: str, heldout: bool = False) -> dict:

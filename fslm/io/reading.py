@@ -5,7 +5,8 @@ through these helpers, so a bad file always ends in ONE FslmError naming the fil
 line, never a UnicodeDecodeError, RecursionError or MemoryError traceback:
 
 * `read_bytes` refuses non-regular files (a FIFO would block forever, /dev/zero never ends) and files above a cap,
-  before reading more than the cap;
+  before reading more than the cap; a `.gz` file is decompressed, the cap bounding what it expands to (a gzip bomb
+  is a few KiB standing for gigabytes);
 * `decode_text` decodes strict UTF-8 (a leading BOM is dropped) and names the line and column of a bad byte;
 * `loads_json` turns every way `json.loads` can fail (bad syntax, nesting past the recursion limit, an integer of
   more than 4300 digits) into `JsonError`, and refuses values nested deeper than MAX_JSON_DEPTH and lone
@@ -18,10 +19,13 @@ line, never a UnicodeDecodeError, RecursionError or MemoryError traceback:
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import re
 import stat
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +74,21 @@ def read_bytes(path: str | Path, *, limit: int = MAX_DATA_BYTES, error: type[Fsl
         os.close(fd)
     if size > limit:
         raise error(f"{path}: larger than {_size(limit)}, the most fslm reads from a file like this; split it")
-    return b"".join(chunks)
+    raw = b"".join(chunks)
+    return gunzip(path, raw, limit=limit, error=error) if str(path).endswith(".gz") else raw
+
+
+def gunzip(path: str | Path, raw: bytes, *, limit: int = MAX_DATA_BYTES, error: type[FslmError] = DataError) -> bytes:
+    """The decompressed bytes of a gzip file's contents, refused once they pass `limit` (read in bounded steps, so a
+    bomb costs at most `limit` bytes of memory); a damaged or truncated file is `error` naming it."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+            data = fh.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as err:
+        raise error(f"{path}: not a complete gzip file ({err}); recompress it or restore it") from None
+    if len(data) > limit:
+        raise error(f"{path}: decompresses to more than {_size(limit)}, the most fslm reads from a file like this")
+    return data
 
 
 def decode_text(path: str | Path, raw: bytes, *, error: type[FslmError] = DataError) -> str:
