@@ -26,6 +26,17 @@ VERBS: dict[str, Verb] = {
         "distill_command",
         "Have a teacher write every stage's target text for instruction data (resumable JSONL).",
     ),
+    "curate": Verb(
+        "curate",
+        "curate_command",
+        "Score instruction records by a small model's perplexity (and a quality classifier); keep the best.",
+    ),
+    "synth": Verb(
+        "synth",
+        "synth_command",
+        "Self-instruct: a teacher writes new instructions, inputs and outputs from seed tasks (resumable JSONL).",
+        extra="eval",
+    ),
     "finetune": Verb(
         "finetune",
         "finetune_command",

@@ -19,13 +19,14 @@ from fslm.errors import DataError
 from fslm.io import JsonError, append_jsonl, decode_text, iter_jsonl, loads_json, read_bytes, read_text, write_json
 
 
-def _records(path: Path, data: bytes) -> list[tuple[int, dict]]:
-    """(line number, record) of every non-blank line of `data`, the complete lines of a distilled file."""
+def _records(path: Path, data: bytes, noun: str = "distilled") -> list[tuple[int, dict]]:
+    """(line number, record) of every non-blank line of `data`, the complete lines of a distilled (or other
+    `noun`) file."""
     records = []
-    corrupt = "{path}: line {line}: corrupt distilled record ({problem}); fix or delete that line"
+    corrupt = "{path}: line {line}: corrupt " + noun + " record ({problem}); fix or delete that line"
     for number, record in iter_jsonl(path, text=decode_text(path, data), bad_line=corrupt):
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-            raise DataError(f"{path}: line {number}: a distilled record must be a JSON object with a string 'id'")
+            raise DataError(f"{path}: line {number}: a {noun} record must be a JSON object with a string 'id'")
         records.append((number, record))
     return records
 
@@ -59,7 +60,13 @@ class DistillStore:
     """Open for appending; `done` holds the ids already written. Use as a context manager (holds a file lock).
 
     With `identity`, the file's sidecar must match it (a new or empty file gets it; a file written before sidecars
-    existed adopts it, since nothing on disk says otherwise)."""
+    existed adopts it, since nothing on disk says otherwise). Other resumable JSONL files (curation scores,
+    synthesized instructions) subclass it, naming themselves in `noun` and `verb` and, with `keep_records`, keeping
+    the records already on disk in `records`."""
+
+    noun = "distilled"
+    verb = "fslm distill"
+    keep_records = False
 
     def __init__(self, path: str | Path, identity: dict | None = None):
         self.path = Path(path)
@@ -67,6 +74,7 @@ class DistillStore:
         self.done: set[str] = set()
         self.teachers: set[str] = set()  # teacher ids found on the records already written
         self.repaired_bytes = 0
+        self.records: list[dict] = []  # with keep_records: the complete records found on disk, in file order
         self._fh = None
 
     def __enter__(self) -> DistillStore:
@@ -74,13 +82,13 @@ class DistillStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a+b")
         except OSError as err:
-            raise DataError(f"{self.path}: cannot write the distilled file here ({err.strerror or err})") from None
+            raise DataError(f"{self.path}: cannot write the {self.noun} file here ({err.strerror or err})") from None
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._fh.close()
             raise DataError(
-                f"{self.path}: another `fslm distill` is writing this file; wait for it or pick another --out"
+                f"{self.path}: another `{self.verb}` is writing this file; wait for it or pick another output file"
             ) from None
         try:
             self._recover()
@@ -100,11 +108,22 @@ class DistillStore:
                 raise DataError(f"{side}: not valid JSON ({err}); delete it to adopt this run's setup") from None
             if not isinstance(stored, dict):
                 raise DataError(f"{side}: expected a JSON object (the setup its records were distilled with)")
-            problem = identity_mismatch(self.path, stored, self.identity)
+            problem = self.mismatch(stored)
             if problem:
                 raise DataError(problem)
             return
         write_json(side, self.identity, sort_keys=True)
+
+    def check_identity(self, identity: dict) -> None:
+        """Check (or give a new file) `identity` once the store is open: for writers that learn part of their setup,
+        such as the teacher, only after finding that work is left."""
+        self.identity = identity
+        self._check_identity()
+
+    def mismatch(self, stored: dict) -> str | None:
+        """Why the records on disk (written under `stored`) must not be resumed by this run; None: they may."""
+        assert self.identity is not None
+        return identity_mismatch(self.path, stored, self.identity)
 
     def __exit__(self, *exc) -> None:
         if self._fh is not None:
@@ -118,10 +137,12 @@ class DistillStore:
         assert self._fh is not None
         data = read_bytes(self.path)
         end = data.rfind(b"\n") + 1  # everything after the last newline is a write cut short by a kill
-        for number, record in _records(self.path, data[:end]):
+        for number, record in _records(self.path, data[:end], self.noun):
             if record["id"] in self.done:
                 raise DataError(f"{self.path}: line {number}: duplicate id {record['id']!r}")
             self.done.add(record["id"])
+            if self.keep_records:
+                self.records.append(record)
             if isinstance(record.get("teacher"), str):
                 self.teachers.add(record["teacher"])
         if end < len(data):
@@ -129,8 +150,8 @@ class DistillStore:
             if tail and not tail.startswith(b"{"):
                 line = data.count(b"\n") + 1
                 raise DataError(
-                    f"{self.path}: line {line}: not a distilled record, nor one cut short by a kill; is this a "
-                    "distilled JSONL file? Fix or delete that line"
+                    f"{self.path}: line {line}: not a {self.noun} record, nor one cut short by a kill; is this a "
+                    f"{self.noun} JSONL file? Fix or delete that line"
                 )
             self.repaired_bytes = len(data) - end
             self._fh.truncate(end)
@@ -148,6 +169,8 @@ class DistillStore:
             return 0
         append_jsonl(self._fh, fresh)
         self.done.update(r["id"] for r in fresh)
+        if self.keep_records:
+            self.records.extend(fresh)
         return len(fresh)
 
 

@@ -120,6 +120,19 @@ def rouge_l(candidate: str, reference: str) -> float:
     return float(_rouge_scorer().score(reference, candidate)["rougeL"].fmeasure)
 
 
+def rouge_tokens(text: str) -> list[str]:
+    """`text` cut into words as rouge-score's default tokenizer does (lower case, alphanumerics only)."""
+    return _rouge_scorer()._tokenizer.tokenize(text)
+
+
+def rouge_l_tokens(candidate: list[str], reference: list[str]) -> float:
+    """`rouge_l` on texts already cut by `rouge_tokens`: for one text against many (self-instruct's dedup against a
+    growing pool) tokenizing each text once is ~50x faster. Uses rouge-score's own LCS, as Stanford Alpaca does."""
+    from rouge_score.rouge_scorer import _score_lcs
+
+    return float(_score_lcs(reference, candidate).fmeasure)
+
+
 def bleu(candidate: str, reference: str) -> float:
     """Sentence BLEU in [0, 1] (sacrebleu's sentence_bleu defaults, which use exponential smoothing)."""
     if not candidate.strip():

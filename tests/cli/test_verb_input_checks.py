@@ -34,6 +34,8 @@ MISSING_MODEL = "unknown model 'gpt-17'"  # its message goes on to list the know
 CASCADE = ["--small", "{model}", "--large", "{model}", "--threshold", "0.5"]
 DISTILL = ["distill", "--stack", "{stack}", "--data", "{data}", "--out", "{tmp}/d.jsonl"]
 FINETUNE = ["finetune", "--stack", "{stack}", "--data", "{distilled}", "--out", "{tmp}/ft"]
+CURATE = ["curate", "--data", "{data}", "--model", "{model}", "--out", "{tmp}/c.json"]
+SYNTH = ["synth", "--out", "{tmp}/s.jsonl", "--seeds", "{seeds}"]
 CASES = [
     # run
     (["run", "--stack", "{bad_model_stack}", "Hi"], "base_model: unknown model 'gpt-17'"),
@@ -95,6 +97,25 @@ CASES = [
     ([*FINETUNE, "--precision", "fp8"], "--precision 'fp8'"),
     ([*FINETUNE, "--save-dtype", "bf8"], "--save-dtype 'bf8': expected float32 or float16"),
     ([*FINETUNE, "--out", "{file}/ft"], "is a file, not a folder"),
+    # curate: options, files and records are checked before the scoring model loads
+    ([*CURATE, "--keep", "0"], "--keep must be a fraction in (0, 1]"),
+    ([*CURATE, "--by", "quality"], "--by quality needs --labels"),
+    ([*CURATE, "--by", "vibes"], "--by 'vibes': choose one of perplexity, quality, both"),
+    ([*CURATE, "--plot", "{tmp}/h.jpg"], "expected a .png"),
+    ([*CURATE, "--labels", "{missing}"], "labels file not found"),
+    ([*CURATE, "--data", "{missing}"], "data file not found"),
+    ([*CURATE, "--data", "{file}"], "a-file: line 1: malformed JSON"),
+    ([*CURATE, "--labels", "{data}"], "alpaca.json: record 1: field 'label' must be good or bad"),
+    ([*CURATE, "--model", "gpt-17"], "--model: " + MISSING_MODEL),
+    ([*CURATE, "--out", "{file}/c.json"], "is a file, not a folder"),
+    # synth: the seed tasks and teacher options are checked before a teacher is built
+    (["synth", "--out", "{tmp}/s.jsonl"], "seed_tasks.jsonl: seed tasks file not found"),
+    ([*SYNTH, "--seeds", "{distilled}"], "distilled.jsonl: line 1: field 'instruction' must be a non-empty string"),
+    ([*SYNTH, "--similarity", "1.5"], "--similarity must be in (0, 1]"),
+    ([*SYNTH, "--teacher", "gpt-17"], "--teacher: " + MISSING_MODEL),
+    ([*SYNTH, "--teacher-model", "m"], "go with --teacher-url"),
+    ([*SYNTH, "--teacher-url", "ftp://x", "--teacher-model", "m"], "must start with http"),
+    ([*SYNTH, "--timeout", "0"], "--timeout must be > 0"),
     # usage errors are one line too
     (["fintune"], "No such command 'fintune'"),
     (["run", "--bogus", "Hi"], "No such option: --bogus"),
@@ -116,6 +137,8 @@ def outcomes(tiny_model_dir, tmp_path_factory) -> dict[str, dict]:
     (tmp / "alpaca.json").write_text(json.dumps([{"instruction": "Two plus two?", "input": "", "output": "4"}]))
     (tmp / "distilled.jsonl").write_text(json.dumps({"id": "a", "prompt": "p", "targets": {"answer": "x"}}) + "\n")
     (tmp / "a-file").write_text("not a folder\n")
+    seed = {"instruction": "Give three tips.", "instances": [{"input": "", "output": "Sleep."}]}
+    (tmp / "seeds.jsonl").write_text(json.dumps(seed) + "\n")
     names = {
         "model": tiny_model_dir,
         "stack": tmp / "stack.yaml",
@@ -125,6 +148,7 @@ def outcomes(tiny_model_dir, tmp_path_factory) -> dict[str, dict]:
         "file": tmp / "a-file",
         "data": tmp / "alpaca.json",
         "distilled": tmp / "distilled.jsonl",
+        "seeds": tmp / "seeds.jsonl",
         "tmp": tmp,
     }
     argvs = [[a.format(**names) for a in argv] for argv, _ in CASES]

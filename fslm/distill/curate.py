@@ -1,0 +1,343 @@
+"""Curation by a small proxy model: score every instruction record, keep the best fraction.
+
+Two signals, both cheap next to training on the data:
+
+* perplexity: the small model's mean negative log-likelihood per token of the output given the instruction (through
+  the Engine protocol's `score`), lower = more likely = kept first. Outputs a small model finds likely are the ones it
+  can learn from; very unlikely ones are often noise, another language or garbled text.
+* quality (optional): a logistic regression on all-MiniLM-L6-v2 sentence embeddings, trained on a labelled file of
+  good and bad examples the user gives; the probability of "good", higher = kept first.
+
+Scores go to a resumable JSONL (one line per record, fsynced per batch, the DistillStore pattern), so a killed run
+continues where it stopped and a rerun with another --keep only re-selects. At the end the kept records (same format
+as the input) and the scores file (now with rank and kept) are each written whole and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fslm.distill.quality import QualityClassifier, labels_digest, record_text
+from fslm.distill.store import DistillStore, read_distilled
+from fslm.engine import Engine, load_engine
+from fslm.errors import ConfigError, DataError
+from fslm.extras import require
+from fslm.io import JsonError, atomic_file, decode_text, loads_json, read_bytes, write_atomic, write_jsonl
+from fslm.tasks.instructions import default_data_path, load_instructions
+
+SIGNALS = ("perplexity", "quality", "both")
+DEFAULT_SCORER = "smollm2-135m"
+
+
+@dataclass
+class CurateOptions:
+    keep: float = 0.5  # fraction of the scorable records kept (ignored when `top` is set)
+    top: int | None = None  # keep exactly the best N instead of a fraction
+    by: str | None = None  # perplexity, quality or both (mean of the two rank percentiles); None: both with labels
+    labels: str | Path | None = None  # labelled good/bad examples that train the quality classifier
+    batch_size: int = 16  # records scored per engine call (and per fsync)
+
+
+@dataclass
+class CurateReport:
+    out: str
+    scores: str
+    format: str  # "alpaca" or "distilled"
+    model: str
+    records: int  # unique records in the input
+    duplicates: int  # duplicate records skipped (Alpaca input)
+    unscorable: dict[str, int] = field(default_factory=dict)  # reason -> records never kept
+    already_scored: int = 0
+    scored: int = 0  # scored by this run
+    kept: int = 0
+    by: str = "perplexity"
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> distribution summary
+    cutoff: dict[str, float] = field(default_factory=dict)  # signal -> its worst value among the kept records
+    repaired_bytes: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    index: int  # position in the input file
+    prompt: str
+    output: str
+    raw: dict  # the record exactly as read, written back unchanged when kept
+
+
+class ScoreStore(DistillStore):
+    noun = "score"
+    verb = "fslm curate"
+    keep_records = True
+
+    def mismatch(self, stored: dict) -> str | None:
+        """Scores from another model or classifier cannot be ranked together with this run's."""
+        assert self.identity is not None
+        changed = sorted(k for k in set(stored) | set(self.identity) if stored.get(k) != self.identity.get(k))
+        if not changed:
+            return None
+        shown = "; ".join(f"{k}: file has {stored.get(k)!r}, this run has {self.identity.get(k)!r}" for k in changed)
+        return f"{self.path}: its scores came from a different setup ({shown}); delete it or pass another --scores"
+
+
+def scores_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".scores.jsonl")
+
+
+def read_candidates(path: str | Path) -> tuple[str, list[Candidate], int, int]:
+    """(format, candidates, duplicates, unusable distilled records) of an Alpaca file or a distilled JSONL; format is
+    "json" (an Alpaca JSON list), "jsonl" (Alpaca JSONL) or "distilled", and the kept records are written back in it.
+
+    A distilled record's text is its prompt and the stage targets in stage order; only records distill kept count."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found (expected Alpaca JSON/JSONL or a distilled JSONL)")
+    text = decode_text(path, read_bytes(path))
+    if _first_object(text).get("targets") is not None:
+        return _distilled(path)
+    items, duplicates = load_instructions(path)
+    if text.lstrip().startswith("["):
+        fmt, raw = "json", loads_json(text)
+    else:
+        fmt, raw = "jsonl", [loads_json(line) for line in text.split("\n") if line.strip()]
+    out = [Candidate(it.id, it.index, it.prompt, it.output or "", raw[it.index]) for it in items]
+    return fmt, out, duplicates, 0
+
+
+def _first_object(text: str) -> dict:
+    """The first line as a JSON object when the file is JSONL starting with one, else {} (let the reader complain)."""
+    first = text.lstrip().split("\n", 1)[0]
+    if not first.startswith("{"):
+        return {}
+    try:
+        value = loads_json(first)
+    except JsonError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _distilled(path: Path) -> tuple[str, list[Candidate], int, int]:
+    out, unusable = [], 0
+    for index, rec in enumerate(read_distilled(path)):
+        line = rec.pop("_line")
+        targets = rec.get("targets")
+        if not isinstance(targets, dict) or not all(isinstance(t, str) for t in targets.values()):
+            raise DataError(f"{path}: line {line}: field 'targets' must be an object of stage name -> text")
+        if not isinstance(rec.get("prompt"), str):
+            raise DataError(f"{path}: line {line}: field 'prompt' must be a string")
+        if not rec.get("kept"):
+            unusable += 1
+            continue
+        out.append(Candidate(rec["id"], index, rec["prompt"], "\n\n".join(targets.values()), rec))
+    return "distilled", out, 0, unusable
+
+
+def _resolve_by(options: CurateOptions) -> str:
+    by = options.by or ("both" if options.labels is not None else "perplexity")
+    if by not in SIGNALS:
+        raise ConfigError(f"--by {by!r}: choose one of {', '.join(SIGNALS)}")
+    if by != "perplexity" and options.labels is None:
+        raise ConfigError(f"--by {by} needs --labels: a file of good and bad examples to train the quality classifier")
+    return by
+
+
+def check_options(options: CurateOptions) -> str:
+    if options.top is not None and options.top < 1:
+        raise ConfigError(f"--top must be >= 1, got {options.top}")
+    if not 0 < options.keep <= 1:
+        raise ConfigError(f"--keep must be a fraction in (0, 1], got {options.keep}")
+    if options.batch_size < 1:
+        raise ConfigError("batch size must be >= 1")
+    return _resolve_by(options)
+
+
+def _score_batch(engine: Engine, batch: Sequence[Candidate], quality: QualityClassifier | None) -> list[dict]:
+    rows: list[dict] = [{"id": c.id, "index": c.index} for c in batch]
+    limit = engine.context_window - 1
+    todo = []
+    for row, c in zip(rows, batch):
+        if not c.output.strip():
+            row["unscorable"] = "no_output"
+        elif engine.count_tokens(c.output) > limit:
+            row["unscorable"] = "too_long"
+        else:
+            todo.append((row, c))
+    if todo:
+        contexts = [engine.render_chat([{"role": "user", "content": c.prompt}]) for _, c in todo]
+        for (row, _), score in zip(todo, engine.score(contexts, [c.output for _, c in todo]), strict=True):
+            row["nll"] = round(-score.logprob / score.n_tokens, 6)
+            row["tokens"] = score.n_tokens
+        if quality is not None:
+            probs = quality.predict([record_text(c.prompt, c.output) for _, c in todo])
+            for (row, _), p in zip(todo, probs, strict=True):
+                row["quality"] = round(float(p), 6)
+    return rows
+
+
+def _percentiles(values: Sequence[float], higher_better: bool) -> list[float]:
+    """Each value's rank percentile in (0, 1], 1 = best; ties share their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i], reverse=higher_better)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = 1 - (i + j) / 2 / len(values)
+        i = j + 1
+    return ranks
+
+
+def select(rows: list[dict], by: str, keep: float, top: int | None) -> list[dict]:
+    """Add `rank` (1 = best; unscorable rows last, unranked) and `kept` to every row; returns the rows."""
+    scorable = [r for r in rows if "unscorable" not in r]
+    if scorable:
+        parts = []
+        if by in ("perplexity", "both"):
+            parts.append(_percentiles([r["nll"] for r in scorable], higher_better=False))
+        if by in ("quality", "both"):
+            parts.append(_percentiles([r["quality"] for r in scorable], higher_better=True))
+        merit = [sum(p[i] for p in parts) / len(parts) for i in range(len(scorable))]
+        order = sorted(range(len(scorable)), key=lambda i: -merit[i])  # stable: ties keep file order
+        n = min(top, len(scorable)) if top is not None else max(1, math.floor(keep * len(scorable) + 1e-9))
+        for rank, i in enumerate(order, 1):
+            scorable[i]["rank"] = rank
+            scorable[i]["kept"] = rank <= n
+    for r in rows:
+        r.setdefault("rank", None)
+        r.setdefault("kept", False)
+    return rows
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Count, mean and quantiles (linear interpolation) of one score."""
+    v = sorted(values)
+    if not v:
+        return {"count": 0}
+
+    def q(p: float) -> float:
+        x = p * (len(v) - 1)
+        lo = math.floor(x)
+        return v[lo] + (v[min(lo + 1, len(v) - 1)] - v[lo]) * (x - lo)
+
+    stats = {"count": len(v), "mean": sum(v) / len(v), "min": v[0]}
+    stats.update({f"p{p}": q(p / 100) for p in (10, 25, 50, 75, 90)})
+    stats["max"] = v[-1]
+    return {k: (n if k == "count" else round(n, 4)) for k, n in stats.items()}
+
+
+def curate(
+    data: str | Path | None,
+    out: str | Path,
+    *,
+    model: str | Engine = DEFAULT_SCORER,
+    scores: str | Path | None = None,
+    options: CurateOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    plot: str | Path | None = None,
+    dtype: str = "float32",
+    backend: str = "hf",
+) -> CurateReport:
+    """Python twin of `fslm curate`. `model` is the small scoring model: an Engine, or a reference loaded only once
+    the input validated and records are left to score. `progress(done, total)` follows every fsynced batch."""
+    options = options or CurateOptions()
+    by = check_options(options)
+    data = Path(data) if data is not None else default_data_path()
+    fmt, candidates, duplicates, unusable = read_candidates(data)
+    scores = Path(scores) if scores is not None else scores_path(out)
+    if Path(out).resolve() in (Path(data).resolve(), scores.resolve()) or Path(data).resolve() == scores.resolve():
+        raise ConfigError(f"--out {out}, the data and --scores {scores} must be three different files")
+    if plot is not None:
+        require("eval", "--plot")  # matplotlib
+    digest = labels_digest(options.labels) if options.labels is not None else None  # validates the file, too
+    ref = model if isinstance(model, str) else model.model_ref
+    t0 = time.perf_counter()
+    report = CurateReport(str(out), str(scores), fmt, ref, len(candidates), duplicates, by=by)
+    if unusable:
+        report.unscorable["filtered_by_distill"] = unusable
+    identity = {"model": ref, "quality": digest}
+    with ScoreStore(scores, identity) as store:
+        todo = [c for c in candidates if c.id not in store.done]
+        report.repaired_bytes = store.repaired_bytes
+        report.already_scored = len(candidates) - len(todo)
+        if progress:
+            progress(0, len(todo))
+        if todo:  # models load only now: a rerun that only re-selects loads none
+            quality = QualityClassifier.train(options.labels) if options.labels is not None else None
+            engine = model if not isinstance(model, str) else load_engine(model, dtype=dtype, backend=backend)
+            for start in range(0, len(todo), options.batch_size):
+                report.scored += store.append(_score_batch(engine, todo[start : start + options.batch_size], quality))
+                if progress:
+                    progress(report.scored, len(todo))
+        rows = {r["id"]: {k: v for k, v in r.items() if k not in ("rank", "kept", "stale")} for r in store.records}
+    final = select([rows[c.id] for c in candidates], by, options.keep, options.top)
+    wanted = {c.id for c in candidates}
+    stray = [r for r in rows.values() if r["id"] not in wanted]  # scored for another input: stays on file, unranked
+    _fill_report(report, final, options.labels is not None)
+    kept_ids = {r["id"] for r in final if r["kept"]}
+    kept = [c.raw for c in candidates if c.id in kept_ids]  # input order
+    if fmt == "json":
+        write_atomic(out, json.dumps(kept, indent=4, ensure_ascii=False) + "\n")
+    else:
+        write_jsonl(out, kept)
+    write_jsonl(scores, [*final, *({**r, "rank": None, "kept": False, "stale": True} for r in stray)])
+    if plot is not None:
+        plot_scores(plot, final, by)
+    report.seconds = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def _fill_report(report: CurateReport, final: list[dict], with_quality: bool) -> None:
+    for r in final:
+        if "unscorable" in r:
+            report.unscorable[r["unscorable"]] = report.unscorable.get(r["unscorable"], 0) + 1
+    scorable = [r for r in final if "unscorable" not in r]
+    winners = [r for r in scorable if r["kept"]]
+    report.kept = len(winners)
+    report.summary["nll"] = summarize([r["nll"] for r in scorable])
+    if with_quality:
+        report.summary["quality"] = summarize([r["quality"] for r in scorable])
+    if winners:
+        report.cutoff["nll"] = max(r["nll"] for r in winners)
+        if with_quality:
+            report.cutoff["quality"] = min(r["quality"] for r in winners)
+
+
+def plot_scores(path: str | Path, rows: list[dict], by: str) -> None:
+    """Histogram of each score, kept and dropped records stacked, written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scorable = [r for r in rows if "unscorable" not in r]
+    signals = [("nll", "mean NLL per output token (lower = kept first)")]
+    if scorable and "quality" in scorable[0]:
+        signals.append(("quality", "P(good) from the quality classifier"))
+    fig, axes = plt.subplots(1, len(signals), figsize=(6 * len(signals), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], signals):
+        kept = [r[key] for r in scorable if r["kept"]]
+        dropped = [r[key] for r in scorable if not r["kept"]]
+        ax.hist([kept, dropped], bins=30, stacked=True, label=["kept", "dropped"], color=["tab:green", "tab:gray"])
+        ax.set_xlabel(label)
+        ax.set_ylabel("records")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"fslm curate: {len(scorable)} records scored, ranked by {by}")
+    fig.tight_layout()
+    try:
+        with atomic_file(path) as fh:
+            fig.savefig(fh, dpi=110, format="png")
+    finally:
+        plt.close(fig)
