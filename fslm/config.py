@@ -15,6 +15,7 @@ from fslm.errors import ConfigError
 from fslm.generation import GenerationParams
 from fslm.io import load_yaml, read_text
 from fslm.stages.blocks import RetrieveConfig, ScoreConfig, ToolConfig
+from fslm.stages.endpoint_config import EndpointConfig
 from fslm.stages.graph import CASES, conditional_stages, find_cycle, run_cases, topological_order, waves
 from fslm.stages.kinds_config import (
     ANSWER_KINDS,
@@ -39,7 +40,7 @@ NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 KINDS = ("retrieve", "score", "tool", "verify", "vote", "escalate")
 # Fields added with the stage graph: left out of a dump while unset, so the digests of existing stacks (distillation
 # identity, experiment fingerprints, evaluation config hashes) stay what they were.
-GRAPH_FIELDS = ("score", "tool", "model", "when", "final", "verify", "vote", "escalate")
+GRAPH_FIELDS = ("score", "tool", "model", "when", "final", "verify", "vote", "escalate", "endpoint")
 
 
 class StageConfig(BaseModel):
@@ -86,6 +87,11 @@ class StageConfig(BaseModel):
         description="run only on prompts with (or without) options, or only when a stage's confidence is below (or at "
         "or above) a threshold ({confidence_of: pick, below: 0.3}); otherwise the stage is skipped",
     )
+    endpoint: EndpointConfig | None = Field(
+        None,
+        description="run this stage on an OpenAI-compatible server instead of a local model (docs/stacks.md, "
+        "'Stages on an OpenAI-compatible endpoint'); default: the stack's `endpoint:`",
+    )
     final: bool = Field(
         False,
         description="this stage's text may be the answer: the last final stage that ran gives it. No stage marked: "
@@ -123,6 +129,12 @@ class StageConfig(BaseModel):
                 self.kind, "is not distilled"
             )
             raise ValueError(f"{', '.join(extra)}: a {self.kind} stage {runs}; remove {' and '.join(extra)}")
+        if self.endpoint is not None and not self.runs_model:
+            raise ValueError(
+                f"endpoint: a {self.kind} stage runs no model of this stack"
+                + (" (it escalates to another stack, which names its own)" if self.kind == "escalate" else "")
+                + "; remove endpoint"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -206,6 +218,11 @@ class StackConfig(BaseModel):
     chat_template: bool = Field(True, description="render stage inputs with the model's chat template")
     max_prompt_tokens: int = Field(2048, ge=1, description="longer user prompts are rejected, never silently cut")
     description: str = ""
+    endpoint: EndpointConfig | None = Field(
+        None,
+        description="run every model stage (and the base model) on this OpenAI-compatible server; a stage's own "
+        "`endpoint:` takes precedence. Nothing of the base model is loaded locally",
+    )
     stages: list[StageConfig] = Field(..., min_length=1)
 
     @field_validator("engine", mode="before")
@@ -343,8 +360,35 @@ class StackConfig(BaseModel):
         cases, finals = self.run_cases(), {s.name for s in self.final_stages}
         return self.stage([n for n in self.trace_order if n in finals and case in cases[n]][-1])
 
+    def stage_endpoint(self, stage: StageConfig) -> EndpointConfig | None:
+        """The server a model stage runs on: its own `endpoint:`, else the stack's; None means a local engine."""
+        if not stage.runs_model:
+            return None
+        return stage.endpoint or self.endpoint
+
     def stage_model(self, stage: StageConfig) -> str:
-        return stage.model or self.base_model
+        """The reference of the engine `stage` runs on: its model (default: base_model), or for a stage on an
+        endpoint that endpoint's served name @ URL (`EndpointConfig.ref`)."""
+        model = stage.model or self.base_model
+        endpoint = self.stage_endpoint(stage)
+        return endpoint.ref(model) if endpoint is not None else model
+
+    @property
+    def base_ref(self) -> str:
+        """The reference of the stack's base engine: base_model, or its endpoint ref under a stack `endpoint:`."""
+        return self.endpoint.ref(self.base_model) if self.endpoint is not None else self.base_model
+
+    def endpoint_engines(self) -> dict[str, tuple[str, EndpointConfig]]:
+        """Engine reference -> (served model name, endpoint) for every engine of the stack that is a server."""
+        found: dict[str, tuple[str, EndpointConfig]] = {}
+        if self.endpoint is not None:
+            found[self.base_ref] = (self.endpoint.served_model(self.base_model), self.endpoint)
+        for stage in self.stages:
+            endpoint = self.stage_endpoint(stage)
+            if endpoint is not None:
+                model = stage.model or self.base_model
+                found.setdefault(endpoint.ref(model), (endpoint.served_model(model), endpoint))
+        return found
 
     def scores_options(self, stage: StageConfig) -> bool:
         """Whether the stage's text is one of the prompt's options and its record carries option scores: a score
@@ -364,8 +408,8 @@ class StackConfig(BaseModel):
 
     @property
     def models(self) -> list[str]:
-        """Every model the stack runs, the base model first, each once."""
-        return list(dict.fromkeys([self.base_model] + [self.stage_model(s) for s in self.stages if s.runs_model]))
+        """Every engine reference the stack runs (`stage_model`), the base model's first, each once."""
+        return list(dict.fromkeys([self.base_ref] + [self.stage_model(s) for s in self.stages if s.runs_model]))
 
     def adapter_path(self, stage: StageConfig) -> Path | None:
         if stage.adapter is None:

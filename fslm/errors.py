@@ -23,3 +23,12 @@ class DataError(FslmError):
 
 class InputError(FslmError):
     """A prompt or request that cannot be served (empty, too long)."""
+
+
+class EndpointError(FslmError):
+    """An OpenAI-compatible server that could not answer (unreachable, HTTP errors after retries, a stall past the
+    timeout, a refused request); the message names the URL. `status` is the HTTP status of a refusal, if any."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status

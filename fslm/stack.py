@@ -19,11 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from fslm.config import StackConfig, StageConfig, load_default_stack_config, load_stack_config
-from fslm.engine import Engine, Generation, GenerationParams, load_engine
+from fslm.engine import Engine, Generation, GenerationParams
 from fslm.errors import InputError
 from fslm.stack_cache import StageCache, cacheable
 from fslm.stack_checks import check_adapters
 from fslm.stages.conditions import skip_reason, when_text
+from fslm.stages.endpoint_config import load_stack_engine
 from fslm.stages.escalate import escalate_records, load_escalations
 from fslm.stages.inputs import raw_text, stage_labels, stage_messages, stage_user_text
 from fslm.stages.records import ReadyRecords, StackResult, StageRecord, generation_record, skipped_record
@@ -72,8 +73,9 @@ def check_prompt_text(prompt: object) -> str:
 
 
 class Stack:
-    """A graph of stages on shared engines: one engine per distinct model (`engines`, by model reference), each
-    stage's LoRA adapter added to the engine of its stage's model. `engine` is the base model's."""
+    """A graph of stages on shared engines: one engine per distinct model (`engines`, by model reference; a stage
+    on an OpenAI-compatible `endpoint:` gets the "openai" engine, fslm/engine/endpoint.py), each stage's LoRA adapter
+    added to the engine of its stage's model. `engine` is the base model's."""
 
     def __init__(
         self,
@@ -88,10 +90,10 @@ class Stack:
         self.engine = engine
         self.cache = cache  # greedy stage outputs already generated (by this stack or one sharing a stage) are reused
         check_adapters(config)
-        self.engines: dict[str, Engine] = {config.base_model: engine, **(engines or {})}
+        self.engines: dict[str, Engine] = {config.base_ref: engine, **(engines or {})}
         for ref in config.models:  # each model once, shared by every stage that names it
             if ref not in self.engines:
-                self.engines[ref] = load_engine(ref, dtype=config.dtype, backend=backend or config.engine)
+                self.engines[ref] = load_stack_engine(config, ref, backend=backend)
         self.retrievers = load_retrievers(config)
         for stage in config.stages:
             path = config.adapter_path(stage)
@@ -126,7 +128,7 @@ class Stack:
         if not adapters:
             cfg = cfg.without_adapters()
         check_adapters(cfg)  # before the (slow) model load
-        engine = engine or load_engine(cfg.base_model, dtype=cfg.dtype, backend=backend or cfg.engine)
+        engine = engine or load_stack_engine(cfg, cfg.base_ref, backend=backend)
         return cls(cfg, engine, backend=backend)
 
     @property
@@ -367,11 +369,12 @@ class Stack:
         found: dict[str, Generation] = {}
         if self.cache is not None and cacheable(params):
             dtype = getattr(engine, "dtype", None)
+            served = self.config.stage_endpoint(stage) is not None and stage.adapter is not None
             keys = [
-                self.cache.key(
-                    model=engine.model_ref,
+                self.cache.key(  # a served adapter is known by its served name (its folder is the server's)
+                    model=engine.model_ref + (f"#{stage.name}" if served else ""),
                     dtype=dtype,
-                    adapter=self.config.adapter_path(stage),
+                    adapter=None if served else self.config.adapter_path(stage),
                     text=text,
                     params=params,
                 )

@@ -28,7 +28,7 @@ def check_adapters(cfg: StackConfig, _seen: frozenset[Path] = frozenset()) -> No
                 "`fslm retrieve corpus` then `fslm retrieve index`)"
             )
         path = cfg.adapter_path(stage)
-        if path is None:
+        if path is None or cfg.stage_endpoint(stage) is not None:  # an endpoint's adapters are on its server
             continue
         try:
             check_adapter_folder(path)
@@ -37,9 +37,10 @@ def check_adapters(cfg: StackConfig, _seen: frozenset[Path] = frozenset()) -> No
 
 
 def check_models(cfg: StackConfig) -> None:
-    """Every stage `model:` names a model on this machine (or the hub); nothing is loaded."""
+    """Every stage `model:` names a model on this machine (or the hub); nothing is loaded. A stage on an endpoint
+    names a model its server serves: not checked here (no request is sent)."""
     for i, stage in enumerate(cfg.stages):
-        if stage.model is None or stage.model == cfg.base_model:
+        if stage.model is None or stage.model == cfg.base_model or cfg.stage_endpoint(stage) is not None:
             continue
         try:
             resolve(stage.model)

@@ -1,30 +1,24 @@
 """Teachers write the stage texts that students are distilled from, behind one small protocol.
 
 Two backends: a local model (anything `load_engine` resolves, run batched) and any OpenAI-compatible chat-completions
-endpoint (vLLM, Ollama, a hosted API) reached with httpx under bounded concurrency, timeouts and tenacity retries.
+endpoint (vLLM, Ollama, a hosted API) through fslm.engine.http, the client the endpoint engine uses too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
-
 from fslm.cpu import apply_threads
 from fslm.engine import Engine, GenerationParams, load_engine
-from fslm.errors import ConfigError, FslmError
+from fslm.engine.http import CHAT, OpenAIClient, api_key_from_env, request_options
+from fslm.errors import ConfigError, EndpointError
 
 Messages = Sequence[dict[str, str]]
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class TeacherError(FslmError):
+class TeacherError(EndpointError):
     """The teacher could not answer (endpoint down, bad key, retries exhausted). Finished records are kept."""
 
 
@@ -68,16 +62,8 @@ class LocalTeacher:
         pass
 
 
-class _Retryable(Exception):
-    """A transient answer from the server (5xx, 429, garbled body): try again after a backoff."""
-
-
-def _retryable(err: BaseException) -> bool:
-    return isinstance(err, (_Retryable, httpx.TransportError))
-
-
 class HTTPTeacher:
-    """OpenAI-compatible `/chat/completions` with at most `concurrency` requests in flight."""
+    """OpenAI-compatible `/chat/completions` with at most `concurrency` requests in flight (fslm.engine.http)."""
 
     def __init__(
         self,
@@ -90,107 +76,42 @@ class HTTPTeacher:
         attempts: int = 6,
         max_backoff: float = 8.0,
     ):
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"teacher URL {base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)"
-            )
-        if concurrency < 1 or attempts < 1:
-            raise ConfigError("teacher concurrency and attempts must be >= 1")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.client = OpenAIClient(
+            base_url,
+            api_key=api_key,
+            concurrency=concurrency,
+            timeout=timeout,
+            attempts=attempts,
+            max_backoff=max_backoff,
+            what="teacher",
+            error=TeacherError,
+            hint="finished records are saved, rerun the same command to resume",
+        )
+        self.url = self.client.url(CHAT)
         self.model = model
-        self.api_key = api_key
-        self.concurrency = concurrency
-        self.timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
-        self.attempts = attempts
-        self.max_backoff = max_backoff
-        self.id = f"http:{model}@{base_url.rstrip('/')}"
-        self.retries = 0  # transient failures survived, for reports and tests
+        self.id = f"http:{model}@{self.client.base_url}"
+
+    @property
+    def retries(self) -> int:
+        """Transient failures survived, for reports and tests."""
+        return self.client.retries
 
     def _body(self, messages: Messages, params: GenerationParams) -> dict:
-        body: dict = {
-            "model": self.model,
-            "messages": list(messages),
-            "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-        }
-        if params.temperature > 0 and params.top_p < 1.0:
-            body["top_p"] = params.top_p
-        if params.stop:
-            body["stop"] = list(params.stop)[:4]  # the OpenAI API accepts at most 4
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if params.repetition_penalty != 1.0:
-            body["repetition_penalty"] = params.repetition_penalty  # vLLM/Ollama extension; omitted when unused
-        return body
-
-    async def _one(
-        self, client: httpx.AsyncClient, gate: asyncio.Semaphore, messages: Messages, params: GenerationParams
-    ) -> TeacherReply:
-        body = self._body(messages, params)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential(multiplier=0.2, max=self.max_backoff) + wait_random(0, min(0.2, self.max_backoff)),
-            retry=retry_if_exception(_retryable),
-            before_sleep=lambda _state: self._count_retry(),
-            reraise=True,
-        )
-        async with gate:
-            async for attempt in retrying:
-                with attempt:
-                    t0 = time.perf_counter()
-                    response = await client.post(self.url, json=body)
-                    return self._parse(response, time.perf_counter() - t0)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _count_retry(self) -> None:
-        self.retries += 1
-
-    def _parse(self, response: httpx.Response, seconds: float) -> TeacherReply:
-        if response.status_code in RETRY_STATUS:
-            raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}")
-        if response.status_code >= 400:
-            raise TeacherError(
-                f"teacher {self.url} answered HTTP {response.status_code}: {response.text[:300]} "
-                "(check the URL, the model name and the API key variable)"
-            )
-        try:
-            data = response.json()
-            choice = data["choices"][0]
-            text = choice["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise _Retryable(f"malformed chat-completions body ({type(err).__name__}): {response.text[:200]}") from None
-        reason = "length" if choice.get("finish_reason") == "length" else "stop"
-        usage = data.get("usage") or {}
-        return TeacherReply(text.strip(), seconds, reason, usage.get("completion_tokens"))
-
-    async def _all(self, requests: Sequence[Messages], params: GenerationParams) -> list[TeacherReply]:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        gate = asyncio.Semaphore(self.concurrency)
-        async with httpx.AsyncClient(timeout=self.timeout, headers=headers, limits=limits) as client:
-            return await asyncio.gather(*(self._one(client, gate, m, params) for m in requests))
+        return {"model": self.model, "messages": list(messages), **request_options(params)}
 
     def generate(self, requests: Sequence[Messages], params: GenerationParams) -> list[TeacherReply]:
-        try:
-            return asyncio.run(self._all(requests, params))
-        except (_Retryable, httpx.TransportError) as err:
-            raise TeacherError(
-                f"teacher {self.url} still failing after {self.attempts} attempts ({type(err).__name__}: {err}); "
-                "finished records are saved, rerun the same command to resume"
-            ) from None
+        return self.client.post_all([(CHAT, self._body(m, params)) for m in requests], _reply)
 
     def close(self) -> None:
         pass
 
 
-def api_key_from_env(var: str | None) -> str | None:
-    """The API key lives in an env var the USER names (never on the command line, never in a file)."""
-    if not var:
-        return None
-    value = os.environ.get(var)
-    if not value:
-        raise ConfigError(f"--api-key-env {var}: the environment variable {var} is not set or empty")
-    return value
+def _reply(data: dict, seconds: float) -> TeacherReply:
+    choice = data["choices"][0]
+    text = choice["message"]["content"] or ""
+    reason = "length" if choice.get("finish_reason") == "length" else "stop"
+    usage = data.get("usage") or {}
+    return TeacherReply(text.strip(), seconds, reason, usage.get("completion_tokens"))
 
 
 def make_teacher(

@@ -164,7 +164,7 @@ def test_partial_runs_stop_before_the_excluded_stage_and_its_readers(stack):
 
 
 def test_each_stage_model_is_loaded_once_and_gets_its_adapters(tiny_model_dir, tiny_adapters, monkeypatch):
-    import fslm.stack
+    import fslm.engine
     from fslm.engine import load_engine
 
     loads = []
@@ -173,7 +173,7 @@ def test_each_stage_model_is_loaded_once_and_gets_its_adapters(tiny_model_dir, t
         loads.append((ref, dtype, backend))
         return Counting(load_engine(str(tiny_model_dir)), model_ref=ref)
 
-    monkeypatch.setattr(fslm.stack, "load_engine", fake_load)
+    monkeypatch.setattr(fslm.engine, "load_engine", fake_load)  # what fslm.stages.endpoint_config calls
     data = copy.deepcopy(CFG)
     data["stages"][0].update(model="other", adapter=str(tiny_adapters["intent"]))
     data["stages"][1]["model"] = "other"

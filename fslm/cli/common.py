@@ -187,7 +187,10 @@ def check_dtype(dtype: str, what: str = "--dtype") -> None:
         raise InputError(f"{what} {dtype!r}: expected float32 or bfloat16 (or float16)")
 
 
-ENGINE_HELP = "Inference engine: hf (transformers + PEFT, the reference), llamacpp (llama.cpp, fslm[fast]) or auto."
+ENGINE_HELP = (
+    "Inference engine: hf (transformers + PEFT, the reference), llamacpp (llama.cpp, fslm[fast]), openai (a server "
+    "at $OPENAI_BASE_URL) or auto."
+)
 
 
 def engine_option(default: str | None = None, help: str = ENGINE_HELP) -> Any:
@@ -217,7 +220,8 @@ def check_stack(path: Path | str | None, *, adapters: bool = True) -> StackConfi
     if not adapters:
         cfg = cfg.without_adapters()
     check_adapters(cfg)
-    check_model(cfg.base_model, f"{cfg.source_path or 'stack'}: base_model")
+    if cfg.endpoint is None and cfg.engine != "openai":  # else the base model is a name a server serves
+        check_model(cfg.base_model, f"{cfg.source_path or 'stack'}: base_model")
     return cfg
 
 

@@ -52,6 +52,10 @@ def graph_notes(cfg: StackConfig) -> list[str]:
     lines = [f"  runs: {waves}"]
     if len(cfg.models) > 1:
         lines.append(f"  models: {', '.join(cfg.models)}")
+    on_servers = [s.name for s in cfg.stages if cfg.stage_endpoint(s) is not None]
+    if on_servers:
+        urls = sorted({cfg.stage_endpoint(s).base_url for s in cfg.stages if s.name in on_servers})  # type: ignore[union-attr]
+        lines.append(f"  endpoint: {', '.join(on_servers)} run on {', '.join(urls)} (not contacted by validate)")
     for stage in cfg.stages:
         if stage.escalate is not None:
             esc = stage.escalate

@@ -7,7 +7,8 @@ An engine holds ONE copy of a base model plus any number of named LoRA adapters,
 - optionally (`StreamingEngine`, both backends) generate while reporting each row's text token by token.
 
 Backends: `hf.py` (transformers + PEFT, the reference) and `llamacpp.py` (llama.cpp on GGUF weights); both implement
-the same protocol, so nothing above this package changes with the backend. `registry.py` finds them, and engines
+the same protocol, so nothing above this package changes with the backend. `endpoint.py` ("openai") implements it
+over an OpenAI-compatible HTTP server (vLLM, llama-server, Ollama, a hosted API, `fslm serve`). `registry.py` finds them, and engines
 that other packages add, by name (docs/engine.md, "Writing an engine plugin").
 """
 
@@ -111,9 +112,15 @@ def generate_streaming(
     return made
 
 
-BACKENDS = ("hf", "llamacpp", "auto")  # the built-in names; `engine_names()` adds installed and registered engines
+BACKENDS = (
+    "hf",
+    "llamacpp",
+    "openai",
+    "auto",
+)  # the built-in names; `engine_names()` adds installed and registered engines
 BACKEND_HELP = (
-    "hf (transformers + PEFT, the reference), llamacpp (llama.cpp on GGUF, needs fslm[fast]), auto, "
+    "hf (transformers + PEFT, the reference), llamacpp (llama.cpp on GGUF, needs fslm[fast]), openai (an "
+    "OpenAI-compatible server at $OPENAI_BASE_URL), auto, "
     "or an engine plugin (docs/engine.md)"
 )
 

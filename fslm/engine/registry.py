@@ -25,6 +25,7 @@ AUTO = "auto"
 BUILTIN = {
     "hf": "fslm.engine.hf:HFEngine.from_ref",
     "llamacpp": "fslm.engine.llamacpp:LlamaCppEngine.from_ref",
+    "openai": "fslm.engine.endpoint:EndpointEngine.from_ref",  # an OpenAI-compatible server (fslm/engine/endpoint.py)
 }
 
 EngineFactory = Callable[..., Any]  # (model_ref, *, dtype, **options) -> Engine

@@ -20,6 +20,7 @@ from fslm.evaluate.prompts import PROMPT_VERSION, item_choices, raw_notes, stack
 from fslm.evaluate.scoring import cut_at, norm_length
 from fslm.stack import Stack
 from fslm.stack_cache import StageCache
+from fslm.stages.endpoint_config import load_stack_engine
 from fslm.tasks import Item, build_context
 
 Shots = Mapping[str, Sequence[Item]]  # item id -> few-shot examples for it
@@ -177,7 +178,7 @@ class StackSystem:
 
     @property
     def params_touched(self) -> int:
-        others = sum(int(e.params) for ref, e in self.stack.engines.items() if ref != self.stack.config.base_model)
+        others = sum(int(e.params) for ref, e in self.stack.engines.items() if ref != self.stack.config.base_ref)
         return int(self.engine.params) + others + sum(_adapter_params(p) for p in self._adapter_paths())
 
     def _adapter_paths(self) -> list[Path]:
@@ -421,11 +422,11 @@ def load_system(
     path = default_stack_path() if str(stack) == "default" else Path(str(stack))
     cfg = load_stack_config(path)
     if base:
-        engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype, backend=backend or cfg.engine)
+        engine = load_stack_engine(cfg, cfg.base_ref, backend=backend, dtype=dtype)
         return ModelSystem(engine, name=f"model:{cfg.base_model}", load_seconds=round(time.perf_counter() - t0, 2))
     if not adapters:
         cfg = cfg.without_adapters()
-    engine = load_engine(cfg.base_model, dtype=dtype or cfg.dtype, backend=backend or cfg.engine)
+    engine = load_stack_engine(cfg, cfg.base_ref, backend=backend, dtype=dtype)
     cache = StageCache(stage_cache) if stage_cache is not None else None
     return StackSystem(
         Stack(cfg, engine, cache=cache, backend=backend),

@@ -47,11 +47,11 @@ def load_escalations(stack, backend: str | None) -> dict[str, Escalation]:
             sub = load_stack_config(path)
             adapted = {sub.stage_model(s) for s in sub.stages if s.adapter is not None}
             shared = {ref: e for ref, e in stack.engines.items() if ref not in adapted}
-            base = shared.get(sub.base_model)
+            base = shared.get(sub.base_ref)
             if base is None:
-                from fslm.engine import load_engine
+                from fslm.stages.endpoint_config import load_stack_engine
 
-                base = load_engine(sub.base_model, dtype=sub.dtype, backend=backend or sub.engine)
+                base = load_stack_engine(sub, sub.base_ref, backend=backend)
             nested = type(stack)(sub, base, stack.cache, engines=shared, backend=backend)
         out[stage.name] = Escalation(load_threshold(cfg, stage), nested)
     return out

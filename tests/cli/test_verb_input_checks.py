@@ -40,7 +40,10 @@ CASES = [
     # run
     (["run", "--stack", "{bad_model_stack}", "Hi"], "base_model: unknown model 'gpt-17'"),
     (["run", "--stack", "{stack}", "\udcff\udcfe"], "undecodable byte"),
-    (["run", "--stack", "{stack}", "--engine", "vllm", "Hi"], "unknown engine 'vllm'; choose hf, llamacpp, auto"),
+    (
+        ["run", "--stack", "{stack}", "--engine", "vllm", "Hi"],
+        "unknown engine 'vllm'; choose hf, llamacpp, openai, auto",
+    ),
     (["serve", "--stack", "{stack}", "--engine", "gpu"], "unknown engine 'gpu'"),
     # generate
     (["generate", "-m", "{model}", "-n", "0", "Hi"], "--max-new-tokens"),

@@ -338,7 +338,7 @@ def test_load_engine_picks_the_backend_by_name(tiny_model_dir):
     from fslm.errors import FslmError
 
     assert isinstance(load_engine(str(tiny_model_dir), backend="hf"), HFEngine)
-    with pytest.raises(FslmError, match="unknown engine 'vllm'; choose hf, llamacpp, auto"):
+    with pytest.raises(FslmError, match="unknown engine 'vllm'; choose hf, llamacpp, openai, auto"):
         load_engine(str(tiny_model_dir), backend="vllm")
     auto = load_engine(str(tiny_model_dir), backend="auto")
     try:
