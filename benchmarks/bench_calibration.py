@@ -285,9 +285,7 @@ def main() -> None:
     args = ap.parse_args()
     results = args.results.resolve()
     names = sorted(
-        p.name
-        for p in (results / "select").iterdir()
-        if has_items(p) and has_items(results / "runs" / p.name)
+        p.name for p in (results / "select").iterdir() if has_items(p) and has_items(results / "runs" / p.name)
     )
     if MAIN_SYSTEM in names:
         names.remove(MAIN_SYSTEM)

@@ -153,4 +153,6 @@ def test_a_served_adapter_is_the_stage_name_and_its_outputs_are_cached(tiny_engi
             again = stack.run(QUESTION)
             assert cache.hits == 2 and up.hits == 1  # facts and answer both from the cache the second time
     assert first.answer == again.answer == "served by answer" and up.bodies[0]["model"] == "answer"
-    assert first.trace[1].adapter == "answer" and stack.engine_for(stack.config.stage("answer")).adapters() == ["answer"]
+    assert first.trace[1].adapter == "answer" and stack.engine_for(stack.config.stage("answer")).adapters() == [
+        "answer"
+    ]
