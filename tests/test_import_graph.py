@@ -34,6 +34,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("fslm.finetune.pairs", "fslm.evaluate.prompts"): (
         "raw-scoring pairs must be rendered exactly as the evaluation renders items, so they use its one renderer"
     ),
+    ("fslm.distill.synth", "fslm.evaluate.metrics"): (
+        "self-instruct deduplicates with the same ROUGE-L that scores generation tasks, so there is one implementation"
+    ),
 }
 
 
