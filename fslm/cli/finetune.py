@@ -9,10 +9,21 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fslm.cli.common import LazyProgress, check_file, check_output, check_stack, console, out, print_json
+from fslm.cli.common import (
+    LazyProgress,
+    check_file,
+    check_model,
+    check_output,
+    check_stack,
+    console,
+    default_of,
+    out,
+    print_json,
+)
 from fslm.errors import ConfigError, InputError
 from fslm.finetune.options import (  # torch-free: checked before training loads
     ALL_PROJECTIONS,
+    CHOICE_QUESTIONS,
     PRECISIONS,
     SAVE_DTYPES,
     TrainOptions,
@@ -33,6 +44,8 @@ def render_report(report: FinetuneReport) -> None:
         table.add_column(col, justify="left" if col in ("stage", "note") else "right", no_wrap=col != "note")
     for name, s in report.stages.items():
         note = s.get("skipped") or (f"resumed at step {s['resumed_from_step']}" if s.get("resumed_from_step") else "")
+        if "final_kd" in s:  # distillation: the two parts of the final loss
+            note = f"kd {s['final_kd']:.3f}, hard {s['final_hard']:.3f}" + (f"; {note}" if note else "")
         table.add_row(
             name,
             str(s["examples"]),
@@ -61,8 +74,39 @@ def check_stages(cfg: StackConfig, chosen: list[str] | None, pairs: bool) -> Non
         raise InputError("--pairs trains one stage: name it with --stages (e.g. --stages answer)")
 
 
+def check_kd(
+    options: TrainOptions, data: Path | None, pairs: bool, tasks: str | None, chosen: list[str] | None
+) -> None:
+    """The distillation flags agree with each other and with the data flags, before any model loads."""
+    options.validate()
+    choice = options.distilling and options.kd_level == "choice"
+    if options.kd is not None:
+        check_model(options.kd, "--kd")
+    if options.kd_adapter is not None and not Path(options.kd_adapter).is_dir():
+        raise InputError(f"--kd-adapter {options.kd_adapter}: not a folder (a PEFT LoRA adapter folder)")
+    if choice:
+        if pairs:
+            raise InputError("--kd-level choice draws its own questions from --tasks; it takes no --pairs")
+        if data is not None:
+            raise InputError("--kd-level choice draws its questions from --tasks; it reads no --data")
+        if not tasks:
+            raise InputError("--kd-level choice needs --tasks (multiple-choice tasks with a train/dev split)")
+        if not chosen or len(chosen) != 1:
+            raise InputError("--kd-level choice trains one stage: name it with --stages (e.g. --stages answer)")
+        from fslm.tasks.splits import parse_tasks
+
+        parse_tasks(tasks)
+        return
+    if tasks:
+        raise InputError("--tasks is read by --kd-level choice only")
+    if data is None:
+        raise InputError("--data is required (a distilled file, or pairs with --pairs)")
+
+
 def finetune_command(
-    data: Path = typer.Option(..., "--data", help="Distilled JSONL written by `fslm distill`."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Distilled JSONL written by `fslm distill` (not with --kd-level choice)."
+    ),
     out_dir: Path = typer.Option(
         ..., "--out", "-o", help="Folder for stack.yaml, adapters/, train_log.json, loss.png."
     ),
@@ -88,6 +132,29 @@ def finetune_command(
     save_dtype: str = typer.Option(
         DEFAULTS.save_dtype, "--save-dtype", help="Adapter file storage: float32 | float16 (half the size)."
     ),
+    kd: str | None = typer.Option(
+        None, "--kd", help="Teacher model to distil from (frozen): the loss mixes its soft targets with the data's."
+    ),
+    kd_adapter: str | None = typer.Option(None, "--kd-adapter", help="A LoRA adapter folder the teacher runs with."),
+    kd_temperature: float = typer.Option(
+        default_of(TrainOptions, "kd_temperature"), "--kd-temperature", help="Softens both distributions (> 0)."
+    ),
+    kd_mix: float = typer.Option(
+        default_of(TrainOptions, "kd_mix"),
+        "--kd-mix",
+        help="Share of the KD term in the loss (0..1); the rest is hard CE.",
+    ),
+    kd_level: str = typer.Option(
+        default_of(TrainOptions, "kd_level"),
+        "--kd-level",
+        help="token: next-token distributions (one tokenizer); choice: option scores on --tasks questions (any teacher).",
+    ),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="--kd-level choice: comma-separated multiple-choice tasks (train/dev splits only)."
+    ),
+    kd_questions: int = typer.Option(
+        CHOICE_QUESTIONS, "--kd-questions", min=1, help="--kd-level choice: questions in all, a share per task."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     pairs: bool = typer.Option(
         False,
@@ -105,13 +172,6 @@ def finetune_command(
     if not split_names(targets):
         raise InputError("--targets names no module; e.g. --targets q_proj,v_proj")
     chosen = split_names(stages) or None
-    cfg = check_stack(stack, adapters=False)  # its adapters are what this trains
-    check_stages(cfg, chosen, pairs)
-    check_file(data, "pairs file" if pairs else "distilled file")
-    check_output(out_dir, "--out", folder=True)
-
-    from fslm.finetune import finetune, finetune_pairs
-
     options = TrainOptions(
         rank=rank,
         alpha=alpha,
@@ -125,7 +185,21 @@ def finetune_command(
         precision=precision,
         threads=threads,
         save_dtype=save_dtype,
+        kd=kd,
+        kd_adapter=kd_adapter,
+        kd_temperature=kd_temperature,
+        kd_mix=kd_mix,
+        kd_level=kd_level,
     )
+    check_kd(options, data, pairs, tasks, chosen)
+    cfg = check_stack(stack, adapters=False)  # its adapters are what this trains
+    check_stages(cfg, chosen, pairs)
+    if data is not None:
+        check_file(data, "pairs file" if pairs else "distilled file")
+    check_output(out_dir, "--out", folder=True)
+
+    from fslm.finetune import finetune, finetune_choice_kd, finetune_pairs
+
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -136,17 +210,23 @@ def finetune_command(
         TimeRemainingColumn(),
     ]
     with LazyProgress(*columns, console=console, disable=json_output) as bar:  # shown from the first step
-        tasks: dict[str, int] = {}
+        bars: dict[str, int] = {}
 
         def progress(stage: str, step: int, total: int, loss: float) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, loss="-")
-            bar.update(tasks[stage], completed=step, total=total, loss=f"{loss:.3f}")
+            if stage not in bars:
+                bars[stage] = bar.add_task(stage, total=total, loss="-")
+            bar.update(bars[stage], completed=step, total=total, loss=f"{loss:.3f}")
 
-        if pairs:
-            assert chosen is not None  # check_stages
+        if options.distilling and options.kd_level == "choice":
+            assert chosen is not None  # check_kd
+            report = finetune_choice_kd(
+                stack, chosen[0], out_dir, options, tasks=tasks, questions=kd_questions, progress=progress
+            )
+        elif pairs:
+            assert chosen is not None and data is not None  # check_stages, check_kd
             report = finetune_pairs(stack, chosen[0], data, out_dir, options, progress=progress)
         else:
+            assert data is not None  # check_kd
             report = finetune(stack, data, out_dir, options, stages=chosen, progress=progress)
     if json_output:
         print_json(report.to_dict())

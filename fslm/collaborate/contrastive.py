@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fslm.collaborate.speculative import same_tokenizer
-from fslm.engine import Generation, GenerationParams, TransformersEngine, require_transformers
+from fslm.engine import Generation, GenerationParams, TransformersEngine, require_transformers, same_tokenizer
 from fslm.engine.decode import cut_at_stop
 from fslm.errors import InputError
 

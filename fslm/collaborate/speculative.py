@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fslm.engine import EngineStats, Generation, GenerationParams, Score, TransformersEngine, require_transformers
+from fslm.engine import (
+    EngineStats,
+    Generation,
+    GenerationParams,
+    Score,
+    TransformersEngine,
+    require_transformers,
+    same_tokenizer,
+)
 from fslm.engine.decode import GeneratedNoRepeatNGram, PromptOnlyRepetitionPenalty, cut_at_stop
 from fslm.errors import InputError
 
@@ -51,13 +59,6 @@ class SpecGeneration(Generation):
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_out / self.seconds if self.seconds > 0 else 0.0
-
-
-def same_tokenizer(a, b) -> bool:
-    """True when two tokenizers map every string to the same ids (same vocabulary and special tokens)."""
-    if a is b:
-        return True
-    return a.get_vocab() == b.get_vocab() and a.all_special_tokens == b.all_special_tokens
 
 
 @contextlib.contextmanager

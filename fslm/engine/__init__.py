@@ -195,6 +195,14 @@ class TransformersEngine(Engine, Protocol):
         ...
 
 
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """True when two tokenizers map every string to the same ids (same vocabulary and special tokens): what
+    token-level decoding and distillation across two models need."""
+    if a is b:
+        return True
+    return a.get_vocab() == b.get_vocab() and a.all_special_tokens == b.all_special_tokens
+
+
 def require_transformers(engine: object, purpose: str) -> TransformersEngine:
     """`engine` if it exposes its transformers model; else one InputError saying `purpose` needs the hf engine."""
     from fslm.errors import InputError
@@ -225,4 +233,5 @@ __all__ = [
     "load_engine",
     "register_engine",
     "require_transformers",
+    "same_tokenizer",
 ]

@@ -8,9 +8,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from fslm.finetune.options import ALL_PROJECTIONS, PRECISIONS, SAVE_DTYPES, TrainOptions
+from fslm.finetune.options import ALL_PROJECTIONS, KD_LEVELS, PRECISIONS, SAVE_DTYPES, TrainOptions
 
 if TYPE_CHECKING:
+    from fslm.finetune.choice_kd import finetune_choice_kd
     from fslm.finetune.examples import (
         Example,
         StageData,
@@ -47,6 +48,7 @@ _LAZY = {
         "run",
     ),
     **dict.fromkeys(("cpu_has_bf16", "plan_batches"), "trainer"),
+    "finetune_choice_kd": "choice_kd",
 }
 
 
@@ -61,6 +63,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ALL_PROJECTIONS",
+    "KD_LEVELS",
     "PRECISIONS",
     "SAVE_DTYPES",
     "Example",
@@ -70,6 +73,7 @@ __all__ = [
     "build_examples",
     "cpu_has_bf16",
     "finetune",
+    "finetune_choice_kd",
     "finetune_pairs",
     "lora_param_count",
     "pair_examples",

@@ -10,6 +10,9 @@ from fslm.errors import ConfigError
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama-style names
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast where the CPU has native bf16
 SAVE_DTYPES = ("float32", "float16")  # adapter file storage; training itself stays fp32
+KD_LEVELS = ("token", "choice")  # token: teacher logits per target token (one tokenizer); choice: option scores
+CHOICE_QUESTIONS = 200  # choice-level distillation: questions drawn in all, a share per task
+KD_FIELDS = ("kd", "kd_adapter", "kd_temperature", "kd_mix", "kd_level")
 
 
 @dataclass
@@ -34,6 +37,16 @@ class TrainOptions:
     threads: int | None = None  # fixed thread count; None: settings.threads, else picked by load (auto_threads)
     auto_threads: bool = True
     save_dtype: str = "float32"  # adapter file storage: float16 halves the size (training stays fp32)
+    # distillation from a frozen teacher (docs/distill.md, "Knowledge distillation"); None: plain cross-entropy
+    kd: str | None = None  # teacher model reference
+    kd_adapter: str | None = None  # a LoRA adapter folder the teacher runs with
+    kd_temperature: float = 2.0  # both distributions are softened by it; the KD term is scaled by its square
+    kd_mix: float = 0.5  # loss = mix * KD + (1 - mix) * hard cross-entropy
+    kd_level: str = "token"  # token | choice
+
+    @property
+    def distilling(self) -> bool:
+        return self.kd is not None
 
     def math_fingerprint(self) -> dict:
         """Options a checkpoint must agree with to be resumed (speed options may change between runs)."""
@@ -50,6 +63,8 @@ class TrainOptions:
             "seed",
             "bucketing",
         )
+        if self.distilling:  # only then: checkpoints made without a teacher keep their fingerprint
+            keep += KD_FIELDS
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
 
     def validate(self) -> None:
@@ -68,3 +83,13 @@ class TrainOptions:
             raise ConfigError(f"--precision {self.precision!r}: expected {', '.join(PRECISIONS)}")
         if self.save_dtype not in SAVE_DTYPES:
             raise ConfigError(f"--save-dtype {self.save_dtype!r}: expected {' or '.join(SAVE_DTYPES)}")
+        if not self.kd_temperature > 0:  # also refuses NaN
+            raise ConfigError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
+        if not 0 <= self.kd_mix <= 1:
+            raise ConfigError(f"--kd-mix must be between 0 and 1 (the KD term's share of the loss), got {self.kd_mix}")
+        if self.kd_level not in KD_LEVELS:
+            raise ConfigError(f"--kd-level {self.kd_level!r}: expected {' or '.join(KD_LEVELS)}")
+        if self.kd is not None and not self.kd.strip():
+            raise ConfigError("--kd names no teacher model")
+        if self.kd is None and (self.kd_adapter is not None or self.kd_level != "token"):
+            raise ConfigError("--kd-adapter and --kd-level need a teacher: --kd MODEL")

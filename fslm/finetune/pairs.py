@@ -47,11 +47,14 @@ def choice_tasks(tasks: str | Sequence[str] | None = None) -> list[str]:
     return [t for t in parse_tasks(tasks) if get_task(t).kind != "generate"]
 
 
-def training_pool(task: str, reserved: Reserved, eval_reserve: int = EVAL_RESERVE) -> list[Item]:
-    """The task's items a tail corpus may hold, in file order: its train/dev splits, then its evaluation split past
-    the first `eval_reserve` items; nothing `reserved` names."""
+def training_pool(
+    task: str, reserved: Reserved, eval_reserve: int = EVAL_RESERVE, *, eval_tail: bool = True
+) -> list[Item]:
+    """The task's items a tail corpus may hold, in file order: its train/dev splits, then (with `eval_tail`) its
+    evaluation split past the first `eval_reserve` items; nothing `reserved` names."""
     pool = [item for split in corpus_splits(task) for item in load_task(task, split=split)]
-    pool += select_items(task, None)[eval_reserve:]
+    if eval_tail:
+        pool += select_items(task, None)[eval_reserve:]
     return [item for item in pool if not reserved.hits(item.id, item.question)]
 
 
@@ -62,16 +65,24 @@ def pick_questions(
     seed: int = 0,
     heldout_keep: int = HELDOUT_KEEP,
     eval_reserve: int = EVAL_RESERVE,
+    dev_only: bool = False,
 ) -> list[Item]:
-    """An equal share of `records` from each choice task's pool, drawn with `seed` (the same data, the same draw)."""
+    """An equal share of `records` from each choice task's pool, drawn with `seed` (the same data, the same draw).
+    `dev_only`: train/dev splits alone, minus every question of an evaluation split, not only its first items."""
     names = choice_tasks(tasks)
     if not names:
-        raise ConfigError("no multiple-choice task to draw scoring pairs from")
+        raise ConfigError("no multiple-choice task to draw questions from")
+    if dev_only and not all(corpus_splits(task) for task in names):
+        with_dev = [t for t in choice_tasks(None) if corpus_splits(t)]
+        raise ConfigError(
+            f"--tasks: {', '.join(t for t in names if not corpus_splits(t))} has no train/dev split (its only split "
+            f"is evaluated); tasks with one: {', '.join(with_dev)}"
+        )
     share = -(-records // len(names))
-    reserved = reserved_items(heldout_keep, eval_reserve)
+    reserved = reserved_items(heldout_keep, None if dev_only else eval_reserve)
     chosen: list[Item] = []
     for task in names:
-        pool = training_pool(task, reserved, eval_reserve)
+        pool = training_pool(task, reserved, eval_reserve, eval_tail=not dev_only)
         keep = set(random.Random(f"{seed}:{task}").sample(range(len(pool)), min(share, len(pool))))
         chosen += [item for i, item in enumerate(pool) if i in keep]
     return chosen
@@ -81,6 +92,23 @@ def build_pairs(cfg: StackConfig, items: Sequence[Item]) -> list[dict]:
     """One {id, task, context, continuation} pair per question. When the stack's first stage retrieves (e.g.
     retrieve -> answer), its passages come first, as the evaluation's notes line; otherwise the raw context alone (a
     scorer that reads the question as the base model does)."""
+    rows = []
+    for row in build_choice_rows(cfg, items):
+        gold = row["gold"]
+        rows.append(
+            {
+                "id": row["id"],
+                "task": row["task"],
+                "context": row["contexts"][gold],
+                "continuation": row["continuations"][gold],
+            }
+        )
+    return rows
+
+
+def build_choice_rows(cfg: StackConfig, items: Sequence[Item]) -> list[dict]:
+    """Every option of each question as the raw formats score it: {id, task, gold, contexts, continuations}, one
+    context per option (the same text unless the item has per-option contexts), notes as in `build_pairs`."""
     stage = cfg.stages[0]
     notes = [""] * len(items)
     if stage.is_retrieval:
@@ -91,9 +119,17 @@ def build_pairs(cfg: StackConfig, items: Sequence[Item]) -> list[dict]:
         notes = [raw_notes(cfg, {stage.name: record.output}) for record in records]
     rows = []
     for item, note in zip(items, notes, strict=True):
-        gold = int(item.gold)
-        context = note + build_context(item, (), choice=gold if item.contexts else None)
-        rows.append({"id": item.id, "task": item.task, "context": context, "continuation": item.continuations[gold]})
+        choices = range(len(item.continuations))
+        contexts = [note + build_context(item, (), choice=i if item.contexts else None) for i in choices]
+        rows.append(
+            {
+                "id": item.id,
+                "task": item.task,
+                "gold": int(item.gold),
+                "contexts": contexts,
+                "continuations": list(item.continuations),
+            }
+        )
     return rows
 
 
@@ -116,4 +152,12 @@ def write_scoring_pairs(
     return PairsReport(str(out), len(rows), dict(Counter(r["task"] for r in rows)), seed)
 
 
-__all__ = ["PairsReport", "build_pairs", "choice_tasks", "pick_questions", "training_pool", "write_scoring_pairs"]
+__all__ = [
+    "PairsReport",
+    "build_choice_rows",
+    "build_pairs",
+    "choice_tasks",
+    "pick_questions",
+    "training_pool",
+    "write_scoring_pairs",
+]

@@ -26,7 +26,8 @@ from fslm.engine import load_engine, require_transformers
 from fslm.errors import ConfigError, DataError
 from fslm.finetune.checkpoint import load_done, mark_done
 from fslm.finetune.examples import StageData, build_examples, pair_examples, usable_pairs, usable_records
-from fslm.finetune.trainer import StageResult, TrainOptions, mean_loss, train_stage
+from fslm.finetune.kd import check_token_teacher, load_teacher, token_kd_loss
+from fslm.finetune.trainer import LossFn, StageResult, TrainOptions, mean_loss, train_stage
 from fslm.io import atomic_file, iter_jsonl, write_atomic, write_json
 
 
@@ -103,7 +104,8 @@ def plot_losses(log: dict, path: Path) -> None:
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step (within the stage)")
-    ax.set_ylabel("target-token cross-entropy")
+    kd = log.get("options", {}).get("kd")
+    ax.set_ylabel(f"mixed loss (KD from {kd} + cross-entropy)" if kd else "target-token cross-entropy")
     ax.set_title(f"LoRA fine-tuning of stack {log['stack']!r}")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -125,10 +127,13 @@ def finetune(
     engine=None,
     eval_loss: bool = False,
     progress: Callable[[str, int, int, float], None] | None = None,
+    teacher=None,
 ) -> FinetuneReport:
-    """Python twin of `fslm finetune`. Rerunning with the same arguments resumes (finished stages are skipped)."""
+    """Python twin of `fslm finetune`. Rerunning with the same arguments resumes (finished stages are skipped).
+    With `options.kd` the loss mixes in token-level distillation from that teacher (`teacher`: its engine, loaded)."""
     options = options or TrainOptions()
     options.validate()
+    _token_level(options)
     cfg = (
         stack
         if isinstance(stack, StackConfig)
@@ -155,6 +160,7 @@ def finetune(
     engine = require_transformers(engine or load_engine(cfg.base_model, dtype="float32"), "LoRA fine-tuning")
     base = engine.base_model
     pad_id = _pad_id(engine)
+    loss_fn = _objective(options, engine, pad_id, teacher)
     t0 = time.perf_counter()
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(records))
     log = {"stack": cfg.name, "base_model": cfg.base_model, "data": str(data), "options": asdict(options), "stages": {}}
@@ -173,6 +179,7 @@ def finetune(
                 report,
                 eval_loss,
                 progress,
+                loss_fn,
             )
     _write_trained(full, out, [n for n in names if n in log["stages"]], log, report, t0)
     return report
@@ -200,13 +207,15 @@ def finetune_pairs(
     *,
     engine=None,
     progress: Callable[[str, int, int, float], None] | None = None,
+    teacher=None,
 ) -> FinetuneReport:
     """Train `stage`'s adapter on (context, continuation) pairs (`read_pairs`): the loss is the continuation's
     log-probability after the context, exactly what `engine.score` measures, so the adapter is fit to be scored on
     raw contexts (`--answer-format raw-adapter`), not to reply in the stage's chat format. Resumes like `finetune`;
-    the other stages keep their adapters (by absolute path) in out/stack.yaml."""
+    the other stages keep their adapters (by absolute path) in out/stack.yaml. `options.kd`: as for `finetune`."""
     options = options or TrainOptions()
     options.validate()
+    _token_level(options)
     cfg = (
         stack
         if isinstance(stack, StackConfig)
@@ -223,6 +232,7 @@ def finetune_pairs(
     rows = read_pairs(data)
     engine = require_transformers(engine or load_engine(cfg.base_model, dtype="float32"), "LoRA fine-tuning")
     pad_id = _pad_id(engine)
+    loss_fn = _objective(options, engine, pad_id, teacher)
     t0 = time.perf_counter()
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(rows))
     log = {
@@ -247,9 +257,27 @@ def finetune_pairs(
         report,
         False,
         progress,
+        loss_fn,
     )
     _write_trained(cfg, out, [stage], log, report, t0)
     return report
+
+
+def _token_level(options: TrainOptions) -> None:
+    if options.distilling and options.kd_level != "token":
+        raise ConfigError(
+            "--kd-level choice distils option scores on task questions: fslm finetune --kd-level choice --tasks ... "
+            "(Python: fslm.finetune.finetune_choice_kd)"
+        )
+
+
+def _objective(options: TrainOptions, engine, pad_id: int, teacher) -> LossFn | None:
+    """The token-level distillation loss when `options.kd` names a teacher (loaded here unless given), else None."""
+    if not options.distilling:
+        return None
+    loaded = load_teacher(options, teacher)
+    check_token_teacher(engine, loaded)
+    return lambda model, batch, bf16: token_kd_loss(model, loaded, batch, pad_id, options, bf16)
 
 
 def _pad_id(engine) -> int:
@@ -269,6 +297,7 @@ def _train_adapter(
     report: FinetuneReport,
     eval_loss: bool,
     progress,
+    loss_fn: LossFn | None = None,
 ) -> object:
     """Train (or resume, or skip when done with the same options and data) one stage's adapter into
     out/adapters/<stage>; returns the base model, back to plain weights."""
@@ -312,6 +341,7 @@ def _train_adapter(
             fingerprint,
             pad_id,
             (lambda step, total, loss, _n=name: progress(_n, step, total, loss)) if progress else None,
+            loss_fn,
         )
         after = mean_loss(peft_model, stage_data.examples, pad_id, options) if eval_loss else None
         _save_adapter(peft_model, out / "adapters" / name, options.save_dtype)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,11 @@ class StageResult:
     def summary(self) -> dict:
         losses = [s["loss"] for s in self.steps]
         k = max(1, min(5, len(losses) // 4))
+        parts = {  # the named parts of a mixed loss (distillation: hard, kd), averaged like final_loss
+            f"final_{name}": round(sum(s[name] for s in self.steps[-k:]) / k, 4)
+            for name in ("hard", "kd")
+            if self.steps and all(name in s for s in self.steps[-k:])
+        }
         return {
             "examples": self.examples,
             "skipped_too_long": self.skipped_too_long,
@@ -88,10 +94,12 @@ class StageResult:
             "seconds": round(self.seconds, 1),
             "resumed_from_step": self.resumed_from,
             "precision": self.precision,
+            **parts,
         }
 
 
-def _tensors(batch: Sequence[Example], pad_id: int):
+def batch_tensors(batch: Sequence[Example], pad_id: int):
+    """(ids, mask, rows, cols, labels): the padded batch and, per target token, the position that predicts it."""
     width = max(ex.length for ex in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -111,7 +119,7 @@ def batch_loss(
     peft_model, batch: Sequence[Example], pad_id: int, options: TrainOptions, bf16: bool
 ) -> tuple[torch.Tensor, int, int]:
     """Mean cross-entropy over the target tokens of a batch; returns (loss, real tokens, target tokens)."""
-    ids, mask, rows, cols, labels = _tensors(batch, pad_id)
+    ids, mask, rows, cols, labels = batch_tensors(batch, pad_id)
     inner = peft_model.get_base_model()
     shortcut = options.target_logits_only and not getattr(inner.config, "final_logit_softcapping", None)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -124,6 +132,19 @@ def batch_loss(
             full[rows, cols + 1] = labels
             loss = peft_model(input_ids=ids, attention_mask=mask, labels=full).loss
     return loss, int(mask.sum()), len(labels)
+
+
+# (peft_model, batch, bf16) -> (loss, real tokens, target tokens, named parts of the loss for the log)
+LossFn = Callable[[Any, Sequence[Any], bool], tuple[torch.Tensor, int, int, dict[str, float]]]
+
+
+def cross_entropy_loss(pad_id: int, options: TrainOptions) -> LossFn:
+    """The plain objective: target-token cross-entropy, no parts."""
+
+    def loss(peft_model, batch, bf16):
+        return (*batch_loss(peft_model, batch, pad_id, options, bf16), {})
+
+    return loss
 
 
 def lora_state(peft_model) -> dict[str, torch.Tensor]:
@@ -140,13 +161,16 @@ def train_stage(
     fingerprint: dict,
     pad_id: int,
     progress: Callable[[int, int, float], None] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> StageResult:
-    """Train the active LoRA adapter of `peft_model` on `examples`, resuming from `checkpoint_dir` when possible."""
+    """Train the active LoRA adapter of `peft_model` on `examples`, resuming from `checkpoint_dir` when possible.
+    `loss_fn` (default: target cross-entropy) may be any objective over a batch of `examples` (distillation)."""
     from peft import set_peft_model_state_dict
 
     result = StageResult(stage=checkpoint_dir.name, examples=len(examples))
     bf16 = use_bf16(options)
     result.precision = "bf16-autocast" if bf16 else "fp32"
+    loss_fn = loss_fn or cross_entropy_loss(pad_id, options)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
     per_epoch = math.ceil(len(examples) / options.batch_size)
@@ -174,7 +198,7 @@ def train_stage(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            loss, tokens, target_tokens = batch_loss(peft_model, batch, pad_id, options, bf16)
+            loss, tokens, target_tokens, parts = loss_fn(peft_model, batch, bf16)
             loss.backward()
             loss = loss.detach()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -186,6 +210,7 @@ def train_stage(
                     "step": step,
                     "epoch": epoch,
                     "loss": round(float(loss), 5),
+                    **{name: round(value, 5) for name, value in parts.items()},  # e.g. hard and kd, apart
                     "lr": lr,
                     "tokens": tokens,
                     "target_tokens": target_tokens,
