@@ -79,7 +79,7 @@ def check_kd(
 ) -> None:
     """The distillation flags agree with each other and with the data flags, before any model loads."""
     options.validate()
-    choice = options.distilling and options.kd_level == "choice"
+    choice = options.kd_level == "choice"
     if options.kd is not None:
         check_model(options.kd, "--kd")
     if options.kd_adapter is not None and not Path(options.kd_adapter).is_dir():
@@ -147,7 +147,8 @@ def finetune_command(
     kd_level: str = typer.Option(
         default_of(TrainOptions, "kd_level"),
         "--kd-level",
-        help="token: next-token distributions (one tokenizer); choice: option scores on --tasks questions (any teacher).",
+        help="token: next-token distributions (one tokenizer); choice: option scores on --tasks questions (any teacher;"
+        " without --kd: the gold options alone, the hard-label baseline).",
     ),
     tasks: str | None = typer.Option(
         None, "--tasks", help="--kd-level choice: comma-separated multiple-choice tasks (train/dev splits only)."
@@ -217,7 +218,7 @@ def finetune_command(
                 bars[stage] = bar.add_task(stage, total=total, loss="-")
             bar.update(bars[stage], completed=step, total=total, loss=f"{loss:.3f}")
 
-        if options.distilling and options.kd_level == "choice":
+        if options.kd_level == "choice":
             assert chosen is not None  # check_kd
             report = finetune_choice_kd(
                 stack, chosen[0], out_dir, options, tasks=tasks, questions=kd_questions, progress=progress

@@ -272,7 +272,7 @@ class ExperimentSpec(_Strict):
         if step is None or not step.writes_stack:
             raise ValueError(
                 f"{where}: {ref!r} is not 'default', a .yaml path, or a step of this spec that writes a stack "
-                "(finetune, finetune_pairs, index with a stack)"
+                "(finetune, finetune_pairs, choice_kd, index with a stack)"
             )
 
     def _check_training(self) -> None:
@@ -287,7 +287,7 @@ class ExperimentSpec(_Strict):
                         raise ValueError(
                             f"{where}.{field}: {value!r} is not a {' or '.join(kinds)} step of this spec or a file path"
                         )
-            if step.kind == "pairs" and step.body.tasks is not None:
+            if step.kind in ("pairs", "choice_kd") and step.body.tasks is not None:
                 from fslm.tasks import get_task
 
                 for i, task in enumerate(step.body.tasks):

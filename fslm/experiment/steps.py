@@ -1,5 +1,5 @@
-"""Training steps of an experiment spec: one of distill, finetune, corpus, index, pairs, finetune_pairs per named
-step. Each is one library call; a step names the steps it reads (their outputs live under <out>/train/<step>/)."""
+"""Training steps of an experiment spec: one of distill, finetune, corpus, index, pairs, finetune_pairs, choice_kd
+per named step. Each is one library call; a step names the steps it reads (their outputs live under <out>/train/<step>/)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,30 @@ class PairsStep(_Strict):
         return _train_options(options)
 
 
+class ChoiceKdStep(_Strict):
+    """`fslm.finetune.finetune_choice_kd`: one stage trained on choice questions of the tasks' train/dev splits, toward
+    a teacher's option distribution (`options.kd`), or on the gold options alone without one (the baseline)
+    (output: train/<step>/stack.yaml + adapters/ + the teacher's scores)."""
+
+    stack: str = Field("default", description="'default', a stack YAML path, or a step's name that writes a stack")
+    stage: str = Field(..., min_length=1)
+    tasks: list[str] = Field(..., min_length=1, description="multiple-choice tasks with a train/dev split")
+    questions: int | None = Field(None, ge=1, description="questions in all, a share per task (default: the library's)")
+    options: dict[str, Any] = Field(default_factory=dict, description="fslm.finetune.TrainOptions fields")
+    teacher_scores: str | None = Field(
+        None,
+        description="start from another choice_kd step's teacher scores (or a scores .jsonl): lines for this teacher "
+        "and these exact questions are reused, the rest scored",
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if options.get("kd_level", "choice") != "choice":
+            raise ValueError("a choice_kd step trains at kd_level 'choice' (leave kd_level out)")
+        return _train_options(options)
+
+
 class CorpusStep(_Strict):
     """`fslm.retrieve.corpus.write_corpus`: solved train/dev questions (and Alpaca) as passages, with every evaluated
     item and the head of every held-out pool left out (output: train/<step>/corpus.jsonl)."""
@@ -107,8 +131,9 @@ def _train_options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-KINDS = ("distill", "finetune", "corpus", "index", "pairs", "finetune_pairs")
-Body = DistillStep | FinetuneStep | CorpusStep | IndexStep | ScoringPairsStep | PairsStep
+KINDS = ("distill", "finetune", "corpus", "index", "pairs", "finetune_pairs", "choice_kd")
+Body = DistillStep | FinetuneStep | CorpusStep | IndexStep | ScoringPairsStep | PairsStep | ChoiceKdStep
+TRAINERS = ("finetune", "finetune_pairs", "choice_kd")  # the kinds that write a trained stack
 
 
 class TrainingStep(_Strict):
@@ -118,6 +143,7 @@ class TrainingStep(_Strict):
     index: IndexStep | None = None
     pairs: ScoringPairsStep | None = None
     finetune_pairs: PairsStep | None = None
+    choice_kd: ChoiceKdStep | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> TrainingStep:
@@ -137,19 +163,21 @@ class TrainingStep(_Strict):
     @property
     def writes_stack(self) -> bool:
         """Whether train/<step>/stack.yaml is an output of this step (systems and steps may name it as a stack)."""
-        return self.kind in ("finetune", "finetune_pairs") or (self.kind == "index" and self.index.stack is not None)
+        return self.kind in TRAINERS or (self.kind == "index" and self.index.stack is not None)
 
     def reads(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """field -> (value, step kinds it may name) for the fields that may name another step."""
         body = self.body
-        stack_kinds = ("finetune", "finetune_pairs", "index")
+        stack_kinds = (*TRAINERS, "index")
         fields: dict[str, tuple[str, tuple[str, ...]]] = {}
-        if isinstance(body, (FinetuneStep, PairsStep, ScoringPairsStep)):
+        if isinstance(body, (FinetuneStep, PairsStep, ScoringPairsStep, ChoiceKdStep)):
             fields["stack"] = (body.stack, stack_kinds)
         if isinstance(body, FinetuneStep):
             fields["data"] = (body.data, ("distill",))
         if isinstance(body, PairsStep):
             fields["pairs"] = (body.pairs, ("pairs",))
+        if isinstance(body, ChoiceKdStep) and body.teacher_scores is not None:
+            fields["teacher_scores"] = (body.teacher_scores, ("choice_kd",))
         if isinstance(body, IndexStep):
             fields["corpus"] = (body.corpus, ("corpus",))
         return fields

@@ -1,5 +1,5 @@
-"""Training steps of an experiment, each one library call: distill, finetune and finetune_pairs (which resume on
-their own), corpus, index and pairs (rebuilt in seconds, written atomically).
+"""Training steps of an experiment, each one library call: distill, finetune, finetune_pairs and choice_kd (which
+resume on their own), corpus, index and pairs (rebuilt in seconds, written atomically).
 
 `train_payload` (parent) resolves a step's paths into a JSON job; `run_training` (worker process) runs it and then
 writes `train/<step>.done.json`, so a step killed halfway is resumed by the library on the next run, and a finished
@@ -12,11 +12,20 @@ from pathlib import Path
 
 from fslm.experiment.plan import marker_path, step_fingerprint
 from fslm.experiment.spec import ExperimentSpec
-from fslm.experiment.steps import CorpusStep, DistillStep, FinetuneStep, IndexStep, PairsStep, ScoringPairsStep
+from fslm.experiment.steps import (
+    ChoiceKdStep,
+    CorpusStep,
+    DistillStep,
+    FinetuneStep,
+    IndexStep,
+    PairsStep,
+    ScoringPairsStep,
+)
 from fslm.experiment.variants import relative_yaml, stack_ref_path, train_dir
 from fslm.io import write_json
 
 DISTILLED, CORPUS, INDEX, PAIRS = "distilled.jsonl", "corpus.jsonl", "index", "pairs.jsonl"
+SCORES_FILE = "kd_teacher_scores.jsonl"  # fslm.finetune.choice_kd.SCORES_FILE (that module imports torch)
 
 
 def distilled_path(spec: ExperimentSpec, step: str) -> Path:
@@ -56,6 +65,8 @@ def train_payload(spec: ExperimentSpec, step: str) -> dict:
             args["data"] = str(distilled_path(spec, data) if data in spec.training else spec.resolve(data))
         elif isinstance(body, PairsStep):
             args["pairs"] = _step_file(spec, body.pairs, PAIRS)
+        elif isinstance(body, ChoiceKdStep) and body.teacher_scores is not None:
+            args["teacher_scores"] = _step_file(spec, body.teacher_scores, SCORES_FILE)
     return {
         "kind": "train",
         "step": step,
@@ -115,6 +126,20 @@ def run_training(payload: dict, progress=None) -> dict:
 
         report = finetune_pairs(
             args["stack"], args["stage"], args["pairs"], args["out"], _options(args["options"]), progress=steps
+        )
+    elif kind == "choice_kd":
+        from fslm.finetune import finetune_choice_kd
+
+        options = _options({**args["options"], "kd_level": "choice"})
+        own = Path(args["out"]) / SCORES_FILE
+        if args["teacher_scores"] and options.distilling and not own.exists():  # a copy: no two writers of one file
+            from fslm.io import read_text, write_atomic
+
+            own.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(own, read_text(Path(args["teacher_scores"])))
+        extra = {"questions": args["questions"]} if args["questions"] is not None else {}
+        report = finetune_choice_kd(
+            args["stack"], args["stage"], args["out"], options, tasks=args["tasks"], progress=steps, **extra
         )
     elif kind == "corpus":
         from fslm.retrieve.corpus import write_corpus

@@ -154,6 +154,8 @@ def choice_kd_loss(
         hard.append(-F.log_softmax(scores, dim=-1)[ex.gold])
         kd.append(kd_term(scores, torch.tensor(ex.teacher), options.kd_temperature))
     hard_t, kd_t = torch.stack(hard).mean(), torch.stack(kd).mean()
+    if not options.distilling:  # the baseline: the gold labels alone, on the same questions and objective
+        return hard_t, tokens, targets, {"hard": float(hard_t.detach())}
     loss = options.kd_mix * kd_t + (1 - options.kd_mix) * hard_t
     return loss, tokens, targets, {"hard": float(hard_t.detach()), "kd": float(kd_t.detach())}
 
@@ -172,11 +174,12 @@ def finetune_choice_kd(
     progress: Callable[[str, int, int, float], None] | None = None,
 ) -> FinetuneReport:
     """Train `stage`'s adapter so its option distribution on `questions` choice questions of `tasks` (train/dev
-    splits; or the given `items`) matches the teacher's (`options.kd`, or the loaded `teacher` engine). Resumes like
-    `finetune`: teacher scores from the cache, training from the last checkpoint."""
+    splits; or the given `items`) matches the teacher's (`options.kd`, or the loaded `teacher` engine). Without a
+    teacher (`options.kd` None) the same questions train on their gold options alone: the hard-label baseline at equal
+    data and compute. Resumes like `finetune`: teacher scores from the cache, training from the last checkpoint."""
     options.validate()
-    if not options.distilling or options.kd_level != "choice":
-        raise ConfigError("choice-level distillation needs a teacher (--kd MODEL) and --kd-level choice")
+    if options.kd_level != "choice":
+        raise ConfigError("choice-level training needs --kd-level choice")
     cfg = (
         stack
         if isinstance(stack, StackConfig)
@@ -195,9 +198,12 @@ def finetune_choice_kd(
     out.mkdir(parents=True, exist_ok=True)
     rows = build_choice_rows(cfg, chosen)
     engine = require_transformers(engine or load_engine(cfg.base_model, dtype="float32"), "LoRA fine-tuning")
-    loaded = load_teacher(options, teacher)
     t0 = time.perf_counter()
-    scores = teacher_scores(loaded, rows, out / SCORES_FILE)
+    if options.distilling:
+        loaded = load_teacher(options, teacher)
+        teacher_id, scores = loaded.id, teacher_scores(loaded, rows, out / SCORES_FILE)
+    else:  # no teacher: its scores are never read (the loss is the hard term alone)
+        teacher_id, scores = None, {row["id"]: [0.0] * len(row["continuations"]) for row in rows}
     data = choice_examples(stage, engine, rows, scores, options.max_length)
     pad_id = _pad_id(engine)
     report = FinetuneReport(str(out), str(out / "stack.yaml"), records=len(rows))
@@ -205,7 +211,7 @@ def finetune_choice_kd(
         "stack": cfg.name,
         "base_model": cfg.base_model,
         "kind": "choice-kd",
-        "teacher": loaded.id,
+        "teacher": teacher_id,
         "tasks": sorted({item.task for item in chosen}),
         "options": asdict(options),
         "stages": {},

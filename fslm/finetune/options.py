@@ -63,7 +63,7 @@ class TrainOptions:
             "seed",
             "bucketing",
         )
-        if self.distilling:  # only then: checkpoints made without a teacher keep their fingerprint
+        if self.distilling or self.kd_level != "token":  # only then: older checkpoints keep their fingerprint
             keep += KD_FIELDS
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
 
@@ -91,5 +91,5 @@ class TrainOptions:
             raise ConfigError(f"--kd-level {self.kd_level!r}: expected {' or '.join(KD_LEVELS)}")
         if self.kd is not None and not self.kd.strip():
             raise ConfigError("--kd names no teacher model")
-        if self.kd is None and (self.kd_adapter is not None or self.kd_level != "token"):
-            raise ConfigError("--kd-adapter and --kd-level need a teacher: --kd MODEL")
+        if self.kd is None and self.kd_adapter is not None:
+            raise ConfigError("--kd-adapter needs a teacher: --kd MODEL")

@@ -105,7 +105,8 @@ def plot_losses(log: dict, path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step (within the stage)")
     kd = log.get("options", {}).get("kd")
-    ax.set_ylabel(f"mixed loss (KD from {kd} + cross-entropy)" if kd else "target-token cross-entropy")
+    plain = "gold-option cross-entropy" if log.get("kind") == "choice-kd" else "target-token cross-entropy"
+    ax.set_ylabel(f"mixed loss (KD from {kd} + cross-entropy)" if kd else plain)
     ax.set_title(f"LoRA fine-tuning of stack {log['stack']!r}")
     ax.legend()
     ax.grid(alpha=0.3)

@@ -69,8 +69,22 @@ def spec_with(**changes) -> dict:
             "options: unknown option",
         ),
         (
+            spec_with(
+                training={
+                    "t": {
+                        "choice_kd": {"stage": "answer", "tasks": ["arc_challenge"], "options": {"kd_level": "token"}}
+                    }
+                }
+            ),
+            "a choice_kd step trains at kd_level 'choice'",
+        ),
+        (
+            spec_with(training={"t": {"choice_kd": {"stage": "answer", "tasks": ["nope"]}}}),
+            "training.t.choice_kd.tasks.0",
+        ),
+        (
             spec_with(training={"t": {}}),
-            "training.t: give exactly one of distill, finetune, corpus, index, pairs, finetune_pairs",
+            "training.t: give exactly one of distill, finetune, corpus, index, pairs, finetune_pairs, choice_kd",
         ),
         (
             spec_with(training={"c": {"distill": {}}, "t": {"index": {"corpus": "c"}}}),

@@ -128,3 +128,67 @@ def test_a_distill_step_feeds_finetune_and_a_failed_step_blocks_the_systems(tiny
     marker = json.loads((out / "train" / "distilled.done.json").read_text())
     assert marker["report"]["written"] == 4
     assert run_experiment(spec, status=True).plan.jobs["train:distilled"].state == "done"
+
+
+def test_choice_kd_steps_train_an_option_scorer_with_and_without_a_teacher(tiny_model_dir, tmp_path):
+    """The teacher's run and the hard-label baseline on the same questions, each evaluated as raw-adapter scorers."""
+    (tmp_path / "stack.yaml").write_text(yaml.safe_dump({**stack_dict(tiny_model_dir), "max_prompt_tokens": 1024}))
+    step = {"stack": "stack.yaml", "stage": "answer", "tasks": ["arc_challenge"], "questions": 4}
+    spec = write_spec(
+        tmp_path,
+        {
+            "name": "kd",
+            "evaluation": {"tasks": ["arc_challenge"], "limit": 2},
+            "training": {
+                "hard-labels": {"choice_kd": {**step, "options": FAST}},
+                "teacher": {"choice_kd": {**step, "options": {**FAST, "kd": str(tiny_model_dir), "kd_mix": 1.0}}},
+            },
+            "systems": {
+                "hard": {"stack": "hard-labels", "answer_format": "raw-adapter"},
+                "soft": {"stack": "teacher", "answer_format": "raw-adapter"},
+            },
+            "comparisons": [["soft", "hard"]],
+        },
+    )
+    run_experiment(spec, jobs=1, isolate=False)
+    out = tmp_path / "exp"
+    hard = json.loads((out / "train" / "hard-labels.done.json").read_text())["report"]
+    soft = json.loads((out / "train" / "teacher.done.json").read_text())["report"]
+    assert hard["records"] == soft["records"] == 4
+    assert "final_kd" not in hard["stages"]["answer"] and soft["stages"]["answer"]["final_kd"] >= 0
+    assert not (out / "train" / "hard-labels" / "kd_teacher_scores.jsonl").exists()
+    assert len((out / "train" / "teacher" / "kd_teacher_scores.jsonl").read_text().splitlines()) == 4
+    for name in ("hard", "soft"):
+        summary = json.loads((out / "runs" / name / "summary.json").read_text())
+        assert summary["adapters_enabled"] and summary["answer_format"] == "raw-adapter" and summary["n_items"] == 2
+
+
+def test_a_choice_kd_step_reuses_another_steps_teacher_scores(tiny_model_dir, tmp_path):
+    """Two mixes of one teacher ask it once: the second step starts from the first one's scores, after it."""
+    from fslm.experiment import train
+    from fslm.finetune.choice_kd import SCORES_FILE
+
+    assert train.SCORES_FILE == SCORES_FILE
+    (tmp_path / "stack.yaml").write_text(yaml.safe_dump({**stack_dict(tiny_model_dir), "max_prompt_tokens": 1024}))
+    step = {"stack": "stack.yaml", "stage": "answer", "tasks": ["arc_challenge"], "questions": 3}
+    teacher = {**FAST, "kd": str(tiny_model_dir)}
+    body = {
+        "name": "kd",
+        "evaluation": {"tasks": ["arc_challenge"], "limit": 1},
+        "training": {"first": {"choice_kd": {**step, "options": teacher}}},
+        "systems": {"s": {"stack": "first", "answer_format": "raw-adapter"}},
+    }
+    run_experiment(write_spec(tmp_path, body), jobs=1, isolate=False)
+    out = tmp_path / "exp" / "train"
+    first = out / "first" / SCORES_FILE
+    lines = [json.loads(line) for line in first.read_text().splitlines()]
+    marked = [{**line, "logprobs": [-7.0 - i for i in range(len(line["logprobs"]))]} for line in lines]
+    first.write_text("".join(json.dumps(line) + "\n" for line in marked))  # scores no model would give
+    second = {**step, "options": {**teacher, "kd_mix": 1.0}, "teacher_scores": "first"}
+    body["training"] = {"second": {"choice_kd": second}, **body["training"]}
+    body["systems"] = {"s": {"stack": "second", "answer_format": "raw-adapter"}}
+    spec = write_spec(tmp_path, body)
+    assert build_plan(load_spec(spec)).jobs["train:second"].deps == ["train:first"]
+    run_experiment(spec, jobs=1, isolate=False)
+    reused = [json.loads(line) for line in (out / "second" / SCORES_FILE).read_text().splitlines()]
+    assert reused == marked  # read, not rescored

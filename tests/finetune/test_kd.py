@@ -61,8 +61,7 @@ def _lora(engine):
         (dict(kd="m", kd_temperature=float("nan")), "--kd-temperature must be > 0"),
         (dict(kd="m", kd_mix=1.5), "--kd-mix must be between 0 and 1"),
         (dict(kd="m", kd_level="sequence"), "--kd-level 'sequence'"),
-        (dict(kd_adapter="a"), "need a teacher"),
-        (dict(kd_level="choice"), "need a teacher"),
+        (dict(kd_adapter="a"), "needs a teacher"),
     ],
 )
 def test_options_validate_the_kd_settings(options, message):
@@ -178,7 +177,7 @@ def test_a_teacher_with_another_tokenizer_is_refused_for_token_kd(tmp_path, stac
         (["--kd", "{teacher}", "--kd-temperature", "0"], "--kd-temperature must be > 0"),
         (["--kd", "{teacher}", "--kd-mix", "-0.1"], "--kd-mix must be between 0 and 1"),
         (["--kd", "{teacher}", "--kd-level", "word"], "--kd-level 'word'"),
-        (["--kd-adapter", "{teacher}"], "need a teacher"),
+        (["--kd-adapter", "{teacher}"], "needs a teacher"),
         (["--kd", "{teacher}", "--kd-adapter", "{missing}"], "not a folder"),
         (["--kd", "{missing}"], "--kd"),
         (["--tasks", "arc_challenge"], "--tasks is read by --kd-level choice only"),
@@ -374,3 +373,21 @@ def test_a_teacher_adapter_is_what_the_teacher_runs_with(fresh_engine, teacher_d
     finally:
         peft_model.unload()
     assert abs(kd[0] - kd[1]) > 1e-3, kd
+
+
+def test_choice_training_without_a_teacher_is_kd_mix_0_with_one(tmp_path, stack_file, fresh_engine, other_tok_dir):
+    """The hard-label baseline trains on exactly what a teacher run trains on, minus the teacher's term."""
+    from safetensors.torch import load_file
+
+    from fslm.engine import load_engine
+
+    items = choice_items(6)
+    plain = TrainOptions(**FAST, kd_level="choice")
+    report = finetune_choice_kd(stack_file, "answer", tmp_path / "plain", plain, items=items, engine=fresh_engine)
+    assert "final_kd" not in report.stages["answer"] and report.stages["answer"]["final_hard"] > 0
+    assert not (tmp_path / "plain" / SCORES_FILE).exists()  # no teacher was asked anything
+    mixed = TrainOptions(**FAST, kd=str(other_tok_dir), kd_level="choice", kd_mix=0.0)
+    other = load_engine(str(other_tok_dir))
+    finetune_choice_kd(stack_file, "answer", tmp_path / "mixed", mixed, items=items, engine=fresh_engine, teacher=other)
+    a, b = (load_file(tmp_path / d / "adapters" / "answer" / "adapter_model.safetensors") for d in ("plain", "mixed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
