@@ -150,6 +150,11 @@ def finetune_command(
         help="token: next-token distributions (one tokenizer); choice: option scores on --tasks questions (any teacher;"
         " without --kd: the gold options alone, the hard-label baseline).",
     ),
+    kd_confidence: float = typer.Option(
+        default_of(TrainOptions, "kd_confidence"),
+        "--kd-confidence",
+        help="--kd-level choice, weak-to-strong: this share of the KD term trains toward the student's own answer.",
+    ),
     tasks: str | None = typer.Option(
         None, "--tasks", help="--kd-level choice: comma-separated multiple-choice tasks (train/dev splits only)."
     ),
@@ -191,6 +196,7 @@ def finetune_command(
         kd_temperature=kd_temperature,
         kd_mix=kd_mix,
         kd_level=kd_level,
+        kd_confidence=kd_confidence,
     )
     check_kd(options, data, pairs, tasks, chosen)
     cfg = check_stack(stack, adapters=False)  # its adapters are what this trains

@@ -147,17 +147,24 @@ def choice_kd_loss(
     """The mixed loss of a batch of questions, averaged over questions; parts {"hard", "kd"} for the log."""
     flat = [option for ex in batch for option in ex.options]
     student, tokens, targets = option_loglikelihoods(peft_model, flat, pad_id, options, bf16)
-    hard, kd, start = [], [], 0
+    hard, kd, own, start = [], [], [], 0
     for ex in batch:
         scores = student[start : start + len(ex.options)]
         start += len(ex.options)
-        hard.append(-F.log_softmax(scores, dim=-1)[ex.gold])
+        log_p = F.log_softmax(scores, dim=-1)
+        hard.append(-log_p[ex.gold])
         kd.append(kd_term(scores, torch.tensor(ex.teacher), options.kd_temperature))
+        own.append(-log_p[int(scores.detach().argmax())])  # the student's own answer, as a hard label
     hard_t, kd_t = torch.stack(hard).mean(), torch.stack(kd).mean()
     if not options.distilling:  # the baseline: the gold labels alone, on the same questions and objective
         return hard_t, tokens, targets, {"hard": float(hard_t.detach())}
+    parts = {"hard": float(hard_t.detach()), "kd": float(kd_t.detach())}
+    if options.kd_confidence:  # Burns et al.'s auxiliary confidence loss: trust the strong student where it is sure
+        own_t = torch.stack(own).mean()
+        kd_t = (1 - options.kd_confidence) * kd_t + options.kd_confidence * own_t
+        parts["own"] = float(own_t.detach())
     loss = options.kd_mix * kd_t + (1 - options.kd_mix) * hard_t
-    return loss, tokens, targets, {"hard": float(hard_t.detach()), "kd": float(kd_t.detach())}
+    return loss, tokens, targets, parts
 
 
 def finetune_choice_kd(

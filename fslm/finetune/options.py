@@ -43,6 +43,8 @@ class TrainOptions:
     kd_temperature: float = 2.0  # both distributions are softened by it; the KD term is scaled by its square
     kd_mix: float = 0.5  # loss = mix * KD + (1 - mix) * hard cross-entropy
     kd_level: str = "token"  # token | choice
+    # weak-to-strong (Burns et al., 2023): this share of the KD term moves to the student's own hardened prediction
+    kd_confidence: float = 0.0
 
     @property
     def distilling(self) -> bool:
@@ -64,7 +66,7 @@ class TrainOptions:
             "bucketing",
         )
         if self.distilling or self.kd_level != "token":  # only then: older checkpoints keep their fingerprint
-            keep += KD_FIELDS
+            keep += KD_FIELDS + (("kd_confidence",) if self.kd_confidence else ())  # older checkpoints still resume
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
 
     def validate(self) -> None:
@@ -87,6 +89,10 @@ class TrainOptions:
             raise ConfigError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
         if not 0 <= self.kd_mix <= 1:
             raise ConfigError(f"--kd-mix must be between 0 and 1 (the KD term's share of the loss), got {self.kd_mix}")
+        if not 0 <= self.kd_confidence < 1:
+            raise ConfigError(f"--kd-confidence must be in [0, 1) (the student's own share), got {self.kd_confidence}")
+        if self.kd_confidence and (self.kd is None or self.kd_level != "choice"):
+            raise ConfigError("--kd-confidence needs a teacher at --kd-level choice (--kd MODEL --kd-level choice)")
         if self.kd_level not in KD_LEVELS:
             raise ConfigError(f"--kd-level {self.kd_level!r}: expected {' or '.join(KD_LEVELS)}")
         if self.kd is not None and not self.kd.strip():

@@ -79,9 +79,9 @@ class StageResult:
     def summary(self) -> dict:
         losses = [s["loss"] for s in self.steps]
         k = max(1, min(5, len(losses) // 4))
-        parts = {  # the named parts of a mixed loss (distillation: hard, kd), averaged like final_loss
+        parts = {  # the named parts of a mixed loss (distillation: hard, kd, own), averaged like final_loss
             f"final_{name}": round(sum(s[name] for s in self.steps[-k:]) / k, 4)
-            for name in ("hard", "kd")
+            for name in ("hard", "kd", "own")
             if self.steps and all(name in s for s in self.steps[-k:])
         }
         return {

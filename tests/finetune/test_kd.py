@@ -15,7 +15,8 @@ from fslm.cli import app
 from fslm.config import load_stack_config
 from fslm.errors import ConfigError
 from fslm.finetune import TrainOptions, finetune_choice_kd, finetune_pairs, pair_examples
-from fslm.finetune.choice_kd import SCORES_FILE, teacher_scores
+from fslm.finetune.choice_kd import SCORES_FILE, ChoiceExample, choice_kd_loss, option_loglikelihoods, teacher_scores
+from fslm.finetune.examples import Example
 from fslm.finetune.kd import Teacher, token_kd_loss
 from fslm.finetune.pairs import build_choice_rows, pick_questions
 from fslm.settings import get_settings
@@ -391,3 +392,45 @@ def test_choice_training_without_a_teacher_is_kd_mix_0_with_one(tmp_path, stack_
     finetune_choice_kd(stack_file, "answer", tmp_path / "mixed", mixed, items=items, engine=fresh_engine, teacher=other)
     a, b = (load_file(tmp_path / d / "adapters" / "answer" / "adapter_model.safetensors") for d in ("plain", "mixed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_confidence_loss_moves_a_share_of_the_kd_term_to_the_students_own_answer(fresh_engine):
+    """Burns et al.'s auxiliary loss: (1 - a) * KD + a * CE(student, its own argmax), inside the KD share."""
+    engine = fresh_engine
+    model = _lora(engine)
+    ex = [
+        ChoiceExample(
+            "q",
+            tuple(
+                Example("q", tuple(engine.encode_pair("Pick:", c)[0]), tuple(engine.encode_pair("Pick:", c)[1]))
+                for c in (" a", " b", " c")
+            ),
+            gold=2,
+            teacher=(-1.0, -2.0, -0.5),
+        )
+    ]
+    pad = engine.tokenizer.pad_token_id or 0
+    plain = TrainOptions(kd="t", kd_level="choice", kd_mix=0.5, kd_temperature=1.0)
+    conf = TrainOptions(kd="t", kd_level="choice", kd_mix=0.5, kd_temperature=1.0, kd_confidence=0.3)
+    with torch.no_grad():
+        loss0, _, _, parts0 = choice_kd_loss(model, ex, pad, plain, False)
+        loss1, _, _, parts1 = choice_kd_loss(model, ex, pad, conf, False)
+        student, _, _ = option_loglikelihoods(model, list(ex[0].options), pad, plain, False)
+    own = -torch.log_softmax(student, -1).max()
+    assert parts1["own"] == pytest.approx(float(own), rel=1e-5) and "own" not in parts0
+    expected = 0.5 * (0.7 * parts0["kd"] + 0.3 * float(own)) + 0.5 * parts0["hard"]
+    assert float(loss1) == pytest.approx(expected, rel=1e-5)
+    assert float(loss0) == pytest.approx(0.5 * parts0["kd"] + 0.5 * parts0["hard"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(kd="t", kd_level="choice", kd_confidence=1.0), "--kd-confidence must be in"),
+        (dict(kd="t", kd_confidence=0.2), "needs a teacher at --kd-level choice"),
+        (dict(kd_level="choice", kd_confidence=0.2), "needs a teacher at --kd-level choice"),
+    ],
+)
+def test_kd_confidence_is_validated(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainOptions(**options).validate()
