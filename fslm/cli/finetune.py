@@ -132,6 +132,12 @@ def finetune_command(
     save_dtype: str = typer.Option(
         DEFAULTS.save_dtype, "--save-dtype", help="Adapter file storage: float32 | float16 (half the size)."
     ),
+    max_batch_tokens: int = typer.Option(
+        DEFAULTS.max_batch_tokens,
+        "--max-batch-tokens",
+        min=1,
+        help="Memory bound: a batch over this many padded tokens runs in parts, gradients accumulated (same update).",
+    ),
     kd: str | None = typer.Option(
         None, "--kd", help="Teacher model to distil from (frozen): the loss mixes its soft targets with the data's."
     ),
@@ -191,6 +197,7 @@ def finetune_command(
         precision=precision,
         threads=threads,
         save_dtype=save_dtype,
+        max_batch_tokens=max_batch_tokens,
         kd=kd,
         kd_adapter=kd_adapter,
         kd_temperature=kd_temperature,

@@ -53,6 +53,14 @@ class ChoiceExample:
     def length(self) -> int:  # what bucketing sorts by: the tokens the question's forward pass holds
         return sum(option.length for option in self.options)
 
+    @property
+    def units(self) -> int:  # the choice loss is a mean over questions
+        return 1
+
+    @property
+    def rows(self) -> tuple[Example, ...]:
+        return self.options
+
 
 @dataclass
 class ChoiceData:

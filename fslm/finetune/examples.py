@@ -28,6 +28,14 @@ class Example:
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.target_ids)
 
+    @property
+    def units(self) -> int:  # what the token losses average over: this example's share of a batch's mean
+        return len(self.target_ids)
+
+    @property
+    def rows(self) -> tuple[Example, ...]:  # the sequences its forward pass holds
+        return (self,)
+
 
 @dataclass
 class StageData:

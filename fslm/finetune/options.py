@@ -37,6 +37,9 @@ class TrainOptions:
     threads: int | None = None  # fixed thread count; None: settings.threads, else picked by load (auto_threads)
     auto_threads: bool = True
     save_dtype: str = "float32"  # adapter file storage: float16 halves the size (training stays fp32)
+    # memory bound: a batch over this many padded tokens runs as micro-batches with gradients accumulated (the same
+    # update); None: never split
+    max_batch_tokens: int | None = 4096
     # distillation from a frozen teacher (docs/distill.md, "Knowledge distillation"); None: plain cross-entropy
     kd: str | None = None  # teacher model reference
     kd_adapter: str | None = None  # a LoRA adapter folder the teacher runs with
@@ -79,6 +82,8 @@ class TrainOptions:
             or self.save_every < 1
         ):
             raise ConfigError("rank, alpha, lr, epochs, batch size and save-every must all be positive")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ConfigError(f"--max-batch-tokens must be positive, got {self.max_batch_tokens}")
         if self.max_length < 8:
             raise ConfigError("--max-length must be at least 8 tokens")
         if self.precision not in PRECISIONS:

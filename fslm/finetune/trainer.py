@@ -53,6 +53,41 @@ def plan_batches(examples: Sequence[Example], options: TrainOptions, epoch: int)
     return batches
 
 
+def padded_tokens(part: Sequence[Any]) -> int:
+    """The tokens a forward pass over `part` holds once padded: its sequences times the longest one."""
+    rows = [row for ex in part for row in ex.rows]
+    return len(rows) * max(row.length for row in rows)
+
+
+def micro_batches(batch: Sequence[Any], budget: int | None) -> list[list[Any]]:
+    """`batch` cut, in order, into parts of at most `budget` padded tokens (one example may exceed it alone)."""
+    if budget is None or padded_tokens(batch) <= budget:
+        return [list(batch)]
+    parts: list[list[Any]] = [[]]
+    for ex in batch:
+        if parts[-1] and padded_tokens([*parts[-1], ex]) > budget:
+            parts.append([])
+        parts[-1].append(ex)
+    return parts
+
+
+def accumulate(loss_fn: LossFn, peft_model, batch: Sequence[Any], budget: int | None, bf16: bool):
+    """One batch's gradients, micro-batch by micro-batch: each part's mean loss weighted by its share of the batch's
+    averaging units (target tokens, or questions), so the summed gradient is the whole batch's. Returns what
+    `loss_fn` returns for the whole batch, the loss detached."""
+    total_units = sum(ex.units for ex in batch)
+    loss, tokens, targets, parts = torch.zeros(()), 0, 0, {}
+    for part in micro_batches(batch, budget):
+        weight = sum(ex.units for ex in part) / total_units
+        part_loss, part_tokens, part_targets, part_parts = loss_fn(peft_model, part, bf16)
+        (part_loss * weight).backward()
+        loss += part_loss.detach() * weight
+        tokens, targets = tokens + part_tokens, targets + part_targets
+        for name, value in part_parts.items():
+            parts[name] = parts.get(name, 0.0) + value * weight
+    return loss, tokens, targets, parts
+
+
 def lr_at(step: int, total: int, options: TrainOptions) -> float:
     warm = max(1, int(options.warmup * total))
     if step < warm:
@@ -198,9 +233,7 @@ def train_stage(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            loss, tokens, target_tokens, parts = loss_fn(peft_model, batch, bf16)
-            loss.backward()
-            loss = loss.detach()
+            loss, tokens, target_tokens, parts = accumulate(loss_fn, peft_model, batch, options.max_batch_tokens, bf16)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
