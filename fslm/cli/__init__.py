@@ -52,7 +52,7 @@ VERBS: dict[str, Verb] = {
     "generate": Verb(
         "generate",
         "generate_command",
-        "Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur.",
+        "Generate with --model, sped up by --draft / --prompt-lookup, or changed by --amateur / --expert-delta.",
     ),
     "stack": Verb("stack", "app", "Check, inspect and pack stack configs."),
     "logs": Verb(

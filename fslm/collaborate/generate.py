@@ -1,11 +1,12 @@
-"""Python twin of `fslm generate`: one prompt, one model, optionally helped by a draft model, prompt lookup or an
-amateur model (contrastive decoding)."""
+"""Python twin of `fslm generate`: one prompt, one model, optionally helped by a draft model, prompt lookup, an
+amateur model (contrastive decoding) or a small tuned/base pair (proxy-tuning)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from fslm.collaborate.proxy_params import ModelRef, ProxyTuneParams, adapter_name, parse_expert_delta
 from fslm.engine import Engine, GenerationParams, check_backend, load_engine
 from fslm.errors import InputError
 from fslm.models import DEFAULT_MODEL
@@ -15,15 +16,15 @@ from fslm.models import DEFAULT_MODEL
 class GenerateResult:
     text: str
     model: str
-    mode: str  # greedy | speculative | prompt-lookup | contrastive
-    helper: str | None  # the draft or amateur model
+    mode: str  # greedy | sampled | speculative | prompt-lookup | contrastive | proxy-tuned
+    helper: str | None  # the draft or amateur model, or proxy-tuning's TUNED:BASE
     tokens_in: int
     tokens_out: int
     seconds: float
     acceptance: float | None = None
     drafted: int | None = None
     accepted: int | None = None
-    baseline: dict | None = None  # plain greedy of the same model on the same input (with compare=True)
+    baseline: dict | None = None  # plain decoding of the same model on the same input (with compare=True)
 
     @property
     def tokens_per_s(self) -> float:
@@ -51,7 +52,12 @@ def generate(
     amateur: str | None = None,
     alpha: float = 0.1,
     amateur_temperature: float = 1.0,
+    expert_delta: str | None = None,
+    delta_alpha: float = 1.0,
     max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
     stop: Sequence[str] = (),
     dtype: str = "float32",
     helper_dtype: str | None = None,
@@ -61,22 +67,25 @@ def generate(
     engines: dict[str, Engine] | None = None,
     backend: str = "hf",
 ) -> GenerateResult:
-    """Generate greedily with `model`; `draft`/`prompt_lookup` speed it up, `amateur` changes it (contrastive).
+    """Generate with `model` (greedy, or sampled with temperature > 0); `draft`/`prompt_lookup` speed it up,
+    `amateur` (contrastive) and `expert_delta` ("TUNED:BASE", each MODEL[+ADAPTER_DIR]: proxy-tuning, weighted by
+    `delta_alpha`) change it.
 
-    compare=True also runs plain greedy decoding on the same input and records its text, speed and (for speculative
+    compare=True also runs plain decoding on the same input and records its text, speed and (for speculative
     decoding) whether the outputs are identical. `engines` maps references to already loaded engines (tests, reuse).
-    backend: the target's inference engine; drafts and amateurs work on transformers' logits, so they need "hf".
+    backend: the target's inference engine; drafts, amateurs and proxies work on transformers' logits: "hf".
     """
-    helpers = [x for x in (draft, amateur) if x] + (["prompt-lookup"] if prompt_lookup else [])
+    helpers = [x for x in (draft, amateur, expert_delta) if x] + (["prompt-lookup"] if prompt_lookup else [])
     if len(helpers) > 1:
-        raise InputError("choose one of --draft, --prompt-lookup and --amateur")
+        raise InputError(f"choose one of {HELPERS}")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    params = generation_params(max_new_tokens, stop, temperature, top_p, seed)
+    proxy = ProxyTuneParams(alpha=delta_alpha) if expert_delta else None
+    pair = parse_expert_delta(expert_delta) if expert_delta else None
     check_backend(backend)
     if helpers and backend != "hf":
-        raise InputError(
-            f"--engine {backend}: --draft, --prompt-lookup and --amateur run on transformers' logits (--engine hf)"
-        )
+        raise InputError(f"--engine {backend}: {HELPERS} run on transformers' logits (--engine hf)")
     cache = dict(engines or {})
 
     def get(ref: str, kind: str) -> Engine:
@@ -89,7 +98,6 @@ def generate(
 
     target = get(model, "target")
     text = render(target, prompt, raw)
-    params = GenerationParams(max_new_tokens=max_new_tokens, stop=tuple(stop))
     baseline = None
     if draft or prompt_lookup:
         from fslm.collaborate.speculative import AssistedEngine, compare_with_plain
@@ -121,6 +129,15 @@ def generate(
     if compare:
         plain = target.generate([text], params)[0]
         baseline = {"text": plain.text, "tokens_out": plain.tokens_out, "seconds": round(plain.seconds, 4)}
+    if pair is not None and proxy is not None:
+        from fslm.collaborate.proxy import proxy_generate
+
+        tuned, base = (_expert(ref, get) for ref in pair)
+        gen = proxy_generate(target, tuned, base, [text], params, proxy)[0]
+        helper = f"{pair[0]}:{pair[1]} (alpha {proxy.alpha:g})"
+        return GenerateResult(
+            gen.text, model, "proxy-tuned", helper, gen.tokens_in, gen.tokens_out, gen.seconds, baseline=baseline
+        )
     if amateur:
         from fslm.collaborate.contrastive import ContrastiveParams, contrastive_generate
 
@@ -130,4 +147,36 @@ def generate(
             gen.text, model, "contrastive", amateur, gen.tokens_in, gen.tokens_out, gen.seconds, baseline=baseline
         )
     gen = target.generate([text], params)[0]
-    return GenerateResult(gen.text, model, "greedy", None, gen.tokens_in, gen.tokens_out, gen.seconds)
+    mode = "sampled" if params.temperature > 0 else "greedy"
+    return GenerateResult(gen.text, model, mode, None, gen.tokens_in, gen.tokens_out, gen.seconds)
+
+
+HELPERS = "--draft, --prompt-lookup, --amateur and --expert-delta"
+
+
+def generation_params(
+    max_new_tokens: int, stop: Sequence[str], temperature: float, top_p: float, seed: int | None
+) -> GenerationParams:
+    """GenerationParams from the verb's options; an out-of-range value is one InputError naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        return GenerationParams(
+            max_new_tokens=max_new_tokens, stop=tuple(stop), temperature=temperature, top_p=top_p, seed=seed
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = "--" + str(first["loc"][0]).replace("_", "-") if first.get("loc") else "generation option"
+        raise InputError(f"{name}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def _expert(ref: ModelRef, get):
+    """The engine of a MODEL[+ADAPTER_DIR] reference, with its adapter loaded under a name of its own."""
+    from fslm.collaborate.proxy import Expert
+
+    engine = get(ref.model, "helper")
+    if ref.adapter is None:
+        return Expert(engine)
+    name = adapter_name(ref.adapter)
+    engine.add_adapter(name, ref.adapter)
+    return Expert(engine, name)

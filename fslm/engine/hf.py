@@ -16,6 +16,7 @@ from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, split_pair, supports_logits_to_keep
 from fslm.engine.logprobs import LoggedGeneration, StepRecorder, token_logprobs
 from fslm.engine.prefix import PrefixStore, count_reuse
+from fslm.engine.stepping import LogitsSession
 from fslm.engine.streaming import OnText, RowStreams
 from fslm.errors import ConfigError, InputError, ModelFileError
 from fslm.models import LoadedModel, check_adapter_folder, load_model
@@ -125,6 +126,30 @@ class HFEngine:
         `stats`, the caller counts its own calls. Stored prefix states are dropped, as for `base_model`."""
         self.prefixes.clear()
         return self._active(adapter)
+
+    # ---- step-wise logits: the StepLogitsEngine capability (fslm.engine.stepping) ----------------------------------
+    def logits_session(self, prompts: Sequence[Sequence[int]], adapter: str | None = None) -> LogitsSession:
+        """A KV-cached session over these token-id prompts with `adapter` active for its forwards (None: off)."""
+        if adapter is not None and adapter not in self._adapters:
+            raise ConfigError(f"adapter {adapter!r} is not loaded; loaded: {self.adapters() or 'none'}")
+        for i, ids in enumerate(prompts):
+            if len(ids) >= self.context_window:
+                raise InputError(
+                    f"prompt {i} has {len(ids)} tokens: no room left in the context window of {self.model_ref}"
+                )
+
+        def forward(**inputs):
+            with self._active(adapter) as model:
+                return model(**inputs)
+
+        return LogitsSession(
+            forward,
+            prompts,
+            pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0],
+            device=self.device,
+            stats=self.stats,
+            keep_last=self._keep_logits(1),
+        )
 
     # ---- text -----------------------------------------------------------------------------------------------------
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:

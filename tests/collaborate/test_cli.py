@@ -76,16 +76,37 @@ def test_generate_contrastive_and_plain(tiny_model_dir, tiny_draft_dir):
     assert plain.exit_code == 0, plain.output
 
 
+def test_generate_proxy_tuned(tiny_model_dir, tiny_draft_dir, tiny_adapters):
+    delta = f"{tiny_draft_dir}+{tiny_adapters['intent']}:{tiny_draft_dir}"
+    base = ["generate", "-m", str(tiny_model_dir), "-n", "8", "--json", "--expert-delta", delta]
+
+    def run(*extra: str) -> dict:
+        result = runner.invoke(app, [*base, *extra, "What is the capital of France?"])
+        assert result.exit_code == 0, result.output
+        return last_json(result.stdout)
+
+    fused = run("--delta-alpha", "2", "--compare")
+    assert fused["mode"] == "proxy-tuned" and fused["helper"].endswith("(alpha 2)")
+    assert fused["text"] != fused["baseline"]["text"]  # the random adapter steers away from --model alone
+    alone = run("--delta-alpha", "0")
+    assert alone["text"] == fused["baseline"]["text"]  # alpha 0: --model's greedy output
+    sampled = [run("--temperature", "0.8", "--seed", "3")["text"] for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--expert-delta", "OTHER:OTHER"], "one tokenizer for all three models"),
+        (["--expert-delta", "DRAFT:OTHER"], "one tokenizer for all three models"),
+        (["--expert-delta", "DRAFT:DRAFT", "--delta-alpha", "inf"], "finite number"),
         (["--amateur", "OTHER", "--alpha", "0.1"], "one tokenizer"),
         (["--amateur", "DRAFT", "--alpha", "1.5"], "alpha"),
         (["--draft", "DRAFT", "--amateur", "DRAFT"], "choose one"),
     ],
 )
 def test_generate_bad_input_exits_2(tiny_model_dir, tiny_draft_dir, tiny_other_tok_dir, args, message):
-    args = [str(tiny_other_tok_dir) if a == "OTHER" else str(tiny_draft_dir) if a == "DRAFT" else a for a in args]
+    args = [a.replace("OTHER", str(tiny_other_tok_dir)).replace("DRAFT", str(tiny_draft_dir)) for a in args]
     result = runner.invoke(app, ["generate", "-m", str(tiny_model_dir), "-n", "4", *args, "Hi"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output

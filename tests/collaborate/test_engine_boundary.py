@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from fslm.collaborate.contrastive import contrastive_generate
+from fslm.collaborate.proxy import Expert, proxy_generate
 from fslm.collaborate.speculative import AssistedEngine
 from fslm.config import parse_stack_config
 from fslm.engine import Engine, EngineStats, GenerationParams, TransformersEngine, require_transformers
+from fslm.engine.stepping import StepLogitsEngine
 from fslm.errors import ConfigError, InputError
 
 FSLM = Path(__file__).resolve().parents[2] / "fslm"
@@ -59,7 +61,7 @@ def text_only(tiny_engine) -> TextOnlyEngine:
 
 
 def test_hf_engine_exposes_its_model(tiny_engine):
-    assert isinstance(tiny_engine, TransformersEngine)
+    assert isinstance(tiny_engine, TransformersEngine) and isinstance(tiny_engine, StepLogitsEngine)
     assert require_transformers(tiny_engine, "anything") is tiny_engine
     ids = tiny_engine.encode("What is the capital of France?")
     calls = tiny_engine.stats.calls
@@ -84,6 +86,8 @@ def test_an_engine_without_the_model_is_refused_in_one_line(text_only, tiny_engi
         lambda: AssistedEngine(tiny_engine, text_only, draft_tokens=2),
         lambda: contrastive_generate(text_only, tiny_engine, texts, GenerationParams(max_new_tokens=4)),
         lambda: contrastive_generate(tiny_engine, text_only, texts, GenerationParams(max_new_tokens=4)),
+        lambda: proxy_generate(text_only, tiny_engine, tiny_engine, texts, GenerationParams(max_new_tokens=4)),
+        lambda: proxy_generate(tiny_engine, Expert(text_only), tiny_engine, texts),  # type: ignore[arg-type]
     ]
     for case in cases:
         with pytest.raises(InputError, match="TextOnlyEngine engine .text-only. has none.*--engine hf") as err:
