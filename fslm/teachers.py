@@ -120,20 +120,23 @@ def make_teacher(
     url: str | None = None,
     model: str | None = None,
     api_key_env: str | None = None,
-    concurrency: int = 4,
-    timeout: float = 60.0,
+    concurrency: int | None = None,
+    timeout: float | None = None,
     default_ref: str = "smollm2-135m",
     dtype: str = "float32",
     engine: Engine | None = None,
     backend: str = "hf",
 ) -> Teacher:
-    """A teacher from command-line style options: an HTTP endpoint when `url` is given, else a local model."""
+    """A teacher from command-line style options: an HTTP endpoint when `url` is given, else a local model.
+    `concurrency` and `timeout` left None are HTTPTeacher's own defaults."""
     if url:
         if ref:
             raise ConfigError("give either --teacher (a local model) or --teacher-url, not both")
         if not model:
             raise ConfigError("--teacher-url needs --teacher-model (the model name the endpoint serves)")
-        return HTTPTeacher(url, model, api_key=api_key_from_env(api_key_env), concurrency=concurrency, timeout=timeout)
+        given = {"concurrency": concurrency, "timeout": timeout}
+        options = {name: value for name, value in given.items() if value is not None}
+        return HTTPTeacher(url, model, api_key=api_key_from_env(api_key_env), **options)
     if engine is not None and (ref is None or ref == engine.model_ref):
         return LocalTeacher(engine)
     return LocalTeacher.load(ref or default_ref, dtype=dtype, backend=backend)

@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from fslm.cli.common import check_model, check_output, check_stack, default_of, guarded, out, print_json, status
 from fslm.collaborate.cascade import calibrate_runs  # for their defaults (no torch)
 from fslm.collaborate.live import System as LiveSystem
+from fslm.collaborate.live import cascade_items
 
 
 class _RunByDefault(TyperGroup):
@@ -65,7 +66,9 @@ def run_command(
         None, "--calibration", help="Take signal and threshold from `fslm cascade calibrate`."
     ),
     signal: str = typer.Option(
-        "verify", "--signal", help="verify (any prompt) or margin (multiple-choice --task only)."
+        default_of(cascade_items, "signal"),
+        "--signal",
+        help="verify (any prompt) or margin (multiple-choice --task only).",
     ),
     task: str | None = typer.Option(None, "--task", help="Run on a multiple-choice task's items instead of prompts."),
     split: str | None = typer.Option(None, "--split"),
@@ -144,7 +147,9 @@ def calibrate_command(
     small: Path = SMALL_RUN,
     large: Path = LARGE_RUN,
     signal: str = typer.Option(
-        "margin", "--signal", help="margin (choice probability margin) or verify (self-verification)."
+        default_of(calibrate_runs, "signal"),
+        "--signal",
+        help="margin (choice probability margin) or verify (self-verification).",
     ),
     target: float = typer.Option(
         default_of(calibrate_runs, "target"), "--target", help="Keep this fraction of the large system's accuracy."

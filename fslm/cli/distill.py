@@ -16,21 +16,18 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from fslm.cli.common import (
-    LazyProgress,
-    check_engine,
-    check_model,
-    check_output,
-    console,
-    default_of,
-    engine_option,
-    out,
-    print_json,
+from fslm.cli.common import LazyProgress, check_output, console, default_of, out, print_json
+from fslm.cli.teacher import (
+    API_KEY_ENV,
+    CONCURRENCY,
+    TEACHER_ENGINE,
+    TEACHER_MODEL,
+    TEACHER_URL,
+    TIMEOUT,
+    teacher_from_options,
 )
 from fslm.config import load_default_stack_config, load_stack_config
 from fslm.distill import DistillOptions, DistillReport, distill
-from fslm.errors import InputError
-from fslm.teachers import HTTPTeacher
 
 
 class RateColumn(ProgressColumn):
@@ -71,17 +68,11 @@ def distill_command(
     teacher: str | None = typer.Option(
         None, "--teacher", help="Local teacher model reference (default: the stack's base model)."
     ),
-    teacher_url: str | None = typer.Option(
-        None, "--teacher-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."
-    ),
-    teacher_model: str | None = typer.Option(None, "--teacher-model", help="Model name served at --teacher-url."),
-    api_key_env: str | None = typer.Option(None, "--api-key-env", help="NAME of the env var that holds the API key."),
-    concurrency: int = typer.Option(
-        default_of(HTTPTeacher, "concurrency"), "--concurrency", min=1, help="HTTP teacher: requests in flight."
-    ),
-    timeout: float = typer.Option(
-        default_of(HTTPTeacher, "timeout"), "--timeout", help="HTTP teacher: seconds per request before a retry."
-    ),
+    teacher_url: str | None = TEACHER_URL,
+    teacher_model: str | None = TEACHER_MODEL,
+    api_key_env: str | None = API_KEY_ENV,
+    concurrency: int = CONCURRENCY,
+    timeout: float = TIMEOUT,
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Use the first N unique records."),
     batch_size: int = typer.Option(
         default_of(DistillOptions, "batch_size"),
@@ -102,33 +93,24 @@ def distill_command(
         help="Comma-separated stages to redistill (with --reuse), e.g. after editing their teacher_prompt.",
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    engine: str = engine_option("hf", help="Local teacher's inference engine: hf, llamacpp or auto."),
+    engine: str = TEACHER_ENGINE,
 ) -> None:
     """Have a teacher write every stage's target text for instruction data (resumable JSONL)."""
-    from fslm.teachers import make_teacher
-
     cfg = load_default_stack_config() if stack is None else load_stack_config(stack)
     check_output(out_path, "--out", folder=False)
-    if timeout <= 0:
-        raise InputError(f"--timeout must be > 0 seconds, got {timeout}")
-    if teacher_url:  # an HTTP teacher loads nothing: build it now, so a bad URL or key fails before any work
-        http_teacher = make_teacher(
-            teacher,
-            url=teacher_url,
-            model=teacher_model,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            timeout=timeout,
-        )
-    elif teacher_model or api_key_env:
-        raise InputError("--teacher-model and --api-key-env go with --teacher-url (an HTTP teacher)")
-    else:
-        check_model(teacher or cfg.base_model, "--teacher" if teacher else f"{cfg.source_path or 'stack'}: base_model")
-    check_engine(engine)
-    if teacher_url and engine != "hf":
-        raise InputError(
-            "--engine picks a local teacher's engine; an HTTP teacher (--teacher-url) runs where it is served"
-        )
+    load_teacher = teacher_from_options(  # called by distill() only after the data validated and if work is left
+        teacher,
+        teacher_url,
+        teacher_model,
+        api_key_env,
+        concurrency,
+        timeout,
+        engine,
+        quiet=json_output,
+        default_ref=cfg.base_model,
+        default_what=f"{cfg.source_path or 'stack'}: base_model",
+        dtype=cfg.dtype,
+    )
     options = DistillOptions(
         limit=limit,
         batch_size=batch_size,
@@ -137,13 +119,6 @@ def distill_command(
         reuse=reuse,
         redo=[s.strip() for s in (redo or "").split(",") if s.strip()],
     )
-
-    def load_teacher():  # called by distill() only after the data validated and if work is left
-        if teacher_url:
-            return http_teacher
-        if not json_output:
-            console.print("loading teacher…", style="dim")
-        return make_teacher(teacher, default_ref=cfg.base_model, dtype=cfg.dtype, backend=engine)
 
     columns = [
         TextColumn("[bold]distill"),

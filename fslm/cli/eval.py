@@ -23,7 +23,8 @@ from fslm.cli.common import (
 )
 from fslm.errors import InputError
 from fslm.evaluate.compare import compare
-from fslm.evaluate.run import evaluate  # for their defaults; neither imports torch
+from fslm.evaluate.run import evaluate  # for their defaults; none imports torch
+from fslm.evaluate.systems import load_system
 
 app = typer.Typer(
     help="Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs.",
@@ -109,7 +110,11 @@ def eval_command(
         None, "--limit", "-n", help="First N items per task (MMLU: subjects interleaved)."
     ),
     num_fewshot: int = typer.Option(
-        0, "--num-fewshot", "-k", min=0, help="Few-shot examples from the task's train/dev split."
+        default_of(evaluate, "num_fewshot"),
+        "--num-fewshot",
+        "-k",
+        min=0,
+        help="Few-shot examples from the task's train/dev split.",
     ),
     split: str | None = typer.Option(None, "--split", help="Evaluate another split (e.g. validation, train, dev)."),
     out_dir: Path | None = typer.Option(
@@ -128,7 +133,7 @@ def eval_command(
         help="With --stack: reuse (and add to) greedy stage outputs in this SQLite file; stacks sharing a stage generate it once.",
     ),
     answer_format: str = typer.Option(
-        "stack",
+        default_of(load_system, "answer_format"),
         "--answer-format",
         help="With --stack: 'stack' (the answer stage scores options in its chat format) or 'raw' (the base model scores lm-eval's raw context with the earlier texts in front) or 'raw-adapter' (the same raw contexts scored with the final stage's adapter: one trained on raw contexts).",
     ),

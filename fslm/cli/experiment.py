@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fslm.cli.common import console, guarded, out
+from fslm.cli.common import console, default_of, guarded, out
 from fslm.errors import InputError
+from fslm.experiment.run import run_experiment  # for its defaults (no torch)
 
 app = typer.Typer(
     help="Run an experiment from one YAML spec: train, evaluate, compare, report; reruns resume.",
@@ -63,7 +64,9 @@ def parse_settings(settings: list[str]) -> dict:
 @guarded
 def run_command(
     spec: Path = typer.Argument(..., help="Experiment spec (YAML); see docs/experiment.md."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Jobs run side by side, each in its own process."),
+    jobs: int = typer.Option(
+        default_of(run_experiment, "jobs"), "--jobs", "-j", help="Jobs run side by side, each in its own process."
+    ),
     status: bool = typer.Option(False, "--status", help="Only show what is done, partial or not started."),
     settings: list[str] = typer.Option(
         [], "--set", help="Override a spec field: --set evaluation.limit=40 (value read as YAML). Repeatable."
@@ -72,7 +75,7 @@ def run_command(
 ) -> None:
     """Run what the experiment still needs (each system's evaluation in its own process), then write RESULTS.md,
     results.json and pareto.png in its folder. A rerun resumes; a finished experiment starts no process."""
-    from fslm.experiment import ExperimentError, run_experiment
+    from fslm.experiment import ExperimentError
 
     overrides = parse_settings(settings)
     if out_dir is not None:

@@ -119,7 +119,9 @@ def generate_command(
         False, "--compare", help="Also run plain decoding; report speedup and whether the texts are identical."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    engine: str = engine_option("hf", help="Inference engine of --model: hf, llamacpp or auto (helpers need hf)."),
+    engine: str = engine_option(
+        default_of(generate, "backend"), help="Inference engine of --model: hf, llamacpp or auto (helpers need hf)."
+    ),
     no_log: bool = typer.Option(False, "--no-log", help="Do not write this call to the run log (`fslm logs`)."),
 ) -> None:
     """Generate with --model, sped up by --draft / --prompt-lookup, or changed by --amateur / --expert-delta."""

@@ -11,13 +11,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fslm.cli.common import check_output, check_text, console, guarded, out, print_json
+from fslm.cli.common import check_output, check_text, console, default_of, guarded, out, print_json
 from fslm.errors import InputError
+from fslm.logs import list_runs, search_runs  # for their default -n (no torch)
 
 SUMMARY = "Browse the log of every run, generate and serve request: list, show, search, export, rm, prune."
 app = typer.Typer(help=SUMMARY, invoke_without_command=True, no_args_is_help=False)
 
-LIMIT_HELP = "How many runs (newest first)."
+LIMIT = typer.Option(default_of(list_runs, "limit"), "-n", "--limit", help="How many runs (newest first).")
 
 
 def _check_limit(limit: int, what: str = "-n") -> int:
@@ -85,7 +86,7 @@ def _print_runs(runs: list[dict[str, Any]], json_output: bool, title: str, empty
 @guarded
 def logs_command(
     ctx: typer.Context,
-    limit: int = typer.Option(20, "-n", "--limit", help=LIMIT_HELP),
+    limit: int = LIMIT,
     json_output: bool = typer.Option(False, "--json", help="One JSON summary per line instead of a table."),
 ) -> None:
     if ctx.invoked_subcommand is None:
@@ -95,12 +96,10 @@ def logs_command(
 @app.command("list")
 @guarded
 def list_command(
-    limit: int = typer.Option(20, "-n", "--limit", help=LIMIT_HELP),
+    limit: int = LIMIT,
     json_output: bool = typer.Option(False, "--json", help="One JSON summary per line instead of a table."),
 ) -> None:
     """List recent runs: id, time, kind, stack or model, prompt, answer (or error), seconds."""
-    from fslm.logs import list_runs
-
     _print_runs(list_runs(_check_limit(limit)), json_output, "(newest first)", "no runs logged yet")
 
 
@@ -185,12 +184,10 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
 @guarded
 def search_command(
     text: str = typer.Argument(..., help="Words that must all occur (in prompt, answer, stage outputs or error)."),
-    limit: int = typer.Option(20, "-n", "--limit", help=LIMIT_HELP),
+    limit: int = LIMIT,
     json_output: bool = typer.Option(False, "--json", help="One JSON summary per line instead of a table."),
 ) -> None:
     """Find runs by their text: every word must occur (full-text search where SQLite has FTS5, else substrings)."""
-    from fslm.logs import search_runs
-
     check_text(text, "TEXT")
     _print_runs(search_runs(text, _check_limit(limit)), json_output, f"matching {text!r}", f"no run matches {text!r}")
 

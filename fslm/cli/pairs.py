@@ -26,7 +26,10 @@ def pairs_command(
         help="Held-out items per task never drawn.",
     ),
     eval_reserve: int = typer.Option(
-        300, "--eval-reserve", min=1, help="Evaluated items per task (the head of each split) never drawn."
+        default_of(write_scoring_pairs, "eval_reserve"),
+        "--eval-reserve",
+        min=1,
+        help="Evaluated items per task (the head of each split) never drawn.",
     ),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:

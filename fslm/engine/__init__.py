@@ -6,7 +6,7 @@ An engine holds ONE copy of a base model plus any number of named LoRA adapters,
 - score continuations (sum of log-probabilities) under one adapter (or none),
 - optionally (`StreamingEngine`, both backends) generate while reporting each row's text token by token.
 
-Backends: `hf.py` (transformers + PEFT, the reference) and `llamacpp.py` (llama.cpp on GGUF weights); both implement
+Backends: `hf.py` (transformers + PEFT, the reference) and `llamacpp/` (llama.cpp on GGUF weights); both implement
 the same protocol, so nothing above this package changes with the backend. `endpoint.py` ("openai") implements it
 over an OpenAI-compatible HTTP server (vLLM, llama-server, Ollama, a hosted API, `fslm serve`). `registry.py` finds them, and engines
 that other packages add, by name (docs/engine.md, "Writing an engine plugin").

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from fslm.stack import Stack, StackResult
 
 MAX_ROWS = 1 << 62  # LIMIT, OFFSET and --keep past this are the same as this (SQLite integers are 64-bit)
+LIST_LIMIT = 20  # runs a listing or search shows unless asked for more
 HEAD_CHARS = 1_000  # prompt and answer in listings: enough for any table or card, not a whole document
 _SUMMARY = (
     "id, request_id, created, kind, stack, model, dtype, error, tokens_in, tokens_out, seconds, truncated, details, "
@@ -85,7 +86,7 @@ class RunLog:
 
     def list(
         self,
-        limit: int = 20,
+        limit: int = LIST_LIMIT,
         offset: int = 0,
         *,
         query: str | None = None,
@@ -419,13 +420,15 @@ def log_path() -> Path:
 
 
 def list_runs(
-    limit: int = 20, offset: int = 0, *, since: float | None = None, path: str | Path | None = None
+    limit: int = LIST_LIMIT, offset: int = 0, *, since: float | None = None, path: str | Path | None = None
 ) -> list[dict[str, Any]]:
     """`fslm logs list`: summaries, newest first."""
     return RunLog(path).list(limit, offset, since=since)
 
 
-def search_runs(text: str, limit: int = 20, offset: int = 0, *, path: str | Path | None = None) -> list[dict[str, Any]]:
+def search_runs(
+    text: str, limit: int = LIST_LIMIT, offset: int = 0, *, path: str | Path | None = None
+) -> list[dict[str, Any]]:
     """`fslm logs search TEXT`: runs where every word occurs, newest first (FTS5 where SQLite has it, else LIKE)."""
     return RunLog(path).list(limit, offset, query=text)
 

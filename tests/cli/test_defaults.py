@@ -73,6 +73,18 @@ def test_distill_options_default_to_the_library():
         ("fslm.cli.route", "train_command", "fslm.collaborate.route:train_runs", ["target", "c"]),
         ("fslm.cli.retrieve", "search_command", "fslm.retrieve.index:search", ["k"]),
         ("fslm.cli.generate", "generate_command", "fslm.collaborate.generate:generate", ["alpha", "max_new_tokens"]),
+        ("fslm.cli.eval", "eval_command", "fslm.evaluate.run:evaluate", ["num_fewshot"]),
+        ("fslm.cli.pairs", "pairs_command", "fslm.finetune.pairs:write_scoring_pairs", ["eval_reserve"]),
+        ("fslm.cli.retrieve", "corpus_command", "fslm.retrieve.corpus:write_corpus", ["heldout_keep"]),
+        ("fslm.cli.retrieve", "index_command", "fslm.retrieve.index:index_passages", ["kind"]),
+        ("fslm.cli.cascade", "run_command", "fslm.collaborate.live:cascade_items", ["signal"]),
+        ("fslm.cli.cascade", "calibrate_command", "fslm.collaborate.cascade:calibrate_runs", ["signal", "target"]),
+        ("fslm.cli.logs", "list_command", "fslm.logs:list_runs", ["limit"]),
+        ("fslm.cli.logs", "search_command", "fslm.logs:search_runs", ["limit"]),
+        ("fslm.cli.experiment", "run_command", "fslm.experiment.run:run_experiment", ["jobs"]),
+        ("fslm.cli.serve", "serve_command", "fslm.serve.app:serve", ["log_level"]),
+        ("fslm.cli.synth", "synth_command", "fslm.teachers:make_teacher", ["engine:backend"]),
+        ("fslm.cli.distill", "distill_command", "fslm.teachers:make_teacher", ["engine:backend"]),
     ],
 )
 def test_more_options_default_to_their_library_function(cli, command, owner, names):
@@ -81,4 +93,43 @@ def test_more_options_default_to_their_library_function(cli, command, owner, nam
     module, func = owner.split(":")
     library = inspect.signature(getattr(importlib.import_module(module), func)).parameters
     got = cli_defaults(getattr(importlib.import_module(cli), command))
-    assert {n: got[n] for n in names} == {n: library[n].default for n in names}
+    pairs = [name.partition(":")[::2] for name in names]  # "option:parameter" where the two names differ
+    assert {o: got[o] for o, _ in pairs} == {o: library[p or o].default for o, p in pairs}
+
+
+def test_make_teacher_leaves_the_http_defaults_to_http_teacher():
+    from fslm.teachers import HTTPTeacher, make_teacher
+
+    teacher = make_teacher(url="http://127.0.0.1:1/v1", model="m")
+    assert teacher.client.concurrency == default_of(HTTPTeacher, "concurrency")
+    assert teacher.client.timeout_seconds == default_of(HTTPTeacher, "timeout")
+    assert make_teacher(url="http://127.0.0.1:1/v1", model="m", concurrency=2).client.concurrency == 2
+
+
+def literal_defaults(path) -> list[str]:
+    """Options (typer.Option, engine_option) whose default is a number or text written in the CLI module itself."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        func = node.func if isinstance(node, ast.Call) else None
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name in ("Option", "engine_option") and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and type(first.value) in (int, float, str):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(first)}")
+    return found
+
+
+def test_no_cli_option_writes_its_default_as_a_literal(tmp_path):
+    """Flags (True/False), None, required (...) and empty lists are the CLI's own; a number or a name is the
+    library's, read with default_of."""
+    from pathlib import Path
+
+    import fslm.cli
+
+    found = [f for path in sorted(Path(fslm.cli.__file__).parent.glob("*.py")) for f in literal_defaults(path)]
+    assert found == []
+    bad = tmp_path / "bad.py"
+    bad.write_text('import typer\nx = typer.Option(300, "--n")\ny = engine_option("hf")\nz = typer.Option(False)\n')
+    assert literal_defaults(bad) == ["bad.py:2 300", "bad.py:3 'hf'"]

@@ -252,7 +252,7 @@ def test_adapters_change_output_and_match_peft(with_adapters):
 
 def test_adapter_conversion_is_cached_by_sha256(with_adapters, tiny_adapters):
     from fslm.digest import file_sha256
-    from fslm.engine.llamacpp import _cache_root
+    from fslm.engine.llamacpp.convert import _cache_root
 
     names = sorted(p.name for p in (_cache_root() / "lora").glob("*.gguf"))
     for path in tiny_adapters.values():
