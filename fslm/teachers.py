@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fslm.cpu import apply_threads
-from fslm.engine import Engine, GenerationParams, load_engine
+from fslm.engine import Engine, GenerationParams, http, load_engine
 from fslm.engine.http import CHAT, OpenAIClient, api_key_from_env, request_options
 from fslm.errors import ConfigError, EndpointError
 
@@ -71,10 +71,10 @@ class HTTPTeacher:
         model: str,
         *,
         api_key: str | None = None,
-        concurrency: int = 4,
-        timeout: float = 60.0,
-        attempts: int = 6,
-        max_backoff: float = 8.0,
+        concurrency: int = http.CONCURRENCY,
+        timeout: float = http.TIMEOUT,
+        attempts: int = http.ATTEMPTS,
+        max_backoff: float = http.MAX_BACKOFF,
     ):
         self.client = OpenAIClient(
             base_url,

@@ -89,6 +89,11 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return box["value"]
 
 
+# The client's defaults, shared by the callers that expose them (the HTTP teacher): concurrent requests, seconds per
+# request, attempts per request (retried on 429/5xx/timeouts/garbled bodies), longest backoff between attempts.
+CONCURRENCY, TIMEOUT, ATTEMPTS, MAX_BACKOFF = 4, 60.0, 6, 8.0
+
+
 class OpenAIClient:
     """POSTs JSON bodies to paths under `base_url` (e.g. "/chat/completions") and parses each answer with the caller's
     `parse(data, seconds)`; a parse that raises KeyError, IndexError, TypeError or ValueError is a garbled body and
@@ -99,10 +104,10 @@ class OpenAIClient:
         base_url: str,
         *,
         api_key: str | None = None,
-        concurrency: int = 4,
-        timeout: float = 60.0,
-        attempts: int = 6,
-        max_backoff: float = 8.0,
+        concurrency: int = CONCURRENCY,
+        timeout: float = TIMEOUT,
+        attempts: int = ATTEMPTS,
+        max_backoff: float = MAX_BACKOFF,
         what: str = "endpoint",
         error: type[EndpointError] = EndpointError,
         hint: str = "",
