@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import fslm.logs.db as logdb
+import fslm.logs.recording as logrecord
 import fslm.logs.store as logstore
 from fslm.errors import DataError, InputError
 from fslm.logs import (
@@ -50,7 +51,7 @@ def log_on(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FSLM_LOG", "1")
     monkeypatch.setenv("FSLM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FSLM_LOG_DB", raising=False)
-    monkeypatch.setattr(logstore, "_noted", set())
+    monkeypatch.setattr(logrecord, "_noted", set())
     reset_settings()
     yield tmp_path / "cache" / "logs.db"
     reset_settings()

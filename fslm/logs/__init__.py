@@ -14,16 +14,14 @@ Logging a run from Python: `logged_run(stack, prompt)` instead of `stack.run(pro
 
 from fslm.logs.db import SCHEMA_VERSION, LogError
 from fslm.logs.entries import generate_entry, parse_since, stack_entry, stack_identity
+from fslm.logs.recording import logged_generate, logged_run, record
 from fslm.logs.store import (
     RunLog,
     export_runs,
     get_run,
     list_runs,
     log_path,
-    logged_generate,
-    logged_run,
     prune_runs,
-    record,
     remove_runs,
     search_runs,
 )

@@ -209,7 +209,7 @@ class ServeState:
         error: str | None = None,
     ) -> None:
         """Write one request to the run log, off the event loop (a log write can wait on another process's lock;
-        it never fails the request: fslm.logs.record notes a problem once and goes on)."""
+        it never fails the request: fslm.logs.recording notes a problem once and goes on)."""
         if not self.traces.persistent:
             return
         keys = ("finish_reason", "batch_size", "queue_seconds", "stack_seconds", "latency_seconds")

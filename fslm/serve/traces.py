@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fslm.logs import RunLog, record
-from fslm.logs.store import note_once, problem, search_words
+from fslm.logs.recording import note_once, problem
+from fslm.logs.store import search_words
 
 
 def summary(rec: dict) -> dict:

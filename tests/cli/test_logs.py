@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import fslm.logs.store as logstore
+import fslm.logs.recording as logrecord
 from fslm.cli import app
 from fslm.logs import record, stack_entry
 from fslm.settings import reset_settings
@@ -22,7 +22,7 @@ def log_file(tmp_path, monkeypatch):
     monkeypatch.setenv("FSLM_LOG", "1")
     monkeypatch.setenv("FSLM_LOG_DB", str(tmp_path / "log" / "logs.db"))
     monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(logstore, "_noted", set())
+    monkeypatch.setattr(logrecord, "_noted", set())
     reset_settings()
     yield tmp_path / "log" / "logs.db"
     reset_settings()

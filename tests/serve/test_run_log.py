@@ -7,7 +7,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-import fslm.logs.store as logstore
+import fslm.logs.recording as logrecord
 from fslm.config import parse_stack_config
 from fslm.errors import InputError
 from fslm.logs import RunLog, get_run, list_runs, log_path, record, stack_entry
@@ -44,7 +44,7 @@ def cli_run(prompt: str, answer: str) -> int:
 
 @pytest.fixture(autouse=True)
 def _fresh_notes(monkeypatch):
-    monkeypatch.setattr(logstore, "_noted", set())
+    monkeypatch.setattr(logrecord, "_noted", set())
 
 
 def test_every_request_is_logged_with_its_trace_and_identity(tiny_stack):
