@@ -102,7 +102,7 @@ def distill_command(
         help="Comma-separated stages to redistill (with --reuse), e.g. after editing their teacher_prompt.",
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    engine: str = engine_option("hf", help="Local teacher's inference engine: hf, llamacpp or auto."),
+    engine: str = engine_option("hf", help="Local teacher's inference engine: hf, llamacpp, vllm or auto."),
 ) -> None:
     """Have a teacher write every stage's target text for instruction data (resumable JSONL)."""
     from fslm.teachers import make_teacher

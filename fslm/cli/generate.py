@@ -87,7 +87,9 @@ def generate_command(
         False, "--compare", help="Also run plain greedy; report speedup and whether the texts are identical."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    engine: str = engine_option("hf", help="Inference engine of --model: hf, llamacpp or auto (helpers need hf)."),
+    engine: str = engine_option(
+        "hf", help="Inference engine of --model: hf, llamacpp, vllm or auto (helpers need hf)."
+    ),
     no_log: bool = typer.Option(False, "--no-log", help="Do not write this call to the run log (`fslm logs`)."),
 ) -> None:
     """Generate greedily with --model, helped by --draft / --prompt-lookup, or contrasted with --amateur."""

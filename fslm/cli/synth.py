@@ -89,7 +89,7 @@ def synth_command(
         default_of(SynthOptions, "requests_per_round"), "--requests-per-round", help="Teacher requests per round."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    engine: str = engine_option("hf", help="Local teacher's inference engine: hf, llamacpp or auto."),
+    engine: str = engine_option("hf", help="Local teacher's inference engine: hf, llamacpp, vllm or auto."),
 ) -> None:
     """Self-instruct: a teacher writes new instructions, inputs and outputs from seed tasks (resumable JSONL)."""
     options = SynthOptions(
