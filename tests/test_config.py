@@ -67,7 +67,7 @@ def test_valid_config_round_trips_through_yaml(tmp_path):
         (lambda d: d["stages"][0].update(name="Bad Name"), "stages.0.name"),
         (lambda d: d.update(stages=[]), "stages"),
         (lambda d: d.pop("name"), "name"),
-        (lambda d: d.update(engine="tpu"), "engine: Input should be 'hf', 'llamacpp', 'openai' or 'auto'"),
+        (lambda d: d.update(engine="tpu"), "engine: Input should be 'hf', 'llamacpp', 'openai', 'vllm' or 'auto'"),
     ],
 )
 def test_errors_name_the_file_and_field(tmp_path, mutate, expected):

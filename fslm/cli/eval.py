@@ -139,7 +139,7 @@ def eval_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of a table."),
     engine: str | None = engine_option(
-        help="Inference engine (default: the stack's `engine:`, or hf): hf, llamacpp or auto."
+        help="Inference engine (default: the stack's `engine:`, or hf): hf, llamacpp, vllm or auto."
     ),
     metrics: str | None = typer.Option(
         None,

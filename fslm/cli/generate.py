@@ -120,7 +120,8 @@ def generate_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
     engine: str = engine_option(
-        default_of(generate, "backend"), help="Inference engine of --model: hf, llamacpp or auto (helpers need hf)."
+        default_of(generate, "backend"),
+        help="Inference engine of --model: hf, llamacpp, vllm or auto (helpers need hf).",
     ),
     no_log: bool = typer.Option(False, "--no-log", help="Do not write this call to the run log (`fslm logs`)."),
 ) -> None:

@@ -54,7 +54,9 @@ def run_command(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object {answer, trace} instead of panels."),
     show_inputs: bool = typer.Option(False, "--inputs", help="Also show the exact text each stage was given."),
     no_adapters: bool = typer.Option(False, "--no-adapters", help="Run the stack prompt-only (its LoRA adapters off)."),
-    engine: str | None = engine_option(help="Inference engine (default: the stack's `engine:`): hf, llamacpp or auto."),
+    engine: str | None = engine_option(
+        help="Inference engine (default: the stack's `engine:`): hf, llamacpp, vllm or auto."
+    ),
     no_log: bool = typer.Option(False, "--no-log", help="Do not write this run to the run log (`fslm logs`)."),
 ) -> None:
     """Answer PROMPT with a stack and print the answer and every stage's text."""

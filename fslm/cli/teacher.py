@@ -24,7 +24,7 @@ TIMEOUT = typer.Option(
     default_of(HTTPTeacher, "timeout"), "--timeout", help="HTTP teacher: seconds per request before a retry."
 )
 LOCAL_ENGINE = default_of(make_teacher, "backend")
-TEACHER_ENGINE = engine_option(LOCAL_ENGINE, help="Local teacher's inference engine: hf, llamacpp or auto.")
+TEACHER_ENGINE = engine_option(LOCAL_ENGINE, help="Local teacher's inference engine: hf, llamacpp, vllm or auto.")
 
 
 def teacher_from_options(

@@ -24,7 +24,8 @@ class StackConfig(BaseModel):
     engine: str = Field(
         "hf",
         description="inference backend: hf (transformers + PEFT, the reference), llamacpp (llama.cpp on the GGUF "
-        "weights, `fslm[fast]`), auto (llama.cpp where it can run, else hf) or an installed engine plugin "
+        "weights, `fslm[fast]`), vllm (vLLM with LoRA, `fslm[vllm]`), auto (llama.cpp where it can run, else "
+        "hf) or an installed engine plugin "
         "(docs/engine.md). `--engine` on a command overrides it",
     )
     chat_template: bool = Field(True, description="render stage inputs with the model's chat template")

@@ -8,7 +8,8 @@ An engine holds ONE copy of a base model plus any number of named LoRA adapters,
 
 Backends: `hf.py` (transformers + PEFT, the reference) and `llamacpp/` (llama.cpp on GGUF weights); both implement
 the same protocol, so nothing above this package changes with the backend. `endpoint.py` ("openai") implements it
-over an OpenAI-compatible HTTP server (vLLM, llama-server, Ollama, a hosted API, `fslm serve`). `registry.py` finds them, and engines
+over an OpenAI-compatible HTTP server (vLLM, llama-server, Ollama, a hosted API, `fslm serve`); `vllm.py` runs vLLM's
+offline `LLM` in this process, one base model with every adapter as a LoRARequest. `registry.py` finds them, and engines
 that other packages add, by name (docs/engine.md, "Writing an engine plugin").
 """
 
@@ -116,11 +117,13 @@ BACKENDS = (
     "hf",
     "llamacpp",
     "openai",
+    "vllm",
     "auto",
 )  # the built-in names; `engine_names()` adds installed and registered engines
 BACKEND_HELP = (
     "hf (transformers + PEFT, the reference), llamacpp (llama.cpp on GGUF, needs fslm[fast]), openai (an "
-    "OpenAI-compatible server at $OPENAI_BASE_URL), auto, "
+    "OpenAI-compatible server at $OPENAI_BASE_URL), vllm (vLLM with LoRA, its own "
+    "virtualenv: make test-vllm), auto, "
     "or an engine plugin (docs/engine.md)"
 )
 

@@ -26,6 +26,7 @@ BUILTIN = {
     "hf": "fslm.engine.hf:HFEngine.from_ref",
     "llamacpp": "fslm.engine.llamacpp:LlamaCppEngine.from_ref",
     "openai": "fslm.engine.endpoint:EndpointEngine.from_ref",  # an OpenAI-compatible server (fslm/engine/endpoint.py)
+    "vllm": "fslm.engine.vllm:VllmEngine.from_ref",  # vLLM's offline LLM, adapters as LoRARequests (own virtualenv)
 }
 
 EngineFactory = Callable[..., Any]  # (model_ref, *, dtype, **options) -> Engine

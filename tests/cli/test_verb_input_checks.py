@@ -41,8 +41,8 @@ CASES = [
     (["run", "--stack", "{bad_model_stack}", "Hi"], "base_model: unknown model 'gpt-17'"),
     (["run", "--stack", "{stack}", "\udcff\udcfe"], "undecodable byte"),
     (
-        ["run", "--stack", "{stack}", "--engine", "vllm", "Hi"],
-        "unknown engine 'vllm'; choose hf, llamacpp, openai, auto",
+        ["run", "--stack", "{stack}", "--engine", "vlm", "Hi"],
+        "unknown engine 'vlm'; choose hf, llamacpp, openai, vllm, auto",
     ),
     (["serve", "--stack", "{stack}", "--engine", "gpu"], "unknown engine 'gpu'"),
     # generate

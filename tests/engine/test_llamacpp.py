@@ -338,8 +338,8 @@ def test_load_engine_picks_the_backend_by_name(tiny_model_dir):
     from fslm.errors import FslmError
 
     assert isinstance(load_engine(str(tiny_model_dir), backend="hf"), HFEngine)
-    with pytest.raises(FslmError, match="unknown engine 'vllm'; choose hf, llamacpp, openai, auto"):
-        load_engine(str(tiny_model_dir), backend="vllm")
+    with pytest.raises(FslmError, match="unknown engine 'vlm'; choose hf, llamacpp, openai, vllm, auto"):
+        load_engine(str(tiny_model_dir), backend="vlm")
     auto = load_engine(str(tiny_model_dir), backend="auto")
     try:
         import llama_cpp  # noqa: F401

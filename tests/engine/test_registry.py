@@ -88,31 +88,31 @@ def test_builtins_work_without_any_metadata(monkeypatch, tiny_model_dir):
     from fslm.engine.llamacpp import LlamaCppEngine
 
     _installed(monkeypatch)
-    assert engine_names() == ("hf", "llamacpp", "openai", "auto")
+    assert engine_names() == ("hf", "llamacpp", "openai", "vllm", "auto")
     assert registry.engine_factory("hf") == HFEngine.from_ref
     assert registry.engine_factory("llamacpp") == LlamaCppEngine.from_ref
     assert registry.engine_factory("openai") == EndpointEngine.from_ref
     assert isinstance(load_engine(str(tiny_model_dir), backend="hf"), HFEngine)
-    with pytest.raises(InputError, match="unknown engine 'echo'; choose hf, llamacpp, openai, auto$"):
+    with pytest.raises(InputError, match="unknown engine 'echo'; choose hf, llamacpp, openai, vllm, auto$"):
         load_engine(str(tiny_model_dir), backend="echo")
 
 
 def test_an_entry_point_adds_an_engine_by_name(monkeypatch):
     _installed(monkeypatch, ("echo", f"{__name__}:EchoEngine.from_ref"))
-    assert engine_names() == ("hf", "llamacpp", "openai", "echo", "auto")
+    assert engine_names() == ("hf", "llamacpp", "openai", "vllm", "echo", "auto")
     assert check_backend("echo") == "echo"
     check_engine("echo")  # the CLI's --engine check
     engine = load_engine("some/model", dtype="bfloat16", backend="echo", batch_size=4)
     assert isinstance(engine, EchoEngine) and isinstance(engine, Engine)
     assert (engine.model_ref, engine.dtype, engine.options) == ("some/model", "bfloat16", {"batch_size": 4})
     assert engine.generate(["hello there"], GenerationParams())[0].text == "hello there"
-    with pytest.raises(InputError, match="unknown engine 'vllm'; choose hf, llamacpp, openai, echo, auto"):
-        check_backend("vllm")
+    with pytest.raises(InputError, match="unknown engine 'vlm'; choose hf, llamacpp, openai, vllm, echo, auto"):
+        check_backend("vlm")
 
 
 def test_an_entry_point_overrides_a_builtin_and_auto_is_not_an_engine(monkeypatch):
     _installed(monkeypatch, ("hf", f"{__name__}:EchoEngine.from_ref"), ("auto", f"{__name__}:EchoEngine"))
-    assert engine_names() == ("hf", "llamacpp", "openai", "auto")
+    assert engine_names() == ("hf", "llamacpp", "openai", "vllm", "auto")
     assert isinstance(load_engine("m", backend="hf"), EchoEngine)
     with pytest.raises(InputError, match="unknown engine 'auto'"):
         registry.engine_factory("auto")  # a policy over llamacpp and hf, never a plugin's engine
@@ -139,7 +139,7 @@ def test_register_engine_wins_over_installed_ones_and_checks_its_arguments(monke
 
     register_engine("echo", factory)
     register_engine("mine-2", EchoEngine)
-    assert engine_names() == ("hf", "llamacpp", "openai", "echo", "mine-2", "auto")
+    assert engine_names() == ("hf", "llamacpp", "openai", "vllm", "echo", "mine-2", "auto")
     load_engine("m", backend="echo")
     assert made == ["m"] and isinstance(load_engine("n", backend="mine-2"), EchoEngine)
     for name in ("auto", "", "Upper", "has space", 7):
@@ -161,11 +161,13 @@ def test_a_stack_file_can_name_a_plugin_engine(monkeypatch):
     stack = {"name": "s", "stages": [{"name": "answer", "instruction": "Answer."}]}
     _installed(monkeypatch)
     assert parse_stack_config({**stack, "engine": "llamacpp"}).engine == "llamacpp"
-    with pytest.raises(ConfigError, match="engine: Input should be 'hf', 'llamacpp', 'openai' or 'auto'"):
+    with pytest.raises(ConfigError, match="engine: Input should be 'hf', 'llamacpp', 'openai', 'vllm' or 'auto'"):
         parse_stack_config({**stack, "engine": "echo"})
     _installed(monkeypatch, ("echo", f"{__name__}:EchoEngine.from_ref"))
     assert parse_stack_config({**stack, "engine": "echo"}).engine == "echo"
-    with pytest.raises(ConfigError, match="engine: Input should be 'hf', 'llamacpp', 'openai', 'echo' or 'auto'"):
+    with pytest.raises(
+        ConfigError, match="engine: Input should be 'hf', 'llamacpp', 'openai', 'vllm', 'echo' or 'auto'"
+    ):
         parse_stack_config({**stack, "engine": ["hf"]})
 
 
