@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -21,16 +22,20 @@ from fslm.cli.common import (
     check_engine,
     check_model,
     check_output,
+    check_ray,
     console,
     default_of,
     engine_option,
     out,
     print_json,
+    ray_options,
 )
 from fslm.config import load_default_stack_config, load_stack_config
 from fslm.distill import DistillOptions, DistillReport, distill
 from fslm.errors import InputError
 from fslm.teachers import HTTPTeacher
+
+RAY, RAY_ACTORS = ray_options()
 
 
 class RateColumn(ProgressColumn):
@@ -103,8 +108,11 @@ def distill_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     engine: str = engine_option("hf", help="Local teacher's inference engine: hf, llamacpp or auto."),
+    ray: str | None = RAY,
+    ray_actors: int | None = RAY_ACTORS,
 ) -> None:
     """Have a teacher write every stage's target text for instruction data (resumable JSONL)."""
+    from fslm.engine.http import api_key_from_env
     from fslm.teachers import make_teacher
 
     cfg = load_default_stack_config() if stack is None else load_stack_config(stack)
@@ -137,6 +145,7 @@ def distill_command(
         reuse=reuse,
         redo=[s.strip() for s in (redo or "").split(",") if s.strip()],
     )
+    check_ray(ray, ray_actors)
 
     def load_teacher():  # called by distill() only after the data validated and if work is left
         if teacher_url:
@@ -160,7 +169,18 @@ def distill_command(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        report = distill(cfg, data, out_path, teacher=load_teacher, options=options, progress=progress)
+        if ray is None:
+            make = load_teacher
+        elif teacher_url:  # each Ray worker builds its own client; the key travels resolved, not as an env var name
+            key = api_key_from_env(api_key_env)
+            make = partial(
+                HTTPTeacher, teacher_url, teacher_model, api_key=key, concurrency=concurrency, timeout=timeout
+            )
+        else:
+            make = partial(make_teacher, teacher, default_ref=cfg.base_model, dtype=cfg.dtype, backend=engine)
+        report = distill(
+            cfg, data, out_path, teacher=make, options=options, progress=progress, ray=ray, ray_actors=ray_actors
+        )
     if json_output:
         print_json(report.to_dict())
     else:
