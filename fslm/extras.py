@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "retrieve": ("bm25s", "Stemmer"),
     "collaborate": ("sentence_transformers", "sklearn", "matplotlib"),
     "fast": ("llama_cpp",),
+    "ray": ("ray",),  # `--ray` on `fslm distill` and `fslm eval`
 }
 
 

@@ -122,3 +122,31 @@ def isolated_cache(tmp_path, monkeypatch):
     reset_settings()
     yield tmp_path / "cache"
     reset_settings()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster (2 CPUs) for every Ray test of the session: it takes seconds to start. Ray binds it
+    to this machine's own address (it replaces 127.0.0.1 so that other nodes could join), never another machine's."""
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'fslm[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def ray_worker_names() -> set[str]:
+    """Names of the fslm Ray worker actors the cluster lists (a killed actor's name may linger for a moment)."""
+    from ray.util import list_named_actors
+
+    return {n for n in list_named_actors() if n.startswith("fslm-worker-")}
+
+
+def new_ray_worker(ray, before: set[str]):
+    """(handle, pid) of a live fslm worker actor not among `before`: one of the run in progress, to kill mid-run."""
+    for name in sorted(ray_worker_names() - before):
+        handle = ray.get_actor(name)
+        try:
+            return handle, ray.get(handle.pid.options(concurrency_group="control").remote(), timeout=30)
+        except Exception:  # died already
+            continue
+    raise AssertionError("no live fslm worker actor of this run")

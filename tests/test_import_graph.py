@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "fslm"
 # Low to high. A module may import its own layer and the layers below; the root package (fslm/__init__.py, the public
 # facade that Python runs before any submodule) is left out of the graph.
 LAYERS: list[set[str]] = [
-    {"errors", "settings", "version", "digest", "io", "generation", "extras", "cpu"},
+    {"errors", "settings", "version", "digest", "io", "generation", "extras", "cpu", "scale"},
     {"models", "tasks"},
     {"engine", "teachers"},
     {"retrieve"},

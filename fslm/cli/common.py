@@ -198,6 +198,29 @@ def engine_option(default: str | None = None, help: str = ENGINE_HELP) -> Any:
     return typer.Option(default, "--engine", "-e", help=help, show_default=default is not None)
 
 
+def ray_options() -> tuple[Any, Any]:
+    """`--ray ADDRESS` and `--ray-actors N`, taken by the verbs that fan batches out (docs/scale.md)."""
+    return (
+        typer.Option(
+            None,
+            "--ray",
+            help="Fan batches out over a Ray cluster: its head's HOST:PORT, or auto (this machine's, or a new local one).",
+        ),
+        typer.Option(None, "--ray-actors", min=1, help="With --ray: worker actors (default: one per cluster CPU)."),
+    )
+
+
+def check_ray(address: str | None, actors: int | None) -> None:
+    """Join the Ray cluster now, so an address nothing answers at fails before any model loads."""
+    if address is None:
+        if actors is not None:
+            raise InputError("--ray-actors goes with --ray ADDRESS")
+        return
+    from fslm.scale.ray import connect
+
+    connect(address)
+
+
 def check_engine(backend: str | None) -> None:
     """A known backend, and its runtime installed (llamacpp: the `fast` extra); "auto" falls back by itself."""
     if backend is None:

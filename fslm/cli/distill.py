@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -16,7 +17,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from fslm.cli.common import LazyProgress, check_output, console, default_of, out, print_json
+from fslm.cli.common import LazyProgress, check_output, check_ray, console, default_of, out, print_json, ray_options
 from fslm.cli.teacher import (
     API_KEY_ENV,
     CONCURRENCY,
@@ -28,6 +29,8 @@ from fslm.cli.teacher import (
 )
 from fslm.config import load_default_stack_config, load_stack_config
 from fslm.distill import DistillOptions, DistillReport, distill
+
+RAY, RAY_ACTORS = ray_options()
 
 
 class RateColumn(ProgressColumn):
@@ -94,6 +97,8 @@ def distill_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     engine: str = TEACHER_ENGINE,
+    ray: str | None = RAY,
+    ray_actors: int | None = RAY_ACTORS,
 ) -> None:
     """Have a teacher write every stage's target text for instruction data (resumable JSONL)."""
     cfg = load_default_stack_config() if stack is None else load_stack_config(stack)
@@ -119,6 +124,7 @@ def distill_command(
         reuse=reuse,
         redo=[s.strip() for s in (redo or "").split(",") if s.strip()],
     )
+    check_ray(ray, ray_actors)
 
     columns = [
         TextColumn("[bold]distill"),
@@ -135,7 +141,23 @@ def distill_command(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        report = distill(cfg, data, out_path, teacher=load_teacher, options=options, progress=progress)
+        if ray is None:
+            make = load_teacher
+        elif teacher_url:  # Ray workers get what builds a teacher, picklable: each builds its own
+            from fslm.engine.http import api_key_from_env
+            from fslm.teachers import HTTPTeacher
+
+            key = api_key_from_env(api_key_env)  # it travels resolved, not as an env var name
+            make = partial(
+                HTTPTeacher, teacher_url, teacher_model, api_key=key, concurrency=concurrency, timeout=timeout
+            )
+        else:
+            from fslm.teachers import make_teacher
+
+            make = partial(make_teacher, teacher, default_ref=cfg.base_model, dtype=cfg.dtype, backend=engine)
+        report = distill(
+            cfg, data, out_path, teacher=make, options=options, progress=progress, ray=ray, ray_actors=ray_actors
+        )
     if json_output:
         print_json(report.to_dict())
     else:

@@ -12,6 +12,7 @@ from fslm.cli.common import (
     check_engine,
     check_model,
     check_output,
+    check_ray,
     check_stack,
     console,
     default_of,
@@ -19,6 +20,7 @@ from fslm.cli.common import (
     guarded,
     out,
     print_json,
+    ray_options,
     status,
 )
 from fslm.errors import InputError
@@ -26,6 +28,7 @@ from fslm.evaluate.compare import compare
 from fslm.evaluate.run import evaluate  # for their defaults; none imports torch
 from fslm.evaluate.systems import load_system
 
+RAY, RAY_ACTORS = ray_options()
 app = typer.Typer(
     help="Evaluate a model or stack on the benchmark tasks; `fslm eval compare A B` compares two runs.",
     invoke_without_command=True,
@@ -147,6 +150,8 @@ def eval_command(
         help="Also score generation tasks (gsm8k) against their reference text: comma list of em, rougeL, bleu, "
         "minilm (all-MiniLM-L6-v2 cosine), bertscore (BERTScore-style F1 on MiniLM); mean and 95% CI in summary.json.",
     ),
+    ray: str | None = RAY,
+    ray_actors: int | None = RAY_ACTORS,
 ) -> None:
     """Evaluate --model M or --stack S on benchmark tasks (acc, acc_norm, 95% CIs, costs)."""
     if ctx.invoked_subcommand is not None:
@@ -169,6 +174,7 @@ def eval_command(
     for path, what, folder in ((out_dir, "--out", True), (stage_cache, "--stage-cache", False)):
         if path is not None:
             check_output(path, what, folder=folder)
+    check_ray(ray, ray_actors)
     with status("loading model…"):
         system = load_system(
             model=model,
@@ -190,6 +196,8 @@ def eval_command(
         batch_size=batch_size,
         progress=None if json_output else _progress,
         metrics=metric_names or None,
+        ray=ray,
+        ray_actors=ray_actors,
     )
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -14,8 +14,10 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from fslm.config import (
@@ -29,6 +31,7 @@ from fslm.config import (
     load_stack_config,
 )
 from fslm.distill.filters import check_target, trim_to_sentences
+from fslm.distill.reuse import load_reuse
 from fslm.distill.store import DistillStore, read_distilled
 from fslm.errors import ConfigError, DataError
 from fslm.io import replace_surrogates
@@ -69,6 +72,7 @@ class DistillReport:
     repaired_bytes: int = 0  # partial last line cut off (a killed earlier run)
     seconds: float = 0.0
     retries: int = 0  # transient teacher failures that were retried
+    resubmitted: int = 0  # with Ray: batches sent to a fresh worker after theirs died
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,30 +172,6 @@ def _token_counter(cfg: StackConfig, teacher: Teacher) -> Callable[[str], int]:
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def load_reuse(cfg: StackConfig, options: DistillOptions) -> dict[str, dict[str, str]]:
-    """id -> the reused targets (every stage not in `redo`) of each record `options.reuse` kept."""
-    if options.reuse is None:
-        if options.redo:
-            raise ConfigError("--redo needs --reuse: the distilled file whose other stages' targets are kept")
-        return {}
-    names = [s.name for s in cfg.stages]
-    unknown = [n for n in options.redo if n not in names]
-    if unknown or not options.redo:
-        raise ConfigError(
-            f"--redo: expected one or more of the stages of {cfg.name!r} {names}, got {list(options.redo) or 'none'}"
-        )
-    path = Path(options.reuse)
-    if not path.is_file():
-        raise ConfigError(f"--reuse {path}: no such distilled file")
-    keep = [n for n in names if n not in options.redo]
-    reused: dict[str, dict[str, str]] = {}
-    for rec in read_distilled(path):
-        targets = rec.get("targets") or {}
-        if rec.get("kept") and all(isinstance(targets.get(n), str) for n in keep):
-            reused[rec["id"]] = {n: targets[n] for n in keep}
-    return reused
-
-
 class _Distiller:
     def __init__(
         self,
@@ -205,6 +185,9 @@ class _Distiller:
         self.count_tokens = _token_counter(cfg, teacher)
         self.reused = reused or {}
         self.retrievers = load_retrievers(cfg)
+
+    def __call__(self, items: Sequence[Instruction]) -> list[dict]:  # a Ray worker's entry point
+        return self.batch(items)
 
     def _budget(self, stage: StageConfig) -> int:
         if stage.max_target_tokens is not None:
@@ -300,6 +283,31 @@ class _Distiller:
         }
 
 
+def _teacher_factory(cfg: StackConfig, teacher: Teacher | Callable[[], Teacher] | None) -> Callable[[], Teacher]:
+    if teacher is None:
+        return partial(make_teacher, default_ref=cfg.base_model, dtype=cfg.dtype)
+    if hasattr(teacher, "generate"):
+        raise ConfigError(
+            "with ray, pass the teacher as a factory each worker calls once (e.g. functools.partial(make_teacher, "
+            "'MODEL')), not a loaded teacher"
+        )
+    return teacher
+
+
+def _remote_distiller(
+    cfg: StackConfig, make: Callable[[], Teacher], options: DistillOptions, reused: dict
+) -> _Distiller:
+    return _Distiller(cfg, make(), options, reused)
+
+
+def _teacher_id(worker: _Distiller) -> str:
+    return worker.teacher.id
+
+
+def _teacher_retries(worker: _Distiller) -> int:
+    return getattr(worker.teacher, "retries", 0)
+
+
 def summarize(path: str | Path) -> tuple[int, dict[str, int]]:
     """(kept records, filter counts by '<stage>:<reason>') over a whole distilled file."""
     counts: Counter[str] = Counter()
@@ -318,10 +326,14 @@ def distill(
     teacher: Teacher | Callable[[], Teacher] | None = None,
     options: DistillOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> DistillReport:
     """Python twin of `fslm distill`. `progress(done, total)` is called after every fsynced batch.
 
-    `teacher` may be a factory: it is only called once the data validated and there is work left.
+    `teacher` may be a factory: it is only called once the data validated and there is work left. With `ray` (a Ray
+    head's HOST:PORT, or "auto"), batches go to `ray_actors` actors (default: one per cluster CPU) that each call the
+    factory once (it must pickle: `functools.partial(make_teacher, ...)`); this process alone writes `out`.
     """
     options = options or DistillOptions()
     if options.batch_size < 1:
@@ -338,9 +350,9 @@ def distill(
     check_teacher_prompts(cfg)
     leak_stages(cfg, options.no_leak)
     items, duplicates = load_instructions(data, options.limit)
-    reused = load_reuse(cfg, options)
+    reused = load_reuse(cfg, options.reuse, options.redo)
     t0 = time.perf_counter()
-    with DistillStore(out, distill_identity(cfg, options)) as store:
+    with DistillStore(out, distill_identity(cfg, options)) as store, ExitStack() as workers:
         todo = [it for it in items if it.id not in store.done]
         report = DistillReport(
             str(out), "", len(items), duplicates, len(items) - len(todo), 0, 0, repaired_bytes=store.repaired_bytes
@@ -348,23 +360,39 @@ def distill(
         if progress:
             progress(0, len(todo))
         if todo:
-            if teacher is None:
-                teacher = make_teacher(default_ref=cfg.base_model, dtype=cfg.dtype)
-            elif not hasattr(teacher, "generate"):
-                teacher = teacher()
-            others = sorted(store.teachers - {teacher.id})
+            batches = [todo[start : start + options.batch_size] for start in range(0, len(todo), options.batch_size)]
+            if ray is None:
+                if teacher is None:
+                    teacher = make_teacher(default_ref=cfg.base_model, dtype=cfg.dtype)
+                elif not hasattr(teacher, "generate"):
+                    teacher = teacher()
+                teacher_id, worker = teacher.id, _Distiller(cfg, teacher, options, reused)
+                results: Iterable[list[dict]] = (worker.batch(batch) for batch in batches)
+            else:
+                from fslm.scale.ray import RayPool, connect
+
+                connect(ray)
+                pool = workers.enter_context(
+                    RayPool(
+                        partial(_remote_distiller, cfg, _teacher_factory(cfg, teacher), options, reused), ray_actors
+                    )
+                )
+                teacher_id, results = pool.ask(_teacher_id), pool.map(batches)
+            others = sorted(store.teachers - {teacher_id})
             if others:
                 raise DataError(
-                    f"{out}: its records were written by {', '.join(others)}, not {teacher.id}; resume with the "
+                    f"{out}: its records were written by {', '.join(others)}, not {teacher_id}; resume with the "
                     f"same teacher, or write to a new --out"
                 )
-            report.teacher = teacher.id
-            worker = _Distiller(cfg, teacher, options, reused)
-            for start in range(0, len(todo), options.batch_size):
-                report.written += store.append(worker.batch(todo[start : start + options.batch_size]))
+            report.teacher = teacher_id
+            for records in results:
+                report.written += store.append(records)
                 if progress:
                     progress(report.written, len(todo))
-            report.retries = getattr(teacher, "retries", 0)
+            if ray is None:
+                report.retries = getattr(teacher, "retries", 0)
+            else:
+                report.retries, report.resubmitted = sum(pool.ask_all(_teacher_retries)), pool.resubmitted
     report.kept, report.filtered = summarize(out) if Path(out).stat().st_size else (0, {})
     report.seconds = round(time.perf_counter() - t0, 2)
     return report

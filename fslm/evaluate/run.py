@@ -6,9 +6,11 @@ import os
 import random
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from fslm.cpu import cpu_model, current_threads
@@ -142,6 +144,23 @@ def _answer(system: System, batch: list[Item], shots: Shots, gen_max_tokens: int
     return system.answer_generate(batch, shots, GenerationParams(max_new_tokens=gen_max_tokens, stop=GSM8K_STOP))
 
 
+class _Rows:
+    """A batch of items (with their few-shot examples) -> its items.jsonl rows. On a Ray actor `system` is that
+    actor's own copy, loaded once from the driver's `load_system` arguments."""
+
+    def __init__(self, system: System, gen_max_tokens: int):
+        self.system, self.gen_max_tokens = system, gen_max_tokens
+
+    @classmethod
+    def load(cls, load_args: dict, gen_max_tokens: int) -> _Rows:
+        return cls(load_system(**load_args), gen_max_tokens)
+
+    def __call__(self, job: tuple[list[Item], Shots]) -> list[dict]:
+        batch, shots = job
+        outcomes = _answer(self.system, batch, shots, self.gen_max_tokens)
+        return [make_row(it, out) for it, out in zip(batch, outcomes, strict=True)]
+
+
 def _identity(system: System, num_fewshot: int, split: str | None, gen_max_tokens: int) -> dict:
     identity = {
         "system": system.name,
@@ -161,11 +180,12 @@ def _identity(system: System, num_fewshot: int, split: str | None, gen_max_token
 class _Session:
     """This invocation's costs, written to run.json after every batch (a killed run keeps what it spent)."""
 
-    def __init__(self, store: RunStore, t0: float, cpu0: float, system: System):
+    def __init__(self, store: RunStore, t0: float, cpu0: float, system: System, remote: bool = False):
         self.store, self.t0, self.cpu0, self.items = store, t0, cpu0, 0
         stack = getattr(system, "stack", None)
-        self.cache = getattr(stack, "cache", None)
+        self.cache = None if remote else getattr(stack, "cache", None)  # on Ray, the workers' caches count
         self.cache0 = (self.cache.hits, self.cache.misses) if self.cache is not None else (0, 0)
+        self.pool = None  # a RayPool doing the batches
 
     def update(self, n_items: int) -> None:
         self.items += n_items
@@ -176,6 +196,8 @@ class _Session:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         }
+        if self.pool is not None:
+            fields["ray"] = {"actors": self.pool.size, "resubmitted": self.pool.resubmitted}
         if self.cache is not None:  # reused stage outputs: their tokens and seconds are those measured when generated
             fields["stage_cache"] = {
                 "path": str(self.cache.path),
@@ -202,6 +224,8 @@ def evaluate(
     gen_max_tokens: int = GSM8K_MAX_TOKENS,
     progress: Progress | None = None,
     metrics: str | Sequence[str] | None = None,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> Summary:
     """Evaluate a system (or a model reference / stack YAML path) on benchmark tasks.
 
@@ -210,6 +234,8 @@ def evaluate(
     the items already done. Returns the summary (also written as summary.json, table.md and chart.png).
     `metrics` (e.g. "em,rougeL,minilm"; fslm.evaluate.metrics) also scores each generation task's outputs against
     its reference text, computed from the rows when the summary is built (a rerun can ask for other metrics).
+    `ray` (a Ray head's HOST:PORT, or "auto"): batches go to `ray_actors` actors (default: one per cluster CPU), each
+    loading its own copy of the system (one made by `load_system`, or a reference); this process writes the rows.
     """
     require("eval", "evaluation (its chart.png)")
     metric_names = parse_metrics(metrics)
@@ -229,6 +255,8 @@ def evaluate(
     if metric_names and all(items and items[0].choices for items in plan.values()):
         notes.append(f"--metrics {','.join(metric_names)} scores generation tasks (gsm8k); none was evaluated")
     check_no_retrieval_leak(system, plan)
+    if ray is not None:
+        _check_ray(system, ray)
     shots = {task: _shots(task, items, num_fewshot, split) for task, items in plan.items()}
     with RunStore(
         Path(out_dir) if out_dir is not None else None, _identity(system, num_fewshot, split, gen_max_tokens)
@@ -246,7 +274,20 @@ def evaluate(
             gen_max_tokens=gen_max_tokens,
             progress=progress,
             metrics=metric_names,
+            ray=ray,
+            ray_actors=ray_actors,
         )
+
+
+def _check_ray(system: System, address: str) -> None:
+    if getattr(system, "load_args", None) is None:
+        raise InputError(
+            "with ray, give a system made by load_system (or a model reference or stack path): each Ray worker "
+            "loads its own copy from the same arguments"
+        )
+    from fslm.scale.ray import connect
+
+    connect(address)
 
 
 def check_no_retrieval_leak(system: System, plan: dict[str, list[Item]]) -> None:
@@ -278,6 +319,8 @@ def _evaluate_into(
     gen_max_tokens: int,
     progress: Progress | None,
     metrics: Sequence[str] = (),
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> Summary:
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     store.add_session(
@@ -290,35 +333,47 @@ def _evaluate_into(
             "threads": current_threads(),
         }
     )
-    session = _Session(store, t0, cpu0, system)
+    session = _Session(store, t0, cpu0, system, remote=ray is not None)
     done_before = store.done()
+    jobs: list[tuple[list[Item], Shots]] = []
     for task, items in plan.items():
         todo = [it for it in items if it.id not in done_before]
-        finished = len(items) - len(todo)
-        if progress:
-            progress({"task": task, "done": finished, "total": len(items), "new": 0})
         size = batch_size if items and items[0].choices else max(1, min(batch_size, 16))
         for start in range(0, len(todo), size):
             batch = todo[start : start + size]
-            rows = [
-                make_row(it, out)
-                for it, out in zip(batch, _answer(system, batch, shots[task], gen_max_tokens), strict=True)
-            ]
-            store.append(rows)
-            finished += len(batch)
-            session.update(len(batch))
+            jobs.append((batch, {it.id: shots[task][it.id] for it in batch if it.id in shots[task]}))
+    with ExitStack() as workers:
+        if ray is None or not jobs:
+            rows_of = _Rows(system, gen_max_tokens)
+            answered: Iterator[list[dict]] = (rows_of(job) for job in jobs)
+        else:
+            from fslm.scale.ray import RayPool
+
+            session.pool = workers.enter_context(
+                RayPool(partial(_Rows.load, system.load_args, gen_max_tokens), ray_actors)
+            )
+            answered = session.pool.map(jobs)
+        for task, items in plan.items():
+            finished = sum(it.id in done_before for it in items)
             if progress:
-                scored = [store.rows[it.id]["acc"] for it in items if it.id in store.rows]
-                progress(
-                    {
-                        "task": task,
-                        "done": finished,
-                        "total": len(items),
-                        "new": len(batch),
-                        "acc": sum(scored) / len(scored),
-                        "elapsed": time.perf_counter() - t0,
-                    }
-                )
+                progress({"task": task, "done": finished, "total": len(items), "new": 0})
+            while finished < len(items):
+                rows = next(answered)
+                store.append(rows)
+                finished += len(rows)
+                session.update(len(rows))
+                if progress:
+                    scored = [store.rows[it.id]["acc"] for it in items if it.id in store.rows]
+                    progress(
+                        {
+                            "task": task,
+                            "done": finished,
+                            "total": len(items),
+                            "new": len(rows),
+                            "acc": sum(scored) / len(scored),
+                            "elapsed": time.perf_counter() - t0,
+                        }
+                    )
     session.update(0)
     planned = {it.id for items in plan.values() for it in items}
     outside = len(set(store.rows) - planned)

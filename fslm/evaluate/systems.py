@@ -404,7 +404,23 @@ def load_system(
     """Build a system from CLI-style choices: --model M, or --stack S (the packaged default when S is
     "default"), optionally without its adapters, or its base model alone (`base=True`). `stage_cache`: a
     `StageCache` file whose greedy stage outputs a stack reuses (and adds to). `backend`: the inference engine (default:
-    the stack's `engine:`, or hf for a model alone)."""
+    the stack's `engine:`, or hf for a model alone). The system keeps these choices, paths made absolute, in
+    `load_args`: what a Ray worker loads its own copy from."""
+    system = _load_system(model, stack, adapters, base, dtype, stage_cache, answer_format, backend)
+    cache = None if stage_cache is None else str(Path(stage_cache).resolve())  # a Ray worker may start elsewhere
+    system.load_args = dict(model=_absolute(model), stack=_absolute(stack), adapters=adapters, base=base, dtype=dtype)
+    system.load_args |= dict(stage_cache=cache, answer_format=answer_format, backend=backend)
+    return system
+
+
+def _absolute(ref: str | Path | None) -> str | None:
+    """A reference that is a path on disk, made absolute; a name (or "default") as given."""
+    if ref is None or str(ref) == "default" or not Path(ref).exists():
+        return None if ref is None else str(ref)
+    return str(Path(ref).resolve())
+
+
+def _load_system(model, stack, adapters, base, dtype, stage_cache, answer_format, backend) -> ModelSystem | StackSystem:
     if (model is None) == (stack is None):
         raise InputError("give exactly one of --model (a model reference) or --stack (a stack YAML, or 'default')")
     if stage_cache is not None and (model is not None or base):
