@@ -55,7 +55,7 @@ bench: install
 VLLM_VENV ?= .venv-vllm
 test-vllm:
 	scripts/vllm-venv.sh $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/engine/test_vllm.py tests/engine/test_vllm_server.py
 
 browser-test: install-test
 	$(BIN)/python -m pytest -q tests/serve/browser_test.py
