@@ -39,7 +39,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     """`vllm serve` on the embedded SmolLM2 with the default stack's adapters as LoRA modules; yields its /v1 URL."""
     from fslm.config import load_default_stack_config
-    from fslm.engine.vllm import model_folder
+    from fslm.engine.vllm import LORA_TARGETS, model_folder
 
     cfg = load_default_stack_config()
     modules = [f"{s.name}={cfg.adapter_path(s)}" for s in cfg.stages if s.adapter is not None]
@@ -47,6 +47,9 @@ def server(tmp_path_factory):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_folder(cfg.base_model)]
     cmd += ["--served-model-name", cfg.base_model, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
     cmd += ["--enable-lora", "--max-lora-rank", "16", "--lora-modules", *modules, "--max-model-len", "2048"]
+    # as the vllm engine does: LoRA on the decoder's linear layers only, or scoring (prompt logprobs) of more than
+    # one row crashes in the wrapped lm_head (docs/engine.md, "The vLLM engine")
+    cmd += ["--lora-target-modules", *LORA_TARGETS]
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     with open(log, "w") as fh:
