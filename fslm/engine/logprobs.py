@@ -26,6 +26,14 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()  # the most likely tokens at this step, best first
+    raw: bytes | None = None  # the token's own bytes (part of a UTF-8 character, maybe); None: token.encode()
+    top_raw: tuple[bytes, ...] = ()  # the same for each of `top`
+
+    @property
+    def utf8(self) -> list[int]:
+        """OpenAI's `bytes`: the token's UTF-8 bytes, which joined over tokens give the text even where one character
+        spans tokens (then `token` alone shows U+FFFD)."""
+        return list(self.raw if self.raw is not None else self.token.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,50 @@ class StepRecorder:
             self.steps[row].append((int(picked[live]), float(chosen[live]), alts[live]))
 
 
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, reversed: the printable stand-in character of each byte -> the byte."""
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
+
+
+BYTE_DECODER = _byte_decoder()
+
+
+def token_bytes(tokenizer) -> Callable[[int], bytes]:
+    """A function id -> that token's exact bytes for a Hugging Face tokenizer: byte-level BPE pieces (GPT-2, Llama 3,
+    SmolLM2, Qwen) mapped back through their byte alphabet, SentencePiece byte-fallback pieces (`<0xE2>`) as their
+    byte, other SentencePiece pieces with `▁` as a space; special tokens give b"" (the text leaves them out)."""
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    byte_level = type(decoder).__name__ == "ByteLevel" or "ByteLevel" in repr(decoder)
+    special = set(tokenizer.all_special_ids)
+
+    def of(token_id: int) -> bytes:
+        if token_id in special:
+            return b""
+        piece = tokenizer.convert_ids_to_tokens(token_id)
+        if byte_level and all(c in BYTE_DECODER for c in piece):
+            return bytes(BYTE_DECODER[c] for c in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("▁", " ").encode("utf-8")
+
+    return of
+
+
 def token_logprobs(
     steps: Sequence[tuple[int, float, list[tuple[int, float]]]],
     n_tokens: int,
     text: str,
     decode: Callable[[list[int]], str],
+    raw: Callable[[int], bytes] | None = None,
 ) -> list[TokenLogprob]:
     """The steps behind a Generation's text: its n_tokens kept tokens (an EOS step dropped), then only as many as it
     takes to cover `text` (a stop string's tokens after the cut and stripped trailing whitespace dropped)."""
@@ -90,4 +137,14 @@ def token_logprobs(
             if len(decode(ids[:m]).strip()) >= len(text):
                 keep = m
                 break
-    return [TokenLogprob(i, decode([i]), lp, tuple((decode([a]), v) for a, v in alts)) for i, lp, alts in kept[:keep]]
+    return [
+        TokenLogprob(
+            i,
+            decode([i]),
+            lp,
+            tuple((decode([a]), v) for a, v in alts),
+            raw(i) if raw else None,
+            tuple(raw(a) for a, _ in alts) if raw else (),
+        )
+        for i, lp, alts in kept[:keep]
+    ]

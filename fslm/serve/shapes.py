@@ -61,19 +61,20 @@ class Shape:
                     {
                         "token": t.token,
                         "logprob": t.logprob,
-                        "bytes": list(t.token.encode("utf-8")),
+                        "bytes": t.utf8,
                         "top_logprobs": [
-                            {"token": a, "logprob": v, "bytes": list(a.encode("utf-8"))} for a, v in t.top
+                            {"token": a, "logprob": v, "bytes": list(raw if raw is not None else a.encode("utf-8"))}
+                            for (a, v), raw in zip(t.top, t.top_raw or [None] * len(t.top), strict=True)
                         ],
                     }
                     for t in tokens
                 ],
                 "refusal": None,
             }
-        offsets, at = [], 0
-        for t in tokens:
-            offsets.append(at)
-            at += len(t.token)
+        offsets, seen = [], b""
+        for t in tokens:  # characters of the text before each token (a character split over tokens counts once done)
+            offsets.append(len(seen.decode("utf-8", errors="ignore")))
+            seen += bytes(t.utf8)
         return {
             "tokens": [t.token for t in tokens],
             "token_logprobs": [t.logprob for t in tokens],

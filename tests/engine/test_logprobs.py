@@ -80,3 +80,32 @@ def test_an_engine_without_the_capability_is_refused_by_name(tiny_engine):
             return tiny_engine.generate(texts, params, adapter=adapter)
 
     assert "does not return token log-probabilities" in logprobs_refusal(GenerateOnly())
+
+
+@pytest.mark.parametrize("text", ["plain words", "café crème", "naïve 🙂 emoji — dash", "日本語のテキスト"])
+def test_token_bytes_join_to_the_texts_utf8(tiny_engine, text):
+    """Where one character spans tokens each token's `token` is U+FFFD, but its bytes are exact."""
+    from fslm.engine.logprobs import token_bytes
+
+    raw = token_bytes(tiny_engine.tokenizer)
+    ids = tiny_engine.tokenizer(text, add_special_tokens=False).input_ids
+    assert b"".join(raw(i) for i in ids) == text.encode("utf-8")
+    assert raw(tiny_engine.tokenizer.eos_token_id) == b""
+
+
+def test_served_logprobs_carry_the_tokens_bytes_and_character_offsets():
+    from fslm.engine.logprobs import TokenLogprob
+    from fslm.serve.shapes import Shape
+
+    smile = "🙂".encode()
+    tokens = [
+        TokenLogprob(1, "Hi", -0.1, raw=b"Hi"),
+        TokenLogprob(2, "\ufffd", -0.2, (("\ufffd", -0.2),), raw=smile[:2], top_raw=(smile[:2],)),
+        TokenLogprob(3, "\ufffd", -0.3, raw=smile[2:]),
+        TokenLogprob(4, "!", -0.4),
+    ]
+    chat = Shape(chat=True).logprobs(tokens)["content"]
+    assert b"".join(bytes(c["bytes"]) for c in chat).decode() == "Hi🙂!"
+    assert chat[1]["top_logprobs"][0]["bytes"] == list(smile[:2])
+    legacy = Shape(chat=False).logprobs(tokens)
+    assert legacy["text_offset"] == [0, 2, 2, 3]  # "Hi" | 🙂 (one character over two tokens) | "!"
