@@ -233,9 +233,10 @@ def check_engine(backend: str | None) -> None:
         require("fast", "--engine llamacpp")
 
 
-def check_stack(path: Path | str | None, *, adapters: bool = True) -> StackConfig:
+def check_stack(path: Path | str | None, *, adapters: bool = True, engine: str | None = None) -> StackConfig:
     """A stack file (the packaged default when None) as far as it can be checked without its model: schema,
-    adapter and index folders (unless `adapters` is off), and a base model that resolves."""
+    adapter and index folders (unless `adapters` is off), and a base model that resolves (unless the stack, or the
+    `engine` a command names, runs it on a server)."""
     from fslm.config import load_default_stack_config, load_stack_config
     from fslm.stack_checks import check_adapters
 
@@ -243,7 +244,7 @@ def check_stack(path: Path | str | None, *, adapters: bool = True) -> StackConfi
     if not adapters:
         cfg = cfg.without_adapters()
     check_adapters(cfg)
-    if cfg.endpoint is None and cfg.engine != "openai":  # else the base model is a name a server serves
+    if cfg.endpoint is None and (engine or cfg.engine) != "openai":  # else the base model is a name a server serves
         check_model(cfg.base_model, f"{cfg.source_path or 'stack'}: base_model")
     return cfg
 

@@ -96,7 +96,7 @@ def check_system(
         check_model(model, "--model")
         check_engine(engine)
     elif stack is not None:
-        cfg = check_stack(None if stack == "default" else stack, adapters=adapters and not base)
+        cfg = check_stack(None if stack == "default" else stack, adapters=adapters and not base, engine=engine)
         check_engine(engine or cfg.engine)
 
 

@@ -61,7 +61,7 @@ def run_command(
 ) -> None:
     """Answer PROMPT with a stack and print the answer and every stage's text."""
     prompt = check_prompt_text(prompt)  # before the model loads: a bad prompt or stack file costs no load
-    cfg = check_stack(stack, adapters=not no_adapters)
+    cfg = check_stack(stack, adapters=not no_adapters, engine=engine)
     check_engine(engine or cfg.engine)
     with status("loading stack and model…", enabled=True):
         loaded = Stack.load(stack, adapters=not no_adapters, backend=engine)

@@ -88,7 +88,7 @@ def serve_command(
         )
         raise ConfigError(f"invalid serve option: {problems}") from None
     key = " (API key required)" if settings.resolved_api_key() else ""  # a blank key fails here, before any load
-    cfg = check_stack(stack)  # a bad stack file or engine costs no model load
+    cfg = check_stack(stack, engine=engine)  # a bad stack file or engine costs no model load
     check_engine(engine or cfg.engine)
     with status("loading stack and model…"):
         loaded = Stack.load(stack, backend=engine)

@@ -156,3 +156,18 @@ def test_a_served_adapter_is_the_stage_name_and_its_outputs_are_cached(tiny_engi
     assert first.trace[1].adapter == "answer" and stack.engine_for(stack.config.stage("answer")).adapters() == [
         "answer"
     ]
+
+
+def test_engine_openai_on_the_command_line_runs_a_plain_stack_on_the_server(served, tmp_path, monkeypatch):
+    """`--engine openai` (no `endpoint:` block): the base model is a name the server serves, never looked up here."""
+    url, served_stack = served
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump({**SERVED, "name": "plain", "base_model": "tiny-served"}))
+    refused = runner.invoke(app, ["run", "--stack", str(path), QUESTION])  # locally, that name is no model
+    assert refused.exit_code == 2 and "tiny-served" in refused.output
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    ok = runner.invoke(app, ["run", "--stack", str(path), "--engine", "openai", "--json", QUESTION])
+    assert ok.exit_code == 0, ok.output
+    shown = json.loads(ok.output.splitlines()[-1])
+    sent = parse_messages(shown["trace"][0]["input"])[-1]["content"]
+    assert shown["answer"] == served_stack.run(sent).answer
