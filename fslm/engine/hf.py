@@ -14,7 +14,7 @@ import torch
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, split_pair, supports_logits_to_keep
-from fslm.engine.logprobs import LoggedGeneration, StepRecorder, token_bytes, token_logprobs
+from fslm.engine.logprobs import LoggedGeneration, StepRecorder, logged_generations
 from fslm.engine.prefix import PrefixStore, count_reuse
 from fslm.engine.stepping import LogitsSession
 from fslm.engine.streaming import OnText, RowStreams
@@ -185,10 +185,7 @@ class HFEngine:
         alternatives (fslm.engine.logprobs)."""
         steps: dict[int, list] = {}
         gens = self._generate(texts, params, adapter, on_text, steps, top)
-        return [
-            LoggedGeneration(g, token_logprobs(steps[i], g.tokens_out, g.text, self._text, token_bytes(self.tokenizer)))
-            for i, g in enumerate(gens)
-        ]
+        return logged_generations(gens, steps, self._text, self.tokenizer)
 
     def _generate(
         self,

@@ -148,3 +148,14 @@ def token_logprobs(
         )
         for i, lp, alts in kept[:keep]
     ]
+
+
+def logged_generations(
+    gens: Sequence[Generation], steps: dict[int, list], decode: Callable[[list[int]], str], tokenizer
+) -> list[LoggedGeneration]:
+    """Each Generation with its tokens' log-probabilities, from the steps its decode loop recorded per row, in the
+    engine's own token texts (`decode`) and bytes (`tokenizer`): what both built-in engines return."""
+    raw = token_bytes(tokenizer)
+    return [
+        LoggedGeneration(g, token_logprobs(steps[i], g.tokens_out, g.text, decode, raw)) for i, g in enumerate(gens)
+    ]

@@ -24,7 +24,7 @@ from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import cut_at_stop, next_tokens, render_chat_text, split_pair
 from fslm.engine.llamacpp.convert import cached_lora, gguf_weight_format, resolve_gguf
 from fslm.engine.llamacpp.runtime import import_llama_cpp, quiet_logs
-from fslm.engine.logprobs import LoggedGeneration, StepRecorder, token_bytes, token_logprobs
+from fslm.engine.logprobs import LoggedGeneration, StepRecorder, logged_generations
 from fslm.engine.prefix import PrefixStore, count_reuse
 from fslm.engine.streaming import OnText, RowStreams
 from fslm.errors import ConfigError, FslmError, InputError, ModelFileError
@@ -332,10 +332,7 @@ class LlamaCppEngine:
         alternatives (fslm.engine.logprobs)."""
         steps: dict[int, list] = {}
         gens = self._generate(texts, params, adapter, on_text, steps, top)
-        return [
-            LoggedGeneration(g, token_logprobs(steps[i], g.tokens_out, g.text, self._text, token_bytes(self.tokenizer)))
-            for i, g in enumerate(gens)
-        ]
+        return logged_generations(gens, steps, self._text, self.tokenizer)
 
     def _generate(
         self,
