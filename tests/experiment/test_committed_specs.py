@@ -1,0 +1,30 @@
+"""Every experiment spec committed under benchmarks/experiments/ stays valid as the spec schema evolves, and its
+stack files validate (schema and graph; models need not be installed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fslm.config import load_stack_config
+from fslm.experiment import build_plan, load_spec
+
+ROOT = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments"
+SPECS = sorted(ROOT.glob("*.yaml"))
+
+
+def test_there_are_committed_specs():
+    assert {p.stem for p in SPECS} >= {"fslm_repro", "stacks", "teach_kd", "teach_w2s", "helpers_prompt"}
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_a_committed_spec_loads_and_plans(path):
+    spec = load_spec(path)
+    plan = build_plan(spec)
+    assert plan.jobs and all(name in plan.jobs for name in (f"eval:{s}" for s in spec.systems if spec.systems[s].test))
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_a_committed_stack_file_validates(path):
+    assert load_stack_config(path).stages
