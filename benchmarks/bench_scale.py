@@ -29,25 +29,10 @@ import threading
 import time
 from pathlib import Path
 
+from bench_engine import LONG_PROMPTS  # a sibling script: its folder is on sys.path when run
+
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = [
-    "Write a long story about a dragon who learns to bake bread.",
-    "Explain in detail how a steam engine works.",
-    "Describe a walk through a busy city market, with many details.",
-    "Write a letter to a friend about your summer holidays.",
-    "Explain the water cycle to a child, step by step.",
-    "Write a long poem about the sea.",
-    "Describe how to plant and care for a vegetable garden.",
-    "Tell the history of the bicycle.",
-    "Write a detailed recipe for vegetable soup.",
-    "Explain why exercise is good for health, with examples.",
-    "Describe the life of a honey bee.",
-    "Write a story about a robot who wants to become a painter.",
-    "Explain how the internet works to someone from the 1800s.",
-    "Describe a football match as a radio commentator.",
-    "Write a travel guide for a small mountain village.",
-    "Explain the rules of chess.",
-]
+PROMPTS = LONG_PROMPTS  # the engine benchmark's 16 generation prompts
 QUESTIONS = [
     "What is the capital of France?",
     "Why is the sky blue?",
