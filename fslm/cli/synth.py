@@ -8,7 +8,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fslm.cli.common import LazyProgress, check_file, check_output, console, default_of, out, print_json
+from fslm.cli.common import (
+    LazyProgress,
+    check_dtype,
+    check_file,
+    check_output,
+    console,
+    default_of,
+    out,
+    print_json,
+)
 from fslm.cli.teacher import (
     API_KEY_ENV,
     CONCURRENCY,
@@ -81,6 +90,11 @@ def synth_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     engine: str = TEACHER_ENGINE,
+    teacher_dtype: str = typer.Option(
+        default_of(make_teacher, "dtype"),
+        "--teacher-dtype",
+        help="A local teacher's weights: float32 or bfloat16 (faster on CPUs with native bf16).",
+    ),
 ) -> None:
     """Self-instruct: a teacher writes new instructions, inputs and outputs from seed tasks (resumable JSONL)."""
     options = SynthOptions(
@@ -93,12 +107,21 @@ def synth_command(
         requests_per_round=requests_per_round,
     )
     check_options(options)
+    check_dtype(teacher_dtype, "--teacher-dtype")
     check_output(out_path, "--out", folder=False)
     if seeds is not None:
         check_file(seeds, "seed tasks file")
     load_seed_tasks(seeds)  # a bad seeds file fails before any teacher is built
     load_teacher = teacher_from_options(
-        teacher, teacher_url, teacher_model, api_key_env, concurrency, timeout, engine, quiet=json_output
+        teacher,
+        teacher_url,
+        teacher_model,
+        api_key_env,
+        concurrency,
+        timeout,
+        engine,
+        quiet=json_output,
+        dtype=teacher_dtype,
     )
     columns = [TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn()]  # fmt: skip

@@ -83,7 +83,7 @@ def test_distill_options_default_to_the_library():
         ("fslm.cli.logs", "search_command", "fslm.logs:search_runs", ["limit"]),
         ("fslm.cli.experiment", "run_command", "fslm.experiment.run:run_experiment", ["jobs"]),
         ("fslm.cli.serve", "serve_command", "fslm.serve.app:serve", ["log_level"]),
-        ("fslm.cli.synth", "synth_command", "fslm.teachers:make_teacher", ["engine:backend"]),
+        ("fslm.cli.synth", "synth_command", "fslm.teachers:make_teacher", ["engine:backend", "teacher_dtype:dtype"]),
         ("fslm.cli.distill", "distill_command", "fslm.teachers:make_teacher", ["engine:backend"]),
     ],
 )

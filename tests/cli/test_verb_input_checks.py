@@ -128,6 +128,7 @@ CASES = [
     ([*SYNTH, "--teacher-model", "m"], "go with --teacher-url"),
     ([*SYNTH, "--teacher-url", "ftp://x", "--teacher-model", "m"], "must start with http"),
     ([*SYNTH, "--timeout", "0"], "--timeout must be > 0"),
+    ([*SYNTH, "--teacher-dtype", "int3"], "--teacher-dtype 'int3': expected float32 or bfloat16"),
     # usage errors are one line too
     (["fintune"], "No such command 'fintune'"),
     (["run", "--bogus", "Hi"], "No such option: --bogus"),
