@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from fslm.errors import DataError, InputError
+from fslm.evaluate.report import ITEM_METRICS
 from fslm.evaluate.stats import N_BOOT, SEED, paired_bootstrap
 from fslm.evaluate.store import ITEMS, has_items, items_bytes
 from fslm.evaluate.systems import RAW_FORMATS
@@ -106,6 +107,46 @@ def compare(
         write_json(folder / "compare.json", result)
         write_atomic(folder / "compare.md", compare_markdown(result))
     return result
+
+
+def read_item_metrics(run: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """{task: {metric: {item id: value}}} from a run folder's item_metrics.json ({} when it has none)."""
+    path = Path(run) / ITEM_METRICS
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        for task, entry in read_json_object(path)["tasks"].items():
+            ids = [str(i) for i in entry["ids"]]
+            out[task] = {name: dict(zip(ids, map(float, vals), strict=True)) for name, vals in entry["values"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DataError(
+            f"{path}: malformed; expected {{tasks: {{task: {{ids: [...], values: {{metric: [...]}}}}}}}}"
+        ) from None
+    return out
+
+
+def compare_metrics(
+    run_a: str | Path, run_b: str | Path, names: list[str], *, n_boot: int = N_BOOT, seed: int = SEED
+) -> dict[str, dict[str, dict]]:
+    """{task: {metric: paired-bootstrap entry of mean(A) - mean(B)}} for the generation tasks and text metrics both
+    runs scored (`evaluate(..., metrics=)`), on the items both share; the entries are `paired_bootstrap`'s
+    (n, a, b, diff, ci95, p_le_0). A metric missing from either run is left out."""
+    ma, mb = read_item_metrics(run_a), read_item_metrics(run_b)
+    out: dict[str, dict[str, dict]] = {}
+    for task in ma.keys() & mb.keys():
+        for name in names:
+            va, vb = ma[task].get(name), mb[task].get(name)
+            if va is None or vb is None:
+                continue
+            shared = [i for i in va if i in vb]
+            if not shared:
+                continue
+            entry = paired_bootstrap(
+                {task: [va[i] for i in shared]}, {task: [vb[i] for i in shared]}, n_boot=n_boot, seed=seed
+            )
+            out.setdefault(task, {})[name] = entry[task]
+    return {task: out[task] for task in sorted(out)}
 
 
 def compare_markdown(result: dict) -> str:

@@ -13,6 +13,7 @@ from fslm.evaluate.stats import bootstrap_ci, macro_bootstrap_ci
 from fslm.io import write_atomic, write_json
 
 SUMMARY, TABLE, CHART = "summary.json", "table.md", "chart.png"
+ITEM_METRICS = "item_metrics.json"  # per-item text-metric values, what a paired comparison of two runs resamples
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -184,7 +185,22 @@ def chart_png(summary: Mapping) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(folder: Path, summary: Mapping) -> None:
+def write_outputs(
+    folder: Path,
+    summary: Mapping,
+    rows: Sequence[dict] = (),
+    metrics: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+) -> None:
+    """summary.json, table.md, chart.png; with `metrics` (per-item values of `rows`' generation tasks, in row order)
+    also item_metrics.json, which a run without metrics removes (it would describe another summary)."""
     write_json(folder / SUMMARY, summary)
     write_atomic(folder / TABLE, table_markdown(summary))
     write_atomic(folder / CHART, chart_png(summary))
+    if metrics:
+        tasks = {
+            task: {"ids": [r["id"] for r in rows if r["task"] == task], "values": {n: list(v) for n, v in m.items()}}
+            for task, m in metrics.items()
+        }
+        write_json(folder / ITEM_METRICS, {"tasks": tasks})
+    else:
+        (folder / ITEM_METRICS).unlink(missing_ok=True)

@@ -17,9 +17,9 @@ from fslm.cpu import cpu_model, current_threads
 from fslm.engine import GenerationParams
 from fslm.errors import InputError
 from fslm.evaluate.metrics import check_available, generation_metrics, parse_metrics
-from fslm.evaluate.prompts import PROMPT_VERSION
+from fslm.evaluate.prompts import CHAT_TASKS, PROMPT_VERSION
 from fslm.evaluate.report import build_summary, write_outputs
-from fslm.evaluate.scoring import extract_number, numbers_match, score_choices
+from fslm.evaluate.scoring import generation_verdict, score_choices
 from fslm.evaluate.store import RunStore
 from fslm.evaluate.systems import ModelSystem, Outcome, Shots, StackSystem, System, load_system
 from fslm.extras import require
@@ -29,6 +29,9 @@ from fslm.tasks.splits import EVAL_RESERVE, FEWSHOT_TAIL, HELDOUT, parse_tasks, 
 # lm-eval's gsm8k generation settings (greedy, stop before the model invents a next question).
 GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
 GSM8K_MAX_TOKENS = 256
+# Other generation tasks (alpaca) stop only at the end of the model's turn; the same `gen_max_tokens` budget (256 by
+# default) caps them. A stack's own answer stage keeps its generation settings.
+CHAT_STOP = ("</s>", "<|im_end|>")
 FEWSHOT_SEED = 1234
 
 Progress = Callable[[dict], None]
@@ -69,6 +72,8 @@ def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
         raise InputError(
             "--split heldout reads the dev/train splits few-shot examples come from; evaluate it zero-shot"
         )
+    if task in CHAT_TASKS:
+        raise InputError(f"{task}: a model is asked it zero-shot through its chat template; use --num-fewshot 0")
     spec = get_task(task)
     if split is not None and spec.fewshot_split in (split, {"dev": "validation", "validation": "dev"}.get(split)):
         raise InputError(f"{task}: few-shot examples come from split {spec.fewshot_split!r}, the split being evaluated")
@@ -118,8 +123,7 @@ def make_row(item: Item, outcome: Outcome) -> dict:
         if item.gold_set:
             row["gold_set"] = list(item.gold_set)
     else:
-        predicted = extract_number(outcome.generation or "")
-        ok = numbers_match(predicted, str(item.gold))
+        predicted, ok = generation_verdict(item, outcome.generation or "")
         row.update(
             choice_scores=None,
             generation=outcome.generation,
@@ -141,7 +145,8 @@ def make_row(item: Item, outcome: Outcome) -> dict:
 def _answer(system: System, batch: list[Item], shots: Shots, gen_max_tokens: int) -> list[Outcome]:
     if batch[0].choices:
         return system.answer_choices(batch, shots)
-    return system.answer_generate(batch, shots, GenerationParams(max_new_tokens=gen_max_tokens, stop=GSM8K_STOP))
+    stop = GSM8K_STOP if batch[0].task == "gsm8k" else CHAT_STOP
+    return system.answer_generate(batch, shots, GenerationParams(max_new_tokens=gen_max_tokens, stop=stop))
 
 
 class _Rows:
@@ -253,7 +258,7 @@ def evaluate(
     notes: list[str] = []
     plan = {task: select_items(task, limit, split, notes) for task in names}  # every data error before any work
     if metric_names and all(items and items[0].choices for items in plan.values()):
-        notes.append(f"--metrics {','.join(metric_names)} scores generation tasks (gsm8k); none was evaluated")
+        notes.append(f"--metrics {','.join(metric_names)} scores generation tasks (gsm8k, alpaca); none was evaluated")
     check_no_retrieval_leak(system, plan)
     if ray is not None:
         _check_ray(system, ray)
@@ -383,6 +388,7 @@ def _evaluate_into(
             "--limit or data version); summary.json leaves them out"
         )
     rows = [store.rows[it.id] for items in plan.values() for it in items]
+    values = generation_metrics(plan, rows, metrics) if metrics else None
     data = build_summary(
         system,
         plan,
@@ -392,10 +398,10 @@ def _evaluate_into(
         limit=limit,
         num_fewshot=num_fewshot,
         split=split,
-        metrics=generation_metrics(plan, rows, metrics) if metrics else None,
+        metrics=values,
     )
     if store.folder is not None:
-        write_outputs(store.folder, data)
+        write_outputs(store.folder, data, rows, values)
     return Summary(data, rows, store.folder)
 
 

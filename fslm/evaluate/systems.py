@@ -16,7 +16,15 @@ from typing import Protocol
 from fslm.config import default_stack_path, load_stack_config
 from fslm.engine import Engine, GenerationParams, load_engine
 from fslm.errors import InputError
-from fslm.evaluate.prompts import PROMPT_VERSION, item_choices, raw_notes, stack_continuations, stack_prompt
+from fslm.evaluate.prompts import (
+    CHAT_TASKS,
+    PROMPT_VERSION,
+    item_choices,
+    model_chat_prompt,
+    raw_notes,
+    stack_continuations,
+    stack_prompt,
+)
 from fslm.evaluate.scoring import cut_at, norm_length
 from fslm.stack import Stack
 from fslm.stack_cache import StageCache
@@ -106,7 +114,14 @@ class ModelSystem:
         return outcomes
 
     def answer_generate(self, items: Sequence[Item], shots: Shots, params: GenerationParams) -> list[Outcome]:
-        prompts = [build_context(item, shots.get(item.id, ())) for item in items]
+        """GSM8K: lm-eval's raw context (with the few-shot examples); a `CHAT_TASKS` item (alpaca): its prompt as one
+        user turn in the model's chat template."""
+        prompts = [
+            model_chat_prompt(self.engine, item)
+            if item.task in CHAT_TASKS
+            else build_context(item, shots.get(item.id, ()))
+            for item in items
+        ]
         gens = self.engine.generate(prompts, params)
         return [
             Outcome(

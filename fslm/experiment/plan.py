@@ -149,6 +149,18 @@ def read_eval_state(job: Job, ids: dict[str, list[str]]) -> None:
         job.summary = None
 
 
+def has_metrics(summary: dict | None, names: list[str] | None) -> bool:
+    """Whether a summary holds every wanted text metric for each of its generation tasks."""
+    from fslm.tasks import get_task
+
+    tasks = (summary or {}).get("tasks", {})
+    return all(
+        set(names) <= set(entry.get("metrics") or {})
+        for task, entry in tasks.items()
+        if names and get_task(task).kind == "generate"
+    )
+
+
 def build_plan(spec: ExperimentSpec) -> Plan:
     """Every job of the experiment with its state on disk, dependencies first."""
     jobs: dict[str, Job] = {}
@@ -175,6 +187,8 @@ def build_plan(spec: ExperimentSpec) -> Plan:
                 fingerprint=fingerprint(spec, name, split, spec.fewshot(name) if kind == EVAL else 0),
             )
             read_eval_state(job, items[(split, limit)])
+            if job.state == DONE and not has_metrics(job.summary, spec.evaluation.metrics):
+                job.state, job.summary = PARTIAL, None  # a rerun rebuilds its summary with them (rows are kept)
             if job.state == DONE and any(jobs[d].state != DONE for d in job.deps):
                 job.state, job.summary = PARTIAL, None  # its training step is to be (re)run first
             jobs[job.key] = job

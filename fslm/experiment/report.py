@@ -101,6 +101,51 @@ def _systems_table(results: dict) -> list[str]:
     return lines
 
 
+def _metrics_table(results: dict) -> list[str]:
+    """Each finished system's mean per text metric on each generation task, with its 95% bootstrap CI."""
+    rows = [
+        f"| {name} | {task} | {metric} | {e['tasks'][task]['n']} | {_pct(m['mean'])} | {_ci(m['ci95'])} |"
+        for name, e in results["systems"].items()
+        for task, per_metric in (e.get("metrics") or {}).items()
+        for metric, m in per_metric.items()
+    ]
+    if not rows:
+        return []
+    return [
+        "## Text metrics (generation tasks)",
+        "",
+        "Each generation compared with the task's reference text (`fslm.evaluate.metrics`; GSM8K: the worked "
+        "solution, alpaca: the reference output); mean in points of 100, percentile bootstrap 95% CI over items.",
+        "",
+        "| system | task | metric | n | mean | 95% CI |",
+        "|---|---|---|---:|---:|---|",
+        *rows,
+        "",
+    ]
+
+
+def _metric_comparisons(results: dict) -> list[str]:
+    rows = []
+    for c in results["comparisons"]:
+        for task, per_metric in (c.get("metrics") or {}).items():
+            for metric, e in per_metric.items():
+                lo, hi = e["ci95"]
+                rows.append(
+                    f"| {c['a']} | {c['b']} | {task} | {metric} | {e['n']} | {_pct(e['a'])} | {_pct(e['b'])} | "
+                    f"**{_pts(e['diff'])}** | {_pts(lo)} to {_pts(hi)} | {e['p_le_0']:.3f} |"
+                )
+    if not rows:
+        return []
+    return [
+        "Text metrics: paired bootstrap of metric(A) − metric(B) on the generation items both runs share.",
+        "",
+        "| A | B | task | metric | n | A | B | A − B (pts) | 95% CI | P(A ≤ B) |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---:|",
+        *rows,
+        "",
+    ]
+
+
 def _comparisons(results: dict) -> list[str]:
     tasks = results["evaluation"]["tasks"]
     lines = [
@@ -128,7 +173,7 @@ def _comparisons(results: dict) -> list[str]:
             + " |"
         )
         notes += [f"{c['a']} vs {c['b']}: {note}" for note in c.get("notes", [])]
-    return lines + [""] + [f"Note: {n}\n" for n in dict.fromkeys(notes)]
+    return lines + ["", *_metric_comparisons(results)] + [f"Note: {n}\n" for n in dict.fromkeys(notes)]
 
 
 def _selection(sel: dict) -> list[str]:
@@ -192,6 +237,7 @@ def results_markdown(results: dict, pareto: bool) -> str:
         "",
         *_systems_table(results),
         "",
+        *_metrics_table(results),
     ]
     if pareto:
         lines += [

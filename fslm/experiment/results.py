@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 from fslm.evaluate import compare
+from fslm.evaluate.compare import compare_metrics
+from fslm.evaluate.report import ITEM_METRICS
 from fslm.evaluate.stats import N_BOOT
 from fslm.evaluate.store import items_bytes, read_rows
 from fslm.experiment.plan import COMPARE, DONE, EVAL, SELECT, Job, Plan
@@ -20,6 +22,7 @@ from fslm.experiment.spec import ExperimentSpec, TraceRule
 from fslm.io import write_json
 
 INPUTS = "inputs.json"
+METRICS_COMPARE = "compare_metrics.json"  # {task: {metric: paired-bootstrap entry}} (evaluation.metrics)
 RULES = {"best_heldout_macro": "the highest held-out macro accuracy (a tie goes to the one listed first)"}
 
 
@@ -69,6 +72,9 @@ def system_entry(spec: ExperimentSpec, name: str, job: Job | None) -> dict:
         peak_rss_mb=cost["peak_rss_mb"],
         wall_seconds=cost["wall_seconds"],
     )
+    scored = {t: v["metrics"] for t, v in summary["tasks"].items() if v.get("metrics")}
+    if scored:  # generation tasks: mean and 95% bootstrap CI per text metric (evaluation.metrics)
+        entry["metrics"] = scored
     return entry
 
 
@@ -116,13 +122,21 @@ def comparison(spec: ExperimentSpec, plan: Plan, a: str, b: str, heldout: bool =
         return {**entry, "state": f"waiting for {', '.join(waiting)}"}
     folder = spec.out_dir / COMPARE / f"{'heldout-' if heldout else ''}{a}-vs-{b}"
     inputs = {"a": _digest(runs[a].folder), "b": _digest(runs[b].folder), "n_boot": N_BOOT}
-    cached = folder / "compare.json"
-    if cached.is_file() and (folder / INPUTS).is_file() and json.loads((folder / INPUTS).read_text()) == inputs:
+    names = spec.evaluation.metrics
+    if names:  # the per-item metric values count too (a rerun may add metrics to unchanged rows)
+        inputs["metrics"] = {"names": names, "a": _metrics_digest(runs[a].folder), "b": _metrics_digest(runs[b].folder)}
+    cached, cached_metrics = folder / "compare.json", folder / METRICS_COMPARE
+    fresh = (folder / INPUTS).is_file() and json.loads((folder / INPUTS).read_text()) == inputs
+    if fresh and cached.is_file() and (not names or cached_metrics.is_file()):
         result = json.loads(cached.read_text(encoding="utf-8"))
+        metrics = json.loads(cached_metrics.read_text(encoding="utf-8")) if names else {}
     else:
         result = compare(runs[a].folder, runs[b].folder, out_dir=folder)
+        metrics = compare_metrics(runs[a].folder, runs[b].folder, names) if names else {}
+        if names:
+            write_json(cached_metrics, metrics)
         write_json(folder / INPUTS, inputs)
-    return {
+    done = {
         **entry,
         "state": DONE,
         "folder": _rel(folder, spec),
@@ -131,6 +145,12 @@ def comparison(spec: ExperimentSpec, plan: Plan, a: str, b: str, heldout: bool =
         "tasks": result["tasks"],
         "notes": result.get("notes", []),
     }
+    return {**done, "metrics": metrics} if metrics else done
+
+
+def _metrics_digest(folder: Path) -> str | None:
+    path = folder / ITEM_METRICS
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def traces(spec: ExperimentSpec, plan: Plan, rule: TraceRule, chosen: dict | None) -> dict:

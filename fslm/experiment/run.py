@@ -83,6 +83,7 @@ def eval_payload(spec: ExperimentSpec, job: Job) -> dict:
         "split": job.split,
         "num_fewshot": spec.fewshot(job.name) if job.kind == EVAL else 0,
         "gen_max_tokens": spec.evaluation.gen_max_tokens,
+        "metrics": spec.evaluation.metrics,
         "batch_size": spec.evaluation.batch_size,
         "out_dir": str(job.folder),
     }

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fslm.errors import ConfigError, FslmError
 from fslm.experiment.steps import TrainingStep
@@ -49,6 +49,21 @@ class EvaluationSpec(_Strict):
     num_fewshot: int = Field(0, ge=0, description="few-shot examples for model systems (stacks run zero-shot)")
     gen_max_tokens: int = Field(256, ge=1, le=4096, description="generation tasks (gsm8k): new-token budget")
     batch_size: int = Field(32, ge=1, le=1024, description="items per batch and per resumable write")
+    metrics: list[str] | None = Field(
+        None, description="text metrics of generation tasks (fslm.evaluate.metrics: em, rougeL, bleu, minilm, ...)"
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str] | None) -> list[str] | None:
+        from fslm.evaluate.metrics import parse_metrics
+
+        if metrics is None:
+            return None
+        try:
+            return parse_metrics(metrics)  # canonical names (rouge-l -> rougeL); unknown ones list the known
+        except FslmError as err:
+            raise ValueError(str(err)) from None
 
     @model_validator(mode="after")
     def _known_tasks(self) -> EvaluationSpec:
@@ -213,6 +228,7 @@ class ExperimentSpec(_Strict):
         if clash:
             raise ValueError(f"training: {clash} are also system names; give steps and systems distinct names")
         self._check_training()
+        self._check_alpaca_training()
         for name, system in self.systems.items():
             where = f"systems.{name}"
             if system.from_ is not None and system.from_ not in self.systems:
@@ -297,6 +313,19 @@ class ExperimentSpec(_Strict):
                         raise ValueError(f"{where}.tasks.{i}: {err}") from None
         for name in self.training:  # steps that feed each other must not form a loop
             self._check_step_loop(name, [name])
+
+    def _check_alpaca_training(self) -> None:
+        """The alpaca task scores the tail of the shared Alpaca sample: no distill step may read that far."""
+        if "alpaca" not in self.evaluation.task_names:
+            return
+        from fslm.tasks.alpaca import training_overlap
+
+        for name, step in self.training.items():
+            if step.kind == "distill":
+                body = step.body
+                problem = training_overlap(None if body.data is None else self.resolve(body.data), body.limit)
+                if problem:
+                    raise ValueError(f"training.{name}.distill: {problem}")
 
     def step_deps(self, name: str) -> list[str]:
         """The steps of this spec that step `name` reads."""

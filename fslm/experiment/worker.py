@@ -52,6 +52,7 @@ def run_eval(payload: dict, progress) -> dict:
         split=payload["split"],
         batch_size=payload["batch_size"],
         gen_max_tokens=payload["gen_max_tokens"],
+        metrics=payload.get("metrics"),
         progress=progress,
     )
     return {"macro_acc": summary.macro_acc, "n_items": summary.data["n_items"]}

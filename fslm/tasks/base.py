@@ -80,6 +80,7 @@ class TaskSpec:
     fewshot_split: str | None  # a train/dev split for k-shot examples; None when the data has none
     description: str  # one line
     splits: tuple[str, ...] = ()  # every split load_task(..., split=) accepts for this task
+    in_all: bool = True  # part of `--tasks all`; False: evaluated only when named (alpaca: long free-text answers)
 
 
 def _strip_description(item: Item, text: str) -> str:

@@ -10,6 +10,7 @@ from fslm.errors import FslmError
 from fslm.settings import get_settings
 from fslm.tasks import jsonl_tasks as J
 from fslm.tasks import text_tasks as T
+from fslm.tasks.alpaca import ALPACA_TEST_TAIL, load_alpaca
 from fslm.tasks.base import Item, TaskSpec
 
 Loader = Callable[[str, Path, str], list[Item]]
@@ -143,6 +144,19 @@ _ENTRIES: list[tuple[TaskSpec, Loader]] = [
         ),
         J.load_gsm8k,
     ),
+    (
+        TaskSpec(
+            name="alpaca",
+            kind="generate",
+            split="test",
+            fewshot_split=None,
+            description=f"Alpaca instruction following (the last {ALPACA_TEST_TAIL} unique records of "
+            "alpaca/random_9k.json; training reads only the records before them); gold = the reference output",
+            splits=("test",),
+            in_all=False,
+        ),
+        load_alpaca,
+    ),
 ]
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec, _ in _ENTRIES}
@@ -150,8 +164,9 @@ _LOADERS: dict[str, Loader] = {spec.name: loader for spec, loader in _ENTRIES}
 _ALIASES = {"dev": "validation", "validation": "dev", "val": "validation", "valid": "validation"}
 
 
-def list_tasks() -> list[str]:
-    return list(TASKS)
+def list_tasks(*, every: bool = False) -> list[str]:
+    """The tasks `--tasks all` means (the benchmarks); `every=True` adds the opt-in ones (alpaca)."""
+    return [name for name, spec in TASKS.items() if every or spec.in_all]
 
 
 def get_task(name: str) -> TaskSpec:

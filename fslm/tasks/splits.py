@@ -68,12 +68,13 @@ def tail_fewshot_pool(task: str) -> list[Item]:
 
 
 def parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
-    """Task names from a comma list (or a list); None/"all" = every task. Unknown names list the known ones."""
+    """Task names from a comma list (or a list); None/"all" = every benchmark (`list_tasks()`: opt-in tasks such as
+    alpaca only when named). Unknown names list the known ones."""
     if tasks is None or tasks == "all":
         return list_tasks()
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     if not names:
-        raise InputError(f"no tasks given; known tasks: {', '.join(list_tasks())}")
+        raise InputError(f"no tasks given; known tasks: {', '.join(list_tasks(every=True))}")
     for name in names:
         get_task(name)  # raises with the list of known tasks
     return list(dict.fromkeys(names))

@@ -105,6 +105,12 @@ def spec_with(**changes) -> dict:
             "training.t: it reads its own output (t -> t)",
         ),
         ({"name": "x", "systems": {"a": {"model": "m"}}}, "evaluation: Field required"),
+        (spec_with(evaluation={"tasks": ["gsm8k"], "metrics": ["rougeL", "rouge2"]}), "unknown metric 'rouge2'"),
+        (spec_with(evaluation={"tasks": ["gsm8k"], "metrics": []}), "evaluation.metrics: no metrics given"),
+        (
+            spec_with(evaluation={"tasks": ["alpaca"]}, training={"d": {"distill": {}}}),
+            "training.d.distill: reads every record of alpaca/random_9k.json, and the evaluation's alpaca task",
+        ),
         (
             spec_with(systems={"a": {"model": "m"}, "b": {"model": "m", "test": False}}, comparisons=[["a", "b"]]),
             "comparisons.0.b: 'b' has test: false (held-out runs only)",
@@ -298,3 +304,42 @@ def test_the_report_carries_the_notes_a_person_keeps():
     text = results_markdown(results, pareto=False)
     assert text.rstrip().endswith("## Notes\n\nAttempt 1: a scorer. It won.")
     assert "## Notes" not in results_markdown({**results, "notes": None}, pareto=False)
+
+
+def test_metrics_are_canonical_names_and_reach_the_worker(tmp_path):
+    from fslm.experiment.plan import build_plan
+    from fslm.experiment.run import eval_payload
+
+    spec = parse_spec(spec_with(evaluation={"tasks": ["arc_easy"], "metrics": ["rouge-l", "MiniLM", "em"]}), "e.yaml")
+    assert spec.evaluation.metrics == ["rougeL", "minilm", "em"]
+    assert parse_spec(BASE, "e.yaml").evaluation.metrics is None
+    spec.source_path = tmp_path / "e.yaml"
+    job = build_plan(spec).runs()["a"]
+    assert eval_payload(spec, job)["metrics"] == ["rougeL", "minilm", "em"]
+
+
+def test_a_distill_step_must_stop_before_the_alpaca_tail(tmp_path, monkeypatch):
+    import json
+
+    from fslm.settings import reset_settings
+    from fslm.tasks.alpaca import ALPACA_TEST_TAIL
+
+    records = [{"instruction": f"Task {i}.", "output": f"Answer {i}."} for i in range(ALPACA_TEST_TAIL + 4)]
+    (tmp_path / "alpaca").mkdir()
+    (tmp_path / "alpaca" / "random_9k.json").write_text(json.dumps(records))
+    (tmp_path / "elsewhere.json").write_text(json.dumps(records))
+    monkeypatch.setenv("FSLM_DATA_DIR", str(tmp_path))
+    reset_settings()
+    try:
+        evaluation = {"tasks": ["arc_easy", "alpaca"]}
+        parse_spec(spec_with(evaluation=evaluation, training={"d": {"distill": {"limit": 4}}}), "e.yaml")
+        with pytest.raises(ConfigError, match="training.d.distill: reads the first 5 records .* at most 4"):
+            parse_spec(spec_with(evaluation=evaluation, training={"d": {"distill": {"limit": 5}}}), "e.yaml")
+        same_file = {"d": {"distill": {"data": str(tmp_path / "alpaca" / "random_9k.json")}}}
+        with pytest.raises(ConfigError, match="reads every record"):
+            parse_spec(spec_with(evaluation=evaluation, training=same_file), "e.yaml")
+        other = {"d": {"distill": {"data": str(tmp_path / "elsewhere.json")}}}
+        parse_spec(spec_with(evaluation=evaluation, training=other), "e.yaml")  # another file: no overlap
+        parse_spec(spec_with(training={"d": {"distill": {}}}), "e.yaml")  # alpaca not evaluated: no check
+    finally:
+        reset_settings()
