@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fslm.errors import ConfigError, FslmError
-from fslm.experiment.steps import TrainingStep
+from fslm.experiment.steps import TrainingStep, check_formats
 from fslm.io import load_yaml, read_text
 
 MAX_SPEC_BYTES = 1 << 20
@@ -297,6 +297,7 @@ class ExperimentSpec(_Strict):
                         raise ValueError(f"{where}.tasks.{i}: {err}") from None
         for name in self.training:  # steps that feed each other must not form a loop
             self._check_step_loop(name, [name])
+        check_formats(self.training)
 
     def step_deps(self, name: str) -> list[str]:
         """The steps of this spec that step `name` reads."""
