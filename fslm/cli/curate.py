@@ -21,20 +21,21 @@ from fslm.cli.common import (
     out,
     print_json,
 )
-from fslm.distill.curate import SIGNALS, CurateOptions, CurateReport, check_options, curate, scores_path
+from fslm.distill.curate import RANKINGS, CurateOptions, CurateReport, check_options, curate, scores_path
 from fslm.errors import InputError
 
 
 def render_report(report: CurateReport) -> None:
     table = Table(title=f"curated -> {report.out}", show_header=False, title_justify="left")
+    random = report.by == "random"
     rows = [
-        ("scoring model", report.model),
+        ("scoring model", "none (random order)" if random else report.model),
         ("input format", report.format),
         ("records", str(report.records)),
         ("duplicates (skipped)", str(report.duplicates)),
         ("already scored (resumed)", str(report.already_scored)),
         ("scored by this run", str(report.scored)),
-        ("ranked by", report.by),
+        ("ranked by", f"random (seed {report.seed})" if random else report.by),
         ("kept", str(report.kept)),
         ("scores", report.scores),
         ("seconds", f"{report.seconds:.1f}"),
@@ -45,6 +46,8 @@ def render_report(report: CurateReport) -> None:
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
+    if random:
+        return  # no scores, no distribution
     dist = Table(title="score distribution (scorable records)", title_justify="left")
     dist.add_column("")
     names = {"nll": "nll/token (lower kept)", "quality": "P(good) (higher kept)"}
@@ -73,8 +76,12 @@ def curate_command(
         None, "--labels", help="Records labelled good/bad (a `label` field) that train a quality classifier."
     ),
     by: str | None = typer.Option(
-        None, "--by", help="Rank by perplexity, quality or both (default: both with --labels, else perplexity)."
+        None,
+        "--by",
+        help="Rank by perplexity, quality or both (default: both with --labels, else perplexity); random: a seeded "
+        "random order over the same records (the baseline at equal N, no model).",
     ),
+    seed: int = typer.Option(default_of(CurateOptions, "seed"), "--seed", help="--by random: the order's seed."),
     batch_size: int = typer.Option(
         default_of(CurateOptions, "batch_size"), "--batch-size", min=1, help="Records per scoring call (and fsync)."
     ),
@@ -84,9 +91,9 @@ def curate_command(
     engine: str = engine_option(default_of(curate, "backend")),
 ) -> None:
     """Score instruction records by a small model's perplexity (and a quality classifier); keep the best."""
-    options = CurateOptions(keep=keep, top=top, by=by, labels=labels, batch_size=batch_size)
-    if by is not None and by not in SIGNALS:
-        raise InputError(f"--by {by!r}: choose one of {', '.join(SIGNALS)}")
+    options = CurateOptions(keep=keep, top=top, by=by, labels=labels, batch_size=batch_size, seed=seed)
+    if by is not None and by not in RANKINGS:
+        raise InputError(f"--by {by!r}: choose one of {', '.join(RANKINGS)}")
     check_options(options)
     if data is not None:
         check_file(data, "data file")
@@ -100,7 +107,8 @@ def curate_command(
         check_output(plot, "--plot", folder=False)
     check_dtype(dtype)
     check_engine(engine)
-    check_model(model, "--model")
+    if by != "random":  # a random order loads no model
+        check_model(model, "--model")
     columns = [
         TextColumn("[bold]curate"),
         BarColumn(),

@@ -7,6 +7,9 @@ Two signals, both cheap next to training on the data:
   can learn from; very unlikely ones are often noise, another language or garbled text.
 * quality (optional): a logistic regression on all-MiniLM-L6-v2 sentence embeddings, trained on a labelled file of
   good and bad examples the user gives; the probability of "good", higher = kept first.
+* random (`by="random"`): the baseline at equal N, a seeded random order over the same scorable records (those with
+  an output); no model is loaded. Each record's place comes from a hash of the seed and its id, so the order does not
+  depend on file order and a rerun with another seed only re-selects.
 
 Scores go to a resumable JSONL (one line per record, fsynced per batch, the DistillStore pattern), so a killed run
 continues where it stopped and a rerun with another --keep only re-selects. At the end the kept records (same format
@@ -15,6 +18,7 @@ as the input) and the scores file (now with rank and kept) are each written whol
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -31,6 +35,7 @@ from fslm.io import JsonError, atomic_file, decode_text, loads_json, read_bytes,
 from fslm.tasks.instructions import default_data_path, load_instructions
 
 SIGNALS = ("perplexity", "quality", "both")
+RANKINGS = (*SIGNALS, "random")
 DEFAULT_SCORER = "smollm2-135m"
 
 
@@ -38,9 +43,12 @@ DEFAULT_SCORER = "smollm2-135m"
 class CurateOptions:
     keep: float = 0.5  # fraction of the scorable records kept (ignored when `top` is set)
     top: int | None = None  # keep exactly the best N instead of a fraction
-    by: str | None = None  # perplexity, quality or both (mean of the two rank percentiles); None: both with labels
+    by: str | None = (
+        None  # perplexity, quality, both (mean of the two rank percentiles) or random; None: both with labels
+    )
     labels: str | Path | None = None  # labelled good/bad examples that train the quality classifier
     batch_size: int = 16  # records scored per engine call (and per fsync)
+    seed: int = 0  # by="random": the seed of the order
 
 
 @dataclass
@@ -56,6 +64,7 @@ class CurateReport:
     scored: int = 0  # scored by this run
     kept: int = 0
     by: str = "perplexity"
+    seed: int | None = None  # by="random": the seed of the order
     summary: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> distribution summary
     cutoff: dict[str, float] = field(default_factory=dict)  # signal -> its worst value among the kept records
     repaired_bytes: int = 0
@@ -144,8 +153,12 @@ def _distilled(path: Path) -> tuple[str, list[Candidate], int, int]:
 
 def _resolve_by(options: CurateOptions) -> str:
     by = options.by or ("both" if options.labels is not None else "perplexity")
-    if by not in SIGNALS:
-        raise ConfigError(f"--by {by!r}: choose one of {', '.join(SIGNALS)}")
+    if by not in RANKINGS:
+        raise ConfigError(f"--by {by!r}: choose one of {', '.join(RANKINGS)}")
+    if by == "random":
+        if options.labels is not None:
+            raise ConfigError("--by random ranks by no score: leave out --labels")
+        return by
     if by != "perplexity" and options.labels is None:
         raise ConfigError(f"--by {by} needs --labels: a file of good and bad examples to train the quality classifier")
     return by
@@ -159,6 +172,20 @@ def check_options(options: CurateOptions) -> str:
     if options.batch_size < 1:
         raise ConfigError("batch size must be >= 1")
     return _resolve_by(options)
+
+
+def _eligible_batch(batch: Sequence[Candidate]) -> list[dict]:
+    """The rows of a random ranking: no score, only whether a record can be kept at all (it has an output)."""
+    rows: list[dict] = [{"id": c.id, "index": c.index} for c in batch]
+    for row, c in zip(rows, batch):
+        if not c.output.strip():
+            row["unscorable"] = "no_output"
+    return rows
+
+
+def random_key(seed: int, record_id: str) -> int:
+    """A record's place in the random order of `seed`: independent of file order and of the other records."""
+    return int(hashlib.sha256(f"{seed}:{record_id}".encode()).hexdigest()[:16], 16)
 
 
 def _score_batch(engine: Engine, batch: Sequence[Candidate], quality: QualityClassifier | None) -> list[dict]:
@@ -199,10 +226,13 @@ def _percentiles(values: Sequence[float], higher_better: bool) -> list[float]:
     return ranks
 
 
-def select(rows: list[dict], by: str, keep: float, top: int | None) -> list[dict]:
+def select(rows: list[dict], by: str, keep: float, top: int | None, seed: int = 0) -> list[dict]:
     """Add `rank` (1 = best; unscorable rows last, unranked) and `kept` to every row; returns the rows."""
     scorable = [r for r in rows if "unscorable" not in r]
-    if scorable:
+    if scorable and by == "random":
+        keys = [random_key(seed, r["id"]) for r in scorable]
+        order = sorted(range(len(scorable)), key=lambda i: keys[i])
+    elif scorable:
         parts = []
         if by in ("perplexity", "both"):
             parts.append(_percentiles([r["nll"] for r in scorable], higher_better=False))
@@ -210,6 +240,7 @@ def select(rows: list[dict], by: str, keep: float, top: int | None) -> list[dict
             parts.append(_percentiles([r["quality"] for r in scorable], higher_better=True))
         merit = [sum(p[i] for p in parts) / len(parts) for i in range(len(scorable))]
         order = sorted(range(len(scorable)), key=lambda i: -merit[i])  # stable: ties keep file order
+    if scorable:
         n = min(top, len(scorable)) if top is not None else max(1, math.floor(keep * len(scorable) + 1e-9))
         for rank, i in enumerate(order, 1):
             scorable[i]["rank"] = rank
@@ -250,9 +281,12 @@ def curate(
     backend: str = "hf",
 ) -> CurateReport:
     """Python twin of `fslm curate`. `model` is the small scoring model: an Engine, or a reference loaded only once
-    the input validated and records are left to score. `progress(done, total)` follows every fsynced batch."""
+    the input validated and records are left to score (never with by="random"). `progress(done, total)` follows
+    every fsynced batch."""
     options = options or CurateOptions()
     by = check_options(options)
+    if by == "random" and plot is not None:
+        raise ConfigError("--plot draws the scores, and --by random has none")
     data = Path(data) if data is not None else default_data_path()
     fmt, candidates, duplicates, unusable = read_candidates(data)
     scores = Path(scores) if scores is not None else scores_path(out)
@@ -261,9 +295,11 @@ def curate(
     if plot is not None:
         require("eval", "--plot")  # matplotlib
     digest = labels_digest(options.labels) if options.labels is not None else None  # validates the file, too
-    ref = model if isinstance(model, str) else model.model_ref
+    ref = "random" if by == "random" else model if isinstance(model, str) else model.model_ref
     t0 = time.perf_counter()
     report = CurateReport(str(out), str(scores), fmt, ref, len(candidates), duplicates, by=by)
+    if by == "random":
+        report.seed = options.seed
     if unusable:
         report.unscorable["filtered_by_distill"] = unusable
     identity = {"model": ref, "quality": digest}
@@ -273,7 +309,12 @@ def curate(
         report.already_scored = len(candidates) - len(todo)
         if progress:
             progress(0, len(todo))
-        if todo:  # models load only now: a rerun that only re-selects loads none
+        if todo and by == "random":
+            for start in range(0, len(todo), options.batch_size):
+                report.scored += store.append(_eligible_batch(todo[start : start + options.batch_size]))
+                if progress:
+                    progress(report.scored, len(todo))
+        elif todo:  # models load only now: a rerun that only re-selects loads none
             quality = QualityClassifier.train(options.labels) if options.labels is not None else None
             engine = model if not isinstance(model, str) else load_engine(model, dtype=dtype, backend=backend)
             for start in range(0, len(todo), options.batch_size):
@@ -281,10 +322,10 @@ def curate(
                 if progress:
                     progress(report.scored, len(todo))
         rows = {r["id"]: {k: v for k, v in r.items() if k not in ("rank", "kept", "stale")} for r in store.records}
-    final = select([rows[c.id] for c in candidates], by, options.keep, options.top)
+    final = select([rows[c.id] for c in candidates], by, options.keep, options.top, options.seed)
     wanted = {c.id for c in candidates}
     stray = [r for r in rows.values() if r["id"] not in wanted]  # scored for another input: stays on file, unranked
-    _fill_report(report, final, options.labels is not None)
+    _fill_report(report, final, by != "random", options.labels is not None)
     kept_ids = {r["id"] for r in final if r["kept"]}
     kept = [c.raw for c in candidates if c.id in kept_ids]  # input order
     if fmt == "json":
@@ -298,13 +339,15 @@ def curate(
     return report
 
 
-def _fill_report(report: CurateReport, final: list[dict], with_quality: bool) -> None:
+def _fill_report(report: CurateReport, final: list[dict], scored: bool, with_quality: bool) -> None:
     for r in final:
         if "unscorable" in r:
             report.unscorable[r["unscorable"]] = report.unscorable.get(r["unscorable"], 0) + 1
     scorable = [r for r in final if "unscorable" not in r]
     winners = [r for r in scorable if r["kept"]]
     report.kept = len(winners)
+    if not scored:
+        return
     report.summary["nll"] = summarize([r["nll"] for r in scorable])
     if with_quality:
         report.summary["quality"] = summarize([r["quality"] for r in scorable])

@@ -73,12 +73,27 @@ def marker_path(spec: ExperimentSpec, step: str) -> Path:
 
 
 def step_fingerprint(spec: ExperimentSpec, step: str) -> dict:
-    """What a step's marker must match: the step as specified, plus what it takes from elsewhere in the spec."""
+    """What a step's marker must match: the step as specified, what it takes from elsewhere in the spec, and the
+    fingerprints of the steps it reads (an edited upstream step makes this one rerun, even after an interrupted run)."""
     entry = spec.training[step]
-    data = {"step": step, **entry.model_dump(mode="json")}
+    data = {"step": step, entry.kind: entry.body.model_dump(mode="json")}
     if entry.kind == "pairs" and entry.body.tasks is None:  # drawn from the evaluation's tasks
         data["pairs"]["tasks"] = spec.evaluation.task_names
+    deps = spec.step_deps(step)
+    if deps:
+        data["reads"] = {dep: step_fingerprint(spec, dep) for dep in deps}
     return data
+
+
+def marker_matches(stored: object, now: dict) -> bool:
+    """Whether a marker's fingerprint is `now`. A marker may also list the kinds the step is not (as null) and lack
+    `reads`: it matches on the step itself (its upstream steps are still checked to be done, see _train_job)."""
+    if not isinstance(stored, dict):
+        return False
+    stored = {k: v for k, v in stored.items() if v is not None}
+    if "reads" not in stored:
+        now = {k: v for k, v in now.items() if k != "reads"}
+    return stored == now
 
 
 def _train_deps(spec: ExperimentSpec, step: str) -> list[str]:
@@ -90,7 +105,9 @@ def _train_job(spec: ExperimentSpec, step: str, jobs_state: dict[str, str]) -> J
     marker = marker_path(spec, step)
     if marker.is_file():
         try:
-            done = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == step_fingerprint(spec, step)
+            done = marker_matches(
+                json.loads(marker.read_text(encoding="utf-8")).get("fingerprint"), step_fingerprint(spec, step)
+            )
         except json.JSONDecodeError:
             done = False
         job.state = DONE if done else PARTIAL  # a marker of an edited step: rerun (the library decides what to redo)

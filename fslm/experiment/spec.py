@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fslm.errors import ConfigError, FslmError
-from fslm.experiment.steps import TrainingStep
+from fslm.experiment.steps import TrainingStep, check_formats
 from fslm.io import load_yaml, read_text
 
 MAX_SPEC_BYTES = 1 << 20
@@ -313,6 +313,7 @@ class ExperimentSpec(_Strict):
                         raise ValueError(f"{where}.tasks.{i}: {err}") from None
         for name in self.training:  # steps that feed each other must not form a loop
             self._check_step_loop(name, [name])
+        check_formats(self.training)
 
     def _check_alpaca_training(self) -> None:
         """The alpaca task scores the tail of the shared Alpaca sample: no distill step may read that far."""

@@ -1,11 +1,16 @@
-"""Training steps of an experiment spec: one of distill, finetune, corpus, index, pairs, finetune_pairs, choice_kd
-per named step. Each is one library call; a step names the steps it reads (their outputs live under <out>/train/<step>/)."""
+"""Training steps of an experiment spec: one of distill, synth, curate, finetune, corpus, index, pairs, finetune_pairs,
+choice_kd per named step. Each is one library call; a step names the steps it reads (their outputs live under
+<out>/train/<step>/)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fslm.distill.curate import CurateOptions
+from fslm.distill.synth import SynthOptions
 
 
 class _Strict(BaseModel):
@@ -16,7 +21,11 @@ class DistillStep(_Strict):
     """`fslm.distill.distill`: a teacher writes every stage's target text (output: train/<step>/distilled.jsonl)."""
 
     stack: str = Field("default", description="'default' or a stack YAML path: the stages to write targets for")
-    data: str | None = Field(None, description="instruction data (JSON/JSONL); default: the shared Alpaca sample")
+    data: str | None = Field(
+        None,
+        description="instruction data (JSON/JSONL), a synth step, or a curate step of Alpaca records; default: the "
+        "shared Alpaca sample",
+    )
     limit: int | None = Field(None, ge=1, description="first N unique records")
     teacher: str | None = Field(None, description="teacher model reference (default: the stack's base model)")
     batch_size: int = Field(8, ge=1, le=256)
@@ -31,7 +40,7 @@ class FinetuneStep(_Strict):
     """`fslm.finetune.finetune`: one LoRA adapter per stage (output: train/<step>/stack.yaml + adapters/)."""
 
     stack: str = Field("default", description="'default', a stack YAML path, or another finetune step's name")
-    data: str = Field(..., description="a distill step of this spec, or a distilled JSONL path")
+    data: str = Field(..., description="a distill step, a curate step of distilled records, or a distilled JSONL")
     stages: list[str] | None = Field(None, description="train only these stages (default: every model stage)")
     options: dict[str, Any] = Field(default_factory=dict, description="fslm.finetune.TrainOptions fields")
 
@@ -119,6 +128,76 @@ class ScoringPairsStep(_Strict):
     eval_reserve: int = Field(300, ge=1, description="evaluated items per task (the head of each split) never drawn")
 
 
+def _default(options: type, name: str) -> Any:
+    """A library options dataclass's default for `name`: declared once, in the library."""
+    return next(f.default for f in dataclasses.fields(options) if f.name == name)
+
+
+class SynthStep(_Strict):
+    """`fslm.distill.synth.synth`: self-instruct, a local teacher grows Alpaca records from seed tasks (output:
+    train/<step>/synth.jsonl). A run that stalls before `n` records fails the step (the file stays and resumes)."""
+
+    n: int = Field(_default(SynthOptions, "n"), ge=1, description="records to write")
+    seed: int = Field(_default(SynthOptions, "seed"), description="sampling seed")
+    teacher: str | None = Field(None, description="local teacher model reference (default: the library's)")
+    engine: str = Field("hf", description="the local teacher's inference engine")
+    seeds: str | None = Field(None, description="seed tasks JSONL (default: the shared alpaca/seed_tasks.jsonl)")
+    similarity: float = Field(_default(SynthOptions, "similarity"), gt=0, le=1, description="ROUGE-L dedup bound")
+    seed_examples: int = Field(_default(SynthOptions, "seed_examples"), ge=1)
+    generated_examples: int = Field(_default(SynthOptions, "generated_examples"), ge=0)
+    per_request: int = Field(_default(SynthOptions, "per_request"), ge=1)
+    requests_per_round: int = Field(_default(SynthOptions, "requests_per_round"), ge=1)
+    max_new_tokens: int = Field(_default(SynthOptions, "max_new_tokens"), ge=1, description="per teacher reply")
+    max_stalled_rounds: int = Field(_default(SynthOptions, "max_stalled_rounds"), ge=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        from fslm.engine import check_backend
+        from fslm.errors import FslmError
+
+        try:
+            check_backend(engine)
+        except FslmError as err:
+            raise ValueError(str(err)) from None
+        return engine
+
+    def options(self) -> SynthOptions:
+        names = {f.name for f in dataclasses.fields(SynthOptions)}
+        return SynthOptions(**{k: v for k, v in self.model_dump().items() if k in names})
+
+
+class CurateStep(_Strict):
+    """`fslm.distill.curate.curate`: rank records by a small model's perplexity, a quality classifier or a seeded
+    random order (the baseline at equal N) and keep the best (output: train/<step>/curated.jsonl, in the input's
+    format, and curated.scores.jsonl)."""
+
+    data: str = Field(..., min_length=1, description="a distill or synth step, or an Alpaca/distilled JSONL path")
+    by: Literal["perplexity", "quality", "both", "random"] | None = Field(
+        None, description="ranking (default: both with labels, else perplexity)"
+    )
+    top: int | None = Field(None, ge=1, description="keep exactly the best N")
+    keep: float | None = Field(None, gt=0, le=1, description=f"or keep this fraction (default {CurateOptions.keep})")
+    seed: int = Field(_default(CurateOptions, "seed"), description="by random: the order's seed")
+    model: str | None = Field(None, description="scoring model (default: the library's)")
+    labels: str | None = Field(None, description="good/bad labelled records that train the quality classifier")
+    batch_size: int = Field(_default(CurateOptions, "batch_size"), ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CurateStep:
+        if self.top is not None and self.keep is not None:
+            raise ValueError("give top or keep, not both")
+        if self.by in ("quality", "both") and self.labels is None:
+            raise ValueError(f"by {self.by} needs labels: a file of good and bad examples")
+        if self.by == "random" and self.labels is not None:
+            raise ValueError("by random ranks by no score: leave out labels")
+        return self
+
+    def options(self, labels: str | None) -> CurateOptions:
+        keep = self.keep if self.keep is not None else _default(CurateOptions, "keep")
+        return CurateOptions(keep, self.top, self.by, labels, self.batch_size, self.seed)
+
+
 def _train_options(options: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import fields
 
@@ -131,13 +210,25 @@ def _train_options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-KINDS = ("distill", "finetune", "corpus", "index", "pairs", "finetune_pairs", "choice_kd")
-Body = DistillStep | FinetuneStep | CorpusStep | IndexStep | ScoringPairsStep | PairsStep | ChoiceKdStep
+KINDS = ("distill", "synth", "curate", "finetune", "corpus", "index", "pairs", "finetune_pairs", "choice_kd")
+Body = (
+    DistillStep
+    | SynthStep
+    | CurateStep
+    | FinetuneStep
+    | CorpusStep
+    | IndexStep
+    | ScoringPairsStep
+    | PairsStep
+    | ChoiceKdStep
+)
 TRAINERS = ("finetune", "finetune_pairs", "choice_kd")  # the kinds that write a trained stack
 
 
 class TrainingStep(_Strict):
     distill: DistillStep | None = None
+    synth: SynthStep | None = None
+    curate: CurateStep | None = None
     finetune: FinetuneStep | None = None
     corpus: CorpusStep | None = None
     index: IndexStep | None = None
@@ -173,7 +264,11 @@ class TrainingStep(_Strict):
         if isinstance(body, (FinetuneStep, PairsStep, ScoringPairsStep, ChoiceKdStep)):
             fields["stack"] = (body.stack, stack_kinds)
         if isinstance(body, FinetuneStep):
-            fields["data"] = (body.data, ("distill",))
+            fields["data"] = (body.data, ("distill", "curate"))
+        if isinstance(body, DistillStep) and body.data is not None:
+            fields["data"] = (body.data, ("synth", "curate"))
+        if isinstance(body, CurateStep):
+            fields["data"] = (body.data, ("distill", "synth"))
         if isinstance(body, PairsStep):
             fields["pairs"] = (body.pairs, ("pairs",))
         if isinstance(body, ChoiceKdStep) and body.teacher_scores is not None:
@@ -181,3 +276,28 @@ class TrainingStep(_Strict):
         if isinstance(body, IndexStep):
             fields["corpus"] = (body.corpus, ("corpus",))
         return fields
+
+
+def record_format(training: dict[str, TrainingStep], ref: str) -> str | None:
+    """What the records step `ref` writes are: "distilled", "alpaca", or None when not known before reading a file."""
+    step = training.get(ref)
+    if step is None:
+        return None
+    if step.kind == "curate":
+        return record_format(training, step.curate.data)  # kept records are in their input's format
+    return {"distill": "distilled", "synth": "alpaca"}.get(step.kind)
+
+
+def check_formats(training: dict[str, TrainingStep]) -> None:
+    """A curate step keeps its input's format: finetune reads distilled records, distill reads Alpaca ones."""
+    for name, step in training.items():
+        wants = {"finetune": "distilled", "distill": "alpaca"}.get(step.kind)
+        data = getattr(step.body, "data", None)
+        if wants is None or data not in training or training[data].kind != "curate":
+            continue
+        has = record_format(training, data)
+        if has is not None and has != wants:
+            raise ValueError(
+                f"training.{name}.{step.kind}.data: curate step {data!r} keeps {has} records, and a {step.kind} "
+                f"step reads {wants} ones"
+            )

@@ -1,5 +1,5 @@
-"""Training steps of an experiment, each one library call: distill, finetune, finetune_pairs and choice_kd (which
-resume on their own), corpus, index and pairs (rebuilt in seconds, written atomically).
+"""Training steps of an experiment, each one library call: distill, synth, curate, finetune, finetune_pairs and
+choice_kd (which resume on their own), corpus, index and pairs (rebuilt in seconds, written atomically).
 
 `train_payload` (parent) resolves a step's paths into a JSON job; `run_training` (worker process) runs it and then
 writes `train/<step>.done.json`, so a step killed halfway is resumed by the library on the next run, and a finished
@@ -15,16 +15,20 @@ from fslm.experiment.spec import ExperimentSpec
 from fslm.experiment.steps import (
     ChoiceKdStep,
     CorpusStep,
+    CurateStep,
     DistillStep,
     FinetuneStep,
     IndexStep,
     PairsStep,
     ScoringPairsStep,
+    SynthStep,
 )
 from fslm.experiment.variants import relative_yaml, stack_ref_path, train_dir
 from fslm.io import write_json
 
 DISTILLED, CORPUS, INDEX, PAIRS = "distilled.jsonl", "corpus.jsonl", "index", "pairs.jsonl"
+CURATED, SYNTH = "curated.jsonl", "synth.jsonl"
+RECORDS = {"distill": DISTILLED, "curate": CURATED, "synth": SYNTH}  # the records file of each step that writes one
 SCORES_FILE = "kd_teacher_scores.jsonl"  # fslm.finetune.choice_kd.SCORES_FILE (that module imports torch)
 
 
@@ -35,6 +39,16 @@ def distilled_path(spec: ExperimentSpec, step: str) -> Path:
 def _step_file(spec: ExperimentSpec, ref: str, name: str) -> str:
     """A step's output file when `ref` names a step of this spec, else `ref` as a path relative to the spec."""
     return str(train_dir(spec, ref) / name if ref in spec.training else spec.resolve(ref))
+
+
+def _records(spec: ExperimentSpec, ref: str) -> str:
+    """The records file `ref` names: a distill, curate or synth step's output, or a path relative to the spec."""
+    return _step_file(spec, ref, RECORDS[spec.training[ref].kind] if ref in spec.training else "")
+
+
+def _model(spec: ExperimentSpec, ref: str | None) -> str | None:
+    """A model reference, made absolute when it is a local model folder or GGUF file next to the spec."""
+    return str(spec.resolve(ref)) if ref is not None and spec.resolve(ref).exists() else ref
 
 
 def train_payload(spec: ExperimentSpec, step: str) -> dict:
@@ -54,15 +68,22 @@ def train_payload(spec: ExperimentSpec, step: str) -> dict:
         args["tasks"] = body.tasks if body.tasks is not None else spec.evaluation.task_names
         args["out"] = str(train_dir(spec, step) / PAIRS)
     elif isinstance(body, DistillStep):
-        args["data"] = str(spec.resolve(body.data)) if body.data else None
-        if body.teacher is not None and spec.resolve(body.teacher).exists():  # a local model folder or GGUF file
-            args["teacher"] = str(spec.resolve(body.teacher))
+        args["data"] = _records(spec, body.data) if body.data else None
+        args["teacher"] = _model(spec, body.teacher)
         args["out"] = str(distilled_path(spec, step))
+    elif isinstance(body, CurateStep):
+        args["data"] = _records(spec, body.data)
+        args["labels"] = str(spec.resolve(body.labels)) if body.labels else None
+        args["model"] = _model(spec, body.model)
+        args["out"] = str(train_dir(spec, step) / CURATED)
+    elif isinstance(body, SynthStep):
+        args["seeds"] = str(spec.resolve(body.seeds)) if body.seeds else None
+        args["teacher"] = _model(spec, body.teacher)
+        args["out"] = str(train_dir(spec, step) / SYNTH)
     else:
         args["out"] = str(train_dir(spec, step))
         if isinstance(body, FinetuneStep):
-            data = body.data
-            args["data"] = str(distilled_path(spec, data) if data in spec.training else spec.resolve(data))
+            args["data"] = _records(spec, body.data)
         elif isinstance(body, PairsStep):
             args["pairs"] = _step_file(spec, body.pairs, PAIRS)
         elif isinstance(body, ChoiceKdStep) and body.teacher_scores is not None:
@@ -74,6 +95,7 @@ def train_payload(spec: ExperimentSpec, step: str) -> dict:
         "args": args,
         "marker": str(marker_path(spec, step)),
         "fingerprint": step_fingerprint(spec, step),
+        "body": body.model_dump(mode="json"),
     }
 
 
@@ -115,6 +137,19 @@ def run_training(payload: dict, progress=None) -> dict:
             options=options,
             progress=(lambda done, total: progress(f"distill {done}/{total}")) if progress else None,
         )
+    elif kind == "curate":
+        from fslm.distill.curate import DEFAULT_SCORER, curate
+
+        Path(args["out"]).parent.mkdir(parents=True, exist_ok=True)
+        report = curate(
+            args["data"],
+            args["out"],
+            model=args["model"] or DEFAULT_SCORER,
+            options=CurateStep.model_validate(payload["body"]).options(args["labels"]),
+            progress=(lambda done, total: progress(f"curate {done}/{total}")) if progress else None,
+        )
+    elif kind == "synth":
+        report = _synth(args, SynthStep.model_validate(payload["body"]), progress)
     elif kind == "finetune":
         from fslm.finetune import finetune
 
@@ -169,6 +204,29 @@ def run_training(payload: dict, progress=None) -> dict:
     result = report.to_dict()
     write_json(Path(payload["marker"]), {"fingerprint": payload["fingerprint"], "report": result})
     return result
+
+
+def _synth(args: dict, step: SynthStep, progress):
+    """Grow the step's synth.jsonl to `n` records; a run that stalls short of them fails the step (no marker)."""
+    from fslm.distill.synth import synth
+    from fslm.errors import DataError
+    from fslm.teachers import make_teacher
+
+    Path(args["out"]).parent.mkdir(parents=True, exist_ok=True)
+    report = synth(
+        args["out"],
+        teacher=lambda: make_teacher(args["teacher"], backend=step.engine),
+        seeds=args["seeds"],
+        options=step.options(),
+        progress=(lambda done, total: progress(f"synth {done}/{total}")) if progress else None,
+    )
+    if report.stalled:
+        raise DataError(
+            f"{args['out']}: synth stalled at {report.already_done + report.written} of {step.n} records "
+            f"({step.max_stalled_rounds} rounds in a row kept nothing); raise max_stalled_rounds (the file resumes) "
+            "or use another teacher"
+        )
+    return report
 
 
 class _Report(dict):

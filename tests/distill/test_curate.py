@@ -281,3 +281,50 @@ def test_sigkill_mid_run_then_rerun_writes_what_one_run_writes(tiny_model_dir, t
     assert json.loads(done.stdout)["already_scored"] == killed_at
     assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     assert scores.read_bytes() == (tmp_path / "whole.scores.jsonl").read_bytes()
+
+
+def test_random_ranking_is_seeded_and_keeps_top_n_of_the_perplexity_eligible_set(tiny_engine, tmp_path):
+    """The baseline at equal N: no model (model="unloadable" would fail if loaded), the same eligible records as a
+    perplexity run, exactly --top N kept, one order per seed."""
+    records, _ = likely_and_unlikely(tiny_engine)
+    records.append({"id": "empty", "instruction": "Say nothing.", "input": "", "output": " "})
+    data = write_alpaca(tmp_path / "data.jsonl", records, jsonl=True)
+    kept = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2), ("d", 3)):
+        report = curate(
+            data, tmp_path / f"{name}.jsonl", model="unloadable", options=CurateOptions(by="random", top=3, seed=seed)
+        )
+        assert report.kept == 3 and report.by == "random" and report.model == "random" and report.seed == seed
+        assert report.summary == {} and report.cutoff == {} and report.unscorable == {"no_output": 1}
+        kept[name] = [r["id"] for r in read_lines(tmp_path / f"{name}.jsonl")]
+    assert kept["a"] == kept["b"] and len(kept["a"]) == 3
+    assert len({tuple(v) for v in kept.values()}) == 3  # other seeds, other records (fails if the seed were ignored)
+    random_rows = read_lines(tmp_path / "a.scores.jsonl")
+    assert sorted(r["rank"] for r in random_rows if r["rank"] is not None) == list(range(1, 11))
+    curate(data, tmp_path / "p.jsonl", model=tiny_engine, options=CurateOptions(top=3))
+    eligible = {r["id"] for r in read_lines(tmp_path / "p.scores.jsonl") if "unscorable" not in r}
+    assert eligible == {r["id"] for r in random_rows if "unscorable" not in r} and "empty" not in eligible
+    # a rerun with another seed only re-selects; a perplexity run refuses the random run's scores file
+    again = curate(data, tmp_path / "a.jsonl", model="unloadable", options=CurateOptions(by="random", top=3, seed=2))
+    assert again.scored == 0 and again.already_scored == 11
+    assert [r["id"] for r in read_lines(tmp_path / "a.jsonl")] == kept["c"]
+    with pytest.raises(DataError, match="different setup"):
+        curate(data, tmp_path / "a.jsonl", model=tiny_engine, options=CurateOptions(top=3))
+    with pytest.raises(ConfigError, match="--by random ranks by no score"):
+        curate(data, tmp_path / "x.jsonl", model="unloadable", options=CurateOptions(by="random", labels="l.jsonl"))
+
+
+def test_cli_random_needs_no_model_and_prints_no_distribution(tmp_path):
+    from typer.testing import CliRunner
+
+    from fslm.cli import app
+
+    records = [{"instruction": f"Say {w}.", "input": "", "output": f"{w}."} for w in ("yes", "no", "maybe", "ok", "hm")]
+    data = write_alpaca(tmp_path / "d.json", records)
+    argv = ["curate", "--data", str(data), "--by", "random", "--top", "2", "--seed", "7", "--model", "no-such-model"]
+    done = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "k.json")])
+    assert done.exit_code == 0, done.output
+    assert "random (seed 7)" in done.stdout and "score distribution" not in done.stdout
+    assert len(json.loads((tmp_path / "k.json").read_text())) == 2
+    bad = CliRunner().invoke(app, ["curate", "--data", str(data), "--by", "rand", "--out", str(tmp_path / "o.json")])
+    assert bad.exit_code == 2 and "choose one of perplexity, quality, both, random" in bad.stderr

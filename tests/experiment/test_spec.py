@@ -63,7 +63,10 @@ def spec_with(**changes) -> dict:
             spec_with(report={"traces": [{"system": "a", "task": "boolq"}]}),
             "report.traces.0.task: 'boolq' is not among",
         ),
-        (spec_with(training={"t": {"finetune": {"data": "d"}}}), "training.t.finetune.data: 'd' is not a distill step"),
+        (
+            spec_with(training={"t": {"finetune": {"data": "d"}}}),
+            "training.t.finetune.data: 'd' is not a distill or curate step",
+        ),
         (
             spec_with(training={"t": {"finetune": {"data": "d.jsonl", "options": {"rnk": 4}}}}),
             "options: unknown option",
@@ -84,7 +87,7 @@ def spec_with(**changes) -> dict:
         ),
         (
             spec_with(training={"t": {}}),
-            "training.t: give exactly one of distill, finetune, corpus, index, pairs, finetune_pairs, choice_kd",
+            "training.t: give exactly one of distill, synth, curate, finetune, corpus, index, pairs, finetune_pairs, choice_kd",
         ),
         (
             spec_with(training={"c": {"distill": {}}, "t": {"index": {"corpus": "c"}}}),
