@@ -7,6 +7,7 @@
 * `live` — the same cascade actually running small, then large.
 * `route` — a prompt-only router on sentence embeddings: `fslm route`.
 * `generate` — the Python twin of `fslm generate`.
+* `checker` — a small model's P(supported) for free-form answers, with a fitted flag threshold (Python only).
 
 Submodules are imported on use, so `import fslm.collaborate` stays cheap.
 """

@@ -6,7 +6,7 @@ chunks to keep memory flat for large tasks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -109,3 +109,41 @@ def _diff_entry(n: int, mean_a: float, mean_b: float, reps: np.ndarray, confiden
         # share of bootstrap replicates where A is not better: a one-sided bootstrap p-value for "A > B"
         "p_le_0": float(np.mean(reps <= 0.0)),
     }
+
+
+def group_bootstrap(
+    groups: Sequence[object],
+    statistics: Callable[[np.ndarray], Mapping[str, float]],
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    confidence: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap CIs of statistics over items that come in groups (the answers of one question): whole
+    groups are resampled with replacement, so items of one group never count as independent evidence.
+
+    `groups[i]` is item i's group; `statistics(idx)` gets the resampled item indices (repeats allowed) and returns
+    named values. Every statistic uses the same resamples, so differences between them are paired. A replicate whose
+    value is nan (e.g. an AUROC without both classes) is left out of that statistic's interval."""
+    if len(groups) == 0:
+        return {}
+    ids: dict[object, int] = {}
+    member_of = np.asarray([ids.setdefault(g, len(ids)) for g in groups], dtype=np.int64)
+    order = np.argsort(member_of, kind="stable")  # items of group 0, then of group 1, ...
+    sizes = np.bincount(member_of)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        chosen = rng.integers(0, sizes.size, size=sizes.size)
+        lens = sizes[chosen]
+        offsets = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        idx = order[np.repeat(starts[chosen], lens) + offsets]
+        for name, value in statistics(idx).items():
+            values.setdefault(name, []).append(float(value))
+    out = {}
+    for name, vals in values.items():
+        arr = np.asarray(vals)
+        arr = arr[~np.isnan(arr)]
+        out[name] = _interval(arr, confidence) if arr.size else (float("nan"), float("nan"))
+    return out

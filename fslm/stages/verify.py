@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
+from fslm.engine import Engine, Score
 from fslm.stages.inputs import raw_text, stage_labels, stage_user_text
 from fslm.stages.kinds_config import VERIFY_QUESTION
 from fslm.stages.records import StageRecord
@@ -26,6 +28,24 @@ def p_yes(logp_yes: float, logp_no: float, temperature: float = 1.0) -> float:
     """sigmoid((logp_yes - logp_no) / T), computed without overflow."""
     z = (logp_yes - logp_no) / temperature
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def yes_no_probabilities(
+    engine: Engine,
+    contexts: Sequence[str],
+    yes: str = " yes",
+    no: str = " no",
+    *,
+    adapter: str | None = None,
+    temperature: float = 1.0,
+) -> list[tuple[float, Score, Score]]:
+    """(P(yes), yes score, no score) per context from ONE `engine.score` call over both continuations of every
+    context: the reading every yes/no judge (this stage, the hallucination checker) shares."""
+    scores = engine.score([c for c in contexts for _ in (0, 1)], [yes, no] * len(contexts), adapter=adapter)
+    return [
+        (p_yes(scores[2 * i].logprob, scores[2 * i + 1].logprob, temperature), scores[2 * i], scores[2 * i + 1])
+        for i in range(len(contexts))
+    ]
 
 
 def verify_context(stack, stage, prompt: str, outputs: dict[str, str]) -> str:
@@ -51,12 +71,10 @@ def verify_records(stack, stage, results) -> list[StageRecord]:
     adapter = stack.adapter_for(stage)
     contexts = [verify_context(stack, stage, r.prompt, r.outputs) for r in results]
     t0 = time.perf_counter()
-    scores = engine.score([c for c in contexts for _ in (0, 1)], [spec.yes, spec.no] * len(contexts), adapter=adapter)
+    judged = yes_no_probabilities(engine, contexts, spec.yes, spec.no, adapter=adapter, temperature=spec.temperature)
     seconds = round((time.perf_counter() - t0) / max(1, len(contexts)), 4)
     records = []
-    for i, context in enumerate(contexts):
-        yes, no = scores[2 * i], scores[2 * i + 1]
-        p = p_yes(yes.logprob, no.logprob, spec.temperature)
+    for context, (p, yes, no) in zip(contexts, judged, strict=True):
         records.append(
             StageRecord(
                 stage.name,

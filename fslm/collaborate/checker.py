@@ -1,0 +1,233 @@
+"""A small model as a plug-in hallucination checker: P(supported) of a free-form answer from its yes/no judgement.
+
+For each (question, answer, passages) item the model reads a fixed raw prompt and two continuations are scored,
+`" yes"` and `" no"`; P(supported) = softmax over the two = sigmoid((logp(yes) - logp(no)) / T), read by the same
+code as the `verify` stage (`fslm.stages.verify.yes_no_probabilities`). With passages the question is "Is the answer
+supported by these passages?"; without, "Is the answer true?" (the model's own knowledge).
+
+The flag rule: an answer is flagged unsupported when P(supported) < threshold. `fit_checker` picks both knobs on
+held-out labelled items: the temperature T by NLL (temperature scaling, `fslm.evaluate.calibration`), then the
+threshold on the scaled probabilities that maximises F1 of the "unsupported" class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fslm.engine import Engine
+from fslm.errors import InputError
+from fslm.stages.calibration import check_threshold
+from fslm.stages.verify import yes_no_probabilities
+
+CHECK_TEMPLATE = "Question: {question}\nProposed answer: {answer}\nIs the answer true? Answer yes or no.\nAnswer:"
+CHECK_PASSAGES_TEMPLATE = (
+    "Passages:\n{passages}\n\nQuestion: {question}\nProposed answer: {answer}\n"
+    "Is the answer supported by these passages? Answer yes or no.\nAnswer:"
+)
+YES, NO = " yes", " no"
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    """One answer to check; `passages` None = judge from the model's own knowledge."""
+
+    question: str
+    answer: str
+    passages: tuple[str, ...] | None = None
+
+
+def check_item(obj: CheckItem | Mapping | Sequence, where: str = "item") -> CheckItem:
+    """A CheckItem from a CheckItem, a {question, answer, passages?} mapping or a (question, answer[, passages])
+    tuple; InputError naming `where` for anything else, an empty text or an empty passage list."""
+    if isinstance(obj, CheckItem):
+        question, answer, passages = obj.question, obj.answer, obj.passages
+    elif isinstance(obj, Mapping):
+        unknown = set(obj) - {"question", "answer", "passages"}
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+        question, answer, passages = obj.get("question"), obj.get("answer"), obj.get("passages")
+    elif isinstance(obj, Sequence) and not isinstance(obj, str) and len(obj) in (2, 3):
+        question, answer, passages = obj[0], obj[1], obj[2] if len(obj) == 3 else None
+    else:
+        raise InputError(f"{where}: expected (question, answer[, passages]) or a mapping, got {type(obj).__name__}")
+    for name, text in (("question", question), ("answer", answer)):
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{where}: '{name}' must be a non-empty string, got {text!r}")
+    if passages is not None:
+        if isinstance(passages, str) or not isinstance(passages, Sequence):
+            raise InputError(f"{where}: 'passages' must be a list of strings or null, got {type(passages).__name__}")
+        if not passages:
+            raise InputError(f"{where}: 'passages' is an empty list; pass null to check without passages")
+        if not all(isinstance(p, str) and p.strip() for p in passages):
+            raise InputError(f"{where}: every passage must be a non-empty string")
+        passages = tuple(passages)
+    return CheckItem(question, answer, passages)
+
+
+def check_prompt(item: CheckItem) -> str:
+    """The exact text the yes/no continuations are scored after."""
+    question, answer = item.question.strip(), item.answer.strip()
+    if item.passages is None:
+        return CHECK_TEMPLATE.format(question=question, answer=answer)
+    listed = "\n".join(f"[{k}] {p.strip()}" for k, p in enumerate(item.passages, 1))
+    return CHECK_PASSAGES_TEMPLATE.format(passages=listed, question=question, answer=answer)
+
+
+def p_supported(
+    engine: Engine,
+    items: Iterable[CheckItem | Mapping | Sequence],
+    *,
+    temperature: float = 1.0,
+    adapter: str | None = None,
+) -> list[float]:
+    """P(supported) per item (module docstring), in item order; one `engine.score` call for all of them."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise InputError(f"temperature must be a finite number > 0, got {temperature!r}")
+    checked = [check_item(x, f"item {i}") for i, x in enumerate(items)]
+    if not checked:
+        return []
+    judged = yes_no_probabilities(
+        engine, [check_prompt(x) for x in checked], YES, NO, adapter=adapter, temperature=temperature
+    )
+    return [p for p, _, _ in judged]
+
+
+def flag_unsupported(probs: Sequence[float], threshold: float) -> list[bool]:
+    """The flag rule: unsupported when P(supported) < threshold."""
+    check_threshold(threshold)
+    return [p < threshold for p in probs]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A threshold and what flagging `score < threshold` as unsupported gives on the items it was chosen on."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    flagged: int
+    n: int
+
+
+def flag_scores(flagged: np.ndarray, unsupported: np.ndarray) -> tuple[float, float, float]:
+    """(precision, recall, F1) of the "unsupported" class; precision 0 when nothing is flagged."""
+    tp = float(np.sum(flagged & unsupported))
+    n_flag, n_pos = float(np.sum(flagged)), float(np.sum(unsupported))
+    precision = tp / n_flag if n_flag else 0.0
+    recall = tp / n_pos if n_pos else 0.0
+    f1 = 2 * tp / (n_flag + n_pos) if n_flag + n_pos else 0.0
+    return precision, recall, f1
+
+
+def best_cut(scores: Sequence[float], unsupported: Sequence[bool], *, ceiling: float | None = None) -> Cut:
+    """The threshold maximising F1 of "unsupported" under `score < threshold`, over every distinct cut: midpoints
+    between consecutive distinct scores, and one above the largest (flag all; with a `ceiling`, thresholds stay at
+    or below it). Ties go to the lowest threshold (fewest flags). Works for any real-valued score (a probability,
+    or minus a length)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(unsupported, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise InputError(f"{s.size} scores but {y.size} labels")
+    if s.size == 0 or not y.any():
+        raise InputError("choosing a threshold needs labelled items with at least one unsupported answer")
+    if not np.all(np.isfinite(s)):
+        raise InputError("scores must be finite numbers")
+    values = np.unique(s)
+    if ceiling is None:
+        top = [values[-1] + 1.0]
+    else:
+        top = [(values[-1] + ceiling) / 2] if values[-1] < ceiling else []
+    candidates = np.concatenate(((values[:-1] + values[1:]) / 2, top))
+    if candidates.size == 0:  # every score equals the ceiling: no cut flags anything
+        candidates = np.asarray([float(ceiling)])
+    best: Cut | None = None
+    for t in candidates:
+        flagged = s < t
+        precision, recall, f1 = flag_scores(flagged, y)
+        if best is None or f1 > best.f1 + 1e-12:
+            best = Cut(float(t), precision, recall, f1, int(flagged.sum()), int(s.size))
+    assert best is not None
+    return best
+
+
+def choose_threshold(probs: Sequence[float], unsupported: Sequence[bool]) -> Cut:
+    """`best_cut` on probabilities: the F1-best threshold in [0, 1] for the flag rule."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.size and (not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1):
+        raise InputError("P(supported) values must lie in [0, 1]")
+    return best_cut(p, unsupported, ceiling=1.0)
+
+
+@dataclass(frozen=True)
+class CheckerFit:
+    """Temperature and threshold chosen on held-out items; apply as `flag_unsupported(scale(p), threshold)`."""
+
+    temperature: float
+    threshold: float
+    precision: float  # on the held-out items, at the threshold
+    recall: float
+    f1: float
+    n: int
+
+    def scale(self, probs: Sequence[float]) -> list[float]:
+        from fslm.evaluate.calibration import scale_binary
+
+        return [float(x) for x in scale_binary(probs, self.temperature)] if len(probs) else []
+
+    def flag(self, probs: Sequence[float]) -> list[bool]:
+        return flag_unsupported(self.scale(probs), self.threshold)
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def fit_checker(probs: Sequence[float], unsupported: Sequence[bool]) -> CheckerFit:
+    """Temperature scaling of P(supported) against the labels (NLL on these items), then the F1-best threshold on
+    the scaled probabilities. Temperature scaling is monotone, so it never changes which items a cut separates."""
+    from fslm.evaluate.calibration import fit_binary_temperature, scale_binary
+
+    y = np.asarray(unsupported, dtype=bool)
+    cut = choose_threshold(probs, y)  # validates probs and labels first
+    if y.all():
+        raise InputError("fitting a temperature needs held-out items with at least one supported answer")
+    temperature = fit_binary_temperature(probs, ~y)
+    cut = choose_threshold(scale_binary(probs, temperature), y)
+    return CheckerFit(temperature, cut.threshold, cut.precision, cut.recall, cut.f1, cut.n)
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """P(a positive item scores higher than a negative one), ties 1/2 (Mann-Whitney U / (n+ n-)); nan without both
+    classes. For the checker: scores = 1 - P(supported), positive = unsupported."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    values, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]  # 1-based, tied scores share their mean rank
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+__all__ = [
+    "CHECK_PASSAGES_TEMPLATE",
+    "CHECK_TEMPLATE",
+    "CheckItem",
+    "CheckerFit",
+    "Cut",
+    "auroc",
+    "best_cut",
+    "check_item",
+    "check_prompt",
+    "choose_threshold",
+    "fit_checker",
+    "flag_scores",
+    "flag_unsupported",
+    "p_supported",
+]
