@@ -141,6 +141,9 @@ class SynthStep(_Strict):
     seed: int = Field(_default(SynthOptions, "seed"), description="sampling seed")
     teacher: str | None = Field(None, description="local teacher model reference (default: the library's)")
     engine: str = Field("hf", description="the local teacher's inference engine")
+    teacher_dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32", description="the local teacher's dtype (auto: bfloat16 on CPUs with native bf16, else float32)"
+    )
     seeds: str | None = Field(None, description="seed tasks JSONL (default: the shared alpaca/seed_tasks.jsonl)")
     similarity: float = Field(_default(SynthOptions, "similarity"), gt=0, le=1, description="ROUGE-L dedup bound")
     seed_examples: int = Field(_default(SynthOptions, "seed_examples"), ge=1)

@@ -124,11 +124,7 @@ def run_training(payload: dict, progress=None) -> dict:
         cfg = load_stack_config(args["stack"])
         Path(args["out"]).parent.mkdir(parents=True, exist_ok=True)
         options = DistillOptions(limit=args["limit"], batch_size=args["batch_size"], hints=args["hints"])
-        dtype = args.get("teacher_dtype") or cfg.dtype
-        if dtype == "auto":
-            from fslm.cpu import bf16_is_fast
-
-            dtype = "bfloat16" if bf16_is_fast() else "float32"
+        dtype = _dtype(args.get("teacher_dtype") or cfg.dtype)
         report = distill(
             cfg,
             args["data"],
@@ -206,6 +202,15 @@ def run_training(payload: dict, progress=None) -> dict:
     return result
 
 
+def _dtype(dtype: str) -> str:
+    """A teacher's dtype; auto: bfloat16 on CPUs with native bf16 (emulated bf16 is slower than float32)."""
+    if dtype != "auto":
+        return dtype
+    from fslm.cpu import bf16_is_fast
+
+    return "bfloat16" if bf16_is_fast() else "float32"
+
+
 def _synth(args: dict, step: SynthStep, progress):
     """Grow the step's synth.jsonl to `n` records; a run that stalls short of them fails the step (no marker)."""
     from fslm.distill.synth import synth
@@ -215,7 +220,7 @@ def _synth(args: dict, step: SynthStep, progress):
     Path(args["out"]).parent.mkdir(parents=True, exist_ok=True)
     report = synth(
         args["out"],
-        teacher=lambda: make_teacher(args["teacher"], backend=step.engine),
+        teacher=lambda: make_teacher(args["teacher"], backend=step.engine, dtype=_dtype(step.teacher_dtype)),
         seeds=args["seeds"],
         options=step.options(),
         progress=(lambda done, total: progress(f"synth {done}/{total}")) if progress else None,
