@@ -7,7 +7,6 @@ have the choice-probability margin. Per-item rows use the `fslm eval` items.json
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from fslm.collaborate.runs import choice_margin
 from fslm.engine import Engine, GenerationParams, load_engine
 from fslm.errors import InputError
 from fslm.stages.calibration import check_threshold
+from fslm.stages.verify import yes_no_probabilities
 from fslm.tasks import Item
 
 VERIFY_TEMPLATE = (
@@ -92,14 +92,12 @@ def verify(engine: Engine, questions: Sequence[str], answers: Sequence[str]) -> 
         VERIFY_TEMPLATE.format(question=q.strip(), answer=a.strip()) for q, a in zip(questions, answers, strict=True)
     ]
     t0 = time.perf_counter()
-    scores = engine.score([c for c in contexts for _ in VERIFY_CHOICES], [x for _ in contexts for x in VERIFY_CHOICES])
+    judged = yes_no_probabilities(engine, contexts, *VERIFY_CHOICES)
     seconds = (time.perf_counter() - t0) / max(len(contexts), 1)
-    out = []
-    for i, context in enumerate(contexts):
-        yes, no = scores[2 * i].logprob, scores[2 * i + 1].logprob
-        p_yes = 1.0 / (1.0 + math.exp(no - yes))
-        out.append((p_yes, engine.count_tokens(context) + scores[2 * i].n_tokens + scores[2 * i + 1].n_tokens, seconds))
-    return out
+    return [
+        (p, engine.count_tokens(context) + yes.n_tokens + no.n_tokens, seconds)
+        for context, (p, yes, no) in zip(contexts, judged, strict=True)
+    ]
 
 
 def verify_signal_rows(engine: Engine, items: Sequence[Item], rows: Sequence[dict]) -> list[dict]:

@@ -3,6 +3,9 @@
 The spec is YAML validated with pydantic. Every error names the field it is about (`systems.small.patch.drop.0: ...`)
 and one `ConfigError` lists them all. Paths inside the spec are relative to the spec file, so a spec moves with
 the stacks and data it names.
+
+The sections (evaluation, systems, comparisons, selection, report) are in `fslm.experiment.spec_sections`; this module
+holds the whole spec, the checks across its sections, and the loader (YAML, --set overrides, scales).
 """
 
 from __future__ import annotations
@@ -11,17 +14,45 @@ import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fslm.errors import ConfigError, FslmError
+from fslm.experiment.spec_sections import (
+    ComparisonSpec,
+    EvaluationSpec,
+    PatchSpec,
+    ReportSpec,
+    SelectionSpec,
+    SystemSpec,
+    TraceRule,
+    is_stack_file,
+)
 from fslm.experiment.steps import TrainingStep, check_formats
 from fslm.io import load_yaml, read_text
 
+__all__ = [
+    "MAX_SPEC_BYTES",
+    "NAME",
+    "ComparisonSpec",
+    "EvaluationSpec",
+    "ExperimentSpec",
+    "PatchSpec",
+    "ReportSpec",
+    "SelectionSpec",
+    "SystemSpec",
+    "TraceRule",
+    "apply_overrides",
+    "apply_scale",
+    "format_errors",
+    "is_stack_file",
+    "load_spec",
+    "parse_spec",
+]
+
 MAX_SPEC_BYTES = 1 << 20
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # system and step names are folder names
-ANSWER_FORMATS = ("stack", "raw", "raw-adapter")
 
 
 class _Strict(BaseModel):
@@ -34,168 +65,6 @@ def _check_names(names: list[str], field: str) -> None:
             raise ValueError(
                 f"{field}: {name!r} is not a usable name (letters, digits, '.', '_', '-'; it names a folder)"
             )
-
-
-def is_stack_file(ref: str) -> bool:
-    return ref == "default" or ref.endswith((".yaml", ".yml"))
-
-
-class EvaluationSpec(_Strict):
-    """What every system is evaluated on (the arguments of `fslm.evaluate.evaluate`)."""
-
-    tasks: list[str] | Literal["all"] = Field(..., description="task names, or 'all'")
-    limit: int | None = Field(None, ge=1, description="first N items per task (None: all)")
-    split: Literal["test", "heldout"] = Field("test", description="test: each task's evaluation split")
-    num_fewshot: int = Field(0, ge=0, description="few-shot examples for model systems (stacks run zero-shot)")
-    gen_max_tokens: int = Field(256, ge=1, le=4096, description="generation tasks (gsm8k): new-token budget")
-    batch_size: int = Field(32, ge=1, le=1024, description="items per batch and per resumable write")
-    metrics: list[str] | None = Field(
-        None, description="text metrics of generation tasks (fslm.evaluate.metrics: em, rougeL, bleu, minilm, ...)"
-    )
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, metrics: list[str] | None) -> list[str] | None:
-        from fslm.evaluate.metrics import parse_metrics
-
-        if metrics is None:
-            return None
-        try:
-            return parse_metrics(metrics)  # canonical names (rouge-l -> rougeL); unknown ones list the known
-        except FslmError as err:
-            raise ValueError(str(err)) from None
-
-    @model_validator(mode="after")
-    def _known_tasks(self) -> EvaluationSpec:
-        from fslm.tasks import get_task
-
-        if isinstance(self.tasks, str):
-            return self
-        if not self.tasks:
-            raise ValueError("tasks: give at least one task (or 'all')")
-        for i, task in enumerate(self.tasks):
-            try:
-                get_task(task)
-            except FslmError as err:
-                raise ValueError(f"tasks.{i}: {err}") from None
-            if task in self.tasks[:i]:
-                raise ValueError(f"tasks.{i}: {task!r} is listed twice")
-        if self.split == "heldout" and self.num_fewshot:
-            raise ValueError(
-                "num_fewshot: held-out items are evaluated zero-shot (few-shot examples come from the same splits)"
-            )
-        return self
-
-    @property
-    def task_names(self) -> list[str]:
-        from fslm.tasks import list_tasks
-
-        return list_tasks() if self.tasks == "all" else list(self.tasks)
-
-
-class PatchSpec(_Strict):
-    """How a variant differs from its stack, applied in this order: stage fields, adapters, drop, keep."""
-
-    name: str | None = Field(None, min_length=1, description="the variant stack's name (default: the system's name)")
-    base_model: str | None = Field(None, min_length=1, description="the same stages on another base model")
-    stages: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="stage -> fields to set (instruction, template, sees, generation, label, retrieve, ...); "
-        "a dict value is merged one level deep; null removes a field",
-    )
-    adapters: dict[str, str | None] = Field(
-        default_factory=dict, description="stage -> adapter folder (relative to the spec file), or null to remove it"
-    )
-    drop: list[str] = Field(default_factory=list, description="stages removed (later stages stop seeing them)")
-    keep: list[str] | None = Field(None, description="only these stages (the final stage must be among them)")
-
-
-class SystemSpec(_Strict):
-    """One system: a model alone, a stack, or a variant of another system's stack (`from` + `patch`)."""
-
-    model: str | None = Field(None, min_length=1, description="a model reference, evaluated alone on raw prompts")
-    stack: str | None = Field(
-        None, min_length=1, description="'default', a stack YAML path, or the name of a finetune step of this spec"
-    )
-    from_: str | None = Field(None, alias="from", description="another system of this spec whose stack to start from")
-    patch: PatchSpec | None = None
-    adapters: bool = Field(True, description="false: the same stack with every LoRA adapter off")
-    answer_format: Literal["stack", "raw", "raw-adapter"] = "stack"
-    num_fewshot: int | None = Field(None, ge=0, description="model systems: overrides evaluation.num_fewshot")
-    label: str | None = Field(None, description="how RESULTS.md describes it")
-    test: bool = Field(True, description="false: a selection candidate evaluated on held-out items only")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SystemSpec:
-        given = [f for f, v in (("model", self.model), ("stack", self.stack), ("from", self.from_)) if v is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of model, stack, from (got {', '.join(given) or 'none'})")
-        if self.model is not None:
-            extra = [f for f in ("patch", "answer_format") if f in self.model_fields_set]
-            extra += ["adapters"] if not self.adapters else []
-            if extra:
-                raise ValueError(f"{', '.join(extra)}: apply to stack systems only; a model system has no stages")
-        elif self.num_fewshot:
-            raise ValueError("num_fewshot: stacks are evaluated zero-shot; few-shot applies to model systems only")
-        return self
-
-    @property
-    def is_model(self) -> bool:
-        return self.model is not None
-
-
-class ComparisonSpec(_Strict):
-    """acc(a) - acc(b) per task and macro with a paired-bootstrap 95% CI (`fslm.evaluate.compare`)."""
-
-    a: str
-    b: str
-    heldout: bool = Field(False, description="compare the two systems' held-out (selection) runs instead")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_pair(cls, data: Any) -> Any:
-        if isinstance(data, (list, tuple)):
-            if len(data) != 2:
-                raise ValueError(f"a pair [A, B] has two system names, got {len(data)}")
-            return {"a": data[0], "b": data[1]}
-        return data
-
-
-class SelectionSpec(_Strict):
-    """The rule that picks one system on held-out items, fixed before any held-out number is seen."""
-
-    among: list[str] = Field(..., min_length=1, description="candidate systems, in order of preference on a tie")
-    context: list[str] = Field(
-        default_factory=list, description="also run on held-out items, for reference; never chosen"
-    )
-    limit: int | None = Field(50, ge=1, description="held-out items per task")
-    rule: Literal["best_heldout_macro"] = "best_heldout_macro"
-
-    @property
-    def systems(self) -> list[str]:
-        return [*self.among, *self.context]
-
-
-class TraceRule(_Strict):
-    """Example traces for RESULTS.md, chosen by rule (never by hand): the first `count` items, in evaluation order,
-    that match."""
-
-    system: str
-    count: int = Field(2, ge=1, le=20)
-    task: str | None = None
-    where: Literal["any", "correct", "wrong"] = "any"
-    versus: str | None = Field(None, description="only items where this system's outcome differs")
-
-
-class ReportSpec(_Strict):
-    title: str | None = None
-    file: str = Field("RESULTS.md", pattern=r"^[^/\\]+\.md$", description="the report's file name in the out folder")
-    pareto: bool = Field(True, description="pareto.png: macro accuracy vs seconds per item")
-    traces: list[TraceRule] = Field(default_factory=list)
-    notes: str | None = Field(
-        None,
-        description="a markdown file (relative to the spec) copied into the report: the attempt log a person keeps",
-    )
 
 
 class ExperimentSpec(_Strict):
