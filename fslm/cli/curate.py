@@ -57,6 +57,16 @@ def render_report(report: CurateReport) -> None:
         dist.add_row(stat, *(str(stats.get(stat, "")) for stats in report.summary.values()))
     dist.add_row("kept cutoff", *(str(report.cutoff.get(signal, "")) for signal in report.summary))
     out.print(dist)
+    for end, title in (("best", "ranked first"), ("worst", "ranked last")):
+        if not report.ends.get(end):
+            continue
+        shown = Table(title=f"records {title}", title_justify="left")
+        for column in ("rank", *report.summary, "prompt", "output"):
+            shown.add_column(column, overflow="fold")
+        for row in report.ends[end]:
+            scores = [str(row.get(signal, "")) for signal in report.summary]
+            shown.add_row(str(row["rank"]), *scores, row["prompt"], row["output"])
+        out.print(shown)
 
 
 def curate_command(

@@ -37,6 +37,7 @@ from fslm.tasks.instructions import default_data_path, load_instructions
 SIGNALS = ("perplexity", "quality", "both")
 RANKINGS = (*SIGNALS, "random")
 DEFAULT_SCORER = "smollm2-135m"
+ENDS = 3  # records shown from each end of the ranking
 
 
 @dataclass
@@ -67,6 +68,8 @@ class CurateReport:
     seed: int | None = None  # by="random": the seed of the order
     summary: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> distribution summary
     cutoff: dict[str, float] = field(default_factory=dict)  # signal -> its worst value among the kept records
+    # the records at each end of the ranking (a look at what the score prefers): {"best": [...], "worst": [...]}
+    ends: dict[str, list[dict]] = field(default_factory=dict)
     repaired_bytes: int = 0
     seconds: float = 0.0
 
@@ -326,6 +329,8 @@ def curate(
     wanted = {c.id for c in candidates}
     stray = [r for r in rows.values() if r["id"] not in wanted]  # scored for another input: stays on file, unranked
     _fill_report(report, final, by != "random", options.labels is not None)
+    if by != "random":
+        report.ends = ranking_ends(final, candidates)
     kept_ids = {r["id"] for r in final if r["kept"]}
     kept = [c.raw for c in candidates if c.id in kept_ids]  # input order
     if fmt == "json":
@@ -355,6 +360,19 @@ def _fill_report(report: CurateReport, final: list[dict], scored: bool, with_qua
         report.cutoff["nll"] = max(r["nll"] for r in winners)
         if with_quality:
             report.cutoff["quality"] = min(r["quality"] for r in winners)
+
+
+def ranking_ends(rows: list[dict], candidates: Sequence[Candidate], k: int = ENDS, chars: int = 240) -> dict:
+    """The `k` best- and worst-ranked scorable records with their scores and (shortened) texts."""
+    by_id = {c.id: c for c in candidates}
+    ranked = sorted((r for r in rows if r.get("rank") is not None and r["id"] in by_id), key=lambda r: r["rank"])
+
+    def show(row: dict) -> dict:
+        c = by_id[row["id"]]
+        scores = {key: row[key] for key in ("nll", "quality") if key in row}
+        return {"id": c.id, "rank": row["rank"], **scores, "prompt": c.prompt[:chars], "output": c.output[:chars]}
+
+    return {"best": [show(r) for r in ranked[:k]], "worst": [show(r) for r in ranked[-k:][::-1]]}
 
 
 def plot_scores(path: str | Path, rows: list[dict], by: str) -> None:

@@ -28,6 +28,7 @@ from fslm.io import write_json
 
 DISTILLED, CORPUS, INDEX, PAIRS = "distilled.jsonl", "corpus.jsonl", "index", "pairs.jsonl"
 CURATED, SYNTH = "curated.jsonl", "synth.jsonl"
+SCORES_PLOT = "scores.png"  # a curate step's score histogram (kept and dropped records)
 RECORDS = {"distill": DISTILLED, "curate": CURATED, "synth": SYNTH}  # the records file of each step that writes one
 SCORES_FILE = "kd_teacher_scores.jsonl"  # fslm.finetune.choice_kd.SCORES_FILE (that module imports torch)
 
@@ -137,11 +138,13 @@ def run_training(payload: dict, progress=None) -> dict:
         from fslm.distill.curate import DEFAULT_SCORER, curate
 
         Path(args["out"]).parent.mkdir(parents=True, exist_ok=True)
+        step = CurateStep.model_validate(payload["body"])
         report = curate(
             args["data"],
             args["out"],
             model=args["model"] or DEFAULT_SCORER,
-            options=CurateStep.model_validate(payload["body"]).options(args["labels"]),
+            options=step.options(args["labels"]),
+            plot=None if step.by == "random" else Path(args["out"]).parent / SCORES_PLOT,
             progress=(lambda done, total: progress(f"curate {done}/{total}")) if progress else None,
         )
     elif kind == "synth":

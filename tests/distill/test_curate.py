@@ -54,6 +54,12 @@ def test_perplexity_ranking_keeps_what_the_small_model_finds_likely(tiny_engine,
     assert scores["r0"]["tokens"] == s.n_tokens
     assert report.kept == 5 and report.scored == 10 and report.summary["nll"]["count"] == 10
     assert report.cutoff["nll"] == max(scores[i]["nll"] for i in likely)
+    # examples at each end of the ranking: the 3 most likely records first, the 3 least likely last
+    by_rank = sorted(scores.values(), key=lambda r: r["rank"])
+    assert [e["id"] for e in report.ends["best"]] == [r["id"] for r in by_rank[:3]]
+    assert [e["id"] for e in report.ends["worst"]] == [r["id"] for r in by_rank[::-1][:3]]
+    assert {e["id"] for e in report.ends["best"]} <= likely and not {e["id"] for e in report.ends["worst"]} & likely
+    assert report.ends["best"][0]["output"] == next(r["output"] for r in records if r["id"] == by_rank[0]["id"])[:240]
 
 
 def test_top_n_jsonl_in_jsonl_out_and_a_plot(tiny_engine, tmp_path):
@@ -230,6 +236,7 @@ def test_cli_prints_the_distribution_and_a_bad_record_writes_nothing(tiny_model_
     ok = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "k.json"), "--plot", str(tmp_path / "h.png")])
     assert ok.exit_code == 0, ok.output
     assert "score distribution" in ok.stdout and "nll/token (lower kept)" in ok.stdout and "kept cutoff" in ok.stdout
+    assert "records ranked first" in ok.stdout and "records ranked last" in ok.stdout
     assert len(json.loads((tmp_path / "k.json").read_text())) == 2 and (tmp_path / "h.png").is_file()
     as_json = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "k.json"), "--top", "1", "--json"])
     report = json.loads(as_json.stdout)
@@ -325,6 +332,7 @@ def test_cli_random_needs_no_model_and_prints_no_distribution(tmp_path):
     done = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "k.json")])
     assert done.exit_code == 0, done.output
     assert "random (seed 7)" in done.stdout and "score distribution" not in done.stdout
+    assert "ranked first" not in done.stdout
     assert len(json.loads((tmp_path / "k.json").read_text())) == 2
     bad = CliRunner().invoke(app, ["curate", "--data", str(data), "--by", "rand", "--out", str(tmp_path / "o.json")])
     assert bad.exit_code == 2 and "choose one of perplexity, quality, both, random" in bad.stderr

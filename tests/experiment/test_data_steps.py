@@ -101,6 +101,7 @@ def test_random_curate_then_finetune(tiny_model_dir, tiny_data, tmp_path):
         "evaluation": {"tasks": ["arc_easy"]},
         "training": {
             "random3": {"curate": {"data": "data.jsonl", "by": "random", "top": 3, "seed": 1}},
+            "likely3": {"curate": {"data": "data.jsonl", "top": 3, "model": str(tiny_model_dir)}},
             "trained": {"finetune": {"stack": "stack.yaml", "data": "random3", "options": FAST}},
         },
         "systems": {"stack-trained": {"stack": "trained"}},
@@ -108,7 +109,7 @@ def test_random_curate_then_finetune(tiny_model_dir, tiny_data, tmp_path):
     spec = write_spec(tmp_path, body)
     assert build_plan(load_spec(spec)).jobs["train:trained"].deps == ["train:random3"]
     result = run_experiment(spec, jobs=1, isolate=False)
-    assert result.ran == ["train:random3", "train:trained", "eval:stack-trained"]
+    assert sorted(result.ran) == ["eval:stack-trained", "train:likely3", "train:random3", "train:trained"]
     out = tmp_path / "exp" / "train"
     rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
     curated = [json.loads(line) for line in (out / "random3" / "curated.jsonl").read_text().splitlines()]
@@ -116,6 +117,10 @@ def test_random_curate_then_finetune(tiny_model_dir, tiny_data, tmp_path):
     assert len((out / "random3" / "curated.scores.jsonl").read_text().splitlines()) == 8
     curate_report = json.loads((out / "random3.done.json").read_text())["report"]
     assert curate_report["by"] == "random" and curate_report["kept"] == 3 and curate_report["model"] == "random"
+    assert not (out / "random3" / "scores.png").exists()  # a random order has no scores to draw
+    likely = json.loads((out / "likely3.done.json").read_text())["report"]
+    assert likely["by"] == "perplexity" and likely["kept"] == 3 and len(likely["ends"]["best"]) == 3
+    assert (out / "likely3" / "scores.png").read_bytes()[:4] == b"\x89PNG"
     trained = json.loads((out / "trained.done.json").read_text())["report"]
     assert trained["records"] == 3, trained
     assert run_experiment(spec, jobs=1, isolate=False).ran == []
