@@ -222,6 +222,19 @@ def _traces(results: dict) -> list[str]:
     return lines
 
 
+def _free_text_note(tasks: list[str]) -> list[str]:
+    from fslm.tasks import get_task
+
+    free = [t for t in tasks if get_task(t).free_text]
+    if not free:
+        return []
+    return [
+        f"Accuracy on {', '.join(free)} is the exact match of a whole free-form answer, which a reply rarely meets: "
+        "compare those systems by the text metrics.",
+        "",
+    ]
+
+
 def results_markdown(results: dict, pareto: bool) -> str:
     ev = results["evaluation"]
     lines = [f"# {results.get('title') or results['name']}", ""]
@@ -233,6 +246,7 @@ def results_markdown(results: dict, pareto: bool) -> str:
         f"generation budget {ev['gen_max_tokens']} tokens. Written by `fslm experiment run` from the run folders "
         "under runs/ (items.jsonl per item, summary.json per system); seconds are this machine's.",
         "",
+        *_free_text_note(ev["tasks"]),
         "## Systems",
         "",
         *_systems_table(results),

@@ -81,6 +81,7 @@ class TaskSpec:
     description: str  # one line
     splits: tuple[str, ...] = ()  # every split load_task(..., split=) accepts for this task
     in_all: bool = True  # part of `--tasks all`; False: evaluated only when named (alpaca: long free-text answers)
+    free_text: bool = False  # accuracy = exact match of a whole free-form answer (rarely met): read the text metrics
 
 
 def _strip_description(item: Item, text: str) -> str:

@@ -154,6 +154,7 @@ _ENTRIES: list[tuple[TaskSpec, Loader]] = [
             "alpaca/random_9k.json; training reads only the records before them); gold = the reference output",
             splits=("test",),
             in_all=False,
+            free_text=True,
         ),
         load_alpaca,
     ),

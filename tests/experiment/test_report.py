@@ -6,7 +6,7 @@ import pytest
 
 from fslm.evaluate.compare import compare_metrics
 from fslm.evaluate.report import build_summary, write_outputs
-from fslm.experiment.report import results_markdown
+from fslm.experiment.report import _free_text_note, results_markdown
 
 
 class _Described:
@@ -72,5 +72,7 @@ def test_metric_means_cis_and_paired_differences_are_reported(tmp_path):
     lo, hi = (f"{100 * x:.1f}" for x in a["tasks"]["alpaca"]["metrics"]["rougeL"]["ci95"])
     assert f"| curated | alpaca | rougeL | 3 | 70.0 | {lo}–{hi} |" in text
     assert "| random | alpaca | em | 3 | 0.0 | 0.0–0.0 |" in text
+    assert "Accuracy on alpaca is the exact match of a whole free-form answer" in text
+    assert _free_text_note(["arc_easy", "gsm8k"]) == []  # an exact answer (a letter, a number) is a fair accuracy
     assert "| curated | random | alpaca | rougeL | 3 | 70.0 | 45.0 | **+25.0** | +25.0 to +25.0 | 0.000 |" in text
     assert "| curated | random | **+0.0** | +0.0 to +0.0 | 1.000 | +0.0 |" in text  # the accuracy table is kept
