@@ -15,7 +15,15 @@ SPECS = sorted(ROOT.glob("*.yaml"))
 
 
 def test_there_are_committed_specs():
-    assert {p.stem for p in SPECS} >= {"fslm_repro", "stacks", "teach_kd", "teach_w2s", "teach_curate", "teach_synth", "helpers_prompt"}
+    assert {p.stem for p in SPECS} >= {
+        "fslm_repro",
+        "stacks",
+        "teach_kd",
+        "teach_w2s",
+        "teach_curate",
+        "teach_synth",
+        "helpers_prompt",
+    }
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
