@@ -21,8 +21,21 @@ from pathlib import Path
 from fslm.config import load_stack_config
 from fslm.errors import FslmError, InputError
 from fslm.experiment.fingerprint import fingerprint, move_aside, record, recorded
-from fslm.experiment.plan import DONE, EVAL, LOGS, RUNNING, TRAIN_JOB, Job, Plan, build_plan
+from fslm.experiment.plan import (
+    DONE,
+    EVAL,
+    LOGS,
+    RUNNING,
+    TRAIN_JOB,
+    Job,
+    Plan,
+    build_plan,
+    marker_matches,
+    marker_path,
+    step_fingerprint,
+)
 from fslm.experiment.spec import ExperimentSpec, load_spec
+from fslm.experiment.steps import TRAINERS
 from fslm.experiment.train import train_payload
 from fslm.experiment.variants import stack_path, stack_step
 from fslm.settings import get_settings
@@ -157,6 +170,22 @@ def _prepare_folder(spec: ExperimentSpec, job: Job, log: Log) -> None:
         record(job.folder, fp)
 
 
+def _prepare_training(spec: ExperimentSpec, job: Job, log: Log) -> None:
+    """A trainer whose marker says it was trained from another definition (its options, or what a step it reads
+    wrote) is moved aside whole: the finetune verbs refuse to resume an adapter under other data or options. Data
+    steps keep their folders, since their verbs resume across edits (a larger limit adds records; another top
+    only re-selects)."""
+    marker = marker_path(spec, job.name)
+    if spec.training[job.name].kind not in TRAINERS or not marker.is_file() or not job.folder.exists():
+        return
+    try:
+        stored = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+    except json.JSONDecodeError:
+        stored = None
+    if not marker_matches(stored, step_fingerprint(spec, job.name)):
+        log(f"{job.key}: {job.folder} was trained from another definition; moved to {move_aside(job.folder)}")
+
+
 def execute(
     spec: ExperimentSpec, plan: Plan, jobs: int, log: Log, isolate: bool = True
 ) -> tuple[list[str], dict[str, str]]:
@@ -192,6 +221,8 @@ def execute(
                         continue
                     if job.kind != TRAIN_JOB:
                         _prepare_folder(spec, job, log)
+                    else:
+                        _prepare_training(spec, job, log)
                     log(f"{key}: started ({job.progress}) → {log_path(spec, job)}")
                     running[pool.submit(workers.run, payload, log_path(spec, job))] = job
                 if not running:  # nothing could start: every pending job waits on one that will not run

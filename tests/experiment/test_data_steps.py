@@ -129,6 +129,14 @@ def test_random_curate_then_finetune(tiny_model_dir, tiny_data, tmp_path):
     spec.write_text(yaml.safe_dump(body))
     jobs = build_plan(load_spec(spec)).jobs
     assert jobs["train:random3"].state == jobs["train:trained"].state == "partial"
+    # the rerun re-selects, and the adapter trained on the old sample is moved aside (finetune would refuse to resume
+    # it under other data), then trained again on the new 3 records
+    again = run_experiment(spec, jobs=1, isolate=False)
+    assert {"train:random3", "train:trained"} <= set(again.ran) and not again.failed, again
+    assert (out / "trained.stale-1" / "stack.yaml").is_file() and (out / "trained" / "stack.yaml").is_file()
+    assert not (out / "random3.stale-1").exists()  # a data step resumes in place
+    resampled = [json.loads(line) for line in (out / "random3" / "curated.jsonl").read_text().splitlines()]
+    assert len(resampled) == 3 and resampled != curated
 
 
 def test_a_synth_step_feeds_a_distill_step(tiny_model_dir, tiny_data, tmp_path):
