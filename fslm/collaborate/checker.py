@@ -201,18 +201,15 @@ def fit_checker(probs: Sequence[float], unsupported: Sequence[bool]) -> CheckerF
 
 
 def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
-    """P(a positive item scores higher than a negative one), ties 1/2 (Mann-Whitney U / (n+ n-)); nan without both
-    classes. For the checker: scores = 1 - P(supported), positive = unsupported."""
-    s = np.asarray(scores, dtype=np.float64)
+    """P(a positive item scores higher than a negative one), ties 1/2 (scikit-learn's ROC AUC); nan without both
+    classes, so a bootstrap resample with one class is skipped rather than an error. For the checker: scores =
+    1 - P(supported), positive = unsupported."""
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(positive, dtype=bool)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    values, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]  # 1-based, tied scores share their mean rank
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
 __all__ = [
