@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from fslm.engine import Engine, GenerationParams
 from fslm.evaluate.outcome import Outcome, Shots, per_item_seconds
-from fslm.evaluate.prompts import CHAT_TASKS, model_chat_prompt
+from fslm.evaluate.prompts import model_chat_prompt
 from fslm.evaluate.scoring import cut_at, norm_length
-from fslm.tasks import Item, build_context
+from fslm.tasks import Item, build_context, get_task
 
 
 class ModelSystem:
@@ -58,11 +58,11 @@ class ModelSystem:
         return outcomes
 
     def answer_generate(self, items: Sequence[Item], shots: Shots, params: GenerationParams) -> list[Outcome]:
-        """GSM8K: lm-eval's raw context (with the few-shot examples); a `CHAT_TASKS` item (alpaca): its prompt as one
+        """GSM8K: lm-eval's raw context (with the few-shot examples); a free-text task's item (alpaca): its prompt as one
         user turn in the model's chat template."""
         prompts = [
             model_chat_prompt(self.engine, item)
-            if item.task in CHAT_TASKS
+            if get_task(item.task).free_text
             else build_context(item, shots.get(item.id, ()))
             for item in items
         ]

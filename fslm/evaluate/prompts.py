@@ -15,9 +15,6 @@ from fslm.stages.score import Choices, notes_text
 from fslm.tasks import Item, build_context
 
 PROMPT_VERSION = "stack-prompt-v1"
-# Generation tasks a model alone is asked through its chat template with the stack's prompt (instruction following
-# has no raw-context convention to continue); every other task gives a model lm-eval's raw context.
-CHAT_TASKS = frozenset({"alpaca"})
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 # A one-line instruction before the item text, per task; tasks not listed get the bare question.
@@ -48,7 +45,8 @@ def stack_prompt(item: Item) -> str:
 
 
 def model_chat_prompt(engine, item: Item) -> str:
-    """What a model alone is given for a `CHAT_TASKS` item: one user turn of `stack_prompt(item)` in its chat template."""
+    """What a model alone is given for a free-text task's item (`TaskSpec.free_text`: instruction following has no
+    raw-context convention to continue): one user turn of `stack_prompt(item)` in its chat template."""
     return engine.render_chat([{"role": "user", "content": stack_prompt(item)}])
 
 

@@ -17,7 +17,7 @@ from fslm.cpu import cpu_model, current_threads
 from fslm.engine import GenerationParams
 from fslm.errors import InputError
 from fslm.evaluate.metrics import check_available, generation_metrics, parse_metrics
-from fslm.evaluate.prompts import CHAT_TASKS, PROMPT_VERSION
+from fslm.evaluate.prompts import PROMPT_VERSION
 from fslm.evaluate.report import build_summary, write_outputs
 from fslm.evaluate.scoring import generation_verdict, score_choices
 from fslm.evaluate.store import RunStore
@@ -72,9 +72,9 @@ def _shots(task: str, items: list[Item], k: int, split: str | None) -> Shots:
         raise InputError(
             "--split heldout reads the dev/train splits few-shot examples come from; evaluate it zero-shot"
         )
-    if task in CHAT_TASKS:
-        raise InputError(f"{task}: a model is asked it zero-shot through its chat template; use --num-fewshot 0")
     spec = get_task(task)
+    if spec.free_text:
+        raise InputError(f"{task}: a model is asked it zero-shot through its chat template; use --num-fewshot 0")
     if split is not None and spec.fewshot_split in (split, {"dev": "validation", "validation": "dev"}.get(split)):
         raise InputError(f"{task}: few-shot examples come from split {spec.fewshot_split!r}, the split being evaluated")
     if task == "mmlu":  # lm-eval: the first k dev questions of the item's own subject

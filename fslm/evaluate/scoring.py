@@ -14,14 +14,12 @@ from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
-from fslm.tasks import Item, normalize_text
+from fslm.tasks import Item, get_task, normalize_text
 
 # Tasks for which lm-eval reports acc_norm (its default YAMLs); for the others acc_norm is null.
 ACC_NORM_TASKS = frozenset({"arc_easy", "arc_challenge", "hellaswag", "piqa", "openbookqa"})
 # The metric each task's "acc" column holds.
 METRIC_NAMES = {"truthfulqa_mc2": "mc2", "gsm8k": "exact_match", "alpaca": "exact_match"}
-# Generation tasks whose answer is free text (not a final number): correct = the same text, whitespace and case aside.
-FREE_TEXT_TASKS = frozenset({"alpaca"})
 
 
 def metric_name(task: str) -> str:
@@ -95,7 +93,7 @@ def numbers_match(predicted: str | None, gold: str) -> bool:
 def generation_verdict(item: Item, generation: str) -> tuple[str | None, bool]:
     """(prediction, correct) of a generation item: GSM8K's final number by value; a free-text task's whole answer,
     equal to the gold text with whitespace and case aside (rarely true: its text metrics are what measure it)."""
-    if item.task in FREE_TEXT_TASKS:
+    if get_task(item.task).free_text:
         text = generation.strip()
         return text, bool(text) and normalize_text(text) == normalize_text(str(item.gold))
     predicted = extract_number(generation)
