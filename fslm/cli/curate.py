@@ -22,6 +22,7 @@ from fslm.cli.common import (
     print_json,
 )
 from fslm.distill.curate import RANKINGS, CurateOptions, CurateReport, check_options, curate, scores_path
+from fslm.distill.judge import judged_path
 from fslm.errors import InputError
 
 
@@ -43,6 +44,15 @@ def render_report(report: CurateReport) -> None:
     rows += [(f"not scorable: {reason}", str(n)) for reason, n in report.unscorable.items()]
     if report.repaired_bytes:
         rows.append(("partial last line removed", f"{report.repaired_bytes} bytes"))
+    if report.judge:
+        j = report.judge
+        rows += [
+            ("judge", j["judge"]),
+            ("judged labels", j["labels"]),
+            ("judged (resumed + this run)", f"{j['already_judged']} + {j['judged']} of a {j['sample']}-record sample"),
+            ("judge P(yes) median", f"{j['median']:.4g} (log-odds {j['median_log_odds']:.2f})"),
+            ("labels good / bad", f"{j['good']} / {j['bad']}"),
+        ]
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
@@ -85,13 +95,25 @@ def curate_command(
     labels: Path | None = typer.Option(
         None, "--labels", help="Records labelled good/bad (a `label` field) that train a quality classifier."
     ),
+    judge: str | None = typer.Option(
+        None,
+        "--judge",
+        help="Instead of --labels: a larger model labels a sample good/bad (P(yes) at or above the sample's median) "
+        "and those labels train the quality classifier; written to <out stem>.judged.jsonl.",
+    ),
+    judge_n: int = typer.Option(
+        default_of(CurateOptions, "judge_n"), "--judge-n", min=2, help="--judge: records in the judged sample."
+    ),
+    judge_dtype: str = typer.Option(default_of(CurateOptions, "judge_dtype"), "--judge-dtype", help="Judge dtype."),
     by: str | None = typer.Option(
         None,
         "--by",
-        help="Rank by perplexity, quality or both (default: both with --labels, else perplexity); random: a seeded "
-        "random order over the same records (the baseline at equal N, no model).",
+        help="Rank by perplexity, quality or both (default: both with --labels or --judge, else perplexity); random: "
+        "a seeded random order over the same records (the baseline at equal N, no model).",
     ),
-    seed: int = typer.Option(default_of(CurateOptions, "seed"), "--seed", help="--by random: the order's seed."),
+    seed: int = typer.Option(
+        default_of(CurateOptions, "seed"), "--seed", help="--by random: the order's seed; --judge: its sample's."
+    ),
     batch_size: int = typer.Option(
         default_of(CurateOptions, "batch_size"), "--batch-size", min=1, help="Records per scoring call (and fsync)."
     ),
@@ -101,7 +123,17 @@ def curate_command(
     engine: str = engine_option(default_of(curate, "backend")),
 ) -> None:
     """Score instruction records by a small model's perplexity (and a quality classifier); keep the best."""
-    options = CurateOptions(keep=keep, top=top, by=by, labels=labels, batch_size=batch_size, seed=seed)
+    options = CurateOptions(
+        keep=keep,
+        top=top,
+        by=by,
+        labels=labels,
+        batch_size=batch_size,
+        seed=seed,
+        judge=judge,
+        judge_n=judge_n,
+        judge_dtype=judge_dtype,
+    )
     if by is not None and by not in RANKINGS:
         raise InputError(f"--by {by!r}: choose one of {', '.join(RANKINGS)}")
     check_options(options)
@@ -119,8 +151,11 @@ def curate_command(
     check_engine(engine)
     if by != "random":  # a random order loads no model
         check_model(model, "--model")
+    if judge is not None:
+        check_model(judge, "--judge")
+        check_output(judged_path(out_path), "the judged labels file", folder=False)
     columns = [
-        TextColumn("[bold]curate"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -129,9 +164,13 @@ def curate_command(
     ]
     with LazyProgress(*columns, console=console, disable=json_output) as bar:
         task = bar.add_task("curate", total=None)
+        judging = bar.add_task("judge", total=None) if judge is not None else None
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
+
+        def judge_progress(done: int, total: int) -> None:
+            bar.update(judging, completed=done, total=total)
 
         report = curate(
             data,
@@ -143,6 +182,7 @@ def curate_command(
             plot=plot,
             dtype=dtype,
             backend=engine,
+            judge_progress=judge_progress if judge is not None else None,
         )
     if json_output:
         print_json(report.to_dict())

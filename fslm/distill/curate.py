@@ -6,7 +6,8 @@ Two signals, both cheap next to training on the data:
   the Engine protocol's `score`), lower = more likely = kept first. Outputs a small model finds likely are the ones it
   can learn from; very unlikely ones are often noise, another language or garbled text.
 * quality (optional): a logistic regression on all-MiniLM-L6-v2 sentence embeddings, trained on a labelled file of
-  good and bad examples the user gives; the probability of "good", higher = kept first.
+  good and bad examples the user gives, or that a larger judge model labelled on a sample (fslm.distill.judge);
+  the probability of "good", higher = kept first.
 * random (`by="random"`): the baseline at equal N, a seeded random order over the same scorable records (those with
   an output); no model is loaded. Each record's place comes from a hash of the seed and its id, so the order does not
   depend on file order and a rerun with another seed only re-selects.
@@ -18,7 +19,6 @@ as the input) and the scores file (now with rank and kept) are each written whol
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -26,13 +26,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fslm.distill.candidates import Candidate, random_key, read_candidates
+from fslm.distill.judge import DEFAULT_JUDGE_N, judge_records, judged_path
 from fslm.distill.quality import QualityClassifier, labels_digest, record_text
-from fslm.distill.store import DistillStore, read_distilled
+from fslm.distill.store import DistillStore, setup_mismatch
 from fslm.engine import Engine, load_engine
-from fslm.errors import ConfigError, DataError
+from fslm.errors import ConfigError
 from fslm.extras import require
-from fslm.io import JsonError, atomic_file, decode_text, loads_json, read_bytes, write_atomic, write_jsonl
-from fslm.tasks.instructions import default_data_path, load_instructions
+from fslm.io import atomic_file, write_atomic, write_jsonl
+from fslm.tasks.instructions import default_data_path
 
 SIGNALS = ("perplexity", "quality", "both")
 RANKINGS = (*SIGNALS, "random")
@@ -48,8 +50,11 @@ class CurateOptions:
         None  # perplexity, quality, both (mean of the two rank percentiles) or random; None: both with labels
     )
     labels: str | Path | None = None  # labelled good/bad examples that train the quality classifier
-    batch_size: int = 16  # records scored per engine call (and per fsync)
-    seed: int = 0  # by="random": the seed of the order
+    batch_size: int = 16  # records scored (and judged) per engine call and per fsync
+    seed: int = 0  # by="random": the seed of the order; with a judge: of its sample
+    judge: str | Engine | None = None  # instead of labels: a larger model labels a sample (fslm.distill.judge)
+    judge_n: int = DEFAULT_JUDGE_N  # records the judge labels
+    judge_dtype: str = "float32"  # the judge's dtype when loaded from a reference
 
 
 @dataclass
@@ -70,20 +75,12 @@ class CurateReport:
     cutoff: dict[str, float] = field(default_factory=dict)  # signal -> its worst value among the kept records
     # the records at each end of the ranking (a look at what the score prefers): {"best": [...], "worst": [...]}
     ends: dict[str, list[dict]] = field(default_factory=dict)
+    judge: dict = field(default_factory=dict)  # with a judge: its JudgeReport (labels file, median, classes)
     repaired_bytes: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    id: str
-    index: int  # position in the input file
-    prompt: str
-    output: str
-    raw: dict  # the record exactly as read, written back unchanged when kept
 
 
 class ScoreStore(DistillStore):
@@ -94,11 +91,9 @@ class ScoreStore(DistillStore):
     def mismatch(self, stored: dict) -> str | None:
         """Scores from another model or classifier cannot be ranked together with this run's."""
         assert self.identity is not None
-        changed = sorted(k for k in set(stored) | set(self.identity) if stored.get(k) != self.identity.get(k))
-        if not changed:
-            return None
-        shown = "; ".join(f"{k}: file has {stored.get(k)!r}, this run has {self.identity.get(k)!r}" for k in changed)
-        return f"{self.path}: its scores came from a different setup ({shown}); delete it or pass another --scores"
+        return setup_mismatch(
+            self.path, stored, self.identity, "scores came from", "delete it or pass another --scores"
+        )
 
 
 def scores_path(out: str | Path) -> Path:
@@ -106,64 +101,20 @@ def scores_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".scores.jsonl")
 
 
-def read_candidates(path: str | Path) -> tuple[str, list[Candidate], int, int]:
-    """(format, candidates, duplicates, unusable distilled records) of an Alpaca file or a distilled JSONL; format is
-    "json" (an Alpaca JSON list), "jsonl" (Alpaca JSONL) or "distilled", and the kept records are written back in it.
-
-    A distilled record's text is its prompt and the stage targets in stage order; only records distill kept count."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found (expected Alpaca JSON/JSONL or a distilled JSONL)")
-    text = decode_text(path, read_bytes(path))
-    if _first_object(text).get("targets") is not None:
-        return _distilled(path)
-    items, duplicates = load_instructions(path)
-    if text.lstrip().startswith("["):
-        fmt, raw = "json", loads_json(text)
-    else:
-        fmt, raw = "jsonl", [loads_json(line) for line in text.split("\n") if line.strip()]
-    out = [Candidate(it.id, it.index, it.prompt, it.output or "", raw[it.index]) for it in items]
-    return fmt, out, duplicates, 0
-
-
-def _first_object(text: str) -> dict:
-    """The first line as a JSON object when the file is JSONL starting with one, else {} (let the reader complain)."""
-    first = text.lstrip().split("\n", 1)[0]
-    if not first.startswith("{"):
-        return {}
-    try:
-        value = loads_json(first)
-    except JsonError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _distilled(path: Path) -> tuple[str, list[Candidate], int, int]:
-    out, unusable = [], 0
-    for index, rec in enumerate(read_distilled(path)):
-        line = rec.pop("_line")
-        targets = rec.get("targets")
-        if not isinstance(targets, dict) or not all(isinstance(t, str) for t in targets.values()):
-            raise DataError(f"{path}: line {line}: field 'targets' must be an object of stage name -> text")
-        if not isinstance(rec.get("prompt"), str):
-            raise DataError(f"{path}: line {line}: field 'prompt' must be a string")
-        if not rec.get("kept"):
-            unusable += 1
-            continue
-        out.append(Candidate(rec["id"], index, rec["prompt"], "\n\n".join(targets.values()), rec))
-    return "distilled", out, 0, unusable
-
-
 def _resolve_by(options: CurateOptions) -> str:
-    by = options.by or ("both" if options.labels is not None else "perplexity")
+    quality = options.labels is not None or options.judge is not None
+    by = options.by or ("both" if quality else "perplexity")
     if by not in RANKINGS:
         raise ConfigError(f"--by {by!r}: choose one of {', '.join(RANKINGS)}")
     if by == "random":
-        if options.labels is not None:
-            raise ConfigError("--by random ranks by no score: leave out --labels")
+        if quality:
+            raise ConfigError(f"--by random ranks by no score: leave out {'--labels' if options.labels else '--judge'}")
         return by
-    if by != "perplexity" and options.labels is None:
-        raise ConfigError(f"--by {by} needs --labels: a file of good and bad examples to train the quality classifier")
+    if by != "perplexity" and not quality:
+        raise ConfigError(
+            f"--by {by} needs --labels (a file of good and bad examples) or --judge (a model that labels a sample) to "
+            "train the quality classifier"
+        )
     return by
 
 
@@ -174,6 +125,15 @@ def check_options(options: CurateOptions) -> str:
         raise ConfigError(f"--keep must be a fraction in (0, 1], got {options.keep}")
     if options.batch_size < 1:
         raise ConfigError("batch size must be >= 1")
+    if options.judge is not None:
+        from fslm.models import DTYPES  # torch only when loading
+
+        if options.labels is not None:
+            raise ConfigError("--judge labels records for the quality classifier, and so does --labels: give one")
+        if options.judge_n < 2:
+            raise ConfigError(f"--judge-n must be >= 2 (a good and a bad half), got {options.judge_n}")
+        if options.judge_dtype not in DTYPES:
+            raise ConfigError(f"--judge-dtype {options.judge_dtype!r}: expected float32 or bfloat16 (or float16)")
     return _resolve_by(options)
 
 
@@ -184,11 +144,6 @@ def _eligible_batch(batch: Sequence[Candidate]) -> list[dict]:
         if not c.output.strip():
             row["unscorable"] = "no_output"
     return rows
-
-
-def random_key(seed: int, record_id: str) -> int:
-    """A record's place in the random order of `seed`: independent of file order and of the other records."""
-    return int(hashlib.sha256(f"{seed}:{record_id}".encode()).hexdigest()[:16], 16)
 
 
 def _score_batch(engine: Engine, batch: Sequence[Candidate], quality: QualityClassifier | None) -> list[dict]:
@@ -282,10 +237,12 @@ def curate(
     plot: str | Path | None = None,
     dtype: str = "float32",
     backend: str = "hf",
+    judge_progress: Callable[[int, int], None] | None = None,
 ) -> CurateReport:
     """Python twin of `fslm curate`. `model` is the small scoring model: an Engine, or a reference loaded only once
     the input validated and records are left to score (never with by="random"). `progress(done, total)` follows
-    every fsynced batch."""
+    every fsynced batch, `judge_progress` every judged one (with `options.judge`, whose labelled sample goes to
+    `<out stem>.judged.jsonl` and trains the quality classifier as a --labels file would)."""
     options = options or CurateOptions()
     by = check_options(options)
     if by == "random" and plot is not None:
@@ -295,6 +252,9 @@ def curate(
     scores = Path(scores) if scores is not None else scores_path(out)
     if Path(out).resolve() in (Path(data).resolve(), scores.resolve()) or Path(data).resolve() == scores.resolve():
         raise ConfigError(f"--out {out}, the data and --scores {scores} must be three different files")
+    judged = judged_path(out) if options.judge is not None else None
+    if judged is not None and judged.resolve() in (Path(data).resolve(), scores.resolve()):
+        raise ConfigError(f"the judged labels go to {judged}: pick an --out whose name does not clash with the data")
     if plot is not None:
         require("eval", "--plot")  # matplotlib
     digest = labels_digest(options.labels) if options.labels is not None else None  # validates the file, too
@@ -305,7 +265,22 @@ def curate(
         report.seed = options.seed
     if unusable:
         report.unscorable["filtered_by_distill"] = unusable
-    identity = {"model": ref, "quality": digest}
+    labels, identity = options.labels, {"model": ref, "quality": digest}
+    if judged is not None:  # the judged file (its digest) names the classifier, as a --labels file does
+        require("collaborate", "the quality classifier (--judge)")
+        got = judge_records(
+            options.judge,
+            candidates,
+            judged,
+            n=options.judge_n,
+            seed=options.seed,
+            batch_size=options.batch_size,
+            dtype=options.judge_dtype,
+            backend=backend,
+            progress=judge_progress,
+        )
+        report.judge = got.to_dict()
+        labels, identity = judged, {**identity, "quality": labels_digest(judged), "judge": got.judge}
     with ScoreStore(scores, identity) as store:
         todo = [c for c in candidates if c.id not in store.done]
         report.repaired_bytes = store.repaired_bytes
@@ -318,7 +293,7 @@ def curate(
                 if progress:
                     progress(report.scored, len(todo))
         elif todo:  # models load only now: a rerun that only re-selects loads none
-            quality = QualityClassifier.train(options.labels) if options.labels is not None else None
+            quality = QualityClassifier.train(labels) if labels is not None else None
             engine = model if not isinstance(model, str) else load_engine(model, dtype=dtype, backend=backend)
             for start in range(0, len(todo), options.batch_size):
                 report.scored += store.append(_score_batch(engine, todo[start : start + options.batch_size], quality))
@@ -328,7 +303,7 @@ def curate(
     final = select([rows[c.id] for c in candidates], by, options.keep, options.top, options.seed)
     wanted = {c.id for c in candidates}
     stray = [r for r in rows.values() if r["id"] not in wanted]  # scored for another input: stays on file, unranked
-    _fill_report(report, final, by != "random", options.labels is not None)
+    _fill_report(report, final, by != "random", labels is not None)
     if by != "random":
         report.ends = ranking_ends(final, candidates)
     kept_ids = {r["id"] for r in final if r["kept"]}

@@ -56,6 +56,16 @@ def identity_mismatch(path: Path, stored: dict, wanted: dict) -> str | None:
     )
 
 
+def setup_mismatch(path: Path, stored: dict, wanted: dict, what: str, remedy: str) -> str | None:
+    """Why a file whose `what` (e.g. "scores came from") a setup `stored` must not be resumed under `wanted`, key by
+    key; None: it may."""
+    changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    if not changed:
+        return None
+    shown = "; ".join(f"{k}: file has {stored.get(k)!r}, this run has {wanted.get(k)!r}" for k in changed)
+    return f"{path}: its {what} a different setup ({shown}); {remedy}"
+
+
 class DistillStore:
     """Open for appending; `done` holds the ids already written. Use as a context manager (holds a file lock).
 

@@ -85,12 +85,23 @@ def step_fingerprint(spec: ExperimentSpec, step: str) -> dict:
     return data
 
 
+def _without_nulls(value: object) -> object:
+    """`value` with every null dropped from its mappings: an unset field (None) never tells two steps apart, so a
+    field added to a step kind later, unset, leaves the markers of older runs valid."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def marker_matches(stored: object, now: dict) -> bool:
-    """Whether a marker's fingerprint is `now`. A marker may also list the kinds the step is not (as null) and lack
-    `reads`: it matches on the step itself (its upstream steps are still checked to be done, see _train_job)."""
+    """Whether a marker's fingerprint is `now`, nulls aside (`_without_nulls`). A marker may also list the kinds the
+    step is not (as null) and lack `reads`: it matches on the step itself (its upstream steps are still checked to be
+    done, see _train_job)."""
     if not isinstance(stored, dict):
         return False
-    stored = {k: v for k, v in stored.items() if v is not None}
+    stored, now = _without_nulls(stored), _without_nulls(now)
     if "reads" not in stored:
         now = {k: v for k, v in now.items() if k != "reads"}
     return stored == now

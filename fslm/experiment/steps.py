@@ -171,34 +171,56 @@ class SynthStep(_Strict):
 
 
 class CurateStep(_Strict):
-    """`fslm.distill.curate.curate`: rank records by a small model's perplexity, a quality classifier or a seeded
-    random order (the baseline at equal N) and keep the best (output: train/<step>/curated.jsonl, in the input's
-    format, and curated.scores.jsonl)."""
+    """`fslm.distill.curate.curate`: rank records by a small model's perplexity, a quality classifier (trained on
+    `labels`, or on a `judge` model's labels of a sample) or a seeded random order (the baseline at equal N) and keep
+    the best (output: train/<step>/curated.jsonl, in the input's format, curated.scores.jsonl and, with a judge,
+    curated.judged.jsonl)."""
 
     data: str = Field(..., min_length=1, description="a distill or synth step, or an Alpaca/distilled JSONL path")
     by: Literal["perplexity", "quality", "both", "random"] | None = Field(
-        None, description="ranking (default: both with labels, else perplexity)"
+        None, description="ranking (default: both with labels or a judge, else perplexity)"
     )
     top: int | None = Field(None, ge=1, description="keep exactly the best N")
     keep: float | None = Field(None, gt=0, le=1, description=f"or keep this fraction (default {CurateOptions.keep})")
-    seed: int = Field(_default(CurateOptions, "seed"), description="by random: the order's seed")
+    seed: int = Field(_default(CurateOptions, "seed"), description="by random: the order's seed; judge: its sample's")
     model: str | None = Field(None, description="scoring model (default: the library's)")
     labels: str | None = Field(None, description="good/bad labelled records that train the quality classifier")
+    judge: str | None = Field(None, description="instead of labels: a larger model that labels a sample")
+    judge_n: int | None = Field(
+        None, ge=2, description=f"records the judge labels (default {_default(CurateOptions, 'judge_n')})"
+    )
+    judge_dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description=f"the judge's dtype (default {_default(CurateOptions, 'judge_dtype')})"
+    )
     batch_size: int = Field(_default(CurateOptions, "batch_size"), ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> CurateStep:
         if self.top is not None and self.keep is not None:
             raise ValueError("give top or keep, not both")
-        if self.by in ("quality", "both") and self.labels is None:
-            raise ValueError(f"by {self.by} needs labels: a file of good and bad examples")
-        if self.by == "random" and self.labels is not None:
-            raise ValueError("by random ranks by no score: leave out labels")
+        if self.judge is not None and self.labels is not None:
+            raise ValueError("give labels or a judge, not both: each trains the quality classifier")
+        quality = self.labels is not None or self.judge is not None
+        if self.by in ("quality", "both") and not quality:
+            raise ValueError(f"by {self.by} needs labels (a file of good and bad examples) or a judge model")
+        if self.by == "random" and quality:
+            raise ValueError(f"by random ranks by no score: leave out {'labels' if self.labels else 'judge'}")
         return self
 
-    def options(self, labels: str | None) -> CurateOptions:
+    def options(self, labels: str | None, judge: str | None = None) -> CurateOptions:
+        """The library options, with `labels` and `judge` as resolved against the spec's folder."""
         keep = self.keep if self.keep is not None else _default(CurateOptions, "keep")
-        return CurateOptions(keep, self.top, self.by, labels, self.batch_size, self.seed)
+        return CurateOptions(
+            keep,
+            self.top,
+            self.by,
+            labels,
+            self.batch_size,
+            self.seed,
+            judge=judge,
+            judge_n=self.judge_n if self.judge_n is not None else _default(CurateOptions, "judge_n"),
+            judge_dtype=self.judge_dtype or _default(CurateOptions, "judge_dtype"),
+        )
 
 
 def _train_options(options: dict[str, Any]) -> dict[str, Any]:

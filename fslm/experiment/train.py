@@ -75,6 +75,7 @@ def train_payload(spec: ExperimentSpec, step: str) -> dict:
     elif isinstance(body, CurateStep):
         args["data"] = _records(spec, body.data)
         args["labels"] = str(spec.resolve(body.labels)) if body.labels else None
+        args["judge"] = _model(spec, body.judge)
         args["model"] = _model(spec, body.model)
         args["out"] = str(train_dir(spec, step) / CURATED)
     elif isinstance(body, SynthStep):
@@ -143,9 +144,10 @@ def run_training(payload: dict, progress=None) -> dict:
             args["data"],
             args["out"],
             model=args["model"] or DEFAULT_SCORER,
-            options=step.options(args["labels"]),
+            options=step.options(args["labels"], args["judge"]),
             plot=None if step.by == "random" else Path(args["out"]).parent / SCORES_PLOT,
             progress=(lambda done, total: progress(f"curate {done}/{total}")) if progress else None,
+            judge_progress=(lambda done, total: progress(f"judge {done}/{total}")) if progress else None,
         )
     elif kind == "synth":
         report = _synth(args, SynthStep.model_validate(payload["body"]), progress)

@@ -120,6 +120,11 @@ CASES = [
     ([*CURATE, "--labels", "{data}"], "alpaca.json: record 1: field 'label' must be good or bad"),
     ([*CURATE, "--model", "gpt-17"], "--model: " + MISSING_MODEL),
     ([*CURATE, "--out", "{file}/c.json"], "is a file, not a folder"),
+    ([*CURATE, "--judge", "{model}", "--labels", "{data}"], "--judge labels records for the quality classifier"),
+    ([*CURATE, "--judge", "{model}", "--by", "random"], "--by random ranks by no score: leave out --judge"),
+    ([*CURATE, "--judge", "gpt-17"], "--judge: " + MISSING_MODEL),
+    ([*CURATE, "--judge", "{model}", "--judge-dtype", "float8"], "--judge-dtype 'float8'"),
+    ([*CURATE, "--judge", "{model}", "--judge-n", "1"], "--judge-n"),
     # synth: the seed tasks and teacher options are checked before a teacher is built
     (["synth", "--out", "{tmp}/s.jsonl"], "seed_tasks.jsonl: seed tasks file not found"),
     ([*SYNTH, "--seeds", "{distilled}"], "distilled.jsonl: line 1: field 'instruction' must be a non-empty string"),

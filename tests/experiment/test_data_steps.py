@@ -39,6 +39,13 @@ def training(**steps) -> dict:
         ({"c": {"curate": {"data": "d.jsonl", "top": 3, "keep": 0.5}}}, "give top or keep, not both"),
         ({"c": {"curate": {"data": "d.jsonl", "by": "quality"}}}, "by quality needs labels"),
         ({"c": {"curate": {"data": "d.jsonl", "by": "random", "labels": "l.jsonl"}}}, "by random ranks by no score"),
+        (
+            {"c": {"curate": {"data": "d.jsonl", "judge": "m", "labels": "l.jsonl"}}},
+            "give labels or a judge, not both",
+        ),
+        ({"c": {"curate": {"data": "d.jsonl", "by": "random", "judge": "m"}}}, "leave out judge"),
+        ({"c": {"curate": {"data": "d.jsonl", "judge": "m", "judge_n": 1}}}, "training.c.curate.judge_n: Input should"),
+        ({"c": {"curate": {"data": "d.jsonl", "judge": "m", "judge_dtype": "int8"}}}, "training.c.curate.judge_dtype"),
         ({"c": {"curate": {"data": "d.jsonl", "by": "vibes"}}}, "training.c.curate.by: Input should be"),
         ({"c": {"curate": {"data": "d.jsonl", "top": 0}}}, "training.c.curate.top: Input should be greater"),
         ({"s": {"synth": {"n": 0}}}, "training.s.synth.n: Input should be greater than or equal to 1"),
@@ -174,3 +181,21 @@ def test_a_synth_step_feeds_a_distill_step(tiny_model_dir, tiny_data, tmp_path):
     assert len(records) == 2 and all(set(r) >= {"instruction", "input", "output"} for r in records)
     distilled = (out / "distilled" / "distilled.jsonl").read_text().splitlines()
     assert len(distilled) == 2
+
+
+def test_a_judged_curate_step_resolves_its_judge_and_judge_n_is_in_the_fingerprint(tiny_model_dir, tmp_path):
+    from fslm.distill.curate import CurateOptions
+
+    (tmp_path / "judge").symlink_to(tiny_model_dir, target_is_directory=True)
+    body = training(c={"curate": {"data": "d.jsonl", "judge": "judge", "judge_n": 50, "judge_dtype": "bfloat16"}})
+    spec = load_spec(write_spec(tmp_path, body))
+    step = spec.training["c"].curate
+    args = train_payload(spec, "c")["args"]
+    assert args["judge"] == str(tmp_path / "judge")  # a local folder next to the spec, made absolute
+    assert step.options(None, args["judge"]) == CurateOptions(
+        by=None, judge=str(tmp_path / "judge"), judge_n=50, judge_dtype="bfloat16"
+    )
+    before = step_fingerprint(spec, "c")
+    assert before["curate"]["judge"] == "judge" and before["curate"]["judge_n"] == 50
+    body["training"]["c"]["curate"]["judge_n"] = 60
+    assert step_fingerprint(load_spec(write_spec(tmp_path, body)), "c") != before
