@@ -23,6 +23,8 @@ def test_there_are_committed_specs():
         "teach_kd",
         "teach_w2s",
         "teach_curate",
+        "teach_curate_judge",
+        "teach_kd_token",
         "teach_synth",
         "helpers_prompt",
     }
