@@ -34,6 +34,12 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("fslm.finetune.pairs", "fslm.evaluate.prompts"): (
         "raw-scoring pairs must be rendered exactly as the evaluation renders items, so they use its one renderer"
     ),
+    ("fslm.evaluate.systems", "fslm.collaborate.proxy_engine"): (
+        "a proxy-tuned model is evaluated like any model: load_system builds its fused Engine, then speaks only Engine"
+    ),
+    ("fslm.evaluate.systems", "fslm.collaborate.proxy_params"): (
+        "--expert-delta is checked and its paths made absolute before any load, by the parser generate uses"
+    ),
     ("fslm.distill.synth", "fslm.evaluate.metrics"): (
         "self-instruct deduplicates with the same ROUGE-L that scores generation tasks, so there is one implementation"
     ),

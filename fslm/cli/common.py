@@ -180,6 +180,16 @@ def check_model(ref: str, what: str) -> None:
         raise type(err)(f"{what}: {err}") from None
 
 
+def check_expert_delta(expert_delta: str, delta_alpha: float) -> None:
+    """--expert-delta TUNED:BASE and --delta-alpha: the form, the alpha, each model and adapter folder; no load."""
+    from fslm.collaborate.proxy_params import ProxyTuneParams, check_adapter_dirs, parse_expert_delta
+
+    ProxyTuneParams(alpha=delta_alpha)
+    for ref, role in zip(parse_expert_delta(expert_delta), ("TUNED", "BASE"), strict=True):
+        check_model(ref.model, f"--expert-delta {role}")
+    check_adapter_dirs(expert_delta)
+
+
 def check_dtype(dtype: str, what: str = "--dtype") -> None:
     from fslm.models import DTYPES  # the names load_model accepts (fslm.models imports torch only when loading)
 

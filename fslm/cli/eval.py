@@ -10,6 +10,7 @@ from rich.table import Table
 
 from fslm.cli.common import (
     check_engine,
+    check_expert_delta,
     check_model,
     check_output,
     check_ray,
@@ -86,12 +87,25 @@ def _print_summary(data: dict) -> None:
 
 
 def check_system(
-    model: str | None, stack: str | None, *, adapters: bool, base: bool, engine: str | None = None
+    model: str | None,
+    stack: str | None,
+    *,
+    adapters: bool,
+    base: bool,
+    engine: str | None = None,
+    expert_delta: str | None = None,
+    delta_alpha: float = 1.0,
 ) -> None:
     """The model reference, or the stack file and its base model, and the engine, as far as they can be checked
     without a load; which options fit which system is `load_system`'s to say (it does so before loading)."""
     if model is not None and stack is not None:
         raise InputError("give --model or --stack, not both")
+    if expert_delta is not None:
+        if model is None:
+            raise InputError("--expert-delta applies to --model (proxy-tuning of one model), not to --stack")
+        if engine not in (None, "hf"):
+            raise InputError(f"--engine {engine}: --expert-delta runs on transformers' logits (--engine hf)")
+        check_expert_delta(expert_delta, delta_alpha)
     if model is not None:
         check_model(model, "--model")
         check_engine(engine)
@@ -144,6 +158,18 @@ def eval_command(
     engine: str | None = engine_option(
         help="Inference engine (default: the stack's `engine:`, or hf): hf, llamacpp, vllm or auto."
     ),
+    expert_delta: str | None = typer.Option(
+        None,
+        "--expert-delta",
+        metavar="TUNED:BASE",
+        help="With --model: evaluate it proxy-tuned, options scored under log p + alpha x (log p TUNED - log p BASE) "
+        "renormalised; each MODEL[+ADAPTER_DIR], same tokenizer as --model (hf engine).",
+    ),
+    delta_alpha: float = typer.Option(
+        default_of(load_system, "delta_alpha"),
+        "--delta-alpha",
+        help="Weight of the --expert-delta shift (0 = --model).",
+    ),
     metrics: str | None = typer.Option(
         None,
         "--metrics",
@@ -170,7 +196,15 @@ def eval_command(
     check_available(metric_names)  # unknown names, missing packages or weights fail before the model load
     for name in names:  # bad task names, data dirs and records fail before the slow model load
         select_items(name, limit, split)
-    check_system(model, stack, adapters=not no_adapters, base=base, engine=engine)
+    check_system(
+        model,
+        stack,
+        adapters=not no_adapters,
+        base=base,
+        engine=engine,
+        expert_delta=expert_delta,
+        delta_alpha=delta_alpha,
+    )
     for path, what, folder in ((out_dir, "--out", True), (stage_cache, "--stage-cache", False)):
         if path is not None:
             check_output(path, what, folder=folder)
@@ -184,6 +218,8 @@ def eval_command(
             stage_cache=stage_cache,
             answer_format=answer_format,
             backend=engine,
+            expert_delta=expert_delta,
+            delta_alpha=delta_alpha,
         )
     console.print(f"evaluating {system.name} on {', '.join(names)}" + (f" → {out_dir}" if out_dir else ""), style="dim")
     summary = evaluate(

@@ -9,6 +9,7 @@ from rich.table import Table
 from fslm.cli.common import (
     check_dtype,
     check_engine,
+    check_expert_delta,
     check_model,
     check_text,
     default_of,
@@ -40,7 +41,6 @@ def check_options(
 ) -> None:
     """Everything `generate` would only find out after loading a model (or importing torch)."""
     from fslm.collaborate.generate import HELPERS, generation_params
-    from fslm.collaborate.proxy_params import ProxyTuneParams, check_adapter_dir, parse_expert_delta
     from fslm.errors import InputError
     from fslm.stack import check_prompt_text
 
@@ -63,10 +63,7 @@ def check_options(
         if ref:
             check_model(ref, what)
     if expert_delta:
-        ProxyTuneParams(alpha=delta_alpha)
-        for ref, role in zip(parse_expert_delta(expert_delta), ("TUNED", "BASE"), strict=True):
-            check_model(ref.model, f"--expert-delta {role}")
-            check_adapter_dir(ref, f"--expert-delta {role}")
+        check_expert_delta(expert_delta, delta_alpha)
 
 
 def generate_command(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from fslm.collaborate.proxy_params import ModelRef, ProxyTuneParams, adapter_name, parse_expert_delta
+from fslm.collaborate.proxy_params import ProxyTuneParams, parse_expert_delta
 from fslm.engine import Engine, GenerationParams, check_backend, load_engine
 from fslm.errors import InputError
 from fslm.models import DEFAULT_MODEL
@@ -130,9 +130,9 @@ def generate(
         plain = target.generate([text], params)[0]
         baseline = {"text": plain.text, "tokens_out": plain.tokens_out, "seconds": round(plain.seconds, 4)}
     if pair is not None and proxy is not None:
-        from fslm.collaborate.proxy import proxy_generate
+        from fslm.collaborate.proxy import load_expert, proxy_generate
 
-        tuned, base = (_expert(ref, get) for ref in pair)
+        tuned, base = (load_expert(ref, lambda m: get(m, "helper")) for ref in pair)
         gen = proxy_generate(target, tuned, base, [text], params, proxy)[0]
         helper = f"{pair[0]}:{pair[1]} (alpha {proxy.alpha:g})"
         return GenerateResult(
@@ -168,15 +168,3 @@ def generation_params(
         first = err.errors()[0]
         name = "--" + str(first["loc"][0]).replace("_", "-") if first.get("loc") else "generation option"
         raise InputError(f"{name}: {first['msg']} (got {first.get('input')!r})") from None
-
-
-def _expert(ref: ModelRef, get):
-    """The engine of a MODEL[+ADAPTER_DIR] reference, with its adapter loaded under a name of its own."""
-    from fslm.collaborate.proxy import Expert
-
-    engine = get(ref.model, "helper")
-    if ref.adapter is None:
-        return Expert(engine)
-    name = adapter_name(ref.adapter)
-    engine.add_adapter(name, ref.adapter)
-    return Expert(engine, name)

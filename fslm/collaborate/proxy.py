@@ -23,7 +23,7 @@ import torch
 from fslm.collaborate.proxy_params import ModelRef, ProxyTuneParams, adapter_name, parse_expert_delta
 from fslm.engine import Generation, GenerationParams, same_tokenizer
 from fslm.engine.decode import cut_at_stop, next_tokens
-from fslm.engine.stepping import StepLogitsEngine, require_step_logits
+from fslm.engine.stepping import LogitsSession, StepLogitsEngine, require_step_logits
 from fslm.errors import InputError
 
 OnStep = Callable[[list[int], torch.Tensor, torch.Tensor], None]  # (original rows, fused scores, picked tokens)
@@ -75,6 +75,29 @@ def check_models(large: Expert, tuned: Expert, base: Expert) -> int:
     return len(large.engine.tokenizer)
 
 
+def load_expert(ref: ModelRef, get: Callable[[str], object]) -> Expert:
+    """The Expert of a MODEL[+ADAPTER_DIR] reference: `get(model)` gives the model's engine (loading each model once,
+    so TUNED and BASE naming one model share one engine), and the adapter is loaded under a name of its own."""
+    engine = get(ref.model)
+    if ref.adapter is None:
+        return as_expert(engine, str(ref))
+    name = adapter_name(ref.adapter)
+    engine.add_adapter(name, ref.adapter)  # type: ignore[attr-defined]
+    return as_expert(Expert(engine, name), str(ref))  # type: ignore[arg-type]
+
+
+def open_sessions(experts: Sequence[Expert], prompts: list[list[int]], vocab: int) -> list[LogitsSession]:
+    """One logits session per expert on the same prompts; an output layer narrower than the tokenizer is refused."""
+    sessions = [e.engine.logits_session(prompts, e.adapter) for e in experts]
+    for expert, session in zip(experts, sessions, strict=True):
+        if session.logits.shape[-1] < vocab:
+            raise InputError(
+                f"{expert.name}: an output layer of {session.logits.shape[-1]} rows is smaller than the tokenizer "
+                f"({vocab} ids)"
+            )
+    return sessions
+
+
 def _check_params(params: GenerationParams) -> None:
     if params.repetition_penalty != 1.0:
         raise InputError(
@@ -95,13 +118,7 @@ def _decode_batch(
     large = experts[0]
     if params.seed is not None:
         torch.manual_seed(params.seed)
-    sessions = [e.engine.logits_session(prompts, e.adapter) for e in experts]
-    for expert, session in zip(experts, sessions, strict=True):
-        if session.logits.shape[-1] < vocab:
-            raise InputError(
-                f"{expert.name}: an output layer of {session.logits.shape[-1]} rows is smaller than the tokenizer "
-                f"({vocab} ids)"
-            )
+    sessions = open_sessions(experts, prompts, vocab)
     device = sessions[0].logits.device
     eos = {i for e in experts for i in e.engine.eos_ids}  # one tokenizer: any member's end token ends the text
     rows = list(range(len(prompts)))  # original index of each live row
@@ -193,6 +210,8 @@ __all__ = [
     "adapter_name",
     "check_models",
     "fused_scores",
+    "load_expert",
+    "open_sessions",
     "parse_expert_delta",
     "proxy_generate",
 ]

@@ -37,6 +37,13 @@ class ModelRef:
     def __str__(self) -> str:
         return self.model + (f"+{self.adapter}" if self.adapter else "")
 
+    def resolved(self, base: Path) -> ModelRef:
+        """Paths made absolute against folder `base`: the model when it is a file or folder there (else a name, as
+        given) and the adapter folder. What a process started elsewhere (a Ray actor, an experiment worker) loads."""
+        model = Path(base) / Path(self.model).expanduser()
+        adapter = None if self.adapter is None else str((Path(base) / Path(self.adapter).expanduser()).resolve())
+        return ModelRef(str(model.resolve()) if model.exists() else self.model, adapter)
+
 
 def parse_expert_delta(text: str) -> tuple[ModelRef, ModelRef]:
     """`TUNED:BASE` -> the two references (each `MODEL[+ADAPTER_DIR]`)."""
@@ -49,10 +56,22 @@ def parse_expert_delta(text: str) -> tuple[ModelRef, ModelRef]:
     return ModelRef.parse(parts[0]), ModelRef.parse(parts[1])
 
 
+def resolve_expert_delta(text: str, base: Path) -> str:
+    """`TUNED:BASE` with each reference's paths made absolute against `base` (ModelRef.resolved)."""
+    tuned, untuned = parse_expert_delta(text)
+    return f"{tuned.resolved(base)}:{untuned.resolved(base)}"
+
+
 def check_adapter_dir(ref: ModelRef, what: str) -> None:
     """Before any model loads: the adapter, if any, is a folder."""
     if ref.adapter is not None and not Path(ref.adapter).is_dir():
         raise InputError(f"{what} {ref}: adapter {ref.adapter} is not a folder (a PEFT LoRA adapter folder)")
+
+
+def check_adapter_dirs(expert_delta: str) -> None:
+    """Before any model loads: TUNED:BASE is well formed and each adapter it names is a folder."""
+    for ref, role in zip(parse_expert_delta(expert_delta), ("TUNED", "BASE"), strict=True):
+        check_adapter_dir(ref, f"--expert-delta {role}")
 
 
 def adapter_name(path: str) -> str:

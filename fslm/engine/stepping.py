@@ -98,6 +98,8 @@ class StepLogitsEngine(Engine, Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]: ...  # as `score` splits
+
     def logits_session(self, prompts: Sequence[Sequence[int]], adapter: str | None = None) -> LogitsSession: ...
 
 

@@ -17,17 +17,18 @@ class ModelSystem:
 
     supports_fewshot = True
 
-    def __init__(self, engine: Engine, name: str | None = None, load_seconds: float = 0.0):
+    def __init__(self, engine: Engine, name: str | None = None, load_seconds: float = 0.0, details: dict | None = None):
         self.engine = engine
         self.name = name or f"model:{engine.model_ref}"
         self.load_seconds = load_seconds
+        self.details = dict(details or {})  # recorded with the run (e.g. proxy_tuning: how the model is steered)
 
     @property
     def params_touched(self) -> int:
         return int(self.engine.params)
 
     def describe(self) -> dict:
-        return {"kind": "model", "model": self.engine.model_ref, "params_touched": self.params_touched}
+        return {"kind": "model", "model": self.engine.model_ref, **self.details, "params_touched": self.params_touched}
 
     def answer_choices(self, items: Sequence[Item], shots: Shots) -> list[Outcome]:
         contexts, continuations = [], []

@@ -18,6 +18,7 @@ from fslm.evaluate.prompts import (
     stack_prompt,
 )
 from fslm.evaluate.scoring import cut_at, norm_length
+from fslm.models import adapter_params
 from fslm.stack import Stack
 from fslm.tasks import Item, build_context
 
@@ -80,7 +81,7 @@ class StackSystem:
     @property
     def params_touched(self) -> int:
         others = sum(int(e.params) for ref, e in self.stack.engines.items() if ref != self.stack.config.base_ref)
-        return int(self.engine.params) + others + sum(_adapter_params(p) for p in self._adapter_paths())
+        return int(self.engine.params) + others + sum(adapter_params(p) for p in self._adapter_paths())
 
     def _adapter_paths(self) -> list[Path]:
         cfg = self.stack.config
@@ -274,18 +275,3 @@ class StackSystem:
             )
             for r, g in zip(results, gens, strict=True)
         ]
-
-
-def _adapter_params(path: Path) -> int:
-    """Parameter count of a LoRA adapter, read from its safetensors header (no tensors loaded)."""
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(str(path / "adapter_model.safetensors"), framework="numpy") as fh:
-        for key in fh.keys():
-            shape = fh.get_slice(key).get_shape()
-            n = 1
-            for dim in shape:
-                n *= int(dim)
-            total += n
-    return total

@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from fslm.collaborate.proxy_params import parse_expert_delta
 from fslm.config import StackConfig, parse_stack_config
 from fslm.errors import ConfigError, FslmError
 from fslm.experiment.spec import ExperimentSpec
@@ -51,12 +52,30 @@ def _canonical(cfg: StackConfig, adapters: bool) -> dict:
     return data
 
 
+def _delta(spec: ExperimentSpec, name: str) -> list[dict]:
+    """TUNED and BASE as given, each adapter replaced by the sha256 of its files (moving it changes nothing)."""
+    delta = spec.expert_delta(name)
+    assert delta is not None
+    return [
+        {"model": given.model, "adapter": adapter_digest(ref.adapter)}
+        for given, ref in zip(
+            parse_expert_delta(spec.systems[name].expert_delta or ""), parse_expert_delta(delta), strict=True
+        )
+    ]
+
+
 def fingerprint(spec: ExperimentSpec, name: str, split: str | None, num_fewshot: int) -> dict | None:
     """The fingerprint of evaluating system `name` on `split`; None when it cannot be known yet."""
     system = spec.systems[name]
     settings = {"split": split, "num_fewshot": num_fewshot, "gen_max_tokens": spec.evaluation.gen_max_tokens}
     if system.is_model:
-        return {"model": system.model, **settings}
+        if system.expert_delta is None:
+            return {"model": system.model, **settings}
+        try:
+            delta = _delta(spec, name)
+        except (FslmError, OSError):
+            return None  # a missing adapter: the job itself reports it
+        return {"model": system.model, "expert_delta": delta, "delta_alpha": system.delta_alpha, **settings}
     try:
         found = stack_text(spec, name)
         if found is None:

@@ -33,7 +33,8 @@ def describe(spec: ExperimentSpec, name: str) -> str:
         return system.label
     if system.is_model:
         shots = spec.fewshot(name)
-        return f"{system.model} alone" + (f", {shots}-shot" if shots else "")
+        steered = f" proxy-tuned by {system.expert_delta} (alpha {system.delta_alpha:g})" if system.expert_delta else ""
+        return f"{system.model}{steered or ' alone'}" + (f", {shots}-shot" if shots else "")
     parts = [f"stack {system.stack}" if system.stack else f"{system.from_}"]
     patch = system.patch
     if patch is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fslm.collaborate.proxy_params import check_adapter_dirs
 from fslm.config import load_stack_config
 from fslm.errors import FslmError, InputError
 from fslm.experiment.fingerprint import fingerprint, move_aside, record, recorded
@@ -81,6 +82,8 @@ def eval_payload(spec: ExperimentSpec, job: Job) -> dict:
     if system.is_model:
         assert system.model is not None
         described: dict = {"model": model_ref(spec, system.model)}
+        if system.expert_delta is not None:
+            described |= {"expert_delta": spec.expert_delta(job.name), "delta_alpha": system.delta_alpha}
     else:
         described = {
             "stack": str(stack_path(spec, job.name)),
@@ -106,6 +109,12 @@ def preflight(spec: ExperimentSpec, jobs: list[Job]) -> None:
     """Stack files, variants and adapters of the jobs to run, checked before any process starts; a stack that a
     training step of this run will write is checked when that step is done."""
     for job in jobs:
+        delta = None if job.kind == TRAIN_JOB else spec.expert_delta(job.name)
+        if delta is not None:
+            try:
+                check_adapter_dirs(delta)
+            except FslmError as err:
+                raise FslmError(f"systems.{job.name}.expert_delta: {err}") from None
         if job.kind == TRAIN_JOB or spec.systems[job.name].is_model or stack_step(spec, job.name):
             continue
         cfg = load_stack_config(stack_path(spec, job.name))

@@ -223,6 +223,13 @@ class ExperimentSpec(_Strict):
             return 0
         return self.evaluation.num_fewshot if system.num_fewshot is None else system.num_fewshot
 
+    def expert_delta(self, name: str) -> str | None:
+        """System `name`'s TUNED:BASE with its paths relative to the spec file made absolute (None: not proxy-tuned)."""
+        from fslm.collaborate.proxy_params import resolve_expert_delta
+
+        delta = self.systems[name].expert_delta
+        return None if delta is None else resolve_expert_delta(delta, self.base_dir)
+
     @property
     def base_dir(self) -> Path:
         return self.source_path.parent if self.source_path is not None else Path.cwd()

@@ -104,6 +104,13 @@ class SystemSpec(_Strict):
     num_fewshot: int | None = Field(None, ge=0, description="model systems: overrides evaluation.num_fewshot")
     label: str | None = Field(None, description="how RESULTS.md describes it")
     test: bool = Field(True, description="false: a selection candidate evaluated on held-out items only")
+    expert_delta: str | None = Field(
+        None,
+        min_length=1,
+        description="model systems: 'TUNED:BASE' (each MODEL[+ADAPTER_DIR], paths relative to the spec file): the "
+        "model proxy-tuned by that pair, options scored under the fused distribution",
+    )
+    delta_alpha: float = Field(1.0, description="weight of expert_delta's shift (0: the model alone)")
 
     @model_validator(mode="after")
     def _one_source(self) -> SystemSpec:
@@ -115,9 +122,27 @@ class SystemSpec(_Strict):
             extra += ["adapters"] if not self.adapters else []
             if extra:
                 raise ValueError(f"{', '.join(extra)}: apply to stack systems only; a model system has no stages")
+            self._check_delta()
+        elif self.expert_delta is not None or "delta_alpha" in self.model_fields_set:
+            raise ValueError("expert_delta, delta_alpha: proxy-tuning applies to model systems only (model: ...)")
         elif self.num_fewshot:
             raise ValueError("num_fewshot: stacks are evaluated zero-shot; few-shot applies to model systems only")
         return self
+
+    def _check_delta(self) -> None:
+        from fslm.collaborate.proxy_params import ProxyTuneParams, parse_expert_delta
+
+        if self.expert_delta is None:
+            if "delta_alpha" in self.model_fields_set:
+                raise ValueError("delta_alpha: weighs expert_delta; give expert_delta: TUNED:BASE too")
+            return
+        try:
+            parse_expert_delta(self.expert_delta)
+            ProxyTuneParams(alpha=self.delta_alpha)
+        except FslmError as err:
+            raise ValueError(
+                str(err).replace("--expert-delta", "expert_delta").replace("--delta-alpha", "delta_alpha")
+            ) from None
 
     @property
     def is_model(self) -> bool:

@@ -35,7 +35,9 @@ def run_eval(payload: dict, progress) -> dict:
 
     spec = payload["system"]
     if "model" in spec:
-        system = load_system(model=spec["model"])
+        system = load_system(
+            model=spec["model"], expert_delta=spec.get("expert_delta"), delta_alpha=spec.get("delta_alpha", 1.0)
+        )
     else:
         system = load_system(
             stack=spec["stack"],

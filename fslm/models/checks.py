@@ -138,6 +138,15 @@ def check_adapter_folder(folder: Path) -> None:
     check_safetensors(weights)
 
 
+def adapter_params(folder: Path) -> int:
+    """Parameter count of a LoRA adapter, read from its safetensors header (no tensors loaded): what cost
+    accounting adds for an adapter on top of its base model."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="numpy") as fh:
+        return sum(_numel(fh.get_slice(key).get_shape()) for key in fh.keys())
+
+
 def _guarded(what: Path, load: Callable[[], T]) -> T:
     """Run a transformers loader on files that passed fslm's checks; whatever it still refuses (an unsupported
     architecture, a config value it cannot build, missing tokenizer files) becomes one error naming the file."""

@@ -100,6 +100,65 @@ def test_stack_with_raw_answer_and_a_stage_cache(tiny_data, tiny_model_dir, tmp_
     assert code == 2 and "expected one of stack, raw" in text
 
 
+def _rows(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+
+
+def test_eval_with_an_expert_delta_scores_under_the_fused_distribution(
+    tiny_data, tiny_model_dir, tiny_adapters, tmp_path
+):
+    """--model M --expert-delta TUNED:BASE writes a run recorded as proxy-tuned; alpha 0 scores as M alone."""
+    model, adapter = str(tiny_model_dir), str(tiny_adapters["intent"])
+    delta = f"{model}+{adapter}:{model}"
+    common = ["eval", "--model", model, "--tasks", "arc_easy", "--json"]
+    assert run(*common, "--out", str(tmp_path / "plain"))[0] == 0
+    code, text = run(*common, "--expert-delta", delta, "--delta-alpha", "1.5", "--out", str(tmp_path / "proxy"))
+    assert code == 0, text
+    summary = json.loads((tmp_path / "proxy" / "summary.json").read_text())
+    assert summary["proxy_tuning"] == {"large": model, "tuned": f"{model}+{adapter}", "base": model, "alpha": 1.5}
+    assert "delta(" in summary["system"] and summary["tasks"]["arc_easy"]["n"] == 3
+    assert "delta(" in json.loads((tmp_path / "proxy" / "run.json").read_text())["identity"]["system"]
+    plain, steered = _rows(tmp_path / "plain"), _rows(tmp_path / "proxy")
+    assert (
+        max(abs(a - b) for p, q in zip(plain, steered) for a, b in zip(p["choice_scores"], q["choice_scores"])) > 0.01
+    )
+    code, text = run(*common, "--expert-delta", delta, "--delta-alpha", "0", "--out", str(tmp_path / "zero"))
+    assert code == 0, text
+    for p, q in zip(plain, _rows(tmp_path / "zero"), strict=True):
+        assert p["choice_scores"] == pytest.approx(q["choice_scores"], abs=1e-3)
+
+
+def test_expert_delta_generates_through_the_fusion(tiny_data, tiny_model_dir, tiny_adapters, tmp_path):
+    from fslm.evaluate import evaluate, load_system
+
+    model = str(tiny_model_dir)
+    system = load_system(model=model, expert_delta=f"{model}+{tiny_adapters['answer']}:{model}", delta_alpha=2.0)
+    assert system.load_args["expert_delta"].startswith(str(tiny_model_dir.resolve()))
+    summary = evaluate(system, ["gsm8k"], 2, out_dir=tmp_path / "gen", gen_max_tokens=6)
+    rows = _rows(tmp_path / "gen")
+    assert summary.data["n_items"] == 2 and all(0 < r["tokens_out"] <= 6 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--stack", "default"], "applies to --model"),
+        (["--model", "{model}", "--engine", "llamacpp"], "--engine hf"),
+        (["--model", "{model}", "--engine", "auto"], "--engine hf"),
+        (["--model", "{model}", "--expert-delta", "{model}"], "expected TUNED:BASE"),
+        (["--model", "{model}", "--expert-delta", "{model}+{missing}:{model}"], "is not a folder"),
+        (["--model", "{model}", "--delta-alpha", "nan"], "finite number"),
+    ],
+)
+def test_expert_delta_refusals(tiny_data, tiny_model_dir, tmp_path, extra, message):
+    fill = {"model": str(tiny_model_dir), "missing": str(tmp_path / "missing")}
+    args = [a.format(**fill) for a in extra]
+    if "--expert-delta" not in args:
+        args += ["--expert-delta", f"{tiny_model_dir}:{tiny_model_dir}"]
+    code, text = run("eval", "--tasks", "arc_easy", *args)
+    assert code == 2 and text.startswith("error:") and message in text, text
+
+
 @pytest.mark.slow
 def test_real_default_model_on_two_tasks(tmp_path, monkeypatch):
     """The issue's acceptance command, on 4 items per task (the real run is in benchmarks/results)."""

@@ -225,6 +225,25 @@ def test_a_missing_adapter_is_refused_before_any_process_starts(tiny_model_dir, 
     assert [j.progress for j in plan.jobs.values()] == ["not started 0/3", "not started 0/3"]
 
 
+def test_a_proxy_tuned_model_system_is_evaluated_and_a_missing_delta_adapter_refused(
+    tiny_model_dir, tiny_adapters, tiny_data, tmp_path
+):
+    shutil.copytree(tiny_adapters["intent"], tmp_path / "adapters" / "intent")
+    delta = f"{tiny_model_dir}+adapters/intent:{tiny_model_dir}"  # the adapter relative to the spec file
+    systems = {"steered": {"model": str(tiny_model_dir), "expert_delta": delta, "delta_alpha": 2.0}}
+    spec = write_spec(tmp_path, {"name": "proxy", "evaluation": {"tasks": ["arc_easy"]}, "systems": systems})
+    result = run_experiment(spec, isolate=False)
+    assert result.ran == ["eval:steered"]
+    summary = json.loads((tmp_path / "exp" / "runs" / "steered" / "summary.json").read_text())
+    assert summary["proxy_tuning"]["alpha"] == 2.0 and summary["n_items"] == 3
+    assert summary["proxy_tuning"]["tuned"].endswith("adapters/intent")
+    systems["broken"] = {"model": str(tiny_model_dir), "expert_delta": f"{tiny_model_dir}+adapters/missing:m"}
+    spec = write_spec(tmp_path, {"name": "proxy", "evaluation": {"tasks": ["arc_easy"]}, "systems": systems})
+    with pytest.raises(FslmError, match="systems.broken.expert_delta: .*adapters/missing is not a folder"):
+        run_experiment(spec, isolate=False)
+    assert not (tmp_path / "exp" / "runs" / "broken").exists()
+
+
 def test_cli_errors_exit_2_with_one_line(tmp_path):
     bad = write_spec(tmp_path, {"name": "x", "evaluation": {"tasks": ["arc_easy"]}, "systems": {"a": {}}})
     result = runner.invoke(app, ["run", str(bad)])

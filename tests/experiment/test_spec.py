@@ -118,6 +118,16 @@ def spec_with(**changes) -> dict:
             spec_with(systems={"a": {"model": "m"}, "b": {"model": "m", "test": False}}, comparisons=[["a", "b"]]),
             "comparisons.0.b: 'b' has test: false (held-out runs only)",
         ),
+        (
+            spec_with(systems={"a": {"stack": "s.yaml", "expert_delta": "t:b"}}),
+            "systems.a: expert_delta, delta_alpha: proxy-tuning applies to model systems only",
+        ),
+        (spec_with(systems={"a": {"model": "m", "expert_delta": "t"}}), "systems.a: expert_delta 't': expected"),
+        (spec_with(systems={"a": {"model": "m", "delta_alpha": 2}}), "systems.a: delta_alpha: weighs expert_delta"),
+        (
+            spec_with(systems={"a": {"model": "m", "expert_delta": "t:b", "delta_alpha": float("inf")}}),
+            "delta_alpha) must be a finite number",
+        ),
     ],
 )
 def test_errors_name_the_field(data, message):
@@ -346,3 +356,40 @@ def test_a_distill_step_must_stop_before_the_alpaca_tail(tmp_path, monkeypatch):
         parse_spec(spec_with(training={"d": {"distill": {}}}), "e.yaml")  # alpaca not evaluated: no check
     finally:
         reset_settings()
+
+
+def test_an_expert_delta_system_resolves_its_adapter_and_fingerprints_its_bytes(tmp_path, tiny_adapters):
+    """Adapter paths in expert_delta are relative to the spec file; the fingerprint holds the adapter's sha256 and
+    alpha, so a retrained adapter or another alpha reruns the system, and the worker gets absolute paths."""
+    import shutil
+
+    from fslm.experiment.fingerprint import fingerprint
+    from fslm.experiment.plan import build_plan
+    from fslm.experiment.results import describe
+    from fslm.experiment.run import eval_payload
+
+    shutil.copytree(tiny_adapters["intent"], tmp_path / "ad")
+    systems = {"plain": {"model": "m"}, "steered": {"model": "m", "expert_delta": "small+ad:small", "delta_alpha": 0.5}}
+    spec = load_spec(write_spec(tmp_path, spec_with(systems=systems)))
+    assert spec.expert_delta("steered") == f"small+{(tmp_path / 'ad').resolve()}:small"
+    assert spec.expert_delta("plain") is None
+    first = fingerprint(spec, "steered", None, 0)
+    assert first is not None and first["delta_alpha"] == 0.5 and len(first["expert_delta"][0]["adapter"]) == 64
+    assert first["expert_delta"][1] == {"model": "small", "adapter": None}
+    assert "expert_delta" not in (fingerprint(spec, "plain", None, 0) or {})
+    job = build_plan(spec).jobs["eval:steered"]
+    assert eval_payload(spec, job)["system"] == {
+        "model": "m",
+        "expert_delta": spec.expert_delta("steered"),
+        "delta_alpha": 0.5,
+    }
+    assert describe(spec, "steered") == "m proxy-tuned by small+ad:small (alpha 0.5)"
+    other = load_spec(
+        write_spec(tmp_path, spec_with(systems={**systems, "steered": {**systems["steered"], "delta_alpha": 1}}))
+    )
+    assert fingerprint(other, "steered", None, 0) != first
+    with open(tmp_path / "ad" / "adapter_model.safetensors", "ab") as fh:
+        fh.write(b" ")  # a retrained adapter: other bytes at the same path
+    assert fingerprint(spec, "steered", None, 0) != first
+    shutil.rmtree(tmp_path / "ad")
+    assert fingerprint(spec, "steered", None, 0) is None  # the job reports the missing folder
