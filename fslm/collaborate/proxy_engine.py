@@ -124,8 +124,14 @@ class ProxyEngine:
 
     @torch.inference_mode()
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """Teacher-forced fused log-likelihood and greediness of each pair's continuation."""
-        sessions = open_sessions(self.experts, [ctx for ctx, _ in pairs], self.vocab)
+        """Teacher-forced fused log-likelihood and greediness of each pair's continuation. The options of one
+        question share its context: each distinct context runs once per model, and its cache rows are then copied
+        to every pair that continues it (`keep` with repeated indices)."""
+        distinct: dict[tuple[int, ...], int] = {}
+        source = [distinct.setdefault(tuple(ctx), len(distinct)) for ctx, _ in pairs]
+        sessions = open_sessions(self.experts, [list(ctx) for ctx in distinct], self.vocab)
+        for session in sessions:
+            session.keep(source)
         device = sessions[0].logits.device
         conts = [cont for _, cont in pairs]
         logprob = [0.0] * len(pairs)

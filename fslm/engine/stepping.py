@@ -81,7 +81,8 @@ class LogitsSession:
         return self.logits
 
     def keep(self, live: Sequence[int]) -> None:
-        """Keep only these live rows (indices into the current rows, in order); their cache rows stay, others go."""
+        """Keep only these live rows (indices into the current rows, in order); their cache rows stay, others go.
+        An index may repeat: that row is copied (several continuations of one prompt, run once)."""
         if list(live) == list(range(self.rows)):
             return
         index = torch.tensor(list(live), dtype=torch.long, device=self.attention.device)
