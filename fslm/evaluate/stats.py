@@ -147,3 +147,71 @@ def group_bootstrap(
         arr = arr[~np.isnan(arr)]
         out[name] = _interval(arr, confidence) if arr.size else (float("nan"), float("nan"))
     return out
+
+
+def gap_recovered(
+    weak: Mapping[str, Sequence[float]],
+    strong: Mapping[str, Sequence[float]],
+    ceiling: Mapping[str, Sequence[float]],
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    confidence: float = 0.95,
+) -> dict[str, dict]:
+    """Performance gap recovered (Burns et al., 2023), per task and macro, with percentile-bootstrap CIs:
+    PGR = (acc(strong) - acc(weak)) / (acc(ceiling) - acc(weak)); 0 is the weak system's accuracy, 1 the ceiling's.
+
+    Per-item scores are aligned by position, and within a task every replicate draws the same item indices for all
+    three runs (as `paired_bootstrap` does), so the intervals reflect how the three disagree on items. The macro
+    replicate averages each system's task replicates, like `macro_bootstrap_ci`: macro PGR is the ratio of macro
+    accuracies, not the mean of per-task ratios (one task with a near-zero gap would swamp that).
+
+    The ratio means nothing when its denominator, the gap (ceiling - weak), may be 0, so each entry carries the gap
+    with its CI and `defined` (the gap's CI lies above 0). Replicates whose gap is not positive are left out of PGR's
+    interval (its share of kept replicates is `gap_positive`); `pgr` is None when the observed gap is not positive,
+    `pgr_ci95` when no replicate has one. Returns {task: {n, weak, strong, ceiling, gap, gap_ci95, pgr, pgr_ci95,
+    gap_positive, defined}} plus a "macro" entry.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict] = {}
+    task_reps: list[np.ndarray] = []
+    points: list[np.ndarray] = []
+    for task in weak:
+        if task not in strong or task not in ceiling:
+            raise ValueError(f"{task}: scored for the weak system only; give all three runs the same tasks")
+        w, s, c = (np.asarray(x[task], dtype=np.float64) for x in (weak, strong, ceiling))
+        if not w.shape == s.shape == c.shape:
+            raise ValueError(
+                f"{task}: {w.size}, {s.size} and {c.size} items in weak, strong, ceiling; align them first"
+            )
+        if w.size == 0:
+            continue
+        # columns: weak, strong - weak, ceiling - weak (per-item differences: identical runs give exactly 0)
+        cols = np.stack([w, s - w, c - w], axis=1)
+        task_reps.append(_boot_means(cols, n_boot, rng))
+        points.append(cols.mean(axis=0))
+        out[task] = _gap_entry(int(w.size), points[-1], task_reps[-1], confidence)
+    if task_reps:
+        n = sum(int(e["n"]) for e in out.values())
+        out["macro"] = _gap_entry(n, np.mean(points, axis=0), np.mean(task_reps, axis=0), confidence)
+    return out
+
+
+def _gap_entry(n: int, point: np.ndarray, reps: np.ndarray, confidence: float) -> dict:
+    """point: (weak, strong - weak, ceiling - weak) means; reps: the same per bootstrap replicate."""
+    acc_weak, lift, gap = (float(x) for x in point)
+    gap_lo, gap_hi = _interval(reps[:, 2], confidence)
+    positive = reps[:, 2] > 0.0
+    ratios = reps[positive, 1] / reps[positive, 2]
+    return {
+        "n": n,
+        "weak": acc_weak,
+        "strong": acc_weak + lift,
+        "ceiling": acc_weak + gap,
+        "gap": gap,
+        "gap_ci95": [gap_lo, gap_hi],
+        "pgr": lift / gap if gap > 0.0 else None,
+        "pgr_ci95": list(_interval(ratios, confidence)) if ratios.size else None,
+        "gap_positive": float(positive.mean()),
+        "defined": bool(gap > 0.0 and gap_lo > 0.0),
+    }

@@ -176,6 +176,64 @@ def _comparisons(results: dict) -> list[str]:
     return lines + ["", *_metric_comparisons(results)] + [f"Note: {n}\n" for n in dict.fromkeys(notes)]
 
 
+def _ratio(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _gap_cells(e: dict | None) -> list[str]:
+    """Macro PGR, its CI, the gap with its CI and the share of replicates with a positive gap; no ratio is printed
+    when the gap's CI reaches 0 (a ratio over a gap that may be 0 is noise)."""
+    if e is None:
+        return ["no item all three share", "—", "—", "—", "—"]
+    gap = [
+        f"{_pts(e['gap'])}",
+        f"{_pts(e['gap_ci95'][0])} to {_pts(e['gap_ci95'][1])}",
+        f"{100 * e['gap_positive']:.1f}%",
+    ]
+    if not e["defined"]:
+        return ["gap CI includes 0: PGR undefined", "—", *gap]
+    lo, hi = e["pgr_ci95"]
+    return [f"**{_ratio(e['pgr'])}**", f"{_ratio(lo)} to {_ratio(hi)}", *gap]
+
+
+def _gap_recovered(results: dict) -> list[str]:
+    tasks = results["evaluation"]["tasks"]
+    head = [
+        "weak",
+        "strong",
+        "ceiling",
+        "PGR macro",
+        "95% CI",
+        "gap (pts)",
+        "gap 95% CI",
+        "replicates with gap > 0",
+        *tasks,
+    ]
+    lines = [
+        "## Performance gap recovered",
+        "",
+        "PGR = (acc(strong) − acc(weak)) / (acc(ceiling) − acc(weak)) (Burns et al., 2023): 0 is the weak system's "
+        "accuracy, 1 the ceiling's. 95% CIs from a bootstrap that resamples items jointly for the three runs (the same "
+        "items of a task in each replicate); the macro PGR is the ratio of macro accuracies. PGR's interval is taken "
+        "over the replicates whose gap (ceiling − weak) is positive, whose share is shown; where the gap's own interval "
+        "reaches 0 no ratio is shown (undef. per task).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|---|---|---:|---|---:|---|---:|" + "---:|" * len(tasks),
+    ]
+    for g in results["gap_recovered"]:
+        names = f"| {g['weak']} | {g['strong']} | {g['ceiling']} |"
+        if g["state"] != DONE:
+            lines.append(f"{names} {g['state']} |" + " |" * (len(head) - 4))
+            continue
+        per_task = [
+            "—" if t not in g["tasks"] else _ratio(g["tasks"][t]["pgr"]) if g["tasks"][t]["defined"] else "undef."
+            for t in tasks
+        ]
+        lines.append(f"{names} " + " | ".join([*_gap_cells(g["tasks"].get("macro")), *per_task]) + " |")
+    return [*lines, ""]
+
+
 def _selection(sel: dict) -> list[str]:
     lines = [
         "## Selection on held-out items",
@@ -262,6 +320,8 @@ def results_markdown(results: dict, pareto: bool) -> str:
         ]
     if results["comparisons"]:
         lines += _comparisons(results)
+    if results.get("gap_recovered"):
+        lines += _gap_recovered(results)
     if results["selection"]:
         lines += _selection(results["selection"])
     if results["traces"]:

@@ -1,8 +1,9 @@
-"""An experiment's results as data (results.json): per-system summaries, comparisons, the selection, traces.
+"""An experiment's results as data (results.json): per-system summaries, comparisons, the selection, traces, the
+performance gap recovered.
 
-Everything is derived from the run folders. Comparisons call `fslm.evaluate.compare` (paired bootstrap) and are
-redone only when a run's items.jsonl changed (its sha256 is kept beside compare.json), so a rerun of a finished
-experiment recomputes nothing.
+Everything is derived from the run folders. Comparisons call `fslm.evaluate.compare` (paired bootstrap), the gap
+recovered `fslm.evaluate.stats.gap_recovered`; both are redone only when a run's items.jsonl changed (its sha256 is
+kept beside compare.json or gap.json), so a rerun of a finished experiment recomputes nothing.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import os
 from pathlib import Path
 
 from fslm.evaluate import compare
-from fslm.evaluate.compare import compare_metrics
+from fslm.evaluate.compare import compare_metrics, read_run
 from fslm.evaluate.report import ITEM_METRICS
-from fslm.evaluate.stats import N_BOOT
+from fslm.evaluate.stats import N_BOOT, gap_recovered
 from fslm.evaluate.store import items_bytes, read_rows
 from fslm.experiment.plan import COMPARE, DONE, EVAL, SELECT, Job, Plan
-from fslm.experiment.spec import ExperimentSpec, TraceRule
+from fslm.experiment.spec import ExperimentSpec, GapSpec, TraceRule
 from fslm.io import write_json
 
 INPUTS = "inputs.json"
 METRICS_COMPARE = "compare_metrics.json"  # {task: {metric: paired-bootstrap entry}} (evaluation.metrics)
+GAP = "gap.json"  # performance gap recovered of one report.gap_recovered entry
 RULES = {"best_heldout_macro": "the highest held-out macro accuracy (a tie goes to the one listed first)"}
 
 
@@ -149,6 +151,36 @@ def comparison(spec: ExperimentSpec, plan: Plan, a: str, b: str, heldout: bool =
     return {**done, "metrics": metrics} if metrics else done
 
 
+def gap_entry(spec: ExperimentSpec, plan: Plan, gap: GapSpec) -> dict:
+    """Performance gap recovered of three finished runs on the items all three share (`fslm.evaluate.stats.
+    gap_recovered`), computed once per triple of items.jsonl contents like a comparison; or which runs are missing."""
+    runs = plan.runs(EVAL)
+    names = {"weak": gap.weak, "strong": gap.strong, "ceiling": gap.ceiling}
+    waiting = [n for n in names.values() if runs[n].state != DONE]
+    if waiting:
+        return {**names, "state": f"not run: {', '.join(waiting)}"}
+    folder = spec.out_dir / COMPARE / f"gap-{gap.strong}-from-{gap.weak}-to-{gap.ceiling}"
+    inputs = {**{role: _digest(runs[n].folder) for role, n in names.items()}, "n_boot": N_BOOT}
+    cached = folder / GAP
+    if (folder / INPUTS).is_file() and json.loads((folder / INPUTS).read_text()) == inputs and cached.is_file():
+        result = json.loads(cached.read_text(encoding="utf-8"))
+    else:
+        scores = {role: read_run(runs[n].folder)[1] for role, n in names.items()}
+        shared = [key for key in scores["weak"] if key in scores["strong"] and key in scores["ceiling"]]
+        per_task: dict[str, dict[str, list[float]]] = {role: {} for role in names}
+        for role, values in scores.items():
+            for task, item_id in shared:
+                per_task[role].setdefault(task, []).append(values[(task, item_id)])
+        result = {
+            "n_boot": N_BOOT,
+            "not_shared": {role: len(values) - len(shared) for role, values in scores.items()},
+            "tasks": gap_recovered(per_task["weak"], per_task["strong"], per_task["ceiling"], n_boot=N_BOOT),
+        }
+        write_json(cached, result)
+        write_json(folder / INPUTS, inputs)
+    return {**names, "state": DONE, "folder": _rel(folder, spec), **result}
+
+
 def _metrics_digest(folder: Path) -> str | None:
     path = folder / ITEM_METRICS
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
@@ -237,4 +269,5 @@ def gather(spec: ExperimentSpec, plan: Plan) -> dict:
         "comparisons": pairs,
         "selection": chosen,
         "traces": [traces(spec, plan, rule, chosen) for rule in spec.report.traces],
+        "gap_recovered": [gap_entry(spec, plan, gap) for gap in spec.report.gap_recovered],
     }

@@ -22,6 +22,7 @@ from fslm.errors import ConfigError, FslmError
 from fslm.experiment.spec_sections import (
     ComparisonSpec,
     EvaluationSpec,
+    GapSpec,
     PatchSpec,
     ReportSpec,
     SelectionSpec,
@@ -38,6 +39,7 @@ __all__ = [
     "ComparisonSpec",
     "EvaluationSpec",
     "ExperimentSpec",
+    "GapSpec",
     "PatchSpec",
     "ReportSpec",
     "SelectionSpec",
@@ -139,7 +141,18 @@ class ExperimentSpec(_Strict):
                 self._check_system(rule.versus, f"report.traces.{i}.versus", allow_selected=True)
             if rule.task is not None and rule.task not in self.evaluation.task_names:
                 raise ValueError(f"report.traces.{i}.task: {rule.task!r} is not among evaluation.tasks")
+        for i, gap in enumerate(self.report.gap_recovered):
+            self._check_gap(gap, f"report.gap_recovered.{i}")
         return self
+
+    def _check_gap(self, gap: GapSpec, where: str) -> None:
+        names = {"weak": gap.weak, "strong": gap.strong, "ceiling": gap.ceiling}
+        for field, name in names.items():
+            self._check_system(name, f"{where}.{field}")
+            if not self.systems[name].test:
+                raise ValueError(f"{where}.{field}: {name!r} has test: false (held-out runs only)")
+        if len(set(names.values())) != 3:
+            raise ValueError(f"{where}: weak, strong and ceiling must be three different systems")
 
     def _check_system(self, name: str, where: str, allow_selected: bool = False) -> None:
         if name in self.systems:

@@ -1,5 +1,5 @@
 """The sections of an experiment spec, each validated on its own: evaluation, systems (and their patches),
-comparisons, selection, report. `ExperimentSpec` (fslm.experiment.spec) checks what they say about each other."""
+comparisons, selection, report (with its gap-recovered rows). `ExperimentSpec` (fslm.experiment.spec) checks what they say about each other."""
 
 from __future__ import annotations
 
@@ -192,11 +192,21 @@ class TraceRule(_Strict):
     versus: str | None = Field(None, description="only items where this system's outcome differs")
 
 
+class GapSpec(_Strict):
+    """Performance gap recovered (Burns et al., 2023): how much of the gap from `weak` to `ceiling` the `strong` system
+    closes, (acc(strong) - acc(weak)) / (acc(ceiling) - acc(weak)), per task and macro (`fslm.evaluate.stats`)."""
+
+    weak: str = Field(..., description="the weak supervisor (PGR 0)")
+    strong: str = Field(..., description="the strong student trained on the weak supervisor's labels")
+    ceiling: str = Field(..., description="the strong student trained on gold labels (PGR 1)")
+
+
 class ReportSpec(_Strict):
     title: str | None = None
     file: str = Field("RESULTS.md", pattern=r"^[^/\\]+\.md$", description="the report's file name in the out folder")
     pareto: bool = Field(True, description="pareto.png: macro accuracy vs seconds per item")
     traces: list[TraceRule] = Field(default_factory=list)
+    gap_recovered: list[GapSpec] = Field(default_factory=list, description="performance gap recovered, one row each")
     notes: str | None = Field(
         None,
         description="a markdown file (relative to the spec) copied into the report: the attempt log a person keeps",

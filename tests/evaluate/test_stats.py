@@ -4,8 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fslm.evaluate.stats import bootstrap_ci, macro_bootstrap_ci, paired_bootstrap
+from fslm.evaluate.stats import bootstrap_ci, gap_recovered, macro_bootstrap_ci, paired_bootstrap
 
 
 def test_constant_scores_have_a_zero_width_interval():
@@ -154,3 +156,73 @@ def test_compare_reports_the_macro_with_each_task_left_out(tmp_path):
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["macro_without"]["boolq"]["ci95"] == [0.0, 0.0]
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "Macro with one task left out" in md and "| boolq | 50.0 | 50.0 | +0.0 | +0.0 to +0.0 |" in md
+
+
+def test_gap_recovered_on_a_small_example_computed_by_hand():
+    weak = {"t": [1, 0, 0, 0], "u": [0, 0]}
+    strong = {"t": [1, 1, 0, 0], "u": [1, 1]}
+    ceiling = {"t": [1, 1, 1, 0], "u": [1, 1]}
+    out = gap_recovered(weak, strong, ceiling, n_boot=300)
+    t = out["t"]
+    assert (t["n"], t["weak"], t["strong"], t["ceiling"]) == (4, 0.25, 0.5, 0.75)
+    assert t["gap"] == 0.5 and t["pgr"] == 0.5  # (0.50 - 0.25) / (0.75 - 0.25)
+    assert out["u"]["pgr"] == 1.0 and out["u"]["gap_ci95"] == [1.0, 1.0] and out["u"]["defined"]
+    m = out["macro"]
+    # macro accuracies 0.125, 0.75, 0.875: the ratio of macros, not the mean of the task ratios (0.75)
+    assert m["n"] == 6 and m["gap"] == 0.75 and m["pgr"] == pytest.approx(0.625 / 0.75)
+    lo, hi = m["pgr_ci95"]
+    assert lo <= m["pgr"] <= hi and m["gap_ci95"][0] <= 0.75 <= m["gap_ci95"][1]
+
+
+def test_gap_recovered_resamples_items_jointly_with_the_usual_seed():
+    # weak always wrong, ceiling always right: the gap is 1 in every replicate, so PGR's replicates are exactly the
+    # bootstrap means of the strong run, drawn with the same indices as bootstrap_ci's
+    strong = list(np.random.default_rng(5).integers(0, 2, size=60).astype(float))
+    out = gap_recovered({"t": [0.0] * 60}, {"t": strong}, {"t": [1.0] * 60}, seed=7)
+    assert out["t"]["gap_ci95"] == [1.0, 1.0] and out["t"]["gap_positive"] == 1.0
+    assert out["t"]["pgr"] == pytest.approx(np.mean(strong))
+    assert out["t"]["pgr_ci95"] == pytest.approx(list(bootstrap_ci(strong, seed=7)))
+    assert gap_recovered({"t": [0.0] * 60}, {"t": strong}, {"t": [1.0] * 60}, seed=7) == out
+
+
+def test_gap_recovered_without_a_gap_gives_no_ratio():
+    same = [1.0, 0.0, 1.0, 0.0, 0.0]
+    entry = gap_recovered({"t": same}, {"t": [1.0] * 5}, {"t": same}, n_boot=200)["t"]
+    assert entry["gap"] == 0.0 and entry["gap_ci95"] == [0.0, 0.0]
+    assert entry["pgr"] is None and entry["pgr_ci95"] is None and entry["gap_positive"] == 0.0
+    assert not entry["defined"]
+    # a small positive gap whose interval reaches 0: a ratio exists but is flagged, and only some replicates count
+    small = gap_recovered({"t": [0.0] * 20}, {"t": [0.0] * 20}, {"t": [1.0] + [0.0] * 19}, n_boot=500)["t"]
+    assert small["gap"] == pytest.approx(0.05) and small["gap_ci95"][0] == 0.0 and not small["defined"]
+    assert small["pgr"] == 0.0 and 0.0 < small["gap_positive"] < 1.0 and small["pgr_ci95"] == [0.0, 0.0]
+
+
+def test_gap_recovered_rejects_misaligned_runs():
+    with pytest.raises(ValueError, match="align"):
+        gap_recovered({"t": [1.0, 0.0]}, {"t": [1.0]}, {"t": [1.0, 1.0]})
+    with pytest.raises(ValueError, match="same tasks"):
+        gap_recovered({"t": [1.0], "u": [0.0]}, {"t": [1.0]}, {"t": [1.0], "u": [1.0]})
+
+
+_runs = st.integers(1, 12).flatmap(
+    lambda n: st.tuples(*[st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n) for _ in range(4)])
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_runs)
+def test_gap_recovered_is_0_at_the_weak_run_and_1_at_the_ceiling(runs):
+    w1, c1, w2, c2 = runs
+    weak, ceiling = {"t": w1, "u": w2}, {"t": c1, "u": c2}
+    at_weak = gap_recovered(weak, weak, ceiling, n_boot=100)
+    at_ceiling = gap_recovered(weak, ceiling, ceiling, n_boot=100)
+    for key in ("t", "u", "macro"):
+        low, high = at_weak[key], at_ceiling[key]
+        assert low["gap"] == high["gap"] and low["gap_ci95"] == high["gap_ci95"]
+        if low["gap"] > 0:
+            assert low["pgr"] == 0.0 and high["pgr"] == 1.0
+        else:
+            assert low["pgr"] is None and high["pgr"] is None
+        if low["pgr_ci95"] is not None:
+            assert low["pgr_ci95"] == [0.0, 0.0] and high["pgr_ci95"] == pytest.approx([1.0, 1.0])
+        assert low["defined"] == (low["gap"] > 0 and low["gap_ci95"][0] > 0)

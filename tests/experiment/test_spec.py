@@ -12,6 +12,7 @@ from fslm.experiment.variants import stack_path, system_stack
 
 from .conftest import write_spec
 
+THREE = {"a": {"model": "m"}, "b": {"model": "m"}, "c": {"model": "m"}}
 BASE = {"name": "x", "evaluation": {"tasks": ["arc_easy"]}, "systems": {"a": {"model": "m"}}}
 
 
@@ -127,6 +128,29 @@ def spec_with(**changes) -> dict:
         (
             spec_with(systems={"a": {"model": "m", "expert_delta": "t:b", "delta_alpha": float("inf")}}),
             "delta_alpha) must be a finite number",
+        ),
+        (
+            spec_with(report={"gap_recovered": [{"weak": "a", "strong": "b", "ceiling": "a"}]}),
+            "report.gap_recovered.0.strong: 'b' is not a system of this spec",
+        ),
+        (
+            spec_with(systems=THREE, report={"gap_recovered": [{"weak": "a", "strong": "b", "ceiling": "a"}]}),
+            "report.gap_recovered.0: weak, strong and ceiling must be three different systems",
+        ),
+        (
+            spec_with(
+                systems={**THREE, "c": {"model": "m", "test": False}},
+                report={"gap_recovered": [{"weak": "a", "strong": "b", "ceiling": "c"}]},
+            ),
+            "report.gap_recovered.0.ceiling: 'c' has test: false (held-out runs only)",
+        ),
+        (
+            spec_with(systems=THREE, report={"gap_recovered": [{"weak": "a", "strong": "b", "top": "c"}]}),
+            "report.gap_recovered.0.ceiling: Field required",
+        ),
+        (
+            spec_with(systems=THREE, report={"gap_recovered": [{"weak": "a", "strong": "selected", "ceiling": "c"}]}),
+            "report.gap_recovered.0.strong: 'selected' is not a system of this spec",
         ),
     ],
 )
