@@ -26,6 +26,7 @@ from fslm.collaborate.proxy import (
 )
 from fslm.collaborate.proxy_params import ProxyTuneParams, check_adapter_dirs, parse_expert_delta
 from fslm.engine import Engine, Generation, GenerationParams, Score, load_engine
+from fslm.engine.decode import fit_pairs
 from fslm.errors import InputError
 from fslm.models import adapter_params
 
@@ -99,7 +100,8 @@ class ProxyEngine:
         self._no_adapter(adapter)
         if len(contexts) != len(continuations):
             raise ValueError("contexts and continuations must have the same length")
-        pairs = [self._pair(i, c, x) for i, (c, x) in enumerate(zip(contexts, continuations))]
+        # The large engine's split, fitted to the smallest window of the three (as the engines' own score does).
+        pairs = fit_pairs([self.lead.encode_pair(c, x) for c, x in zip(contexts, continuations)], self.context_window)
         # Similar context lengths share a batch: less left padding in the sessions' first forward.
         order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i][0]), len(pairs[i][1])))
         results: list[Score | None] = [None] * len(pairs)
@@ -109,18 +111,6 @@ class ProxyEngine:
             for i, (logprob, greedy) in zip(chunk, scored, strict=True):
                 results[i] = Score(logprob, len(pairs[i][1]), greedy, len(continuations[i]))
         return [r for r in results if r is not None]
-
-    def _pair(self, i: int, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """The large engine's split, the context left-truncated to the smallest window (as the hf engine does)."""
-        ctx, cont = self.lead.encode_pair(context, continuation)
-        if not cont:
-            raise InputError(f"continuation {i} is empty after tokenization")
-        if len(ctx) + len(cont) > self.context_window:
-            keep = self.context_window - len(cont)
-            if keep < 1:
-                raise InputError(f"continuation {i} alone exceeds the context window of {self.context_window}")
-            ctx = ctx[-keep:]
-        return ctx, cont
 
     @torch.inference_mode()
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fslm.engine import GenerationParams
+from fslm.errors import InputError
 
 
 def penalize(logits: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -107,6 +108,22 @@ def split_pair(encode, start_id: int, context: str, continuation: str) -> tuple[
     if not ctx:
         return [start_id], whole
     return ctx, whole[len(ctx) :]
+
+
+def fit_pairs(pairs: list[tuple[list[int], list[int]]], window: int) -> list[tuple[list[int], list[int]]]:
+    """Scored pairs made to fit `window` tokens, for every engine: an empty continuation is refused, a context that
+    does not fit is cut from the left (lm-eval's truncation), a continuation that alone does not fit is refused."""
+    fitted = []
+    for i, (ctx, cont) in enumerate(pairs):
+        if not cont:
+            raise InputError(f"continuation {i} is empty after tokenization")
+        if len(ctx) + len(cont) > window:
+            keep = window - len(cont)
+            if keep < 1:
+                raise InputError(f"continuation {i} alone exceeds the context window of {window}")
+            ctx = ctx[-keep:]
+        fitted.append((ctx, cont))
+    return fitted
 
 
 def supports_logits_to_keep(model) -> bool:

@@ -13,7 +13,14 @@ import torch
 
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.decode import cut_at_stop, decode_batch, render_chat_text, split_pair, supports_logits_to_keep
+from fslm.engine.decode import (
+    cut_at_stop,
+    decode_batch,
+    fit_pairs,
+    render_chat_text,
+    split_pair,
+    supports_logits_to_keep,
+)
 from fslm.engine.logprobs import LoggedGeneration, StepRecorder, logged_generations
 from fslm.engine.prefix import PrefixStore, count_reuse
 from fslm.engine.stepping import LogitsSession
@@ -270,15 +277,7 @@ class HFEngine:
     def score(self, contexts: Sequence[str], continuations: Sequence[str], adapter: str | None = None) -> list[Score]:
         if len(contexts) != len(continuations):
             raise ValueError("contexts and continuations must have the same length")
-        pairs = [self.encode_pair(c, x) for c, x in zip(contexts, continuations)]
-        for i, (ctx, cont) in enumerate(pairs):
-            if not cont:
-                raise InputError(f"continuation {i} is empty after tokenization")
-            if len(ctx) + len(cont) > self.context_window:
-                keep = self.context_window - len(cont)
-                if keep < 1:
-                    raise InputError(f"continuation {i} alone exceeds the context window of {self.context_window}")
-                pairs[i] = (ctx[-keep:], cont)  # lm-eval's left truncation of the context
+        pairs = fit_pairs([self.encode_pair(c, x) for c, x in zip(contexts, continuations)], self.context_window)
         results: list[Score | None] = [None] * len(pairs)
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, (ctx, _) in enumerate(pairs):

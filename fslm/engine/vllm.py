@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.decode import cut_at_stop, render_chat_text, split_pair
+from fslm.engine.decode import cut_at_stop, fit_pairs, render_chat_text, split_pair
 from fslm.errors import ConfigError, FslmError, InputError, ModelFileError
 from fslm.models import DTYPES, check_adapter_folder, load_model, load_tokenizer
 from fslm.models.registry import _params_from_safetensors, resolve
@@ -256,15 +256,7 @@ class VllmEngine:
 
         if len(contexts) != len(continuations):
             raise ValueError("contexts and continuations must have the same length")
-        pairs = [self.encode_pair(c, x) for c, x in zip(contexts, continuations)]
-        for i, (ctx, cont) in enumerate(pairs):
-            if not cont:
-                raise InputError(f"continuation {i} is empty after tokenization")
-            if len(ctx) + len(cont) > self.context_window:
-                keep = self.context_window - len(cont)
-                if keep < 1:
-                    raise InputError(f"continuation {i} alone exceeds the context window of {self.context_window}")
-                pairs[i] = (ctx[-keep:], cont)
+        pairs = fit_pairs([self.encode_pair(c, x) for c, x in zip(contexts, continuations)], self.context_window)
         request = self._request(adapter)
         sampling = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         scores: list[Score] = []

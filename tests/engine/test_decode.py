@@ -1,9 +1,11 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fslm.engine import GenerationParams
-from fslm.engine.decode import banned_ngram_tokens, decode_batch
+from fslm.engine.decode import banned_ngram_tokens, decode_batch, fit_pairs
+from fslm.errors import InputError
 
 PROMPTS = ["What is the capital of France?", "Two plus two", "A spider has eight legs. Which planet is largest?", "fox"]
 
@@ -94,3 +96,12 @@ def test_stop_strings_without_a_detokenizer_are_refused(tiny_engine):
     ids = encoded(tiny_engine)[0]
     with pytest.raises(ValueError, match="decode_text"):
         decode_batch(tiny_engine.base, [ids], GenerationParams(max_new_tokens=4, stop=("x",)), pad_id=0, eos_ids=[0])
+
+
+def test_fit_pairs_cuts_contexts_from_the_left_and_refuses_what_cannot_fit():
+    pairs = [([1, 2, 3], [4]), ([1, 2, 3, 4, 5], [6, 7]), ([9], [8])]
+    assert fit_pairs(pairs, 4) == [([1, 2, 3], [4]), ([4, 5], [6, 7]), ([9], [8])]
+    with pytest.raises(InputError, match="continuation 1 alone exceeds the context window of 2"):
+        fit_pairs(pairs, 2)
+    with pytest.raises(InputError, match="continuation 0 is empty"):
+        fit_pairs([([1], [])], 4)

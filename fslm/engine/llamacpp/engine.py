@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
-from fslm.engine.decode import cut_at_stop, next_tokens, render_chat_text, split_pair
+from fslm.engine.decode import cut_at_stop, fit_pairs, next_tokens, render_chat_text, split_pair
 from fslm.engine.llamacpp.convert import cached_lora, gguf_weight_format, resolve_gguf
 from fslm.engine.llamacpp.runtime import import_llama_cpp, quiet_logs
 from fslm.engine.logprobs import LoggedGeneration, StepRecorder, logged_generations
@@ -524,15 +524,7 @@ class LlamaCppEngine:
         self._check_adapter(adapter)
         if self.score_backend == "hf":
             return self.hf_engine().score(contexts, continuations, adapter)
-        pairs = [self.encode_pair(c, x) for c, x in zip(contexts, continuations)]
-        for i, (ctx, cont) in enumerate(pairs):
-            if not cont:
-                raise InputError(f"continuation {i} is empty after tokenization")
-            if len(ctx) + len(cont) > self.context_window:
-                keep = self.context_window - len(cont)
-                if keep < 1:
-                    raise InputError(f"continuation {i} alone exceeds the context window of {self.context_window}")
-                pairs[i] = (ctx[-keep:], cont)  # lm-eval's left truncation of the context
+        pairs = fit_pairs([self.encode_pair(c, x) for c, x in zip(contexts, continuations)], self.context_window)
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, (ctx, _) in enumerate(pairs):
             groups[tuple(ctx)].append(i)
