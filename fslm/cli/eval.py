@@ -100,6 +100,8 @@ def check_system(
     without a load; which options fit which system is `load_system`'s to say (it does so before loading)."""
     if model is not None and stack is not None:
         raise InputError("give --model or --stack, not both")
+    if expert_delta is None and delta_alpha != default_of(load_system, "delta_alpha"):
+        raise InputError("--delta-alpha applies to proxy-tuning: add --expert-delta TUNED:BASE")
     if expert_delta is not None:
         if model is None:
             raise InputError("--expert-delta applies to --model (proxy-tuning of one model), not to --stack")

@@ -48,6 +48,8 @@ def check_options(
     if sum(bool(x) for x in (draft, amateur, prompt_lookup, expert_delta)) > 1:
         raise InputError(f"choose one of {HELPERS}")
     generation_params(1, stop, temperature, top_p, seed)
+    if not expert_delta and delta_alpha != default_of(generate, "delta_alpha"):
+        raise InputError("--delta-alpha applies to proxy-tuning: add --expert-delta TUNED:BASE")
     if draft_tokens is not None and not (draft or prompt_lookup):
         raise InputError("--draft-tokens applies to speculative decoding: add --draft MODEL or --prompt-lookup N")
     if amateur and temperature > 0:

@@ -63,6 +63,7 @@ CASES = [
     (["generate", "-m", "{model}", "--expert-delta", "{model}:{model}+{missing}", "Hi"], "is not a folder"),
     (["generate", "-m", "{model}", "--expert-delta", "{model}:{model}", "--delta-alpha", "nan", "Hi"], "finite number"),
     (["generate", "-m", "{model}", "--expert-delta", "{model}:{model}", "--amateur", "{model}", "Hi"], "choose one of"),
+    (["generate", "-m", "{model}", "--delta-alpha", "0.5", "Hi"], "--delta-alpha applies to proxy-tuning"),
     (["generate", "-m", "{model}", "--engine", "auto", "--expert-delta", "{model}:{model}", "Hi"], "--engine auto"),
     (["generate", "-m", "{model}", "--temperature", "9", "Hi"], "--temperature"),
     (["generate", "-m", "{model}", "--amateur", "{model}", "--temperature", "0.5", "Hi"], "leave --temperature at 0"),
@@ -71,6 +72,10 @@ CASES = [
     (["eval", "--model", "gpt-17", "--tasks", "arc_easy"], "--model: " + MISSING_MODEL),
     (["eval", "--stack", "{missing}", "--tasks", "arc_easy"], "stack file not found"),
     (["eval", "--model", "{model}", "--stack", "{stack}", "--tasks", "arc_easy"], "not both"),
+    (
+        ["eval", "--model", "{model}", "--tasks", "arc_easy", "--delta-alpha", "2"],
+        "--delta-alpha applies to proxy-tuning",
+    ),
     (["eval", "--model", "{model}", "--tasks", "arc_easy", "-k", "-1"], "--num-fewshot"),
     (["eval", "--model", "{model}", "--tasks", "arc_easy", "--out", "{file}"], "is a file, not a folder"),
     (["eval", "--model", "{model}", "--tasks", "arc_easy", "--engine", "x"], "unknown engine 'x'"),
