@@ -138,6 +138,11 @@ def finetune_command(
         min=1,
         help="Memory bound: a batch over this many padded tokens runs in parts, gradients accumulated (same update).",
     ),
+    gradient_checkpointing: bool = typer.Option(
+        DEFAULTS.gradient_checkpointing,
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Memory: recompute each layer in the backward pass (about 1/3 more compute, far fewer stored activations).",
+    ),
     kd: str | None = typer.Option(
         None, "--kd", help="Teacher model to distil from (frozen): the loss mixes its soft targets with the data's."
     ),
@@ -198,6 +203,7 @@ def finetune_command(
         threads=threads,
         save_dtype=save_dtype,
         max_batch_tokens=max_batch_tokens,
+        gradient_checkpointing=gradient_checkpointing,
         kd=kd,
         kd_adapter=kd_adapter,
         kd_temperature=kd_temperature,

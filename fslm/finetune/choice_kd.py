@@ -28,11 +28,11 @@ from fslm.config import StackConfig, load_default_stack_config, load_stack_confi
 from fslm.engine import Engine, load_engine, require_transformers
 from fslm.errors import ConfigError, DataError
 from fslm.finetune.examples import Example
-from fslm.finetune.kd import Teacher, kd_term, load_teacher, target_logits
+from fslm.finetune.kd import Teacher, kd_term, load_teacher
 from fslm.finetune.options import CHOICE_QUESTIONS, TrainOptions
 from fslm.finetune.pairs import build_choice_rows, pick_questions
 from fslm.finetune.run import FinetuneReport, _pad_id, _train_adapter, _write_trained
-from fslm.finetune.trainer import batch_tensors
+from fslm.finetune.trainer import batch_tensors, target_logits
 from fslm.io import append_jsonl, iter_jsonl, read_text, write_atomic
 from fslm.tasks import Item
 

@@ -21,7 +21,7 @@ from fslm.engine import Engine, load_engine, require_transformers, same_tokenize
 from fslm.errors import ConfigError
 from fslm.finetune.examples import Example
 from fslm.finetune.options import TrainOptions
-from fslm.finetune.trainer import batch_tensors
+from fslm.finetune.trainer import batch_tensors, target_logits
 
 TEACHER_ADAPTER = "kd-teacher"  # the name the teacher's adapter is loaded under in its own engine
 
@@ -72,16 +72,6 @@ def _vocab(model) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-def target_logits(model, ids, mask, rows, cols, shortcut: bool) -> torch.Tensor:
-    """Logits at (rows, cols) only: through the decoder and the output layer on those positions when `shortcut`,
-    else from the full forward pass (models that soft-cap their logits)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if shortcut and not getattr(inner.config, "final_logit_softcapping", None):
-        hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        return inner.get_output_embeddings()(hidden[rows, cols])
-    return model(input_ids=ids, attention_mask=mask).logits[rows, cols]
-
-
 def kd_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(teacher_T || student_T), averaged over rows (the last dimension is the distribution). The T^2 keeps
     the gradient's scale comparable across temperatures (Hinton et al., 2015)."""
@@ -118,6 +108,5 @@ __all__ = [
     "check_token_teacher",
     "kd_term",
     "load_teacher",
-    "target_logits",
     "token_kd_loss",
 ]

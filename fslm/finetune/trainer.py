@@ -14,6 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -88,6 +89,21 @@ def accumulate(loss_fn: LossFn, peft_model, batch: Sequence[Any], budget: int | 
     return loss, tokens, targets, parts
 
 
+@contextmanager
+def recomputing(peft_model, enabled: bool):
+    """Gradient checkpointing for the span of a training loop only: the base model is shared, and later stages and
+    evaluation run it plainly. Non-reentrant, so frozen embeddings need no input gradients."""
+    if not enabled:
+        yield
+        return
+    model = peft_model.get_base_model()
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.activation_checkpointing_disable()
+
+
 def lr_at(step: int, total: int, options: TrainOptions) -> float:
     warm = max(1, int(options.warmup * total))
     if step < warm:
@@ -150,23 +166,24 @@ def batch_tensors(batch: Sequence[Example], pad_id: int):
     return ids, mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(labels)
 
 
+def target_logits(model, ids, mask, rows, cols, shortcut: bool) -> torch.Tensor:
+    """Logits at (rows, cols) only: through the decoder and the output layer on those positions when `shortcut`,
+    else from the full forward pass (models that soft-cap their logits)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if shortcut and not getattr(inner.config, "final_logit_softcapping", None):
+        hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return inner.get_output_embeddings()(hidden[rows, cols])
+    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols]
+
+
 def batch_loss(
     peft_model, batch: Sequence[Example], pad_id: int, options: TrainOptions, bf16: bool
 ) -> tuple[torch.Tensor, int, int]:
     """Mean cross-entropy over the target tokens of a batch; returns (loss, real tokens, target tokens)."""
     ids, mask, rows, cols, labels = batch_tensors(batch, pad_id)
-    inner = peft_model.get_base_model()
-    shortcut = options.target_logits_only and not getattr(inner.config, "final_logit_softcapping", None)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        if shortcut:
-            hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-            logits = inner.get_output_embeddings()(hidden[rows, cols])
-            loss = F.cross_entropy(logits.float(), labels)
-        else:
-            full = torch.full_like(ids, -100)
-            full[rows, cols + 1] = labels
-            loss = peft_model(input_ids=ids, attention_mask=mask, labels=full).loss
-    return loss, int(mask.sum()), len(labels)
+        logits = target_logits(peft_model, ids, mask, rows, cols, options.target_logits_only)
+    return F.cross_entropy(logits.float(), labels), int(mask.sum()), len(labels)
 
 
 # (peft_model, batch, bf16) -> (loss, real tokens, target tokens, named parts of the loss for the log)
@@ -221,46 +238,49 @@ def train_stage(
         set_peft_model_state_dict(peft_model, ckpt.adapter)
         ckpt.restore(optimizer)
         step, result.steps, result.resumed_from = ckpt.step, list(ckpt.meta["log"]), ckpt.step
-    peft_model.train()
-    t_start = time.perf_counter()
-    for epoch in range(step // per_epoch, options.epochs):
-        batches = plan_batches(examples, options, epoch)
-        for position in range(step - epoch * per_epoch, per_epoch):
-            batch = [examples[i] for i in batches[position]]
-            if options.threads or (options.auto_threads and step % 10 == 0):
-                apply_threads(options.threads, busy=step > 0)
-            lr = lr_at(step, total, options)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            loss, tokens, target_tokens, parts = accumulate(loss_fn, peft_model, batch, options.max_batch_tokens, bf16)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            result.steps.append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": round(float(loss), 5),
-                    **{name: round(value, 5) for name, value in parts.items()},  # e.g. hard and kd, apart
-                    "lr": lr,
-                    "tokens": tokens,
-                    "target_tokens": target_tokens,
-                    "seconds": round(time.perf_counter() - t0, 4),
-                    "threads": torch.get_num_threads(),
-                }
-            )
-            if progress:
-                progress(step, total, float(loss))
-            if step % options.save_every == 0 and step < total:
-                save_checkpoint(
-                    checkpoint_dir,
-                    step,
-                    lora_state(peft_model),
-                    optimizer,
-                    {"fingerprint": fingerprint, "log": result.steps},
+    with recomputing(peft_model, options.gradient_checkpointing):
+        peft_model.train()
+        t_start = time.perf_counter()
+        for epoch in range(step // per_epoch, options.epochs):
+            batches = plan_batches(examples, options, epoch)
+            for position in range(step - epoch * per_epoch, per_epoch):
+                batch = [examples[i] for i in batches[position]]
+                if options.threads or (options.auto_threads and step % 10 == 0):
+                    apply_threads(options.threads, busy=step > 0)
+                lr = lr_at(step, total, options)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                t0 = time.perf_counter()
+                loss, tokens, target_tokens, parts = accumulate(
+                    loss_fn, peft_model, batch, options.max_batch_tokens, bf16
                 )
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                result.steps.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": round(float(loss), 5),
+                        **{name: round(value, 5) for name, value in parts.items()},  # e.g. hard and kd, apart
+                        "lr": lr,
+                        "tokens": tokens,
+                        "target_tokens": target_tokens,
+                        "seconds": round(time.perf_counter() - t0, 4),
+                        "threads": torch.get_num_threads(),
+                    }
+                )
+                if progress:
+                    progress(step, total, float(loss))
+                if step % options.save_every == 0 and step < total:
+                    save_checkpoint(
+                        checkpoint_dir,
+                        step,
+                        lora_state(peft_model),
+                        optimizer,
+                        {"fingerprint": fingerprint, "log": result.steps},
+                    )
     peft_model.eval()
     result.seconds = time.perf_counter() - t_start
     result.train_tokens = sum(s["tokens"] for s in result.steps)

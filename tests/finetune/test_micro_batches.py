@@ -77,3 +77,29 @@ def test_accumulated_gradient_equals_the_whole_batchs(fresh_engine, kind):
     for name, grad in whole[4].items():
         # equal up to float rounding (the parts are padded to other widths)
         assert float((split[4][name] - grad).norm()) <= 1e-4 * float(grad.norm()) + 1e-8, name
+
+
+def test_gradient_checkpointing_gives_the_same_gradient_and_is_off_afterwards(fresh_engine):
+    from fslm.finetune.trainer import recomputing
+
+    model = _lora(fresh_engine)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    pad = fresh_engine.tokenizer.pad_token_id or 0
+    batch = [ex(6, 2, "a"), ex(9, 5, "b"), ex(3, 1, "c")]
+    loss_fn = cross_entropy_loss(pad, TrainOptions(precision="fp32"))
+    model.train()
+    plain = _grads(model, loss_fn, batch, None)
+    decoder = model.get_base_model().get_decoder()
+    with recomputing(model, True):
+        assert decoder.gradient_checkpointing
+        recomputed = _grads(model, loss_fn, batch, None)
+    assert not decoder.gradient_checkpointing
+    model.eval()
+    assert float(recomputed[0]) == pytest.approx(float(plain[0]), rel=1e-6)
+    assert recomputed[4].keys() == plain[4].keys()
+    for name, grad in plain[4].items():
+        assert float(grad.norm()) > 0, name
+        assert float((recomputed[4][name] - grad).norm()) <= 1e-5 * float(grad.norm()) + 1e-8, name

@@ -88,6 +88,29 @@ def test_rerun_skips_finished_stages_and_refuses_other_options(trained):
         )
 
 
+def test_gradient_checkpointing_trains_the_same_adapters(trained, monkeypatch):
+    root, _, engine = trained
+    calls = []
+    enable = engine.base_model.activation_checkpointing_enable
+    monkeypatch.setattr(engine.base_model, "activation_checkpointing_enable", lambda *a: calls.append(a) or enable(*a))
+    finetune(
+        root / "stack.yaml",
+        root / "d.jsonl",
+        root / "recomputed",
+        TrainOptions(**FAST, gradient_checkpointing=True),
+        engine=engine,
+    )
+    for stage in ("intent", "facts", "answer"):
+        files = [root / out / "adapters" / stage / "adapter_model.safetensors" for out in ("out", "recomputed")]
+        with safe_open(files[0], "pt") as a, safe_open(files[1], "pt") as b:
+            assert set(a.keys()) == set(b.keys())
+            for key in a.keys():
+                x, y = a.get_tensor(key), b.get_tensor(key)
+                assert float((x - y).norm()) <= 1e-3 * float(x.norm()) + 1e-6, (stage, key)
+    assert len(calls) == 3  # once per stage's training loop
+    assert not engine.base_model.get_decoder().gradient_checkpointing  # and off again for what runs next
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
