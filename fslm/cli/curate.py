@@ -30,7 +30,7 @@ def render_report(report: CurateReport) -> None:
     table = Table(title=f"curated -> {report.out}", show_header=False, title_justify="left")
     random = report.by == "random"
     rows = [
-        ("scoring model", "none (random order)" if random else report.model),
+        ("scoring model", "none (random order)" if random else report.model or "none (quality classifier only)"),
         ("input format", report.format),
         ("records", str(report.records)),
         ("duplicates (skipped)", str(report.duplicates)),
@@ -149,7 +149,7 @@ def curate_command(
         check_output(plot, "--plot", folder=False)
     check_dtype(dtype)
     check_engine(engine)
-    if by != "random":  # a random order loads no model
+    if by in (None, "perplexity", "both"):  # a random or quality-only order loads no scoring model
         check_model(model, "--model")
     if judge is not None:
         check_model(judge, "--judge")

@@ -7,7 +7,7 @@ Two signals, both cheap next to training on the data:
   can learn from; very unlikely ones are often noise, another language or garbled text.
 * quality (optional): a logistic regression on all-MiniLM-L6-v2 sentence embeddings, trained on a labelled file of
   good and bad examples the user gives, or that a larger judge model labelled on a sample (fslm.distill.judge);
-  the probability of "good", higher = kept first.
+  the probability of "good", higher = kept first. Ranked by quality alone, no language model is loaded.
 * random (`by="random"`): the baseline at equal N, a seeded random order over the same scorable records (those with
   an output); no model is loaded. Each record's place comes from a hash of the seed and its id, so the order does not
   depend on file order and a rerun with another seed only re-selects.
@@ -62,7 +62,7 @@ class CurateReport:
     out: str
     scores: str
     format: str  # "alpaca" or "distilled"
-    model: str
+    model: str | None  # the perplexity model; None when the ranking needs none (by quality or random)
     records: int  # unique records in the input
     duplicates: int  # duplicate records skipped (Alpaca input)
     unscorable: dict[str, int] = field(default_factory=dict)  # reason -> records never kept
@@ -146,26 +146,26 @@ def _eligible_batch(batch: Sequence[Candidate]) -> list[dict]:
     return rows
 
 
-def _score_batch(engine: Engine, batch: Sequence[Candidate], quality: QualityClassifier | None) -> list[dict]:
+def _score_batch(engine: Engine | None, batch: Sequence[Candidate], quality: QualityClassifier | None) -> list[dict]:
+    """Each record's signals: `nll` from `engine` (None: not ranked by perplexity), `quality` from the classifier."""
     rows: list[dict] = [{"id": c.id, "index": c.index} for c in batch]
-    limit = engine.context_window - 1
     todo = []
     for row, c in zip(rows, batch):
         if not c.output.strip():
             row["unscorable"] = "no_output"
-        elif engine.count_tokens(c.output) > limit:
+        elif engine is not None and engine.count_tokens(c.output) > engine.context_window - 1:
             row["unscorable"] = "too_long"
         else:
             todo.append((row, c))
-    if todo:
+    if todo and engine is not None:
         contexts = [engine.render_chat([{"role": "user", "content": c.prompt}]) for _, c in todo]
         for (row, _), score in zip(todo, engine.score(contexts, [c.output for _, c in todo]), strict=True):
             row["nll"] = round(-score.logprob / score.n_tokens, 6)
             row["tokens"] = score.n_tokens
-        if quality is not None:
-            probs = quality.predict([record_text(c.prompt, c.output) for _, c in todo])
-            for (row, _), p in zip(todo, probs, strict=True):
-                row["quality"] = round(float(p), 6)
+    if todo and quality is not None:
+        probs = quality.predict([record_text(c.prompt, c.output) for _, c in todo])
+        for (row, _), p in zip(todo, probs, strict=True):
+            row["quality"] = round(float(p), 6)
     return rows
 
 
@@ -240,7 +240,7 @@ def curate(
     judge_progress: Callable[[int, int], None] | None = None,
 ) -> CurateReport:
     """Python twin of `fslm curate`. `model` is the small scoring model: an Engine, or a reference loaded only once
-    the input validated and records are left to score (never with by="random"). `progress(done, total)` follows
+    the input validated and records are left to score (only when the ranking uses perplexity). `progress(done, total)` follows
     every fsynced batch, `judge_progress` every judged one (with `options.judge`, whose labelled sample goes to
     `<out stem>.judged.jsonl` and trains the quality classifier as a --labels file would)."""
     options = options or CurateOptions()
@@ -258,7 +258,8 @@ def curate(
     if plot is not None:
         require("eval", "--plot")  # matplotlib
     digest = labels_digest(options.labels) if options.labels is not None else None  # validates the file, too
-    ref = "random" if by == "random" else model if isinstance(model, str) else model.model_ref
+    perplexity = by in ("perplexity", "both")
+    ref = "random" if by == "random" else (model if isinstance(model, str) else model.model_ref) if perplexity else None
     t0 = time.perf_counter()
     report = CurateReport(str(out), str(scores), fmt, ref, len(candidates), duplicates, by=by)
     if by == "random":
@@ -294,7 +295,13 @@ def curate(
                     progress(report.scored, len(todo))
         elif todo:  # models load only now: a rerun that only re-selects loads none
             quality = QualityClassifier.train(labels) if labels is not None else None
-            engine = model if not isinstance(model, str) else load_engine(model, dtype=dtype, backend=backend)
+            engine = (
+                None
+                if not perplexity
+                else model
+                if not isinstance(model, str)
+                else load_engine(model, dtype=dtype, backend=backend)
+            )
             for start in range(0, len(todo), options.batch_size):
                 report.scored += store.append(_score_batch(engine, todo[start : start + options.batch_size], quality))
                 if progress:
@@ -303,7 +310,7 @@ def curate(
     final = select([rows[c.id] for c in candidates], by, options.keep, options.top, options.seed)
     wanted = {c.id for c in candidates}
     stray = [r for r in rows.values() if r["id"] not in wanted]  # scored for another input: stays on file, unranked
-    _fill_report(report, final, by != "random", labels is not None)
+    _fill_report(report, final, perplexity, labels is not None)
     if by != "random":
         report.ends = ranking_ends(final, candidates)
     kept_ids = {r["id"] for r in final if r["kept"]}
@@ -319,21 +326,20 @@ def curate(
     return report
 
 
-def _fill_report(report: CurateReport, final: list[dict], scored: bool, with_quality: bool) -> None:
+def _fill_report(report: CurateReport, final: list[dict], with_nll: bool, with_quality: bool) -> None:
     for r in final:
         if "unscorable" in r:
             report.unscorable[r["unscorable"]] = report.unscorable.get(r["unscorable"], 0) + 1
     scorable = [r for r in final if "unscorable" not in r]
     winners = [r for r in scorable if r["kept"]]
     report.kept = len(winners)
-    if not scored:
-        return
-    report.summary["nll"] = summarize([r["nll"] for r in scorable])
+    if with_nll:
+        report.summary["nll"] = summarize([r["nll"] for r in scorable])
+        if winners:
+            report.cutoff["nll"] = max(r["nll"] for r in winners)
     if with_quality:
         report.summary["quality"] = summarize([r["quality"] for r in scorable])
-    if winners:
-        report.cutoff["nll"] = max(r["nll"] for r in winners)
-        if with_quality:
+        if winners:
             report.cutoff["quality"] = min(r["quality"] for r in winners)
 
 
@@ -358,9 +364,14 @@ def plot_scores(path: str | Path, rows: list[dict], by: str) -> None:
     import matplotlib.pyplot as plt
 
     scorable = [r for r in rows if "unscorable" not in r]
-    signals = [("nll", "mean NLL per output token (lower = kept first)")]
-    if scorable and "quality" in scorable[0]:
-        signals.append(("quality", "P(good) from the quality classifier"))
+    signals = [
+        (key, label)
+        for key, label in (
+            ("nll", "mean NLL per output token (lower = kept first)"),
+            ("quality", "P(good) from the quality classifier"),
+        )
+        if scorable and key in scorable[0]
+    ]
     fig, axes = plt.subplots(1, len(signals), figsize=(6 * len(signals), 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], signals):
         kept = [r[key] for r in scorable if r["kept"]]

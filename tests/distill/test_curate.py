@@ -170,11 +170,19 @@ def test_quality_classifier_ranks_like_the_labels(tiny_engine, tmp_path):
         ],
     )
     out = tmp_path / "q.json"
-    report = curate(data, out, model=tiny_engine, options=CurateOptions(keep=0.5, by="quality", labels=labels))
+    options = CurateOptions(keep=0.5, by="quality", labels=labels)
+    # ranked by quality alone, no language model loads: a reference that cannot load is never touched
+    report = curate(data, out, model="no-such-model", options=options, plot=tmp_path / "q.png")
     assert {r["id"] for r in json.loads(out.read_text())} == {"g1", "g2"}
     scores = {r["id"]: r for r in read_lines(tmp_path / "q.scores.jsonl")}
     assert min(scores["g1"]["quality"], scores["g2"]["quality"]) > max(scores["b1"]["quality"], scores["b2"]["quality"])
-    assert report.by == "quality" and set(report.summary) == {"nll", "quality"}
+    assert not any("nll" in r for r in scores.values())
+    assert report.by == "quality" and report.model is None and set(report.summary) == {"quality"}
+    assert (tmp_path / "q.png").stat().st_size > 0
+    both = curate(
+        data, tmp_path / "b.json", model=tiny_engine, options=CurateOptions(keep=0.5, by="both", labels=labels)
+    )
+    assert set(both.summary) == {"nll", "quality"} and both.model == tiny_engine.model_ref
 
 
 def test_select_and_summary():
