@@ -141,7 +141,7 @@ def finetune_command(
     gradient_checkpointing: bool = typer.Option(
         DEFAULTS.gradient_checkpointing,
         "--gradient-checkpointing/--no-gradient-checkpointing",
-        help="Memory: recompute each layer in the backward pass (about 1/3 more compute, far fewer stored activations).",
+        help="Memory: keep each layer's input, recompute the rest in the backward pass (more compute, far less memory).",
     ),
     kd: str | None = typer.Option(
         None, "--kd", help="Teacher model to distil from (frozen): the loss mixes its soft targets with the data's."

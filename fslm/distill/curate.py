@@ -240,7 +240,7 @@ def curate(
     judge_progress: Callable[[int, int], None] | None = None,
 ) -> CurateReport:
     """Python twin of `fslm curate`. `model` is the small scoring model: an Engine, or a reference loaded only once
-    the input validated and records are left to score (only when the ranking uses perplexity). `progress(done, total)` follows
+    the input validated, records are left to score and the ranking uses perplexity. `progress(done, total)` follows
     every fsynced batch, `judge_progress` every judged one (with `options.judge`, whose labelled sample goes to
     `<out stem>.judged.jsonl` and trains the quality classifier as a --labels file would)."""
     options = options or CurateOptions()
@@ -259,7 +259,7 @@ def curate(
         require("eval", "--plot")  # matplotlib
     digest = labels_digest(options.labels) if options.labels is not None else None  # validates the file, too
     perplexity = by in ("perplexity", "both")
-    ref = "random" if by == "random" else (model if isinstance(model, str) else model.model_ref) if perplexity else None
+    ref = (model if isinstance(model, str) else model.model_ref) if perplexity else "random" if by == "random" else None
     t0 = time.perf_counter()
     report = CurateReport(str(out), str(scores), fmt, ref, len(candidates), duplicates, by=by)
     if by == "random":
@@ -295,13 +295,9 @@ def curate(
                     progress(report.scored, len(todo))
         elif todo:  # models load only now: a rerun that only re-selects loads none
             quality = QualityClassifier.train(labels) if labels is not None else None
-            engine = (
-                None
-                if not perplexity
-                else model
-                if not isinstance(model, str)
-                else load_engine(model, dtype=dtype, backend=backend)
-            )
+            engine = None  # ranked by quality alone: no language model
+            if perplexity:
+                engine = model if not isinstance(model, str) else load_engine(model, dtype=dtype, backend=backend)
             for start in range(0, len(todo), options.batch_size):
                 report.scored += store.append(_score_batch(engine, todo[start : start + options.batch_size], quality))
                 if progress:

@@ -37,8 +37,8 @@ class TrainOptions:
     threads: int | None = None  # fixed thread count; None: settings.threads, else picked by load (auto_threads)
     auto_threads: bool = True
     save_dtype: str = "float32"  # adapter file storage: float16 halves the size (training stays fp32)
-    # memory: keep only each layer's input and recompute the rest in the backward pass (~1/3 more compute, a fraction
-    # of the activation memory; dropout masks are replayed, so the update is the same)
+    # memory: keep only each layer's input and recompute the rest in the backward pass (one more forward pass of
+    # compute, a fraction of the activation memory; dropout masks are replayed, so the update is the same)
     gradient_checkpointing: bool = False
     # memory bound: a batch over this many padded tokens runs as micro-batches with gradients accumulated (the same
     # update); None: never split
