@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fslm.config import StackConfig, StageConfig, load_default_stack_config, load_stack_config
-from fslm.engine import Engine, Generation, GenerationParams
+from fslm.engine import Engine, Generation, GenerationParams, generate_mixed
 from fslm.errors import InputError
 from fslm.stack_cache import StageCache, cacheable
 from fslm.stack_checks import check_adapters
@@ -181,8 +181,8 @@ class Stack:
         exclude: Collection[str] = (),
         on_record: Callable[[int, StageRecord], None] | None = None,
     ) -> list[StackResult]:
-        """Run every prompt through the stage graph, wave by wave; one batched engine call per model stage (prompt-
-        only generate stages of a wave with equal settings share one call).
+        """Run every prompt through the stage graph, wave by wave; the generate stages of a wave on one model are one
+        `generate_mixed` call (rows of other adapters and settings batch together where the engine can).
 
         stages: only the first `stages` stages in trace order (a partial run has no answer). exclude: leave out these
         stages and every stage that sees them (also a partial run). choices: each prompt's options for score stages
@@ -257,8 +257,8 @@ class Stack:
             else:
                 index = self.config.index_of(stage.name)
                 inputs = [self.stage_input(index, results[i].prompt, results[i].outputs) for i in active]
-                key = (self.config.stage_model(stage), self.adapter_for(stage), self.params_for(stage))
-                groups.setdefault(key, []).append((stage, active, inputs))
+                # One engine call per model: stages of other adapters and settings share it (engine.generate_mixed)
+                groups.setdefault(self.config.stage_model(stage), []).append((stage, active, inputs))
         for members in groups.values():
             self._generate_group(members, results)
 
@@ -296,15 +296,10 @@ class Stack:
         return active
 
     def _generate_group(self, members: list[tuple[StageConfig, list[int], list[str]]], results: list[StackResult]):
-        stage = members[0][0]
-        texts = [t for _, _, inputs in members for t in inputs]
-        generations = self.generate_stage(stage, texts)
-        k = 0
-        engine = self.engine_for(stage)
-        for member, active, inputs in members:
-            for i, text in zip(active, inputs, strict=True):
-                gen = generations[k]
-                k += 1
+        generated = self.generate_stages([(stage, inputs) for stage, _, inputs in members])
+        for (member, active, inputs), generations in zip(members, generated, strict=True):
+            engine = self.engine_for(member)
+            for i, text, gen in zip(active, inputs, generations, strict=True):
                 results[i].trace.append(
                     generation_record(member.name, text, gen, self.adapter_for(member), engine.model_ref, member.when)
                 )
@@ -363,34 +358,47 @@ class Stack:
 
     def generate_stage(self, stage: StageConfig, inputs: list[str]) -> list[Generation]:
         """One batched call for the inputs the cache lacks; seconds are per item (a cached output keeps its own)."""
-        engine = self.engine_for(stage)
-        params = self.params_for(stage)
-        keys: list[str] = []
-        found: dict[str, Generation] = {}
-        if self.cache is not None and cacheable(params):
-            dtype = getattr(engine, "dtype", None)
-            served = self.config.stage_endpoint(stage) is not None and stage.adapter is not None
-            keys = [
-                self.cache.key(  # a served adapter is known by its served name (its folder is the server's)
-                    model=engine.model_ref + (f"#{stage.name}" if served else ""),
-                    dtype=dtype,
-                    adapter=None if served else self.config.adapter_path(stage),
-                    text=text,
-                    params=params,
-                )
-                for text in inputs
-            ]
-            found = self.cache.get_many(keys)
-        todo = [i for i in range(len(inputs)) if not keys or keys[i] not in found]
+        return self.generate_stages([(stage, inputs)])[0]
+
+    def generate_stages(self, work: list[tuple[StageConfig, list[str]]]) -> list[list[Generation]]:
+        """`generate_stage` for several stages of one model in one engine call (`generate_mixed`: rows of different
+        adapters and settings batch together where the engine can); one list of Generations per stage."""
+        engine = self.engine_for(work[0][0])
+        rows: list[tuple[str, GenerationParams, str | None]] = []
+        keys: list[str | None] = []
+        for stage, inputs in work:
+            params, adapter = self.params_for(stage), self.adapter_for(stage)
+            rows.extend((text, params, adapter) for text in inputs)
+            keys.extend(self._cache_key(engine, stage, params, text) for text in inputs)
+        found = self.cache.get_many([k for k in keys if k is not None]) if self.cache is not None else {}
+        todo = [i for i, key in enumerate(keys) if key is None or key not in found]
         fresh: dict[int, Generation] = {}
         if todo:
             t0 = time.perf_counter()
-            made = engine.generate([inputs[i] for i in todo], params, adapter=self.adapter_for(stage))
+            made = generate_mixed(engine, [rows[i] for i in todo])
             elapsed = round((time.perf_counter() - t0) / len(todo), 4)
             fresh = {i: dataclasses.replace(g, seconds=elapsed) for i, g in zip(todo, made, strict=True)}
-            if keys:
-                self.cache.put_many({keys[i]: g for i, g in fresh.items()})
-        return [fresh[i] if i in fresh else found[keys[i]] for i in range(len(inputs))]
+            if self.cache is not None:
+                self.cache.put_many({key: fresh[i] for i, key in enumerate(keys) if key is not None and i in fresh})
+        made_all = [fresh[i] if i in fresh else found[keys[i]] for i in range(len(rows))]  # type: ignore[index]
+        out, k = [], 0
+        for _, inputs in work:
+            out.append(made_all[k : k + len(inputs)])
+            k += len(inputs)
+        return out
+
+    def _cache_key(self, engine: Engine, stage: StageConfig, params: GenerationParams, text: str) -> str | None:
+        """The stage cache's key for one input, or None when outputs are not cached (no cache, sampled settings)."""
+        if self.cache is None or not cacheable(params):
+            return None
+        served = self.config.stage_endpoint(stage) is not None and stage.adapter is not None
+        return self.cache.key(  # a served adapter is known by its served name (its folder is the server's)
+            model=engine.model_ref + (f"#{stage.name}" if served else ""),
+            dtype=getattr(engine, "dtype", None),
+            adapter=None if served else self.config.adapter_path(stage),
+            text=text,
+            params=params,
+        )
 
     def answer_input(self, result: StackResult) -> str:
         """The answer stage's input given the other stages' trace (for scoring choices in evaluation)."""

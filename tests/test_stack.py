@@ -148,14 +148,49 @@ def test_independent_stages_run_in_one_wave_and_one_batched_call(tiny_engine):
     stack = Stack(parse_stack_config(cfg), engine)
     assert stack.config.waves() == [["intent", "facts", "steps"], ["answer"]]
     results = stack.run_batch(PROMPTS)
-    # intent and facts share settings: one call over 2 x 3 inputs; steps has its own; then the answer stage
-    assert engine.calls == [("generate", 6, None), ("generate", 3, None), ("generate", 3, None)]
+    # the three stages of the first wave share one call (steps decodes fewer tokens in it); then the answer stage
+    assert engine.calls == [("mixed", 9, None), ("generate", 3, None)]
     for result in results:
         assert [r.stage for r in result.trace] == ["intent", "facts", "steps", "answer"]
         for rec in result.trace:  # batched output == each input alone (greedy)
             params = generation_params(stack.config.stage(rec.stage))
             assert tiny_engine.generate([rec.input], params)[0].text == rec.output
             assert rec.kind == "generate" and rec.model == tiny_engine.model_ref and rec.skipped is None
+
+
+def test_parallel_stages_under_different_adapters_share_one_batch_and_the_stage_cache(
+    tiny_model_dir, tiny_adapters, tmp_path
+):
+    from fslm.engine import load_engine
+    from fslm.stack_cache import StageCache
+
+    cfg = {
+        "name": "branches",
+        "base_model": "tiny",
+        "stages": [
+            {"name": "intent", "instruction": "Restate.", "adapter": str(tiny_adapters["intent"])},
+            {"name": "facts", "instruction": "Facts.", "adapter": str(tiny_adapters["answer"])},
+            {"name": "plain", "instruction": "Facts.", "generation": {"max_new_tokens": 5}},
+            {"name": "answer", "instruction": "Answer.", "sees": ["prompt", "intent", "facts", "plain"]},
+        ],
+    }
+    inner = load_engine(str(tiny_model_dir))
+    engine = Counting(inner)
+    with StageCache(tmp_path / "stages.sqlite") as cache:
+        stack = Stack(parse_stack_config(cfg), engine, cache=cache)
+        first = stack.run_batch(PROMPTS)
+        assert engine.calls == [("mixed", 9, None), ("generate", 3, None)]
+        for result in first:  # each row as its stage alone, under its own adapter
+            for rec in result.trace:
+                params = generation_params(stack.config.stage(rec.stage))
+                assert inner.generate([rec.input], params, adapter=rec.adapter)[0].text == rec.output
+        assert [r.adapter for r in first[0].trace] == ["intent", "facts", None, None]
+        # facts and plain see the same input with the same instruction: only the adapter (and length) tell them apart
+        assert first[0].trace[1].input == first[0].trace[2].input
+        engine.calls.clear()
+        again = stack.run_batch(PROMPTS)  # every stage output comes from the cache, keyed per stage's adapter
+        assert engine.calls == []
+        assert [[r.output for r in x.trace] for x in again] == [[r.output for r in x.trace] for x in first]
 
 
 def test_partial_runs_stop_before_the_excluded_stage_and_its_readers(stack):

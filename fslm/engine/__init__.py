@@ -4,7 +4,8 @@ An engine holds ONE copy of a base model plus any number of named LoRA adapters,
 - render chat messages to the exact text the model sees,
 - generate continuations for a batch of texts under one adapter (or none),
 - score continuations (sum of log-probabilities) under one adapter (or none),
-- optionally (`StreamingEngine`, both backends) generate while reporting each row's text token by token.
+- optionally (`StreamingEngine`, both backends) generate while reporting each row's text token by token,
+- optionally (`MixedBatchEngine`: hf, vllm) generate rows of different stages (adapters, settings) in one batch.
 
 Backends: `hf.py` (transformers + PEFT, the reference) and `llamacpp/` (llama.cpp on GGUF weights); both implement
 the same protocol, so nothing above this package changes with the backend. `endpoint.py` ("openai") implements it
@@ -111,6 +112,33 @@ def generate_streaming(
         if gen.text:
             on_text(row, gen.text)
     return made
+
+
+@runtime_checkable
+class MixedBatchEngine(Engine, Protocol):
+    """An Engine that batches rows of different stages together: each row brings its own text, generation settings
+    and adapter (hf: PEFT's per-row `adapter_names`; vllm: a LoRARequest per prompt). Rows come back in order, each
+    as `generate` would make it alone under its adapter. `generate_mixed` (the function) falls back to one `generate`
+    per (settings, adapter) group for engines without it."""
+
+    def generate_mixed(self, rows: Sequence[tuple[str, GenerationParams, str | None]]) -> list[Generation]: ...
+
+
+def generate_mixed(engine: Engine, rows: Sequence[tuple[str, GenerationParams, str | None]]) -> list[Generation]:
+    """One Generation per (text, params, adapter) row, in order: one mixed call where the engine batches stages
+    together, else one `generate` call per distinct (params, adapter). Rows of one (params, adapter) are a plain
+    `generate` call on every engine."""
+    groups: dict[tuple[GenerationParams, str | None], list[int]] = {}
+    for i, (_, params, adapter) in enumerate(rows):
+        groups.setdefault((params, adapter), []).append(i)
+    if len(groups) > 1 and isinstance(engine, MixedBatchEngine):
+        return engine.generate_mixed(rows)
+    results: list[Generation | None] = [None] * len(rows)
+    for (params, adapter), members in groups.items():
+        made = engine.generate([rows[i][0] for i in members], params, adapter=adapter)
+        for i, gen in zip(members, made, strict=True):
+            results[i] = gen
+    return [r for r in results if r is not None]
 
 
 BACKENDS = (
@@ -227,11 +255,13 @@ __all__ = [
     "EngineStats",
     "Generation",
     "GenerationParams",
+    "MixedBatchEngine",
     "Score",
     "StreamingEngine",
     "TransformersEngine",
     "check_backend",
     "engine_names",
+    "generate_mixed",
     "generate_streaming",
     "load_engine",
     "register_engine",

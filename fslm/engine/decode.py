@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -163,30 +164,27 @@ def next_tokens(
     return _pick(logits, params)
 
 
+@dataclass
+class Prefilled:
+    """A batch whose prompts have run: last-position logits, the KV cache, the attention mask over the cache (padding
+    masked) and each row's next position id."""
+
+    logits: torch.Tensor
+    cache: Any
+    attention: torch.Tensor
+    next_pos: torch.Tensor
+
+
 @torch.inference_mode()
-def decode_batch(
+def prefill(
     model,
     prompts: Sequence[Sequence[int]],
-    params: GenerationParams,
     *,
     pad_id: int,
-    eos_ids: Sequence[int],
-    decode_text=None,
     prefix: tuple[int, object] | None = None,
-    on_token: Callable[[int, list[int]], None] | None = None,
-    on_step: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
-) -> list[Decoded]:
-    """Generate for token-id prompts (any lengths) as one batch; rows leave the batch as they finish.
-
-    `decode_text(tokens) -> str` is needed only when `params.stop` has stop strings. `prefix` = (k, KV cache of the
-    first k tokens, batch 1), which every prompt starts with: only the rest is run, after a copy of that cache; the
-    padding then sits between the shared head and each row's own tokens, masked out, and positions skip it.
-    `on_token(row, generated)` is called after every token a row keeps (streaming, fslm.engine.streaming); it does
-    not change what is decoded. `on_step(rows, logprobs, picked)` gets each step's raw log-softmax (before any
-    penalty or sampling change) and the picked tokens of the live rows (fslm.engine.logprobs.StepRecorder).
-    """
-    if params.stop and decode_text is None:
-        raise ValueError("stop strings need decode_text to turn tokens back into text")
+    adapter_names: Sequence[str] | None = None,
+) -> Prefilled:
+    """Run the prompts (left-padded; after a copy of `prefix`'s cache when given) and keep what decoding needs."""
     import copy
 
     from transformers import DynamicCache
@@ -199,14 +197,13 @@ def decode_batch(
     input_ids = torch.tensor([[pad_id] * n + p for n, p in zip(pads, rest)], device=device)
     attention = torch.tensor([[1] * k + [0] * n + [1] * len(p) for n, p in zip(pads, rest)], device=device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, k:]
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
     if prefix is not None:
         cache = copy.deepcopy(prefix[1])
         cache.batch_repeat_interleave(len(prompts))
     else:
         cache = DynamicCache()
     extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+    mixed = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
     out = model(
         input_ids=input_ids,
         attention_mask=attention,
@@ -214,9 +211,98 @@ def decode_batch(
         past_key_values=cache,
         use_cache=True,
         **extra,
+        **mixed,
     )
-    logits = out.logits[:, -1, :].float()
-    cache = out.past_key_values
+    return Prefilled(out.logits[:, -1, :].float(), out.past_key_values, attention, positions[:, -1:] + 1)
+
+
+def join_prefilled(parts: Sequence[tuple[Sequence[int], Prefilled]]) -> Prefilled | None:
+    """One batch from batches prefilled apart (each under its own adapter, with its own stage-head reuse): `parts`
+    are (rows of the joint batch, their Prefilled). Caches are left-padded to one width, masked, and rows put back in
+    order; positions are the rows' own. None where a cache is not full-attention DynamicLayers (sliding windows keep
+    only their last tokens, so padding them is not a no-op): the caller then prefills the batch as one."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    caches = [p.cache for _, p in parts]
+    for cache in caches:
+        layers = getattr(cache, "layers", None)
+        if type(cache) is not DynamicCache or not layers or any(type(x) is not DynamicLayer for x in layers):
+            return None
+        if any(x.keys is None or x.keys.shape[2] != cache.get_seq_length() for x in layers):
+            return None
+    if len({len(c.layers) for c in caches}) != 1:
+        return None
+    width = max(p.attention.shape[1] for _, p in parts)
+    order = [row for rows, _ in parts for row in rows]
+    index = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=parts[0][1].attention.device)
+
+    def joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+        padded = []
+        for t in tensors:
+            pad = [0, 0] * (t.dim() - 1 - dim) + [width - t.shape[dim], 0]
+            padded.append(torch.nn.functional.pad(t, pad))
+        return torch.cat(padded)[index]
+
+    data = [
+        (joined([c.layers[i].keys for c in caches], 2), joined([c.layers[i].values for c in caches], 2))
+        for i in range(len(caches[0].layers))
+    ]
+    return Prefilled(
+        torch.cat([p.logits for _, p in parts])[index],
+        DynamicCache(data),
+        joined([p.attention for _, p in parts], 1),
+        torch.cat([p.next_pos for _, p in parts])[index],
+    )
+
+
+@torch.inference_mode()
+def decode_batch(
+    model,
+    prompts: Sequence[Sequence[int]],
+    params: GenerationParams,
+    *,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    decode_text=None,
+    prefix: tuple[int, object] | None = None,
+    on_token: Callable[[int, list[int]], None] | None = None,
+    on_step: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
+    limits: Sequence[int] | None = None,
+    stops: Sequence[Sequence[str]] | None = None,
+    adapter_names: Sequence[str] | None = None,
+    start: Prefilled | None = None,
+) -> list[Decoded]:
+    """Generate for token-id prompts (any lengths) as one batch; rows leave the batch as they finish.
+
+    Rows of different stages can share the batch: `limits` and `stops` are each row's max_new_tokens and stop strings
+    (default: `params`'), and `adapter_names` each row's PEFT adapter ("__base__" for none), passed with every
+    forward as PEFT's mixed-batch argument; the other settings of `params` (sampling, penalties) are shared.
+    `start`: the batch already prefilled (`prefill`, `join_prefilled`); `prefix` is then not used.
+
+    `decode_text(tokens) -> str` is needed only when a row has stop strings. `prefix` = (k, KV cache of the
+    first k tokens, batch 1), which every prompt starts with: only the rest is run, after a copy of that cache; the
+    padding then sits between the shared head and each row's own tokens, masked out, and positions skip it.
+    `on_token(row, generated)` is called after every token a row keeps (streaming, fslm.engine.streaming); it does
+    not change what is decoded. `on_step(rows, logprobs, picked)` gets each step's raw log-softmax (before any
+    penalty or sampling change) and the picked tokens of the live rows (fslm.engine.logprobs.StepRecorder).
+    """
+    limits = [params.max_new_tokens] * len(prompts) if limits is None else list(limits)
+    stops = [params.stop] * len(prompts) if stops is None else list(stops)
+    if any(stops) and decode_text is None:
+        raise ValueError("stop strings need decode_text to turn tokens back into text")
+    if len(limits) != len(prompts) or len(stops) != len(prompts):
+        raise ValueError("limits and stops need one entry per prompt")
+    if adapter_names is not None and len(adapter_names) != len(prompts):
+        raise ValueError("adapter_names needs one entry per prompt")
+    device = next(model.parameters()).device
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    if start is None:
+        start = prefill(model, prompts, pad_id=pad_id, prefix=prefix, adapter_names=adapter_names)
+    logits, cache, attention, next_pos = start.logits, start.cache, start.attention, start.next_pos
+    rows = list(range(len(prompts)))  # original index of each live row
+    mixed = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
 
     vocab = logits.shape[-1]
     use_penalty = params.repetition_penalty != 1.0
@@ -225,12 +311,10 @@ def decode_batch(
         for row, p in enumerate(prompts):
             seen[row, torch.tensor([t for t in p if t < vocab], dtype=torch.long, device=device)] = True
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
-    rows = list(range(len(prompts)))  # original index of each live row
     generated: list[list[int]] = [[] for _ in prompts]
     results: list[Decoded | None] = [None] * len(prompts)
-    next_pos = positions[:, -1:] + 1
 
-    for step in range(params.max_new_tokens):
+    for step in range(max(limits)):
         raw = logits.log_softmax(dim=-1) if on_step is not None else None
         tokens = next_tokens(logits, params, seen if use_penalty else None, [generated[row] for row in rows])
         if on_step is not None:
@@ -244,9 +328,9 @@ def decode_batch(
             generated[row].append(token)
             if on_token is not None:
                 on_token(row, generated[row])
-            if params.stop and cut_at_stop(decode_text(generated[row][-48:]), params.stop) is not None:
+            if stops[row] and cut_at_stop(decode_text(generated[row][-48:]), stops[row]) is not None:
                 results[row] = Decoded(generated[row], "stop")
-            elif step + 1 == params.max_new_tokens:
+            elif step + 1 == limits[row]:
                 results[row] = Decoded(generated[row], "length")
             else:
                 keep.append(live)
@@ -261,6 +345,8 @@ def decode_batch(
             if use_penalty:
                 seen = seen[index]
             rows = [rows[i] for i in keep]
+        if adapter_names is not None:
+            mixed = {"adapter_names": [adapter_names[row] for row in rows]}
         attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
         out = model(
             input_ids=tokens[:, None],
@@ -268,6 +354,7 @@ def decode_batch(
             position_ids=next_pos,
             past_key_values=cache,
             use_cache=True,
+            **mixed,
         )
         logits = out.logits[:, -1, :].float()
         cache = out.past_key_values

@@ -14,9 +14,12 @@ import torch
 from fslm.cpu import apply_threads
 from fslm.engine import EngineStats, Generation, GenerationParams, Score
 from fslm.engine.decode import (
+    Prefilled,
     cut_at_stop,
     decode_batch,
     fit_pairs,
+    join_prefilled,
+    prefill,
     render_chat_text,
     split_pair,
     supports_logits_to_keep,
@@ -194,20 +197,47 @@ class HFEngine:
         gens = self._generate(texts, params, adapter, on_text, steps, top)
         return logged_generations(gens, steps, self._text, self.tokenizer)
 
+    def generate_mixed(self, rows: Sequence[tuple[str, GenerationParams, str | None]]) -> list[Generation]:
+        """One Generation per (text, params, adapter) row: rows of different stages share batches. Rows whose sampling
+        settings agree (all but max_new_tokens and stop) decode together, each under its own adapter through PEFT's
+        per-row `adapter_names`, so one forward pass streams the base weights for all of them. A batch of one adapter
+        runs as `generate` does (with stage-head reuse); the texts equal per-adapter `generate` calls."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, (_, params, _) in enumerate(rows):
+            groups[_sampling(params)].append(i)
+        results: list[Generation | None] = [None] * len(rows)
+        for members in groups.values():
+            made = self._generate(
+                [rows[i][0] for i in members],
+                rows[members[0]][1],
+                [rows[i][2] for i in members],
+                None,
+                per_row=[rows[i][1] for i in members],
+            )
+            for i, gen in zip(members, made, strict=True):
+                results[i] = gen
+        return [r for r in results if r is not None]
+
     def _generate(
         self,
         texts: Sequence[str],
         params: GenerationParams,
-        adapter: str | None,
+        adapter: str | None | list[str | None],
         on_text: OnText | None,
         steps: dict[int, list] | None = None,
         top: int = 0,
+        per_row: Sequence[GenerationParams] | None = None,
     ) -> list[Generation]:
+        adapters = list(adapter) if isinstance(adapter, list) else [adapter] * len(texts)
+        for name in set(adapters) - {None}:
+            if name not in self._adapters:
+                raise ConfigError(f"adapter {name!r} is not loaded; loaded: {self.adapters() or 'none'}")
+        own = list(per_row) if per_row is not None else [params] * len(texts)
         encoded = [self.encode(t) for t in texts]
         for i, ids in enumerate(encoded):
-            if len(ids) + params.max_new_tokens > self.context_window:
+            if len(ids) + own[i].max_new_tokens > self.context_window:
                 raise InputError(
-                    f"input {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the "
+                    f"input {i} has {len(ids)} tokens; with max_new_tokens={own[i].max_new_tokens} it exceeds the "
                     f"context window of {self.context_window} tokens of {self.model_ref}"
                 )
         streams = None if on_text is None else RowStreams(len(texts), self._text, params.stop, on_text)
@@ -218,7 +248,14 @@ class HFEngine:
             t0 = time.perf_counter()
             on_token = None if streams is None else streams.token_callback(batch)
             recorder = None if steps is None else StepRecorder(len(batch), top)
-            outs = self._generate_batch([encoded[i] for i in batch], params, adapter, on_token, recorder)
+            outs = self._generate_batch(
+                [encoded[i] for i in batch],
+                params,
+                [adapters[i] for i in batch],
+                on_token,
+                recorder,
+                per_row=None if per_row is None else [own[i] for i in batch],
+            )
             seconds = (time.perf_counter() - t0) / len(batch)
             for k, (i, (text, n_out, reason)) in enumerate(zip(batch, outs, strict=True)):
                 results[i] = Generation(text, len(encoded[i]), n_out, seconds, reason)
@@ -232,33 +269,60 @@ class HFEngine:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _generate_batch(
-        self, batch: list[list[int]], params: GenerationParams, adapter: str | None, on_token=None, on_step=None
+        self,
+        batch: list[list[int]],
+        params: GenerationParams,
+        adapters: list[str | None],
+        on_token=None,
+        on_step=None,
+        per_row: list[GenerationParams] | None = None,
     ):
-        with self._active(adapter) as model:
-            prefix = self.prefixes.lookup(batch, adapter, lambda tokens: self._prefix_state(model, tokens))
-            decoded = decode_batch(
-                model,
-                batch,
-                params,
-                pad_id=self.tokenizer.pad_token_id,
-                eos_ids=self.eos_ids,
-                decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-                prefix=prefix,
-                on_token=on_token,
-                on_step=on_step,
-            )
-        skipped = count_reuse(self.stats, prefix, len(batch), self.prefixes.last_hit)
+        own = per_row if per_row is not None else [params] * len(batch)
+        settings = {
+            "pad_id": self.tokenizer.pad_token_id,
+            "eos_ids": self.eos_ids,
+            "decode_text": lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            "on_token": on_token,
+            "on_step": on_step,
+            "limits": None if per_row is None else [p.max_new_tokens for p in own],
+            "stops": None if per_row is None else [p.stop for p in own],
+        }
+        computed = sum(len(ids) for ids in batch)  # prompt tokens this batch runs through the model
+        if len(set(adapters)) == 1:
+            with self._active(adapters[0]) as model:
+                prefix = self.prefixes.lookup(batch, adapters[0], lambda tokens: self._prefix_state(model, tokens))
+                decoded = decode_batch(model, batch, params, prefix=prefix, **settings)
+            computed -= count_reuse(self.stats, prefix, len(batch), self.prefixes.last_hit)
+        else:  # each adapter's rows prefill apart (with their stage-head reuse), then all decode as one batch
+            start, skipped = self._prefill_apart(batch, adapters)
+            computed += -skipped if start is not None else computed - skipped  # unjoinable: prefilled again as one
+            names = [a if a is not None else "__base__" for a in adapters]
+            decoded = decode_batch(self.model, batch, params, adapter_names=names, start=start, **settings)
         self.stats.calls += 1
-        self.stats.forward_tokens += sum(len(ids) for ids in batch) - skipped + sum(len(d.tokens) for d in decoded)
+        self.stats.forward_tokens += computed + sum(len(d.tokens) for d in decoded)
         results = []
-        for d in decoded:
+        for d, p in zip(decoded, own, strict=True):
             text, reason = self.tokenizer.decode(d.tokens, skip_special_tokens=True), d.reason
-            cut = cut_at_stop(text, params.stop)
+            cut = cut_at_stop(text, p.stop)
             if cut is not None:
                 text, reason = cut, "stop"
             results.append((text.strip(), len(d.tokens), reason))
             self.stats.generated_tokens += len(d.tokens)
         return results
+
+    def _prefill_apart(self, batch: list[list[int]], adapters: list[str | None]) -> tuple[Prefilled | None, int]:
+        """The batch prefilled one adapter at a time and joined (decode.join_prefilled; None when the caches cannot
+        be joined), and the prompt tokens stage-head reuse saved. Prefill is compute-bound, so running it apart costs
+        about the same; decoding is bandwidth-bound, which is where one batch for every adapter pays."""
+        parts, skipped = [], 0
+        for name in dict.fromkeys(adapters):
+            rows = [i for i, a in enumerate(adapters) if a == name]
+            sub = [batch[i] for i in rows]
+            with self._active(name) as model:
+                prefix = self.prefixes.lookup(sub, name, lambda tokens, model=model: self._prefix_state(model, tokens))
+                parts.append((rows, prefill(model, sub, pad_id=self.tokenizer.pad_token_id, prefix=prefix)))
+            skipped += count_reuse(self.stats, prefix, len(sub), self.prefixes.last_hit)
+        return join_prefilled(parts), skipped
 
     @torch.inference_mode()
     def _prefix_state(self, model, tokens: list[int]):
@@ -391,6 +455,11 @@ class HFEngine:
             cont = pairs[i][1]
             rows = torch.cat([first_logprobs[None], logprobs[row, : len(cont) - 1]], dim=0)
             results[i] = _score_rows(rows, cont)
+
+
+def _sampling(params: GenerationParams) -> tuple:
+    """The settings rows must share to decode in one batch: all but the per-row max_new_tokens and stop strings."""
+    return (params.temperature, params.top_p, params.repetition_penalty, params.seed, params.no_repeat_ngram_size)
 
 
 def _score_rows(rows: torch.Tensor, cont: list[int]) -> Score:

@@ -105,3 +105,41 @@ def test_fit_pairs_cuts_contexts_from_the_left_and_refuses_what_cannot_fit():
         fit_pairs(pairs, 2)
     with pytest.raises(InputError, match="continuation 0 is empty"):
         fit_pairs([([1], [])], 4)
+
+
+def test_batches_prefilled_apart_and_joined_decode_like_one_batch(tiny_engine):
+    """join_prefilled: rows prefilled in two groups (other widths, one from a stored head) and joined decode to the
+    same tokens as the batch prefilled as one, in the original row order."""
+    from fslm.engine.decode import join_prefilled, prefill
+
+    ids = encoded(tiny_engine)
+    pad, eos = tiny_engine.tokenizer.pad_token_id, tiny_engine.eos_ids
+    params = GenerationParams(max_new_tokens=10)
+    model = tiny_engine.base
+    whole = decode_batch(model, ids, params, pad_id=pad, eos_ids=eos)
+    head = 3  # every chat-rendered prompt starts with the same few template tokens
+    assert len({tuple(i[:head]) for i in ids}) == 1
+    with torch.inference_mode():
+        state = model(input_ids=torch.tensor([ids[0][:head]]), use_cache=True).past_key_values
+    groups = [[0, 2], [3, 1]]
+    parts = [
+        (groups[0], prefill(model, [ids[i] for i in groups[0]], pad_id=pad)),
+        (groups[1], prefill(model, [ids[i] for i in groups[1]], pad_id=pad, prefix=(head, state))),
+    ]
+    joined = join_prefilled(parts)
+    assert joined is not None and joined.attention.shape[0] == len(ids)
+    apart = decode_batch(model, ids, params, pad_id=pad, eos_ids=eos, start=joined)
+    assert [d.tokens for d in apart] == [d.tokens for d in whole]
+    assert any(d.tokens for d in whole)
+
+
+def test_per_row_limits_and_checks(tiny_engine):
+    ids = encoded(tiny_engine)
+    pad, eos = tiny_engine.tokenizer.pad_token_id, tiny_engine.eos_ids
+    params = GenerationParams(max_new_tokens=8)
+    out = decode_batch(tiny_engine.base, ids, params, pad_id=pad, eos_ids=eos, limits=[2, 8, 1, 8])
+    full = decode_batch(tiny_engine.base, ids, params, pad_id=pad, eos_ids=eos)
+    for d, f, cap in zip(out, full, [2, 8, 1, 8], strict=True):
+        assert d.tokens == f.tokens[:cap]
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        decode_batch(tiny_engine.base, ids, params, pad_id=pad, eos_ids=eos, limits=[2])

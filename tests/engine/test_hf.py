@@ -140,3 +140,84 @@ def test_scoring_batches_shrink_to_the_logits_budget_with_the_same_scores(tiny_m
     for x, y, c, cont in zip(a, b, contexts, conts):
         assert math.isclose(x.logprob, y.logprob, rel_tol=1e-5, abs_tol=1e-5)
         assert math.isclose(x.logprob, reference_logprob(roomy, c, cont), rel_tol=1e-4, abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("head_tokens", [0, 2048])
+def test_rows_of_different_stages_in_one_batch_equal_separate_calls(tiny_model_dir, tiny_adapters, head_tokens):
+    """generate_mixed: two adapters, bare rows, other max_new_tokens and stop strings share one batch; every row's
+    text equals its own `generate` call, and the adapters do change the text (so a batch that ignored them fails).
+    With the stage-head store on, each adapter's rows prefill apart from a stored head and are joined."""
+    engine = load_engine(str(tiny_model_dir), prefix_cache_tokens=head_tokens)
+    for name, path in tiny_adapters.items():
+        engine.add_adapter(name, str(path))
+    long = GenerationParams(max_new_tokens=12, no_repeat_ngram_size=3)
+    short = GenerationParams(max_new_tokens=5, no_repeat_ngram_size=3)
+    texts = [chat(engine, p) for p in PROMPTS]
+    stop = engine.generate([texts[0]], long, adapter="intent")[0].text[3:5]
+    stopped = GenerationParams(max_new_tokens=12, no_repeat_ngram_size=3, stop=(stop,))
+    rows = [
+        (texts[0], long, "intent"),
+        (texts[1], short, "answer"),
+        (texts[2], long, None),
+        (texts[3], long, "answer"),
+        (texts[0], stopped, "intent"),
+        (texts[1], long, None),
+        (texts[2], short, "intent"),
+    ]
+    calls_before = engine.stats.calls
+    mixed = engine.generate_mixed(rows)
+    if not head_tokens:
+        assert engine.stats.calls - calls_before == 1  # one batch (batch_size 16), no head computed
+    else:
+        reused = engine.stats.prefix_tokens_reused
+        assert [g.text for g in engine.generate_mixed(rows)] == [g.text for g in mixed]
+        assert engine.stats.prefix_tokens_reused > reused  # the second call started from the stored heads
+    alone = [engine.generate([text], params, adapter=adapter)[0] for text, params, adapter in rows]
+    assert [g.text for g in mixed] == [g.text for g in alone]
+    assert [(g.tokens_out, g.finish_reason) for g in mixed] == [(g.tokens_out, g.finish_reason) for g in alone]
+    assert mixed[4].finish_reason == "stop" and stop not in mixed[4].text
+    assert mixed[1].tokens_out <= 5 and mixed[6].tokens_out <= 5
+    bare = {a: engine.generate([texts[0]], long, adapter=a)[0].text for a in (None, "intent", "answer")}
+    assert len(set(bare.values())) == 3  # each adapter changes this text: the per-row choice is visible
+
+
+def test_mixed_rows_with_other_sampling_settings_decode_apart(tiny_model_dir, tiny_adapters):
+    engine = load_engine(str(tiny_model_dir))
+    engine.add_adapter("intent", str(tiny_adapters["intent"]))
+    greedy, penalised = GenerationParams(max_new_tokens=8), GenerationParams(max_new_tokens=8, repetition_penalty=1.3)
+    text = chat(engine, PROMPTS[2])
+    calls_before = engine.stats.calls
+    made = engine.generate_mixed([(text, greedy, "intent"), (text, penalised, None)])
+    assert engine.stats.calls - calls_before == 2  # a penalty is a batch-wide setting: two batches
+    assert made[0].text == engine.generate([text], greedy, adapter="intent")[0].text
+    assert made[1].text == engine.generate([text], penalised)[0].text
+
+
+def test_mixed_rows_name_a_missing_adapter(tiny_engine):
+    params = GenerationParams(max_new_tokens=4)
+    with pytest.raises(ConfigError, match="'nope' is not loaded"):
+        tiny_engine.generate_mixed([("a", params, None), ("b", params, "nope")])
+
+
+def test_generate_mixed_falls_back_to_one_call_per_stage_setting(tiny_engine):
+    """An engine without generate_mixed gets one `generate` per (params, adapter), rows back in order."""
+    from fslm.engine import generate_mixed
+
+    class Plain:  # the Engine protocol only
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+
+        def generate(self, texts, params, adapter=None):
+            self.calls.append((len(texts), params.max_new_tokens))
+            return self.inner.generate(texts, params, adapter=adapter)
+
+    a, b = GenerationParams(max_new_tokens=3), GenerationParams(max_new_tokens=6)
+    texts = [chat(tiny_engine, p) for p in PROMPTS]
+    plain = Plain(tiny_engine)
+    made = generate_mixed(plain, [(texts[0], a, None), (texts[1], b, None), (texts[2], a, None)])
+    assert plain.calls == [(2, 3), (1, 6)]
+    assert [g.text for g in made] == [
+        tiny_engine.generate([texts[0]], a)[0].text,
+        tiny_engine.generate([texts[1]], b)[0].text,
+        tiny_engine.generate([texts[2]], a)[0].text,
+    ]

@@ -18,6 +18,10 @@ class Counting:
         self.calls.append(("generate", len(texts), adapter))
         return self._engine.generate(texts, params, adapter=adapter)
 
+    def generate_mixed(self, rows):
+        self.calls.append(("mixed", len(rows), None))
+        return self._engine.generate_mixed(rows)
+
     def score(self, contexts, continuations, adapter=None):
         self.calls.append(("score", len(contexts), adapter))
         return self._engine.score(contexts, continuations, adapter=adapter)

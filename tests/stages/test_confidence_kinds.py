@@ -272,7 +272,7 @@ def test_a_confidence_condition_runs_a_stage_exactly_below_it(tiny_engine):
         else:
             assert retry.skipped == f"when: confidence of 'check' < {cut}, and it is {value:.4f}"
             assert note.skipped is None and result.answer_stage == "answer"  # the last final stage that ran
-    assert ("generate", 1, None) in engine.calls and ("generate", 2, None) in engine.calls
+    assert ("mixed", 3, None) in engine.calls  # retry (1 prompt) and note (2) decode in one batch
 
 
 def test_eval_reads_the_escalated_scores(tiny_engine, big):
