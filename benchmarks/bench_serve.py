@@ -239,6 +239,8 @@ def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
         cmd += ["--stack", args.stack]
     if args.engine:
         cmd += ["--engine", args.engine]
+    if args.no_join:
+        cmd += ["--no-join-running"]
     env = {**os.environ, "FSLM_LOG_TRACES": "false"}
     if args.threads:
         env["FSLM_THREADS"] = str(args.threads)
@@ -286,7 +288,7 @@ def component_costs(threads: int, stack: str | None) -> dict:
 
     if threads:
         os.environ["FSLM_THREADS"] = str(threads)
-    engine = Stack.load(stack).engine  # None: the packaged default stack, as the server uses
+    engine = Stack.load(stack, backend="hf").engine  # None: the packaged default stack, as the server uses
     model, costs = engine.base, {"threads": torch.get_num_threads()}
     with torch.inference_mode():
         for batch in (1, 16):
@@ -375,8 +377,8 @@ def write_outputs(out: Path, summary: dict, phases: list[dict]) -> None:
         *bound_lines(summary.get("bound")),
         *ttft_lines(summary.get("ttft")),
         f"Settings: {st['clients']} clients for {st['duration_s']:.0f} s, max_batch={st['max_batch']}, "
-        f"batch_wait_ms={st['batch_wait_ms']}, batch_max_wait_ms={st['batch_max_wait_ms']}, queue_size={st['queue_size']}. "
-        f"Generated {summary['generated_at']}.",
+        f"batch_wait_ms={st['batch_wait_ms']}, batch_max_wait_ms={st['batch_max_wait_ms']}, queue_size={st['queue_size']}, "
+        f"join_running={st.get('join_running', False)}. Generated {summary['generated_at']}.",
         "",
     ]
     atomic("table.md", "\n".join(lines))
@@ -440,6 +442,9 @@ def main() -> None:
         type=Path,
         default=None,
         help="also write this run's throughput ratio as serve_ratio into this engine summary.json",
+    )
+    ap.add_argument(
+        "--no-join", action="store_true", help="serve with --no-join-running (groups never join running ones)"
     )
     ap.add_argument("--goal", type=float, default=5.0)
     ap.add_argument("--ttft", type=int, default=8, help="streamed requests timed for time to first token (0: none)")
@@ -555,6 +560,7 @@ def main() -> None:
             "seq_cap_s": args.seq_cap,
             "prompts": len(prompts),
             "engine": args.engine or "the stack's engine:",
+            "join_running": not args.no_join,
         },
         "machine": {
             "cpus": os.cpu_count(),
@@ -583,7 +589,7 @@ def main() -> None:
     }
     summary["goal_met"] = bool(summary["throughput_ratio"] and summary["throughput_ratio"] >= args.goal)
     ordered = [phases["concurrent"], phases["sequential"]]
-    if args.engine in (None, "hf"):  # the component costs time the HF model's forward passes
+    if args.engine == "hf":  # the component costs time the HF model's forward passes
         summary["bound"] = throughput_bound(
             summary, [r for p in ordered for r in p["records"]], component_costs(args.threads, args.stack)
         )

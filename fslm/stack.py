@@ -12,17 +12,17 @@ decides what a stage sees: run, distillation and fine-tuning all call it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from fslm.config import StackConfig, StageConfig, load_default_stack_config, load_stack_config
-from fslm.engine import Engine, Generation, GenerationParams, generate_mixed
+from fslm.engine import Engine, Generation, GenerationParams
 from fslm.errors import InputError
 from fslm.stack_cache import StageCache, cacheable
 from fslm.stack_checks import check_adapters
+from fslm.stack_steps import StageWork, Steps, drive, generate_work
 from fslm.stages.conditions import skip_reason, when_text
 from fslm.stages.endpoint_config import load_stack_engine
 from fslm.stages.escalate import escalate_records, load_escalations
@@ -181,6 +181,29 @@ class Stack:
         exclude: Collection[str] = (),
         on_record: Callable[[int, StageRecord], None] | None = None,
     ) -> list[StackResult]:
+        """Run every prompt through the stage graph, wave by wave (`run_steps`, which documents the arguments); the
+        generate stages of a wave on one model are one `generate_mixed` call."""
+        return drive(
+            self.run_steps(
+                prompts,
+                stages=stages,
+                decontaminate=decontaminate,
+                choices=choices,
+                exclude=exclude,
+                on_record=on_record,
+            )
+        )
+
+    def run_steps(
+        self,
+        prompts: Sequence[str],
+        *,
+        stages: int | None = None,
+        decontaminate: bool = False,
+        choices: Sequence[Choices | None] | None = None,
+        exclude: Collection[str] = (),
+        on_record: Callable[[int, StageRecord], None] | None = None,
+    ) -> Steps[list[StackResult]]:
         """Run every prompt through the stage graph, wave by wave; the generate stages of a wave on one model are one
         `generate_mixed` call (rows of other adapters and settings batch together where the engine can).
 
@@ -190,7 +213,11 @@ class Stack:
         decontaminate: retrieve stages drop passages that share a long word run with the prompt (benchmark items
         whose ids are unknown, as in lm-eval: a passage that copies the item would hand over its answer).
         on_record(i, record): called with each record of prompt i as soon as it and every record before it in trace
-        order exist (after the wave that made it), so a live viewer shows the trace in its final order."""
+        order exist (after the wave that made it), so a live viewer shows the trace in its final order.
+
+        As a generator (`Stack.run_batch` drives it alone): it runs each wave's other stages itself, yields the wave's
+        generate work and is sent its generations, so a scheduler can run many such runs' waves in one engine call
+        per model (fslm/stack_steps.py: continuous batching at stage boundaries)."""
         cfg = self.config
         clean = [self._check_prompt(p) for p in prompts]
         opts = [choices_from_prompt(p) for p in clean] if choices is None else list(choices)
@@ -205,7 +232,10 @@ class Stack:
         results = [StackResult(p, "") for p in clean]
         ready = ReadyRecords([n for n in order if n in wanted], len(results), self._shown, on_record)
         for wave in cfg.waves():
-            self._run_wave([cfg.stage(n) for n in wave if n in wanted], results, opts, decontaminate)
+            members = self._run_wave([cfg.stage(n) for n in wave if n in wanted], results, opts, decontaminate)
+            if members:
+                made = yield [StageWork(self, stage, inputs) for stage, _, inputs in members]
+                self._record(members, made, results)
             ready.pass_on(results)
         position = {name: k for k, name in enumerate(order)}
         for r in results:
@@ -228,8 +258,10 @@ class Stack:
 
     def _run_wave(
         self, wave: list[StageConfig], results: list[StackResult], opts: list[Choices | None], decontaminate: bool
-    ) -> None:
-        groups: dict[tuple, list[tuple[StageConfig, list[int], list[str]]]] = {}
+    ) -> list[tuple[StageConfig, list[int], list[str]]]:
+        """Runs the wave's stages that are not generate stages; returns the generate ones' (stage, prompt indices,
+        inputs), stages on one model next to each other (one engine call per model: generate_mixed)."""
+        groups: dict[str, list[tuple[StageConfig, list[int], list[str]]]] = {}
         for stage in wave:
             active = self._active(stage, results, opts)
             if not active:
@@ -259,8 +291,7 @@ class Stack:
                 inputs = [self.stage_input(index, results[i].prompt, results[i].outputs) for i in active]
                 # One engine call per model: stages of other adapters and settings share it (engine.generate_mixed)
                 groups.setdefault(self.config.stage_model(stage), []).append((stage, active, inputs))
-        for members in groups.values():
-            self._generate_group(members, results)
+        return [member for members in groups.values() for member in members]
 
     def _check_options(self, wanted: Collection[str], opts: Sequence[Choices | None]) -> None:
         """Before anything runs: a score stage that would run on a prompt without options is an InputError."""
@@ -295,8 +326,12 @@ class Stack:
                 result.trace.append(skipped_record(stage.name, stage.kind, reason))
         return active
 
-    def _generate_group(self, members: list[tuple[StageConfig, list[int], list[str]]], results: list[StackResult]):
-        generated = self.generate_stages([(stage, inputs) for stage, _, inputs in members])
+    def _record(
+        self,
+        members: list[tuple[StageConfig, list[int], list[str]]],
+        generated: list[list[Generation]],
+        results: list[StackResult],
+    ) -> None:
         for (member, active, inputs), generations in zip(members, generated, strict=True):
             engine = self.engine_for(member)
             for i, text, gen in zip(active, inputs, generations, strict=True):
@@ -361,33 +396,11 @@ class Stack:
         return self.generate_stages([(stage, inputs)])[0]
 
     def generate_stages(self, work: list[tuple[StageConfig, list[str]]]) -> list[list[Generation]]:
-        """`generate_stage` for several stages of one model in one engine call (`generate_mixed`: rows of different
+        """`generate_stage` for several stages in one engine call per model (`generate_mixed`: rows of different
         adapters and settings batch together where the engine can); one list of Generations per stage."""
-        engine = self.engine_for(work[0][0])
-        rows: list[tuple[str, GenerationParams, str | None]] = []
-        keys: list[str | None] = []
-        for stage, inputs in work:
-            params, adapter = self.params_for(stage), self.adapter_for(stage)
-            rows.extend((text, params, adapter) for text in inputs)
-            keys.extend(self._cache_key(engine, stage, params, text) for text in inputs)
-        found = self.cache.get_many([k for k in keys if k is not None]) if self.cache is not None else {}
-        todo = [i for i, key in enumerate(keys) if key is None or key not in found]
-        fresh: dict[int, Generation] = {}
-        if todo:
-            t0 = time.perf_counter()
-            made = generate_mixed(engine, [rows[i] for i in todo])
-            elapsed = round((time.perf_counter() - t0) / len(todo), 4)
-            fresh = {i: dataclasses.replace(g, seconds=elapsed) for i, g in zip(todo, made, strict=True)}
-            if self.cache is not None:
-                self.cache.put_many({key: fresh[i] for i, key in enumerate(keys) if key is not None and i in fresh})
-        made_all = [fresh[i] if i in fresh else found[keys[i]] for i in range(len(rows))]  # type: ignore[index]
-        out, k = [], 0
-        for _, inputs in work:
-            out.append(made_all[k : k + len(inputs)])
-            k += len(inputs)
-        return out
+        return generate_work([StageWork(self, stage, inputs) for stage, inputs in work])
 
-    def _cache_key(self, engine: Engine, stage: StageConfig, params: GenerationParams, text: str) -> str | None:
+    def cache_key(self, engine: Engine, stage: StageConfig, params: GenerationParams, text: str) -> str | None:
         """The stage cache's key for one input, or None when outputs are not cached (no cache, sampled settings)."""
         if self.cache is None or not cacheable(params):
             return None

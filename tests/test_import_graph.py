@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"models", "tasks"},
     {"engine", "teachers"},
     {"retrieve"},
-    {"config", "stages", "stack_checks", "stack_cache", "stack", "stack_pack"},
+    {"config", "stages", "stack_checks", "stack_cache", "stack_steps", "stack", "stack_pack"},
     {"distill"},
     {"finetune"},
     {"evaluate", "lm_eval_plugin", "lm_eval_tasks"},

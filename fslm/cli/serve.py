@@ -35,6 +35,12 @@ def serve_command(
     queue_size: int = typer.Option(
         _d("queue_size"), "--queue-size", help="Requests allowed to wait; more get 429 + Retry-After."
     ),
+    join_running: bool = typer.Option(
+        _d("join_running"),
+        "--join-running/--no-join-running",
+        help="Requests arriving while others run join them at the next stage boundary (continuous batching; "
+        "off by default: slower on the HF engine, benchmarks/results/serve/join/RESULTS.md).",
+    ),
     max_prompt_tokens: int | None = typer.Option(
         None, "--max-prompt-tokens", help="Default: the stack's max_prompt_tokens."
     ),
@@ -74,6 +80,7 @@ def serve_command(
             batch_wait_ms=batch_wait_ms,
             batch_max_wait_ms=batch_max_wait_ms,
             queue_size=queue_size,
+            join_running=join_running,
             max_prompt_tokens=max_prompt_tokens,
             max_new_tokens=max_new_tokens,
             max_body_bytes=max_body_bytes,

@@ -24,6 +24,7 @@ from fslm.engine import Generation, GenerationParams, generate_streaming
 from fslm.engine.logprobs import LogprobEngine, TokenLogprob, logprobs_refusal
 from fslm.errors import FslmError
 from fslm.stack import Stack, StackResult, StageRecord
+from fslm.stack_steps import Steps
 from fslm.stages.conditions import skip_reason
 from fslm.stages.records import generation_record, skipped_record
 from fslm.stages.score import choices_from_prompt
@@ -98,11 +99,12 @@ def run_split(
     options: AnswerOptions,
     sink: Sink | None = None,
     on_stages: Events | None = None,
-) -> list[Answered]:
+) -> Steps[list[Answered]]:
     """Earlier stages batched as `fslm run` runs them, then the answer stage under `options` (streamed to `sink`).
-    `answer`: the answering_stage of every prompt."""
+    `answer`: the answering_stage of every prompt. A step generator (fslm/stack_steps.py): the earlier stages' work
+    is yielded, so it batches with other requests'; the answer stage is generated here, apart (it streams)."""
     cfg = stack.config
-    partial = stack.run_batch(prompts, exclude={answer.name}, on_record=on_stages)
+    partial = yield from stack.run_steps(prompts, exclude={answer.name}, on_record=on_stages)
     if on_stages is not None:
         for j in range(len(partial)):
             on_stages(j, None)
@@ -179,9 +181,10 @@ def final_variant(stack: Stack, options: AnswerOptions) -> Stack:
     return stack.with_generation({s.name: options.params(stack.params_for(s)) for s in stack.config.final_stages})
 
 
-def run_whole(variant: Stack, prompts: Sequence[str], n: int) -> list[Answered]:
-    """Stacks whose answer is not a plain generate stage: the whole stack n times per prompt (one batched run)."""
-    results = variant.run_batch([p for p in prompts for _ in range(n)])
+def run_whole(variant: Stack, prompts: Sequence[str], n: int) -> Steps[list[Answered]]:
+    """Stacks whose answer is not a plain generate stage: the whole stack n times per prompt (one batched run, as
+    a step generator)."""
+    results = yield from variant.run_steps([p for p in prompts for _ in range(n)])
     out = []
     for j in range(len(prompts)):
         copies = results[j * n : (j + 1) * n]

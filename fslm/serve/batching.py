@@ -1,10 +1,14 @@
-"""Dynamic batching: requests that arrive together share one `Stack.run_batch` (one batched forward pass per stage).
+"""Dynamic and continuous batching: requests that arrive together share each engine call, and a request that
+arrives while others run joins them at the next stage boundary.
 
-One worker thread owns the model, so the event loop never blocks on torch. It takes the first waiting request and
-keeps collecting while more arrive: the batch closes at `max_batch`, after `wait_s` without a new arrival, or
-`max_wait_s` after the first request. (A fixed window split a burst of 16 clients 3 + 13 on a busy CPU, where arrivals
-spread over ~100 ms.) The queue is bounded: `submit` raises `QueueFull` instead of letting memory grow, and the server
-turns that into a 429.
+One worker thread owns the model, so the event loop never blocks on torch. When idle it takes the first waiting
+request and keeps collecting while more arrive: the group closes at `max_batch`, after `wait_s` without a new arrival,
+or `max_wait_s` after the first request. (A fixed window split a burst of 16 clients 3 + 13 on a busy CPU, where
+arrivals spread over ~100 ms.) Each group runs as a step generator (fslm/stack_steps.py) and all running groups advance
+together, one engine call per model per round, whatever stage each group is at; between rounds the worker admits
+what is waiting, up to `max_batch` requests in flight, if `join` is on (`--join-running`; off by default, since on the
+HF engine it measured slower: benchmarks/results/serve/join/RESULTS.md). The queue is bounded: `submit` raises `QueueFull` instead of
+letting memory grow, and the server turns that into a 429.
 """
 
 from __future__ import annotations
@@ -21,15 +25,23 @@ from typing import Any
 
 from fslm.errors import FslmError
 from fslm.stack import StackResult
+from fslm.stack_steps import Steps, Together
 
 log = logging.getLogger("fslm.serve")
 
 # run(prompts, group key) -> one StackResult per prompt, in order. The key is a job's `cap`: an answer token cap
-# (int | None), or any hashable the server groups by (fslm.serve.answer.AnswerOptions).
+# (int | None), or any hashable the server groups by (fslm.serve.answer.AnswerOptions). Runs whole, between rounds.
 RunBatch = Callable[[Sequence[str], Any], list[StackResult]]
-# run_jobs(jobs, group key) -> one StackResult per job: for runners that need more of a job than its prompt (its
-# stream sink); set on each job what else it needs (job.answered).
-RunJobs = Callable[[list["Job"], Any], list[StackResult]]
+# steps(jobs, group key) -> a step generator whose value is one StackResult per job: runners that batch with other
+# groups at stage boundaries, and that need more of a job than its prompt (its stream sink); set on each job what
+# else it needs (job.answered).
+StepsJobs = Callable[[list["Job"], Any], Steps[list[StackResult]]]
+
+
+def _at_once(run: RunBatch, jobs: list[Job], cap: Any) -> Steps[list[StackResult]]:
+    """A RunBatch as a step generator with no steps: the whole run happens when it starts."""
+    return run([job.prompt for job in jobs], cap)
+    yield  # a generator that never yields
 
 
 class QueueFull(Exception):
@@ -64,18 +76,21 @@ class BatchReport:
 class BatchQueue:
     def __init__(
         self,
-        run: RunBatch,
+        run: RunBatch | None = None,
         *,
         max_batch: int = 16,
         wait_s: float = 0.01,
         max_wait_s: float = 0.1,
         maxsize: int = 64,
         on_batch: Callable[[BatchReport], None] | None = None,
-        run_jobs: RunJobs | None = None,
+        steps: StepsJobs | None = None,
+        join: bool = False,
     ):
-        self._run = run
-        self._run_jobs = run_jobs
+        if (run is None) == (steps is None):
+            raise ValueError("give BatchQueue one runner: run or steps")
+        self._steps: StepsJobs = steps or (lambda jobs, cap: _at_once(run, jobs, cap))  # type: ignore[arg-type]
         self.max_batch = max_batch
+        self.join = join  # admit waiting requests between rounds while groups run (off: only when idle)
         self.wait_s = wait_s
         self.max_wait_s = max(max_wait_s, wait_s)
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=maxsize)
@@ -83,7 +98,8 @@ class BatchQueue:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.running = 0  # jobs in the batch being computed now
+        self._together = Together()  # the groups in flight; only the worker thread touches it
+        self.running = 0  # jobs in flight
         self.last_batch_seconds = 0.0
         self.recent_batch_seconds: deque[float] = deque(maxlen=20)  # what Retry-After is computed from
 
@@ -96,7 +112,7 @@ class BatchQueue:
                 self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current batch; requests still waiting fail with a retryable error."""
+        """Admit nothing more and finish the groups in flight; requests still waiting fail with a retryable error."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -139,71 +155,86 @@ class BatchQueue:
 
     # ---- worker ---------------------------------------------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            batch = self._collect()
-            if batch:
-                try:
-                    self._run_batch(batch)
-                except BaseException as err:  # never let the worker die with requests pending
-                    log.exception("batch worker error")
-                    for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(err)
-
-    def _collect(self) -> list[Job]:
-        try:
-            first = self._queue.get(timeout=0.1)
-        except queue.Empty:
-            return []
-        batch = [first]
-        opened = last = time.perf_counter()
-        while len(batch) < self.max_batch:
-            remaining = min(last + self.wait_s, opened + self.max_wait_s) - time.perf_counter()
+        while not self._stop.is_set() or len(self._together):
             try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                idle = not len(self._together)
+                if not self._stop.is_set() and (idle or self.join):
+                    self._admit(self._collect(wait=idle))
+                self._together.step()
+            except BaseException:  # never let the worker die with requests pending (Together catches run errors)
+                log.exception("batch worker error")
+
+    def _collect(self, *, wait: bool) -> list[Job]:
+        """Idle (`wait`): the first request and those arriving just after it. Busy: what is waiting now, up to
+        `max_batch` requests in flight, without waiting (the groups in flight are not held up)."""
+        room = self.max_batch - self.running
+        if room <= 0:
+            return []
+        if not wait:
+            batch = []
+            while len(batch) < room:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+        else:
+            try:
+                batch = [self._queue.get(timeout=0.1)]
             except queue.Empty:
-                break
-            last = time.perf_counter()
+                return []
+            opened = last = time.perf_counter()
+            while len(batch) < room:
+                remaining = min(last + self.wait_s, opened + self.max_wait_s) - time.perf_counter()
+                try:
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+                last = time.perf_counter()
         # Requests whose client went away before we started are dropped here (their future was cancelled).
         return [job for job in batch if job.future.set_running_or_notify_cancel()]
 
-    def _run_batch(self, batch: list[Job]) -> None:
+    def _admit(self, batch: list[Job]) -> None:
         groups: dict[Any, list[Job]] = defaultdict(list)
         for job in batch:
             groups[job.cap].append(job)
         for cap, jobs in groups.items():
-            self._run_group(jobs, cap)
+            self._start_group(jobs, cap)
 
-    def _run_group(self, jobs: list[Job], cap: Any) -> None:
+    def _start_group(self, jobs: list[Job], cap: Any) -> None:
         t0 = time.perf_counter()
         for job in jobs:
             job.started, job.batch_size = t0, len(jobs)
             if job.on_start is not None:
                 job.on_start()
-        self.running = len(jobs)
+        self.running += len(jobs)
         try:
-            if self._run_jobs is not None:
-                results = self._run_jobs(jobs, cap)
-            else:
-                results = self._run([job.prompt for job in jobs], cap)
-        except FslmError as err:
-            self.running = 0
-            if len(jobs) > 1:  # one bad input must not fail its batch-mates: retry each alone
-                for job in jobs:
-                    self._run_group([job], cap)
-            else:
-                jobs[0].future.set_exception(err)
+            steps = self._steps(jobs, cap)
+        except BaseException as err:
+            self._finish(jobs, cap, t0, None, err)
             return
-        except Exception as err:
-            self.running = 0
-            log.exception("stack run failed for a batch of %d", len(jobs))
+        self._together.add(steps, lambda results, err: self._finish(jobs, cap, t0, results, err))
+
+    def _finish(
+        self, jobs: list[Job], cap: Any, t0: float, results: list[StackResult] | None, err: BaseException | None
+    ) -> None:
+        self.running -= len(jobs)
+        if err is not None:
+            if isinstance(err, FslmError) and len(jobs) > 1:  # one bad input must not fail its batch-mates
+                for job in jobs:
+                    self._start_group([job], cap)
+                return
+            if not isinstance(err, FslmError):
+                log.error("stack run failed for a batch of %d", len(jobs), exc_info=err)
             for job in jobs:
                 job.future.set_exception(err)
             return
-        self.running = 0
         t1 = time.perf_counter()
         self.last_batch_seconds = t1 - t0
         self.recent_batch_seconds.append(t1 - t0)
+        if results is None or len(results) != len(jobs):  # a runner bug: fail the requests rather than hang them
+            for job in jobs:
+                job.future.set_exception(RuntimeError(f"the runner returned no result for {len(jobs)} requests"))
+            return
         for job, result in zip(jobs, results, strict=True):
             job.finished = t1
             job.future.set_result(result)

@@ -33,6 +33,12 @@ class ServeSettings(BaseModel):
     batch_wait_ms: float = Field(10.0, ge=0, le=10_000)
     batch_max_wait_ms: float = Field(100.0, ge=0, le=60_000)
     queue_size: int = Field(64, ge=1, le=100_000, description="requests waiting beyond this get 429 + Retry-After")
+    join_running: bool = Field(
+        False,
+        description="continuous batching: requests that arrive while others run join them at the next stage "
+        "boundary (off, the default: a new group starts when the running ones have finished; measured faster on "
+        "the HF engine, benchmarks/results/serve/join/RESULTS.md)",
+    )
     # Limits on one request.
     max_prompt_tokens: int | None = Field(None, ge=1, description="default: the stack's max_prompt_tokens")
     max_new_tokens: int = Field(1024, ge=1, description="largest max_tokens a request may ask for")

@@ -26,6 +26,7 @@ from fslm.serve.metrics import ServeMetrics
 from fslm.serve.schemas import APIError
 from fslm.serve.traces import TraceStore
 from fslm.stack import Stack, StackResult
+from fslm.stack_steps import Steps
 
 RETRY_MIN_S, RETRY_MAX_S = 1, 60
 MAX_VARIANTS = 8  # config copies kept for stacks whose answer is not a plain generate stage
@@ -53,13 +54,13 @@ class ServeState:
         self._variants: dict[int, Stack] = {}
         self._final_variants: OrderedDict[AnswerOptions, Stack] = OrderedDict()
         self.queue = BatchQueue(
-            self._run_batch,
             max_batch=settings.max_batch,
             wait_s=settings.batch_wait_ms / 1000.0,
             max_wait_s=settings.batch_max_wait_ms / 1000.0,
             maxsize=settings.queue_size,
+            join=settings.join_running,
             on_batch=lambda report: self.metrics.observe_batch(report),
-            run_jobs=self._run_jobs,
+            steps=self._steps,
         )
         self.metrics = ServeMetrics(lambda: self.queue.depth, lambda: self.queue.running)
         # A request waits for its log write (so the viewer lists it as soon as it is answered), 1 s at most when
@@ -69,14 +70,12 @@ class ServeState:
         )
         self._identity: dict | None = None
 
-    def _run_batch(self, prompts, cap: int | None) -> list[StackResult]:
-        return self._stack_for(cap).run_batch(prompts)
-
-    def _run_jobs(self, jobs: list[Job], key) -> list[StackResult]:
-        """One batch group on the worker thread: the plain path, or the answer stage under the group's options
-        (jobs split by the stage that answers them: generated apart where it can be, else the whole stack)."""
+    def _steps(self, jobs: list[Job], key) -> Steps[list[StackResult]]:
+        """One batch group, as a step generator run by the batch worker beside other groups: the plain path, or the
+        answer stage under the group's options (jobs split by the stage that answers them: generated apart where it
+        can be, else the whole stack)."""
         if not isinstance(key, AnswerOptions):
-            return self._run_batch([job.prompt for job in jobs], key)
+            return (yield from self._stack_for(key).run_steps([job.prompt for job in jobs]))
         parts: dict[str | None, list[int]] = {}
         for i, job in enumerate(jobs):
             stage = answering_stage(self.stack.config, job.prompt)
@@ -84,21 +83,21 @@ class ServeState:
         done: dict[int, Answered] = {}
         for name, members in parts.items():
             part = [jobs[i] for i in members]
-            answered = self._run_part(part, key, name)
+            answered = yield from self._run_part(part, key, name)
             done.update(zip(members, answered, strict=True))
         for i, job in enumerate(jobs):
             job.answered = done[i]
         return [done[i].result for i in range(len(jobs))]
 
-    def _run_part(self, jobs: list[Job], key: AnswerOptions, stage: str | None) -> list[Answered]:
+    def _run_part(self, jobs: list[Job], key: AnswerOptions, stage: str | None) -> Steps[list[Answered]]:
         prompts = [job.prompt for job in jobs]
         if stage is not None:
             sink = on_stages = None
             if key.stream:
                 sink = lambda j, choice, piece: jobs[j].sink(choice, piece)  # noqa: E731
                 on_stages = lambda j, record: jobs[j].on_stages(record, stage)  # noqa: E731
-            return run_split(self.stack, self.stack.config.stage(stage), prompts, key, sink, on_stages)
-        answered = run_whole(self._final_variant(key), prompts, key.n)
+            return (yield from run_split(self.stack, self.stack.config.stage(stage), prompts, key, sink, on_stages))
+        answered = yield from run_whole(self._final_variant(key), prompts, key.n)
         if key.stream:  # not token by token: the answer exists only when the whole stack is done
             for job, one in zip(jobs, answered, strict=True):
                 for choice, gen in enumerate(one.choices):

@@ -29,7 +29,7 @@ TINY_STACK = {
 
 
 class GatedEngine:
-    """Wraps an engine: records every generate() batch size and can hold the worker until the test opens the gate."""
+    """Wraps an engine: records every generate()/generate_mixed() batch size and can hold the worker until the test opens the gate."""
 
     def __init__(self, engine):
         self._engine = engine
@@ -46,6 +46,12 @@ class GatedEngine:
         self.entered.set()
         assert self.gate.wait(30), "test gate never opened"
         return self._engine.generate(texts, params, adapter=adapter)
+
+    def generate_mixed(self, rows):
+        self.batch_sizes.append(len(rows))
+        self.entered.set()
+        assert self.gate.wait(30), "test gate never opened"
+        return self._engine.generate_mixed(rows)
 
 
 @pytest.fixture()

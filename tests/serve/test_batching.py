@@ -34,9 +34,10 @@ def metric(url: str, name: str) -> dict[tuple, float]:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def test_concurrent_requests_share_one_batched_run(gated_stack, tiny_stack):
+@pytest.mark.parametrize("join", [False, True])
+def test_requests_arriving_mid_run_wait_or_join_it_at_the_next_stage_boundary(gated_stack, tiny_stack, join):
     engine = gated_stack.engine
-    app = create_app(gated_stack, ServeSettings(max_batch=8, batch_wait_ms=50, queue_size=16))
+    app = create_app(gated_stack, ServeSettings(max_batch=8, batch_wait_ms=50, queue_size=16, join_running=join))
     queue = app.state.fslm.queue
     with running_server(app) as url, concurrent.futures.ThreadPoolExecutor(8) as pool:
         engine.gate.clear()
@@ -47,8 +48,11 @@ def test_concurrent_requests_share_one_batched_run(gated_stack, tiny_stack):
         engine.gate.set()
         responses = [f.result() for f in [first, *rest]]
         assert [r.status_code for r in responses] == [200] * 5
-        # 3 stages for the lone first request, then 3 stages for the four that waited together.
-        assert engine.batch_sizes == [1, 1, 1, 4, 4, 4]
+        if join:  # the lone first request's intent; then its facts with the four's intent (they waited together),
+            # its answer with their facts (one mixed call: other caps), and their answers
+            assert engine.batch_sizes == [1, 5, 5, 4]
+        else:  # the first request's three stages, then three stages for the four that waited together
+            assert engine.batch_sizes == [1, 1, 1, 4, 4, 4]
         sizes = metric(url, "fslm_batch_size")
         assert sizes[("fslm_batch_size_count",)] == 2 and sizes[("fslm_batch_size_sum",)] == 5
         for prompt, resp in zip(PROMPTS, responses[1:]):
@@ -188,3 +192,41 @@ def test_a_burst_spread_over_time_still_forms_one_batch(recorder):
     capped = Recorder()
     four_arrivals_30ms_apart(BatchQueue(capped, max_batch=16, wait_s=0.08, max_wait_s=0.05))
     assert len(capped.calls) >= 2 and sum(len(p) for p, _ in capped.calls) == 4
+
+
+def test_a_request_arriving_mid_run_starts_at_the_next_round_and_stop_finishes_runs_in_flight():
+    """Step runners: a group in flight does not hold a newcomer back until it ends, and stop() drains, not drops."""
+    events: list[tuple[str, int]] = []
+    gate = threading.Event()
+
+    def steps(jobs, cap):
+        for k in range(3):
+            events.append((jobs[0].prompt, k))
+            if (jobs[0].prompt, k) == ("a", 1):
+                assert gate.wait(10)
+            yield []  # a round with no model work
+        return fake_results([job.prompt for job in jobs], cap)
+
+    q = BatchQueue(steps=steps, max_batch=4, wait_s=0.0, join=True)
+    first = q.submit("a")
+    wait_until(lambda: ("a", 1) in events)
+    second = q.submit("b")
+    wait_until(lambda: q.depth == 1)
+    gate.set()
+    assert second.future.result(10).answer == "answer to b cap=None" and first.future.result(10).prompt == "a"
+    assert events == [("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1), ("b", 2)]
+
+    events.clear()
+    gate.clear()
+    held = q.submit("a")
+    wait_until(lambda: ("a", 1) in events)
+    threading.Timer(0.2, gate.set).start()
+    q.stop()
+    assert held.future.result(1).prompt == "a" and not q.alive
+
+
+def test_a_queue_needs_exactly_one_runner():
+    with pytest.raises(ValueError):
+        BatchQueue()
+    with pytest.raises(ValueError):
+        BatchQueue(fake_results, steps=lambda jobs, cap: iter(()))
