@@ -54,13 +54,21 @@ def separate(engine, rows) -> list[str]:
     return texts
 
 
-def step_ms(engine, batch: int, names: list[str] | None, steps: int = 30) -> float:
-    """Milliseconds of one decode step at `batch` rows: one adapter active (names None) or per-row adapters."""
+def step_ms(engine, batch: int, names: list[str] | None, steps: int = 30, row_lora: bool = False) -> float:
+    """Milliseconds of one decode step at `batch` rows: one adapter active (names None) or per-row adapters, through
+    PEFT's `adapter_names` or fslm's RowLoRA (fslm/engine/rowlora.py)."""
+    import contextlib
+
     import torch
 
+    from fslm.engine.rowlora import RowLoRA
+
     ids = torch.tensor([engine.encode("Hello there, how are you doing today? " * 4)] * batch)
-    extra = {} if names is None else {"adapter_names": names}
-    with engine.hf_model("facts") as model, torch.inference_mode():
+    extra = {} if names is None or row_lora else {"adapter_names": names}
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        model = stack.enter_context(engine.hf_model("facts"))
+        if row_lora:
+            stack.enter_context(RowLoRA.build(model, sorted(names)))
         cache = model(input_ids=ids, use_cache=True, **extra).past_key_values
         token = torch.full((batch, 1), 5)
         t0 = time.perf_counter()
@@ -111,6 +119,9 @@ def run(args) -> dict:
                 "batch": batch,
                 "one_adapter_ms": round(step_ms(engine, batch, None), 1),
                 "three_adapters_ms": round(step_ms(engine, batch, three), 1) if batch >= 3 else None,
+                "three_adapters_rowlora_ms": round(step_ms(engine, batch, three, row_lora=True), 1)
+                if batch >= 3
+                else None,
             }
         )
         print(json.dumps(steps[-1]), flush=True)
@@ -143,7 +154,7 @@ def write(result: dict) -> None:
         "The default stack's free-form stages (facts, reasoning, answer: three LoRA adapters, 48/64/128 new tokens) on "
         "N alpaca seed instructions, their real inputs. Separate: one `generate` per stage (stage-head KV reuse on). "
         "Mixed: one `generate_mixed` over all rows (each adapter prefills apart with its stage-head reuse, then one "
-        "decode loop with PEFT per-row adapters). Median of "
+        "decode loop with per-row adapters: RowLoRA, fslm/engine/rowlora.py). Median of "
         f"{result['repeats']} interleaved repeats; {result['threads']} threads, batch size {result['batch_size']}, "
         f"torch {result['torch']}, load average at the end {result['load_avg_end']}; CPU flags: "
         f"{' '.join(result['cpu_flags'])}.",
@@ -159,13 +170,16 @@ def write(result: dict) -> None:
     lines += [
         "",
         "One decode step (40-token context), milliseconds: all rows under one adapter vs rows cycling through three "
-        "adapters (PEFT's per-row path).",
+        "adapters, through PEFT's per-row `adapter_names` and through fslm's RowLoRA.",
         "",
-        "| batch | one adapter ms | three adapters ms |",
-        "|---:|---:|---:|",
+        "| batch | one adapter ms | three adapters, PEFT adapter_names ms | three adapters, RowLoRA ms |",
+        "|---:|---:|---:|---:|",
     ]
     for r in result["decode_steps"]:
-        lines.append(f"| {r['batch']} | {r['one_adapter_ms']} | {r['three_adapters_ms'] or '-'} |")
+        lines.append(
+            f"| {r['batch']} | {r['one_adapter_ms']} | {r['three_adapters_ms'] or '-'} | "
+            f"{r.get('three_adapters_rowlora_ms') or '-'} |"
+        )
     (RESULTS / "mixed.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 

@@ -86,7 +86,9 @@ def tiny_engine(tiny_model_dir):
     return load_engine(str(tiny_model_dir))
 
 
-def make_lora_adapter(model_dir: Path, folder: Path, *, seed: int = 1, rank: int = 4) -> Path:
+def make_lora_adapter(
+    model_dir: Path, folder: Path, *, seed: int = 1, rank: int = 4, targets: tuple[str, ...] = ("q_proj", "v_proj")
+) -> Path:
     """A random (non-zero) LoRA adapter, so activating it visibly changes the model's output."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -95,7 +97,7 @@ def make_lora_adapter(model_dir: Path, folder: Path, *, seed: int = 1, rank: int
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     peft_model = get_peft_model(
-        base, LoraConfig(r=rank, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        base, LoraConfig(r=rank, lora_alpha=16, target_modules=list(targets), init_lora_weights=False)
     )
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

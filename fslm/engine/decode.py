@@ -272,13 +272,16 @@ def decode_batch(
     stops: Sequence[Sequence[str]] | None = None,
     adapter_names: Sequence[str] | None = None,
     start: Prefilled | None = None,
+    row_adapters=None,
 ) -> list[Decoded]:
     """Generate for token-id prompts (any lengths) as one batch; rows leave the batch as they finish.
 
     Rows of different stages can share the batch: `limits` and `stops` are each row's max_new_tokens and stop strings
     (default: `params`'), and `adapter_names` each row's PEFT adapter ("__base__" for none), passed with every
     forward as PEFT's mixed-batch argument; the other settings of `params` (sampling, penalties) are shared.
-    `start`: the batch already prefilled (`prefill`, `join_prefilled`); `prefix` is then not used.
+    `start`: the batch already prefilled (`prefill`, `join_prefilled`); `prefix` is then not used. `row_adapters`
+    instead of `adapter_names`: per-row adapters the model applies itself (fslm.engine.rowlora.RowLoRA, entered by the
+    caller), told the live rows with `select(rows)` whenever rows leave.
 
     `decode_text(tokens) -> str` is needed only when a row has stop strings. `prefix` = (k, KV cache of the
     first k tokens, batch 1), which every prompt starts with: only the rest is run, after a copy of that cache; the
@@ -345,6 +348,8 @@ def decode_batch(
             if use_penalty:
                 seen = seen[index]
             rows = [rows[i] for i in keep]
+            if row_adapters is not None:
+                row_adapters.select(rows)
         if adapter_names is not None:
             mixed = {"adapter_names": [adapter_names[row] for row in rows]}
         attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)

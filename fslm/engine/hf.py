@@ -24,6 +24,7 @@ from fslm.engine.decode import (
 from fslm.engine.hf_score import HFScoring
 from fslm.engine.logprobs import LoggedGeneration, StepRecorder, logged_generations
 from fslm.engine.prefix import PrefixStore, count_reuse
+from fslm.engine.rowlora import RowLoRA
 from fslm.engine.stepping import LogitsSession
 from fslm.engine.streaming import OnText, RowStreams
 from fslm.errors import ConfigError, InputError, ModelFileError
@@ -197,8 +198,9 @@ class HFEngine(HFScoring):
 
     def generate_mixed(self, rows: Sequence[tuple[str, GenerationParams, str | None]]) -> list[Generation]:
         """One Generation per (text, params, adapter) row: rows of different stages share batches. Rows whose sampling
-        settings agree (all but max_new_tokens and stop) decode together, each under its own adapter through PEFT's
-        per-row `adapter_names`, so one forward pass streams the base weights for all of them. A batch of one adapter
+        settings agree (all but max_new_tokens and stop) decode together, each under its own adapter (RowLoRA: each
+        run of rows gets its own LoRA delta in every layer; PEFT's per-row `adapter_names` where RowLoRA does not
+        apply), so one forward pass streams the base weights for all of them. A batch of one adapter
         runs as `generate` does (with stage-head reuse); the texts equal per-adapter `generate` calls."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, (_, params, _) in enumerate(rows):
@@ -239,8 +241,9 @@ class HFEngine(HFScoring):
                     f"context window of {self.context_window} tokens of {self.model_ref}"
                 )
         streams = None if on_text is None else RowStreams(len(texts), self._text, params.stop, on_text)
-        # Rows of one token cap together (a batch decodes until its longest cap), then by length (less padding)
-        order = sorted(range(len(texts)), key=lambda i: (own[i].max_new_tokens, len(encoded[i])))
+        # Rows of one token cap together (a batch decodes until its longest cap), then of one adapter (contiguous rows
+        # for the per-row LoRA, fslm/engine/rowlora.py), then by length (less padding)
+        order = sorted(range(len(texts)), key=lambda i: (own[i].max_new_tokens, adapters[i] or "", len(encoded[i])))
         results: list[Generation | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
@@ -298,7 +301,12 @@ class HFEngine(HFScoring):
             if start is None:  # caches that cannot be joined: decode_batch prefills the batch again, as one
                 computed += sum(len(ids) for ids in batch)
             names = [a if a is not None else "__base__" for a in adapters]
-            decoded = decode_batch(self.model, batch, params, adapter_names=names, start=start, **settings)
+            rows = RowLoRA.build(self.model, names) if start is not None else None
+            if rows is None:  # PEFT's own per-row path
+                decoded = decode_batch(self.model, batch, params, adapter_names=names, start=start, **settings)
+            else:
+                with rows:
+                    decoded = decode_batch(self.model, batch, params, start=start, row_adapters=rows, **settings)
         self.stats.calls += 1
         self.stats.forward_tokens += computed + sum(len(d.tokens) for d in decoded)
         results = []
