@@ -452,6 +452,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--resume", action="store_true", help="reuse phases saved by an interrupted run")
     ap.add_argument(
+        "--keep-phases",
+        action="store_true",
+        help="keep the saved phases after writing results (another run's --resume can reuse its sequential phase)",
+    )
+    ap.add_argument(
         "--bound-only",
         action="store_true",
         help="only (re)measure component costs and the ratio bound for the saved run",
@@ -598,7 +603,7 @@ def main() -> None:
         engine_summary = json.loads(args.engine_summary.read_text())
         engine_summary["serve_ratio"] = summary["throughput_ratio"]
         args.engine_summary.write_text(json.dumps(engine_summary, indent=2) + "\n")
-    for name in phases:
+    for name in phases if not args.keep_phases else ():
         (args.out / f".phase_{name}.json").unlink(missing_ok=True)
     keys = (
         "throughput_ratio",

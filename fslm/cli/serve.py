@@ -38,8 +38,7 @@ def serve_command(
     join_running: bool = typer.Option(
         _d("join_running"),
         "--join-running/--no-join-running",
-        help="Requests arriving while others run join them at the next stage boundary (continuous batching; "
-        "off by default: slower on the HF engine, benchmarks/results/serve/join/RESULTS.md).",
+        help="Requests arriving while others run join them at the next stage boundary (continuous batching).",
     ),
     max_prompt_tokens: int | None = typer.Option(
         None, "--max-prompt-tokens", help="Default: the stack's max_prompt_tokens."

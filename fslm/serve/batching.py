@@ -6,8 +6,8 @@ request and keeps collecting while more arrive: the group closes at `max_batch`,
 or `max_wait_s` after the first request. (A fixed window split a burst of 16 clients 3 + 13 on a busy CPU, where
 arrivals spread over ~100 ms.) Each group runs as a step generator (fslm/stack_steps.py) and all running groups advance
 together, one engine call per model per round, whatever stage each group is at; between rounds the worker admits
-what is waiting, up to `max_batch` requests in flight, if `join` is on (`--join-running`; off by default, since on the
-HF engine it measured slower: benchmarks/results/serve/join/RESULTS.md). The queue is bounded: `submit` raises `QueueFull` instead of
+what is waiting, up to `max_batch` requests in flight, if `join` is on (`--join-running`, the default: 1.10x the
+throughput on the HF engine, benchmarks/results/serve/join-rowlora/RESULTS.md). The queue is bounded: `submit` raises `QueueFull` instead of
 letting memory grow, and the server turns that into a 429.
 """
 
@@ -84,7 +84,7 @@ class BatchQueue:
         maxsize: int = 64,
         on_batch: Callable[[BatchReport], None] | None = None,
         steps: StepsJobs | None = None,
-        join: bool = False,
+        join: bool = True,
     ):
         if (run is None) == (steps is None):
             raise ValueError("give BatchQueue one runner: run or steps")
