@@ -68,7 +68,8 @@ class RowLoRA:
                 a, b = module.lora_A[n], module.lora_B[n]
                 if not isinstance(a, torch.nn.Linear) or not isinstance(b, torch.nn.Linear):
                     return None
-                weights[n] = (a.weight.t().contiguous(), (b.weight * module.scaling[n]).t().contiguous())
+                with torch.no_grad():  # inference copies: no autograd graph behind them
+                    weights[n] = (a.weight.t().contiguous(), (b.weight * module.scaling[n]).t().contiguous())
             layers.append((module, weights))
         return cls(model, names, layers)
 
