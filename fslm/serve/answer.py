@@ -4,9 +4,9 @@ Rule (docs/serve.md): `temperature`, `top_p`, `seed`, `stop`, `max_tokens` and `
 every earlier stage keeps its YAML generation settings, so the trace before the answer stays what `fslm run` gives
 (reproducible and batchable). A request's `stop` strings are added to the stage's own.
 
-How: the earlier stages run as one `Stack.run_batch(..., exclude={answer})` for the whole batch; then the answer
-stage's input is built exactly as the stack builds it (`Stack.stage_input`) and generated here, n rows per request,
-streaming token by token to each request's sink. This needs a plain answer stage: one final stage, of kind generate,
+How: the earlier stages run as one `Stack.run_steps(..., exclude={answer})` for the whole group (batched with other
+groups at stage boundaries); then the answer stage's input is built exactly as the stack builds it
+(`Stack.stage_input`) and generated here, n rows per request, streaming token by token to each request's sink. This needs a plain answer stage: one final stage, of kind generate,
 without `when:`. Other stacks (an answer picked by score/vote/escalate, several final stages) run whole, their final
 stages decoding under the request's settings (`Stack.with_generation`: a view, no config copy); n>1 then runs the
 stack n times, and a stream gets the answer when the stack finishes.
@@ -45,7 +45,7 @@ class AnswerOptions:
 
     @property
     def plain(self) -> bool:
-        """Nothing beyond a token cap: the request runs the stack exactly as `fslm run` does (Stack.run_batch)."""
+        """Nothing beyond a token cap: the request runs the stack exactly as `fslm run` does (Stack.run_steps)."""
         return self == AnswerOptions(cap=self.cap)
 
     def params(self, own: GenerationParams) -> GenerationParams:

@@ -29,7 +29,7 @@ class ServeMetrics:
         self.running = Gauge("fslm_running_requests", "Requests in the batch being computed", registry=r)
         self.running.set_function(running)
         self.batch_size = Histogram(
-            "fslm_batch_size", "Requests per Stack.run_batch call", buckets=BATCH_BUCKETS, registry=r
+            "fslm_batch_size", "Requests per batch group (one Stack.run_steps run)", buckets=BATCH_BUCKETS, registry=r
         )
         self.batch_seconds = Histogram(
             "fslm_batch_seconds", "Wall time of one batched stack run", buckets=LATENCY_BUCKETS, registry=r
