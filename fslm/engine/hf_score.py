@@ -1,16 +1,18 @@
 """Scoring on the HF engine: the sum of log-probabilities of continuations, lm-eval's split and truncation.
 
-A mixin of `HFEngine` (fslm/engine/hf.py), which provides the model, tokenizer, adapters and budgets. Three paths:
-distinct contexts in length-sorted batches bounded by tokens and by logits bytes; a long context shared by several
-continuations run once and its KV cache reused; and a head that every context shares (a primer, few-shot examples)
-run once per call.
-"""
+A mixin of `HFEngine` (fslm/engine/hf.py), which provides the model, tokenizer, adapters and budgets. The main path
+packs each context with all its continuations into one row (a 4D mask lets each continuation see the context and
+itself only), so a context is run once and many items share a forward pass. Models that do not honour such a mask
+(checked once by a probe) get the older paths: distinct contexts in length-sorted batches, and a long context shared by
+several continuations run once with its KV cache copied. A head that every context shares (a primer, few-shot
+examples) is run once per call, its cache reused by each context."""
 
 from __future__ import annotations
 
 import copy
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -35,6 +37,9 @@ class HFScoring:
         flat: list[int] = []
         with self._active(adapter) as model:
             head = self._common_head(model, list(groups))
+            if self._packs(model):
+                self._score_packed(model, list(groups.items()), pairs, results, head)
+                groups = {}
             for ctx, members in groups.items():
                 cont_tokens = sum(len(pairs[i][1]) for i in members)
                 if head is not None or (len(members) > 1 and len(ctx) > cont_tokens):
@@ -77,6 +82,57 @@ class HFScoring:
                 rows = torch.log_softmax(logits[row, first : first + len(cont)].float(), dim=-1)
                 results[i] = _score_rows(rows, cont)
             del logits
+
+    # ---- packed scoring: every continuation of a context in one row, beside the context -------------------------
+    def _packs(self, model) -> bool:
+        """Whether this model honours a 4D attention mask with explicit positions (checked once by a probe: two
+        continuations packed after one context must score as each does alone). Models that do not get the
+        cache-copy paths instead."""
+        if getattr(self, "_packing", None) is None:
+            self._packing = _probe_packing(model, self.device)
+        return self._packing
+
+    @torch.inference_mode()
+    def _score_packed(self, model, groups, pairs, results, head=None) -> None:
+        """One row per context: the context, then each of its continuations, each continuation seeing the context
+        and itself only (a 4D mask; positions restart after the context). The work is the context once plus every
+        continuation, many items share one forward pass, and the output layer runs only where a continuation token
+        is predicted. With `head` (k, cache of the first k tokens every context shares) rows start after it."""
+        past = head[0] if head is not None else 0
+        rows = []
+        for ctx, members in groups:
+            own = list(ctx[past:])
+            cap = max(self.score_batch_tokens, len(own) + max(len(pairs[i][1]) for i in members))
+            chunk: list[int] = []
+            for i in members:
+                if chunk and len(own) + sum(len(pairs[j][1]) for j in chunk) + len(pairs[i][1]) > cap:
+                    rows.append(_PackedRow(own, [(j, pairs[j][1]) for j in chunk]))
+                    chunk = []
+                chunk.append(i)
+            rows.append(_PackedRow(own, [(j, pairs[j][1]) for j in chunk]))
+        rows.sort(key=lambda r: -len(r.tokens))
+        start = 0
+        while start < len(rows):
+            width, size, picked = len(rows[start].tokens), 1, rows[start].n_scored
+            for row in rows[start + 1 : start + self.batch_size * 4]:
+                n = size + 1
+                if (
+                    n * width > self.score_batch_tokens
+                    or (picked + row.n_scored) * self.vocab_size * 4 > self.score_logits_bytes
+                    or n * width * (past + width) * 4 > self.score_logits_bytes  # the mask
+                ):
+                    break
+                size, picked = n, picked + row.n_scored
+            batch = rows[start : start + size]
+            start += size
+            logprobs = _packed_logprobs(model, batch, self.tokenizer.pad_token_id, self.device, head)
+            self.stats.calls += 1
+            self.stats.forward_tokens += sum(len(r.tokens) for r in batch)
+            at = 0
+            for row in batch:
+                for i, cont, _ in row.spans():
+                    results[i] = _score_rows(logprobs[at : at + len(cont)], cont)
+                    at += len(cont)
 
     @property
     def vocab_size(self) -> int:
@@ -135,6 +191,97 @@ class HFScoring:
             cont = pairs[i][1]
             rows = torch.cat([first_logprobs[None], logprobs[row, : len(cont) - 1]], dim=0)
             results[i] = _score_rows(rows, cont)
+
+
+@dataclass
+class _PackedRow:
+    """A context followed by some of its continuations; `segments` labels each token (0: context, k: k-th one)."""
+
+    ctx: list[int]
+    conts: list[tuple[int, list[int]]]  # (pair index, continuation tokens)
+
+    @property
+    def ctx_len(self) -> int:
+        return len(self.ctx)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.ctx + [t for _, cont in self.conts for t in cont]
+
+    @property
+    def segments(self) -> list[int]:
+        return [0] * len(self.ctx) + [k + 1 for k, (_, cont) in enumerate(self.conts) for _ in cont]
+
+    @property
+    def n_scored(self) -> int:
+        return sum(len(cont) for _, cont in self.conts)
+
+    @property
+    def positions(self) -> list[int]:
+        return list(range(len(self.ctx))) + [len(self.ctx) + j for _, cont in self.conts for j in range(len(cont))]
+
+    def spans(self):
+        """(pair index, continuation, row positions whose logits predict its tokens) per continuation."""
+        at = len(self.ctx)
+        for i, cont in self.conts:
+            yield i, cont, [len(self.ctx) - 1] + list(range(at, at + len(cont) - 1))
+            at += len(cont)
+
+
+def _pack(rows: list[_PackedRow], width: int, pad: int, device, dtype, past: int = 0) -> tuple[torch.Tensor, ...]:
+    """input_ids, position_ids and the additive 4D mask of right-padded packed rows after `past` cached tokens that
+    every row sees. A pad position sees itself only (a query row with nothing to attend would be NaN)."""
+    ids = torch.tensor([r.tokens + [pad] * (width - len(r.tokens)) for r in rows], device=device)
+    positions = torch.tensor([r.positions + [0] * (width - len(r.tokens)) for r in rows], device=device) + past
+    seg = torch.tensor([r.segments + [-1] * (width - len(r.tokens)) for r in rows], device=device)
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    sees = causal & ((seg[:, :, None] == seg[:, None, :]) | (seg == 0)[:, None, :]) & (seg >= 0)[:, None, :]
+    sees |= torch.eye(width, dtype=torch.bool, device=device) & (seg < 0)[:, :, None]
+    sees = torch.cat([torch.ones(len(rows), width, past, dtype=torch.bool, device=device), sees], dim=2)
+    mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill_(~sees, torch.finfo(dtype).min)
+    return ids, positions, mask[:, None]
+
+
+def _packed_logprobs(model, rows: list[_PackedRow], pad: int, device, head=None) -> torch.Tensor:
+    """fp32 log-probabilities [tokens, vocab] of every continuation token of `rows`, in spans() order: the decoder
+    runs on the packed rows, the output layer on the predicting positions only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    width = max(len(r.tokens) for r in rows)
+    past, cache = 0, None
+    if head is not None:
+        past, cache = head[0], copy.deepcopy(head[1])
+        cache.batch_repeat_interleave(len(rows))
+    ids, positions, mask = _pack(rows, width, pad, device, next(base.parameters()).dtype, past)
+    hidden = base.get_decoder()(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
+    ).last_hidden_state
+    where = [(b, p) for b, row in enumerate(rows) for _, _, spots in row.spans() for p in spots]
+    picked = hidden[torch.tensor([b for b, _ in where]), torch.tensor([p for _, p in where])]
+    logits = base.get_output_embeddings()(picked).float()
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.log_softmax(logits, dim=-1)
+
+
+@torch.inference_mode()
+def _probe_packing(model, device) -> bool:
+    """Two continuations packed after one context, after a cached head and without one, score as the second does
+    alone in a plain forward pass (within the dtype's rounding). Any error or mismatch: the model is not packed."""
+    ctx, first, second = [11, 12, 13, 14], [15, 16, 17], [18, 19]
+    dtype = next(model.parameters()).dtype
+    tol = 1e-3 if dtype == torch.float32 else 0.1
+    try:
+        alone = model(input_ids=torch.tensor([ctx + second], device=device)).logits[0, -len(second) - 1 : -1]
+        alone = alone.float().log_softmax(-1)
+        head = (2, model(input_ids=torch.tensor([ctx[:2]], device=device), use_cache=True).past_key_values)
+        for h, own in ((None, ctx), (head, ctx[2:])):
+            packed = _packed_logprobs(model, [_PackedRow(own, [(0, first), (1, second)])], 0, device, h)
+            if not bool((packed[-len(second) :] - alone).abs().max() < tol):
+                return False
+    except Exception:  # noqa: BLE001 - a model whose forward refuses 4D masks, positions or the split scores the other way
+        return False
+    return True
 
 
 def _score_rows(rows: torch.Tensor, cont: list[int]) -> Score:

@@ -142,6 +142,71 @@ def test_scoring_batches_shrink_to_the_logits_budget_with_the_same_scores(tiny_m
         assert math.isclose(x.logprob, reference_logprob(roomy, c, cont), rel_tol=1e-4, abs_tol=1e-4)
 
 
+def test_packed_scoring_runs_many_items_in_one_pass_with_the_reference_scores(tiny_model_dir):
+    """Each context is packed with all its continuations (multi-token, different counts per item) into one row; ten
+    items take one forward pass and every score equals the plain forward pass of its own context + continuation."""
+    engine = load_engine(str(tiny_model_dir))
+    contexts, conts = [], []
+    for k in range(10):
+        ctx = f"Question {k}: " + "which animal has eight legs? " * (1 + k % 3) + "Answer:"
+        options = [" a spider", " an ant with six legs", " a fox", " the quick brown fox"][: 2 + k % 3]
+        contexts += [ctx] * len(options)
+        conts += options
+    scores = engine.score(contexts, conts)
+    assert engine._packs(engine.model) and engine.stats.calls == 1
+    assert engine.stats.forward_tokens < sum(sum(map(len, engine.encode_pair(c, x))) for c, x in zip(contexts, conts))
+    for s, c, x in zip(scores, contexts, conts):
+        assert math.isclose(s.logprob, reference_logprob(engine, c, x), rel_tol=1e-4, abs_tol=1e-4)
+        assert s.n_chars == len(x)
+
+
+def test_packed_and_cache_copy_paths_give_the_same_scores(tiny_model_dir, tiny_adapters, monkeypatch):
+    """Under an adapter too: the packed rows and the older paths (taken where the probe fails) agree, and greedy
+    flags agree."""
+    import fslm.engine.hf_score as hf_score
+
+    contexts = ["A spider has eight legs. " * 6 + "How many legs?"] * 3 + ["Q:", "Which planet is largest?"]
+    conts = [" eight", " six legs", " 8", " the largest planet of all is Jupiter", " Jupiter"]
+    packed = load_engine(str(tiny_model_dir))
+    packed.add_adapter("answer", str(tiny_adapters["answer"]))
+    a = packed.score(contexts, conts, adapter="answer")
+    monkeypatch.setattr(hf_score, "_probe_packing", lambda model, device: False)
+    older = load_engine(str(tiny_model_dir))
+    older.add_adapter("answer", str(tiny_adapters["answer"]))
+    b = older.score(contexts, conts, adapter="answer")
+    assert packed._packing is True and older._packing is False
+    for x, y in zip(a, b):
+        assert math.isclose(x.logprob, y.logprob, rel_tol=1e-4, abs_tol=1e-4)
+        assert (x.n_tokens, x.is_greedy) == (y.n_tokens, y.is_greedy)
+
+
+def test_the_packing_probe_refuses_a_model_that_ignores_the_4d_mask(tiny_model_dir, monkeypatch):
+    from fslm.engine.hf_score import _probe_packing
+
+    engine = load_engine(str(tiny_model_dir))
+    assert _probe_packing(engine.model, engine.device) is True
+    decoder = engine.base.get_decoder()
+    plain = decoder.forward
+    # A decoder that drops the mask: every packed token would see all tokens before it, other continuations too.
+    monkeypatch.setattr(decoder, "forward", lambda *args, attention_mask=None, **kw: plain(*args, **kw))
+    assert _probe_packing(engine.model, engine.device) is False
+
+
+def test_packed_rows_after_a_shared_few_shot_head_keep_the_reference_scores(tiny_model_dir):
+    """Contexts that share a long head (a primer): the head is run once, every packed row continues from its cache."""
+    engine = load_engine(str(tiny_model_dir))
+    primer = "Q: What has eight legs? A: a spider. Q: What has six legs? A: an ant. " * 4
+    contexts, conts = [], []
+    for q in ("What is red?", "What is blue and large?", "Name a fox."):
+        for option in (" a rose", " the sea", " a small red fox"):
+            contexts.append(f"{primer}Q: {q} A:")
+            conts.append(option)
+    scores = engine.score(contexts, conts)
+    assert engine.stats.calls == 2  # the head, then every row in one pass
+    for s, c, x in zip(scores, contexts, conts):
+        assert math.isclose(s.logprob, reference_logprob(engine, c, x), rel_tol=1e-4, abs_tol=1e-4)
+
+
 @pytest.mark.parametrize("head_tokens", [0, 2048])
 def test_rows_of_different_stages_in_one_batch_equal_separate_calls(tiny_model_dir, tiny_adapters, head_tokens):
     """generate_mixed: two adapters, bare rows, other max_new_tokens and stop strings share one batch; every row's
