@@ -396,6 +396,19 @@ def markdown(results: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_speed_on_this_cpu(path: Path, facts: dict) -> float | None:
+    """bench_eval_speed.py's headline ratio from its results in --out, if they were measured on this CPU kind (same
+    model name and flags); else None, so a summary never mixes machines."""
+    if not path.exists():
+        return None
+    measured = json.loads(path.read_text())
+    if measured.get("cpu") != facts or "ratios_same_dtype" not in measured:
+        return None
+    from bench_eval_speed import headline
+
+    return headline(measured)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -525,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stack_only:  # what other scripts measured into the saved summary stays
         for key in ("serve_ratio", "eval_vs_lmeval"):
             summary[key] = results.get("summary", {}).get(key)
+    elif summary["eval_vs_lmeval"] is None:
+        summary["eval_vs_lmeval"] = eval_speed_on_this_cpu(args.out / "eval_speed.json", facts)
     assert tuple(summary) == SUMMARY_KEYS
     results["summary"] = summary
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -28,7 +28,9 @@ class ModelSystem:
         return int(self.engine.params)
 
     def describe(self) -> dict:
-        return {"kind": "model", "model": self.engine.model_ref, **self.details, "params_touched": self.params_touched}
+        dtype = str(getattr(self.engine, "dtype", "")) or None
+        described = {"kind": "model", "model": self.engine.model_ref, "dtype": dtype, **self.details}
+        return described | {"params_touched": self.params_touched}
 
     def answer_choices(self, items: Sequence[Item], shots: Shots) -> list[Outcome]:
         contexts, continuations = [], []

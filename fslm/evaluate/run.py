@@ -175,10 +175,10 @@ def _identity(system: System, num_fewshot: int, split: str | None, gen_max_token
         "gen_max_tokens": gen_max_tokens,
     }
     sha = getattr(system, "config_sha256", None)
-    # A run made on another engine is another system's run (llama.cpp's 4-bit texts and scores are its own); HF runs
-    # keep the identity they always had, so their folders still resume.
+    # A run made on another engine or in half precision is another system's run (llama.cpp's 4-bit texts and scores,
+    # bfloat16's, are their own); fp32 HF runs keep the identity they always had, so their folders still resume.
     kind = str(getattr(system.engine, "dtype", ""))
-    engine = {"engine": kind} if kind.startswith("llamacpp") else {}
+    engine = {"engine": kind} if kind.startswith("llamacpp") or kind in ("bfloat16", "float16") else {}
     return identity | ({"stack_config_sha256": sha} if sha else {}) | engine
 
 

@@ -174,3 +174,19 @@ def test_real_default_model_on_two_tasks(tmp_path, monkeypatch):
     data = json.loads((out / "summary.json").read_text())
     assert data["tasks"]["arc_easy"]["n"] == 4 and data["tasks"]["hellaswag"]["acc_norm"] is not None
     assert all((out / f).is_file() for f in ("items.jsonl", "table.md", "chart.png"))
+
+
+def test_eval_in_bfloat16_and_a_bad_dtype(tiny_data, tiny_model_dir, tmp_path):
+    code, text = run("eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--dtype", "int4")
+    assert code == 2 and "--dtype 'int4'" in text
+    out = tmp_path / "bf16"
+    code, text = run(
+        "eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--dtype", "bfloat16", "--out", str(out)
+    )
+    assert code == 0, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"]["arc_easy"]["n"] == 3
+    assert "bfloat16" in json.dumps(summary)
+    # An fp32 run into the bfloat16 run's folder is another system's run: refused, not mixed.
+    code, text = run("eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--out", str(out))
+    assert code == 2 and "holds a different run" in text and "bfloat16" in text
