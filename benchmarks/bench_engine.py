@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -251,6 +252,9 @@ def eval_parity(fast, ref, tasks: str, limit: int, out: Path) -> dict:
     runs = {}
     for name, engine in (("llamacpp", fast), ("hf", ref)):
         folder = out / "parity" / name
+        # A parity run measures these engines on this machine now: an earlier run's items (another CPU, another
+        # scoring path) must not be resumed as if they were this run's.
+        shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
         evaluate(ModelSystem(engine, name=f"model:{engine.model_ref}:{name}"), tasks, limit=limit, out_dir=folder)
         runs[name] = {"folder": str(folder), "seconds": time.perf_counter() - t0}
@@ -318,7 +322,7 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(results: dict, summary: dict) -> str:
+def markdown(results: dict, summary: dict, out: Path | None = None) -> str:
     hf, ll = results["hf"], results["llamacpp"]
     lines = [
         "# Engine benchmark: HF fp32 vs llama.cpp",
@@ -390,10 +394,38 @@ def markdown(results: dict, summary: dict) -> str:
             "|---|---|---|---|",
         ]
         lines += [f"| {t} | {v['n']} | {v['diff']:+.4f} | {v['ci95']} |" for t, v in ep["per_task"].items()]
+    lines += other_scripts(out)
     lines += ["", "summary.json:", "", "```json", json.dumps(summary, indent=2), "```", ""]
     if results.get("smoke"):
         lines.insert(2, "**SMOKE RUN (tiny sizes): these numbers are not results.**\n")
     return "\n".join(lines)
+
+
+def other_scripts(out: Path | None) -> list[str]:
+    """RESULTS.md lines for what bench_serve.py and bench_eval_speed.py measured into the same folder."""
+    if not out:
+        return []
+    lines = []
+    serve, speed = out / "serve" / "summary.json", out / "eval_speed.json"
+    if serve.exists():
+        s = json.loads(serve.read_text())
+        st = s.get("settings", {})
+        lines.append(
+            f"- `bench_serve.py --engine {st.get('engine')}` ({s.get('generated_at')}): {st.get('clients')} clients "
+            f"for {st.get('duration_s')} s vs the same prompts sequentially: **{s['throughput_ratio']}x** requests/s "
+            f"({s.get('tokens_per_s_ratio')}x tokens/s), 0 5xx: {s.get('zero_5xx')}, identical answers "
+            f"{s.get('same_answer_rate')}, requests join running ones: {st.get('join_running', False)} ([serve/](serve/))."
+        )
+    if speed.exists():
+        e = json.loads(speed.read_text())
+        same = ", ".join(f"{k} {v}x" for k, v in e.get("ratios_same_dtype", {}).items())
+        fp32 = ", ".join(f"{k} {v}x" for k, v in e.get("ratios_vs_lm_eval", {}).items())
+        lines.append(
+            f"- `bench_eval_speed.py --limit {e.get('limit')}` ({e.get('finished')}, {cpu_label(e['cpu'])}): fslm eval "
+            f"vs lm-eval's HF backend{', same dtype: ' + same + ';' if same else ''} vs lm-eval fp32: {fp32} "
+            "([eval_speed.md](eval_speed.md))."
+        )
+    return ["", "## Serving and evaluation throughput (their own scripts, same folder)", "", *lines] if lines else []
 
 
 def eval_speed_on_this_cpu(path: Path, facts: dict) -> float | None:
@@ -434,8 +466,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--prefix-ab", action="store_true", help="with --stack-only: also time the stack with stage-head reuse off/on"
     )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite RESULTS.md from the saved results.json and summary.json (after bench_serve/bench_eval_speed)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine")
     args = ap.parse_args(argv)
+    if args.report_only:
+        saved, summary = (json.loads((args.out / name).read_text()) for name in ("results.json", "summary.json"))
+        (args.out / "RESULTS.md").write_text(markdown(saved, summary, args.out))
+        return 0
     if args.smoke:
         args.new_tokens, args.batch, args.repeats, args.parity_prompts, args.parity_limit = 8, 4, 1, 2, 2
         if args.parity_tasks == "all":
@@ -545,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.out / "RESULTS.md").write_text(markdown(results, summary))
+    (args.out / "RESULTS.md").write_text(markdown(results, summary, args.out))
     plot(results, args.out / "engine.png")
     print(json.dumps(summary, indent=2))
     return 0

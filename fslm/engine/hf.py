@@ -57,6 +57,7 @@ class HFEngine(HFScoring):
         self.prefixes = PrefixStore(budget_tokens=prefix_cache_tokens)
         self._adapters: dict[str, str] = {}
         self._logits_to_keep: bool | None = None
+        self._packing: bool | None = None  # whether scoring may pack rows: probed on the first score call
         self.context_window = int(getattr(self.base.config, "max_position_embeddings", 2048) or 2048)
         self._params = sum(p.numel() for p in self.base.parameters())
         eos = self.base.generation_config.eos_token_id if self.base.generation_config else None

@@ -34,23 +34,28 @@ class HFScoring:
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, (ctx, _) in enumerate(pairs):
             groups[tuple(ctx)].append(i)
-        flat: list[int] = []
         with self._active(adapter) as model:
             head = self._common_head(model, list(groups))
-            if self._packs(model):
+            if self._packs(model) and _fits_window(self.base.config, pairs):
                 self._score_packed(model, list(groups.items()), pairs, results, head)
-                groups = {}
-            for ctx, members in groups.items():
-                cont_tokens = sum(len(pairs[i][1]) for i in members)
-                if head is not None or (len(members) > 1 and len(ctx) > cont_tokens):
-                    self._score_shared_prefix(model, list(ctx), members, pairs, results, head)
-                else:
-                    flat.extend(members)
-            self._score_flat(model, flat, pairs, results)
+            else:
+                self._score_unpacked(model, groups, pairs, results, head)
         for i, score in enumerate(results):
             assert score is not None
             results[i] = Score(score.logprob, score.n_tokens, score.is_greedy, len(continuations[i]))
         return [r for r in results if r is not None]
+
+    def _score_unpacked(self, model, groups: dict[tuple[int, ...], list[int]], pairs, results, head) -> None:
+        """Without packing: a context with several continuations that outweighs them (or follows a shared head) runs
+        once and its KV cache is copied per continuation; the rest go in flat length-sorted batches."""
+        flat: list[int] = []
+        for ctx, members in groups.items():
+            cont_tokens = sum(len(pairs[i][1]) for i in members)
+            if head is not None or (len(members) > 1 and len(ctx) > cont_tokens):
+                self._score_shared_prefix(model, list(ctx), members, pairs, results, head)
+            else:
+                flat.extend(members)
+        self._score_flat(model, flat, pairs, results)
 
     @torch.inference_mode()
     def _score_flat(self, model, indices: list[int], pairs, results) -> None:
@@ -88,7 +93,7 @@ class HFScoring:
         """Whether this model honours a 4D attention mask with explicit positions (checked once by a probe: two
         continuations packed after one context must score as each does alone). Models that do not get the
         cache-copy paths instead."""
-        if getattr(self, "_packing", None) is None:
+        if self._packing is None:
             self._packing = _probe_packing(model, self.device)
         return self._packing
 
@@ -226,6 +231,23 @@ class _PackedRow:
         for i, cont in self.conts:
             yield i, cont, [len(self.ctx) - 1] + list(range(at, at + len(cont) - 1))
             at += len(cont)
+
+
+def sliding_window(config) -> int | None:
+    """The attention window of a model whose layers (some or all) see only the last N positions, else None.
+    A packed row's custom mask replaces the model's own masks, windows included."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kinds = getattr(config, "layer_types", None)
+    if kinds is not None:
+        return getattr(config, "sliding_window", None) if any("sliding" in str(k) for k in kinds) else None
+    return getattr(config, "sliding_window", None)
+
+
+def _fits_window(config, pairs) -> bool:
+    """Every pair (after the head) spans fewer positions than the sliding window, so the window changes nothing
+    and a packed row, whose mask has no window, scores as the model does."""
+    window = sliding_window(config)
+    return window is None or all(len(ctx) + len(cont) < window for ctx, cont in pairs)
 
 
 def _pack(rows: list[_PackedRow], width: int, pad: int, device, dtype, past: int = 0) -> tuple[torch.Tensor, ...]:

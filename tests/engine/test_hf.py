@@ -207,6 +207,40 @@ def test_packed_rows_after_a_shared_few_shot_head_keep_the_reference_scores(tiny
         assert math.isclose(s.logprob, reference_logprob(engine, c, x), rel_tol=1e-4, abs_tol=1e-4)
 
 
+def test_a_sliding_window_model_is_packed_only_where_the_window_changes_nothing(tiny_model_dir, tmp_path):
+    """A packed row's mask has no window: pairs longer than a model's sliding window are scored the older way, and
+    both kinds of call keep the plain forward pass's scores (which apply the window)."""
+    import shutil
+
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from fslm.engine.hf_score import sliding_window
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, use_sliding_window=True, sliding_window=12, max_window_layers=0,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen")
+    for f in tiny_model_dir.iterdir():
+        if "token" in f.name or f.name.endswith(".jinja"):
+            shutil.copy(f, tmp_path / "qwen" / f.name)
+    engine = load_engine(str(tmp_path / "qwen"))
+    assert sliding_window(engine.base.config) == 12
+    short = (["Q: red?"] * 2, [" yes", " no"])
+    long = (["A spider has eight legs and a fox has four legs. How many legs?"] * 2, [" eight legs", " four"])
+    for contexts, conts in (short, long):
+        before = engine.stats.calls
+        scores = engine.score(contexts, conts)
+        assert engine.stats.calls - before == (
+            1 if contexts is short[0] else 2
+        )  # packed: one pass; else context + options
+        for s, c, x in zip(scores, contexts, conts):
+            assert math.isclose(s.logprob, reference_logprob(engine, c, x), rel_tol=1e-4, abs_tol=1e-4)
+
+
 @pytest.mark.parametrize("head_tokens", [0, 2048])
 def test_rows_of_different_stages_in_one_batch_equal_separate_calls(tiny_model_dir, tiny_adapters, head_tokens):
     """generate_mixed: two adapters, bare rows, other max_new_tokens and stop strings share one batch; every row's
