@@ -244,8 +244,8 @@ def sliding_window(config) -> int | None:
 
 
 def _fits_window(config, pairs) -> bool:
-    """Every pair (after the head) spans fewer positions than the sliding window, so the window changes nothing
-    and a packed row, whose mask has no window, scores as the model does."""
+    """Every pair spans fewer positions than the sliding window (head included), so the window changes nothing and
+    a packed row, whose mask has no window, scores as the model does."""
     window = sliding_window(config)
     return window is None or all(len(ctx) + len(cont) < window for ctx, cont in pairs)
 
@@ -278,7 +278,8 @@ def _packed_logprobs(model, rows: list[_PackedRow], pad: int, device, head=None)
         input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None
     ).last_hidden_state
     where = [(b, p) for b, row in enumerate(rows) for _, _, spots in row.spans() for p in spots]
-    picked = hidden[torch.tensor([b for b, _ in where]), torch.tensor([p for _, p in where])]
+    rows_at = torch.tensor([b for b, _ in where], device=hidden.device)
+    picked = hidden[rows_at, torch.tensor([p for _, p in where], device=hidden.device)]
     logits = base.get_output_embeddings()(picked).float()
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:

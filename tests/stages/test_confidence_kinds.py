@@ -102,7 +102,18 @@ def test_escalate_runs_the_larger_model_exactly_below_the_threshold(tiny_engine,
             assert esc.decision.startswith("kept 'pick'")
     one_by_one = [stack.run(p) for p in MC]
     strip = lambda r: [{k: v for k, v in d.items() if k != "seconds"} for d in r.to_dict()["trace"]]  # noqa: E731
-    assert [strip(r) for r in results] == [strip(r) for r in one_by_one]
+    # Equal up to float rounding: a batch scores items in packed rows of other widths than one item alone.
+    assert _close([strip(r) for r in results], [strip(r) for r in one_by_one])
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _options(prompts):
