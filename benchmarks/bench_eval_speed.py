@@ -58,6 +58,9 @@ def run_fslm(engine, tasks: list[str], limit: int, batch_size: int) -> dict:
     return {"seconds": round(seconds, 2), "acc": acc, "items": n, "engine_calls": engine.stats.calls - calls0}
 
 
+FSLM_ROWS = ("fslm_hf", "fslm_hf_bf16", "fslm_llamacpp")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -156,9 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"vs_fp32": results["ratios_vs_lm_eval"], "same_dtype": results["ratios_same_dtype"]}), flush=True)
     return 0
-
-
-FSLM_ROWS = ("fslm_hf", "fslm_hf_bf16", "fslm_llamacpp")
 
 
 def headline(results: dict) -> float:

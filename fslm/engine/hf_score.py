@@ -109,16 +109,18 @@ class HFScoring:
             own = list(ctx[past:])
             cap = max(self.score_batch_tokens, len(own) + max(len(pairs[i][1]) for i in members))
             chunk: list[int] = []
+            used = len(own)
             for i in members:
-                if chunk and len(own) + sum(len(pairs[j][1]) for j in chunk) + len(pairs[i][1]) > cap:
+                if chunk and used + len(pairs[i][1]) > cap:
                     rows.append(_PackedRow(own, [(j, pairs[j][1]) for j in chunk]))
-                    chunk = []
+                    chunk, used = [], len(own)
                 chunk.append(i)
+                used += len(pairs[i][1])
             rows.append(_PackedRow(own, [(j, pairs[j][1]) for j in chunk]))
-        rows.sort(key=lambda r: -len(r.tokens))
+        rows.sort(key=lambda r: -r.width)
         start = 0
         while start < len(rows):
-            width, size, picked = len(rows[start].tokens), 1, rows[start].n_scored
+            width, size, picked = rows[start].width, 1, rows[start].n_scored
             for row in rows[start + 1 : start + self.batch_size * 4]:
                 n = size + 1
                 if (
@@ -132,7 +134,7 @@ class HFScoring:
             start += size
             logprobs = _packed_logprobs(model, batch, self.tokenizer.pad_token_id, self.device, head)
             self.stats.calls += 1
-            self.stats.forward_tokens += sum(len(r.tokens) for r in batch)
+            self.stats.forward_tokens += sum(r.width for r in batch)
             at = 0
             for row in batch:
                 for i, cont, _ in row.spans():
@@ -222,6 +224,10 @@ class _PackedRow:
         return sum(len(cont) for _, cont in self.conts)
 
     @property
+    def width(self) -> int:
+        return len(self.ctx) + self.n_scored
+
+    @property
     def positions(self) -> list[int]:
         return list(range(len(self.ctx))) + [len(self.ctx) + j for _, cont in self.conts for j in range(len(cont))]
 
@@ -268,7 +274,7 @@ def _packed_logprobs(model, rows: list[_PackedRow], pad: int, device, head=None)
     """fp32 log-probabilities [tokens, vocab] of every continuation token of `rows`, in spans() order: the decoder
     runs on the packed rows, the output layer on the predicting positions only."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    width = max(len(r.tokens) for r in rows)
+    width = max(r.width for r in rows)
     past, cache = 0, None
     if head is not None:
         past, cache = head[0], copy.deepcopy(head[1])

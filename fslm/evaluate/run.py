@@ -178,7 +178,9 @@ def _identity(system: System, num_fewshot: int, split: str | None, gen_max_token
     # A run made on another engine or in half precision is another system's run (llama.cpp's 4-bit texts and scores,
     # bfloat16's, are their own); fp32 HF runs keep the identity they always had, so their folders still resume.
     kind = str(getattr(system.engine, "dtype", ""))
-    engine = {"engine": kind} if kind.startswith("llamacpp") or kind in ("bfloat16", "float16") else {}
+    engine = (
+        {"engine": kind} if kind.startswith("llamacpp") else {"dtype": kind} if kind in ("bfloat16", "float16") else {}
+    )
     return identity | ({"stack_config_sha256": sha} if sha else {}) | engine
 
 
