@@ -1,14 +1,16 @@
 """Scoring on the HF engine: the sum of log-probabilities of continuations, lm-eval's split and truncation.
 
 A mixin of `HFEngine` (fslm/engine/hf.py), which provides the model, tokenizer, adapters and budgets. The main path
-packs each context with all its continuations into one row (a 4D mask lets each continuation see the context and
-itself only), so a context is run once and many items share a forward pass. Models that do not honour such a mask
+packs each context with all its continuations (a 4D mask lets each continuation see the context and itself only), and
+several such units side by side into one row (each sees only itself), so a context is run once, rows carry little
+padding and many items share a forward pass. Models that do not honour such a mask
 (checked once by a probe) get the older paths: distinct contexts in length-sorted batches, and a long context shared by
 several continuations run once with its KV cache copied. A head that every context shares (a primer, few-shot
 examples) is run once per call, its cache reused by each context."""
 
 from __future__ import annotations
 
+import bisect
 import copy
 from collections import defaultdict
 from collections.abc import Sequence
@@ -99,12 +101,13 @@ class HFScoring:
 
     @torch.inference_mode()
     def _score_packed(self, model, groups, pairs, results, head=None) -> None:
-        """One row per context: the context, then each of its continuations, each continuation seeing the context
-        and itself only (a 4D mask; positions restart after the context). The work is the context once plus every
-        continuation, many items share one forward pass, and the output layer runs only where a continuation token
-        is predicted. With `head` (k, cache of the first k tokens every context shares) rows start after it."""
+        """A unit is a context followed by its continuations, each continuation seeing the context and itself only
+        (positions restart after the context); several units share a row when they fit (each sees only itself), so
+        rows carry little padding. The work is each context once plus every continuation, many items share one
+        forward pass, and the output layer runs only where a continuation token is predicted. With `head` (k, cache
+        of the first k tokens every context shares) every unit starts after it."""
         past = head[0] if head is not None else 0
-        rows = []
+        units = []
         for ctx, members in groups:
             own = list(ctx[past:])
             cap = max(self.score_batch_tokens, len(own) + max(len(pairs[i][1]) for i in members))
@@ -112,11 +115,12 @@ class HFScoring:
             used = len(own)
             for i in members:
                 if chunk and used + len(pairs[i][1]) > cap:
-                    rows.append(_PackedRow(own, [(j, pairs[j][1]) for j in chunk]))
+                    units.append(_Unit(own, [(j, pairs[j][1]) for j in chunk]))
                     chunk, used = [], len(own)
                 chunk.append(i)
                 used += len(pairs[i][1])
-            rows.append(_PackedRow(own, [(j, pairs[j][1]) for j in chunk]))
+            units.append(_Unit(own, [(j, pairs[j][1]) for j in chunk]))
+        rows = fill_rows(units, _row_width(units, self.score_batch_tokens))
         rows.sort(key=lambda r: -r.width)
         start = 0
         while start < len(rows):
@@ -201,23 +205,11 @@ class HFScoring:
 
 
 @dataclass
-class _PackedRow:
-    """A context followed by some of its continuations; `segments` labels each token (0: context, k: k-th one)."""
+class _Unit:
+    """A context followed by some of its continuations."""
 
     ctx: list[int]
     conts: list[tuple[int, list[int]]]  # (pair index, continuation tokens)
-
-    @property
-    def ctx_len(self) -> int:
-        return len(self.ctx)
-
-    @property
-    def tokens(self) -> list[int]:
-        return self.ctx + [t for _, cont in self.conts for t in cont]
-
-    @property
-    def segments(self) -> list[int]:
-        return [0] * len(self.ctx) + [k + 1 for k, (_, cont) in enumerate(self.conts) for _ in cont]
 
     @property
     def n_scored(self) -> int:
@@ -227,16 +219,85 @@ class _PackedRow:
     def width(self) -> int:
         return len(self.ctx) + self.n_scored
 
+
+@dataclass
+class _PackedRow:
+    """Units side by side in one row. Per token: `segments` (a distinct label for each context and each
+    continuation), `units` (which unit), `positions` (restarting at each unit, continuations after their context)."""
+
+    units: list[_Unit]
+
+    @property
+    def n_scored(self) -> int:
+        return sum(u.n_scored for u in self.units)
+
+    @property
+    def width(self) -> int:
+        return sum(u.width for u in self.units)
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for u in self.units for t in u.ctx + [t for _, cont in u.conts for t in cont]]
+
+    @property
+    def segments(self) -> list[int]:
+        out, label = [], 0
+        for u in self.units:
+            out += [label] * len(u.ctx)
+            for k, (_, cont) in enumerate(u.conts):
+                out += [label + k + 1] * len(cont)
+            label += len(u.conts) + 1
+        return out
+
+    @property
+    def unit_ids(self) -> list[int]:
+        return [k for k, u in enumerate(self.units) for _ in range(u.width)]
+
+    @property
+    def is_context(self) -> list[bool]:
+        return [flag for u in self.units for flag in [True] * len(u.ctx) + [False] * u.n_scored]
+
     @property
     def positions(self) -> list[int]:
-        return list(range(len(self.ctx))) + [len(self.ctx) + j for _, cont in self.conts for j in range(len(cont))]
+        return [
+            p
+            for u in self.units
+            for p in list(range(len(u.ctx))) + [len(u.ctx) + j for _, cont in u.conts for j in range(len(cont))]
+        ]
 
     def spans(self):
         """(pair index, continuation, row positions whose logits predict its tokens) per continuation."""
-        at = len(self.ctx)
-        for i, cont in self.conts:
-            yield i, cont, [len(self.ctx) - 1] + list(range(at, at + len(cont) - 1))
-            at += len(cont)
+        start = 0
+        for u in self.units:
+            at = start + len(u.ctx)
+            for i, cont in u.conts:
+                yield i, cont, [start + len(u.ctx) - 1] + list(range(at, at + len(cont) - 1))
+                at += len(cont)
+            start += u.width
+
+
+def _row_width(units: list[_Unit], budget: int) -> int:
+    """Rows as wide as the widest unit, and at least 64 tokens when there is that much work, so short units share
+    rows (never wider than the batch's token budget allows beyond the widest unit)."""
+    widest = max(u.width for u in units)
+    return max(widest, min(64, sum(u.width for u in units), budget))
+
+
+def fill_rows(units: list[_Unit], width: int) -> list[_PackedRow]:
+    """Best-fit decreasing: each unit, widest first, goes into the row with the least room that still holds it."""
+    rows: list[_PackedRow] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row index), sorted
+    for unit in sorted(units, key=lambda u: -u.width):
+        k = bisect.bisect_left(room, (unit.width, -1))
+        if k < len(room):
+            free, r = room.pop(k)
+            rows[r].units.append(unit)
+        else:
+            free, r = width, len(rows)
+            rows.append(_PackedRow([unit]))
+        if free - unit.width > 0:
+            bisect.insort(room, (free - unit.width, r))
+    return rows
 
 
 def sliding_window(config) -> int | None:
@@ -258,12 +319,20 @@ def _fits_window(config, pairs) -> bool:
 
 def _pack(rows: list[_PackedRow], width: int, pad: int, device, dtype, past: int = 0) -> tuple[torch.Tensor, ...]:
     """input_ids, position_ids and the additive 4D mask of right-padded packed rows after `past` cached tokens that
-    every row sees. A pad position sees itself only (a query row with nothing to attend would be NaN)."""
-    ids = torch.tensor([r.tokens + [pad] * (width - len(r.tokens)) for r in rows], device=device)
-    positions = torch.tensor([r.positions + [0] * (width - len(r.tokens)) for r in rows], device=device) + past
-    seg = torch.tensor([r.segments + [-1] * (width - len(r.tokens)) for r in rows], device=device)
+    every row sees. A token sees earlier tokens of its own segment and its unit's context; a pad position sees itself
+    only (a query row with nothing to attend would be NaN)."""
+
+    def padded(values, fill):
+        return torch.tensor([v + [fill] * (width - len(v)) for v in values], device=device)
+
+    ids = padded([r.tokens for r in rows], pad)
+    positions = padded([r.positions for r in rows], 0) + past
+    seg = padded([r.segments for r in rows], -1)
+    unit = padded([r.unit_ids for r in rows], -1)
+    ctx = padded([r.is_context for r in rows], False)
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    sees = causal & ((seg[:, :, None] == seg[:, None, :]) | (seg == 0)[:, None, :]) & (seg >= 0)[:, None, :]
+    same_unit_ctx = (unit[:, :, None] == unit[:, None, :]) & ctx[:, None, :]
+    sees = causal & ((seg[:, :, None] == seg[:, None, :]) | same_unit_ctx) & (seg >= 0)[:, None, :]
     sees |= torch.eye(width, dtype=torch.bool, device=device) & (seg < 0)[:, :, None]
     sees = torch.cat([torch.ones(len(rows), width, past, dtype=torch.bool, device=device), sees], dim=2)
     mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill_(~sees, torch.finfo(dtype).min)
@@ -295,18 +364,24 @@ def _packed_logprobs(model, rows: list[_PackedRow], pad: int, device, head=None)
 
 @torch.inference_mode()
 def _probe_packing(model, device) -> bool:
-    """Two continuations packed after one context, after a cached head and without one, score as the second does
-    alone in a plain forward pass (within the dtype's rounding). Any error or mismatch: the model is not packed."""
+    """Two continuations packed after one context, then a second unit (another context and continuation) in the same
+    row, after a cached head and without one: the second continuation and the second unit's score as each does alone
+    in a plain forward pass (within the dtype's rounding). Any error or mismatch: the model is not packed."""
     ctx, first, second = [11, 12, 13, 14], [15, 16, 17], [18, 19]
+    other_ctx, other = [11, 12, 20], [21, 22]  # shares the head's two tokens
     dtype = next(model.parameters()).dtype
     tol = 1e-3 if dtype == torch.float32 else 0.1
+
+    def alone(c, x):
+        return model(input_ids=torch.tensor([c + x], device=device)).logits[0, -len(x) - 1 : -1].float().log_softmax(-1)
+
     try:
-        alone = model(input_ids=torch.tensor([ctx + second], device=device)).logits[0, -len(second) - 1 : -1]
-        alone = alone.float().log_softmax(-1)
+        expected = torch.cat([alone(ctx, second), alone(other_ctx, other)])
         head = (2, model(input_ids=torch.tensor([ctx[:2]], device=device), use_cache=True).past_key_values)
-        for h, own in ((None, ctx), (head, ctx[2:])):
-            packed = _packed_logprobs(model, [_PackedRow(own, [(0, first), (1, second)])], 0, device, h)
-            if not bool((packed[-len(second) :] - alone).abs().max() < tol):
+        for h, k in ((None, 0), (head, 2)):
+            row = _PackedRow([_Unit(ctx[k:], [(0, first), (1, second)]), _Unit(other_ctx[k:], [(2, other)])])
+            packed = _packed_logprobs(model, [row], 0, device, h)
+            if not bool((packed[len(first) :] - expected).abs().max() < tol):
                 return False
     except Exception:  # noqa: BLE001 - a model whose forward refuses 4D masks, positions or the split scores the other way
         return False
