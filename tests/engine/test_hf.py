@@ -231,6 +231,11 @@ def test_a_sliding_window_model_is_packed_only_where_the_window_changes_nothing(
     assert sliding_window(engine.base.config) == 12
     short = (["Q: red?"] * 2, [" yes", " no"])
     long = (["A spider has eight legs and a fox has four legs. How many legs?"] * 2, [" eight legs", " four"])
+    # Many short items: each below the window, their shared rows far wider than it (positions restart per item).
+    many = ([f"Q{k}?" for k in range(8) for _ in range(2)], [" yes", " no"] * 8)
+    assert engine.score(*many) and engine.stats.calls == 1 and engine.stats.forward_tokens > 12
+    for s, c, x in zip(engine.score(*many), *many):
+        assert math.isclose(s.logprob, reference_logprob(engine, c, x), rel_tol=1e-4, abs_tol=1e-4)
     for contexts, conts in (short, long):
         before = engine.stats.calls
         scores = engine.score(contexts, conts)
