@@ -223,7 +223,8 @@ class _Unit:
 @dataclass
 class _PackedRow:
     """Units side by side in one row. Per token: `segments` (a distinct label for each context and each
-    continuation), `units` (which unit), `positions` (restarting at each unit, continuations after their context)."""
+    continuation), `unit_ids` (which unit), `is_context`, `positions` (restarting at each unit, continuations after
+    their context)."""
 
     units: list[_Unit]
 
@@ -277,8 +278,8 @@ class _PackedRow:
 
 
 def _row_width(units: list[_Unit], budget: int) -> int:
-    """Rows as wide as the widest unit, and at least 64 tokens when there is that much work, so short units share
-    rows (never wider than the batch's token budget allows beyond the widest unit)."""
+    """Rows as wide as the widest unit, or 64 tokens when the units add up to that much (and the token budget allows
+    it), so that short units share rows."""
     widest = max(u.width for u in units)
     return max(widest, min(64, sum(u.width for u in units), budget))
 
