@@ -330,6 +330,10 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _ci(bounds) -> str:
+    return f"[{bounds[0]:+.4f}, {bounds[1]:+.4f}]"
+
+
 def markdown(results: dict, summary: dict, out: Path | None = None) -> str:
     hf, ll = results["hf"], results["llamacpp"]
     lines = [
@@ -365,7 +369,7 @@ def markdown(results: dict, summary: dict, out: Path | None = None) -> str:
                 f"| {label}: stack p50 / base p50 | {lat['stack_p50_seconds']:.2f} s / {lat['base_p50_seconds']:.2f} s "
                 f"= {lat['stack_vs_base_latency']:.2f}x | |"
             )
-    stacks = [(label, results[key]["stack"]) for key, label in (("hf", "HF"), ("llamacpp", "llama.cpp"))]
+    stacks = [(label, results[key].get("stack")) for key, label in (("hf", "HF"), ("llamacpp", "llama.cpp"))]
     stacks = [(label, lat) for label, lat in stacks if lat and "per_question" in lat]
     if stacks:
         lines += [
@@ -403,12 +407,12 @@ def markdown(results: dict, summary: dict, out: Path | None = None) -> str:
         lines += [
             "",
             f"Accuracy parity ({ep['tasks']}, {ep['limit']} items per task), llama.cpp - HF: macro "
-            f"{ep['macro_diff']:+.4f}, 95% CI {ep['macro_ci95']}; includes 0: {ep['ci_includes_zero']}.",
+            f"{ep['macro_diff']:+.4f}, 95% CI {_ci(ep['macro_ci95'])}; includes 0: {ep['ci_includes_zero']}.",
             "",
             "| task | n | diff | 95% CI |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {t} | {v['n']} | {v['diff']:+.4f} | {v['ci95']} |" for t, v in ep["per_task"].items()]
+        lines += [f"| {t} | {v['n']} | {v['diff']:+.4f} | {_ci(v['ci95'])} |" for t, v in ep["per_task"].items()]
     lines += other_scripts(out)
     lines += ["", "summary.json:", "", "```json", json.dumps(summary, indent=2), "```", ""]
     if results.get("smoke"):
