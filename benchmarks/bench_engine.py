@@ -488,13 +488,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--report-only",
         action="store_true",
-        help="rewrite RESULTS.md from the saved results.json and summary.json (after bench_serve/bench_eval_speed)",
+        help="rewrite RESULTS.md and engine.png from the saved results.json and summary.json (after bench_serve/bench_eval_speed)",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine")
     args = ap.parse_args(argv)
     if args.report_only:
         saved, summary = (json.loads((args.out / name).read_text()) for name in ("results.json", "summary.json"))
         (args.out / "RESULTS.md").write_text(markdown(saved, summary, args.out))
+        plot(saved, args.out / "engine.png")
         return 0
     if args.smoke:
         args.new_tokens, args.batch, args.repeats, args.parity_prompts, args.parity_limit = 8, 4, 1, 2, 2
