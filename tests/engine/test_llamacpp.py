@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,36 @@ def test_missing_runtime_names_the_install_command(monkeypatch):
         llamacpp.import_llama_cpp()
     with pytest.raises(FslmError, match="llama-cpp-python"):
         llamacpp.LlamaCppEngine.from_ref("smollm2-135m")
+
+
+def test_an_unfixed_amx_build_is_refused_before_it_crashes(monkeypatch, tmp_path):
+    """ggml's AMX kernels without the tile-configuration fix die with SIGILL on their first batched matmul: such a
+    build is an FslmError (so `engine: auto` falls back to HF); a fixed build, or one without AMX kernels, is used."""
+    import types
+
+    from fslm.engine import llamacpp
+    from fslm.engine.llamacpp.runtime import AMX_FIX_MARKER, amx_unfixed
+
+    amx, avx2 = "CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 |", "CPU : AVX2 = 1 | OPENMP = 1 |"
+    assert amx_unfixed(amx, tmp_path) and not amx_unfixed(avx2, tmp_path)
+    fake = types.ModuleType("llama_cpp")
+    fake.__file__ = str(tmp_path / "__init__.py")
+    fake.llama_print_system_info = lambda: amx.encode()
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake)
+    with pytest.raises(FslmError, match="SIGILL.*llama-cpp-build.sh"):
+        llamacpp.import_llama_cpp()
+    (tmp_path / AMX_FIX_MARKER).write_text("fixed\n")
+    assert not amx_unfixed(amx, tmp_path)
+    assert llamacpp.import_llama_cpp() is fake
+
+
+def test_the_installed_build_has_no_unfixed_amx_kernels():
+    """What `make install-test` built (scripts/llama-cpp-build.sh) passes the check on this CPU, whichever it is."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from fslm.engine.llamacpp.runtime import amx_unfixed
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert not amx_unfixed(info, Path(llama_cpp.__file__).parent), info
 
 
 def test_it_is_an_engine(ll32, hf):
