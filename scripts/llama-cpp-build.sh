@@ -5,9 +5,9 @@
 # The fix: ggml-cpu/amx/mmq.cpp builds its tile configuration in a stack temporary that only `_tile_loadconfig` reads;
 # gcc 12 treats the stores to it as dead and keeps only `palette_id`, so every tile has 0 rows and the first
 # `tilezero` raises SIGILL (upstream ggml-org/llama.cpp PR #26954 moves the config to .rodata). Here the config is a
-# function-local static, and it is loaded on every call rather than once per thread: torch's oneDNN kernels release
-# the tiles of the OpenMP threads it shares with ggml (both load the same libgomp.so.1). On CPUs without AMX the
-# kernels are not compiled (-march=native), so the fix changes nothing there.
+# function-local static, and it is loaded on every call rather than once per thread: ggml's OpenMP threads are torch's
+# (both load the same libgomp.so.1), and a oneDNN AMX kernel run in one of them may leave its own tile configuration
+# or release the tiles. On CPUs without AMX the kernels are not compiled (-march=native): nothing changes there.
 #
 # Idempotent: a venv that already has this version with the fix (llama_cpp/FSLM_AMX_FIX) is left alone.
 set -euo pipefail
