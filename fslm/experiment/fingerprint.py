@@ -69,6 +69,8 @@ def fingerprint(spec: ExperimentSpec, name: str, split: str | None, num_fewshot:
     system = spec.systems[name]
     settings = {"split": split, "num_fewshot": num_fewshot, "gen_max_tokens": spec.evaluation.gen_max_tokens}
     if system.is_model:
+        if system.dtype is not None:  # only when given: runs made before the field existed stay valid
+            settings["dtype"] = system.dtype
         if system.expert_delta is None:
             return {"model": system.model, **settings}
         try:

@@ -36,7 +36,8 @@ def describe(spec: ExperimentSpec, name: str) -> str:
     if system.is_model:
         shots = spec.fewshot(name)
         steered = f" proxy-tuned by {system.expert_delta} (alpha {system.delta_alpha:g})" if system.expert_delta else ""
-        return f"{system.model}{steered or ' alone'}" + (f", {shots}-shot" if shots else "")
+        dtype = f" ({system.dtype})" if system.dtype else ""
+        return f"{system.model}{dtype}{steered or ' alone'}" + (f", {shots}-shot" if shots else "")
     parts = [f"stack {system.stack}" if system.stack else f"{system.from_}"]
     patch = system.patch
     if patch is not None:

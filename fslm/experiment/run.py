@@ -82,6 +82,8 @@ def eval_payload(spec: ExperimentSpec, job: Job) -> dict:
     if system.is_model:
         assert system.model is not None
         described: dict = {"model": model_ref(spec, system.model)}
+        if system.dtype is not None:
+            described["dtype"] = system.dtype
         if system.expert_delta is not None:
             described |= {"expert_delta": spec.expert_delta(job.name), "delta_alpha": system.delta_alpha}
     else:

@@ -102,6 +102,9 @@ class SystemSpec(_Strict):
     adapters: bool = Field(True, description="false: the same stack with every LoRA adapter off")
     answer_format: Literal["stack", "raw", "raw-adapter"] = "stack"
     num_fewshot: int | None = Field(None, ge=0, description="model systems: overrides evaluation.num_fewshot")
+    dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="model systems: the weights' dtype (default float32; a stack gives its own in its YAML)"
+    )
     label: str | None = Field(None, description="how RESULTS.md describes it")
     test: bool = Field(True, description="false: a selection candidate evaluated on held-out items only")
     expert_delta: str | None = Field(
@@ -123,6 +126,8 @@ class SystemSpec(_Strict):
             if extra:
                 raise ValueError(f"{', '.join(extra)}: apply to stack systems only; a model system has no stages")
             self._check_delta()
+        elif self.dtype is not None:
+            raise ValueError("dtype: applies to model systems only; a stack gives its dtype in its YAML (dtype: ...)")
         elif self.expert_delta is not None or "delta_alpha" in self.model_fields_set:
             raise ValueError("expert_delta, delta_alpha: proxy-tuning applies to model systems only (model: ...)")
         elif self.num_fewshot:

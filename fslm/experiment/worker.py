@@ -36,7 +36,10 @@ def run_eval(payload: dict, progress) -> dict:
     spec = payload["system"]
     if "model" in spec:
         system = load_system(
-            model=spec["model"], expert_delta=spec.get("expert_delta"), delta_alpha=spec.get("delta_alpha", 1.0)
+            model=spec["model"],
+            expert_delta=spec.get("expert_delta"),
+            delta_alpha=spec.get("delta_alpha", 1.0),
+            dtype=spec.get("dtype"),
         )
     else:
         system = load_system(

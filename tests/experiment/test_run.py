@@ -244,6 +244,15 @@ def test_a_proxy_tuned_model_system_is_evaluated_and_a_missing_delta_adapter_ref
     assert not (tmp_path / "exp" / "runs" / "broken").exists()
 
 
+def test_a_model_system_is_evaluated_in_its_dtype(tiny_model_dir, tiny_data, tmp_path):
+    systems = {"half": {"model": str(tiny_model_dir), "dtype": "bfloat16"}}
+    spec = write_spec(tmp_path, {"name": "half", "evaluation": {"tasks": ["arc_easy"]}, "systems": systems})
+    assert run_experiment(spec, isolate=False).ran == ["eval:half"]
+    run = tmp_path / "exp" / "runs" / "half"
+    assert json.loads((run / "run.json").read_text())["identity"]["dtype"] == "bfloat16"
+    assert json.loads((run / "summary.json").read_text())["n_items"] == 3
+
+
 def test_cli_errors_exit_2_with_one_line(tmp_path):
     bad = write_spec(tmp_path, {"name": "x", "evaluation": {"tasks": ["arc_easy"]}, "systems": {"a": {}}})
     result = runner.invoke(app, ["run", str(bad)])

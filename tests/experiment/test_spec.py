@@ -124,6 +124,8 @@ def spec_with(**changes) -> dict:
             "systems.a: expert_delta, delta_alpha: proxy-tuning applies to model systems only",
         ),
         (spec_with(systems={"a": {"model": "m", "expert_delta": "t"}}), "systems.a: expert_delta 't': expected"),
+        (spec_with(systems={"a": {"stack": "s.yaml", "dtype": "bfloat16"}}), "systems.a: dtype: applies to model"),
+        (spec_with(systems={"a": {"model": "m", "dtype": "float16"}}), "systems.a.dtype: Input should be 'float32'"),
         (spec_with(systems={"a": {"model": "m", "delta_alpha": 2}}), "systems.a: delta_alpha: weighs expert_delta"),
         (
             spec_with(systems={"a": {"model": "m", "expert_delta": "t:b", "delta_alpha": float("inf")}}),
@@ -417,3 +419,22 @@ def test_an_expert_delta_system_resolves_its_adapter_and_fingerprints_its_bytes(
     assert fingerprint(spec, "steered", None, 0) != first
     shutil.rmtree(tmp_path / "ad")
     assert fingerprint(spec, "steered", None, 0) is None  # the job reports the missing folder
+
+
+def test_a_model_systems_dtype_reaches_the_worker_and_its_fingerprint_only_when_given(tmp_path):
+    """A model system's dtype is part of what its rows were computed with; systems without one keep the fingerprint
+    they had before the field existed (their finished runs stay valid)."""
+    from fslm.experiment.fingerprint import fingerprint
+    from fslm.experiment.plan import build_plan
+    from fslm.experiment.results import describe
+    from fslm.experiment.run import eval_payload
+
+    systems = {"plain": {"model": "m"}, "half": {"model": "m", "dtype": "bfloat16"}}
+    spec = load_spec(write_spec(tmp_path, spec_with(systems=systems)))
+    plain, half = fingerprint(spec, "plain", None, 0), fingerprint(spec, "half", None, 0)
+    assert plain == {"model": "m", "split": None, "num_fewshot": 0, "gen_max_tokens": 256}
+    assert half == {**plain, "dtype": "bfloat16"}
+    jobs = build_plan(spec).jobs
+    assert eval_payload(spec, jobs["eval:half"])["system"] == {"model": "m", "dtype": "bfloat16"}
+    assert eval_payload(spec, jobs["eval:plain"])["system"] == {"model": "m"}
+    assert describe(spec, "half") == "m (bfloat16) alone"
