@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from fslm.cli.common import console, default_of, guarded, out
 from fslm.errors import InputError
@@ -23,12 +24,12 @@ def _group() -> None:
     pass
 
 
-STYLES = {"done": "green", "partial": "yellow", "running": "cyan", "not started": "dim"}
+STYLES = {"done": "green", "partial": "yellow", "running": "cyan", "not started": "dim", "stale": "magenta"}
 
 
 def status_table(plan) -> Table:
     """Jobs × state: done / partial n/N / running / not started, with the macro accuracy of finished runs."""
-    table = Table(title=f"{plan.spec.name} → {plan.spec.out_dir}", title_justify="left")
+    table = Table(title=Text(f"{plan.spec.name} → {plan.spec.out_dir}"), title_justify="left")
     for col in ("job", "name", "state", "macro %", "s/item"):
         table.add_column(col, justify="right" if col in ("macro %", "s/item") else "left")
     for job in plan.jobs.values():
@@ -37,7 +38,7 @@ def status_table(plan) -> Table:
         table.add_row(
             job.kind,
             job.name,
-            f"[{STYLES.get(job.state, '')}]{job.progress}[/]",
+            Text(job.progress, style=STYLES.get(job.state, "")),  # Text: no markup read from names or paths
             "" if macro is None else f"{100 * macro:.1f}",
             str(summary.get("cost", {}).get("seconds_per_item", "")),
         )

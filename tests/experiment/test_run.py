@@ -273,6 +273,8 @@ def test_an_edited_system_is_stale_and_reevaluated_with_the_old_run_kept_aside(f
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
     plan = build_plan(load_spec(spec))
     assert plan.jobs["eval:answer-only"].state == "stale" and plan.jobs["eval:stack"].state == "done"
+    shown = runner.invoke(app, ["run", str(spec), "--status"])
+    assert shown.exit_code == 0 and "answer-only │ stale 6/6" in " ".join(shown.output.split())
     result = run_experiment(spec, jobs=2)
     assert sorted(result.ran) == ["eval:answer-only", "select:answer-only"]
     runs = tmp_path / "copy" / "exp" / "runs"
