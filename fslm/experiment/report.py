@@ -80,8 +80,9 @@ def pareto_png(results: dict) -> bytes | None:
 
 def _systems_table(results: dict) -> list[str]:
     tasks = results["evaluation"]["tasks"]
-    head = ["system", "what", "macro %", "95% CI", *tasks, "s/item", "tokens in/item", "gen. tokens/item", "params"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|---|" + "---:|" * (len(tasks) + 4)]
+    head = ["system", "what", "macro %", "95% CI", *tasks, "s/item", "CPU s/item", "tokens in/item"]
+    head += ["gen. tokens/item", "params"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|---|" + "---:|" * (len(tasks) + 5)]
     for name, e in results["systems"].items():
         if e.get("macro_acc") is None:
             lines.append(f"| {name} | {e['label']} | {e.get('progress', 'not run')} |" + " |" * (len(head) - 3))
@@ -93,6 +94,7 @@ def _systems_table(results: dict) -> list[str]:
             _ci(e["macro_ci95"]),
             *[_pct(e["tasks"][t]["acc"]) for t in tasks],
             f"{e['seconds_per_item']:g}",
+            "" if e.get("cpu_seconds_per_item") is None else f"{e['cpu_seconds_per_item']:g}",
             f"{e['tokens_in_per_item']:g}",
             f"{e['generated_tokens_per_item']:g}",
             f"{e['params_touched']:,}",
@@ -302,7 +304,9 @@ def results_markdown(results: dict, pareto: bool) -> str:
         f"Tasks {', '.join(ev['tasks'])}; split {ev['split']}; {ev['limit'] or 'all'} items per task "
         f"({results['items_per_system']} per system); model systems {ev['num_fewshot']}-shot, stacks zero-shot; "
         f"generation budget {ev['gen_max_tokens']} tokens. Written by `fslm experiment run` from the run folders "
-        "under runs/ (items.jsonl per item, summary.json per system); seconds are this machine's.",
+        "under runs/ (items.jsonl per item, summary.json per system); seconds are this machine's: s/item is wall "
+        "time, CPU s/item the evaluating process's CPU time over all its threads (not inflated by pauses or by other "
+        "processes sharing the machine).",
         "",
         *_free_text_note(ev["tasks"]),
         "## Systems",

@@ -70,6 +70,7 @@ def system_entry(spec: ExperimentSpec, name: str, job: Job | None) -> dict:
         macro_ci95=summary["macro_ci95"],
         tasks={t: {k: v[k] for k in ("n", "acc", "ci95")} for t, v in summary["tasks"].items()},
         seconds_per_item=cost["seconds_per_item"],
+        cpu_seconds_per_item=_per_item(cost.get("cpu_seconds"), summary["n_items"]),
         tokens_in_per_item=cost["tokens_in_per_item"],
         generated_tokens_per_item=cost["generated_tokens_per_item"],
         params_touched=summary["params_touched"],
@@ -80,6 +81,11 @@ def system_entry(spec: ExperimentSpec, name: str, job: Job | None) -> dict:
     if scored:  # generation tasks: mean and 95% bootstrap CI per text metric (evaluation.metrics)
         entry["metrics"] = scored
     return entry
+
+
+def _per_item(total: float | None, n: int) -> float | None:
+    """CPU seconds per item: unlike wall seconds, not inflated by a paused run or by other processes' turns."""
+    return round(total / n, 4) if total and n else None
 
 
 def selection(spec: ExperimentSpec, plan: Plan) -> dict | None:

@@ -64,6 +64,7 @@ def test_metric_means_cis_and_paired_differences_are_reported(tmp_path):
     for e in results["systems"].values():
         e.update(macro_ci95=[0.0, 0.0], seconds_per_item=0.1, tokens_in_per_item=5, generated_tokens_per_item=3)
         e.update(params_touched=1)
+    results["systems"]["curated"]["cpu_seconds_per_item"] = 0.2  # "random" was run before CPU time was recorded
     macro = {"n": 3, "a": 0.0, "b": 0.0, "diff": 0.0, "ci95": [0.0, 0.0], "p_le_0": 1.0}
     results["comparisons"] = [
         {"a": "curated", "b": "random", "state": "done", "tasks": {"alpaca": macro, "macro": macro}, "metrics": diffs}
@@ -72,6 +73,8 @@ def test_metric_means_cis_and_paired_differences_are_reported(tmp_path):
     lo, hi = (f"{100 * x:.1f}" for x in a["tasks"]["alpaca"]["metrics"]["rougeL"]["ci95"])
     assert f"| curated | alpaca | rougeL | 3 | 70.0 | {lo}–{hi} |" in text
     assert "| random | alpaca | em | 3 | 0.0 | 0.0–0.0 |" in text
+    assert "| 0.1 | CPU s/item |" not in text and "| s/item | CPU s/item | tokens in/item |" in text
+    assert "| 0.1 | 0.2 | 5 | 3 | 1 |" in text and "| 0.1 |  | 5 | 3 | 1 |" in text
     assert "Accuracy on alpaca is the exact match of a whole free-form answer" in text
     assert _free_text_note(["arc_easy", "gsm8k"]) == []  # an exact answer (a letter, a number) is a fair accuracy
     assert "| curated | random | alpaca | rougeL | 3 | 70.0 | 45.0 | **+25.0** | +25.0 to +25.0 | 0.000 |" in text

@@ -77,6 +77,13 @@ def test_every_job_runs_in_its_own_process_and_the_report_is_written(finished):
     results = json.loads((out / "results.json").read_text())
     assert results["items_per_system"] == 6
     assert {n: e["n_items"] for n, e in results["systems"].items()} == {"base": 6, "stack": 6, "answer-only": 6}
+    cpu = {
+        n: json.loads((out / "runs" / n / "summary.json").read_text())["cost"]["cpu_seconds"]
+        for n in results["systems"]
+    }
+    for name, e in results["systems"].items():  # CPU seconds per item, from the run's own sessions (0.1 s resolution)
+        assert e["cpu_seconds_per_item"] == (round(cpu[name] / 6, 4) if cpu[name] else None)
+    assert any(cpu.values())
     sel = results["selection"]
     assert sel["chosen"] in ("stack", "answer-only") and set(sel["heldout_macro"]) == {"stack", "answer-only", "base"}
     best = max(sel["heldout_macro"][n] for n in ("stack", "answer-only"))
