@@ -12,8 +12,8 @@ from fslm.evaluate.store import ITEMS, has_items, items_bytes
 from fslm.evaluate.systems import RAW_FORMATS
 from fslm.io import decode_text, iter_jsonl, read_json_object, write_atomic, write_json
 
-# How each kind of system is asked: a model gets lm-eval's raw context, a stack its chat prompt with the options listed.
-PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt with the options listed"}
+# How each kind of system is asked: a model gets lm-eval's raw context, a stack its chat prompt (any options listed).
+PROMPT_FORMATS = {"model": "lm-eval raw prompts", "stack": "the stack's chat prompt (options, if any, listed)"}
 
 
 def prompt_format(info: dict) -> str | None:
