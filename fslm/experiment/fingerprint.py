@@ -20,6 +20,7 @@ from fslm.experiment.spec import ExperimentSpec
 from fslm.experiment.variants import STACKS, is_variant, relative_yaml, stack_ref_path, system_stack
 from fslm.io import load_yaml, write_json
 from fslm.retrieve.index import MANIFEST
+from fslm.retrieve.recipe import RECIPE
 from fslm.stack_cache import adapter_digest
 
 FINGERPRINT = "experiment.json"
@@ -47,8 +48,9 @@ def _canonical(cfg: StackConfig, adapters: bool) -> dict:
         if stage.adapter is not None:
             raw["adapter"] = adapter_digest(cfg.adapter_path(stage)) if adapters else None
         index = cfg.index_path(stage)
-        if index is not None:
-            raw["retrieve"]["index"] = hashlib.sha256((index / MANIFEST).read_bytes()).hexdigest()
+        if index is not None:  # a built index by its manifest; a recipe folder (built on first use) by its recipe
+            found = index / MANIFEST if (index / MANIFEST).is_file() else index / RECIPE
+            raw["retrieve"]["index"] = hashlib.sha256(found.read_bytes()).hexdigest()
     return data
 
 

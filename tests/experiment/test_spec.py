@@ -438,3 +438,32 @@ def test_a_model_systems_dtype_reaches_the_worker_and_its_fingerprint_only_when_
     assert eval_payload(spec, jobs["eval:half"])["system"] == {"model": "m", "dtype": "bfloat16"}
     assert eval_payload(spec, jobs["eval:plain"])["system"] == {"model": "m"}
     assert describe(spec, "half") == "m (bfloat16) alone"
+
+
+def test_a_stack_retrieving_from_a_recipe_index_is_fingerprinted_by_its_recipe(tmp_path):
+    """A recipe folder (the index is built on first use) has no manifest: its recipe.json stands for the index, so
+    the run is recorded and an edited recipe reruns it; a folder with neither leaves the job to report it."""
+    import json
+    import shutil
+
+    from fslm.experiment.fingerprint import fingerprint
+
+    (tmp_path / "idx").mkdir()
+    recipe = {"corpus": {"sources": ["arc_easy"], "eval_tail": 200}}
+    (tmp_path / "idx" / "recipe.json").write_text(json.dumps(recipe))
+    stack = {
+        "name": "r",
+        "base_model": "smollm2-135m",
+        "stages": [
+            {"name": "related", "retrieve": {"index": "idx", "k": 3}},
+            {"name": "answer", "sees": ["prompt", "related"], "score": {"format": "raw"}, "final": True},
+        ],
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(stack))
+    spec = load_spec(write_spec(tmp_path, spec_with(systems={"a": {"stack": "r.yaml"}})))
+    first = fingerprint(spec, "a", None, 0)
+    assert first is not None and len(first["stack"]["stages"][0]["retrieve"]["index"]) == 64
+    (tmp_path / "idx" / "recipe.json").write_text(json.dumps({**recipe, "passages_sha256": "0" * 64}))
+    assert fingerprint(spec, "a", None, 0) != first
+    shutil.rmtree(tmp_path / "idx")
+    assert fingerprint(spec, "a", None, 0) is None
