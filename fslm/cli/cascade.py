@@ -205,20 +205,18 @@ def signals_command(
     run: Path = typer.Option(..., "--run", help="The small system's `fslm eval` run whose answers get verified."),
     model: str = typer.Option(..., "--model", "-m", help="Verifier model (AutoMix: the small model itself)."),
     split: str | None = typer.Option(
-        None, "--split", help="Split the run was evaluated on (default: the task's eval split)."
+        None, "--split", help="Split the run was evaluated on (default: the one its summary.json names, else eval)."
     ),
     out_file: Path = typer.Option(..., "--out", help="Signals JSONL to write."),
 ) -> None:
     """Self-verification: P(yes) that the small answer is correct, per item of a run (for --signal verify)."""
-    from fslm.collaborate.live import verify_signal_rows
+    from fslm.collaborate.live import run_items, verify_signal_rows
     from fslm.collaborate.runs import read_run
     from fslm.engine import load_engine
     from fslm.io import write_jsonl
-    from fslm.tasks import load_task
 
     small_run = read_run(run)
-    tasks = sorted({r["task"] for r in small_run.rows})
-    items = [it for t in tasks for it in load_task(t, split=split)]  # before the model: a bad split costs no load
+    items = run_items(small_run, split)  # before the model: a bad split costs no load
     check_model(model, "--model")
     check_output(out_file, "--out", folder=False)
     with status(f"verifying {len(small_run.rows)} answers with {model}…"):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fslm.collaborate.runs import choice_margin
+from fslm.collaborate.runs import Run, choice_margin
 from fslm.engine import Engine, GenerationParams, load_engine
 from fslm.errors import InputError
 from fslm.stages.calibration import check_threshold
@@ -100,17 +100,33 @@ def verify(engine: Engine, questions: Sequence[str], answers: Sequence[str]) -> 
     ]
 
 
+def run_items(run: Run, split: str | None = None) -> list[Item]:
+    """The task items a run's rows answer: `split` if given, else the split the run says it was evaluated on."""
+    from fslm.tasks.splits import select_items
+
+    if split is not None and run.split is not None and split != run.split:
+        raise InputError(f"--split {split}: the run {run.path} was evaluated on split {run.split!r}")
+    tasks = sorted({r["task"] for r in run.rows})
+    return [it for t in tasks for it in select_items(t, None, split or run.split)]
+
+
 def verify_signal_rows(engine: Engine, items: Sequence[Item], rows: Sequence[dict]) -> list[dict]:
     """Signals-file rows {task, id, verify, verify_flops, verify_seconds} for a small run's predictions."""
     by_key = {(it.task, it.id): it for it in items}
+    unknown = [r["id"] for r in rows if (r["task"], r["id"]) not in by_key]
+    if unknown:  # a wrong split would otherwise verify a silent subset of the run
+        raise InputError(
+            f"{len(unknown)} of {len(rows)} run rows are not items of the loaded split (first: {unknown[0]!r}); "
+            "pass the split the run was evaluated on (--split)"
+        )
     pairs = []
     for row in rows:
-        item = by_key.get((row["task"], row["id"]))
-        if item is None or not item.choices or not isinstance(row.get("prediction"), int):
-            continue
+        item = by_key[(row["task"], row["id"])]
+        if not item.choices or not isinstance(row.get("prediction"), int):
+            continue  # generation tasks: no chosen option to verify
         pairs.append((row, item))
     if not pairs:
-        raise InputError("no run rows match the loaded task items (check --split) or rows lack an integer 'prediction'")
+        raise InputError("no run row has a multiple-choice item and an integer 'prediction' to verify")
     results = verify(engine, [it.question for _, it in pairs], [it.choices[r["prediction"]] for r, it in pairs])
     return [
         {

@@ -28,6 +28,7 @@ class Run:
     system: str
     rows: list[dict]
     params: int | None = None
+    split: str | None = None  # the split the run was evaluated on (None: each task's eval split)
 
     @property
     def by_key(self) -> dict[tuple[str, str], dict]:
@@ -91,7 +92,14 @@ def read_run(path: str | Path, *, system: str | None = None, params: int | None 
     if not rows:
         raise DataError(f"{items}: no items")
     name = system or str(summary.get("system") or summary.get("model") or items.parent.name)
-    return Run(items, name, rows, params if params is not None else _params_from_summary(summary))
+    split = summary.get("split")
+    return Run(
+        items,
+        name,
+        rows,
+        params if params is not None else _params_from_summary(summary),
+        split if isinstance(split, str) else None,
+    )
 
 
 def choice_margin(choice_scores: Sequence[float]) -> float:

@@ -204,3 +204,40 @@ def test_route_bad_input_exits_2(runs, tmp_path):
         app, ["route", "eval", "--router", str(tmp_path), "--small", str(runs[0]), "--large", str(runs[1])]
     )
     assert result.exit_code == 2 and "not a router folder" in result.output
+
+
+def _data_present() -> bool:
+    from fslm.settings import get_settings
+
+    return (get_settings().data_dir / "README.md").is_file()
+
+
+@pytest.mark.skipif(not _data_present(), reason="benchmark data dir not present (set FSLM_DATA_DIR)")
+def test_cascade_signals_reads_the_split_the_run_names(tmp_path, tiny_model_dir):
+    from fslm.tasks.splits import HELDOUT, select_items
+
+    items = select_items("arc_challenge", 3, HELDOUT)  # from ARC-Challenge's dev split, not its eval split
+    rows = make_rows([(True, [0.0, -1.0, -2.0, -3.0])] * 3, task="arc_challenge")
+    for row, item in zip(rows, items, strict=True):
+        row["id"] = item.id
+    heldout = write_run(tmp_path / "heldout", rows, {"params": 100, "split": HELDOUT})
+    out = tmp_path / "signals.jsonl"
+    result = runner.invoke(
+        app, ["cascade", "signals", "--run", str(heldout), "--model", str(tiny_model_dir), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    signals = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s["id"] for s in signals] == [it.id for it in items]
+    assert all(0.0 < s["verify"] < 1.0 for s in signals)
+
+    # a split other than the run's is refused; a run that names no split but holds other items is not verified in part
+    unnamed = write_run(tmp_path / "unnamed", rows, {"params": 100})
+    for run, extra, message in [
+        (heldout, ["--split", "test"], "evaluated on split 'heldout'"),
+        (unnamed, [], "3 of 3 run rows are not items of the loaded split"),
+    ]:
+        args = ["cascade", "signals", "--run", str(run), "--model", str(tiny_model_dir), "--out", str(tmp_path / "x")]
+        result = runner.invoke(app, args + extra)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "x").exists()
