@@ -15,8 +15,13 @@ Signals covered (from per-item outputs already in benchmarks/results/, no model 
    tasks (never seen by the router) and ECE is reported on the router's own report half (the other hash half of the
    first 200). The labels are checked against router.json / router.json's report accuracy first.
 
+3. **Verifier P(yes)** of SmolLM2-135M checking its own answers (`fslm cascade signals` on `select/base` and
+   `runs/base`, kept under benchmarks/results/helpers/verify/ and computed when missing, ~6 min): temperature and
+   Platt scaling fitted per task on held-out items; ECE, NLL and AUROC on test items (`fslm eval calibrate`).
+
 ECE: 10 equal-width bins (fslm.evaluate.calibration); 95% CIs by a paired bootstrap over test items (2,000 replicates).
-Outputs: benchmarks/results/helpers/calibration.{json,md,png} (+ calibration_systems.png).
+Outputs: benchmarks/results/helpers/calibration.{json,md,png} (+ calibration_systems.png, calibration_verify.png),
+and the verifier's signals files under benchmarks/results/helpers/verify/ (computed when missing).
 """
 
 from __future__ import annotations
@@ -36,17 +41,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from fslm.evaluate.calibrate import calibrate_runs, calibration_markdown, reliability_panels  # noqa: E402
 from fslm.evaluate.calibration import (  # noqa: E402
     DEFAULT_BINS,
     bootstrap_ece,
     ece,
     fit_binary_temperature,
-    fit_temperature,
-    nll,
     reliability,
     reliability_plot,
     scale_binary,
-    top_confidence,
 )
 from fslm.evaluate.store import has_items, read_rows  # noqa: E402
 from fslm.io import write_atomic, write_json  # noqa: E402
@@ -55,31 +58,20 @@ OUT = ROOT / "benchmarks" / "results" / "helpers"
 ROUTER = ROOT / "benchmarks" / "results" / "collaborate" / "router"
 ROUTER_REPORT = ROOT / "benchmarks" / "results" / "collaborate" / "router.json"
 MAIN_SYSTEM = "base"
+VERIFIER = "smollm2-135m"  # verifies MAIN_SYSTEM's own answers
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def rel(path: Path) -> Path:
+    """A path as the report shows it: from the repository root when it is inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def r6(x: float | None) -> float | None:
     return None if x is None else round(float(x), 6)
-
-
-def choice_rows(folder: Path) -> dict[str, list[dict]]:
-    """Multiple-choice rows of a run folder by task, in file order."""
-    by_task: dict[str, list[dict]] = {}
-    for row in read_rows(folder).values():
-        if row.get("choice_scores"):
-            by_task.setdefault(row["task"], []).append(row)
-    return by_task
-
-
-def gold_of(row: dict) -> list[int]:
-    return list(row["gold_set"]) if row.get("gold_set") else [int(row["gold"])]
-
-
-def scores_gold(rows: list[dict]) -> tuple[list[list[float]], list[list[int]]]:
-    return [[float(s) for s in r["choice_scores"]] for r in rows], [gold_of(r) for r in rows]
 
 
 def evaluate_signal(conf0: np.ndarray, conf1: np.ndarray, right: np.ndarray, extra: dict) -> dict:
@@ -103,47 +95,32 @@ def evaluate_signal(conf0: np.ndarray, conf1: np.ndarray, right: np.ndarray, ext
 
 def calibrate_system(fit_dir: Path, test_dir: Path) -> dict:
     """Per task: T fitted on the held-out rows (per task, and pooled over the system's tasks), ECE on the test rows."""
-    fit, test = choice_rows(fit_dir), choice_rows(test_dir)
-    tasks = [t for t in test if t in fit]
-    pooled_s, pooled_g = [], []
-    for t in tasks:
-        s, g = scores_gold(fit[t])
-        pooled_s += s
-        pooled_g += g
-    t_pooled = fit_temperature(pooled_s, pooled_g)
-    out: dict = {"fit": str(fit_dir.relative_to(ROOT)), "test": str(test_dir.relative_to(ROOT)), "tasks": {}}
-    out["t_pooled"] = r6(t_pooled)
-    mismatched = 0
-    for t in tasks:
-        fs, fg = scores_gold(fit[t])
-        ts, tg = scores_gold(test[t])
-        temp = fit_temperature(fs, fg)
-        conf0, pred = top_confidence(ts, 1.0)
-        conf1, pred1 = top_confidence(ts, temp)
-        conf_pooled, _ = top_confidence(ts, t_pooled)
-        assert np.array_equal(pred, pred1), "temperature scaling changed a prediction"
-        right = np.array([p in set(g) for p, g in zip(pred, tg, strict=True)])
-        mismatched += int(np.sum(right != np.array([bool(r["correct"]) for r in test[t]])))
-        entry = evaluate_signal(
-            conf0,
-            conf1,
-            right,
-            {
-                "temperature": r6(temp),
-                "n_fit": len(fs),
-                "nll_before": r6(nll(ts, tg, 1.0)),
-                "nll_after": r6(nll(ts, tg, temp)),
-            },
-        )
-        entry["ece_after_pooled_t"] = r6(ece(conf_pooled, right))
-        entry["nll_after_pooled_t"] = r6(nll(ts, tg, t_pooled))
-        out["tasks"][t] = entry
-    out["rows_where_correct_differs_from_argmax"] = mismatched  # 0 expected: `correct` is the raw-score argmax
-    for key in ("ece_before", "ece_after", "ece_after_pooled_t", "nll_before", "nll_after", "nll_after_pooled_t"):
-        out[f"mean_{key}"] = r6(np.mean([e[key] for e in out["tasks"].values()]))
-    out["tasks_ece_lower_ci_excludes_0"] = sum(e["ece_diff_ci95"][1] < 0 for e in out["tasks"].values())
-    out["tasks_ece_higher_ci_excludes_0"] = sum(e["ece_diff_ci95"][0] > 0 for e in out["tasks"].values())
-    return out
+    report = calibrate_runs(rel(fit_dir), rel(test_dir))
+    mismatched = sum(e["rows_where_correct_differs_from_argmax"] for e in report["tasks"].values())
+    assert mismatched == 0, f"{test_dir}: {mismatched} rows whose `correct` is not the argmax of their scores"
+    return report
+
+
+def ensure_verify_signals(results: Path, folder: Path) -> dict[str, Path]:
+    """{"heldout"|"test": signals file} of the verifier on `select/base` and `runs/base`: kept, or computed now."""
+    from fslm.collaborate.live import run_items, verify_signal_rows
+    from fslm.collaborate.runs import read_run
+    from fslm.engine import load_engine
+    from fslm.io import write_jsonl
+
+    paths = {}
+    engine = None
+    for part, sub in (("heldout", "select"), ("test", "runs")):
+        paths[part] = folder / f"{part}.jsonl"
+        if paths[part].is_file():
+            continue
+        run = read_run(results / sub / MAIN_SYSTEM)
+        items = run_items(run)  # the split the run names
+        engine = engine or load_engine(VERIFIER)
+        log(f"verifier: {len(run.rows)} answers of {results / sub / MAIN_SYSTEM} with {VERIFIER}…")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_jsonl(paths[part], verify_signal_rows(engine, items, run.rows))
+    return paths
 
 
 def hash_half(task: str, item_id: str) -> bool:
@@ -243,8 +220,8 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {s['t_pooled']:.2f} | {s['mean_ece_before']:.3f} | {s['mean_ece_after']:.3f} | "
             f"{s['mean_ece_after_pooled_t']:.3f} | {s['mean_nll_before']:.3f} → {s['mean_nll_after']:.3f} → "
-            f"{s['mean_nll_after_pooled_t']:.3f} | {s['tasks_ece_lower_ci_excludes_0']} / "
-            f"{s['tasks_ece_higher_ci_excludes_0']} of {n} |"
+            f"{s['mean_nll_after_pooled_t']:.3f} | {s['tasks_ece_lower']} / "
+            f"{s['tasks_ece_higher']} of {n} |"
         )
     router = result.get("router")
     if router:
@@ -267,6 +244,19 @@ def markdown(result: dict) -> str:
             f"{router['ece_after_ci95'][0]:.3f}–{router['ece_after_ci95'][1]:.3f} | "
             f"{router['ece_diff_ci95'][0]:+.3f} to {router['ece_diff_ci95'][1]:+.3f} |",
         ]
+    if result.get("verifier"):
+        body = calibration_markdown(result["verifier"]).split("\n", 2)[2]  # without its title
+        lines += [
+            "",
+            f"## Verifier P(yes) ({VERIFIER} checking the answers of `{MAIN_SYSTEM}`), per task",
+            "",
+            "Signals written by `fslm cascade signals` (`fslm eval calibrate --signal verify`): "
+            f"`{result['verifier']['fit_signals']}` (fit), `{result['verifier']['signals']}` (report). AUROC: does "
+            'P(yes) rank right answers above wrong ones (0.5: not at all; no rescaling changes it). "Fit rate": the '
+            "fit items' accuracy as a constant, the calibrated predictor that knows nothing about the item.",
+            "",
+            body.rstrip("\n"),
+        ]
     lines += ["", "## Not covered", ""] + [f"- {x}" for x in result["not_covered"]]
     return "\n".join(lines) + "\n"
 
@@ -282,6 +272,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "fslm_repro")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-router", action="store_true")
+    ap.add_argument("--no-verifier", action="store_true", help="skip the verifier P(yes) section")
     args = ap.parse_args()
     results = args.results.resolve()
     names = sorted(
@@ -291,7 +282,7 @@ def main() -> None:
         names.remove(MAIN_SYSTEM)
         names.insert(0, MAIN_SYSTEM)
     result: dict = {
-        "results": str(results.relative_to(ROOT)),
+        "results": str(rel(results)),
         "n_bins": DEFAULT_BINS,
         "systems": {},
         "system_names": {},
@@ -311,10 +302,20 @@ def main() -> None:
         result["router"] = calibrate_router(results)
         r = result["router"]
         log(f"router: ECE {r['ece_before']:.3f} -> {r['ece_after']:.3f} (T {r['temperature']:.2f})")
+    if not args.no_verifier:
+        paths = ensure_verify_signals(results, args.out / "verify")
+        result["verifier"] = calibrate_runs(
+            rel(results / "select" / MAIN_SYSTEM),
+            rel(results / "runs" / MAIN_SYSTEM),
+            signal="verify",
+            fit_signals=rel(paths["heldout"].resolve()),
+            signals=rel(paths["test"].resolve()),
+        )
+        v = result["verifier"]
+        log(f"verifier: AUROC {v['mean_auroc']:.3f}, ECE {v['mean_ece_before']:.3f} -> {v['mean_ece_after']:.3f} (T)")
     result["not_covered"] = [
-        "verifier P(yes) (`fslm cascade signals`): no per-item signals file is kept in benchmarks/results/ "
-        "(bench_cascade.py wrote it under a cache folder that is gone); producing one means running the small "
-        "model's self-verification on every item, not done here",
+        "verifier P(yes) of the other systems (only SmolLM2-135M's own answers, `base`, are verified: one signal "
+        "file pair per system, ~6 min each)",
         "systems without a held-out run (model-qwen2.5-coder-0.5b, model-gemma3-270m and the stack variants that "
         "have only test runs in runs/): a temperature fitted on their test items would be reported on the items it "
         "was fitted on",
@@ -347,6 +348,14 @@ def main() -> None:
         ),
     )
     write_atomic(args.out / "calibration_systems.png", systems_plot(result))
+    if result.get("verifier"):
+        write_atomic(
+            args.out / "calibration_verify.png",
+            reliability_plot(
+                reliability_panels(result["verifier"]),
+                title=f"{VERIFIER} verifying its own answers: P(yes) on test items, T / Platt fitted on held-out items",
+            ),
+        )
     log(f"wrote {args.out}/calibration.{{json,md,png}}")
 
 

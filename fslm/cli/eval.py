@@ -26,6 +26,7 @@ from fslm.cli.common import (
     status,
 )
 from fslm.errors import InputError
+from fslm.evaluate.calibrate import CHOICE
 from fslm.evaluate.compare import compare
 from fslm.evaluate.run import evaluate  # for their defaults; none imports torch
 from fslm.evaluate.systems import load_system
@@ -275,6 +276,43 @@ def compare_command(
         print_json(result)
     else:
         out.print(compare_markdown(result), highlight=False, markup=False)
+
+
+@app.command("calibrate")
+@guarded
+def calibrate_command(
+    fit: Path = typer.Option(..., "--fit", help="Run folder of held-out items the rescaling is fitted on."),
+    run: Path = typer.Option(..., "--run", help="Run folder of the same system on other items, where it is measured."),
+    signal: str = typer.Option(
+        CHOICE, "--signal", help="'choice' (option scores in the runs) or a signal in --signals files, e.g. verify."
+    ),
+    fit_signals: Path | None = typer.Option(None, "--fit-signals", help="Signals file of the --fit run."),
+    signals: Path | None = typer.Option(None, "--signals", help="Signals file of the --run run."),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Also write calibration.json, .md and .png here."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """ECE, reliability diagram and temperature (and Platt) scaling of a confidence signal, per task: fitted on one
+    run's items, measured on another's."""
+    from fslm.evaluate.calibrate import calibrate_runs, calibration_markdown, write_calibration
+
+    if (signal == CHOICE) != (fit_signals is None and signals is None) or (fit_signals is None) != (signals is None):
+        raise InputError(
+            "--signal choice reads the runs' option scores: no signals files; any other signal needs both "
+            "--fit-signals and --signals (from `fslm cascade signals`)"
+        )
+    if out_dir is not None:
+        check_output(out_dir, "--out", folder=True)
+    report = calibrate_runs(fit, run, signal=signal, fit_signals=fit_signals, signals=signals)
+    if out_dir is not None:
+        write_calibration(report, out_dir)
+    if json_output:
+        print_json({k: v for k, v in report.items() if k != "tasks"} | {"tasks": _without_bins(report["tasks"])})
+    else:
+        out.print(calibration_markdown(report), highlight=False, markup=False)
+
+
+def _without_bins(tasks: dict) -> dict:
+    return {t: {k: v for k, v in e.items() if not k.startswith("reliability")} for t, e in tasks.items()}
 
 
 @app.command("compress")

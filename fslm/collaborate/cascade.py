@@ -196,7 +196,8 @@ def plot_curves(
 
 # ---- file-level twins of the CLI ------------------------------------------------------------------------------------
 def load_pairs(small: str | Path, large: str | Path, signals: str | Path | None = None) -> list[Pair]:
-    from fslm.collaborate.runs import pair_runs, read_run, read_signals
+    from fslm.collaborate.runs import pair_runs, read_run
+    from fslm.evaluate.store import read_signals
 
     values, costs = read_signals(signals) if signals else ({}, {})
     return pair_runs(read_run(small), read_run(large), signals=values, signal_costs=costs)

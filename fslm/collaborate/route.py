@@ -213,7 +213,8 @@ def compare(
 
 # ---- file-level twins of the CLI ------------------------------------------------------------------------------------
 def _pairs_and_embeddings(small: str | Path, large: str | Path, signals: str | Path | None = None):
-    from fslm.collaborate.runs import cost_unit, pair_runs, read_run, read_signals
+    from fslm.collaborate.runs import cost_unit, pair_runs, read_run
+    from fslm.evaluate.store import read_signals
 
     small_run, large_run = read_run(small), read_run(large)
     values, costs = read_signals(signals) if signals else ({}, {})

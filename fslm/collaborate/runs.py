@@ -184,33 +184,3 @@ def split_pairs(pairs: Iterable[Pair], fraction: float = 0.5) -> tuple[list[Pair
         h = int(hashlib.sha1(f"{p.task}/{p.id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         (first if h < fraction else second).append(p)
     return first, second
-
-
-def read_signals(
-    path: str | Path,
-) -> tuple[dict[str, dict[tuple[str, str], float]], dict[str, dict[tuple[str, str], float]]]:
-    """A signals JSONL as ({signal: {(task, id): value}}, {"<signal>_<unit>": {(task, id): cost}}).
-
-    Rows look like {"task", "id", "verify": 0.83, "verify_flops": 1.2e10, "verify_seconds": 0.05}.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: signals file not found (write one with `fslm cascade signals`)")
-    values: dict[str, dict[tuple[str, str], float]] = {}
-    costs: dict[str, dict[tuple[str, str], float]] = {}
-    expected = "{path}:{line}: expected a JSON object with 'task', 'id' and signal values"
-    for lineno, row in fslm_io.iter_jsonl(path, bad_line=expected + " ({problem})"):
-        try:
-            key = (row["task"], row["id"])
-        except (KeyError, TypeError):
-            raise DataError(expected.format(path=path, line=lineno)) from None
-        for name, value in row.items():
-            if name in ("task", "id") or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            if name.endswith(("_flops", "_seconds")):
-                costs.setdefault(name, {})[key] = float(value)
-                continue
-            if not 0.0 <= value <= 1.0:
-                raise DataError(f"{path}:{lineno}: signal {name!r} = {value} is outside [0, 1]")
-            values.setdefault(name, {})[key] = float(value)
-    return values, costs

@@ -17,6 +17,9 @@ probability (a router's P(small system is right), a verifier's P(yes)) is the tw
   section search on the same interval (same optimum to ~1e-6 in log T). T > 1 softens an overconfident signal,
   T < 1 sharpens an underconfident one. When an item has several true options (TruthfulQA mc2) the likelihood is
   that of the true set: -log sum_{g in gold} p_T(g).
+* **Platt scaling** (binary signals only): sigmoid(a * logit(p) + b), a and b fitted by unregularised logistic
+  regression on held-out items. Temperature scaling is the b = 0 case; the intercept is what moves a signal whose
+  values sit far from its event's rate (a verifier answering P(yes) ~ 0.07 for answers right half the time).
 """
 
 from __future__ import annotations
@@ -170,6 +173,31 @@ def fit_binary_temperature(probs: Sequence[float], outcomes: Sequence[bool], **k
 def scale_binary(probs: Sequence[float], temperature: float) -> np.ndarray:
     """sigmoid(logit(p) / T) per probability."""
     return np.exp(log_softmax(pad_scores(binary_scores(probs)), temperature)[:, 0])
+
+
+def _logit(probs: Sequence[float]) -> np.ndarray:
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-9, 1 - 1e-9)
+    return (np.log(p) - np.log1p(-p)).reshape(-1, 1)
+
+
+def fit_platt(probs: Sequence[float], outcomes: Sequence[bool]) -> tuple[float, float]:
+    """(a, b) of sigmoid(a * logit(p) + b) maximising the likelihood of these (held-out) outcomes."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(outcomes, dtype=bool)
+    if y.size == 0:
+        raise ValueError("no items to fit Platt scaling on")
+    if y.all() or not y.any():  # one class: the likelihood has no finite optimum; predict the (clipped) rate
+        rate = min(max(float(y.mean()), 1e-6), 1 - 1e-6)
+        return 0.0, float(math.log(rate / (1 - rate)))
+    model = LogisticRegression(C=np.inf, max_iter=1000).fit(_logit(probs), y)  # C = inf: no regularisation
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def scale_platt(probs: Sequence[float], a: float, b: float) -> np.ndarray:
+    """sigmoid(a * logit(p) + b) per probability."""
+    z = a * _logit(probs)[:, 0] + b
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 # --- ECE and reliability diagrams -----------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 flight; a torn last line is cut off on resume. A finished run can be compressed (`compress_run`): its rows move to
 `items.jsonl.gz`, byte for byte, and every reader here reads that file first, then any rows appended since to
 `items.jsonl` (a resumed run never rewrites the compressed file). `run.json` records what was evaluated (system, few-shot, split,
-prompt convention) so a rerun into the same folder continues that run and refuses to mix in another one.
+prompt convention) so a rerun into the same folder continues that run and refuses to mix in another one. A signals
+file (`fslm cascade signals`) holds per-item values in [0, 1] for a run's rows, keyed by (task, id).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fslm.errors import DataError, InputError
-from fslm.io import append_jsonl, atomic_file, loads_json, read_bytes, read_json_object, write_json
+from fslm.io import append_jsonl, atomic_file, iter_jsonl, loads_json, read_bytes, read_json_object, write_json
 
 ITEMS = "items.jsonl"
 ITEMS_GZ = ITEMS + ".gz"
@@ -266,3 +267,33 @@ class RunStore:
     @property
     def sessions(self) -> list[dict]:
         return list(self.meta.get("sessions", []))
+
+
+def read_signals(
+    path: str | Path,
+) -> tuple[dict[str, dict[tuple[str, str], float]], dict[str, dict[tuple[str, str], float]]]:
+    """A signals JSONL as ({signal: {(task, id): value}}, {"<signal>_<unit>": {(task, id): cost}}).
+
+    Rows look like {"task", "id", "verify": 0.83, "verify_flops": 1.2e10, "verify_seconds": 0.05}.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: signals file not found (write one with `fslm cascade signals`)")
+    values: dict[str, dict[tuple[str, str], float]] = {}
+    costs: dict[str, dict[tuple[str, str], float]] = {}
+    expected = "{path}:{line}: expected a JSON object with 'task', 'id' and signal values"
+    for lineno, row in iter_jsonl(path, bad_line=expected + " ({problem})"):
+        try:
+            key = (row["task"], row["id"])
+        except (KeyError, TypeError):
+            raise DataError(expected.format(path=path, line=lineno)) from None
+        for name, value in row.items():
+            if name in ("task", "id") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if name.endswith(("_flops", "_seconds")):
+                costs.setdefault(name, {})[key] = float(value)
+                continue
+            if not 0.0 <= value <= 1.0:
+                raise DataError(f"{path}:{lineno}: signal {name!r} = {value} is outside [0, 1]")
+            values.setdefault(name, {})[key] = float(value)
+    return values, costs

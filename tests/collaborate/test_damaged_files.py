@@ -9,8 +9,9 @@ import pytest
 
 from fslm.collaborate.cascade import Calibration
 from fslm.collaborate.route import META_FILE, WEIGHTS_FILE, Router
-from fslm.collaborate.runs import read_run, read_signals
+from fslm.collaborate.runs import read_run
 from fslm.errors import DataError, InputError
+from fslm.evaluate.store import read_signals
 
 from .conftest import make_rows, write_run
 

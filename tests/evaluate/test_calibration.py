@@ -12,12 +12,14 @@ from fslm.evaluate.calibration import (
     bootstrap_ece,
     ece,
     fit_binary_temperature,
+    fit_platt,
     fit_temperature,
     golden_section,
     nll,
     reliability,
     reliability_plot,
     scale_binary,
+    scale_platt,
     softmax,
     top_confidence,
 )
@@ -128,6 +130,24 @@ def test_binary_probability_scaling():
     t = fit_binary_temperature(over, outcome)
     assert 2.5 < t < 3.5
     assert ece(scale_binary(over, t), outcome) < ece(over, outcome)
+
+
+def test_platt_scaling_moves_a_shifted_signal_that_temperature_cannot():
+    rng = np.random.default_rng(3)
+    true = rng.uniform(0.55, 0.95, size=4000)
+    outcome = rng.uniform(size=true.size) < true
+    logit = np.log(true / (1 - true))
+    shifted = 1 / (1 + np.exp(-(0.5 * logit - 2.5)))  # P ~ 0.1-0.2 for events that happen 3 times in 4
+    a, b = fit_platt(shifted, outcome)
+    assert a == pytest.approx(2.0, abs=0.4) and b == pytest.approx(5.0, abs=0.8)  # the inverse map: 2 * (x + 2.5)
+    assert scale_platt(shifted, a, b) == pytest.approx(1 / (1 + np.exp(-(a * (0.5 * logit - 2.5) + b))))
+    t = fit_binary_temperature(shifted, outcome)
+    # every shifted P is below 1/2 and logit(p) / T keeps its sign: no temperature reaches the 3-in-4 rate
+    assert ece(scale_platt(shifted, a, b), outcome) < 0.03 and ece(scale_binary(shifted, t), outcome) > 0.2
+    # one class only: no finite optimum, so the rate itself (clipped), whatever the inputs
+    assert scale_platt([0.2, 0.9], *fit_platt([0.2, 0.9], [True, True])) == pytest.approx([1 - 1e-6] * 2)
+    with pytest.raises(ValueError, match="no items"):
+        fit_platt([], [])
 
 
 def test_bootstrap_ece_intervals():
