@@ -2,26 +2,26 @@
 
     FSLM_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/bench_calibration.py [--results benchmarks/results/fslm_repro]
 
-Signals covered (from per-item outputs already in benchmarks/results/, no model is run):
+Signals covered (from per-item outputs in benchmarks/results/; only the verifier's signals are computed, when missing):
 
 1. **Choice confidence** of every system that has both a held-out run and a test run in --results (`select/<name>`:
    `fslm eval --split heldout`, 50 items per task; `runs/<name>`: the first 300 test items per task): the softmax of
    the summed option log-likelihoods (`choice_scores`), confidence = the top option's probability, right = the
    row's own `correct`. The temperature is fitted on the held-out items (per task, and one per system over all its
    held-out items) and ECE is reported on the test items only.
-2. **Router probability** P(small system is right) of the saved MiniLM router (benchmarks/results/collaborate/router,
+2. **Choice margin** (top-1 minus top-2 probability: the cascade's and `score` stages' confidence) of `base`, the same
+   runs, as a probability of being right: temperature and Platt scaling, AUROC (`fslm eval calibrate`).
+3. **Router probability** P(small system is right) of the saved MiniLM router (benchmarks/results/collaborate/router,
    trained by bench_cascade.py on a hash-split half of the first 200 items of arc_easy/boolq/piqa), with the outcomes
    of the same small system (`model:smollm2-135m`, runs/base). The temperature is fitted on items 200..299 of those
    tasks (never seen by the router) and ECE is reported on the router's own report half (the other hash half of the
    first 200). The labels are checked against router.json / router.json's report accuracy first.
-
-3. **Verifier P(yes)** of SmolLM2-135M checking its own answers (`fslm cascade signals` on `select/base` and
-   `runs/base`, kept under benchmarks/results/helpers/verify/ and computed when missing, ~6 min): temperature and
-   Platt scaling fitted per task on held-out items; ECE, NLL and AUROC on test items (`fslm eval calibrate`).
+4. **Verifier P(yes)** of SmolLM2-135M checking its own answers (`fslm cascade signals` on `select/base` and
+   `runs/base`, kept under benchmarks/results/helpers/verify/ and computed when missing, ~6 min): as the margin.
 
 ECE: 10 equal-width bins (fslm.evaluate.calibration); 95% CIs by a paired bootstrap over test items (2,000 replicates).
-Outputs: benchmarks/results/helpers/calibration.{json,md,png} (+ calibration_systems.png, calibration_verify.png),
-and the verifier's signals files under benchmarks/results/helpers/verify/ (computed when missing).
+Outputs: benchmarks/results/helpers/calibration.{json,md,png} (+ calibration_systems.png, calibration_margin.png,
+calibration_verify.png) and the verifier's signals files under benchmarks/results/helpers/verify/.
 """
 
 from __future__ import annotations
@@ -244,18 +244,32 @@ def markdown(result: dict) -> str:
             f"{router['ece_after_ci95'][0]:.3f}–{router['ece_after_ci95'][1]:.3f} | "
             f"{router['ece_diff_ci95'][0]:+.3f} to {router['ece_diff_ci95'][1]:+.3f} |",
         ]
+    if result.get("margin"):
+        lines += [
+            "",
+            f"## Choice margin (top-1 minus top-2 option probability) of `{MAIN_SYSTEM}`, per task",
+            "",
+            "The cascade's and `score` stages' confidence (`fslm eval calibrate --signal margin`), read as a "
+            "probability of being right. Same runs as the choice confidence above.",
+            "",
+            calibration_markdown(result["margin"]).split("\n", 2)[2].rstrip("\n"),  # without its title
+        ]
     if result.get("verifier"):
-        body = calibration_markdown(result["verifier"]).split("\n", 2)[2]  # without its title
         lines += [
             "",
             f"## Verifier P(yes) ({VERIFIER} checking the answers of `{MAIN_SYSTEM}`), per task",
             "",
             "Signals written by `fslm cascade signals` (`fslm eval calibrate --signal verify`): "
-            f"`{result['verifier']['fit_signals']}` (fit), `{result['verifier']['signals']}` (report). AUROC: does "
-            'P(yes) rank right answers above wrong ones (0.5: not at all; no rescaling changes it). "Fit rate": the '
-            "fit items' accuracy as a constant, the calibrated predictor that knows nothing about the item.",
+            f"`{result['verifier']['fit_signals']}` (fit), `{result['verifier']['signals']}` (report).",
             "",
-            body.rstrip("\n"),
+            calibration_markdown(result["verifier"]).split("\n", 2)[2].rstrip("\n"),
+        ]
+    if result.get("margin") or result.get("verifier"):
+        lines += [
+            "",
+            "AUROC: does the signal rank right answers above wrong ones (0.5: not at all; no rescaling changes it). "
+            '"Fit rate": the fit items\' accuracy as a constant, the calibrated predictor that knows nothing about the '
+            "item: a signal is useful only where it beats it.",
         ]
     lines += ["", "## Not covered", ""] + [f"- {x}" for x in result["not_covered"]]
     return "\n".join(lines) + "\n"
@@ -302,11 +316,15 @@ def main() -> None:
         result["router"] = calibrate_router(results)
         r = result["router"]
         log(f"router: ECE {r['ece_before']:.3f} -> {r['ece_after']:.3f} (T {r['temperature']:.2f})")
+    fit_main, test_main = rel(results / "select" / MAIN_SYSTEM), rel(results / "runs" / MAIN_SYSTEM)
+    result["margin"] = calibrate_runs(fit_main, test_main, signal="margin")
+    m = result["margin"]
+    log(f"margin: AUROC {m['mean_auroc']:.3f}, ECE {m['mean_ece_before']:.3f} -> {m['mean_ece_after']:.3f} (T)")
     if not args.no_verifier:
         paths = ensure_verify_signals(results, args.out / "verify")
         result["verifier"] = calibrate_runs(
-            rel(results / "select" / MAIN_SYSTEM),
-            rel(results / "runs" / MAIN_SYSTEM),
+            fit_main,
+            test_main,
             signal="verify",
             fit_signals=rel(paths["heldout"].resolve()),
             signals=rel(paths["test"].resolve()),
@@ -348,14 +366,16 @@ def main() -> None:
         ),
     )
     write_atomic(args.out / "calibration_systems.png", systems_plot(result))
-    if result.get("verifier"):
-        write_atomic(
-            args.out / "calibration_verify.png",
-            reliability_plot(
-                reliability_panels(result["verifier"]),
-                title=f"{VERIFIER} verifying its own answers: P(yes) on test items, T / Platt fitted on held-out items",
-            ),
-        )
+    titles = {
+        "margin": f"{result['system_names'][MAIN_SYSTEM]}: choice margin on test items",
+        "verifier": f"{VERIFIER} verifying its own answers: P(yes) on test items",
+    }
+    for key, title in titles.items():
+        if result.get(key):
+            write_atomic(
+                args.out / f"calibration_{key.replace('verifier', 'verify')}.png",
+                reliability_plot(reliability_panels(result[key]), title=f"{title}, T / Platt fitted on held-out items"),
+            )
     log(f"wrote {args.out}/calibration.{{json,md,png}}")
 
 

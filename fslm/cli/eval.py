@@ -26,7 +26,7 @@ from fslm.cli.common import (
     status,
 )
 from fslm.errors import InputError
-from fslm.evaluate.calibrate import CHOICE
+from fslm.evaluate.calibrate import CHOICE, FROM_ROWS
 from fslm.evaluate.compare import compare
 from fslm.evaluate.run import evaluate  # for their defaults; none imports torch
 from fslm.evaluate.systems import load_system
@@ -284,7 +284,7 @@ def calibrate_command(
     fit: Path = typer.Option(..., "--fit", help="Run folder of held-out items the rescaling is fitted on."),
     run: Path = typer.Option(..., "--run", help="Run folder of the same system on other items, where it is measured."),
     signal: str = typer.Option(
-        CHOICE, "--signal", help="'choice' (option scores in the runs) or a signal in --signals files, e.g. verify."
+        CHOICE, "--signal", help="'choice' or 'margin' (from the runs' option scores), or a signal in --signals files."
     ),
     fit_signals: Path | None = typer.Option(None, "--fit-signals", help="Signals file of the --fit run."),
     signals: Path | None = typer.Option(None, "--signals", help="Signals file of the --run run."),
@@ -295,9 +295,9 @@ def calibrate_command(
     run's items, measured on another's."""
     from fslm.evaluate.calibrate import calibrate_runs, calibration_markdown, write_calibration
 
-    if (signal == CHOICE) != (fit_signals is None and signals is None) or (fit_signals is None) != (signals is None):
+    if (signal in FROM_ROWS) != (fit_signals is None and signals is None) or (fit_signals is None) != (signals is None):
         raise InputError(
-            "--signal choice reads the runs' option scores: no signals files; any other signal needs both "
+            "--signal choice or margin reads the runs' option scores: no signals files; any other signal needs both "
             "--fit-signals and --signals (from `fslm cascade signals`)"
         )
     if out_dir is not None:

@@ -11,10 +11,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fslm.collaborate.runs import Run, choice_margin
+from fslm.collaborate.runs import Run
 from fslm.engine import Engine, GenerationParams, load_engine
 from fslm.errors import InputError
 from fslm.stages.calibration import check_threshold
+from fslm.stages.conditions import choice_margin
 from fslm.stages.verify import yes_no_probabilities
 from fslm.tasks import Item
 

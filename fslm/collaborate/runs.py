@@ -7,8 +7,7 @@ count, else measured seconds.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import fslm.io as fslm_io
 from fslm.errors import DataError
 from fslm.evaluate.store import ITEMS, has_items, items_bytes
 from fslm.io import decode_text, read_json_object
+from fslm.stages.conditions import choice_margin
 
 REQUIRED = ("id", "task", "correct")
 
@@ -100,16 +100,6 @@ def read_run(path: str | Path, *, system: str | None = None, params: int | None 
         params if params is not None else _params_from_summary(summary),
         split if isinstance(split, str) else None,
     )
-
-
-def choice_margin(choice_scores: Sequence[float]) -> float:
-    """Top-1 minus top-2 choice probability after a softmax over the summed log-probs (1 = certain, 0 = a tie)."""
-    if len(choice_scores) < 2:
-        return 1.0
-    top = max(choice_scores)
-    probs = sorted((math.exp(s - top) for s in choice_scores), reverse=True)
-    total = sum(probs)
-    return (probs[0] - probs[1]) / total
 
 
 def _tokens(row: Mapping) -> float:

@@ -1,9 +1,11 @@
 """`fslm eval calibrate`: does a confidence signal of an evaluated system say how often it is right, per task, and
 what does rescaling fitted on held-out items make of it?
 
-Two runs of one system: `fit` (held-out items, e.g. `fslm eval --split heldout`) and `test`. The signal is either
-`choice` (the softmax over a row's option log-likelihoods; confidence = its top probability) or a probability read
-from a signals file per run (`fslm cascade signals`: `verify`, the small model's own P(yes) that its answer is right).
+Two runs of one system: `fit` (held-out items, e.g. `fslm eval --split heldout`) and `test`. The signal is
+`choice` (the softmax over a row's option log-likelihoods; confidence = its top probability), `margin` (top-1 minus
+top-2 of that softmax: the cascade's and `score` stages' confidence), or a value in [0, 1] read from a signals file per
+run (`fslm cascade signals`: `verify`, the small model's own P(yes) that its answer is right). Margin and file
+signals are treated as probabilities of being right.
 Right = the row's `correct`. Per task: a temperature T fitted on the fit run's items of that task (and one pooled over
 all its tasks) and, for a probability, Platt scaling too; ECE, NLL and reliability bins on the test run's items, with
 paired bootstrap CIs. A probability also gets its AUROC (no monotone rescaling changes it: whether the signal ranks
@@ -23,6 +25,8 @@ from fslm.errors import DataError, InputError
 from fslm.evaluate import calibration as cal
 
 CHOICE = "choice"
+MARGIN = "margin"
+FROM_ROWS = (CHOICE, MARGIN)  # signals computed from a run's option scores; any other is read from a signals file
 N_BOOT = 2000
 
 
@@ -56,7 +60,11 @@ def read_signal(run: str | Path, signal: str = CHOICE, signals: str | Path | Non
     if not rows:
         raise DataError(f"{run}: no multiple-choice rows (rows with 'choice_scores') to calibrate")
     values = None
-    if signal != CHOICE:
+    if signal == MARGIN:
+        from fslm.stages.conditions import choice_margin
+
+        values = {(r["task"], r["id"]): choice_margin([float(x) for x in r["choice_scores"]]) for r in rows}
+    elif signal != CHOICE:
         if signals is None:
             raise InputError(
                 f"signal {signal!r} is read from a signals file (`fslm cascade signals`): give one per run"
@@ -186,6 +194,8 @@ def calibrate_runs(
     seed: int = 0,
 ) -> dict:
     """The calibration report of `signal` for the tasks both runs have (fit on `fit`, measured on `test`)."""
+    if signal in FROM_ROWS and (fit_signals is not None or signals is not None):
+        raise InputError(f"signal {signal!r} comes from the runs' option scores: no signals files")
     fit_by, test_by = read_signal(fit, signal, fit_signals), read_signal(test, signal, signals)
     tasks = [t for t in test_by if t in fit_by]
     if not tasks:

@@ -17,7 +17,7 @@ from fslm.stages.records import StageRecord
 
 def choice_margin(scores: Sequence[float]) -> float:
     """Top-1 minus top-2 probability of a softmax over option log-probabilities (1: certain, 0: a tie); one option
-    or none: 1. Equal to `fslm.collaborate.runs.choice_margin`, the `margin` signal `fslm cascade calibrate` uses."""
+    or none: 1. Also the `margin` signal of `fslm cascade calibrate` and `fslm eval calibrate`."""
     if len(scores) < 2:
         return 1.0
     top = max(scores)

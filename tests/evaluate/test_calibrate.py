@@ -91,12 +91,27 @@ def test_a_shifted_probability_needs_platt_and_its_auroc_is_reported(runs):
     assert "AUROC" in calibration_markdown(report)
 
 
+def test_the_margin_is_calibrated_as_a_probability_of_being_right(runs):
+    (fit, _), (test, _) = runs
+    report = calibrate_runs(fit, test, signal="margin")
+    for e in report["tasks"].values():
+        assert e["auroc"] > 0.6 and "platt" in e  # a binary signal: AUROC, Platt, the rate floor
+        assert e["ece_after_platt"] < e["ece_before"]
+    rows = [json.loads(line) for line in (test / "items.jsonl").read_text().splitlines()]
+    from fslm.stages.conditions import choice_margin
+
+    beta = [choice_margin(r["choice_scores"]) for r in rows if r["task"] == "beta"]
+    assert report["tasks"]["beta"]["mean_conf_before"] == pytest.approx(np.mean(beta), abs=1e-6)
+
+
 def test_bad_signal_inputs(runs, tmp_path):
     (fit, fit_sig), (test, sig) = runs
     with pytest.raises(InputError, match="signals file"):
         calibrate_runs(fit, test, signal="verify")
-    with pytest.raises(DataError, match=r"no 'margin' values \(it has: verify\)"):
+    with pytest.raises(InputError, match="no signals files"):
         calibrate_runs(fit, test, signal="margin", fit_signals=fit_sig, signals=sig)
+    with pytest.raises(DataError, match=r"no 'p_right' values \(it has: verify\)"):
+        calibrate_runs(fit, test, signal="p_right", fit_signals=fit_sig, signals=sig)
     short = tmp_path / "short.jsonl"
     short.write_text("".join(sig.read_text().splitlines(keepends=True)[1:]))
     with pytest.raises(DataError, match=r"short.jsonl: no 'verify' value for 1 rows of .*test \(first: 'alpha/2/0'\)"):
@@ -124,6 +139,7 @@ def test_cli_writes_the_report_and_refuses_mixed_options(runs, tmp_path):
     for extra, message in [
         (["--signal", "verify"], "needs both --fit-signals and --signals"),
         (["--signals", str(sig)], "no signals files"),
+        (["--signal", "margin", "--fit-signals", str(fit_sig), "--signals", str(sig)], "no signals files"),
         (["--signal", "verify", "--signals", str(sig)], "needs both"),
         (["--fit", str(tmp_path / "nothing")], "per-item file not found"),
     ]:
