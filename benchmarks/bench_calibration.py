@@ -182,6 +182,17 @@ def calibrate_router(results: Path) -> dict:
     )
     entry["signal"] = "router P(small system right); ECE of that probability against the outcome"
     entry["ece_fit_items_before"] = r6(ece(p_fit, y_fit))
+    # per task: its own T from its 100 fit items, ECE on its report-half items
+    entry["per_task"] = {}
+    fit_task = np.array([r["task"] for r in fit])
+    rep_task = np.array([r["task"] for r in report])
+    for task in tasks:
+        f, t = fit_task == task, rep_task == task
+        temp_t = fit_binary_temperature(p_fit[f], y_fit[f])
+        p_t = np.asarray(p_rep[t], dtype=np.float64)
+        entry["per_task"][task] = evaluate_signal(
+            p_t, scale_binary(p_t, temp_t), y_rep[t], {"temperature": r6(temp_t), "n_fit": int(f.sum())}
+        )
     return entry
 
 
@@ -243,7 +254,19 @@ def markdown(result: dict) -> str:
             f"{router['ece_before_ci95'][0]:.3f}–{router['ece_before_ci95'][1]:.3f} | {router['ece_after']:.3f} | "
             f"{router['ece_after_ci95'][0]:.3f}–{router['ece_after_ci95'][1]:.3f} | "
             f"{router['ece_diff_ci95'][0]:+.3f} to {router['ece_diff_ci95'][1]:+.3f} |",
+            "",
+            "Per task (T fitted on that task's 100 fit items):",
+            "",
+            "| task | n fit / test | small acc % | mean P % | T | ECE before | 95% CI | ECE after | 95% CI | Δ 95% CI |",
+            "|---|---|---:|---:|---:|---:|---|---:|---|---|",
         ]
+        for task, e in router["per_task"].items():
+            lines.append(
+                f"| {task} | {e['n_fit']} / {e['n_test']} | {100 * e['acc']:.1f} | {100 * e['mean_conf_before']:.1f} | "
+                f"{e['temperature']:.2f} | {e['ece_before']:.3f} | {e['ece_before_ci95'][0]:.3f}–"
+                f"{e['ece_before_ci95'][1]:.3f} | {e['ece_after']:.3f} | {e['ece_after_ci95'][0]:.3f}–"
+                f"{e['ece_after_ci95'][1]:.3f} | {e['ece_diff_ci95'][0]:+.3f} to {e['ece_diff_ci95'][1]:+.3f} |"
+            )
     if result.get("margin"):
         lines += [
             "",
@@ -355,10 +378,15 @@ def main() -> None:
     }
     if result.get("router"):
         r = result["router"]
-        panels[f"router P(right) (T={r['temperature']:.2f})"] = {
+        panels[f"router P(right), 3 tasks (T={r['temperature']:.2f})"] = {
             "before": bins_of(r["reliability_before"]),
             "after": bins_of(r["reliability_after"]),
         }
+        for task, e in r["per_task"].items():
+            panels[f"router P(right), {task} (T={e['temperature']:.2f})"] = {
+                "before": bins_of(e["reliability_before"]),
+                "after": bins_of(e["reliability_after"]),
+            }
     write_atomic(
         args.out / "calibration.png",
         reliability_plot(
