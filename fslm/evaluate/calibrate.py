@@ -106,8 +106,11 @@ def _auroc_ci(p: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[flo
         with np.errstate(divide="ignore", invalid="ignore"):
             return ((ranks * labels).sum(axis=-1) - pos * (pos + 1) / 2) / (pos * neg)
 
-    idx = np.random.default_rng(seed).integers(0, y.size, size=(n_boot, y.size))
-    boots = auc(p[idx], y[idx].astype(np.float64))
+    rng, chunks = np.random.default_rng(seed), []
+    for start in range(0, n_boot, 200):  # 200 resamples at a time: memory stays ~200 x items
+        idx = rng.integers(0, y.size, size=(min(200, n_boot - start), y.size))
+        chunks.append(auc(p[idx], y[idx].astype(np.float64)))
+    boots = np.concatenate(chunks)
     boots = boots[np.isfinite(boots)]
     return float(auc(p, y.astype(np.float64))), [float(v) for v in np.quantile(boots, [0.025, 0.975])]
 
