@@ -315,11 +315,13 @@ def calibration_markdown(report: dict) -> str:
             f"(a {a:.2f}, b {b:.2f})"
         )
     means += f"; the fit items' accuracy as a constant confidence: {report['mean_ece_fit_rate']:.3f}"
-    if binary:
+    if binary and "mean_auroc" in report:
         means += (
-            f". AUROC: mean {report.get('mean_auroc', float('nan')):.3f}, CI above 0.5 on "
+            f". AUROC: mean {report['mean_auroc']:.3f}, CI above 0.5 on "
             f"{report['tasks_auroc_above_half']} tasks, below on {report['tasks_auroc_below_half']}"
         )
+    elif binary:
+        means += ". AUROC: undefined on some task (its test answers all right or all wrong)"
     lines += ["", means + "."]
     if report["skipped_tasks"]:
         lines += ["", f"Tasks in only one run (left out): {', '.join(report['skipped_tasks'])}."]
