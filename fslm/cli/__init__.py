@@ -79,6 +79,12 @@ VERBS: dict[str, Verb] = {
         "Learned router: predict from the prompt whether the small system will be right.",
         extra="collaborate",
     ),
+    "check": Verb(
+        "check",
+        "app",
+        "Hallucination checker: a small model's P(supported) for free-form answers, with or without passages.",
+        extra="collaborate",
+    ),
     "retrieve": Verb(
         "retrieve",
         "app",

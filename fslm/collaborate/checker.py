@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fslm.engine import Engine
-from fslm.errors import InputError
+from fslm.errors import DataError, InputError
 from fslm.stages.calibration import check_threshold
 from fslm.stages.verify import yes_no_probabilities
 
@@ -212,6 +213,137 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
+# ---- file-level twins of the CLI ------------------------------------------------------------------------------------
+LABEL = "supported"  # the optional per-row label of a checker file: true = the answer is supported / true
+CHECKER_KIND = "fslm-checker"
+
+
+def read_check_file(path: str | Path, *, labelled: bool = False) -> tuple[list[CheckItem], list[dict]]:
+    """(items, extras) of a JSONL file of {question, answer, passages?, id?, supported?} rows; extras keep each
+    row's `id` and `supported`. `labelled`: every row needs a boolean `supported`. Errors name file and line."""
+    from fslm.io import iter_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected JSONL rows of question, answer, passages)")
+    items, extras = [], []
+    bad = "{path}:{line}: expected a JSON object per line ({problem})"
+    for lineno, row in iter_jsonl(path, bad_line=bad):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        extra = {k: row[k] for k in ("id", LABEL) if k in row}
+        if LABEL in extra and not isinstance(extra[LABEL], bool):
+            raise DataError(f"{where}: '{LABEL}' must be true or false, got {extra[LABEL]!r}")
+        if labelled and LABEL not in extra:
+            raise DataError(f"{where}: no '{LABEL}' label (true/false), which fitting a checker needs")
+        try:
+            items.append(check_item({k: v for k, v in row.items() if k not in ("id", LABEL)}, where))
+        except InputError as err:
+            raise DataError(str(err)) from None
+        extras.append(extra)
+    if not items:
+        raise DataError(f"{path}: no rows")
+    return items, extras
+
+
+def _labels_report(probs: Sequence[float], extras: Sequence[Mapping], threshold: float | None) -> dict | None:
+    """AUROC (and, with a threshold, precision/recall/F1 of the flag) when every row is labelled."""
+    if not extras or not all(LABEL in e for e in extras):
+        return None
+    unsupported = np.array([not e[LABEL] for e in extras])
+    p = np.asarray(probs, dtype=np.float64)
+    report = {"n": int(unsupported.size), "n_unsupported": int(unsupported.sum()), "auroc": None}
+    score = auroc(1.0 - p, unsupported)
+    report["auroc"] = None if math.isnan(score) else round(score, 6)
+    if threshold is not None:
+        precision, recall, f1 = flag_scores(p < threshold, unsupported)
+        report |= {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6)}
+    return report
+
+
+def read_checker(path: str | Path) -> dict:
+    """A checker file written by `fit_checker_file`, validated."""
+    from fslm.io import read_json_object
+
+    data = read_json_object(Path(path))
+    if data.get("kind") != CHECKER_KIND:
+        raise DataError(f"{path}: not a checker file (written by `fslm check fit`)")
+    t, th = data.get("temperature"), data.get("threshold")
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise DataError(f"{path}: 'temperature' must be a finite number > 0, got {t!r}")
+    if not (isinstance(th, (int, float)) and 0.0 <= th <= 1.0):
+        raise DataError(f"{path}: 'threshold' must be in [0, 1], got {th!r}")
+    if not isinstance(data.get("model"), str) or not data["model"]:
+        raise DataError(f"{path}: 'model' must name the checker's model")
+    return data
+
+
+def fit_checker_file(items: str | Path, model: str, out: str | Path | None = None, *, engine=None) -> dict:
+    """Fit a checker (temperature, F1-best threshold) on labelled held-out rows; with `out`, write it as JSON."""
+    from fslm.engine import load_engine
+    from fslm.io import write_json
+
+    checked, extras = read_check_file(items, labelled=True)
+    engine = engine or load_engine(model)
+    probs = p_supported(engine, checked)
+    unsupported = [not e[LABEL] for e in extras]
+    fit = fit_checker(probs, unsupported)
+    with_passages = {x.passages is not None for x in checked}
+    result = {
+        "kind": CHECKER_KIND,
+        "model": model,
+        **fit.to_dict(),
+        "n_unsupported": int(sum(unsupported)),
+        "auroc": _labels_report(probs, extras, None)["auroc"],
+        "passages": "mixed" if len(with_passages) == 2 else ("with" if True in with_passages else "without"),
+        "fitted_on": str(items),
+    }
+    if out is not None:
+        write_json(out, result)
+    return result
+
+
+def check_file(
+    items: str | Path,
+    model: str | None = None,
+    *,
+    checker: str | Path | None = None,
+    out: str | Path | None = None,
+    engine=None,
+) -> tuple[list[dict], dict | None]:
+    """(rows, label report) for every row of `items`: P(supported), and with a fitted `checker` its calibrated value
+    and the flag; the report (AUROC, and flag precision/recall/F1 with a checker) when every row has a label."""
+    from fslm.engine import load_engine
+    from fslm.evaluate.calibration import scale_binary
+    from fslm.io import write_jsonl
+
+    fitted = read_checker(checker) if checker is not None else None
+    if fitted is not None and model is not None and model != fitted["model"]:
+        raise InputError(f"--model {model}: the checker {checker} was fitted for {fitted['model']}")
+    model = model or (fitted["model"] if fitted else None)
+    if model is None:
+        raise InputError("give --model, or --checker FILE from `fslm check fit` (it names its model)")
+    checked, extras = read_check_file(items)
+    engine = engine or load_engine(model)
+    probs = p_supported(engine, checked)
+    rows = []
+    for item, extra, p in zip(checked, extras, probs, strict=True):
+        row = {**({"id": extra["id"]} if "id" in extra else {}), "question": item.question, "answer": item.answer}
+        row["p_supported"] = round(p, 6)
+        if fitted is not None:
+            scaled = float(scale_binary([p], fitted["temperature"])[0])
+            row |= {"p_supported_calibrated": round(scaled, 6), "unsupported": scaled < fitted["threshold"]}
+        if LABEL in extra:
+            row[LABEL] = extra[LABEL]
+        rows.append(row)
+    calibrated = [r.get("p_supported_calibrated", r["p_supported"]) for r in rows]
+    report = _labels_report(calibrated, extras, fitted["threshold"] if fitted else None)
+    if out is not None:
+        write_jsonl(out, rows)
+    return rows, report
+
+
 __all__ = [
     "CHECK_PASSAGES_TEMPLATE",
     "CHECK_TEMPLATE",
@@ -220,11 +352,15 @@ __all__ = [
     "Cut",
     "auroc",
     "best_cut",
+    "check_file",
     "check_item",
     "check_prompt",
     "choose_threshold",
     "fit_checker",
+    "fit_checker_file",
     "flag_scores",
     "flag_unsupported",
     "p_supported",
+    "read_check_file",
+    "read_checker",
 ]
