@@ -12,7 +12,8 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from fslm.cli.common import check_model, check_output, guarded, out, print_json, status
+from fslm.cli.common import check_model, check_output, default_of, guarded, out, print_json, status
+from fslm.collaborate.checker import DEFAULT_K, fit_checker_file  # for their defaults (no torch)
 
 
 class _RunByDefault(TyperGroup):
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 
 ITEMS_HELP = "JSONL rows {question, answer, passages?: [..], id?, supported?: true/false}."
+INDEX_HELP = "Retrieval index (`fslm retrieve index`) whose best passages rows without passages are checked against"
 
 
 @app.command("run")
@@ -39,6 +41,10 @@ def run_command(
     items: Path = typer.Argument(..., help=ITEMS_HELP),
     model: str | None = typer.Option(None, "--model", "-m", help="Checker model (default: the --checker's)."),
     checker: Path | None = typer.Option(None, "--checker", help="Fitted checker from `fslm check fit`."),
+    index: Path | None = typer.Option(None, "--index", help=INDEX_HELP + " (default: the checker's)."),
+    k: int | None = typer.Option(
+        None, "--k", help=f"Passages per question from --index (default: the checker's, or {DEFAULT_K})."
+    ),
     out_file: Path | None = typer.Option(None, "--out", help="Write the scored rows here (JSONL)."),
     json_output: bool = typer.Option(False, "--json", help="Print the rows and the label report as JSON."),
 ) -> None:
@@ -50,7 +56,7 @@ def run_command(
     if out_file is not None:
         check_output(out_file, "--out", folder=False)
     with status("checking answers…", enabled=not json_output):
-        rows, report = check_file(items, model, checker=checker, out=out_file)
+        rows, report = check_file(items, model, checker=checker, index=index, k=k, out=out_file)
     if json_output:
         print_json({"rows": rows, "labels": report})
         return
@@ -76,16 +82,16 @@ def run_command(
 def fit_command(
     items: Path = typer.Argument(..., help="Labelled held-out rows: " + ITEMS_HELP),
     model: str = typer.Option(..., "--model", "-m", help="Checker model."),
+    index: Path | None = typer.Option(None, "--index", help=INDEX_HELP + "."),
+    k: int = typer.Option(default_of(fit_checker_file, "k"), "--k", help="Passages per question from --index."),
     out_file: Path = typer.Option(..., "--out", help="Checker file to write (JSON)."),
     json_output: bool = typer.Option(False, "--json", help="Print the fitted checker as JSON."),
 ) -> None:
     """Fit the checker on labelled held-out rows: temperature by NLL, then the F1-best threshold of "unsupported"."""
-    from fslm.collaborate.checker import fit_checker_file
-
     check_model(model, "--model")
     check_output(out_file, "--out", folder=False)
     with status("scoring the labelled answers…", enabled=not json_output):
-        fitted = fit_checker_file(items, model, out_file)
+        fitted = fit_checker_file(items, model, out_file, index=index, k=k)
     if json_output:
         print_json(fitted)
         return

@@ -216,6 +216,28 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
 # ---- file-level twins of the CLI ------------------------------------------------------------------------------------
 LABEL = "supported"  # the optional per-row label of a checker file: true = the answer is supported / true
 CHECKER_KIND = "fslm-checker"
+DEFAULT_K = 3  # passages per question from an index
+PASSAGE_CHARS = 400  # a retrieved passage is cut to this many characters (at a word boundary), as in the benchmark
+
+
+def with_retrieved(items: Sequence[CheckItem], index: str | Path, k: int = DEFAULT_K) -> list[CheckItem]:
+    """Items without passages get the k best passages for their question from a retrieval index (a built index
+    folder or a recipe, `fslm retrieve`); items that bring passages keep them; a question with no hit stays without."""
+    from fslm.retrieve.recipe import open_index
+    from fslm.stages.retrieve import clip
+
+    if not (isinstance(k, int) and k >= 1):
+        raise InputError(f"--k must be at least 1, got {k!r}")
+    missing = [i for i, x in enumerate(items) if x.passages is None]
+    if not missing:
+        return list(items)
+    retriever = open_index(index)
+    hits = retriever.search([items[i].question for i in missing], k)
+    out = list(items)
+    for i, row in zip(missing, hits, strict=True):
+        passages = tuple(clip(h.passage.text, PASSAGE_CHARS).strip() for h in row if h.passage.text.strip())
+        out[i] = CheckItem(items[i].question, items[i].answer, passages or None)
+    return out
 
 
 def read_check_file(path: str | Path, *, labelled: bool = False) -> tuple[list[CheckItem], list[dict]]:
@@ -279,12 +301,23 @@ def read_checker(path: str | Path) -> dict:
     return data
 
 
-def fit_checker_file(items: str | Path, model: str, out: str | Path | None = None, *, engine=None) -> dict:
-    """Fit a checker (temperature, F1-best threshold) on labelled held-out rows; with `out`, write it as JSON."""
+def fit_checker_file(
+    items: str | Path,
+    model: str,
+    out: str | Path | None = None,
+    *,
+    index: str | Path | None = None,
+    k: int = DEFAULT_K,
+    engine=None,
+) -> dict:
+    """Fit a checker (temperature, F1-best threshold) on labelled held-out rows, rows without passages given the k
+    best from `index` when one is named; with `out`, write it as JSON (it records the model, index and k)."""
     from fslm.engine import load_engine
     from fslm.io import write_json
 
     checked, extras = read_check_file(items, labelled=True)
+    if index is not None:
+        checked = with_retrieved(checked, index, k)
     engine = engine or load_engine(model)
     probs = p_supported(engine, checked)
     unsupported = [not e[LABEL] for e in extras]
@@ -297,6 +330,8 @@ def fit_checker_file(items: str | Path, model: str, out: str | Path | None = Non
         "n_unsupported": int(sum(unsupported)),
         "auroc": _labels_report(probs, extras, None)["auroc"],
         "passages": "mixed" if len(with_passages) == 2 else ("with" if True in with_passages else "without"),
+        "index": None if index is None else str(index),
+        "k": k if index is not None else None,
         "fitted_on": str(items),
     }
     if out is not None:
@@ -309,11 +344,14 @@ def check_file(
     model: str | None = None,
     *,
     checker: str | Path | None = None,
+    index: str | Path | None = None,
+    k: int | None = None,
     out: str | Path | None = None,
     engine=None,
 ) -> tuple[list[dict], dict | None]:
     """(rows, label report) for every row of `items`: P(supported), and with a fitted `checker` its calibrated value
-    and the flag; the report (AUROC, and flag precision/recall/F1 with a checker) when every row has a label."""
+    and the flag; the report (AUROC, and flag precision/recall/F1 with a checker) when every row has a label. Rows
+    without passages get the k best from `index` (default: the checker's index and k, which a checker needs)."""
     from fslm.engine import load_engine
     from fslm.evaluate.calibration import scale_binary
     from fslm.io import write_jsonl
@@ -324,12 +362,21 @@ def check_file(
     model = model or (fitted["model"] if fitted else None)
     if model is None:
         raise InputError("give --model, or --checker FILE from `fslm check fit` (it names its model)")
+    if fitted is not None:  # scored the way the checker was fitted, or its threshold means nothing
+        for name, given, fit_value in (("--index", index, fitted.get("index")), ("--k", k, fitted.get("k"))):
+            if given is not None and str(given) != str(fit_value):
+                raise InputError(f"{name} {given}: the checker {checker} was fitted with {fit_value}")
+        index, k = fitted.get("index"), fitted.get("k")
     checked, extras = read_check_file(items)
+    if index is not None:
+        checked = with_retrieved(checked, index, DEFAULT_K if k is None else k)
     engine = engine or load_engine(model)
     probs = p_supported(engine, checked)
     rows = []
     for item, extra, p in zip(checked, extras, probs, strict=True):
         row = {**({"id": extra["id"]} if "id" in extra else {}), "question": item.question, "answer": item.answer}
+        if item.passages is not None:
+            row["passages"] = list(item.passages)
         row["p_supported"] = round(p, 6)
         if fitted is not None:
             scaled = float(scale_binary([p], fitted["temperature"])[0])
@@ -363,4 +410,5 @@ __all__ = [
     "p_supported",
     "read_check_file",
     "read_checker",
+    "with_retrieved",
 ]

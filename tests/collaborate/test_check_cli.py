@@ -132,3 +132,30 @@ def test_checker_file_and_model_mistakes_exit_2(labelled, tmp_path, tiny_model_d
         result = runner.invoke(app, ["check", "run", str(labelled), *extra])
         assert result.exit_code == 2, (extra, result.output)
         assert "error:" in result.output and message in result.output and "Traceback" not in result.output
+
+
+def test_rows_without_passages_are_checked_against_an_index(labelled, tmp_path, tiny_model_dir, tiny_engine):
+    from fslm.collaborate.checker import CheckItem
+    from fslm.retrieve import index_passages
+
+    corpus = tmp_path / "passages.jsonl"
+    texts = ["Jupiter is the largest planet of the solar system.", "A spider has eight legs.", "Paris is in France."]
+    corpus.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    index_passages(corpus, tmp_path / "index")
+    checker = tmp_path / "checker.json"
+    fit = ["check", "fit", str(labelled), "-m", str(tiny_model_dir), "--index", str(tmp_path / "index"), "--k", "1"]
+    result = runner.invoke(app, [*fit, "--out", str(checker)])
+    assert result.exit_code == 0, result.output
+    fitted = json.loads(checker.read_text())
+    assert fitted["index"] == str(tmp_path / "index") and fitted["k"] == 1 and fitted["passages"] == "mixed"
+
+    rows, _ = check_file(labelled, checker=checker, engine=tiny_engine)  # the checker's index and k
+    assert rows[0]["passages"] == [texts[0]]  # "Which planet is largest?" finds the Jupiter passage
+    assert rows[2]["passages"] == ["A spider has eight legs."]  # the row's own passages are kept
+    assert "passages" not in rows[4]  # no passage shares a term with "Water boils at?": checked without
+    expected = p_supported(tiny_engine, [CheckItem(ROWS[0]["question"], ROWS[0]["answer"], (texts[0],))])
+    assert rows[0]["p_supported"] == pytest.approx(expected[0], abs=1e-6)
+
+    for extra, message in [(["--index", str(tmp_path)], "was fitted with"), (["--k", "2"], "was fitted with 1")]:
+        result = runner.invoke(app, ["check", "run", str(labelled), "--checker", str(checker), *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
