@@ -316,6 +316,8 @@ def fit_checker_file(
     from fslm.io import write_json
 
     checked, extras = read_check_file(items, labelled=True)
+    if len({e[LABEL] for e in extras}) < 2:  # before any passage or model is loaded
+        raise DataError(f"{items}: fitting a checker needs both supported and unsupported answers")
     if index is not None:
         checked = with_retrieved(checked, index, k)
     engine = engine or load_engine(model)
@@ -372,19 +374,19 @@ def check_file(
         checked = with_retrieved(checked, index, DEFAULT_K if k is None else k)
     engine = engine or load_engine(model)
     probs = p_supported(engine, checked)
-    rows = []
+    rows, calibrated = [], []
     for item, extra, p in zip(checked, extras, probs, strict=True):
         row = {**({"id": extra["id"]} if "id" in extra else {}), "question": item.question, "answer": item.answer}
         if item.passages is not None:
             row["passages"] = list(item.passages)
         row["p_supported"] = round(p, 6)
+        scaled = p if fitted is None else float(scale_binary([p], fitted["temperature"])[0])
         if fitted is not None:
-            scaled = float(scale_binary([p], fitted["temperature"])[0])
             row |= {"p_supported_calibrated": round(scaled, 6), "unsupported": scaled < fitted["threshold"]}
+        calibrated.append(scaled)
         if LABEL in extra:
             row[LABEL] = extra[LABEL]
         rows.append(row)
-    calibrated = [r.get("p_supported_calibrated", r["p_supported"]) for r in rows]
     report = _labels_report(calibrated, extras, fitted["threshold"] if fitted else None)
     if out is not None:
         write_jsonl(out, rows)

@@ -99,6 +99,7 @@ def test_python_twins_agree_with_each_other(labelled, tmp_path, tiny_model_dir, 
         (["{not json"], [], r"bad.jsonl:1: expected a JSON object per line"),
         ([], [], r"bad.jsonl: no rows"),
         (['{"question": "q", "answer": "a"}'], ["fit"], r"bad.jsonl:1: no 'supported' label"),
+        (['{"question": "q", "answer": "a", "supported": true}'], ["fit"], r"needs both supported and unsupported"),
     ],
 )
 def test_bad_rows_exit_2_naming_file_and_line(tmp_path, tiny_model_dir, lines, args, message):
