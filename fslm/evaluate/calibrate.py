@@ -15,6 +15,7 @@ The maths lives in `fslm.evaluate.calibration`; this module reads runs and assem
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,21 @@ def _gold(row: Mapping) -> list[int]:
     return [int(g) for g in row["gold_set"]] if row.get("gold_set") else [int(row["gold"])]
 
 
+def _check_row(row: Mapping, run: str | Path) -> None:
+    """A multiple-choice row as `fslm eval` writes it; anything else is one DataError naming the run and row."""
+    where = f"{run}: row {row.get('id')!r}"
+    scores = row["choice_scores"]
+    if not isinstance(scores, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores
+    ):
+        raise DataError(f"{where}: 'choice_scores' must be a list of finite numbers")
+    gold = row.get("gold_set") or [row.get("gold")]
+    if not isinstance(gold, list) or not all(isinstance(g, int) and 0 <= g < len(scores) for g in gold):
+        raise DataError(f"{where}: 'gold' / 'gold_set' must index its {len(scores)} options")
+    if not isinstance(row.get("correct"), bool) or not isinstance(row.get("task"), str):
+        raise DataError(f"{where}: needs a boolean 'correct' and a 'task' name")
+
+
 def read_signal(run: str | Path, signal: str = CHOICE, signals: str | Path | None = None) -> dict[str, TaskSignal]:
     """Per task, a run's multiple-choice rows as a TaskSignal; with a signals file, every such row needs a value."""
     from fslm.evaluate.store import ITEMS, has_items, read_rows, read_signals
@@ -57,6 +73,8 @@ def read_signal(run: str | Path, signal: str = CHOICE, signals: str | Path | Non
             f"{Path(run) / ITEMS}: per-item file not found (expected the items.jsonl of `fslm eval --out DIR`)"
         )
     rows = [r for r in read_rows(Path(run)).values() if r.get("choice_scores")]
+    for r in rows:
+        _check_row(r, run)
     if not rows:
         raise DataError(f"{run}: no multiple-choice rows (rows with 'choice_scores') to calibrate")
     values = None

@@ -116,6 +116,18 @@ def test_bad_signal_inputs(runs, tmp_path):
     short.write_text("".join(sig.read_text().splitlines(keepends=True)[1:]))
     with pytest.raises(DataError, match=r"short.jsonl: no 'verify' value for 1 rows of .*test \(first: 'alpha/2/0'\)"):
         calibrate_runs(fit, test, signal="verify", fit_signals=fit_sig, signals=short)
+    for bad_field, message in [
+        ({"choice_scores": [0.0, "x"]}, "'choice_scores' must be a list of finite numbers"),
+        ({"choice_scores": [0.0, float("nan")]}, "'choice_scores' must be a list of finite numbers"),
+        ({"gold": 7}, "must index its 4 options"),
+        ({"correct": "yes"}, "needs a boolean 'correct'"),
+    ]:
+        hostile = tmp_path / f"hostile-{len(list(tmp_path.iterdir()))}"
+        hostile.mkdir()
+        first = json.loads((test / "items.jsonl").read_text().splitlines()[0]) | bad_field
+        (hostile / "items.jsonl").write_text(json.dumps(first) + "\n")
+        with pytest.raises(DataError, match=message):
+            calibrate_runs(fit, hostile)
     other = tmp_path / "other"
     other.mkdir()
     row = json.loads((test / "items.jsonl").read_text().splitlines()[0]) | {"task": "gamma"}
