@@ -16,12 +16,14 @@ Signals covered (from per-item outputs in benchmarks/results/; only the verifier
    of the same small system (`model:smollm2-135m`, runs/base). The temperature is fitted on items 200..299 of those
    tasks (never seen by the router) and ECE is reported on the router's own report half (the other hash half of the
    first 200). The labels are checked against router.json / router.json's report accuracy first.
-4. **Verifier P(yes)** of SmolLM2-135M checking its own answers (`fslm cascade signals` on `select/base` and
-   `runs/base`, kept under benchmarks/results/helpers/verify/ and computed when missing, ~6 min): as the margin.
+4. **Verifier P(yes)** of SmolLM2-135M checking its own answers, and of Qwen2.5-Coder-1.5B-Instruct (bf16) checking
+   them (`fslm cascade signals` on `select/base` and `runs/base`; kept under benchmarks/results/helpers/verify*/ and
+   computed when missing: ~6 min with SmolLM2, ~25 min with the 1.5B on an AMX CPU; a verifier whose signals are
+   missing and whose model is not installed is skipped and listed as not covered): as the margin.
 
 ECE: 10 equal-width bins (fslm.evaluate.calibration); 95% CIs by a paired bootstrap over test items (2,000 replicates).
 Outputs: benchmarks/results/helpers/calibration.{json,md,png} (+ calibration_systems.png, calibration_margin.png,
-calibration_verify.png) and the verifier's signals files under benchmarks/results/helpers/verify/.
+calibration_verify*.png) and the verifiers' signals files under benchmarks/results/helpers/verify*/.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
+from fslm.errors import FslmError  # noqa: E402
 from fslm.evaluate.calibrate import calibrate_runs, calibration_markdown, reliability_panels  # noqa: E402
 from fslm.evaluate.calibration import (  # noqa: E402
     DEFAULT_BINS,
@@ -58,7 +61,16 @@ OUT = ROOT / "benchmarks" / "results" / "helpers"
 ROUTER = ROOT / "benchmarks" / "results" / "collaborate" / "router"
 ROUTER_REPORT = ROOT / "benchmarks" / "results" / "collaborate" / "router.json"
 MAIN_SYSTEM = "base"
-VERIFIER = "smollm2-135m"  # verifies MAIN_SYSTEM's own answers
+# result key -> (verifier model, dtype, signals folder under --out, what it is); each verifies MAIN_SYSTEM's answers
+VERIFIERS = {
+    "verifier": ("smollm2-135m", "float32", "verify", "SmolLM2-135M checking its own answers"),
+    "verifier_1.5b": (
+        "qwen2.5-coder-1.5b",
+        "bfloat16",
+        "verify-qwen2.5-coder-1.5b",
+        "Qwen2.5-Coder-1.5B-Instruct (bf16, 11x the parameters) checking SmolLM2-135M's answers",
+    ),
+}
 
 
 def log(msg: str) -> None:
@@ -101,8 +113,8 @@ def calibrate_system(fit_dir: Path, test_dir: Path) -> dict:
     return report
 
 
-def ensure_verify_signals(results: Path, folder: Path) -> dict[str, Path]:
-    """{"heldout"|"test": signals file} of the verifier on `select/base` and `runs/base`: kept, or computed now."""
+def ensure_verify_signals(results: Path, folder: Path, model: str, dtype: str) -> dict[str, Path]:
+    """{"heldout"|"test": signals file} of a verifier on `select/base` and `runs/base`: kept, or computed now."""
     from fslm.collaborate.live import run_items, verify_signal_rows
     from fslm.collaborate.runs import read_run
     from fslm.engine import load_engine
@@ -116,8 +128,8 @@ def ensure_verify_signals(results: Path, folder: Path) -> dict[str, Path]:
             continue
         run = read_run(results / sub / MAIN_SYSTEM)
         items = run_items(run)  # the split the run names
-        engine = engine or load_engine(VERIFIER)
-        log(f"verifier: {len(run.rows)} answers of {results / sub / MAIN_SYSTEM} with {VERIFIER}…")
+        engine = engine or load_engine(model, dtype=dtype)
+        log(f"verifier: {len(run.rows)} answers of {results / sub / MAIN_SYSTEM} with {model} ({dtype})…")
         folder.mkdir(parents=True, exist_ok=True)
         write_jsonl(paths[part], verify_signal_rows(engine, items, run.rows))
     return paths
@@ -277,17 +289,18 @@ def markdown(result: dict) -> str:
             "",
             calibration_markdown(result["margin"]).split("\n", 2)[2].rstrip("\n"),  # without its title
         ]
-    if result.get("verifier"):
-        lines += [
-            "",
-            f"## Verifier P(yes) ({VERIFIER} checking the answers of `{MAIN_SYSTEM}`), per task",
-            "",
-            "Signals written by `fslm cascade signals` (`fslm eval calibrate --signal verify`): "
-            f"`{result['verifier']['fit_signals']}` (fit), `{result['verifier']['signals']}` (report).",
-            "",
-            calibration_markdown(result["verifier"]).split("\n", 2)[2].rstrip("\n"),
-        ]
-    if result.get("margin") or result.get("verifier"):
+    for key, (model, dtype, _, what) in VERIFIERS.items():
+        if result.get(key):
+            lines += [
+                "",
+                f"## Verifier P(yes): {what}, per task",
+                "",
+                f"Signals written by `fslm cascade signals --model {model}` ({dtype}; `fslm eval calibrate --signal "
+                f"verify`): `{result[key]['fit_signals']}` (fit), `{result[key]['signals']}` (report).",
+                "",
+                calibration_markdown(result[key]).split("\n", 2)[2].rstrip("\n"),
+            ]
+    if result.get("margin") or any(result.get(key) for key in VERIFIERS):
         lines += [
             "",
             "AUROC: does the signal rank right answers above wrong ones (0.5: not at all; no rescaling changes it). "
@@ -343,20 +356,26 @@ def main() -> None:
     result["margin"] = calibrate_runs(fit_main, test_main, signal="margin")
     m = result["margin"]
     log(f"margin: AUROC {m['mean_auroc']:.3f}, ECE {m['mean_ece_before']:.3f} -> {m['mean_ece_after']:.3f} (T)")
-    if not args.no_verifier:
-        paths = ensure_verify_signals(results, args.out / "verify")
-        result["verifier"] = calibrate_runs(
+    skipped = []
+    for key, (model, dtype, sub, _) in VERIFIERS.items() if not args.no_verifier else ():
+        try:
+            paths = ensure_verify_signals(results, args.out / sub, model, dtype)
+        except FslmError as err:  # e.g. the 1.5B's packages are not installed and its signals are not kept
+            log(f"{key}: skipped ({err})")
+            skipped.append(f"{key} ({model}): its signals are not kept and it could not run here ({err})")
+            continue
+        result[key] = calibrate_runs(
             fit_main,
             test_main,
             signal="verify",
             fit_signals=rel(paths["heldout"].resolve()),
             signals=rel(paths["test"].resolve()),
         )
-        v = result["verifier"]
-        log(f"verifier: AUROC {v['mean_auroc']:.3f}, ECE {v['mean_ece_before']:.3f} -> {v['mean_ece_after']:.3f} (T)")
-    result["not_covered"] = [
-        "verifier P(yes) of the other systems (only SmolLM2-135M's own answers, `base`, are verified: one signal "
-        "file pair per system, ~6 min each)",
+        v = result[key]
+        log(f"{key}: AUROC {v['mean_auroc']:.3f}, ECE {v['mean_ece_before']:.3f} -> {v['mean_ece_after']:.3f} (T)")
+    result["not_covered"] = skipped + [
+        "verifier P(yes) of the other systems (only SmolLM2-135M's answers, `base`, are verified: one signal "
+        "file pair per system and verifier, ~6 min each with SmolLM2)",
         "systems without a held-out run (model-qwen2.5-coder-0.5b, model-gemma3-270m and the stack variants that "
         "have only test runs in runs/): a temperature fitted on their test items would be reported on the items it "
         "was fitted on",
@@ -396,7 +415,7 @@ def main() -> None:
     write_atomic(args.out / "calibration_systems.png", systems_plot(result))
     titles = {
         "margin": f"{result['system_names'][MAIN_SYSTEM]}: choice margin on test items",
-        "verifier": f"{VERIFIER} verifying its own answers: P(yes) on test items",
+        **{key: f"{v[3]}: P(yes) on test items" for key, v in VERIFIERS.items()},
     }
     for key, title in titles.items():
         if result.get(key):

@@ -266,6 +266,8 @@ def _means(entries: Sequence[dict] | object) -> dict:
         if f"ece_diff{kind}_ci95" in entries[0]:
             out[f"tasks_ece_lower{kind}"] = sum(e[f"ece_diff{kind}_ci95"][1] < 0 for e in entries)
             out[f"tasks_ece_higher{kind}"] = sum(e[f"ece_diff{kind}_ci95"][0] > 0 for e in entries)
+    if "nll_fit_rate" in entries[0] and "nll_after_platt" in entries[0]:
+        out["tasks_platt_nll_below_fit_rate"] = sum(e["nll_after_platt"] < e["nll_fit_rate"] for e in entries)
     if "auroc_ci95" in entries[0]:
         out["tasks_auroc_above_half"] = sum(bool(e["auroc_ci95"]) and e["auroc_ci95"][0] > 0.5 for e in entries)
         out["tasks_auroc_below_half"] = sum(bool(e["auroc_ci95"]) and e["auroc_ci95"][1] < 0.5 for e in entries)
@@ -333,6 +335,13 @@ def calibration_markdown(report: dict) -> str:
             f"(a {a:.2f}, b {b:.2f})"
         )
     means += f"; the fit items' accuracy as a constant confidence: {report['mean_ece_fit_rate']:.3f}"
+    if binary:
+        means += (
+            f". NLL (lower = more information about each item): {report['mean_nll_before']:.3f} before, "
+            f"{report['mean_nll_after']:.3f} after T, {report['mean_nll_after_platt']:.3f} after Platt, "
+            f"{report['mean_nll_fit_rate']:.3f} for the fit rate (Platt below it on "
+            f"{report['tasks_platt_nll_below_fit_rate']} tasks)"
+        )
     if binary and "mean_auroc" in report:
         means += (
             f". AUROC: mean {report['mean_auroc']:.3f}, CI above 0.5 on "
