@@ -18,7 +18,7 @@ Signals covered (from per-item outputs in benchmarks/results/; only the verifier
    first 200). The labels are checked against router.json / router.json's report accuracy first.
 4. **Verifier P(yes)** of SmolLM2-135M checking its own answers, and of Qwen2.5-Coder-1.5B-Instruct (bf16) checking
    them (`fslm cascade signals` on `select/base` and `runs/base`; kept under benchmarks/results/helpers/verify*/ and
-   computed when missing: ~6 min with SmolLM2, ~25 min with the 1.5B on an AMX CPU; a verifier whose signals are
+   computed when missing: ~6 min with SmolLM2, ~20 min with the 1.5B in bf16 on an AMX CPU; a verifier whose signals are
    missing and whose model is not installed is skipped and listed as not covered): as the margin.
 
 ECE: 10 equal-width bins (fslm.evaluate.calibration); 95% CIs by a paired bootstrap over test items (2,000 replicates).
