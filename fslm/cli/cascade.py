@@ -10,25 +10,24 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
 
-from fslm.cli.common import check_model, check_output, check_stack, default_of, guarded, out, print_json, status
+from fslm.cli.common import (
+    RunByDefault,
+    check_model,
+    check_output,
+    check_stack,
+    default_of,
+    guarded,
+    out,
+    print_json,
+    status,
+)
 from fslm.collaborate.cascade import calibrate_runs  # for their defaults (no torch)
 from fslm.collaborate.live import System as LiveSystem
 from fslm.collaborate.live import cascade_items
 
-
-class _RunByDefault(TyperGroup):
-    """`fslm cascade PROMPT ...` means `fslm cascade run PROMPT ...`."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
 app = typer.Typer(
-    cls=_RunByDefault, no_args_is_help=True, help="Cascade: escalate to a larger system when the small one is unsure."
+    cls=RunByDefault, no_args_is_help=True, help="Cascade: escalate to a larger system when the small one is unsure."
 )
 
 SMALL_RUN = typer.Option(..., "--small", help="Small system's `fslm eval` run folder (or its items.jsonl).")

@@ -10,23 +10,12 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
 
-from fslm.cli.common import check_model, check_output, default_of, guarded, out, print_json, status
+from fslm.cli.common import RunByDefault, check_model, check_output, default_of, guarded, out, print_json, status
 from fslm.collaborate.checker import DEFAULT_K, fit_checker_file  # for their defaults (no torch)
 
-
-class _RunByDefault(TyperGroup):
-    """`fslm check ITEMS.jsonl ...` means `fslm check run ITEMS.jsonl ...`."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
 app = typer.Typer(
-    cls=_RunByDefault,
+    cls=RunByDefault,
     no_args_is_help=True,
     help="Hallucination checker: a small model's P(supported) for free-form answers, with or without passages.",
 )

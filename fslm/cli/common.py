@@ -22,6 +22,7 @@ import typer.models
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
+from typer.core import TyperGroup
 
 from fslm.errors import FslmError, InputError
 
@@ -34,6 +35,15 @@ out = Console()
 
 # Libraries whose deprecation notices are for fslm's developers, not for a person running a command.
 _LIBRARIES = r"(transformers|torch|peft|accelerate|huggingface_hub|tokenizers|gguf|sentence_transformers|lm_eval)"
+
+
+class RunByDefault(TyperGroup):
+    """A command group whose `run` is the default: `fslm cascade PROMPT ...` means `fslm cascade run PROMPT ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
 
 
 def default_of(owner: Any, name: str) -> Any:

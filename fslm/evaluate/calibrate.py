@@ -134,8 +134,8 @@ def _auroc_ci(p: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[flo
 
 
 def _binary_nll(p: np.ndarray, y: np.ndarray) -> float:
-    p = np.clip(p, 1e-9, 1 - 1e-9)
-    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+    """Log-loss of P(right) against the outcomes: the two-option case of `calibration.nll`."""
+    return cal.nll(cal.binary_scores(p), [0 if right else 1 for right in y], 1.0)
 
 
 def _ece_block(before: np.ndarray, after: np.ndarray, y: np.ndarray, suffix: str, n_boot: int, seed: int) -> dict:
